@@ -1,0 +1,32 @@
+# fastrnn: `make run` sets up and trains on the bundled corpus; `make test` sets up and runs the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+RUN    ?= runs/tinyshakespeare
+
+.PHONY: setup run test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,plot]'
+	touch $@
+
+# Prepare the bundled tiny Shakespeare, train a small model for about two minutes, print a sample.
+run: setup
+	mkdir -p runs
+	$(BIN)/fastrnn prepare fastrnn/data/tinyshakespeare.txt --output runs/tinyshakespeare.h5 --force
+	$(BIN)/fastrnn train runs/tinyshakespeare.h5 --output $(RUN) --force --hidden-size 256 --batch-size 32 \
+		--seq-len 50 --max-time 120 --eval-every 200 --log-every 50
+	$(BIN)/fastrnn sample $(RUN) --prime "ROMEO:" --length 600 --temperature 0.8 --seed 1
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+bench: setup
+	$(BIN)/python -m benchmarks.throughput --quick
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

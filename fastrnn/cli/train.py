@@ -1,0 +1,200 @@
+"""`fastrnn train` and `fastrnn sample`: thin commands over fastrnn.train and fastrnn.sample."""
+
+import json
+import math
+import signal
+import sys
+
+import click
+
+from fastrnn.config import BACKENDS, DTYPES, OPTIMIZERS, TrainConfig
+
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # stopped by a signal, checkpoint written
+
+D = TrainConfig()
+
+
+def _train_options(f):
+    """The training options, each mapping to the TrainConfig field of the same name."""
+    options = [
+        click.option("--hidden-size", type=click.IntRange(min=1), default=D.hidden_size, help="Hidden units H."),
+        click.option("--seq-len", type=click.IntRange(min=1), default=D.seq_len,
+                     help="Time steps per minibatch (truncated BPTT length) T."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size,
+                     help="Parallel streams per minibatch N."),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Learning rate [default: 0.1 for sgd and adagrad, 0.002 for rmsprop and adam]."),
+        click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=D.lr_decay,
+                     help="Multiply the learning rate by this every --lr-decay-every steps (1: constant)."),
+        click.option("--lr-decay-every", type=click.IntRange(min=0), default=D.lr_decay_every,
+                     help="Steps between learning-rate decays (0: one epoch)."),
+        click.option("--lr-decay-after", type=click.IntRange(min=0), default=D.lr_decay_after,
+                     help="Steps before the first learning-rate decay."),
+        click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=D.momentum,
+                     help="SGD momentum."),
+        click.option("--clip", type=click.FloatRange(min=0), default=D.clip,
+                     help="Clip each gradient element to [-clip, clip] (0: off)."),
+        click.option("--max-grad-norm", type=click.FloatRange(min=0), default=D.max_grad_norm,
+                     help="Rescale gradients whose global L2 norm exceeds this (0: off)."),
+        click.option("--init-scale", type=click.FloatRange(min=0, min_open=True), default=D.init_scale,
+                     help="Standard deviation of the initial weights."),
+        click.option("--reset-hidden/--carry-hidden", default=D.reset_hidden,
+                     help="Reset the hidden state every minibatch, or carry it (truncated BPTT)."),
+        click.option("--max-steps", type=click.IntRange(min=0), default=D.max_steps, help="Stop after this many "
+                     "updates (0: no limit). With no step, epoch or time limit a run stops after 10 epochs."),
+        click.option("--max-epochs", type=click.FloatRange(min=0), default=D.max_epochs,
+                     help="Stop after this many passes over the training split (0: no limit)."),
+        click.option("--max-time", type=click.FloatRange(min=0), default=D.max_time,
+                     help="Stop after this many seconds of training (0: no limit)."),
+        click.option("--seed", type=int, default=D.seed, help="Random seed (initialisation, samples)."),
+        click.option("--dtype", type=click.Choice(DTYPES), default=D.dtype),
+        click.option("--backend", type=click.Choice(BACKENDS), default=D.backend,
+                     help="numba kernels, or the pure-NumPy reference."),
+        click.option("--threads", type=click.IntRange(min=0), default=D.threads,
+                     help="Threads for kernels and BLAS (0: all cores)."),
+        click.option("--log-every", type=click.IntRange(min=1), default=D.log_every,
+                     help="Steps between progress lines and log.jsonl rows."),
+        click.option("--eval-every", type=click.IntRange(min=0), default=D.eval_every,
+                     help="Steps between validation passes over the whole val split (0: only at the end)."),
+        click.option("--sample-every", type=click.IntRange(min=0), default=D.sample_every,
+                     help="Steps between printed samples (0: never)."),
+        click.option("--sample-length", type=click.IntRange(min=1), default=D.sample_length,
+                     help="Characters per sample printed during training."),
+        click.option("--checkpoint-every", type=click.IntRange(min=0), default=D.checkpoint_every,
+                     help="Steps between checkpoints (one is always written at the end)."),
+        click.option("--keep-checkpoints", type=click.IntRange(min=1), default=D.keep_checkpoints,
+                     help="Also keep the last K checkpoints as checkpoint-<step>.h5 (1: only checkpoint.h5)."),
+        click.option("--early-stop-patience", type=click.IntRange(min=0), default=D.early_stop_patience,
+                     help="Stop after this many evaluations without a better validation loss (0: off)."),
+        click.option("--divergence-factor", type=click.FloatRange(min=0), default=D.divergence_factor,
+                     help="Stop if the smoothed loss exceeds this multiple of the starting loss (0: off)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+CONFIG_FIELDS = {f for f in TrainConfig.__dataclass_fields__}
+
+
+@click.command()
+@click.argument("corpus", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run directory: checkpoint.h5 and log.jsonl go here.")
+@_train_options
+@click.option("--resume", is_flag=True, help="Continue the run in --output exactly where it stopped.")
+@click.option("--allow-change", is_flag=True,
+              help="With --resume: allow changing --lr, its schedule, --clip, --max-grad-norm and --momentum.")
+@click.option("--force", is_flag=True, help="Start a new run even if --output holds one.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
+@click.pass_context
+def train(ctx, corpus, run_dir, resume, allow_change, force, quiet, **options):
+    """Train a character-level RNN on CORPUS (made by `fastrnn prepare`).
+
+    Progress goes to stderr and RUN_DIR/log.jsonl; checkpoints to RUN_DIR/checkpoint.h5. Ctrl-C or SIGTERM
+    finishes the current step, writes a checkpoint and exits with status 130 (143 for SIGTERM); resume with
+    the same command plus --resume. Options that define the model, the data or the numerics cannot change on
+    resume; --max-steps/--max-epochs/--max-time, --threads and the monitoring options can.
+    """
+    from fastrnn.train import train as run_training
+
+    overrides = {name: value for name, value in options.items()
+                 if name in CONFIG_FIELDS and value is not None
+                 and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    printer = _Printer(quiet)
+    try:
+        summary = run_training(corpus, run_dir, overrides, resume=resume, allow_change=allow_change, force=force,
+                               on_event=printer)
+    except KeyboardInterrupt:
+        click.echo("\nfastrnn: interrupted; the last checkpoint written is intact. Resume with the same command "
+                   "and --resume.", err=True)
+        sys.exit(130)
+    if summary["signal"] is not None:
+        click.echo(f"fastrnn: stopped by signal at step {summary['step']}; checkpoint written to "
+                   f"{summary['checkpoint']}. Resume with the same command and --resume.", err=True)
+        sys.exit(EXIT_SIGNAL.get(summary["signal"], 130))
+
+
+class _Printer:
+    """Turns training events into terminal lines (stderr for progress, stdout for samples)."""
+
+    def __init__(self, quiet):
+        self.quiet = quiet
+        self.last_val = None
+
+    def __call__(self, kind, data):
+        if kind == "end":
+            val = f", val loss {data['val_loss']:.4f}" if data.get("val_loss") is not None else ""
+            click.echo(f"done: step {data['step']}, epoch {data['epoch']:.2f}, train loss {data['loss']:.4f}{val} "
+                       f"({data['stop_reason']}); checkpoint {data['checkpoint']}", err=True)
+            return
+        if self.quiet:
+            return
+        if kind == "start":
+            m, c = data["model"], data["config"]
+            resumed = f", resumed at step {data['resumed_from']}" if data["resumed_from"] is not None else ""
+            click.echo(f"model {m['model']} H={m['hidden_size']} V={m['vocab_size']} ({m['parameters']:,} "
+                       f"parameters, {m['dtype']}), {c['backend']} backend, {data['threads']} threads, "
+                       f"{c['optimizer']} lr {c['lr']:g}; {data['train_tokens']:,} training chars, "
+                       f"{data['steps_per_epoch']} steps/epoch of {c['batch_size']}x{c['seq_len']}{resumed}",
+                       err=True)
+        elif kind == "compiled":
+            click.echo(f"first step took {data['seconds']:.2f} s (includes JIT compilation)", err=True)
+        elif kind == "eval":
+            self.last_val = data["val_loss"]
+        elif kind == "log":
+            total = f"/{data['max_steps']}" if data.get("max_steps") else ""
+            val = f" | val {self.last_val:.4f}" if self.last_val is not None else ""
+            cps = f"{data['chars_per_sec'] / 1000:.1f}k chars/s" if data["chars_per_sec"] else "- chars/s"
+            eta = f" | ETA {_duration(data['eta'])}" if data.get("eta") is not None else ""
+            click.echo(f"step {data['step']}{total} | epoch {data['epoch']:.2f} | loss {data['loss']:.4f}{val} | "
+                       f"{cps} | {data['rss_mb']:.0f} MB{eta}", err=True)
+        elif kind == "sample":
+            click.echo(f"--- sample at step {data['step']} ---\n{data['text']}\n---", err=True)
+        elif kind == "message":
+            click.echo(data["text"], err=True)
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--prime", default="", help="Text to warm the hidden state with; printed before the sample.")
+@click.option("--length", type=click.IntRange(min=0), default=500, help="Characters to generate.")
+@click.option("--temperature", type=float, default=1.0,
+              help="Divide logits by this before the softmax: < 1 is more conservative, > 1 more varied.")
+@click.option("--seed", type=int, default=None, help="Random seed (default: a fresh one each time).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="numba")
+def sample(checkpoint, prime, length, temperature, seed, backend):
+    """Generate text from a trained model (a checkpoint file or a run directory)."""
+    import numpy as np
+
+    from fastrnn.api import load_model
+    from fastrnn.errors import ConfigError
+    from fastrnn.sample import decode_stream, generate
+
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ConfigError(f"--temperature must be a positive number, got {temperature}")
+    model, vocab, _ = load_model(checkpoint)
+    rng = np.random.default_rng(seed)
+    from fastrnn.model import get_backend
+
+    out = click.get_text_stream("stdout")
+    ids = generate(get_backend(backend), model.P, vocab, prime=prime, length=length, temperature=temperature,
+                   rng=rng, dtype=model.dtype)
+    out.write(prime)
+    for piece in decode_stream(vocab, ids):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+
+
+COMMANDS = [train, sample]

@@ -1,0 +1,112 @@
+"""The training configuration: one flat, grouped, commented block of defaults.
+
+The resolved configuration is saved into every checkpoint; `--resume` reads it back and refuses changes to the
+fields that define the model or the data stream (see RESUME_CHANGEABLE).
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from fastrnn.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
+DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3}
+BACKENDS = ("numba", "numpy")
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = "rnn"  # vanilla tanh RNN
+    hidden_size: int = 128  # H
+    init_scale: float = 0.01  # weights ~ N(0, init_scale^2), as min-char-rnn; biases 0
+    # data
+    seq_len: int = 50  # T: time steps per minibatch (truncated BPTT length)
+    batch_size: int = 32  # N: parallel streams over the training split
+    reset_hidden: bool = False  # reset the hidden state every minibatch (seed 000) instead of carrying it
+    # optimizer
+    optimizer: str = "adam"  # sgd | adagrad | rmsprop | adam
+    lr: float = 2e-3  # learning rate (the CLI's default depends on the optimizer: DEFAULT_LR)
+    lr_decay: float = 1.0  # multiply lr by this every lr_decay_every steps (1.0: constant)
+    lr_decay_every: int = 0  # steps between decays; 0 means one epoch
+    lr_decay_after: int = 0  # steps before the first decay
+    momentum: float = 0.0  # sgd momentum
+    rmsprop_decay: float = 0.95
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    clip: float = 5.0  # elementwise gradient clip to [-clip, clip] (0: off)
+    max_grad_norm: float = 0.0  # global-norm clip (0: off), applied before the elementwise clip
+    # run length
+    max_steps: int = 0  # 0: no limit
+    max_epochs: float = 0.0  # 0: no limit
+    max_time: float = 0.0  # seconds of training (0: no limit)
+    # numerics and execution
+    seed: int = 0
+    dtype: str = "float32"
+    backend: str = "numba"
+    threads: int = 0  # 0: all cores
+    # monitoring
+    log_every: int = 10  # steps between progress lines / log.jsonl rows
+    eval_every: int = 500  # steps between validation passes over the whole val split (0: only at the end)
+    sample_every: int = 0  # steps between printed samples (0: never)
+    sample_length: int = 200
+    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 1  # also keep the last K checkpoints as checkpoint-<step>.h5 (1: only checkpoint.h5)
+    early_stop_patience: int = 0  # stop after this many evaluations without a better val loss (0: off)
+    divergence_factor: float = 0.0  # stop if the smoothed loss exceeds this multiple of the starting loss (0: off)
+    extra: dict = field(default_factory=dict)  # reserved for forward-compatible fields
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def validate(self):
+        """Raise ConfigError for options that cannot work."""
+        positive = ["hidden_size", "seq_len", "batch_size"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.model != "rnn":
+            raise ConfigError(f"unknown model {self.model!r}; available: rnn")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.clip < 0 or self.max_grad_norm < 0:
+            raise ConfigError("--clip and --max-grad-norm must be >= 0")
+        if self.init_scale <= 0:
+            raise ConfigError(f"--init-scale must be positive, got {self.init_scale}")
+        for name in ("max_steps", "max_epochs", "max_time", "eval_every", "sample_every", "checkpoint_every",
+                     "early_stop_patience", "lr_decay_every", "lr_decay_after", "threads", "divergence_factor",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.log_every <= 0:
+            raise ConfigError(f"--log-every must be positive, got {self.log_every}")
+        if self.sample_length <= 0:
+            raise ConfigError(f"--sample-length must be positive, got {self.sample_length}")
+        return self
+
+
+# Fields a resumed run may change freely. Everything else defines the model, the data stream or the numerics and
+# must match the checkpoint; lr and its schedule may change only with --allow-change.
+RESUME_CHANGEABLE = {
+    "max_steps", "max_epochs", "max_time", "threads", "log_every", "eval_every", "sample_every", "sample_length",
+    "checkpoint_every", "keep_checkpoints", "early_stop_patience", "divergence_factor",
+}
+RESUME_CHANGEABLE_WITH_ALLOW = {"lr", "lr_decay", "lr_decay_every", "lr_decay_after", "clip", "max_grad_norm",
+                                "momentum"}

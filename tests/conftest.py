@@ -1,0 +1,43 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "2")
+
+BUNDLED = os.path.join(os.path.dirname(__file__), "..", "fastrnn", "data", "tinyshakespeare.txt")
+
+
+def make_text(n_chars, seed=0):
+    """Deterministic text with learnable structure: words from a small lexicon, lines, punctuation."""
+    rng = np.random.default_rng(seed)
+    words = ["the", "cat", "sat", "on", "mat", "and", "a", "dog", "ran", "to", "it", "is", "was", "so", "big"]
+    out, size = [], 0
+    while size < n_chars:
+        line = " ".join(rng.choice(words, size=rng.integers(3, 9))).capitalize() + ".\n"
+        out.append(line)
+        size += len(line)
+    return "".join(out)[:n_chars]
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """A prepared corpus of 40k chars of simple text (train/val/test 90/5/5)."""
+    from fastrnn.corpus import prepare
+
+    d = tmp_path_factory.mktemp("corpus")
+    src = d / "small.txt"
+    src.write_text(make_text(40_000))
+    out = d / "small.h5"
+    prepare([str(src)], str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_corpus(tmp_path_factory):
+    """The bundled tiny Shakespeare, prepared."""
+    from fastrnn.corpus import prepare
+
+    out = tmp_path_factory.mktemp("shakespeare") / "tiny.h5"
+    prepare([BUNDLED], str(out))
+    return str(out)

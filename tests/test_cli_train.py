@@ -1,0 +1,113 @@
+"""`fastrnn train` and `fastrnn sample` through the command line."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from fastrnn import checkpoint as ckpt_io
+from fastrnn.cli import main
+
+SMALL = ["--hidden-size", "16", "--seq-len", "10", "--batch-size", "4", "--log-every", "5"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("fastrnn: error:"), err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_train_then_sample(small_corpus, tmp_path):
+    r = run("train", small_corpus, "-o", tmp_path / "run", *SMALL, "--max-steps", "20", "--eval-every", "10")
+    assert r.exit_code == 0, r.output
+    assert "step 20/20" in r.stderr and "chars/s" in r.stderr and "MB" in r.stderr
+    assert (tmp_path / "run" / "checkpoint.h5").exists() and (tmp_path / "run" / "log.jsonl").exists()
+    s = run("sample", tmp_path / "run", "--prime", "The ", "--length", "50", "--seed", "1")
+    assert s.exit_code == 0, s.output
+    assert s.stdout.startswith("The ") and len(s.stdout) == len("The ") + 50 + 1
+    again = run("sample", tmp_path / "run" / "checkpoint.h5", "--prime", "The ", "--length", "50", "--seed", "1")
+    assert again.stdout == s.stdout
+    other = run("sample", tmp_path / "run", "--prime", "The ", "--length", "50", "--seed", "2")
+    assert other.stdout != s.stdout
+
+
+def test_sample_with_sample_every_prints_text(small_corpus, tmp_path):
+    r = run("train", small_corpus, "-o", tmp_path / "run", *SMALL, "--max-steps", "4", "--sample-every", "2",
+            "--sample-length", "30")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("--- sample at step") == 2
+
+
+@pytest.fixture
+def trained(small_corpus, tmp_path_factory):
+    d = tmp_path_factory.mktemp("trained") / "run"
+    assert run("train", small_corpus, "-o", d, *SMALL, "--max-steps", "3").exit_code == 0
+    return d
+
+
+def test_bad_inputs(small_corpus, trained, tmp_path):
+    one_line_error(run("sample", trained, "--prime", "The Zebra"), "'Z'")
+    one_line_error(run("sample", trained, "--temperature", "0"), "temperature")
+    one_line_error(run("sample", trained, "--temperature", "-1"), "temperature")
+    one_line_error(run("sample", tmp_path / "nope"), "not found")
+    one_line_error(run("sample", small_corpus), "corpus file, not a checkpoint")
+    text = tmp_path / "t.txt"
+    text.write_text("hello")
+    one_line_error(run("sample", text), "not a fastrnn checkpoint")
+    one_line_error(run("train", text, "-o", tmp_path / "x", "--max-steps", "1"))
+    one_line_error(run("train", tmp_path / "missing.h5", "-o", tmp_path / "x", "--max-steps", "1"))
+    one_line_error(run("train", small_corpus, "-o", tmp_path / "x", "--batch-size", "100000", "--max-steps", "1"),
+                   "batch")
+    before = (trained / "checkpoint.h5").read_bytes()
+    one_line_error(run("train", small_corpus, "-o", trained, *SMALL, "--max-steps", "5"), "--resume")
+    one_line_error(run("train", small_corpus, "-o", trained, "--hidden-size", "32", "--resume"), "hidden-size")
+    assert (trained / "checkpoint.h5").read_bytes() == before
+
+
+def test_zero_and_negative_sizes_are_refused(small_corpus, tmp_path):
+    for opt in ("--hidden-size", "--seq-len", "--batch-size"):
+        r = run("train", small_corpus, "-o", tmp_path / "x", opt, "0")
+        assert r.exit_code == 2 and "Invalid value" in r.stderr
+        assert len([line for line in r.stderr.splitlines() if line.startswith("Error")]) == 1
+
+
+def test_divergence_exits_with_status_3(small_corpus, tmp_path):
+    r = run("train", small_corpus, "-o", tmp_path / "r", *SMALL, "--max-steps", "100", "--optimizer", "sgd",
+            "--lr", "1e30", "--clip", "0")
+    assert r.exit_code == 3, r.output
+    assert "loss became" in r.stderr
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_checkpoints_and_resumes(small_corpus, tmp_path, signum, status):
+    run_dir = tmp_path / "r"
+    cmd = [sys.executable, "-m", "fastrnn", "train", small_corpus, "-o", str(run_dir), "--hidden-size", "64",
+           "--batch-size", "8", "--seq-len", "20", "--checkpoint-every", "0", "--eval-every", "0", "--log-every", "1"]
+    p = subprocess.Popen(cmd + ["--max-steps", "1000000"], stderr=subprocess.PIPE, text=True)
+    # wait until training runs (a progress line for step 1 or later)
+    for line in p.stderr:
+        if line.startswith("step "):
+            break
+    time.sleep(0.3)
+    p.send_signal(signum)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == status, err
+    assert "--resume" in err and "Traceback" not in err
+    step = ckpt_io.load(run_dir).state["step"]
+    assert step >= 1
+    r = subprocess.run(cmd + ["--max-steps", str(step + 2), "--resume"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert ckpt_io.load(run_dir).state["step"] == step + 2
