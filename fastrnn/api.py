@@ -1,12 +1,25 @@
-"""A small Python API for notebooks, over the same code paths as the CLI."""
+"""A small Python API for notebooks, over the same code paths as the CLI.
+
+    from fastrnn import CharRNN
+    model = CharRNN(hidden_size=256)
+    model.fit("input.txt", max_steps=2000)        # a text file, a list of files, a prepared .h5, or a str of text
+    print(model.generate("ROMEO:", length=300, temperature=0.8, seed=1))
+    model.evaluate("Some held-out text.")         # {'loss': nats/char, 'bpc': bits/char, 'chars': n}
+    model.save("romeo.h5");  model = CharRNN.load("romeo.h5")
+"""
+
+import math
+import os
+import shutil
+import tempfile
 
 import numpy as np
 
 from fastrnn import checkpoint as ckpt_io
 from fastrnn.config import TrainConfig
 from fastrnn.corpus import Vocab
-from fastrnn.errors import CheckpointError
-from fastrnn.model import Model
+from fastrnn.errors import CheckpointError, ConfigError
+from fastrnn.model import Model, get_backend
 
 
 def load_model(path):
@@ -20,3 +33,135 @@ def load_model(path):
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{ckpt.path} does not describe a model this fastrnn can load ({exc})") from exc
     return model, vocab, ckpt
+
+
+class CharRNN:
+    """A character-level RNN language model: train, generate, evaluate, save and load.
+
+    Keyword arguments are training options (the fields of fastrnn.config.TrainConfig, as the CLI's
+    `fastrnn train` options with underscores: hidden_size, seq_len, batch_size, optimizer, lr, backend, ...).
+    """
+
+    def __init__(self, **options):
+        self.options = dict(options)
+        self.model = None  # fastrnn.model.Model once trained or loaded
+        self.vocab = None
+        self.checkpoint_path = None
+        self.history = []  # log rows of the last fit
+
+    # ----------------------------------------------------------------------------------------------- training
+
+    def fit(self, data, run_dir=None, resume=False, on_event=None, **options):
+        """Train on `data`: a prepared corpus (.h5), a text file or directory, a list of those, or a string of
+        text. Options override the constructor's. Checkpoints and log.jsonl go to run_dir (a temporary directory
+        if None). Returns self."""
+        from fastrnn.corpus import prepare
+        from fastrnn.train import train
+
+        opts = dict(self.options, **options)
+        work = tempfile.mkdtemp(prefix="fastrnn-")
+        try:
+            corpus = self._corpus_path(data, work, prepare)
+            run_dir = run_dir or os.path.join(work, "run")
+            events = []
+
+            def record(kind, payload):
+                if kind == "log":
+                    events.append(payload)
+                if on_event:
+                    on_event(kind, payload)
+
+            summary = train(corpus, run_dir, opts, resume=resume, force=not resume, on_event=record)
+            self.history = events
+            self.model, self.vocab, ckpt = load_model(summary["checkpoint"])
+            self._ckpt = ckpt
+            self.checkpoint_path = summary["checkpoint"] if not run_dir.startswith(work) else None
+            return self
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    @staticmethod
+    def _corpus_path(data, work, prepare):
+        if isinstance(data, (list, tuple)):
+            out = os.path.join(work, "corpus.h5")
+            prepare([os.fspath(d) for d in data], out)
+            return out
+        if isinstance(data, os.PathLike) or (isinstance(data, str) and os.path.exists(data)):
+            data = os.fspath(data)
+            if data.endswith(".h5"):
+                return data
+            out = os.path.join(work, "corpus.h5")
+            prepare([data], out)
+            return out
+        if isinstance(data, str):
+            src = os.path.join(work, "text.txt")
+            with open(src, "w", encoding="utf-8") as f:
+                f.write(data)
+            out = os.path.join(work, "corpus.h5")
+            prepare([src], out)
+            return out
+        raise ConfigError(f"fit() takes a path, a list of paths or a string of text, not {type(data).__name__}")
+
+    # ---------------------------------------------------------------------------------------------- inference
+
+    def _require(self):
+        if self.model is None:
+            raise ConfigError("the model is not trained yet: call fit() or CharRNN.load() first")
+
+    def _backend(self):
+        return get_backend(self.options.get("backend", "numba"))
+
+    def generate(self, prime="", length=200, temperature=1.0, seed=None, top_k=0, top_p=1.0, greedy=False,
+                 beam_width=0):
+        """Generated text: `prime` followed by `length` characters."""
+        from fastrnn import sample as gen
+
+        self._require()
+        be = self._backend()
+        if beam_width:
+            ids, _ = gen.beam_search(be, self.model.P, self.vocab, prime=prime, length=length,
+                                     beam_width=beam_width, dtype=self.model.dtype)
+        else:
+            ids = list(gen.generate(be, self.model.P, self.vocab, prime=prime, length=length,
+                                    temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                                    rng=np.random.default_rng(seed), dtype=self.model.dtype))
+        return prime + "".join(gen.decode_stream(self.vocab, ids))
+
+    def evaluate(self, text, chunk=1000):
+        """Loss of the model on `text`: {'loss': nats/char, 'bpc': bits/char, 'chars': predicted characters}.
+
+        Every character after the first is predicted from all before it (hidden state carried across chunks)."""
+        self._require()
+        ids = self.vocab.encode(text)
+        if ids.size < 2:
+            raise ConfigError("evaluate() needs a text of at least 2 characters")
+        be = self._backend()
+        h = self.model.zero_state(1)
+        total, count = 0.0, 0
+        for start in range(0, ids.size - 1, chunk):
+            x = ids[start:start + chunk][: ids.size - 1 - start]
+            y = ids[start + 1:start + 1 + x.size]
+            loss, h = be.forward_loss(self.model.P, np.ascontiguousarray(x[None], dtype=np.int32),
+                                      np.ascontiguousarray(y[None], dtype=np.int32), h)
+            total += loss * x.size
+            count += x.size
+        loss = total / count
+        return {"loss": loss, "bpc": loss / math.log(2), "chars": count}
+
+    # ------------------------------------------------------------------------------------------- persistence
+
+    def save(self, path):
+        """Write the model (and, after fit, its full training state) to a checkpoint file."""
+        self._require()
+        ckpt = self._ckpt
+        ckpt.params = self.model.flat
+        ckpt_io.save(path, ckpt)
+
+    @classmethod
+    def load(cls, path, **options):
+        """A CharRNN from a checkpoint file or run directory (written by fit/save or `fastrnn train`)."""
+        model, vocab, ckpt = load_model(path)
+        self = cls(**dict(ckpt.config, **options))
+        self.model, self.vocab, self._ckpt = model, vocab, ckpt
+        self.checkpoint_path = ckpt.path
+        return self

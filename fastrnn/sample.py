@@ -1,15 +1,30 @@
-"""Generation: warm the hidden state on a prime text, then sample one character at a time."""
+"""Generation: warm the hidden state on a prime text, then sample one character at a time.
+
+Sampling strategies: temperature (divide the logits), top-k (keep the k most probable symbols), top-p (keep the
+smallest set of most probable symbols whose probability reaches p), greedy (argmax), and beam search (the most
+probable continuation of a given length, seed 002's extension).
+"""
+
+import codecs
 
 import numpy as np
 
 from fastrnn.errors import ConfigError, VocabError
 
 
-def probabilities(logits, temperature):
-    """Softmax of logits / temperature in float64. logits: (V,)."""
+def probabilities(logits, temperature=1.0, top_k=0, top_p=1.0):
+    """Sampling distribution over symbols from logits (V,), in float64."""
     z = np.asarray(logits, dtype=np.float64) / temperature
     z -= z.max()
     p = np.exp(z)
+    if top_k and top_k < p.size:
+        cutoff = np.partition(p, p.size - top_k)[p.size - top_k]
+        p[p < cutoff] = 0.0
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        c = np.cumsum(p[order])
+        keep = np.searchsorted(c, top_p * c[-1]) + 1  # smallest prefix reaching top_p of the mass
+        p[order[keep:]] = 0.0
     p /= p.sum()
     return p
 
@@ -20,18 +35,19 @@ def draw(p, rng):
     return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))
 
 
-def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, rng=None, dtype=np.float32):
-    """Yield `length` generated token ids, one at a time.
-
-    The hidden state starts at zero and is warmed on every character of `prime` (as seed 000 does); the
-    distribution after the last prime character gives the first generated character. With an empty prime the
-    first input is a newline if the vocabulary has one, else the first symbol, and it is not part of the output.
-    """
-    if not temperature > 0:
-        raise ConfigError(f"--temperature must be positive, got {temperature}")
+def check_options(temperature=1.0, top_k=0, top_p=1.0, length=0):
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"--temperature must be a positive number, got {temperature}")
+    if top_k < 0:
+        raise ConfigError(f"--top-k must be >= 0, got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
     if length < 0:
         raise ConfigError(f"--length must be >= 0, got {length}")
-    rng = rng if rng is not None else np.random.default_rng()
+
+
+def _start(backend, P, vocab, prime, dtype):
+    """Hidden state and logits after warming on the prime (or on a newline if the prime is empty)."""
     if prime:
         ids = vocab.encode(prime)
     else:
@@ -44,18 +60,60 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, rng=No
     logits = None
     for token in ids:
         h, logits = backend.step(P, h, np.array([token], dtype=np.int32))
+    return h, logits
+
+
+def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=0, top_p=1.0, greedy=False,
+             rng=None, dtype=np.float32):
+    """Yield `length` generated token ids, one at a time.
+
+    The hidden state starts at zero and is warmed on every character of `prime` (as seed 000 does); the
+    distribution after the last prime character gives the first generated character. With an empty prime the
+    first input is a newline if the vocabulary has one, else the first symbol, and it is not part of the output.
+    """
+    check_options(temperature, top_k, top_p, length)
+    rng = rng if rng is not None else np.random.default_rng()
+    h, logits = _start(backend, P, vocab, prime, dtype)
     for _ in range(length):
-        token = draw(probabilities(logits[0], temperature), rng)
+        if greedy:
+            token = int(np.argmax(logits[0]))
+        else:
+            token = draw(probabilities(logits[0], temperature, top_k, top_p), rng)
         yield token
         h, logits = backend.step(P, h, np.array([token], dtype=np.int32))
+
+
+def beam_search(backend, P, vocab, *, prime="", length=200, beam_width=5, dtype=np.float32):
+    """The most probable continuation of `length` symbols found by beam search.
+
+    Keeps the `beam_width` best partial sequences by total log-probability; each step expands every beam by
+    every symbol and keeps the best `beam_width`. Returns (token ids: list[int], total log-probability in nats).
+    """
+    if beam_width < 1:
+        raise ConfigError(f"--beam-width must be >= 1, got {beam_width}")
+    check_options(length=length)
+    h, logits = _start(backend, P, vocab, prime, dtype)
+    V = logits.shape[1]
+    scores = np.zeros(1)  # (B,) total log-probabilities
+    seqs = np.zeros((1, 0), dtype=np.int32)  # (B, t)
+    for _ in range(length):
+        z = logits.astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (B, V)
+        total = (scores[:, None] + logp).ravel()  # (B*V,)
+        k = min(beam_width, total.size)
+        best = np.argsort(-total, kind="stable")[:k]
+        beams, tokens = best // V, (best % V).astype(np.int32)
+        scores = total[best]
+        seqs = np.concatenate([seqs[beams], tokens[:, None]], axis=1)
+        h, logits = backend.step(P, np.ascontiguousarray(h[beams]), tokens)
+    return [int(t) for t in seqs[0]], float(scores[0])
 
 
 def decode_stream(vocab, ids):
     """Yield text pieces for token ids as they come; byte-level tokens are decoded incrementally so a UTF-8
     character split over several tokens comes out whole."""
     if vocab.level == "byte":
-        import codecs
-
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for token in ids:
             piece = decoder.decode(vocab.decode_bytes(np.array([token], dtype=np.int32)))
@@ -67,3 +125,19 @@ def decode_stream(vocab, ids):
     else:
         for token in ids:
             yield vocab.symbols[token]
+
+
+def stop_at(pieces, marker):
+    """Pass text pieces through until `marker` has been produced (it is included), then stop."""
+    if not marker:
+        yield from pieces
+        return
+    seen = ""
+    for piece in pieces:
+        seen += piece
+        i = seen.find(marker)
+        if i >= 0:
+            yield piece[: len(piece) - (len(seen) - (i + len(marker)))]
+            return
+        yield piece
+        seen = seen[-len(marker):]

@@ -37,9 +37,9 @@ def main():
 
 
 def _register():
-    from fastrnn.cli import corpus, train
+    from fastrnn.cli import corpus, plots, train
 
-    for module in (corpus, train):
+    for module in (corpus, train, plots):
         for command in module.COMMANDS:
             main.add_command(command)
 

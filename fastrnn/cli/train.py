@@ -1,7 +1,5 @@
 """`fastrnn train` and `fastrnn sample`: thin commands over fastrnn.train and fastrnn.sample."""
 
-import json
-import math
 import signal
 import sys
 
@@ -171,30 +169,46 @@ def _duration(seconds):
 @click.option("--length", type=click.IntRange(min=0), default=500, help="Characters to generate.")
 @click.option("--temperature", type=float, default=1.0,
               help="Divide logits by this before the softmax: < 1 is more conservative, > 1 more varied.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, help="Sample only among the k most probable "
+              "characters (0: all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+              help="Sample only among the most probable characters whose probabilities add up to p.")
+@click.option("--greedy", is_flag=True, help="Always take the most probable character (argmax).")
+@click.option("--beam-width", type=click.IntRange(min=0), default=0,
+              help="Beam search with this many beams: the most probable continuation of --length (0: sample).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, help="Independent samples to print.")
+@click.option("--stop-at", default="", help="Stop a sample once it has produced this text.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: a fresh one each time).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="numba")
-def sample(checkpoint, prime, length, temperature, seed, backend):
-    """Generate text from a trained model (a checkpoint file or a run directory)."""
+def sample(checkpoint, prime, length, temperature, top_k, top_p, greedy, beam_width, num_samples, stop_at, seed,
+           backend):
+    """Generate text from a trained model (a checkpoint file or a run directory), streamed to stdout."""
     import numpy as np
 
     from fastrnn.api import load_model
-    from fastrnn.errors import ConfigError
-    from fastrnn.sample import decode_stream, generate
-
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ConfigError(f"--temperature must be a positive number, got {temperature}")
-    model, vocab, _ = load_model(checkpoint)
-    rng = np.random.default_rng(seed)
     from fastrnn.model import get_backend
+    from fastrnn import sample as gen
 
+    gen.check_options(temperature, top_k, top_p, length)
+    model, vocab, _ = load_model(checkpoint)
+    vocab.encode(prime)  # unknown prime characters: a clear error before any output
+    be = get_backend(backend)
+    rng = np.random.default_rng(seed)
     out = click.get_text_stream("stdout")
-    ids = generate(get_backend(backend), model.P, vocab, prime=prime, length=length, temperature=temperature,
-                   rng=rng, dtype=model.dtype)
-    out.write(prime)
-    for piece in decode_stream(vocab, ids):
-        out.write(piece)
-        out.flush()
-    out.write("\n")
+    for i in range(num_samples):
+        if i:
+            out.write("\n")
+        if beam_width:
+            ids, _ = gen.beam_search(be, model.P, vocab, prime=prime, length=length, beam_width=beam_width,
+                                     dtype=model.dtype)
+        else:
+            ids = gen.generate(be, model.P, vocab, prime=prime, length=length, temperature=temperature,
+                               top_k=top_k, top_p=top_p, greedy=greedy, rng=rng, dtype=model.dtype)
+        out.write(prime)
+        for piece in gen.stop_at(gen.decode_stream(vocab, ids), stop_at):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
 
 
 COMMANDS = [train, sample]

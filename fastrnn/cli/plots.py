@@ -1,0 +1,62 @@
+"""`fastrnn plot`, `plot-hidden`, `plot-gradients`: PNG pictures (matplotlib, an optional extra)."""
+
+import os
+
+import click
+
+from fastrnn.plots import FEATURES
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="PNG to write [default: RUN_DIR/loss.png].")
+def plot(run_dirs, output):
+    """Training and validation loss against steps and wall time, and chars/s, for one or more runs."""
+    from fastrnn.plots import plot_losses
+
+    out = output or os.path.join(run_dirs[0], "loss.png")
+    plot_losses([(os.path.basename(os.path.normpath(d)), d) for d in run_dirs], out)
+    click.echo(out)
+
+
+@click.command("plot-hidden")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--text", default="To be or not to be", help="Text to read through the network.")
+@click.option("--feature", type=click.Choice(list(FEATURES)), default="quote",
+              help="Find the hidden units most correlated with this per-character feature.")
+@click.option("--units", type=click.IntRange(min=1), default=64, help="Hidden units shown in the heatmap.")
+@click.option("--top", type=click.IntRange(min=1), default=5, help="Most correlated units to show.")
+@click.option("-o", "--output", default="hidden.png", type=click.Path(dir_okay=False), help="PNG to write.")
+def plot_hidden_cmd(checkpoint, text, feature, units, top, output):
+    """Heatmap of hidden-unit activations per character, and the units most correlated with a feature."""
+    from fastrnn.api import load_model
+    from fastrnn.plots import plot_hidden
+
+    model, vocab, _ = load_model(checkpoint)
+    _, top_units = plot_hidden(model.P, vocab, text, output, feature=feature, units=units, top=top)
+    click.echo(output)
+    for unit, r in top_units:
+        click.echo(f"unit {unit}: r = {r:+.3f} with {FEATURES[feature]}", err=True)
+
+
+@click.command("plot-gradients")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
+@click.option("--text", default="To be, or not to be, that is the question: whether 'tis nobler in the mind",
+              help="The loss of predicting this text's last character is differentiated through time.")
+@click.option("-o", "--output", default="gradients.png", type=click.Path(dir_okay=False), help="PNG to write.")
+def plot_gradients_cmd(checkpoints, text, output):
+    """Gradient magnitude |dL/dh_t| through time steps (log scale); several checkpoints side by side."""
+    from fastrnn.api import load_model
+    from fastrnn.plots import plot_gradients
+
+    models = []
+    for path in checkpoints:
+        model, vocab, ckpt = load_model(path)
+        label = f"{model.model} H={model.hidden_size} ({os.path.basename(os.path.normpath(path))})"
+        models.append((label, model.P, vocab))
+    plot_gradients(models, text, output)
+    click.echo(output)
+
+
+COMMANDS = [plot, plot_hidden_cmd, plot_gradients_cmd]
