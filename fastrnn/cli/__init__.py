@@ -21,6 +21,11 @@ class FastrnnGroup(click.Group):
         except FastrnnError as exc:
             click.echo(f"fastrnn: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except click.UsageError as exc:  # bad options: one line too, with where to look
+            where = f"fastrnn {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else "fastrnn --help"
+            message = " ".join(exc.format_message().split())
+            click.echo(f"fastrnn: error: {message} (see {where})", err=True)
+            sys.exit(exc.exit_code)
 
 
 @click.group(cls=FastrnnGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -1,0 +1,205 @@
+"""Shared helpers of the benchmarks: machine description, thread control, GEMM peaks, timing, output.
+
+Every benchmark reports what it ran on (CPU, cores, library versions, BLAS environment) next to its numbers, and
+measures the machine's single- and double-precision GEMM rate in the same run, so that an achieved GFLOP/s can be
+read as a fraction of what this machine, at this thread count, can do.
+"""
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# machine
+
+
+def cpu_model():
+    """The CPU model name from /proc/cpuinfo (or platform.processor())."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags():
+    """The SIMD flags that matter for the kernels (avx2, fma, avx512f), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16") if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def machine_info():
+    """A JSON-friendly description of the machine and the numerical stack."""
+    import numba
+    import scipy
+
+    import llvmlite
+    import llvmlite.binding as llvm
+
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:  # pragma: no cover
+        physical = None
+    try:
+        has_svml = bool(llvm.has_svml())
+    except AttributeError:  # pragma: no cover - older llvmlite
+        has_svml = None
+    blas = {}
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [{k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+                for p in threadpool_info() if p.get("user_api") == "blas"]
+    except ImportError:  # pragma: no cover
+        pass
+    return {
+        "cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cores": os.cpu_count(), "physical_cores": physical,
+        "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+        "scipy": scipy.__version__, "llvmlite": llvmlite.__version__, "llvmlite_has_svml": has_svml,
+        "numba_svml": bool(getattr(numba.core.config, "USING_SVML", False)), "blas": blas,
+        "env": {k: v for k, v in sorted(os.environ.items())
+                if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_"))},
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# threads
+
+
+_limits = None  # the threadpoolctl limiter in force, kept alive
+
+
+def set_threads(n):
+    """Use n threads for numba kernels and BLAS. Returns n.
+
+    fastrnn.kernels.threads.set_threads when the kernels provide it, else threadpoolctl + numba.set_num_threads.
+    """
+    global _limits
+    try:
+        from fastrnn.kernels.threads import set_threads as kernels_set_threads
+    except ImportError:
+        kernels_set_threads = None
+    if kernels_set_threads is not None:
+        kernels_set_threads(n)
+        return n
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    _limits = threadpool_limits(limits=n)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# timing
+
+
+def time_calls(fn, repeats, min_seconds=0.05):
+    """Median seconds per call of fn() over `repeats` timed repeats.
+
+    Each repeat runs fn() k times with k chosen (from one probe call) so a repeat lasts about min_seconds, which
+    keeps microsecond-sized calls measurable. Returns (median seconds per call, calls per repeat, [per-call
+    seconds of each repeat]).
+    """
+    t0 = time.perf_counter()
+    fn()
+    probe = time.perf_counter() - t0
+    k = max(1, int(min_seconds / max(probe, 1e-9)))
+    per_call = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(k):
+            fn()
+        per_call.append((time.perf_counter() - t0) / k)
+    return statistics.median(per_call), k, per_call
+
+
+def gemm_gflops(dtype, n=2048, repeats=5):
+    """Median GFLOP/s of an (n, n) @ (n, n) product in `dtype` at the current thread setting (2 n^3 flops)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)  # (n, n)
+    b = rng.standard_normal((n, n)).astype(dtype)  # (n, n)
+    c = np.empty((n, n), dtype=dtype)  # (n, n)
+    np.matmul(a, b, out=c)  # warm-up: BLAS thread start, page faults
+    seconds, _, _ = time_calls(lambda: np.matmul(a, b, out=c), repeats, min_seconds=0.0)
+    return 2.0 * n**3 / seconds / 1e9
+
+
+def measure_peaks(threads_list, dtypes=("float32", "float64"), n=2048, repeats=5):
+    """{dtype: {str(threads): GFLOP/s}}: sgemm and dgemm peaks at each thread count."""
+    peaks = {dt: {} for dt in dtypes}
+    for threads in threads_list:
+        set_threads(threads)
+        for dt in dtypes:
+            peaks[dt][str(threads)] = gemm_gflops(dt, n, repeats)
+    return peaks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# output
+
+
+def format_table(rows, columns):
+    """A plain-text table. columns: list of (header, key, format spec or callable)."""
+    cells = []
+    for row in rows:
+        line = []
+        for _, key, fmt in columns:
+            value = row.get(key)
+            if value is None:
+                line.append("-")
+            elif callable(fmt):
+                line.append(fmt(value))
+            else:
+                line.append(format(value, fmt))
+        cells.append(line)
+    headers = [h for h, _, _ in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)),
+           "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells]
+    return "\n".join(out)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def write_json(path, data):
+    """Write `data` (numpy scalars allowed, non-finite floats become null) as indented JSON."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(_jsonable(data), f, indent=1)
+        f.write("\n")
+
+
+def parse_list(text, kind=int):
+    """'64,128' -> [64, 128]."""
+    return [kind(v) for v in str(text).split(",") if v.strip()]

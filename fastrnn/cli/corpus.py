@@ -1,0 +1,102 @@
+"""`fastrnn prepare` and `fastrnn info`: thin commands over fastrnn.corpus."""
+
+import json
+import sys
+import time
+
+import click
+
+from fastrnn import corpus as corpus_lib
+
+
+class _Progress:
+    """One self-rewriting stderr line: phase, MB read, MB/s, ETA (only on a terminal, at most 4 times a second)."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+        self.start = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, phase, done, total):
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.25 and done < total):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9) / 1e6
+        left = (2 * total - done if phase == "scan" else total - done) / 1e6 / rate if rate else 0
+        click.echo(f"\r{phase:5s} {done / 1e6:9.1f} / {total / 1e6:.1f} MB  {rate:7.1f} MB/s  ETA {left:5.0f}s ",
+                   nl=False, err=True)
+
+    def done(self):
+        if self.enabled:
+            click.echo("", err=True)
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.option("-o", "--output", required=True, type=click.Path(), help="The corpus file to write (HDF5).")
+@click.option("--level", type=click.Choice(corpus_lib.LEVELS), default="char",
+              help="Tokens are Unicode characters, or raw bytes.")
+@click.option("--val-frac", type=float, default=0.05, help="Fraction of the corpus (from its end) for validation.")
+@click.option("--test-frac", type=float, default=0.05, help="Fraction of the corpus (at its very end) for test.")
+@click.option("--lowercase", is_flag=True, help="Lowercase the text.")
+@click.option("--letters-only", is_flag=True,
+              help="Keep letters only: every run of other characters becomes one space.")
+@click.option("--encoding", default="utf-8", help="Text encoding of the inputs.")
+@click.option("--errors", type=click.Choice(corpus_lib.ERRORS), default="strict",
+              help="What to do with bytes that are not valid in --encoding.")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only, encoding, errors, force, quiet):
+    """Tokenize text files into a corpus file for training.
+
+    INPUTS are text files, directories of text files (read recursively, in name order) or - for standard
+    input; they are concatenated in order. The corpus is read twice in bounded chunks, so memory stays flat
+    however large it is, and written to a temporary file renamed into place at the end.
+    """
+    progress = _Progress(not quiet and sys.stderr.isatty())
+    start = time.perf_counter()
+    try:
+        info = corpus_lib.prepare(list(inputs), output, level=level, val_frac=val_frac, test_frac=test_frac,
+                                  lowercase=lowercase, letters_only=letters_only, encoding=encoding, errors=errors,
+                                  force=force, progress=progress)
+    finally:
+        progress.done()
+    seconds = time.perf_counter() - start
+    mb = sum(s["bytes"] for s in info["sources"]) / 1e6
+    click.echo(f"wrote {output}: {info['total_tokens']:,} tokens (train {info['train_tokens']:,}, val "
+               f"{info['val_tokens']:,}, test {info['test_tokens']:,}), {info['vocab_size']} symbols, "
+               f"{info['dtype']}, {mb:.1f} MB in {seconds:.1f}s")
+
+
+@click.command()
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(path, as_json):
+    """Describe a corpus file: vocabulary, split sizes, dtype, sources and options."""
+    d = corpus_lib.info(path)
+    if as_json:
+        click.echo(json.dumps(d, ensure_ascii=False))
+        return
+    click.echo(f"corpus          {d['path']}")
+    click.echo(f"format version  {d['format_version']}")
+    click.echo(f"level           {d['level']}")
+    click.echo(f"vocabulary      {d['vocab_size']} symbols, token dtype {d['dtype']}")
+    click.echo(f"symbols         {_printable(d['symbols'])}")
+    total = d["total_tokens"]
+    for name in corpus_lib.SPLITS:
+        n = d[f"{name}_tokens"]
+        click.echo(f"{name:15s} {n:,} tokens ({100 * n / total:.1f}%)")
+    click.echo("options         " + ", ".join(f"{k}={v}" for k, v in d["options"].items()))
+    for s in d["sources"]:
+        click.echo(f"source          {s['path']} ({s['bytes']:,} bytes)")
+    if d["created"]:
+        click.echo(f"created         {d['created']}")
+
+
+def _printable(symbols):
+    """Symbols on one line: space as ␣, control characters escaped (\\n, \\t, \\x00)."""
+    return "".join("\u2423" if c == " " else c if c.isprintable() else ascii(c)[1:-1] for c in symbols)
+
+
+COMMANDS = [prepare, info]

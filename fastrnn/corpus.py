@@ -1,0 +1,578 @@
+"""Corpora: streaming text -> HDF5 tokenization, the vocabulary, memory-mapped splits and TBPTT batch streams.
+
+A corpus is tokenized once by `prepare` into CORPUS.h5 and read at training time as read-only memory maps, so RAM
+does not grow with the corpus:
+
+    /train, /val, /test     (M,) uint8|uint16|uint32 token ids, contiguous and uncompressed (numpy.memmap-able)
+    attrs                   fastrnn_corpus=1, format_version, vocab (JSON), config (JSON), sources (JSON)
+
+Splits are taken from the end of the corpus: train is the first 1 - val_frac - test_frac of the tokens, then val,
+then test. Tokens are Unicode code points (level 'char') or raw bytes (level 'byte'); the vocabulary is the set of
+symbols that occur, sorted by code point, and ids index into it.
+
+`prepare` reads its inputs twice in bounded chunks (pass 1 finds the vocabulary and the length, pass 2 writes the
+ids); standard input is first spooled to a temporary file. Peak memory is a few chunks, whatever the corpus size.
+"""
+
+import codecs
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+
+from fastrnn.errors import ConfigError, CorpusError, VocabError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+CHUNK_SIZE = 8 << 20  # bytes of input per chunk
+LEVELS = ("char", "byte")
+ERRORS = ("strict", "replace", "ignore")
+_ASCII_COMPATIBLE = {"utf-8", "ascii", "iso8859-1", "cp1252", "latin-1"}
+
+
+def token_dtype(vocab_size):
+    """The smallest unsigned integer type that holds ids 0..vocab_size-1."""
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if vocab_size <= np.iinfo(dt).max + 1:
+            return np.dtype(dt)
+    raise CorpusError(f"vocabulary of {vocab_size} symbols is too large")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vocabulary
+
+
+class Vocab:
+    """The symbols of a corpus, sorted by code point (level 'char') or byte value (level 'byte').
+
+    codes: (V,) int64 sorted code points or byte values; symbols: list of V str (a char, or for bytes a str of the
+    byte's latin-1 character) for display.
+    """
+
+    def __init__(self, codes, level="char"):
+        if level not in LEVELS:
+            raise ConfigError(f"unknown level {level!r}; choose char or byte")
+        self.level = level
+        self.codes = np.array(sorted(int(c) for c in codes), dtype=np.int64)  # (V,)
+        if level == "byte" and len(self.codes) and (self.codes[0] < 0 or self.codes[-1] > 255):
+            raise ConfigError("byte vocabulary values must be 0..255")
+        self.symbols = [chr(c) for c in self.codes]
+        top = int(self.codes[-1]) + 1 if len(self.codes) else 1
+        self._lut = np.full(max(top, 256 if level == "byte" else 1), -1, dtype=np.int32)  # code -> id, -1 absent
+        self._lut[self.codes] = np.arange(len(self.codes), dtype=np.int32)
+
+    @property
+    def size(self):
+        return len(self.codes)
+
+    @property
+    def dtype(self):
+        return token_dtype(self.size)
+
+    def __len__(self):
+        return self.size
+
+    def __eq__(self, other):
+        return isinstance(other, Vocab) and self.level == other.level and np.array_equal(self.codes, other.codes)
+
+    def __repr__(self):
+        return f"Vocab(level={self.level!r}, size={self.size})"
+
+    def encode_codes(self, codes):
+        """ids: (M,) int32 for an array of code points / byte values; VocabError on the first unknown one."""
+        codes = np.asarray(codes)
+        if codes.size == 0:
+            return np.zeros(0, dtype=np.int32)
+        inside = codes < len(self._lut)
+        ids = np.full(codes.shape, -1, dtype=np.int32)
+        ids[inside] = self._lut[codes[inside]]
+        bad = np.flatnonzero(ids < 0)
+        if bad.size:
+            c = int(codes[bad[0]])
+            what = f"byte 0x{c:02X}" if self.level == "byte" else f"character {_show(chr(c))} (U+{c:04X})"
+            raise VocabError(f"{what} at position {int(bad[0])} is not in the vocabulary ({self.size} symbols)")
+        return ids
+
+    def encode(self, text):
+        """ids: (M,) int32 for a str (at level 'byte', its UTF-8 bytes; bytes are accepted as they are)."""
+        if self.level == "byte":
+            data = text if isinstance(text, (bytes, bytearray)) else text.encode("utf-8")
+            return self.encode_codes(np.frombuffer(bytes(data), dtype=np.uint8))
+        return self.encode_codes(_codepoints(text))
+
+    def decode_bytes(self, ids):
+        """The raw bytes of byte-level ids."""
+        return self.codes[np.asarray(ids, dtype=np.int64)].astype(np.uint8).tobytes()
+
+    def decode(self, ids):
+        """Text for ids: decode(encode(text)) == text. Byte-level ids decode as UTF-8 (invalid bytes replaced)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.level == "byte":
+            return self.decode_bytes(ids).decode("utf-8", errors="replace")
+        return self.codes[ids].astype("<u4").tobytes().decode("utf-32-le")
+
+    def to_dict(self):
+        return {"level": self.level, "symbols": [int(c) for c in self.codes]}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["symbols"], d.get("level", "char"))
+
+
+def _codepoints(text):
+    """(M,) uint8 or uint32 code points of a str, without a Python-level loop."""
+    if text.isascii():
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
+
+
+def _show(ch):
+    return repr(ch) if ch.isprintable() else ascii(ch)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading inputs in chunks
+
+
+def expand_inputs(inputs):
+    """The list of files to read: files as given, directories walked (sorted, hidden entries and binary files
+    skipped), '-' for standard input. Raises CorpusError for missing or unreadable inputs."""
+    if not inputs:
+        raise CorpusError("no input files given")
+    files = []
+    for item in inputs:
+        item = os.fspath(item)
+        if item == "-":
+            files.append("-")
+        elif os.path.isdir(item):
+            found = []
+            for root, dirs, names in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(names):
+                    path = os.path.join(root, name)
+                    if not name.startswith(".") and os.path.isfile(path) and _looks_text(path):
+                        found.append(path)
+            if not found:
+                raise CorpusError(f"directory {item} has no text files")
+            files.extend(found)
+        elif not os.path.exists(item):
+            raise CorpusError(f"input {item} does not exist")
+        elif not os.path.isfile(item):
+            raise CorpusError(f"input {item} is not a regular file")
+        elif not os.access(item, os.R_OK):
+            raise CorpusError(f"input {item} is not readable (permission denied)")
+        else:
+            files.append(item)
+    return files
+
+
+def _looks_text(path):
+    try:
+        with open(path, "rb") as f:
+            return b"\x00" not in f.read(8192)
+    except OSError:
+        return False
+
+
+class _Normalizer:
+    """Seed-000 style options on a stream of str chunks: lowercase; letters only (every run of non-letters
+    becomes one space, no space at the start or end of the corpus)."""
+
+    _NON_LETTERS = re.compile(r"[\W\d_]+")
+
+    def __init__(self, lowercase, letters_only):
+        self.lowercase, self.letters_only = lowercase, letters_only
+        self.started = False  # a letter has been emitted
+        self.pending_space = False
+
+    def __call__(self, text):
+        if self.lowercase:
+            text = text.lower()
+        if not self.letters_only:
+            return text
+        text = self._NON_LETTERS.sub(" ", text)
+        if not text:
+            return text
+        lead = text[0] == " "
+        trail = text[-1] == " "
+        core = text.strip(" ")
+        if not core:
+            self.pending_space = self.pending_space or self.started
+            return ""
+        out = (" " if self.started and (lead or self.pending_space) else "") + core
+        self.started = True
+        self.pending_space = trail
+        return out
+
+
+def _read_chunks(path, chunk_size):
+    """Yield (offset, bytes) chunks of a file."""
+    with open(path, "rb") as f:
+        offset = 0
+        while True:
+            data = f.read(chunk_size)
+            if not data:
+                return
+            yield offset, data
+            offset += len(data)
+
+
+def _code_chunks(files, *, level, encoding, errors, lowercase, letters_only, chunk_size, progress=None,
+                 phase=""):
+    """Yield (M,) arrays of code points (or byte values) for the concatenated, normalized inputs.
+
+    Raises CorpusError naming the file and byte offset of a NUL byte or (errors='strict') invalid text.
+    """
+    total = sum(os.path.getsize(f) for f in files)
+    done = 0
+    codec = codecs.lookup(encoding).name
+    ascii_ok = codec in _ASCII_COMPATIBLE
+    wide = codec.startswith(("utf-16", "utf-32"))
+    norm = _Normalizer(lowercase, letters_only)
+    for path in files:
+        decoder = codecs.getincrementaldecoder(codec)(errors)
+        for offset, data in _read_chunks(path, chunk_size):
+            if not wide:
+                nul = data.find(b"\x00")
+                if nul >= 0:
+                    raise CorpusError(f"{path} looks like a binary file: NUL byte at byte offset {offset + nul}")
+            if level == "byte":
+                if lowercase:
+                    data = data.lower()
+                yield np.frombuffer(data, dtype=np.uint8)
+            elif ascii_ok and not lowercase and not letters_only and data.isascii() and not decoder.getstate()[0]:
+                yield np.frombuffer(data, dtype=np.uint8)  # fast path: ASCII bytes are their code points
+            else:
+                pending = len(decoder.getstate()[0])
+                try:
+                    text = decoder.decode(data)
+                except UnicodeDecodeError as exc:
+                    raise CorpusError(f"{path} is not valid {encoding} text: {exc.reason} at byte offset "
+                                      f"{offset - pending + exc.start} (use --errors replace or ignore, or "
+                                      f"--encoding)") from None
+                if wide and "\x00" in text:
+                    raise CorpusError(f"{path} looks like a binary file: NUL character near byte offset {offset}")
+                text = norm(text)
+                if text:
+                    yield _codepoints(text)
+            done += len(data)
+            if progress:
+                progress(phase, done, total)
+        if level == "char":
+            pending = len(decoder.getstate()[0])
+            try:
+                tail = decoder.decode(b"", final=True)
+            except UnicodeDecodeError as exc:
+                raise CorpusError(f"{path} is not valid {encoding} text: {exc.reason} at byte offset "
+                                  f"{os.path.getsize(path) - pending + exc.start} (use --errors replace or "
+                                  f"ignore, or --encoding)") from None
+            tail = norm(tail)
+            if tail:
+                yield _codepoints(tail)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prepare
+
+
+def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowercase=False, letters_only=False,
+            encoding="utf-8", errors="strict", force=False, chunk_size=CHUNK_SIZE, progress=None):
+    """Tokenize text files into CORPUS.h5 at `output`. Returns the info dict of the written corpus.
+
+    inputs: paths of files or directories, or '-' for standard input, read in order and concatenated.
+    The file is written to a temporary name beside `output` and renamed at the end: an interrupted or failed
+    prepare leaves no partial output and never touches an existing file (which is refused unless force=True).
+    progress: optional callable(phase, bytes_done, bytes_total).
+    """
+    output = os.fspath(output)
+    if level not in LEVELS:
+        raise ConfigError(f"--level must be char or byte, not {level!r}")
+    if errors not in ERRORS:
+        raise ConfigError(f"--errors must be one of {', '.join(ERRORS)}, not {errors!r}")
+    for name, frac in (("--val-frac", val_frac), ("--test-frac", test_frac)):
+        if not 0 <= frac < 1:
+            raise ConfigError(f"{name} must be in [0, 1), got {frac}")
+    if val_frac + test_frac >= 1:
+        raise ConfigError(f"--val-frac + --test-frac must be below 1, got {val_frac + test_frac}")
+    if level == "byte" and letters_only:
+        raise ConfigError("--letters-only works on characters; use it with --level char")
+    if chunk_size < 16:
+        raise ConfigError("chunk size must be at least 16 bytes")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ConfigError(f"unknown encoding {encoding!r}") from None
+    if os.path.isdir(output):
+        raise CorpusError(f"output {output} is a directory")
+    if os.path.exists(output) and not force:
+        raise CorpusError(f"output {output} exists; add --force to overwrite it")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(out_dir):
+        raise CorpusError(f"output directory {out_dir} does not exist")
+
+    spool = None
+    try:
+        files = []
+        for f in expand_inputs(inputs):
+            if f == "-":
+                spool = spool or _spool_stdin(out_dir)
+                files.append(spool)
+            else:
+                if os.path.exists(output) and os.path.samefile(f, output):
+                    raise CorpusError(f"output {output} is also an input")
+                files.append(f)
+        opts = dict(level=level, encoding=encoding, errors=errors, lowercase=lowercase, letters_only=letters_only,
+                    chunk_size=chunk_size, progress=progress)
+
+        # pass 1: vocabulary and length
+        counts = np.zeros(256, dtype=np.int64)
+        total = 0
+        for codes in _code_chunks(files, phase="scan", **opts):
+            c = np.bincount(codes, minlength=len(counts))
+            if len(c) > len(counts):
+                c[: len(counts)] += counts
+                counts = c
+            else:
+                counts += c
+            total += len(codes)
+        if total == 0:
+            raise CorpusError(f"the corpus is empty ({', '.join(_names(inputs))})")
+        if total < 2:
+            raise CorpusError("the corpus has a single symbol; it needs at least two to learn from")
+        vocab = Vocab(np.flatnonzero(counts), level)
+        n_val, n_test = int(total * val_frac), int(total * test_frac)
+        sizes = {"train": total - n_val - n_test, "val": n_val, "test": n_test}
+        dtype = vocab.dtype
+        lut = np.zeros(len(counts), dtype=dtype)  # code -> id
+        lut[vocab.codes] = np.arange(vocab.size, dtype=dtype)
+
+        # pass 2: ids into the splits
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(output) + ".", suffix=".tmp", dir=out_dir)
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w") as f:
+                dsets = [f.create_dataset(name, shape=(sizes[name],), dtype=dtype) for name in SPLITS]
+                bounds = np.cumsum([0] + [sizes[name] for name in SPLITS])
+                pos = 0
+                for codes in _code_chunks(files, phase="write", **opts):
+                    ids = lut[codes]
+                    _write_span(dsets, bounds, pos, ids)
+                    pos += len(ids)
+                if pos != total:
+                    raise CorpusError("an input changed while it was being read; run prepare again")
+                config = {"level": level, "val_frac": val_frac, "test_frac": test_frac, "lowercase": lowercase,
+                          "letters_only": letters_only, "encoding": encoding, "errors": errors}
+                sources = [{"path": "<stdin>" if p == spool else os.path.abspath(p), "bytes": os.path.getsize(p)}
+                           for p in files]
+                f.attrs["fastrnn_corpus"] = 1
+                f.attrs["format_version"] = FORMAT_VERSION
+                f.attrs["vocab"] = json.dumps(vocab.to_dict())
+                f.attrs["config"] = json.dumps(config)
+                f.attrs["sources"] = json.dumps(sources)
+                f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, output)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    finally:
+        if spool:
+            with contextlib.suppress(OSError):
+                os.unlink(spool)
+    return info(output)
+
+
+def _names(inputs):
+    return [os.fspath(i) for i in inputs]
+
+
+def _write_span(dsets, bounds, pos, ids):
+    """Write ids at global position pos across the split datasets whose global bounds are `bounds`."""
+    end = pos + len(ids)
+    for k, d in enumerate(dsets):
+        a, b = max(pos, bounds[k]), min(end, bounds[k + 1])
+        if a < b:
+            d[a - bounds[k]: b - bounds[k]] = ids[a - pos: b - pos]
+
+
+def _spool_stdin(out_dir):
+    fd, path = tempfile.mkstemp(prefix=".fastrnn-stdin.", dir=out_dir)
+    with os.fdopen(fd, "wb") as f:
+        shutil.copyfileobj(sys.stdin.buffer, f, CHUNK_SIZE)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading a corpus
+
+
+class Corpus:
+    """An open CORPUS.h5: `vocab`, `split(name)` as read-only memory maps, `info()`. Use `open_corpus`."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            if not os.path.exists(path):
+                raise CorpusError(f"corpus {path} does not exist")
+            if os.path.isdir(path):
+                raise CorpusError(f"corpus {path} is a directory, not a corpus file")
+            if not h5py.is_hdf5(path):
+                raise CorpusError(f"{path} is not a corpus file (not HDF5); make one with `fastrnn prepare`")
+            self._file = h5py.File(path, "r")
+        except OSError as exc:
+            raise CorpusError(f"cannot read corpus {path}: it is truncated or corrupt ({exc})") from None
+        f = self._file
+        try:
+            if "fastrnn_checkpoint" in f.attrs:
+                raise CorpusError(f"{path} is a fastrnn checkpoint, not a corpus")
+            if "fastrnn_corpus" not in f.attrs:
+                raise CorpusError(f"{path} is an HDF5 file but not a fastrnn corpus")
+            version = int(f.attrs["format_version"])
+            if version > FORMAT_VERSION:
+                raise CorpusError(f"{path} has corpus format {version}; this fastrnn reads up to {FORMAT_VERSION}")
+            self.vocab = Vocab.from_dict(json.loads(f.attrs["vocab"]))
+            self.config = json.loads(f.attrs["config"])
+            self.sources = json.loads(f.attrs["sources"])
+            self.format_version = version
+            self.created = str(f.attrs.get("created", ""))
+            for name in SPLITS:
+                if name not in f:
+                    raise CorpusError(f"{path} has no {name} split; the corpus is damaged")
+        except CorpusError:
+            f.close()
+            raise
+        except (KeyError, ValueError, OSError) as exc:
+            f.close()
+            raise CorpusError(f"{path} is a damaged corpus file ({exc})") from None
+        self._maps = {}
+
+    def split(self, name):
+        """(M,) read-only memory-mapped token ids of split `name` ('train', 'val' or 'test')."""
+        if name not in SPLITS:
+            raise ConfigError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
+        if name not in self._maps:
+            d = self._file[name]
+            n = d.shape[0]
+            offset = d.id.get_offset()
+            if n == 0:
+                arr = np.zeros(0, dtype=d.dtype)
+            elif offset is None or d.chunks is not None or d.compression:
+                raise CorpusError(f"{self.path}: split {name} is not stored contiguously; prepare it again")
+            else:
+                if offset + n * d.dtype.itemsize > os.path.getsize(self.path):
+                    raise CorpusError(f"{self.path} is truncated (split {name} runs past the end of the file)")
+                arr = np.memmap(self.path, dtype=d.dtype, mode="r", offset=offset, shape=(n,))
+            self._maps[name] = arr
+        return self._maps[name]
+
+    def sizes(self):
+        return {name: int(self._file[name].shape[0]) for name in SPLITS}
+
+    def info(self):
+        """A JSON-friendly description of the corpus."""
+        sizes = self.sizes()
+        return {"path": os.path.abspath(self.path), "format_version": self.format_version,
+                "level": self.vocab.level, "vocab_size": self.vocab.size, "symbols": "".join(self.vocab.symbols),
+                "dtype": self._file["train"].dtype.name, "train_tokens": sizes["train"],
+                "val_tokens": sizes["val"], "test_tokens": sizes["test"], "total_tokens": sum(sizes.values()),
+                "sources": self.sources, "options": self.config, "created": self.created}
+
+    def close(self):
+        self._maps.clear()
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_corpus(path):
+    """Open CORPUS.h5 for reading (a context manager). Raises CorpusError if it is not a usable corpus."""
+    return Corpus(os.fspath(path))
+
+
+def info(path):
+    with open_corpus(path) as c:
+        return c.info()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TBPTT batch streams
+
+
+class BatchStream:
+    """Minibatches of (inputs, targets) over a split of M tokens, for truncated BPTT.
+
+    Default (char-rnn layout): the split is cut into N contiguous streams of S = (M - 1) // N tokens; minibatch
+    `index` of an epoch holds, for stream i, tokens[i*S + index*T : ... + T] as inputs and the same shifted by one
+    as targets, so consecutive minibatches continue every stream and the hidden state can be carried. An epoch
+    is steps_per_epoch = S // T minibatches; every epoch is the same sequence of minibatches.
+
+    shuffle=True: the split is cut into windows of T + 1 tokens (starting every T tokens) and each epoch visits
+    them in an order drawn from (seed, epoch); no state carries between minibatches (`carries_state` False).
+
+    `batch(epoch, index)` is random access, which is what an exact resume needs; nothing is copied but the
+    N*(T+1) tokens of the minibatch.
+    """
+
+    def __init__(self, tokens, batch_size, seq_len, *, shuffle=False, seed=0, name="train"):
+        self.tokens = tokens  # (M,) memory map or array
+        self.batch_size, self.seq_len, self.shuffle, self.seed, self.name = int(batch_size), int(seq_len), \
+            bool(shuffle), int(seed), name
+        N, T, M = self.batch_size, self.seq_len, len(tokens)
+        if N <= 0 or T <= 0:
+            raise ConfigError(f"batch size and sequence length must be positive (got {N} and {T})")
+        if shuffle:
+            self.windows = (M - 1) // T
+            self.steps_per_epoch = self.windows // N
+        else:
+            self.stream_len = (M - 1) // N  # S
+            self.steps_per_epoch = self.stream_len // T
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"the {name} split has {M} tokens, too few for one minibatch of batch size {N} x "
+                              f"sequence length {T} (needs at least {N * T + 1}); use a smaller --batch-size or "
+                              f"--seq-len, or a larger corpus")
+        self._offsets = np.arange(T + 1, dtype=np.int64)  # (T+1,)
+        self._perm_epoch, self._perm = None, None
+
+    @property
+    def carries_state(self):
+        return not self.shuffle
+
+    def starts(self, epoch, index):
+        """(N,) int64 start positions of the rows of minibatch `index` in epoch `epoch`."""
+        if not 0 <= index < self.steps_per_epoch:
+            raise IndexError(f"minibatch index {index} outside 0..{self.steps_per_epoch - 1}")
+        N, T = self.batch_size, self.seq_len
+        if not self.shuffle:
+            return np.arange(N, dtype=np.int64) * self.stream_len + index * T
+        if self._perm_epoch != epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.windows)
+            self._perm_epoch = epoch
+        return self._perm[index * N: (index + 1) * N].astype(np.int64) * T
+
+    def batch(self, epoch, index):
+        """(x, y): (N, T) int32 inputs and targets (targets are inputs shifted by one) of minibatch `index`."""
+        pos = self.starts(epoch, index)[:, None] + self._offsets  # (N, T+1)
+        rows = np.asarray(self.tokens[pos], dtype=np.int32)  # (N, T+1) reads only these tokens from the map
+        return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
+
+    def iterate(self, start_epoch=0, start_index=0, epochs=None):
+        """Yield (epoch, index, x, y) from (start_epoch, start_index) on, for `epochs` epochs or forever."""
+        epoch, index = start_epoch, start_index
+        while epochs is None or epoch < start_epoch + epochs:
+            yield epoch, index, *self.batch(epoch, index)
+            index += 1
+            if index == self.steps_per_epoch:
+                epoch, index = epoch + 1, 0
