@@ -57,10 +57,8 @@ def machine_info():
         physical = psutil.cpu_count(logical=False)
     except ImportError:  # pragma: no cover
         physical = None
-    try:
-        has_svml = bool(llvm.has_svml())
-    except AttributeError:  # pragma: no cover - older llvmlite
-        has_svml = None
+    has_svml = getattr(llvm, "has_svml", None)
+    has_svml = has_svml() if callable(has_svml) else has_svml  # a function in older llvmlite, a bool in newer
     blas = {}
     try:
         from threadpoolctl import threadpool_info
@@ -112,6 +110,20 @@ def set_threads(n):
 # timing
 
 
+def _calls_per_repeat(fn, min_seconds):
+    """Call fn() once (a probe) and return how many calls make a repeat of about min_seconds."""
+    t0 = time.perf_counter()
+    fn()
+    return max(1, int(min_seconds / max(time.perf_counter() - t0, 1e-9)))
+
+
+def _timed(fn, k):
+    t0 = time.perf_counter()
+    for _ in range(k):
+        fn()
+    return (time.perf_counter() - t0) / k
+
+
 def time_calls(fn, repeats, min_seconds=0.05):
     """Median seconds per call of fn() over `repeats` timed repeats.
 
@@ -119,17 +131,25 @@ def time_calls(fn, repeats, min_seconds=0.05):
     keeps microsecond-sized calls measurable. Returns (median seconds per call, calls per repeat, [per-call
     seconds of each repeat]).
     """
-    t0 = time.perf_counter()
-    fn()
-    probe = time.perf_counter() - t0
-    k = max(1, int(min_seconds / max(probe, 1e-9)))
-    per_call = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(k):
-            fn()
-        per_call.append((time.perf_counter() - t0) / k)
+    k = _calls_per_repeat(fn, min_seconds)
+    per_call = [_timed(fn, k) for _ in range(repeats)]
     return statistics.median(per_call), k, per_call
+
+
+def time_interleaved(fns, repeats, min_seconds=0.05):
+    """time_calls for several functions at once, their repeats taken in turn (a, b, c, a, b, c, ...).
+
+    On a shared or throttled machine the speed changes over time; interleaving exposes every contender to the
+    same conditions, so ratios between them stay meaningful. fns: {name: fn}; repeats: {name: int}.
+    Returns {name: (median seconds per call, calls per repeat, [per-call seconds of each repeat])}.
+    """
+    ks = {name: _calls_per_repeat(fn, min_seconds) for name, fn in fns.items()}
+    samples = {name: [] for name in fns}
+    for r in range(max(repeats.values())):
+        for name, fn in fns.items():
+            if r < repeats[name]:
+                samples[name].append(_timed(fn, ks[name]))
+    return {name: (statistics.median(s), ks[name], s) for name, s in samples.items()}
 
 
 def gemm_gflops(dtype, n=2048, repeats=5):

@@ -31,7 +31,7 @@ from fastrnn.errors import ConfigError, CorpusError, VocabError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-CHUNK_SIZE = 8 << 20  # bytes of input per chunk
+CHUNK_SIZE = 4 << 20  # bytes of input per chunk
 LEVELS = ("char", "byte")
 ERRORS = ("strict", "replace", "ignore")
 _ASCII_COMPATIBLE = {"utf-8", "ascii", "iso8859-1", "cp1252", "latin-1"}
@@ -226,56 +226,91 @@ def _read_chunks(path, chunk_size):
 
 def _code_chunks(files, *, level, encoding, errors, lowercase, letters_only, chunk_size, progress=None,
                  phase=""):
-    """Yield (M,) arrays of code points (or byte values) for the concatenated, normalized inputs.
+    """Yield pieces (kind, array) of the concatenated, normalized inputs: ('codes', (M,) code points or byte
+    values) or ('utf8', (B,) uint8 valid UTF-8 bytes, decoded by the consumer's fused numba loop).
 
     Raises CorpusError naming the file and byte offset of a NUL byte or (errors='strict') invalid text.
     """
     total = sum(os.path.getsize(f) for f in files)
     done = 0
     codec = codecs.lookup(encoding).name
-    ascii_ok = codec in _ASCII_COMPATIBLE
     wide = codec.startswith(("utf-16", "utf-32"))
-    norm = _Normalizer(lowercase, letters_only)
+    plain = not lowercase and not letters_only
     for path in files:
-        decoder = codecs.getincrementaldecoder(codec)(errors)
-        for offset, data in _read_chunks(path, chunk_size):
-            if not wide:
-                nul = data.find(b"\x00")
-                if nul >= 0:
-                    raise CorpusError(f"{path} looks like a binary file: NUL byte at byte offset {offset + nul}")
-            if level == "byte":
-                if lowercase:
-                    data = data.lower()
-                yield np.frombuffer(data, dtype=np.uint8)
-            elif ascii_ok and not lowercase and not letters_only and data.isascii() and not decoder.getstate()[0]:
-                yield np.frombuffer(data, dtype=np.uint8)  # fast path: ASCII bytes are their code points
-            else:
-                pending = len(decoder.getstate()[0])
-                try:
-                    text = decoder.decode(data)
-                except UnicodeDecodeError as exc:
-                    raise CorpusError(f"{path} is not valid {encoding} text: {exc.reason} at byte offset "
-                                      f"{offset - pending + exc.start} (use --errors replace or ignore, or "
-                                      f"--encoding)") from None
-                if wide and "\x00" in text:
-                    raise CorpusError(f"{path} looks like a binary file: NUL character near byte offset {offset}")
-                text = norm(text)
-                if text:
-                    yield _codepoints(text)
-            done += len(data)
+        if level == "byte":
+            chunks = _byte_chunks(path, chunk_size, lowercase)
+        elif plain and codec == "utf-8" and errors == "strict":
+            chunks = _utf8_chunks(path, chunk_size)
+        else:
+            chunks = _decoded_chunks(path, chunk_size, codec, errors, _Normalizer(lowercase, letters_only),
+                                     ascii_ok=plain and codec in _ASCII_COMPATIBLE, wide=wide)
+        for nbytes, piece in chunks:
+            if len(piece[1]):
+                yield piece
+            done += nbytes
             if progress:
                 progress(phase, done, total)
-        if level == "char":
-            pending = len(decoder.getstate()[0])
-            try:
-                tail = decoder.decode(b"", final=True)
-            except UnicodeDecodeError as exc:
-                raise CorpusError(f"{path} is not valid {encoding} text: {exc.reason} at byte offset "
-                                  f"{os.path.getsize(path) - pending + exc.start} (use --errors replace or "
-                                  f"ignore, or --encoding)") from None
-            tail = norm(tail)
-            if tail:
-                yield _codepoints(tail)
+
+
+def _check_nul(path, offset, data):
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise CorpusError(f"{path} looks like a binary file: NUL byte at byte offset {offset + nul}")
+
+
+def _byte_chunks(path, chunk_size, lowercase):
+    for offset, data in _read_chunks(path, chunk_size):
+        _check_nul(path, offset, data)
+        yield len(data), ("codes", np.frombuffer(data.lower() if lowercase else data, dtype=np.uint8))
+
+
+def _invalid(path, encoding, reason, offset):
+    return CorpusError(f"{path} is not valid {encoding} text: {reason} at byte offset {offset} (use --errors "
+                       f"replace or ignore, or --encoding)")
+
+
+def _utf8_chunks(path, chunk_size):
+    """Strict UTF-8 without normalization (the common case): the codec validates, numba decodes."""
+    pending = b""  # the bytes of a character cut by the chunk boundary
+    for offset, data in _read_chunks(path, chunk_size):
+        _check_nul(path, offset, data)
+        if not pending and data.isascii():
+            yield len(data), ("codes", np.frombuffer(data, dtype=np.uint8))  # ASCII bytes are code points
+            continue
+        buf = pending + data if pending else data
+        try:
+            _, consumed = codecs.utf_8_decode(buf, "strict", False)
+        except UnicodeDecodeError as exc:
+            raise _invalid(path, "utf-8", exc.reason, offset - len(pending) + exc.start) from None
+        pending = buf[consumed:]
+        yield len(data), ("utf8", np.frombuffer(buf, dtype=np.uint8, count=consumed))
+    if pending:
+        raise _invalid(path, "utf-8", "unexpected end of data", os.path.getsize(path) - len(pending))
+
+
+def _decoded_chunks(path, chunk_size, codec, errors, norm, ascii_ok, wide):
+    """Any encoding, error policy and normalization, through Python's incremental decoder."""
+    decoder = codecs.getincrementaldecoder(codec)(errors)
+    for offset, data in _read_chunks(path, chunk_size):
+        if not wide:
+            _check_nul(path, offset, data)
+        if ascii_ok and data.isascii() and not decoder.getstate()[0]:
+            yield len(data), ("codes", np.frombuffer(data, dtype=np.uint8))
+            continue
+        pending = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(data)
+        except UnicodeDecodeError as exc:
+            raise _invalid(path, codec, exc.reason, offset - pending + exc.start) from None
+        if wide and "\x00" in text:
+            raise CorpusError(f"{path} looks like a binary file: NUL character near byte offset {offset}")
+        yield len(data), ("codes", _codepoints(norm(text)))
+    pending = len(decoder.getstate()[0])
+    try:
+        tail = decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise _invalid(path, codec, exc.reason, os.path.getsize(path) - pending + exc.start) from None
+    yield 0, ("codes", _codepoints(norm(tail)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -317,6 +352,9 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
     if not os.path.isdir(out_dir):
         raise CorpusError(f"output directory {out_dir} does not exist")
 
+    _limit_malloc_retention()
+    from fastrnn.textscan import count_codes, map_codes, utf8_count, utf8_map
+
     spool = None
     try:
         files = []
@@ -332,16 +370,14 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
                     chunk_size=chunk_size, progress=progress)
 
         # pass 1: vocabulary and length
-        counts = np.zeros(256, dtype=np.int64)
+        counts = np.zeros(256 if level == "byte" else sys.maxunicode + 1, dtype=np.int64)  # (codes,)
         total = 0
-        for codes in _code_chunks(files, phase="scan", **opts):
-            c = np.bincount(codes, minlength=len(counts))
-            if len(c) > len(counts):
-                c[: len(counts)] += counts
-                counts = c
+        for kind, data in _code_chunks(files, phase="scan", **opts):
+            if kind == "utf8":
+                total += utf8_count(data, counts)
             else:
-                counts += c
-            total += len(codes)
+                count_codes(data, counts)
+                total += len(data)
         if total == 0:
             raise CorpusError(f"the corpus is empty ({', '.join(_names(inputs))})")
         if total < 2:
@@ -361,8 +397,12 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
                 dsets = [f.create_dataset(name, shape=(sizes[name],), dtype=dtype) for name in SPLITS]
                 bounds = np.cumsum([0] + [sizes[name] for name in SPLITS])
                 pos = 0
-                for codes in _code_chunks(files, phase="write", **opts):
-                    ids = lut[codes]
+                for kind, data in _code_chunks(files, phase="write", **opts):
+                    ids = np.empty(len(data), dtype=dtype)  # (M,), M <= len(data)
+                    if kind == "utf8":
+                        ids = ids[: utf8_map(data, lut, ids)]
+                    else:
+                        map_codes(data, lut, ids)
                     _write_span(dsets, bounds, pos, ids)
                     pos += len(ids)
                 if pos != total:
@@ -389,6 +429,17 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
             with contextlib.suppress(OSError):
                 os.unlink(spool)
     return info(output)
+
+
+def _limit_malloc_retention():
+    """Keep glibc from growing its mmap threshold as chunk-sized buffers come and go: with the default dynamic
+    threshold, freed multi-MB buffers stay in the heap and peak RSS grows to several times the chunk size."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MB, fixed
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
 
 
 def _names(inputs):

@@ -1,0 +1,92 @@
+"""Scratch measurements for the numba kernels against fastrnn.reference (side by side, same process and threads).
+
+One training step = forward_backward + clip_gradients + adam_update, float32, seq 50, vocab 65. Reports chars/s
+(N*T / median seconds per step), GFLOP/s at 6*H*H + 6*V*H FLOPs per char, and the fraction of the sgemm peak
+(a 2048^3 float32 numpy matmul in the same process). Usage:
+
+    OPENBLAS_CORETYPE=Haswell python3 -m benchmarks.kernel_scratch [--threads 2] [--reps 15] [N:H ...]
+"""
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from fastrnn import kernels, reference
+from fastrnn.kernels.threads import set_threads
+from fastrnn.params import Layout, rnn_shapes
+
+
+def sgemm_peak(n=2048, reps=7):
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    np.dot(a, b, out=c)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.dot(a, b, out=c)
+        ts.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / np.median(ts) / 1e9
+
+
+class Trainer:
+    def __init__(self, backend, N, H, V=65, T=50, seed=0):
+        rng = np.random.default_rng(seed)
+        self.b, self.N, self.T = backend, N, T
+        self.layout = Layout(rnn_shapes(V, H))
+        self.flat = self.layout.init(rng, np.float32, 0.01)
+        self.P = self.layout.views(self.flat)
+        self.g = self.layout.zeros(np.float32)
+        self.G = self.layout.views(self.g)
+        self.m, self.v = self.layout.zeros(np.float32), self.layout.zeros(np.float32)
+        self.x = rng.integers(0, V, (N, T)).astype(np.int32)
+        self.y = rng.integers(0, V, (N, T)).astype(np.int32)
+        self.h = np.zeros((N, H), np.float32)
+        self.t = 0
+
+    def step(self):
+        self.t += 1
+        loss, self.h = self.b.forward_backward(self.P, self.G, self.x, self.y, self.h)
+        self.b.clip_gradients(self.g, 5.0, 0.0)
+        self.b.adam_update(self.flat, self.g, self.m, self.v, 2e-3, 0.9, 0.999, 1e-8, self.t)
+        return loss
+
+
+def measure(N, H, reps, V=65, T=50):
+    trainers = {"reference": Trainer(reference, N, H), "numba": Trainer(kernels, N, H)}
+    losses = {name: [tr.step() for _ in range(3)] for name, tr in trainers.items()}
+    assert np.allclose(losses["reference"], losses["numba"], rtol=1e-4), losses
+    inner = max(1, int(0.05 * 50 * 64 * 512 / (N * T * H)))  # steps per timing sample
+    times = {name: [] for name in trainers}
+    for _ in range(reps):  # interleaved, to share the machine's noise
+        for name, tr in trainers.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                tr.step()
+            times[name].append((time.perf_counter() - t0) / inner)
+    flops = N * T * (6 * H * H + 6 * V * H)
+    return {name: (N * T / np.median(ts), flops / np.median(ts) / 1e9) for name, ts in times.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("settings", nargs="*", default=["64:512", "1:128", "32:128"])
+    a = ap.parse_args()
+    threads = set_threads(a.threads)
+    peak = sgemm_peak()
+    print(f"threads {threads}  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}  sgemm peak {peak:.1f} GFLOP/s")
+    for s in a.settings:
+        N, H = map(int, s.split(":"))
+        r = measure(N, H, a.reps)
+        (rc, rg), (kc, kg) = r["reference"], r["numba"]
+        print(f"N={N:3d} H={H:4d}  reference {rc:10.0f} chars/s {rg:6.1f} GF/s | numba {kc:10.0f} chars/s "
+              f"{kg:6.1f} GF/s ({kg / peak:5.1%} of peak) | speedup {kc / rc:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""Training throughput in chars/s: numba kernels vs the NumPy reference vs a seed-style NumPy RNN.
+
+    python -m benchmarks.throughput [--quick] [--json PATH] [--hidden 64,128] [--batch 1,64] [--threads 1,2]
+                                    [--dtype float32,float64] [--repeats R]
+
+A training step, as in fastrnn/train.py, is forward_backward + clip_gradients(clip 5) + adam_update on one (N, T)
+minibatch: N*T characters. Contenders:
+
+    numba  fastrnn.kernels (or --numba-module), minibatched
+    numpy  fastrnn.reference, minibatched
+    seed   benchmarks.seed_style.SeedRNN: the same N*T characters per step, as N sequences of T one after the
+           other (min-char-rnn's lossFun + Adagrad per sequence, column vectors, a Python loop over time)
+
+Before timing, one step of the numba backend is checked against the reference from identical parameters and
+data (loss, every gradient, the final state and the parameters after clip + Adam), and the seed-style model
+against the reference on one sequence; rows record `checked`. The first step (numba JIT compilation, BLAS
+start-up) is timed apart as `compile_seconds`; throughput is the median over repeats of the steady state.
+
+GFLOP/s counts the matrix products of the vanilla RNN, per character:
+
+    flops_per_char = 6*H*H + 6*V*H
+        forward   h @ Whh (2HH), h @ Why (2HV)
+        backward  dz @ Whh.T and dWhh (4HH), dlogits @ Why.T and dWhy (4HV)
+
+(the input side is a table lookup; elementwise work is not counted). `peak_fraction` divides by the sgemm or
+dgemm rate of this machine at the row's thread count, measured in the same run on (2048, 2048) products.
+"""
+
+import argparse
+import functools
+import importlib
+import itertools
+import os
+import time
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks.seed_style import SeedRNN
+from fastrnn import reference
+from fastrnn.model import Model
+
+V = 65  # vocabulary (tiny Shakespeare)
+SEQ_LEN = 50  # T
+CLIP = 5.0
+ADAM = dict(lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8)
+SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "fastrnn", "data", "tinyshakespeare.txt")
+CONTENDERS = ("numba", "numpy", "seed")
+GRID = dict(hidden=[64, 128, 256, 512], batch=[1, 16, 64, 128], dtype=["float32", "float64"], threads=[1, 2])
+# the targets: a row key (hidden, batch, dtype, threads) and the numba row's required metrics
+TARGETS = [
+    dict(name="H512 N64 2thr f32", hidden=512, batch=64, dtype="float32", threads=2,
+         checks=[("peak_fraction", 0.65), ("vs_numpy", 1.15), ("vs_seed", 15.0)]),
+    dict(name="H128 N1 2thr f32", hidden=128, batch=1, dtype="float32", threads=2, checks=[("vs_numpy", 5.0)]),
+    dict(name="H128 N32 2thr f32", hidden=128, batch=32, dtype="float32", threads=2, checks=[("vs_numpy", 1.5)]),
+]
+CHECK_TOL = {"float32": 2e-3, "float64": 1e-9}  # max |a - b| / max |reference| per array
+
+
+def flops_per_char(H, vocab=V):
+    return 6 * H * H + 6 * vocab * H
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one training step per contender
+
+
+def make_data(N, T, seed=1):
+    """x, y: (N, T) int32 random tokens (for the checks)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, V, (N, T), dtype=np.int32), rng.integers(0, V, (N, T), dtype=np.int32)
+
+
+@functools.lru_cache(maxsize=1)
+def text_tokens():
+    """(M,) int32 ids of the bundled tiny Shakespeare (V = 65 symbols, sorted), or random ids if it is missing.
+
+    Real text matters: a model trained over and over on one random batch drives its softmax to extreme values,
+    and the underflowing exp() (denormals) slows every backend down by several times."""
+    try:
+        with open(SHAKESPEARE, encoding="utf-8") as f:
+            codes = np.frombuffer(f.read().encode("utf-32-le"), dtype="<u4")  # (M,)
+    except OSError:
+        return np.random.default_rng(0).integers(0, V, 1_000_000, dtype=np.int32)
+    _, ids = np.unique(codes, return_inverse=True)  # the 65 symbols of tiny Shakespeare, sorted
+    return (ids % V).astype(np.int32)  # (M,) (the modulo only guards against an edited file)
+
+
+class Batches:
+    """All the minibatches of one epoch, as the training loop's batch stream makes them: N contiguous streams,
+    minibatch i holds characters [i*T, (i+1)*T) of each. Precomputed, so that fetching is not timed.
+
+    xs, ys: (B, N, T) int32, B minibatches. next() returns (x, y, new_epoch) cycling over the epoch."""
+
+    def __init__(self, N, T, tokens=None):
+        tokens = text_tokens() if tokens is None else tokens
+        S = (len(tokens) - 1) // N  # stream length
+        B = max(1, S // T)
+        if S < T:
+            raise ValueError(f"{len(tokens)} tokens are too few for a batch of {N} x {T}")
+        streams = np.stack([tokens[i * S: i * S + B * T + 1] for i in range(N)])  # (N, B*T + 1)
+        self.xs = np.ascontiguousarray(streams[:, :-1].reshape(N, B, T).transpose(1, 0, 2))  # (B, N, T)
+        self.ys = np.ascontiguousarray(streams[:, 1:].reshape(N, B, T).transpose(1, 0, 2))  # (B, N, T)
+        self.i = 0
+
+    def next(self):
+        i = self.i
+        self.i = (i + 1) % len(self.xs)
+        return self.xs[i], self.ys[i], i == 0
+
+
+class BackendStep:
+    """Parameters, gradients, Adam state and a carried state for one backend; call it for one training step."""
+
+    def __init__(self, backend, H, N, T, dtype, init_scale=0.01, seed=0, tokens=None):
+        self.backend = backend
+        self.model = Model(V, H, dtype).init(np.random.default_rng(seed), init_scale)
+        self.g = self.model.layout.zeros(self.model.dtype)  # (P,) flat gradients
+        self.G = self.model.layout.views(self.g)
+        self.m = self.model.layout.zeros(self.model.dtype)  # (P,) Adam first moment
+        self.v = self.model.layout.zeros(self.model.dtype)  # (P,) Adam second moment
+        self.h = self.model.zero_state(N)  # (N, H)
+        self.batches = Batches(N, T, tokens)
+        self.t = 0
+        self.loss = None
+
+    def __call__(self):
+        b = self.backend
+        x, y, new_epoch = self.batches.next()  # (N, T), (N, T)
+        if new_epoch:
+            self.h[...] = 0
+        self.loss, self.h = b.forward_backward(self.model.P, self.G, x, y, self.h)
+        b.clip_gradients(self.g, CLIP, 0.0)
+        self.t += 1
+        b.adam_update(self.model.flat, self.g, self.m, self.v, ADAM["lr"], ADAM["beta1"], ADAM["beta2"],
+                      ADAM["eps"], self.t)
+
+
+class SeedStep:
+    """N sequences of T characters through SeedRNN.train_step, one after the other, each with its own state."""
+
+    def __init__(self, H, N, T, dtype, tokens=None):
+        self.dtype = np.dtype(dtype)
+        self.rnn = SeedRNN(V, H, seed=0, dtype=self.dtype)
+        self.batches = Batches(N, T, tokens)
+        self.hs = [np.zeros((H, 1), dtype=self.dtype) for _ in range(N)]  # N x (H, 1)
+
+    def __call__(self):
+        x, y, new_epoch = self.batches.next()
+        for i, (xi, yi) in enumerate(zip(x.tolist(), y.tolist())):
+            if new_epoch:
+                self.hs[i][...] = 0
+            _, self.hs[i] = self.rnn.train_step(xi, yi, self.hs[i])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# correctness checks before timing
+
+
+def _rel_err(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def check_backend(backend, H, N, T, dtype):
+    """Max relative error of `backend` vs the reference over one step from identical parameters and data: loss,
+    every gradient and hT of forward_backward, then clip_gradients and adam_update on the same flat buffers."""
+    a, r = (BackendStep(mod, H, N, T, dtype, init_scale=0.1) for mod in (backend, reference))
+    rng = np.random.default_rng(3)
+    h0 = (rng.standard_normal((N, H)) * 0.5).astype(dtype)  # (N, H) a non-zero carried state
+    x, y = make_data(N, T)  # (N, T)
+    la, ha = backend.forward_backward(a.model.P, a.G, x, y, h0.copy())
+    lr, hr = reference.forward_backward(r.model.P, r.G, x, y, h0.copy())
+    errs = [abs(la - lr) / max(abs(lr), 1e-30), _rel_err(ha, hr)] + [_rel_err(a.G[k], r.G[k]) for k in r.G]
+    # clip + Adam on a synthetic buffer whose gradients are well away from 0 and partly beyond the clip
+    size = a.g.size
+    g = (rng.standard_normal(size) * 4 + np.sign(rng.standard_normal(size))).astype(dtype)  # (P,)
+    bufs = {name: [x.copy(), x.copy()] for name, x in dict(
+        p=rng.standard_normal(size), g=g, m=rng.standard_normal(size) * 0.1, v=rng.random(size) * 0.1).items()}
+    norms = [mod.clip_gradients(bufs["g"][i], CLIP, 0.0) for i, mod in enumerate((backend, reference))]
+    errs.append(abs(norms[0] - norms[1]) / norms[1])
+    for i, mod in enumerate((backend, reference)):
+        b = {k: v[i].astype(dtype) if k != "g" else v[i] for k, v in bufs.items()}
+        mod.adam_update(b["p"], b["g"], b["m"], b["v"], ADAM["lr"], ADAM["beta1"], ADAM["beta2"], ADAM["eps"], 3)
+        bufs["p"][i] = b["p"]
+    errs += [_rel_err(bufs["g"][0], bufs["g"][1]), _rel_err(bufs["p"][0], bufs["p"][1])]
+    return max(errs)
+
+
+def check_seed(H, T, dtype):
+    """Max relative error of SeedRNN.loss_fun (summed loss) vs the reference (mean loss) on one sequence."""
+    rnn = SeedRNN(V, H, seed=1, dtype=np.dtype(dtype))
+    rng = np.random.default_rng(2)
+    for p in rnn.params:
+        p[...] = rng.standard_normal(p.shape) * 0.05
+    x, y = make_data(1, T)
+    h0 = (rng.standard_normal((H, 1)) * 0.2).astype(dtype)  # (H, 1)
+    loss, grads, h = rnn.loss_fun(x[0].tolist(), y[0].tolist(), h0)
+    P = {"Wxh": rnn.Wxh.T.copy(), "Whh": rnn.Whh.T.copy(), "bh": rnn.bh[:, 0].copy(), "Why": rnn.Why.T.copy(),
+         "by": rnn.by[:, 0].copy()}
+    G = {k: np.zeros_like(v) for k, v in P.items()}
+    rloss, hT = reference.forward_backward(P, G, x, y, h0.T.copy())
+    errs = [abs(loss - rloss * T) / abs(rloss * T), _rel_err(h[:, 0], hT[0])]
+    for g, name in zip(grads, ["Wxh", "Whh", "Why", "bh", "by"]):
+        expect = G[name].T * T if G[name].ndim == 2 else G[name][:, None] * T
+        if np.max(np.abs(expect)) < 5:  # the seed clips at 5; compare only unclipped gradients
+            errs.append(_rel_err(g, expect))
+    return max(errs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# measurement
+
+
+def measure(contenders, H, N, T, dtype, threads, repeats, min_seconds):
+    """Rows for one configuration: chars/s of each contender, their timed repeats interleaved.
+
+    contenders: {name: backend module ('numba', 'numpy') or None ('seed')}."""
+    common.set_threads(threads)
+    steps, rows = {}, {}
+    for name, backend in contenders.items():
+        row = dict(backend=name, model="rnn", hidden=H, batch=N, seq_len=T, vocab=V, dtype=dtype, threads=threads)
+        if name == "seed":
+            steps[name] = SeedStep(H, N, T, dtype)
+            err = check_seed(H, T, dtype)
+        else:
+            steps[name] = BackendStep(backend, H, N, T, dtype)
+            err = check_backend(backend, H, N, T, dtype) if backend is not reference else 0.0
+        t0 = time.perf_counter()
+        steps[name]()  # first step: JIT compilation (numba), BLAS thread start-up
+        row.update(first_step_seconds=time.perf_counter() - t0, check_error=err,
+                   checked=bool(err <= CHECK_TOL[dtype]))
+        rows[name] = row
+    counts = {name: min(repeats, 3) if name == "seed" else repeats for name in steps}  # a seed step: seconds
+    timings = common.time_interleaved(steps, counts, min_seconds)
+    for name, (seconds, calls, samples) in timings.items():
+        cps = N * T / seconds
+        rows[name].update(chars_per_sec=cps, gflops=cps * flops_per_char(H) / 1e9, step_ms=seconds * 1e3,
+                          compile_seconds=max(0.0, rows[name]["first_step_seconds"] - seconds),
+                          repeats=counts[name], steps_per_repeat=calls,
+                          spread=(max(samples) - min(samples)) / seconds)
+    return list(rows.values())
+
+
+def add_ratios(rows, peaks):
+    """peak_fraction on every row; vs_numpy and vs_seed on numba rows (pairs from the same run)."""
+    by_key = {(r["backend"], r["hidden"], r["batch"], r["dtype"], r["threads"]): r for r in rows}
+    for r in rows:
+        r["peak_fraction"] = r["gflops"] / peaks[r["dtype"]][str(r["threads"])]
+        if r["backend"] == "numba":
+            for other in ("numpy", "seed"):
+                o = by_key.get((other, r["hidden"], r["batch"], r["dtype"], r["threads"]))
+                r["vs_" + other] = r["chars_per_sec"] / o["chars_per_sec"] if o else None
+
+
+def evaluate_targets(rows):
+    """[{name, key, checks: [{metric, value, threshold, pass}], pass}] (pass None when the row is missing)."""
+    by_key = {(r["hidden"], r["batch"], r["dtype"], r["threads"]): r for r in rows if r["backend"] == "numba"}
+    out = []
+    for t in TARGETS:
+        row = by_key.get((t["hidden"], t["batch"], t["dtype"], t["threads"]))
+        checks = []
+        for metric, threshold in t["checks"]:
+            value = row.get(metric) if row else None
+            checks.append(dict(metric=metric, value=value, threshold=threshold,
+                               passed=None if value is None else bool(value >= threshold)))
+        ok = None if any(c["passed"] is None for c in checks) else all(c["passed"] for c in checks)
+        out.append(dict(name=t["name"], hidden=t["hidden"], batch=t["batch"], dtype=t["dtype"],
+                        threads=t["threads"], checks=checks, passed=ok))
+    return out
+
+
+def configs(args):
+    """(hidden, batch, dtype, threads) to run, grouped by thread count."""
+    targets = [(t["hidden"], t["batch"], t["dtype"], t["threads"]) for t in TARGETS]
+    if args.quick:
+        chosen = targets
+    else:
+        grid = list(itertools.product(args.hidden, args.batch, args.dtype, args.threads))
+        chosen = grid + [t for t in targets if t not in grid and args.targets]
+    return sorted(set(chosen), key=lambda c: (c[3], c[2], c[0], c[1]))
+
+
+TABLE = [("backend", "backend", "s"), ("H", "hidden", "d"), ("N", "batch", "d"), ("dtype", "dtype", "s"),
+         ("thr", "threads", "d"), ("chars/s", "chars_per_sec", ",.0f"), ("ms/step", "step_ms", ".2f"),
+         ("GFLOP/s", "gflops", ".2f"), ("%peak", "peak_fraction", lambda v: f"{100 * v:.1f}"),
+         ("x numpy", "vs_numpy", ".2f"), ("x seed", "vs_seed", ".1f"), ("compile s", "compile_seconds", ".2f"),
+         ("checked", "checked", lambda v: "yes" if v else "NO")]
+
+
+def print_targets(targets):
+    for t in targets:
+        status = {True: "PASS", False: "FAIL", None: "SKIP"}[t["passed"]]
+        parts = [f"{c['metric']} {c['value']:.3g} >= {c['threshold']:g}" if c["value"] is not None
+                 else f"{c['metric']} missing" for c in t["checks"]]
+        print(f"{status}  {t['name']}: " + "; ".join(parts))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="only the target rows, float32 (about a minute)")
+    p.add_argument("--json", help="write machine, peaks, rows and targets to this JSON file")
+    p.add_argument("--hidden", type=common.parse_list, default=GRID["hidden"], help="hidden sizes H")
+    p.add_argument("--batch", type=common.parse_list, default=GRID["batch"], help="batch sizes N")
+    p.add_argument("--threads", type=common.parse_list, default=GRID["threads"], help="thread counts")
+    p.add_argument("--dtype", type=lambda s: common.parse_list(s, str), default=GRID["dtype"], help="dtypes")
+    p.add_argument("--seq-len", type=int, default=SEQ_LEN, help="T")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per row (median; seed at most 3)")
+    p.add_argument("--min-seconds", type=float, default=0.3, help="minimum length of one timed repeat")
+    p.add_argument("--contenders", type=lambda s: common.parse_list(s, str), default=list(CONTENDERS))
+    p.add_argument("--no-targets", dest="targets", action="store_false", help="do not add the target rows")
+    p.add_argument("--numba-module", default="fastrnn.kernels",
+                   help="module for the numba contender (a variant under test, or fastrnn.reference to dry-run)")
+    args = p.parse_args(argv)
+    return run(args)
+
+
+def run(args):
+    machine = common.machine_info()
+    print(f"{machine['cpu']}, {machine['logical_cores']} cores; numpy {machine['numpy']}, numba "
+          f"{machine['numba']}, scipy {machine['scipy']}; svml {machine['llvmlite_has_svml']}")
+    t0 = time.perf_counter()
+    try:
+        numba_backend = importlib.import_module(args.numba_module)
+    except ImportError as exc:
+        print(f"cannot import {args.numba_module} ({exc}); skipping the numba contender")
+        numba_backend = None
+    import_seconds = time.perf_counter() - t0
+    known = {"numba": numba_backend, "numpy": reference, "seed": None}
+    contenders = {name: known[name] for name in args.contenders if name != "numba" or numba_backend is not None}
+    todo = configs(args)
+    peaks = common.measure_peaks(sorted({c[3] for c in todo}))
+    for dt, by_threads in peaks.items():
+        print(f"{'sgemm' if dt == 'float32' else 'dgemm'} peak: " +
+              ", ".join(f"{v:.1f} GFLOP/s at {k} thr" for k, v in by_threads.items()))
+    rows = []
+    for H, N, dtype, threads in todo:
+        new = measure(contenders, H, N, args.seq_len, dtype, threads, args.repeats, args.min_seconds)
+        rows += new
+        print(f"  H{H} N{N} {dtype} {threads}thr: " + ", ".join(
+            f"{r['backend']} {r['chars_per_sec']:,.0f}" for r in new) + " chars/s", flush=True)
+    add_ratios(rows, peaks)
+    targets = evaluate_targets(rows)
+    print()
+    print(common.format_table(rows, TABLE))
+    print(f"\nthroughput = N*T chars per step (forward_backward + clip + adam; seed: N sequences of T through "
+          f"SeedRNN.train_step) / median step time; GFLOP/s with flops_per_char = 6*H*H + 6*V*H (V={V}); "
+          f"{args.numba_module} imported in {import_seconds:.2f} s (compile at import)")
+    print_targets(targets)
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        common.write_json(args.json, dict(
+            machine=machine, peaks=peaks, rows=rows, targets=targets,
+            settings=dict(seq_len=args.seq_len, vocab=V, repeats=args.repeats, min_seconds=args.min_seconds,
+                          quick=args.quick, numba_module=args.numba_module, import_seconds=import_seconds,
+                          flops_per_char="6*H*H + 6*V*H", step="forward_backward + clip_gradients(5) + adam_update",
+                          seed_step="N x SeedRNN.train_step on T chars (lossFun + Adagrad)")))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,25 @@
+"""The numba backend: the functions of fastrnn.reference (forward_backward, forward_loss, step, clip_gradients,
+sgd_update, adagrad_update, rmsprop_update, adam_update) with the same signatures and semantics.
+
+Layout: jit.py (JIT options), mathfn.py (vectorizable tanh/exp), rnn.py (RNN layer), softmax_xent.py (output
+layer), lm.py (the whole model as one call), optim.py (clipping and updates), backend.py (the Python API),
+threads.py (thread counts), sample.py (generation loop).
+
+The kernels load on first use of one of these names (PEP 562), so `fastrnn.kernels.threads` stays cheap to import.
+"""
+
+API = ("forward_backward", "forward_loss", "step", "clip_gradients", "sgd_update", "adagrad_update",
+       "rmsprop_update", "adam_update")
+__all__ = list(API)
+
+
+def __getattr__(name):
+    if name in API:
+        from fastrnn.kernels import backend
+
+        return getattr(backend, name)
+    raise AttributeError(f"module 'fastrnn.kernels' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(API))

@@ -1,0 +1,139 @@
+"""The numba backend's Python API: the functions of fastrnn.reference, same signatures and semantics.
+
+Each call prepares arguments (contiguous int32 tokens, scalars cast to the parameters' dtype, scratch buffers
+reused across calls of the same shape) and makes one njit call.
+"""
+
+import numpy as np
+
+from fastrnn.kernels import lm, optim
+
+SMALL_WORK = 1 << 16  # N*H*H at or below which the recurrent products use hand loops instead of BLAS
+PARALLEL_SIZE = 1 << 16  # flat buffers at least this long use the parallel (prange) update kernels
+_MAX_WORKSPACES = 4
+_workspaces = {}  # (T, N, H, V, dtype) -> scratch arrays, most recently used last
+
+
+def _workspace(T, N, H, V, dtype):
+    key = (T, N, H, V, np.dtype(dtype).str)
+    ws = _workspaces.pop(key, None)
+    if ws is None:
+        if len(_workspaces) >= _MAX_WORKSPACES:
+            _workspaces.pop(next(iter(_workspaces)))
+        ws = dict(hs=np.empty((T + 1, N, H), dtype),  # (T+1, N, H)
+                  logits=np.empty((T * N, V), dtype),  # (T*N, V)
+                  dz=np.empty((T, N, H), dtype),  # (T, N, H)
+                  tmp=np.empty((N, H), dtype),  # (N, H)
+                  acc=np.empty(max(H, V), np.float64),  # (max(H, V),)
+                  rowloss=np.empty(T * N, np.float64))  # (T*N,)
+    _workspaces[key] = ws
+    return ws
+
+
+def _params(P):
+    dtype = P["Whh"].dtype
+    return dtype, [np.ascontiguousarray(P[k], dtype=dtype) for k in ("Wxh", "Whh", "bh", "Why", "by")]
+
+
+def _tokens(x):
+    return np.ascontiguousarray(x, dtype=np.int32)
+
+
+def _small(N, H):
+    return N * H * H <= SMALL_WORK
+
+
+def forward_backward(P, G, x, y, h0):
+    """Loss and gradients of the vanilla RNN language model on one minibatch (see fastrnn.reference).
+
+    P: dict of parameter arrays; G: dict of gradient arrays of the same shapes, overwritten. x, y: (N, T) int
+    inputs and targets; h0: (N, H) carried state. Returns (loss, hT: (N, H) new array).
+    """
+    dtype, (Wxh, Whh, bh, Why, by) = _params(P)
+    x, y = _tokens(x), _tokens(y)
+    N, T = x.shape
+    V, H = Wxh.shape
+    ws = _workspace(T, N, H, V, dtype)
+    ws["hs"][0] = h0
+    outs = [G[k] for k in ("Wxh", "Whh", "bh", "Why", "by")]
+    direct = [g if g.flags.c_contiguous and g.dtype == dtype else np.empty(g.shape, dtype) for g in outs]
+    loss = lm.lm_forward_backward(*direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"], ws["rowloss"],
+                                  x, y, Wxh, Whh, bh, Why, by, dtype.type(1.0 / (T * N)), _small(N, H))
+    for g, d in zip(outs, direct):
+        if g is not d:
+            g[...] = d
+    return float(loss), ws["hs"][T].copy()
+
+
+def forward_loss(P, x, y, h0):
+    """Loss only (evaluation): returns (loss, hT)."""
+    dtype, (Wxh, Whh, bh, Why, by) = _params(P)
+    x, y = _tokens(x), _tokens(y)
+    N, T = x.shape
+    V, H = Wxh.shape
+    ws = _workspace(T, N, H, V, dtype)
+    ws["hs"][0] = h0
+    loss = lm.lm_forward_loss(ws["hs"], ws["logits"], ws["tmp"], ws["rowloss"], x, y, Wxh, Whh, bh, Why, by,
+                              dtype.type(1.0 / (T * N)), _small(N, H))
+    return float(loss), ws["hs"][T].copy()
+
+
+def step(P, h, token):
+    """One generation step: h: (N, H), token: (N,) int. Returns (h_new: (N, H), logits: (N, V))."""
+    dtype, (Wxh, Whh, bh, Why, by) = _params(P)
+    h = np.ascontiguousarray(h, dtype=dtype)
+    token = np.ascontiguousarray(token, dtype=np.int32).reshape(-1)
+    N, H = h.shape
+    V = by.shape[0]
+    if token.shape[0] != N:
+        raise ValueError(f"step: {token.shape[0]} tokens for {N} hidden states")
+    if N and (token.min() < 0 or token.max() >= V):
+        raise IndexError("token id out of range of the vocabulary")
+    h_new = np.empty((N, H), dtype)  # (N, H)
+    logits = np.empty((N, V), dtype)  # (N, V)
+    lm.lm_step(h_new, logits, h, token, Wxh, Whh, bh, Why, by)
+    return h_new, logits
+
+
+def clip_gradients(g, clip, max_norm):
+    """Global-norm scaling (if max_norm > 0) then elementwise clipping to [-clip, clip] (if clip > 0), in place.
+
+    Returns the global norm before clipping (float64 sum of squares).
+    """
+    t = g.dtype.type
+    partial = np.empty((g.shape[0] + optim.CHUNK - 1) // optim.CHUNK, np.float64)
+    big = g.shape[0] >= PARALLEL_SIZE
+    norm = float(np.sqrt((optim.sumsq_parallel if big else optim.sumsq_serial)(g, partial)))
+    do_scale = bool(max_norm > 0 and norm > max_norm)
+    do_clip = bool(clip > 0)
+    if do_scale or do_clip:
+        scale = t(max_norm / norm) if do_scale else t(1)
+        (optim.scale_clip_parallel if big else optim.scale_clip_serial)(g, scale, do_scale, t(clip), do_clip)
+    return norm
+
+
+def sgd_update(p, g, vel, lr, momentum):
+    """SGD with (heavy-ball) momentum: vel = momentum * vel - lr * g; p += vel."""
+    t = p.dtype.type
+    (optim.sgd_parallel if p.shape[0] >= PARALLEL_SIZE else optim.sgd_serial)(p, g, vel, t(lr), t(momentum))
+
+
+def adagrad_update(p, g, mem, lr, eps):
+    """Adagrad as min-char-rnn: mem += g^2; p -= lr * g / sqrt(mem + eps)."""
+    t = p.dtype.type
+    (optim.adagrad_parallel if p.shape[0] >= PARALLEL_SIZE else optim.adagrad_serial)(p, g, mem, t(lr), t(eps))
+
+
+def rmsprop_update(p, g, ms, lr, decay, eps):
+    """RMSprop as char-rnn: ms = decay * ms + (1 - decay) * g^2; p -= lr * g / (sqrt(ms) + eps)."""
+    t = p.dtype.type
+    (optim.rmsprop_parallel if p.shape[0] >= PARALLEL_SIZE else optim.rmsprop_serial)(
+        p, g, ms, t(lr), t(decay), t(1.0 - decay), t(eps))
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
+    """Adam (Kingma & Ba) with bias correction; t is the 1-based step number."""
+    c = p.dtype.type
+    (optim.adam_parallel if p.shape[0] >= PARALLEL_SIZE else optim.adam_serial)(
+        p, g, m, v, c(lr), c(beta1), c(1.0 - beta1), c(beta2), c(1.0 - beta2), c(1.0 / (1.0 - beta1 ** t)),
+        c(1.0 / (1.0 - beta2 ** t)), c(eps))

@@ -1,0 +1,67 @@
+"""JIT options for every numba kernel, in one place.
+
+- `cache=True`: compiled code is stored next to the sources (``__pycache__``) and reused by later processes.
+- `FASTMATH`: a flag set, never the full ``fastmath=True``: without ``nnan``/``ninf`` the compiler keeps NaN and inf
+  semantics (``np.isnan`` works and a NaN in the inputs reaches the loss); ``reassoc`` lets sums vectorize,
+  ``contract`` forms FMAs, ``afn``/``arcp`` allow approximate library functions and reciprocals.
+- `error_model='numpy'`: division by zero gives inf/NaN instead of raising (and keeps loops vectorizable).
+- `boundscheck=False`, `nogil=True`.
+
+Numba's cache is keyed on the source file of the top-level kernel only, so a change to a helper in another file
+of this package (mathfn.py) would not invalidate the kernels that inlined it. `_guard_cache` keeps a fingerprint
+of all the package's sources and drops this package's numba cache files when it changes.
+"""
+
+import hashlib
+import os
+
+import numba
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+OPTIONS = dict(cache=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False, nogil=True)
+PARALLEL_OPTIONS = dict(OPTIONS, parallel=True)
+
+
+def kernel(fn):
+    """A serial njit kernel with the package's options."""
+    return numba.njit(**OPTIONS)(fn)
+
+
+def parallel_kernel(fn):
+    """A parallel (prange) njit kernel with the package's options."""
+    return numba.njit(**PARALLEL_OPTIONS)(fn)
+
+
+def _guard_cache():
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py"):
+            with open(os.path.join(here, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
+    fingerprint = digest.hexdigest()
+    cache_dir = os.path.join(here, "__pycache__")
+    stamp = os.path.join(cache_dir, "kernels-sources.sha256")
+    try:
+        with open(stamp) as f:
+            if f.read().strip() == fingerprint:
+                return
+    except OSError:
+        pass
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        for name in os.listdir(cache_dir):
+            if name.endswith((".nbi", ".nbc")):
+                try:
+                    os.remove(os.path.join(cache_dir, name))
+                except OSError:
+                    pass
+        tmp = stamp + f".{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(fingerprint + "\n")
+        os.replace(tmp, stamp)
+    except OSError:
+        pass  # read-only install: numba falls back to its own cache locator or compiles in memory
+
+
+_guard_cache()

@@ -1,0 +1,155 @@
+"""Gradient clipping and optimizer updates over the flat buffers (numba), mirroring fastrnn.reference.
+
+Every update is one fused elementwise loop. Buffers are cut into fixed chunks of CHUNK elements: the parallel
+drivers run chunks in a prange, the serial ones in order; results do not depend on the number of threads (the
+clipping norm sums per-chunk float64 partials in chunk order). Scalars arrive already cast to the buffers' dtype
+(see fastrnn.kernels.backend), as NumPy casts Python floats in the reference.
+"""
+
+import numpy as np
+from numba import prange
+
+from fastrnn.kernels.jit import kernel, parallel_kernel
+
+CHUNK = 1 << 14
+
+
+@kernel
+def _sumsq_chunk(g, lo, hi):
+    s = 0.0
+    for i in range(lo, hi):
+        v = np.float64(g[i])
+        s += v * v
+    return s
+
+
+@kernel
+def _scale_clip_chunk(g, lo, hi, scale, do_scale, clip, do_clip):
+    for i in range(lo, hi):
+        v = g[i]
+        if do_scale:
+            v = v * scale
+        if do_clip:
+            v = clip if v > clip else v  # NaN passes through, as np.clip
+            v = -clip if v < -clip else v
+        g[i] = v
+
+
+@kernel
+def _sgd_chunk(p, g, vel, lo, hi, lr, momentum):
+    for i in range(lo, hi):
+        u = vel[i] * momentum - lr * g[i]
+        vel[i] = u
+        p[i] += u
+
+
+@kernel
+def _adagrad_chunk(p, g, mem, lo, hi, lr, eps):
+    for i in range(lo, hi):
+        gi = g[i]
+        m = mem[i] + gi * gi
+        mem[i] = m
+        p[i] -= lr * gi / np.sqrt(m + eps)
+
+
+@kernel
+def _rmsprop_chunk(p, g, ms, lo, hi, lr, decay, one_minus_decay, eps):
+    for i in range(lo, hi):
+        gi = g[i]
+        s = ms[i] * decay + one_minus_decay * gi * gi
+        ms[i] = s
+        p[i] -= lr * gi / (np.sqrt(s) + eps)
+
+
+@kernel
+def _adam_chunk(p, g, m, v, lo, hi, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
+    for i in range(lo, hi):
+        gi = g[i]
+        mi = m[i] * beta1 + one_minus_beta1 * gi
+        vi = v[i] * beta2 + one_minus_beta2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= lr * (mi * mscale) / (np.sqrt(vi * vscale) + eps)
+
+
+@kernel
+def sumsq_serial(g, partial):
+    n = g.shape[0]
+    for c in range(partial.shape[0]):
+        partial[c] = _sumsq_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK))
+    s = 0.0
+    for c in range(partial.shape[0]):
+        s += partial[c]
+    return s
+
+
+@parallel_kernel
+def sumsq_parallel(g, partial):
+    n = g.shape[0]
+    for c in prange(partial.shape[0]):
+        partial[c] = _sumsq_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK))
+    s = 0.0
+    for c in range(partial.shape[0]):
+        s += partial[c]
+    return s
+
+
+@kernel
+def scale_clip_serial(g, scale, do_scale, clip, do_clip):
+    _scale_clip_chunk(g, 0, g.shape[0], scale, do_scale, clip, do_clip)
+
+
+@parallel_kernel
+def scale_clip_parallel(g, scale, do_scale, clip, do_clip):
+    n = g.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _scale_clip_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK), scale, do_scale, clip, do_clip)
+
+
+@kernel
+def sgd_serial(p, g, vel, lr, momentum):
+    _sgd_chunk(p, g, vel, 0, p.shape[0], lr, momentum)
+
+
+@parallel_kernel
+def sgd_parallel(p, g, vel, lr, momentum):
+    n = p.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _sgd_chunk(p, g, vel, c * CHUNK, min(n, (c + 1) * CHUNK), lr, momentum)
+
+
+@kernel
+def adagrad_serial(p, g, mem, lr, eps):
+    _adagrad_chunk(p, g, mem, 0, p.shape[0], lr, eps)
+
+
+@parallel_kernel
+def adagrad_parallel(p, g, mem, lr, eps):
+    n = p.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _adagrad_chunk(p, g, mem, c * CHUNK, min(n, (c + 1) * CHUNK), lr, eps)
+
+
+@kernel
+def rmsprop_serial(p, g, ms, lr, decay, one_minus_decay, eps):
+    _rmsprop_chunk(p, g, ms, 0, p.shape[0], lr, decay, one_minus_decay, eps)
+
+
+@parallel_kernel
+def rmsprop_parallel(p, g, ms, lr, decay, one_minus_decay, eps):
+    n = p.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _rmsprop_chunk(p, g, ms, c * CHUNK, min(n, (c + 1) * CHUNK), lr, decay, one_minus_decay, eps)
+
+
+@kernel
+def adam_serial(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
+    _adam_chunk(p, g, m, v, 0, p.shape[0], lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps)
+
+
+@parallel_kernel
+def adam_parallel(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
+    n = p.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        _adam_chunk(p, g, m, v, c * CHUNK, min(n, (c + 1) * CHUNK), lr, beta1, one_minus_beta1, beta2,
+                    one_minus_beta2, mscale, vscale, eps)

@@ -1,0 +1,65 @@
+"""Output layer: affine logits and softmax cross-entropy, fused (numba), mirroring fastrnn.reference.
+
+Letters: N batch, T time, H hidden, V vocabulary; rows of the (T*N, V) logits are positions in time-major order,
+row t*N + n is sequence n at time t.
+"""
+
+import numpy as np
+
+from fastrnn.kernels import mathfn
+from fastrnn.kernels.jit import kernel
+
+
+@kernel
+def softmax_xent(logits, rowloss, by, y, scale, grad):
+    """Bias, softmax and cross-entropy in one pass per row, in place.
+
+    logits: (T*N, V) in: hs @ Why without the bias; out (if grad): dlogits = (softmax - onehot(y)) * scale.
+    rowloss: (T*N,) float64 out, -log p(target) per row; by: (V,); y: (N, T) int32 targets; scale: 1/(T*N) in the
+    logits' dtype. Returns the mean loss (fixed-order float64 sum of rowloss).
+    """
+    R, V = logits.shape
+    N, T = y.shape
+    for t in range(T):
+        for n in range(N):
+            r = t * N + n
+            z = logits[r]
+            m = z[0] + by[0]
+            for v in range(V):
+                z[v] += by[v]
+                m = max(m, z[v])
+            target = y[n, t]
+            s = scale - scale  # a zero of the logits dtype
+            zt = z[target] - m
+            for v in range(V):
+                e = mathfn.exp(z[v] - m)
+                z[v] = e
+                s += e
+            rowloss[r] = np.log(s) - zt
+            if grad:
+                k = scale / s
+                for v in range(V):
+                    z[v] *= k
+                z[target] -= scale
+    total = 0.0
+    for r in range(R):
+        total += rowloss[r]
+    return total / R
+
+
+@kernel
+def affine_backward(dW, db, dx, dout, x, W, acc):
+    """dW: (H, V) = x.T @ dout, db: (V,) = column sums of dout (overwritten); dx: (T*N, H) = dout @ W.T.
+
+    dout: (T*N, V); x: (T*N, H); W: (H, V); acc: (V,) float64 scratch.
+    """
+    R, V = dout.shape
+    np.dot(x.T, dout, dW)
+    np.dot(dout, W.T, dx)
+    for v in range(V):
+        acc[v] = 0.0
+    for r in range(R):
+        for v in range(V):
+            acc[v] += dout[r, v]
+    for v in range(V):
+        db[v] = acc[v]
