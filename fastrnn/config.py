@@ -55,7 +55,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = 1  # also keep the last K checkpoints as checkpoint-<step>.h5 (1: only checkpoint.h5)
     early_stop_patience: int = 0  # stop after this many evaluations without a better val loss (0: off)
-    divergence_factor: float = 0.0  # stop if the smoothed loss exceeds this multiple of the starting loss (0: off)
+    divergence_factor: float = 5.0  # stop if the smoothed loss exceeds this multiple of the starting loss (0: off)
     extra: dict = field(default_factory=dict)  # reserved for forward-compatible fields
 
     def to_dict(self):

@@ -23,7 +23,7 @@ def probabilities(logits, temperature=1.0, top_k=0, top_p=1.0):
     if top_p < 1.0:
         order = np.argsort(-p, kind="stable")
         c = np.cumsum(p[order])
-        keep = np.searchsorted(c, top_p * c[-1]) + 1  # smallest prefix reaching top_p of the mass
+        keep = np.searchsorted(c, top_p * c[-1] * (1 - 1e-12)) + 1  # smallest prefix reaching top_p of the mass
         p[order[keep:]] = 0.0
     p /= p.sum()
     return p

@@ -46,13 +46,15 @@ def test_float32_backends_agree_loosely(small_corpus, tmp_path):
 
 # Recorded with the numpy backend, float64, on the deterministic `make_text` corpus: guards the whole loop
 # (data layout, initialisation, loss, gradients, clipping, Adam, carried state) against silent changes.
-RECORDED_CURVE = None
+RECORDED_CURVE = [3.367269928353059, 3.3658692056179547, 3.3632600066890945, 3.3615467174524682,
+                  3.3599077967610356, 3.3595472970632754, 3.3538025534593756, 3.356453338414404,
+                  3.351222487719613, 3.3489965735722556]
 
 
 def test_recorded_ten_step_loss_curve(small_corpus, tmp_path):
     train(small_corpus, tmp_path / "run", dict(SMALL, max_steps=10, backend="numpy", dtype="float64", seed=3))
     curve = [r["batch_loss"] for r in log_rows(tmp_path / "run")]
-    assert curve[0] == pytest.approx(math.log(19), abs=0.01)  # 19 symbols: starts at the uniform loss
+    assert curve[0] == pytest.approx(math.log(29), abs=0.01)  # 29 symbols: starts at the uniform loss
     np.testing.assert_allclose(curve, RECORDED_CURVE, rtol=1e-9)
 
 
@@ -79,7 +81,7 @@ def test_resume_crosses_epoch_boundary_and_reset_hidden(small_corpus, tmp_path):
     train(small_corpus, tmp_path / "a", dict(opts, max_epochs=2.5))
     spe = ckpt_io.load(tmp_path / "a").state["step"] / 2.5
     train(small_corpus, tmp_path / "b", dict(opts, max_steps=int(spe) + 3))
-    train(small_corpus, tmp_path / "b", {"max_epochs": 2.5}, resume=True)
+    train(small_corpus, tmp_path / "b", {"max_steps": 0, "max_epochs": 2.5}, resume=True)
     np.testing.assert_array_equal(params_of(tmp_path / "a"), params_of(tmp_path / "b"))
 
 
@@ -107,10 +109,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_corpus, tmp_path):
     good = params_of(run)
     with pytest.raises(DivergenceError, match="step 3"):
         # an absurd learning rate blows up the weights; with no clipping the loss becomes inf/nan
-        train(small_corpus, run, {"max_steps": 50, "lr": 1e30, "clip": 0.0}, resume=True, allow_change=True)
+        train(small_corpus, run, {"max_steps": 50, "lr": 1e38, "clip": 0.0, "checkpoint_every": 0,
+                                  "divergence_factor": 0.0}, resume=True, allow_change=True)
     ckpt = ckpt_io.load(run)
-    assert np.all(np.isfinite(ckpt.params))
-    assert ckpt.state["step"] >= 3
+    assert ckpt.state["step"] == 3
+    np.testing.assert_array_equal(ckpt.params, good)
 
 
 def test_divergence_factor_stops_exploding_loss(small_corpus, tmp_path):
@@ -128,9 +131,10 @@ def test_early_stopping(small_corpus, tmp_path):
 
 def test_loss_falls_well_below_uniform_on_tiny_shakespeare(shakespeare_corpus, tmp_path):
     summary = train(shakespeare_corpus, tmp_path / "r", dict(hidden_size=128, batch_size=32, seq_len=50,
-                                                            max_steps=300, eval_every=300, log_every=50))
+                                                            max_steps=600, eval_every=600, log_every=100,
+                                                            lr=0.004))
     assert math.log(65) == pytest.approx(4.17, abs=0.01)
-    assert summary["val_loss"] < 2.6, summary
+    assert summary["val_loss"] < 2.3, summary
 
 
 def test_log_rows_have_the_documented_keys(small_corpus, tmp_path):
