@@ -13,6 +13,7 @@ OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
 DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3}
 BACKENDS = ("numba", "numpy")
 DTYPES = ("float32", "float64")
+ON_DIVERGENCE = ("stop", "rollback")
 
 
 @dataclass
@@ -56,6 +57,8 @@ class TrainConfig:
     keep_checkpoints: int = 1  # also keep the last K checkpoints as checkpoint-<step>.h5 (1: only checkpoint.h5)
     early_stop_patience: int = 0  # stop after this many evaluations without a better val loss (0: off)
     divergence_factor: float = 5.0  # stop if the smoothed loss exceeds this multiple of the starting loss (0: off)
+    on_divergence: str = "stop"  # stop | rollback: reload the last checkpoint and halve the learning rate
+    max_rollbacks: int = 5  # with rollback: give up (stop) after this many
     extra: dict = field(default_factory=dict)  # reserved for forward-compatible fields
 
     def to_dict(self):
@@ -95,6 +98,10 @@ class TrainConfig:
                      "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.on_divergence not in ON_DIVERGENCE:
+            raise ConfigError(f"--on-divergence must be one of {', '.join(ON_DIVERGENCE)}, got {self.on_divergence!r}")
+        if self.max_rollbacks < 0:
+            raise ConfigError(f"--max-rollbacks must be >= 0, got {self.max_rollbacks}")
         if self.log_every <= 0:
             raise ConfigError(f"--log-every must be positive, got {self.log_every}")
         if self.sample_length <= 0:
@@ -106,7 +113,8 @@ class TrainConfig:
 # must match the checkpoint; lr and its schedule may change only with --allow-change.
 RESUME_CHANGEABLE = {
     "max_steps", "max_epochs", "max_time", "threads", "log_every", "eval_every", "sample_every", "sample_length",
-    "checkpoint_every", "keep_checkpoints", "early_stop_patience", "divergence_factor",
+    "checkpoint_every", "keep_checkpoints", "early_stop_patience", "divergence_factor", "on_divergence",
+    "max_rollbacks",
 }
 RESUME_CHANGEABLE_WITH_ALLOW = {"lr", "lr_decay", "lr_decay_every", "lr_decay_after", "clip", "max_grad_norm",
                                 "momentum"}

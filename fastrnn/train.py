@@ -52,6 +52,11 @@ class RunState:
     rng: dict = dataclasses.field(default_factory=dict)  # numpy bit generator state
     train_tokens: int = 0  # the corpus the run was trained on (checked on resume)
     vocab_size: int = 0
+    lr_scale: float = 1.0  # halved by each divergence rollback
+    rollbacks: int = 0
+
+
+RUNSTATE_FIELDS = {f.name for f in dataclasses.fields(RunState)}
 
 
 class StopFlag:
@@ -212,8 +217,7 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
             model.load_flat(saved.params)
             for name, buf in optimizer.state.items():
                 buf[...] = saved.optimizer[name]
-            state = RunState(**{k: v for k, v in saved.state.items()
-                                if k in {f.name for f in dataclasses.fields(RunState)}})
+            state = RunState(**{k: v for k, v in saved.state.items() if k in RUNSTATE_FIELDS})
             optimizer.t = state.step
             rng.bit_generator.state = state.rng
             h = saved.hidden.astype(model.dtype, copy=True)
@@ -276,22 +280,50 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
                     t0 = time.perf_counter()
                     loss, h_next = backend.forward_backward(model.P, G, x, y, h)
                     norm = backend.clip_gradients(gflat, config.clip, config.max_grad_norm)
+                    problem = None
                     if not (math.isfinite(loss) and math.isfinite(norm)):
+                        problem = f"loss became {loss:.4g} (gradient norm {norm:.4g}) at step {state.step + 1}"
+                    else:
+                        optimizer.update(model.flat, gflat, state.lr_scale * learning_rate(config, state.step, spe))
+                        if math.isnan(state.smooth_loss):
+                            state.first_loss = state.smooth_loss = loss
+                        else:
+                            state.smooth_loss = SMOOTHING * state.smooth_loss + (1 - SMOOTHING) * loss
+                        if config.divergence_factor and \
+                                state.smooth_loss > config.divergence_factor * state.first_loss:
+                            problem = (f"smoothed loss {state.smooth_loss:.4f} exceeds {config.divergence_factor}x "
+                                       f"the starting loss {state.first_loss:.4f} at step {state.step + 1}")
+                    if problem is not None:
+                        if (config.on_divergence == "rollback" and state.rollbacks < config.max_rollbacks
+                                and os.path.exists(ckpt_path)):
+                            back = ckpt_io.load(ckpt_path)
+                            model.load_flat(back.params)
+                            for name, buf in optimizer.state.items():
+                                buf[...] = back.optimizer[name]
+                            scale, rollbacks, elapsed = state.lr_scale / 2, state.rollbacks + 1, state.elapsed
+                            state = RunState(**{k: v for k, v in back.state.items() if k in RUNSTATE_FIELDS})
+                            state.lr_scale, state.rollbacks, state.elapsed = scale, rollbacks, elapsed
+                            optimizer.t = state.step
+                            rng.bit_generator.state = state.rng
+                            h = back.hidden.astype(model.dtype, copy=True)
+                            log_file.close()
+                            _truncate_log(log_path, state.step)
+                            log_file = open(log_path, "a")
+                            emit("message", {"text": f"divergence: {problem}; rolled back to the checkpoint at "
+                                                     f"step {state.step} and halved the learning rate (now "
+                                                     f"{scale:g}x --lr; rollback {rollbacks} of "
+                                                     f"{config.max_rollbacks})"})
+                            continue
                         raise DivergenceError(
-                            f"loss became {loss:.4g} (gradient norm {norm:.4g}) at step {state.step + 1}; "
-                            + (f"the last good checkpoint is step {saved_step(ckpt_path)} in {ckpt_path}"
-                               if os.path.exists(ckpt_path) else "no checkpoint was written yet")
-                            + "; try a lower --lr or --max-grad-norm")
-                    optimizer.update(model.flat, gflat, learning_rate(config, state.step, spe))
+                            problem + "; " + (f"the last good checkpoint is step {saved_step(ckpt_path)} in "
+                                              f"{ckpt_path}" if os.path.exists(ckpt_path)
+                                              else "no checkpoint was written yet")
+                            + "; try a lower --lr or --max-grad-norm, or --on-divergence rollback")
                     h = h_next
                     state.step += 1
                     state.index += 1
                     if state.index == spe:
                         state.epoch, state.index = state.epoch + 1, 0
-                    if math.isnan(state.smooth_loss):
-                        state.first_loss = state.smooth_loss = loss
-                    else:
-                        state.smooth_loss = SMOOTHING * state.smooth_loss + (1 - SMOOTHING) * loss
                     now = time.perf_counter()
                     state.elapsed = elapsed_at_start + (now - session_start)
                     window_steps += 1
@@ -299,10 +331,6 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
                         first_step = False
                         emit("compiled", {"seconds": now - t0})
                         window_start, window_steps = now, 0  # the first step (JIT compile) is not timed
-                    if config.divergence_factor and state.smooth_loss > config.divergence_factor * state.first_loss:
-                        raise DivergenceError(
-                            f"smoothed loss {state.smooth_loss:.4f} exceeds {config.divergence_factor}x the "
-                            f"starting loss {state.first_loss:.4f} at step {state.step}; try a lower --lr")
 
                     val_loss = None
                     if val_stream is not None and config.eval_every and state.step % config.eval_every == 0:
@@ -313,7 +341,8 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
                         seconds = now - window_start
                         cps = window_steps * chars_per_step / seconds if window_steps and seconds > 0 else None
                         row = {"step": state.step, "epoch": round(state.epoch + state.index / spe, 4),
-                               "loss": state.smooth_loss, "batch_loss": loss, "lr": learning_rate(config, state.step - 1, spe),
+                               "loss": state.smooth_loss, "batch_loss": loss,
+                               "lr": state.lr_scale * learning_rate(config, state.step - 1, spe),
                                "grad_norm": norm, "chars_per_sec": cps,
                                "rss_mb": psutil.Process().memory_info().rss / 2**20,
                                "elapsed": state.elapsed}

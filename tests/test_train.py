@@ -154,3 +154,23 @@ def test_checkpoint_corruption_is_detected(small_corpus, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="corrupt|damaged"):
         ckpt_io.load(path)
+
+
+def test_rollback_on_divergence_halves_the_learning_rate(small_corpus, tmp_path):
+    run = tmp_path / "r"
+    train(small_corpus, run, dict(SMALL, max_steps=5, optimizer="sgd", lr=0.1))
+    messages = []
+    summary = train(small_corpus, run, {"max_steps": 40, "lr": 400.0, "clip": 0.0, "checkpoint_every": 100,
+                                        "on_divergence": "rollback", "max_rollbacks": 30},
+                    resume=True, allow_change=True,
+                    on_event=lambda kind, data: messages.append(data["text"]) if kind == "message" else None)
+    rolled = [m for m in messages if "rolled back" in m]
+    assert rolled, messages
+    assert summary["step"] == 40
+    ckpt = ckpt_io.load(run)
+    assert ckpt.state["rollbacks"] == len(rolled) and ckpt.state["lr_scale"] == 0.5 ** len(rolled)
+    assert np.all(np.isfinite(ckpt.params))
+    rows = log_rows(run)
+    assert [r["step"] for r in rows] == list(range(1, 41))  # rows of abandoned steps were dropped
+    with pytest.raises(DivergenceError, match="on-divergence rollback"):
+        train(small_corpus, tmp_path / "s", dict(SMALL, max_steps=40, optimizer="sgd", lr=400.0, clip=0.0))

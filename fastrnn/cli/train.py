@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from fastrnn.config import BACKENDS, DTYPES, OPTIMIZERS, TrainConfig
+from fastrnn.config import BACKENDS, DTYPES, ON_DIVERGENCE, OPTIMIZERS, TrainConfig
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # stopped by a signal, checkpoint written
 
@@ -65,6 +65,11 @@ def _train_options(f):
                      help="Also keep the last K checkpoints as checkpoint-<step>.h5 (1: only checkpoint.h5)."),
         click.option("--early-stop-patience", type=click.IntRange(min=0), default=D.early_stop_patience,
                      help="Stop after this many evaluations without a better validation loss (0: off)."),
+        click.option("--on-divergence", type=click.Choice(ON_DIVERGENCE), default=D.on_divergence,
+                     help="On a NaN/inf or exploding loss: stop, or reload the last checkpoint and halve the "
+                          "learning rate."),
+        click.option("--max-rollbacks", type=click.IntRange(min=0), default=D.max_rollbacks,
+                     help="With --on-divergence rollback: stop after this many rollbacks."),
         click.option("--divergence-factor", type=click.FloatRange(min=0), default=D.divergence_factor,
                      help="Stop if the smoothed loss exceeds this multiple of the starting loss (0: off)."),
     ]
