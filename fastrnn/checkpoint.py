@@ -66,6 +66,20 @@ def _digest(attrs_json, arrays):
     return h.hexdigest()
 
 
+def remove_stale_temps(directory):
+    """Delete temporary checkpoint files left by a process killed while writing one (the rename never came)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(".checkpoint-") and name.endswith(".h5.tmp"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
 def save(path, ckpt):
     """Write `ckpt` to `path` atomically (temp file, flush, fsync, rename, fsync of the directory)."""
     path = os.fspath(path)

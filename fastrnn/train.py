@@ -200,6 +200,7 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
         os.makedirs(run_dir, exist_ok=True)
         if not os.access(run_dir, os.W_OK):
             raise ConfigError(f"run directory {run_dir} is not writable")
+        ckpt_io.remove_stale_temps(run_dir)
         threads = _set_threads(config.threads)
         backend = get_backend(config.backend)
         model = Model(vocab.size, config.hidden_size, config.dtype, config.model)
