@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from fastrnn.errors import ConfigError
 from fastrnn.config import BACKENDS, DTYPES, ON_DIVERGENCE, OPTIMIZERS, TrainConfig
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # stopped by a signal, checkpoint written
@@ -195,6 +196,10 @@ def sample(checkpoint, prime, length, temperature, top_k, top_p, greedy, beam_wi
     from fastrnn import sample as gen
 
     gen.check_options(temperature, top_k, top_p, length)
+    for name, text in (("--prime", prime), ("--stop-at", stop_at)):
+        bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+        if bad is not None:
+            raise ConfigError(f"{name} is not valid UTF-8 text (undecodable byte at character {bad})")
     model, vocab, _ = load_model(checkpoint)
     vocab.encode(prime)  # unknown prime characters: a clear error before any output
     be = get_backend(backend)
