@@ -23,8 +23,9 @@ def plot(run_dirs, output):
 @click.command("plot-hidden")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--text", default="To be or not to be", help="Text to read through the network.")
-@click.option("--feature", type=click.Choice(list(FEATURES)), default="quote",
-              help="Find the hidden units most correlated with this per-character feature.")
+@click.option("--feature", type=click.Choice(["auto", *FEATURES]), default="auto",
+              help="Find the hidden units most correlated with this per-character feature (auto: quote if the "
+                   "text has double quotes, else line_position if it has several lines, else vowel).")
 @click.option("--units", type=click.IntRange(min=1), default=64, help="Hidden units shown in the heatmap.")
 @click.option("--top", type=click.IntRange(min=1), default=5, help="Most correlated units to show.")
 @click.option("-o", "--output", default="hidden.png", type=click.Path(dir_okay=False), help="PNG to write.")
@@ -33,6 +34,8 @@ def plot_hidden_cmd(checkpoint, text, feature, units, top, output):
     from fastrnn.api import load_model
     from fastrnn.plots import plot_hidden
 
+    if feature == "auto":
+        feature = "quote" if '"' in text else "line_position" if "\n" in text.rstrip("\n") else "vowel"
     model, vocab, _ = load_model(checkpoint)
     _, top_units = plot_hidden(model.P, vocab, text, output, feature=feature, units=units, top=top)
     click.echo(output)
@@ -42,8 +45,9 @@ def plot_hidden_cmd(checkpoint, text, feature, units, top, output):
 
 @click.command("plot-gradients")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
-@click.option("--text", default="To be, or not to be, that is the question: whether 'tis nobler in the mind",
-              help="The loss of predicting this text's last character is differentiated through time.")
+@click.option("--text", default=None,
+              help="The loss of predicting this text's last character is differentiated through time "
+                   "[default: 80 characters sampled from the first model, seed 0].")
 @click.option("-o", "--output", default="gradients.png", type=click.Path(dir_okay=False), help="PNG to write.")
 def plot_gradients_cmd(checkpoints, text, output):
     """Gradient magnitude |dL/dh_t| through time steps (log scale); several checkpoints side by side."""
@@ -55,6 +59,15 @@ def plot_gradients_cmd(checkpoints, text, output):
         model, vocab, ckpt = load_model(path)
         label = f"{model.model} H={model.hidden_size} ({os.path.basename(os.path.normpath(path))})"
         models.append((label, model.P, vocab))
+    if text is None:
+        import numpy as np
+
+        from fastrnn import reference
+        from fastrnn.sample import generate
+
+        _, P, vocab = models[0]
+        ids = list(generate(reference, P, vocab, length=80, rng=np.random.default_rng(0), dtype=P["Whh"].dtype))
+        text = vocab.decode(np.array(ids, dtype=np.int32))
     plot_gradients(models, text, output)
     click.echo(output)
 
