@@ -51,6 +51,7 @@ class TrainConfig:
     # monitoring
     log_every: int = 10  # steps between progress lines / log.jsonl rows
     eval_every: int = 500  # steps between validation passes over the whole val split (0: only at the end)
+    eval_tokens: int = 0  # evaluate on the first this many tokens of the val split (0: all of it)
     sample_every: int = 0  # steps between printed samples (0: never)
     sample_length: int = 200
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
@@ -95,6 +96,7 @@ class TrainConfig:
             raise ConfigError(f"--init-scale must be positive, got {self.init_scale}")
         for name in ("max_steps", "max_epochs", "max_time", "eval_every", "sample_every", "checkpoint_every",
                      "early_stop_patience", "lr_decay_every", "lr_decay_after", "threads", "divergence_factor",
+                     "eval_tokens",
                      "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -114,6 +116,7 @@ class TrainConfig:
 RESUME_CHANGEABLE = {
     "max_steps", "max_epochs", "max_time", "threads", "log_every", "eval_every", "sample_every", "sample_length",
     "checkpoint_every", "keep_checkpoints", "early_stop_patience", "divergence_factor", "on_divergence",
+    "eval_tokens",
     "max_rollbacks",
 }
 RESUME_CHANGEABLE_WITH_ALLOW = {"lr", "lr_decay", "lr_decay_every", "lr_decay_after", "clip", "max_grad_norm",

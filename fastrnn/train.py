@@ -128,7 +128,10 @@ def evaluate(backend, model, stream):
 
 
 def _eval_stream(tokens, config):
-    """A batch stream over the val split: the training batch size, or fewer streams if the split is small."""
+    """A batch stream over the val split (its first --eval-tokens tokens if set): the training batch size, or
+    fewer streams if the split is small."""
+    if config.eval_tokens:
+        tokens = tokens[: config.eval_tokens]
     n = min(config.batch_size, (len(tokens) - 1) // config.seq_len)
     if n <= 0:
         return None

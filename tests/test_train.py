@@ -174,3 +174,15 @@ def test_rollback_on_divergence_halves_the_learning_rate(small_corpus, tmp_path)
     assert [r["step"] for r in rows] == list(range(1, 41))  # rows of abandoned steps were dropped
     with pytest.raises(DivergenceError, match="on-divergence rollback"):
         train(small_corpus, tmp_path / "s", dict(SMALL, max_steps=40, optimizer="sgd", lr=400.0, clip=0.0))
+
+
+def test_eval_tokens_caps_the_validation_pass(small_corpus, tmp_path):
+    from fastrnn.corpus import open_corpus
+    from fastrnn.train import _eval_stream, resolve_config
+
+    with open_corpus(small_corpus) as c:
+        full = _eval_stream(c.split("val"), resolve_config(dict(SMALL)))
+        capped = _eval_stream(c.split("val"), resolve_config(dict(SMALL, eval_tokens=201)))
+    assert capped.steps_per_epoch * capped.batch_size * 10 <= 200 < full.steps_per_epoch * full.batch_size * 10
+    summary = train(small_corpus, tmp_path / "r", dict(SMALL, max_steps=3, eval_tokens=201))
+    assert summary["val_loss"] is not None and math.isfinite(summary["val_loss"])

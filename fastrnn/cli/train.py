@@ -56,6 +56,9 @@ def _train_options(f):
                      help="Steps between progress lines and log.jsonl rows."),
         click.option("--eval-every", type=click.IntRange(min=0), default=D.eval_every,
                      help="Steps between validation passes over the whole val split (0: only at the end)."),
+        click.option("--eval-tokens", type=click.IntRange(min=0), default=D.eval_tokens,
+                     help="Evaluate on the first this many tokens of the val split (0: all of it; large corpora "
+                          "may want a cap)."),
         click.option("--sample-every", type=click.IntRange(min=0), default=D.sample_every,
                      help="Steps between printed samples (0: never)."),
         click.option("--sample-length", type=click.IntRange(min=1), default=D.sample_length,
@@ -204,7 +207,7 @@ def sample(checkpoint, prime, length, temperature, top_k, top_p, greedy, beam_wi
     vocab.encode(prime)  # unknown prime characters: a clear error before any output
     be = get_backend(backend)
     rng = np.random.default_rng(seed)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     for i in range(num_samples):
         if i:
             out.write("\n")
