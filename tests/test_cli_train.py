@@ -1,6 +1,5 @@
 """`fastrnn train` and `fastrnn sample` through the command line."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -123,16 +123,15 @@ def test_divergence_factor_stops_exploding_loss(small_corpus, tmp_path):
 
 
 def test_early_stopping(small_corpus, tmp_path):
-    summary = train(small_corpus, tmp_path / "r", dict(SMALL, max_steps=10_000, eval_every=1, lr=0.3,
-                                                      optimizer="sgd", early_stop_patience=2, hidden_size=4))
+    opts = dict(SMALL, max_steps=10_000, eval_every=1, lr=0.3, optimizer="sgd", early_stop_patience=2, hidden_size=4)
+    summary = train(small_corpus, tmp_path / "r", opts)
     assert summary["stop_reason"] == "early_stop"
     assert summary["step"] < 10_000
 
 
 def test_loss_falls_well_below_uniform_on_tiny_shakespeare(shakespeare_corpus, tmp_path):
-    summary = train(shakespeare_corpus, tmp_path / "r", dict(hidden_size=128, batch_size=32, seq_len=50,
-                                                            max_steps=600, eval_every=600, log_every=100,
-                                                            lr=0.004))
+    opts = dict(hidden_size=128, batch_size=32, seq_len=50, max_steps=600, eval_every=600, log_every=100, lr=0.004)
+    summary = train(shakespeare_corpus, tmp_path / "r", opts)
     assert math.log(65) == pytest.approx(4.17, abs=0.01)
     assert summary["val_loss"] < 2.3, summary
 

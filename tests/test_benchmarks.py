@@ -1,0 +1,115 @@
+"""Smoke tests of the benchmark and profiling code paths at tiny sizes. They check structure, never speed."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import common, plot, sampling, throughput
+from fastrnn import reference
+from tools import profile_speed
+
+ROW_KEYS = {"backend", "model", "hidden", "batch", "seq_len", "dtype", "threads", "chars_per_sec", "gflops",
+            "peak_fraction", "compile_seconds", "repeats", "checked"}
+
+
+def kernels_or_skip():
+    kernels = pytest.importorskip("fastrnn.kernels")
+    try:
+        kernels.forward_backward  # noqa: B018 - loads the kernels
+    except (ImportError, AttributeError) as exc:
+        pytest.skip(f"fastrnn.kernels not usable yet: {exc}")
+    return kernels
+
+
+def test_format_table_and_timing():
+    text = common.format_table([{"a": 1.5, "b": None}], [("A", "a", ".1f"), ("B", "b", "d")])
+    assert text.splitlines()[-1].split() == ["1.5", "-"]
+    out = common.time_interleaved({"x": lambda: None, "y": lambda: None}, {"x": 2, "y": 1}, 0.0)
+    assert len(out["x"][2]) == 2 and len(out["y"][2]) == 1
+
+
+def test_batches_continue_streams():
+    tokens = np.arange(1000, dtype=np.int32)
+    b = common.Batches(3, 5, tokens)
+    x0, y0, first = b.next()
+    x1, _, _ = b.next()
+    assert first and x0.shape == (3, 5) and x0.flags.c_contiguous
+    np.testing.assert_array_equal(y0[:, :-1], x0[:, 1:])
+    np.testing.assert_array_equal(x1[:, 0], x0[:, -1] + 1)  # minibatch 1 continues every stream
+
+
+def test_throughput_rows_dry_run(tmp_path):
+    """The whole command on a 1-row grid, with the reference standing in for the numba backend."""
+    path = tmp_path / "t.json"
+    status = throughput.main(["--hidden", "8", "--batch", "2", "--threads", "1", "--dtype", "float64",
+                              "--seq-len", "5", "--repeats", "2", "--min-seconds", "0", "--peak-size", "64",
+                              "--no-targets", "--numba-module", "fastrnn.reference", "--json", str(path)])
+    assert status == 0
+    result = json.loads(path.read_text())
+    assert {r["backend"] for r in result["rows"]} == {"numba", "numpy", "seed"}
+    for r in result["rows"]:
+        assert ROW_KEYS <= set(r) and r["checked"] and r["chars_per_sec"] > 0
+    numba = next(r for r in result["rows"] if r["backend"] == "numba")
+    assert numba["vs_numpy"] > 0 and numba["vs_seed"] > 0
+    assert {"float32", "float64"} <= set(result["peaks"]) and "cpu" in result["machine"]
+    assert [t["passed"] for t in result["targets"]] == [None, None, None]  # no target rows were run
+    png = tmp_path / "t.png"
+    assert plot.main([str(path), "-o", str(png)]) == 0 and png.stat().st_size > 0
+
+
+def test_targets_evaluate():
+    rows = [dict(backend="numba", hidden=128, batch=1, dtype="float32", threads=2, vs_numpy=6.0),
+            dict(backend="numba", hidden=128, batch=32, dtype="float32", threads=2, vs_numpy=1.2)]
+    passed = [t["passed"] for t in throughput.evaluate_targets(rows)]
+    assert passed == [None, True, False]
+
+
+def test_seed_check_is_tight():
+    assert throughput.check_seed(6, 7, "float64") < 1e-10
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kernels_check_against_reference(dtype):
+    kernels = kernels_or_skip()
+    assert throughput.check_backend(kernels, 16, 3, 6, dtype) <= throughput.CHECK_TOL[dtype]
+
+
+def test_sampling_rows():
+    rows = sampling.run(hidden=16, length=20, threads=1, repeats=1, numba_module="fastrnn.reference")
+    names = {r["backend"] for r in rows}
+    assert {"numba-generate", "numpy-generate", "numpy-loop"} <= names
+    assert all(r["checked"] and r["chars_per_sec"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_profile_speed_phases(backend, tmp_path, capsys):
+    if backend == "numba":
+        kernels_or_skip()
+    csv_path, json_path = tmp_path / "p.csv", tmp_path / "p.json"
+    status = profile_speed.main(["--hidden", "16", "--batch", "4", "--seq-len", "8", "--threads", "1",
+                                 "--backend", backend, "--steps", "3", "--warmup", "1",
+                                 "--csv", str(csv_path), "--json", str(json_path)])
+    assert status == 0
+    phases = [r["phase"] for r in json.loads(json_path.read_text())["rows"]]
+    assert phases[0] == "data" and phases[-3:] == ["clip", "update", "step"]
+    assert "forward" in phases or "forward_backward" in phases
+    assert csv_path.read_text().startswith("phase,median_ms")
+    if backend == "numpy":
+        assert phases[1:3] == ["forward", "backward"]
+
+
+def test_profile_speed_parses_a_train_command(small_corpus, tmp_path, capsys):
+    status = profile_speed.main(["--steps", "2", "--warmup", "1", "--", "fastrnn", "train", small_corpus,
+                                 "--output", str(tmp_path / "run"), "--hidden-size", "12", "--batch-size", "3",
+                                 "--seq-len", "7", "--backend", "numpy", "--threads", "1", "--optimizer", "adagrad"])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "numpy backend, H=12 N=3 T=7" in out and "adagrad" in out
+    assert not (tmp_path / "run").exists()  # profiling trains nothing and writes nothing
+
+
+def test_reference_is_its_own_contender():
+    step = throughput.BackendStep(reference, 8, 2, 5, "float32")
+    step()
+    assert np.isfinite(step.loss) and step.h.shape == (2, 8)
