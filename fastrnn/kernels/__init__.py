@@ -2,8 +2,8 @@
 sgd_update, adagrad_update, rmsprop_update, adam_update) with the same signatures and semantics.
 
 Layout: jit.py (JIT options), mathfn.py (vectorizable tanh/exp), rnn.py (RNN layer), softmax_xent.py (output
-layer), lm.py (the whole model as one call), optim.py (clipping and updates), backend.py (the Python API),
-threads.py (thread counts), sample.py (generation loop).
+layer), lm.py (the whole model as one call), optim.py (clipping and updates), blas.py (GEMM through NumPy's
+OpenBLAS), backend.py (the Python API), threads.py (thread counts).
 
 The kernels load on first use of one of these names (PEP 562), so `fastrnn.kernels.threads` stays cheap to import.
 """

@@ -100,15 +100,9 @@ def clip_gradients(g, clip, max_norm):
 
     Returns the global norm before clipping (float64 sum of squares).
     """
-    t = g.dtype.type
-    partial = np.empty((g.shape[0] + optim.CHUNK - 1) // optim.CHUNK, np.float64)
-    big = g.shape[0] >= PARALLEL_SIZE
-    norm = float(np.sqrt((optim.sumsq_parallel if big else optim.sumsq_serial)(g, partial)))
-    do_scale = bool(max_norm > 0 and norm > max_norm)
-    do_clip = bool(clip > 0)
-    if do_scale or do_clip:
-        scale = t(max_norm / norm) if do_scale else t(1)
-        (optim.scale_clip_parallel if big else optim.scale_clip_serial)(g, scale, do_scale, t(clip), do_clip)
+    partial = np.empty(max(1, (g.shape[0] + optim.CHUNK - 1) // optim.CHUNK), np.float64)
+    fn = optim.clip_parallel if g.shape[0] >= PARALLEL_SIZE else optim.clip_serial
+    norm = float(fn(g, partial, g.dtype.type(clip), float(max_norm)))
     return norm
 
 

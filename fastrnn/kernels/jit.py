@@ -39,6 +39,7 @@ def _guard_cache():
         if name.endswith(".py"):
             with open(os.path.join(here, name), "rb") as f:
                 digest.update(name.encode() + b"\0" + f.read())
+    digest.update(numba.__version__.encode())
     fingerprint = digest.hexdigest()
     cache_dir = os.path.join(here, "__pycache__")
     stamp = os.path.join(cache_dir, "kernels-sources.sha256")

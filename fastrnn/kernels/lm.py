@@ -4,10 +4,9 @@ Composes the layers of rnn.py and softmax_xent.py in the order of fastrnn.refere
 per minibatch keeps the per-call overhead (which dominates at batch 1) to a single dispatch.
 """
 
-import numpy as np
-
-from fastrnn.kernels.jit import kernel
 from fastrnn.kernels import mathfn
+from fastrnn.kernels.blas import gemm
+from fastrnn.kernels.jit import kernel
 from fastrnn.kernels.rnn import matmul_small, rnn_backward, rnn_forward
 from fastrnn.kernels.softmax_xent import affine_backward, softmax_xent
 
@@ -40,7 +39,7 @@ def lm_forward_backward(dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, tmp, acc, ro
     check_tokens(x, y, Wxh.shape[0])
     rnn_forward(hs, tmp, x, Wxh, Whh, bh, small)
     h2 = hs[1:].reshape(T * N, H)  # (T*N, H)
-    np.dot(h2, Why, logits)
+    gemm(logits, h2, False, Why, False, 1.0, 0.0)
     loss = softmax_xent(logits, rowloss, by, y, scale, True)
     affine_backward(dWhy, dby, dz.reshape(T * N, H), logits, h2, Why, acc)
     rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, small)
@@ -54,7 +53,7 @@ def lm_forward_loss(hs, logits, tmp, rowloss, x, y, Wxh, Whh, bh, Why, by, scale
     N, H = hs.shape[1], hs.shape[2]
     check_tokens(x, y, Wxh.shape[0])
     rnn_forward(hs, tmp, x, Wxh, Whh, bh, small)
-    np.dot(hs[1:].reshape(T * N, H), Why, logits)
+    gemm(logits, hs[1:].reshape(T * N, H), False, Why, False, 1.0, 0.0)
     return softmax_xent(logits, rowloss, by, y, scale, False)
 
 

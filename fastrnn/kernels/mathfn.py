@@ -2,7 +2,7 @@
 
 `tanh(x)` and `exp(x)` are called from njit code; they dispatch on the scalar type at compile time:
 
-- float32: branch-free approximations that LLVM vectorizes, accurate to a few float32 ulp (tested against NumPy):
+- float32: branch-free approximations that LLVM vectorizes, accurate to a few float32 ulp (tanh within 6, exp within 5; tested against NumPy):
   tanh is a rational minimax approximation on [-7.905, 7.905] (odd degree-13 numerator over even degree-6
   denominator, Eigen's `ptanh_float` coefficients), x itself for |x| < 4e-4 (so denormals and -0 pass through),
   and exactly +-1 beyond the clamp (tanh(+-inf) = +-1); exp uses range reduction x = k ln2 + r, |r| <= ln2/2, a degree-6

@@ -16,16 +16,26 @@ CHUNK = 1 << 14
 
 @kernel
 def _sumsq_chunk(g, lo, hi):
+    g = g[lo:hi]  # loops from 0 over slices vectorize (no negative-index wraparound check)
     s = 0.0
-    for i in range(lo, hi):
+    for i in range(g.shape[0]):
         v = np.float64(g[i])
         s += v * v
     return s
 
 
 @kernel
+def _ordered_sum(partial):
+    s = 0.0
+    for c in range(partial.shape[0]):
+        s += partial[c]
+    return s
+
+
+@kernel
 def _scale_clip_chunk(g, lo, hi, scale, do_scale, clip, do_clip):
-    for i in range(lo, hi):
+    g = g[lo:hi]
+    for i in range(g.shape[0]):
         v = g[i]
         if do_scale:
             v = v * scale
@@ -37,7 +47,8 @@ def _scale_clip_chunk(g, lo, hi, scale, do_scale, clip, do_clip):
 
 @kernel
 def _sgd_chunk(p, g, vel, lo, hi, lr, momentum):
-    for i in range(lo, hi):
+    p, g, vel = p[lo:hi], g[lo:hi], vel[lo:hi]
+    for i in range(p.shape[0]):
         u = vel[i] * momentum - lr * g[i]
         vel[i] = u
         p[i] += u
@@ -45,7 +56,8 @@ def _sgd_chunk(p, g, vel, lo, hi, lr, momentum):
 
 @kernel
 def _adagrad_chunk(p, g, mem, lo, hi, lr, eps):
-    for i in range(lo, hi):
+    p, g, mem = p[lo:hi], g[lo:hi], mem[lo:hi]
+    for i in range(p.shape[0]):
         gi = g[i]
         m = mem[i] + gi * gi
         mem[i] = m
@@ -54,7 +66,8 @@ def _adagrad_chunk(p, g, mem, lo, hi, lr, eps):
 
 @kernel
 def _rmsprop_chunk(p, g, ms, lo, hi, lr, decay, one_minus_decay, eps):
-    for i in range(lo, hi):
+    p, g, ms = p[lo:hi], g[lo:hi], ms[lo:hi]
+    for i in range(p.shape[0]):
         gi = g[i]
         s = ms[i] * decay + one_minus_decay * gi * gi
         ms[i] = s
@@ -63,7 +76,8 @@ def _rmsprop_chunk(p, g, ms, lo, hi, lr, decay, one_minus_decay, eps):
 
 @kernel
 def _adam_chunk(p, g, m, v, lo, hi, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
-    for i in range(lo, hi):
+    p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+    for i in range(p.shape[0]):
         gi = g[i]
         mi = m[i] * beta1 + one_minus_beta1 * gi
         vi = v[i] * beta2 + one_minus_beta2 * gi * gi
@@ -73,37 +87,35 @@ def _adam_chunk(p, g, m, v, lo, hi, lr, beta1, one_minus_beta1, beta2, one_minus
 
 
 @kernel
-def sumsq_serial(g, partial):
+def clip_serial(g, partial, clip, max_norm):
+    """Global-norm scaling then elementwise clipping of g in place; returns the norm before clipping.
+    partial: (number of chunks,) float64 scratch; clip: in g's dtype; max_norm: float64."""
     n = g.shape[0]
     for c in range(partial.shape[0]):
         partial[c] = _sumsq_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK))
-    s = 0.0
-    for c in range(partial.shape[0]):
-        s += partial[c]
-    return s
+    norm = np.sqrt(_ordered_sum(partial))
+    scale = np.empty(1, g.dtype)
+    scale[0] = max_norm / norm if max_norm > 0 and norm > max_norm else 1.0
+    do_scale = max_norm > 0 and norm > max_norm
+    if do_scale or clip > 0:
+        _scale_clip_chunk(g, 0, n, scale[0], do_scale, clip, clip > 0)
+    return norm
 
 
 @parallel_kernel
-def sumsq_parallel(g, partial):
+def clip_parallel(g, partial, clip, max_norm):
+    """clip_serial with the chunks in a prange."""
     n = g.shape[0]
     for c in prange(partial.shape[0]):
         partial[c] = _sumsq_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK))
-    s = 0.0
-    for c in range(partial.shape[0]):
-        s += partial[c]
-    return s
-
-
-@kernel
-def scale_clip_serial(g, scale, do_scale, clip, do_clip):
-    _scale_clip_chunk(g, 0, g.shape[0], scale, do_scale, clip, do_clip)
-
-
-@parallel_kernel
-def scale_clip_parallel(g, scale, do_scale, clip, do_clip):
-    n = g.shape[0]
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        _scale_clip_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK), scale, do_scale, clip, do_clip)
+    norm = np.sqrt(_ordered_sum(partial))
+    scale = np.empty(1, g.dtype)
+    scale[0] = max_norm / norm if max_norm > 0 and norm > max_norm else 1.0
+    do_scale = max_norm > 0 and norm > max_norm
+    if do_scale or clip > 0:
+        for c in prange(partial.shape[0]):
+            _scale_clip_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK), scale[0], do_scale, clip, clip > 0)
+    return norm
 
 
 @kernel

@@ -5,8 +5,8 @@ front: hs: (T+1, N, H), hs[0] = h0, hs[t+1] = tanh(Wxh[x[:, t]] + hs[t] @ Whh + 
 same buffer, hs[:-1] is the "previous state" of every position as one contiguous (T*N, H) block (no concatenate)
 and hs[1:] is the layer's output.
 
-The recurrent product hs[t] @ Whh goes to BLAS (np.dot -> scipy's sgemm/dgemm) when `small` is False; for small
-problems (one sequence, small H) a hand-written loop avoids the BLAS call overhead. The input lookup, the bias
+The recurrent product hs[t] @ Whh goes to BLAS (blas.gemm) when `small` is False; for small problems (one
+sequence, small H) a hand-written loop avoids the BLAS call overhead. The input lookup, the bias
 and tanh are fused into one pass after the product; backward fuses the recurrence add and tanh' the same way, and
 the weight gradients over all T*N positions are one product each (dWhh) or one serial pass (dWxh, dbh).
 """
@@ -14,6 +14,7 @@ the weight gradients over all T*N positions are one product each (dWhh) or one s
 import numpy as np
 
 from fastrnn.kernels import mathfn
+from fastrnn.kernels.blas import gemm
 from fastrnn.kernels.jit import kernel
 
 
@@ -41,15 +42,27 @@ def matmul_small(out, a, W):
 
 @kernel
 def matmul_nt_small(out, a, W):
-    """out: (N, K) = a: (N, M) @ W.T, W: (K, M), as dot products (vectorized over M)."""
+    """out: (N, K) = a: (N, M) @ W.T, W: (K, M), as dot products four rows of W at a time (vectorized over M)."""
     N, M = a.shape
     K = W.shape[0]
+    K4 = K - K % 4
+    zero = np.zeros(1, a.dtype)[0]
     for n in range(N):
         an = a[n]
-        for k in range(K):
+        for k in range(0, K4, 4):
+            w0, w1, w2, w3 = W[k], W[k + 1], W[k + 2], W[k + 3]
+            s0, s1, s2, s3 = zero, zero, zero, zero
+            for j in range(M):
+                aj = an[j]
+                s0 += aj * w0[j]
+                s1 += aj * w1[j]
+                s2 += aj * w2[j]
+                s3 += aj * w3[j]
+            out[n, k], out[n, k + 1], out[n, k + 2], out[n, k + 3] = s0, s1, s2, s3
+        for k in range(K4, K):
             wk = W[k]
-            s = an[0] * wk[0]
-            for j in range(1, M):
+            s = zero
+            for j in range(M):
                 s += an[j] * wk[j]
             out[n, k] = s
 
@@ -64,7 +77,7 @@ def rnn_forward(hs, tmp, x, Wxh, Whh, bh, small):
         if small:
             matmul_small(tmp, hs[t], Whh)
         else:
-            np.dot(hs[t], Whh, tmp)
+            gemm(tmp, hs[t], False, Whh, False, 1.0, 0.0)
         out = hs[t + 1]
         for n in range(N):
             wx = Wxh[x[n, t]]
@@ -87,23 +100,19 @@ def rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, small):
     for t in range(T - 1, -1, -1):
         h = hs[t + 1]
         d = dz[t]
-        if t < T - 1:
-            for n in range(N):
-                for j in range(H):
-                    g = d[n, j] + tmp[n, j]
-                    d[n, j] = g - g * h[n, j] * h[n, j]
-        else:
-            for n in range(N):
-                for j in range(H):
-                    g = d[n, j]
-                    d[n, j] = g - g * h[n, j] * h[n, j]
-        if t > 0:
+        if t < T - 1:  # the recurrence: dz[t] arrived as dhs[t], add dz[t+1] @ Whh.T
             if small:
-                matmul_nt_small(tmp, d, Whh)
+                matmul_nt_small(tmp, dz[t + 1], Whh)
+                for n in range(N):
+                    for j in range(H):
+                        d[n, j] += tmp[n, j]
             else:
-                np.dot(d, Whh.T, tmp)
-    dz2 = dz.reshape(T * N, H)
-    np.dot(hs[:T].reshape(T * N, H).T, dz2, dWhh)
+                gemm(d, dz[t + 1], False, Whh, True, 1.0, 1.0)
+        for n in range(N):
+            for j in range(H):
+                g = d[n, j]
+                d[n, j] = g - g * h[n, j] * h[n, j]
+    gemm(dWhh, hs[:T].reshape(T * N, H), True, dz.reshape(T * N, H), False, 1.0, 0.0)
     # dbh: column sums (float64 accumulator); dWxh: scatter-add of rows by token, serial and in position order
     for j in range(H):
         acc[j] = 0.0

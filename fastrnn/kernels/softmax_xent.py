@@ -7,6 +7,7 @@ row t*N + n is sequence n at time t.
 import numpy as np
 
 from fastrnn.kernels import mathfn
+from fastrnn.kernels.blas import gemm
 from fastrnn.kernels.jit import kernel
 
 
@@ -54,8 +55,8 @@ def affine_backward(dW, db, dx, dout, x, W, acc):
     dout: (T*N, V); x: (T*N, H); W: (H, V); acc: (V,) float64 scratch.
     """
     R, V = dout.shape
-    np.dot(x.T, dout, dW)
-    np.dot(dout, W.T, dx)
+    gemm(dW, x, True, dout, False, 1.0, 0.0)
+    gemm(dx, dout, False, W, True, 1.0, 0.0)
     for v in range(V):
         acc[v] = 0.0
     for r in range(R):

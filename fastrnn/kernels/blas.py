@@ -1,0 +1,134 @@
+"""GEMM for the kernels: NumPy's bundled OpenBLAS through its CBLAS interface, callable from njit code.
+
+numba's own np.dot calls SciPy's OpenBLAS through its Fortran interface (no beta, contiguous operands only), which
+on this project's CI CPU setting (OPENBLAS_CORETYPE=Haswell) is up to 2-3x slower than NumPy's build on the small
+products of short sequences. `gemm` calls NumPy's `cblas_sgemm`/`cblas_dgemm` (the library the reference uses,
+under the same threadpoolctl limits) by a symbol registered with LLVM at import, so cached kernels stay valid across
+processes (the address is resolved when the cache is loaded, not baked into the code).
+
+If NumPy's OpenBLAS cannot be found (a NumPy built against another BLAS), the symbols point at a ctypes callback
+that computes the same product with NumPy: correct, slower.
+
+    gemm(C, A, trans_a, B, trans_b, alpha, beta):  C = alpha * op(A) @ op(B) + beta * C
+
+A, B, C: 2D arrays of one float dtype with unit stride along rows (row-major; any row stride, so row blocks and
+views such as hs[t] work); op(X) = X.T if trans_X else X.
+"""
+
+import ctypes
+import glob
+import os
+
+import llvmlite.binding as ll
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from fastrnn.kernels.jit import OPTIONS
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+_SYMBOLS = {"s": "fastrnn_cblas_sgemm", "d": "fastrnn_cblas_dgemm"}
+_CTYPES = {"s": ctypes.c_float, "d": ctypes.c_double}
+_keep = []  # ctypes objects whose addresses LLVM holds
+
+
+def _cfunctype(kind, blasint):
+    c = _CTYPES[kind]
+    return ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, blasint, blasint, blasint, c,
+                            ctypes.c_void_p, blasint, ctypes.c_void_p, blasint, c, ctypes.c_void_p, blasint)
+
+
+def _find_numpy_cblas():
+    """(library, {kind: symbol name}) of NumPy's bundled OpenBLAS, or None."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    candidates = sorted(glob.glob(os.path.join(root, "numpy.libs", "*openblas*")))
+    candidates += sorted(glob.glob(os.path.join(os.path.dirname(np.__file__), ".dylibs", "*openblas*")))
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_cblas_", "64_"), ("cblas_", "64_")):
+            if all(hasattr(lib, f"{prefix}{k}gemm{suffix}") for k in "sd"):
+                return lib, {k: f"{prefix}{k}gemm{suffix}" for k in "sd"}
+    return None
+
+
+def _numpy_fallback(kind):
+    """A CBLAS-compatible gemm written with NumPy (row-major only), as a ctypes callback."""
+    dtype = np.float32 if kind == "s" else np.float64
+    size = np.dtype(dtype).itemsize
+
+    def view(ptr, rows, cols, ld):
+        buf = (ctypes.c_char * (((rows - 1) * ld + cols) * size)).from_address(ptr)
+        return np.lib.stride_tricks.as_strided(np.frombuffer(buf, dtype), (rows, cols), (ld * size, size))
+
+    def gemm(order, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc):
+        A = view(a, K, M, lda).T if ta == TRANS else view(a, M, K, lda)
+        B = view(b, N, K, ldb).T if tb == TRANS else view(b, K, N, ldb)
+        C = view(c, M, N, ldc)
+        C[...] = alpha * (A @ B) + (beta * C if beta != 0 else 0)
+
+    return _cfunctype(kind, ctypes.c_int64)(gemm)
+
+
+def _register():
+    found = _find_numpy_cblas()
+    for kind, symbol in _SYMBOLS.items():
+        if found is not None:
+            fn = getattr(found[0], found[1][kind])
+            _keep.append(found[0])
+        else:
+            fn = _numpy_fallback(kind)
+            _keep.append(fn)
+        ll.add_symbol(symbol, ctypes.cast(fn, ctypes.c_void_p).value)
+    return "numpy-openblas" if found is not None else "numpy-fallback"
+
+
+PROVIDER = _register()
+
+
+def _external(kind, float_type):
+    i32, i64, ptr = types.int32, types.int64, types.uintp
+    return types.ExternalFunction(_SYMBOLS[kind], types.void(i32, i32, i32, i64, i64, i64, float_type, ptr, i64,
+                                                              ptr, i64, float_type, ptr, i64))
+
+
+_sgemm = _external("s", types.float32)
+_dgemm = _external("d", types.float64)
+
+
+def gemm(C, A, trans_a, B, trans_b, alpha, beta):
+    """C = alpha * op(A) @ op(B) + beta * C (Python version, for reference; njit code gets the BLAS call)."""
+    opa = A.T if trans_a else A
+    opb = B.T if trans_b else B
+    C[...] = alpha * (opa @ opb) + beta * C
+
+
+def _sgemm_impl(C, A, trans_a, B, trans_b, alpha, beta):
+    M, N = C.shape
+    K = A.shape[0] if trans_a else A.shape[1]
+    _sgemm(np.int32(ROW_MAJOR), np.int32(TRANS if trans_a else NO_TRANS), np.int32(TRANS if trans_b else NO_TRANS),
+           np.int64(M), np.int64(N), np.int64(K), np.float32(alpha), A.ctypes.data, np.int64(max(1, A.strides[0] // 4)),
+           B.ctypes.data, np.int64(max(1, B.strides[0] // 4)), np.float32(beta), C.ctypes.data,
+           np.int64(max(1, C.strides[0] // 4)))
+
+
+def _dgemm_impl(C, A, trans_a, B, trans_b, alpha, beta):
+    M, N = C.shape
+    K = A.shape[0] if trans_a else A.shape[1]
+    _dgemm(np.int32(ROW_MAJOR), np.int32(TRANS if trans_a else NO_TRANS), np.int32(TRANS if trans_b else NO_TRANS),
+           np.int64(M), np.int64(N), np.int64(K), np.float64(alpha), A.ctypes.data, np.int64(max(1, A.strides[0] // 8)),
+           B.ctypes.data, np.int64(max(1, B.strides[0] // 8)), np.float64(beta), C.ctypes.data,
+           np.int64(max(1, C.strides[0] // 8)))
+
+
+@overload(gemm, jit_options=OPTIONS)
+def _gemm_overload(C, A, trans_a, B, trans_b, alpha, beta):
+    if not all(isinstance(a, types.Array) and a.ndim == 2 for a in (C, A, B)):
+        return None
+    if C.dtype == A.dtype == B.dtype == types.float32:
+        return _sgemm_impl
+    if C.dtype == A.dtype == B.dtype == types.float64:
+        return _dgemm_impl
+    return None
