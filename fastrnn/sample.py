@@ -74,6 +74,9 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=
     check_options(temperature, top_k, top_p, length)
     rng = rng if rng is not None else np.random.default_rng()
     h, logits = _start(backend, P, vocab, prime, dtype)
+    if getattr(backend, "__name__", "") == "fastrnn.kernels":
+        yield from _generate_numba(P, h, logits, length, temperature, top_k, top_p, greedy, rng)
+        return
     for _ in range(length):
         if greedy:
             token = int(np.argmax(logits[0]))
@@ -81,6 +84,23 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=
             token = draw(probabilities(logits[0], temperature, top_k, top_p), rng)
         yield token
         h, logits = backend.step(P, h, np.array([token], dtype=np.int32))
+
+
+def _generate_numba(P, h, logits, length, temperature, top_k, top_p, greedy, rng, chunk=64):
+    """generate() for the numba backend: runs of `chunk` characters per kernel call (same draws, same rng use)."""
+    from fastrnn.kernels.sample import sample_chunk
+
+    h = np.ascontiguousarray(h[0]).copy()  # (H,)
+    logits = np.ascontiguousarray(logits[0]).copy()  # (V,)
+    out = np.empty(chunk, dtype=np.int32)
+    done = 0
+    while done < length:
+        n = min(chunk, length - done)
+        uniforms = np.zeros(n) if greedy else rng.random(n)  # (n,) one per character, as draw() uses
+        sample_chunk(out[:n], h, logits, uniforms, P["Wxh"], P["Whh"], P["bh"], P["Why"], P["by"],
+                     float(temperature), int(top_k), float(top_p), bool(greedy))
+        yield from out[:n].tolist()
+        done += n
 
 
 def beam_search(backend, P, vocab, *, prime="", length=200, beam_width=5, dtype=np.float32):

@@ -106,3 +106,20 @@ def test_api_errors(fitted):
         fitted.generate("The", 10, temperature=0)
     with pytest.raises(ConfigError, match="not trained"):
         CharRNN().generate("a", 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_numba_generation_equals_the_numpy_path(dtype):
+    from fastrnn import kernels, reference
+    from fastrnn.corpus import Vocab
+    from fastrnn.params import Layout, rnn_shapes
+
+    V, H = 40, 96
+    layout = Layout(rnn_shapes(V, H))
+    P = layout.views(layout.init(np.random.default_rng(0), dtype, 0.05))
+    P["bh"][:] = np.random.default_rng(1).standard_normal(H) * 0.1
+    vocab = Vocab(range(60, 60 + V))
+    for opts in (dict(), dict(temperature=0.6), dict(top_k=4), dict(top_p=0.7), dict(greedy=True)):
+        ids = [list(gen.generate(be, P, vocab, prime="ABC", length=150, rng=np.random.default_rng(3), dtype=dtype,
+                                 **opts)) for be in (reference, kernels)]
+        assert ids[0] == ids[1], opts
