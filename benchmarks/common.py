@@ -5,6 +5,7 @@ measures the machine's single- and double-precision GEMM rate in the same run, s
 read as a fraction of what this machine, at this thread count, can do.
 """
 
+import functools
 import json
 import os
 import platform
@@ -12,6 +13,9 @@ import statistics
 import time
 
 import numpy as np
+
+SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "fastrnn", "data", "tinyshakespeare.txt")
+VOCAB = 65  # symbols in tiny Shakespeare
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,6 +175,48 @@ def measure_peaks(threads_list, dtypes=("float32", "float64"), n=2048, repeats=5
         for dt in dtypes:
             peaks[dt][str(threads)] = gemm_gflops(dt, n, repeats)
     return peaks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+
+
+@functools.lru_cache(maxsize=1)
+def text_tokens():
+    """(M,) int32 ids of the bundled tiny Shakespeare (V = 65 symbols, sorted), or random ids if it is missing.
+
+    Real text gives the work of a real run; a model trained over and over on one random batch instead drives its
+    softmax to extreme values (the seed-style model's loss even overflows), which is not what is being measured."""
+    try:
+        with open(SHAKESPEARE, encoding="utf-8") as f:
+            codes = np.frombuffer(f.read().encode("utf-32-le"), dtype="<u4")  # (M,)
+    except OSError:
+        return np.random.default_rng(0).integers(0, VOCAB, 1_000_000, dtype=np.int32)
+    _, ids = np.unique(codes, return_inverse=True)  # the 65 symbols of tiny Shakespeare, sorted
+    return (ids % VOCAB).astype(np.int32)  # (M,) (the modulo only guards against an edited file)
+
+
+class Batches:
+    """All the minibatches of one epoch, as the training loop's batch stream makes them: N contiguous streams,
+    minibatch i holds characters [i*T, (i+1)*T) of each. Precomputed, so that fetching is not timed.
+
+    xs, ys: (B, N, T) int32, B minibatches. next() returns (x, y, new_epoch) cycling over the epoch."""
+
+    def __init__(self, N, T, tokens=None):
+        tokens = text_tokens() if tokens is None else tokens
+        S = (len(tokens) - 1) // N  # stream length
+        B = max(1, S // T)
+        if S < T:
+            raise ValueError(f"{len(tokens)} tokens are too few for a batch of {N} x {T}")
+        streams = np.stack([tokens[i * S: i * S + B * T + 1] for i in range(N)])  # (N, B*T + 1)
+        self.xs = np.ascontiguousarray(streams[:, :-1].reshape(N, B, T).transpose(1, 0, 2))  # (B, N, T)
+        self.ys = np.ascontiguousarray(streams[:, 1:].reshape(N, B, T).transpose(1, 0, 2))  # (B, N, T)
+        self.i = 0
+
+    def next(self):
+        i = self.i
+        self.i = (i + 1) % len(self.xs)
+        return self.xs[i], self.ys[i], i == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

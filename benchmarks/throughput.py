@@ -27,7 +27,6 @@ dgemm rate of this machine at the row's thread count, measured in the same run o
 """
 
 import argparse
-import functools
 import importlib
 import itertools
 import os
@@ -44,7 +43,6 @@ V = 65  # vocabulary (tiny Shakespeare)
 SEQ_LEN = 50  # T
 CLIP = 5.0
 ADAM = dict(lr=2e-3, beta1=0.9, beta2=0.999, eps=1e-8)
-SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "fastrnn", "data", "tinyshakespeare.txt")
 CONTENDERS = ("numba", "numpy", "seed")
 GRID = dict(hidden=[64, 128, 256, 512], batch=[1, 16, 64, 128], dtype=["float32", "float64"], threads=[1, 2])
 # the targets: a row key (hidden, batch, dtype, threads) and the numba row's required metrics
@@ -54,6 +52,7 @@ TARGETS = [
     dict(name="H128 N1 2thr f32", hidden=128, batch=1, dtype="float32", threads=2, checks=[("vs_numpy", 5.0)]),
     dict(name="H128 N32 2thr f32", hidden=128, batch=32, dtype="float32", threads=2, checks=[("vs_numpy", 1.5)]),
 ]
+API = ("forward_backward", "clip_gradients", "adam_update")  # what a training step calls
 CHECK_TOL = {"float32": 2e-3, "float64": 1e-9}  # max |a - b| / max |reference| per array
 
 
@@ -71,44 +70,6 @@ def make_data(N, T, seed=1):
     return rng.integers(0, V, (N, T), dtype=np.int32), rng.integers(0, V, (N, T), dtype=np.int32)
 
 
-@functools.lru_cache(maxsize=1)
-def text_tokens():
-    """(M,) int32 ids of the bundled tiny Shakespeare (V = 65 symbols, sorted), or random ids if it is missing.
-
-    Real text matters: a model trained over and over on one random batch drives its softmax to extreme values,
-    and the underflowing exp() (denormals) slows every backend down by several times."""
-    try:
-        with open(SHAKESPEARE, encoding="utf-8") as f:
-            codes = np.frombuffer(f.read().encode("utf-32-le"), dtype="<u4")  # (M,)
-    except OSError:
-        return np.random.default_rng(0).integers(0, V, 1_000_000, dtype=np.int32)
-    _, ids = np.unique(codes, return_inverse=True)  # the 65 symbols of tiny Shakespeare, sorted
-    return (ids % V).astype(np.int32)  # (M,) (the modulo only guards against an edited file)
-
-
-class Batches:
-    """All the minibatches of one epoch, as the training loop's batch stream makes them: N contiguous streams,
-    minibatch i holds characters [i*T, (i+1)*T) of each. Precomputed, so that fetching is not timed.
-
-    xs, ys: (B, N, T) int32, B minibatches. next() returns (x, y, new_epoch) cycling over the epoch."""
-
-    def __init__(self, N, T, tokens=None):
-        tokens = text_tokens() if tokens is None else tokens
-        S = (len(tokens) - 1) // N  # stream length
-        B = max(1, S // T)
-        if S < T:
-            raise ValueError(f"{len(tokens)} tokens are too few for a batch of {N} x {T}")
-        streams = np.stack([tokens[i * S: i * S + B * T + 1] for i in range(N)])  # (N, B*T + 1)
-        self.xs = np.ascontiguousarray(streams[:, :-1].reshape(N, B, T).transpose(1, 0, 2))  # (B, N, T)
-        self.ys = np.ascontiguousarray(streams[:, 1:].reshape(N, B, T).transpose(1, 0, 2))  # (B, N, T)
-        self.i = 0
-
-    def next(self):
-        i = self.i
-        self.i = (i + 1) % len(self.xs)
-        return self.xs[i], self.ys[i], i == 0
-
-
 class BackendStep:
     """Parameters, gradients, Adam state and a carried state for one backend; call it for one training step."""
 
@@ -120,7 +81,7 @@ class BackendStep:
         self.m = self.model.layout.zeros(self.model.dtype)  # (P,) Adam first moment
         self.v = self.model.layout.zeros(self.model.dtype)  # (P,) Adam second moment
         self.h = self.model.zero_state(N)  # (N, H)
-        self.batches = Batches(N, T, tokens)
+        self.batches = common.Batches(N, T, tokens)
         self.t = 0
         self.loss = None
 
@@ -142,7 +103,7 @@ class SeedStep:
     def __init__(self, H, N, T, dtype, tokens=None):
         self.dtype = np.dtype(dtype)
         self.rnn = SeedRNN(V, H, seed=0, dtype=self.dtype)
-        self.batches = Batches(N, T, tokens)
+        self.batches = common.Batches(N, T, tokens)
         self.hs = [np.zeros((H, 1), dtype=self.dtype) for _ in range(N)]  # N x (H, 1)
 
     def __call__(self):
@@ -165,7 +126,8 @@ def _rel_err(a, b):
 def check_backend(backend, H, N, T, dtype):
     """Max relative error of `backend` vs the reference over one step from identical parameters and data: loss,
     every gradient and hT of forward_backward, then clip_gradients and adam_update on the same flat buffers."""
-    a, r = (BackendStep(mod, H, N, T, dtype, init_scale=0.1) for mod in (backend, reference))
+    scale = 0.5 / np.sqrt(H)  # Whh's spectral radius about 0.5: a stable recurrence, where rounding cannot grow
+    a, r = (BackendStep(mod, H, N, T, dtype, init_scale=scale) for mod in (backend, reference))
     rng = np.random.default_rng(3)
     h0 = (rng.standard_normal((N, H)) * 0.5).astype(dtype)  # (N, H) a non-zero carried state
     x, y = make_data(N, T)  # (N, T)
@@ -305,56 +267,85 @@ def main(argv=None):
     p.add_argument("--threads", type=common.parse_list, default=GRID["threads"], help="thread counts")
     p.add_argument("--dtype", type=lambda s: common.parse_list(s, str), default=GRID["dtype"], help="dtypes")
     p.add_argument("--seq-len", type=int, default=SEQ_LEN, help="T")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per row (median; seed at most 3)")
-    p.add_argument("--min-seconds", type=float, default=0.3, help="minimum length of one timed repeat")
+    p.add_argument("--repeats", type=int, help="timed repeats per row, median taken (default 7, --quick 5; seed "
+                   "at most 3)")
+    p.add_argument("--min-seconds", type=float, help="minimum length of one timed repeat (default 0.5, --quick 0.3)")
     p.add_argument("--contenders", type=lambda s: common.parse_list(s, str), default=list(CONTENDERS))
+    p.add_argument("--peak-size", type=int, default=2048, help="n of the (n, n) GEMM that measures the peak")
     p.add_argument("--no-targets", dest="targets", action="store_false", help="do not add the target rows")
     p.add_argument("--numba-module", default="fastrnn.kernels",
                    help="module for the numba contender (a variant under test, or fastrnn.reference to dry-run)")
     args = p.parse_args(argv)
+    args.repeats = args.repeats or (5 if args.quick else 7)
+    args.min_seconds = args.min_seconds if args.min_seconds is not None else (0.3 if args.quick else 0.5)
     return run(args)
+
+
+def load_numba(module):
+    """(backend module or None, seconds to import it and load or compile every kernel of its API)."""
+    t0 = time.perf_counter()
+    try:
+        backend = importlib.import_module(module)
+        for name in API:  # fastrnn.kernels loads its kernels on first use of these names
+            getattr(backend, name)
+    except ImportError as exc:
+        print(f"cannot import {module} ({exc}); skipping the numba contender")
+        return None, None
+    return backend, time.perf_counter() - t0
 
 
 def run(args):
     machine = common.machine_info()
     print(f"{machine['cpu']}, {machine['logical_cores']} cores; numpy {machine['numpy']}, numba "
           f"{machine['numba']}, scipy {machine['scipy']}; svml {machine['llvmlite_has_svml']}")
-    t0 = time.perf_counter()
-    try:
-        numba_backend = importlib.import_module(args.numba_module)
-    except ImportError as exc:
-        print(f"cannot import {args.numba_module} ({exc}); skipping the numba contender")
-        numba_backend = None
-    import_seconds = time.perf_counter() - t0
+    start, load_start = time.perf_counter(), os.getloadavg()
+    if load_start[0] > 0.5:
+        print(f"warning: load average {load_start[0]:.2f} before starting; other processes share the CPU and "
+              f"the numbers will be noisy (contenders are interleaved, so ratios suffer less)")
+    numba_backend, import_seconds = load_numba(args.numba_module)
     known = {"numba": numba_backend, "numpy": reference, "seed": None}
     contenders = {name: known[name] for name in args.contenders if name != "numba" or numba_backend is not None}
     todo = configs(args)
-    peaks = common.measure_peaks(sorted({c[3] for c in todo}))
-    for dt, by_threads in peaks.items():
-        print(f"{'sgemm' if dt == 'float32' else 'dgemm'} peak: " +
-              ", ".join(f"{v:.1f} GFLOP/s at {k} thr" for k, v in by_threads.items()))
+    thread_counts = sorted({c[3] for c in todo})
+    peaks_start = common.measure_peaks(thread_counts, n=args.peak_size)
     rows = []
     for H, N, dtype, threads in todo:
         new = measure(contenders, H, N, args.seq_len, dtype, threads, args.repeats, args.min_seconds)
         rows += new
         print(f"  H{H} N{N} {dtype} {threads}thr: " + ", ".join(
             f"{r['backend']} {r['chars_per_sec']:,.0f}" for r in new) + " chars/s", flush=True)
+    peaks_end = common.measure_peaks(thread_counts, n=args.peak_size)
+    # the machine's peak: the better of the measurements before and after the rows (contention only slows down)
+    peaks = {dt: {k: max(v, peaks_end[dt][k]) for k, v in by.items()} for dt, by in peaks_start.items()}
     add_ratios(rows, peaks)
     targets = evaluate_targets(rows)
     print()
     print(common.format_table(rows, TABLE))
-    print(f"\nthroughput = N*T chars per step (forward_backward + clip + adam; seed: N sequences of T through "
-          f"SeedRNN.train_step) / median step time; GFLOP/s with flops_per_char = 6*H*H + 6*V*H (V={V}); "
-          f"{args.numba_module} imported in {import_seconds:.2f} s (compile at import)")
+    for dt, by_threads in peaks.items():
+        print(f"{'sgemm' if dt == 'float32' else 'dgemm'} peak: " +
+              ", ".join(f"{v:.1f} GFLOP/s at {k} thr" for k, v in by_threads.items()))
+    print(f"throughput = N*T chars per step / median step time; a step is forward_backward + clip + adam (seed: N "
+          f"sequences of T through SeedRNN.train_step, lossFun + Adagrad); GFLOP/s with flops_per_char = "
+          f"6*H*H + 6*V*H (V={V}); compile s = first step minus a steady one; " + (
+              f"{args.numba_module} imported and its kernels loaded in {import_seconds:.2f} s" if numba_backend
+              else "no numba contender"))
     print_targets(targets)
-    print(f"total {time.perf_counter() - t0:.0f} s")
+    load_end = os.getloadavg()
+    noisy = [r for r in rows if r["spread"] > 0.5]
+    if noisy:
+        print(f"warning: {len(noisy)} of {len(rows)} rows have repeats more than 50% apart (`spread` in the JSON); "
+              f"the machine was busy, rerun when it is idle")
+    print(f"total {time.perf_counter() - start:.0f} s; load average {load_start[0]:.2f} at start, "
+          f"{load_end[0]:.2f} at end")
     if args.json:
+        machine.update(loadavg_start=load_start, loadavg_end=load_end)
         common.write_json(args.json, dict(
-            machine=machine, peaks=peaks, rows=rows, targets=targets,
+            machine=machine, peaks=peaks, peaks_start=peaks_start, peaks_end=peaks_end, rows=rows, targets=targets,
             settings=dict(seq_len=args.seq_len, vocab=V, repeats=args.repeats, min_seconds=args.min_seconds,
                           quick=args.quick, numba_module=args.numba_module, import_seconds=import_seconds,
                           flops_per_char="6*H*H + 6*V*H", step="forward_backward + clip_gradients(5) + adam_update",
-                          seed_step="N x SeedRNN.train_step on T chars (lossFun + Adagrad)")))
+                          seed_step="N x SeedRNN.train_step on T chars (lossFun + Adagrad)",
+                          data="tiny Shakespeare, N contiguous streams, carried state")))
         print(f"wrote {args.json}")
     return 0
 
