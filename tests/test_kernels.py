@@ -121,10 +121,18 @@ def test_carried_state_equals_one_long_sequence():
     np.testing.assert_allclose(h_d, h_long, rtol=0, atol=1e-14)
 
 
+@pytest.fixture
+def parallel_from_65k(monkeypatch):
+    """The parallel (prange) drivers take flat buffers from 65,536 values on (in use they start much later)."""
+    from fastrnn.kernels import backend
+
+    monkeypatch.setattr(backend, "PARALLEL_SIZE", 1 << 16)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("clip,max_norm", [(0.0, 0.0), (0.05, 0.0), (0.0, 1.0), (0.05, 1.0), (0.05, 1e9)])
 @pytest.mark.parametrize("size", [1000, 70_001])  # serial and parallel drivers
-def test_clip_gradients(clip, max_norm, size, dtype):
+def test_clip_gradients(clip, max_norm, size, dtype, parallel_from_65k):
     g = (np.random.default_rng(0).standard_normal(size) * 0.1).astype(dtype)
     g_ref, g_nb = g.copy(), g.copy()
     n_ref = ref.clip_gradients(g_ref, clip, max_norm)
@@ -151,7 +159,7 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("size", [1000, 70_001])
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_optimizer_updates(name, size, dtype):
+def test_optimizer_updates(name, size, dtype, parallel_from_65k):
     states, hyper = OPTIMIZERS[name]
     rng = np.random.default_rng(1)
     p = rng.standard_normal(size).astype(dtype)

@@ -9,7 +9,9 @@ import numpy as np
 from fastrnn.kernels import lm, optim
 
 SMALL_WORK = 1 << 16  # N*H*H at or below which the recurrent products use hand loops instead of BLAS
-PARALLEL_SIZE = 1 << 16  # flat buffers at least this long use the parallel (prange) update kernels
+PARALLEL_SIZE = 1 << 22  # flat buffers at least this long use the parallel (prange) update kernels: below,
+# the serial loop is faster because prange threads and the BLAS threads contend for the same cores (measured at
+# H=512: 63k chars/s with prange from 65k parameters on, 78k serial)
 _MAX_WORKSPACES = 4
 _workspaces = {}  # (T, N, H, V, dtype) -> scratch arrays, most recently used last
 
