@@ -7,7 +7,9 @@ clip_gradients and the optimizer updates): `fastrnn.reference` (pure NumPy) or `
 import numpy as np
 
 from fastrnn.errors import ConfigError
-from fastrnn.params import Layout, rnn_shapes
+from fastrnn.params import CELLS, GATES, Layout, layer_names, model_shapes, state_size
+
+INITS = ("auto", "normal", "xavier", "orthogonal")
 
 
 def get_backend(name):
@@ -24,24 +26,65 @@ def get_backend(name):
 
 
 class Model:
-    """Shape and parameters of a character-level RNN language model.
+    """Shape and parameters of a character-level language model: L layers of one cell under a softmax.
 
     flat: (P,) the parameter buffer; P: dict of named views into it (see fastrnn.params).
     """
 
-    def __init__(self, vocab_size, hidden_size, dtype="float32", model="rnn"):
-        if model != "rnn":
-            raise ConfigError(f"unknown model {model!r}; available: rnn")
+    def __init__(self, vocab_size, hidden_size, dtype="float32", model="rnn", num_layers=1):
+        if model not in CELLS:
+            raise ConfigError(f"unknown model {model!r}; choose from {', '.join(CELLS)}")
+        if int(num_layers) < 1:
+            raise ConfigError(f"--num-layers must be >= 1, got {num_layers}")
         self.model = model
+        self.num_layers = int(num_layers)
         self.vocab_size = int(vocab_size)
         self.hidden_size = int(hidden_size)
         self.dtype = np.dtype(dtype)
-        self.layout = Layout(rnn_shapes(self.vocab_size, self.hidden_size))
+        self.layout = Layout(model_shapes(model, self.vocab_size, self.hidden_size, self.num_layers))
         self.flat = self.layout.zeros(self.dtype)
         self.P = self.layout.views(self.flat)
 
-    def init(self, rng, init_scale):
-        self.flat[...] = self.layout.init(rng, self.dtype, init_scale)
+    @property
+    def state_size(self):
+        return state_size(self.model, self.hidden_size, self.num_layers)
+
+    def init(self, rng, init_scale, init="auto"):
+        """Initialise the parameters.
+
+        normal:     every weight matrix ~ N(0, init_scale^2), biases 0 (min-char-rnn);
+        xavier:     every H-column gate block of a weight matrix ~ U(-a, a), a = sqrt(6 / (fan_in + H)),
+                    the output layer likewise, biases 0 (Glorot & Bengio 2010);
+        orthogonal: as xavier, but each recurrent gate block Whh[:, k*H:(k+1)*H] a random orthogonal matrix
+                    (Saxe et al. 2014), which keeps the recurrent product's scale through time;
+        auto:       normal for rnn (the seeds' choice), xavier for gru and lstm.
+        An lstm's forget-gate biases start at 1 (Jozefowicz et al. 2015), whatever the init.
+        """
+        if init not in INITS:
+            raise ConfigError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
+        if init == "auto":
+            init = "normal" if self.model == "rnn" else "xavier"
+        if init == "normal":
+            self.flat[...] = self.layout.init(rng, self.dtype, init_scale)
+        else:
+            self.flat[...] = 0
+            H, G = self.hidden_size, GATES[self.model]
+            for l in range(self.num_layers):
+                wx, wh, _ = layer_names(l)
+                for name in (wx, wh):
+                    W = self.P[name]
+                    for k in range(G):
+                        if init == "orthogonal" and name == wh:
+                            q, r = np.linalg.qr(rng.standard_normal((H, H)))
+                            W[:, k * H:(k + 1) * H] = q * np.sign(np.diag(r))
+                        else:
+                            a = np.sqrt(6.0 / (W.shape[0] + H))
+                            W[:, k * H:(k + 1) * H] = rng.uniform(-a, a, (W.shape[0], H))
+            a = np.sqrt(6.0 / (H + self.vocab_size))
+            self.P["Why"][...] = rng.uniform(-a, a, self.P["Why"].shape)
+        if self.model == "lstm":
+            for l in range(self.num_layers):
+                self.P[layer_names(l)[2]][self.hidden_size:2 * self.hidden_size] = 1.0  # gates i, f, o, g
         return self
 
     def load_flat(self, flat):
@@ -51,8 +94,8 @@ class Model:
         return self
 
     def zero_state(self, batch_size):
-        return np.zeros((batch_size, self.hidden_size), dtype=self.dtype)  # (N, H)
+        return np.zeros((batch_size, self.state_size), dtype=self.dtype)  # (N, S)
 
     def describe(self):
-        return {"model": self.model, "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-                "dtype": self.dtype.name, "parameters": int(self.layout.size)}
+        return {"model": self.model, "num_layers": self.num_layers, "vocab_size": self.vocab_size,
+                "hidden_size": self.hidden_size, "dtype": self.dtype.name, "parameters": int(self.layout.size)}

@@ -19,10 +19,55 @@ a row-major GEMM over the minibatch): h_t = tanh(Wxh[x_t] + h_{t-1} @ Whh + bh),
 import numpy as np
 
 
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # G: blocks of H columns in a layer's Wxh, Whh and bh
+CELLS = tuple(GATES)
+
+
 def rnn_shapes(vocab_size, hidden_size):
     """Names and shapes of a vanilla RNN's parameters, in buffer order."""
-    V, H = vocab_size, hidden_size
-    return [("Wxh", (V, H)), ("Whh", (H, H)), ("bh", (H,)), ("Why", (H, V)), ("by", (V,))]
+    return model_shapes("rnn", vocab_size, hidden_size, 1)
+
+
+def layer_names(layer):
+    """Names of layer l's parameters: Wxh, Whh, bh for layer 0; Wxh1, Whh1, bh1 for layer 1, ..."""
+    suffix = str(layer) if layer else ""
+    return "Wxh" + suffix, "Whh" + suffix, "bh" + suffix
+
+
+def model_shapes(cell, vocab_size, hidden_size, num_layers=1):
+    """Names and shapes of a model's parameters, in buffer order: the layers bottom up, then the output layer.
+
+    Layer l of a cell with G gate blocks (rnn 1, gru 3, lstm 4):
+        Wxh: (V, G*H) for layer 0 (one-hot input as a row lookup), (H, G*H) above (reads the layer below)
+        Whh: (H, G*H); bh: (G*H,)
+    Output: Why: (H, V); by: (V,). A one-layer rnn has exactly the vanilla RNN's layout above.
+    """
+    if cell not in GATES:
+        raise ValueError(f"unknown cell {cell!r}; choose from {', '.join(CELLS)}")
+    V, H, G = int(vocab_size), int(hidden_size), GATES[cell]
+    shapes = []
+    for layer in range(int(num_layers)):
+        wx, wh, b = layer_names(layer)
+        shapes += [(wx, (V if layer == 0 else H, G * H)), (wh, (H, G * H)), (b, (G * H,))]
+    return shapes + [("Why", (H, V)), ("by", (V,))]
+
+
+def arch_of(P):
+    """(cell, num_layers, hidden_size) of a parameter dict, read from its shapes and names."""
+    H, GH = P["Whh"].shape
+    G = GH // H
+    cell = {1: "rnn", 3: "gru", 4: "lstm"}.get(G)
+    if cell is None or G * H != GH:
+        raise ValueError(f"Whh of shape {P['Whh'].shape} fits no cell")
+    layers = 1
+    while ("Whh" + str(layers)) in P:
+        layers += 1
+    return cell, layers, H
+
+
+def state_size(cell, hidden_size, num_layers=1):
+    """Width S of the carried state (N, S): per layer, h (H values), then c (H values) for an lstm."""
+    return int(num_layers) * int(hidden_size) * (2 if cell == "lstm" else 1)
 
 
 class Layout:
