@@ -28,7 +28,7 @@ def load_model(path):
     try:
         config = TrainConfig.from_dict(ckpt.config)
         vocab = Vocab.from_dict(ckpt.vocab)
-        model = Model(vocab.size, config.hidden_size, config.dtype, config.model)
+        model = Model(vocab.size, config.hidden_size, config.dtype, config.model, config.num_layers)
         model.load_flat(np.asarray(ckpt.params, dtype=model.dtype))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{ckpt.path} does not describe a model this fastrnn can load ({exc})") from exc

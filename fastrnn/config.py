@@ -14,14 +14,19 @@ DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3}
 BACKENDS = ("numba", "numpy")
 DTYPES = ("float32", "float64")
 ON_DIVERGENCE = ("stop", "rollback")
+MODELS = ("rnn", "lstm", "gru")
+INITS = ("auto", "normal", "xavier", "orthogonal")
 
 
 @dataclass
 class TrainConfig:
     # model
-    model: str = "rnn"  # vanilla tanh RNN
-    hidden_size: int = 128  # H
-    init_scale: float = 0.01  # weights ~ N(0, init_scale^2), as min-char-rnn; biases 0
+    model: str = "rnn"  # rnn (vanilla tanh) | lstm | gru
+    num_layers: int = 1  # L stacked layers; layer l reads the output of layer l-1
+    hidden_size: int = 128  # H, per layer
+    dropout: float = 0.0  # inverted dropout on each layer's output during training (0: off)
+    init: str = "auto"  # normal | xavier | orthogonal | auto (normal for rnn, xavier for lstm and gru)
+    init_scale: float = 0.01  # with init normal: weights ~ N(0, init_scale^2), as min-char-rnn; biases 0
     # data
     seq_len: int = 50  # T: time steps per minibatch (truncated BPTT length)
     batch_size: int = 32  # N: parallel streams over the training split
@@ -76,8 +81,14 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.model != "rnn":
-            raise ConfigError(f"unknown model {self.model!r}; available: rnn")
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if self.num_layers < 1:
+            raise ConfigError(f"--num-layers must be >= 1, got {self.num_layers}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.init not in INITS:
+            raise ConfigError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.backend not in BACKENDS:

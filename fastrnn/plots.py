@@ -77,12 +77,22 @@ def plot_losses(runs, out):
     return out
 
 
-def hidden_activations(P, vocab, text):
-    """Hidden states while reading `text`: (len(text), H), row t after reading character t."""
+def _float64(P):
+    return {k: np.asarray(v, dtype=np.float64) for k, v in P.items()}
+
+
+def hidden_activations(P, vocab, text, layer=-1):
+    """Hidden states h of one layer (default: the top one) while reading `text`: (len(text), H), row t after
+    reading character t."""
+    from fastrnn.params import arch_of, state_size
+
     ids = vocab.encode(text).astype(np.int32)
-    P64 = {k: np.asarray(v, dtype=np.float64) for k, v in P.items()}
-    hs = ref.rnn_forward(ids[None], np.zeros((1, P64["Whh"].shape[0])), P64["Wxh"], P64["Whh"], P64["bh"])
-    return hs[:, 0, :]
+    P64 = _float64(P)
+    cell, L, H = arch_of(P64)
+    if not -L <= layer < L:
+        raise ConfigError(f"--layer {layer} does not exist: the model has {L} layer(s) (0 to {L - 1})")
+    _, (caches, _), _ = ref.model_forward(P64, ids[None], np.zeros((1, state_size(cell, H, L))))
+    return caches[layer][1][0][:, 0, :]  # each cell's cache starts with hs: (T, N, H)
 
 
 FEATURES = {
@@ -129,11 +139,15 @@ def top_correlated_units(acts, values, k=5):
     return order, r[order]
 
 
-def plot_hidden(P, vocab, text, out, feature="quote", units=64, top=5):
+def plot_hidden(P, vocab, text, out, feature="quote", units=64, top=5, layer=-1):
     """Heatmap of hidden activations per character (the first `units` units), and the `top` units most
     correlated with `feature` drawn over the text as in Karpathy's neuron-firing pictures."""
     plt = _pyplot()
-    acts = hidden_activations(P, vocab, text)  # (L, H)
+    from fastrnn.params import arch_of
+
+    cell, L, _ = arch_of(P)
+    acts = hidden_activations(P, vocab, text, layer)  # (len(text), H)
+    where = f"{cell}, layer {layer % L} of {L}" if L > 1 else cell
     values = feature_values(text, feature)
     idx, corr = top_correlated_units(acts, values, top)
     shown = acts[:, : min(units, acts.shape[1])].T  # (units, L)
@@ -142,7 +156,7 @@ def plot_hidden(P, vocab, text, out, feature="quote", units=64, top=5):
     fig, (ax_map, ax_top) = plt.subplots(2, 1, figsize=(width, 8), dpi=DPI,
                                          gridspec_kw={"height_ratios": [3, 1.2]})
     im = ax_map.imshow(shown, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    ax_map.set(ylabel="hidden unit", title=f"Hidden-unit activations (tanh, first {shown.shape[0]} of "
+    ax_map.set(ylabel="hidden unit", title=f"Hidden-unit activations h ({where}; first {shown.shape[0]} of "
                                            f"{acts.shape[1]} units) per character")
     ax_map.set_xticks(range(len(text)))
     ax_map.set_xticklabels(labels, fontsize=7, family="monospace")
@@ -162,25 +176,44 @@ def plot_hidden(P, vocab, text, out, feature="quote", units=64, top=5):
 
 def gradient_through_time(P, vocab, text):
     """|dL/dh_t| for every position t of `text`, where L is the loss of predicting the LAST character: how much
-    the last prediction's gradient reaches back in time (vanishing gradients). Returns (len(text)-1,) norms."""
+    the last prediction's gradient reaches back in time (vanishing gradients). h_t is the hidden state after
+    reading character t (for a stacked model, the h of every layer together; an lstm's cell state c_t is held
+    fixed, so this is the gradient that flows back through h). Returns (len(text)-1,) norms.
+
+    Computed exactly with the reference: for each t, the model is run from its state at t over the rest of the
+    text and backpropagated to that state (O(T^2) steps, fine for a sentence).
+    """
+    from fastrnn.params import arch_of, state_size
+
     ids = vocab.encode(text).astype(np.int32)
     if ids.size < 3:
         raise ConfigError("the text for the gradient plot needs at least 3 characters")
     x, y = ids[None, :-1], ids[None, 1:]
     T = x.shape[1]
-    P64 = {k: np.asarray(v, dtype=np.float64) for k, v in P.items()}
-    h0 = np.zeros((1, P64["Whh"].shape[0]))
-    hs = ref.rnn_forward(x, h0, P64["Wxh"], P64["Whh"], P64["bh"])
-    logits = ref.affine_forward(hs, P64["Why"], P64["by"])
-    _, dlogits = ref.softmax_xent(logits[-1:], y[:, -1:])
-    dhs = np.zeros_like(hs)
-    dhs[-1] = dlogits[0] @ P64["Why"].T
+    P64 = _float64(P)
+    cell, L, H = arch_of(P64)
+    states = []  # (1, S) state after reading x[:, :t+1]
+    state = np.zeros((1, state_size(cell, H, L)))
+    for t in range(T):
+        state, _ = ref.step(P64, state, x[:, t])
+        states.append(state)
+    G = {k: np.zeros_like(v) for k, v in P64.items()}
     norms = np.zeros(T)
-    dh = dhs[-1]
-    for t in range(T - 1, -1, -1):
-        norms[t] = np.linalg.norm(dh)
-        dz = dh * (1.0 - hs[t] ** 2)
-        dh = dz @ P64["Whh"].T
+    for t in range(T):
+        rest = x[:, t + 1:]
+        if rest.shape[1] == 0:  # the prediction is made from this very state: only the top layer's h is read
+            top_h = ref.split_state(states[t], cell, L, H)[-1][0]
+            _, dlogits = ref.softmax_xent(ref.affine_forward(top_h[None], P64["Why"], P64["by"]), y[:, -1:])
+            dstate = np.zeros_like(states[t])
+            ref.split_state(dstate, cell, L, H)[-1][0][...] = dlogits[0] @ P64["Why"].T
+        else:
+            logits, fwd, _ = ref.model_forward(P64, rest, states[t])
+            _, dlast = ref.softmax_xent(logits[-1:], y[:, -1:])
+            dlogits = np.zeros_like(logits)
+            dlogits[-1] = dlast[0]
+            dstate = ref.model_backward(dlogits, P64, G, rest, states[t], fwd)
+        dh = [h for h, _ in ref.split_state(dstate, cell, L, H)]
+        norms[t] = np.sqrt(sum(float((d * d).sum()) for d in dh))
     return norms
 
 

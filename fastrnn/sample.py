@@ -10,6 +10,7 @@ import codecs
 import numpy as np
 
 from fastrnn.errors import ConfigError, VocabError
+from fastrnn.params import arch_of, state_size
 
 
 def probabilities(logits, temperature=1.0, top_k=0, top_p=1.0):
@@ -55,8 +56,8 @@ def _start(backend, P, vocab, prime, dtype):
             ids = vocab.encode("\n")[:1]
         except VocabError:
             ids = np.zeros(1, dtype=np.int32)
-    H = P["Whh"].shape[0]
-    h = np.zeros((1, H), dtype=dtype)  # (1, H)
+    cell, layers, H = arch_of(P)
+    h = np.zeros((1, state_size(cell, H, layers)), dtype=dtype)  # (1, S)
     logits = None
     for token in ids:
         h, logits = backend.step(P, h, np.array([token], dtype=np.int32))
@@ -74,7 +75,7 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=
     check_options(temperature, top_k, top_p, length)
     rng = rng if rng is not None else np.random.default_rng()
     h, logits = _start(backend, P, vocab, prime, dtype)
-    if getattr(backend, "__name__", "") == "fastrnn.kernels":
+    if getattr(backend, "__name__", "") == "fastrnn.kernels" and arch_of(P)[:2] == ("rnn", 1):
         yield from _generate_numba(P, h, logits, length, temperature, top_k, top_p, greedy, rng)
         return
     for _ in range(length):

@@ -26,8 +26,10 @@ import psutil
 from fastrnn import checkpoint as ckpt_io
 from fastrnn.config import DEFAULT_LR, RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW, TrainConfig
 from fastrnn.corpus import BatchStream, Vocab, open_corpus
+from fastrnn.dropout import make_masks
 from fastrnn.errors import CheckpointError, ConfigError, DivergenceError
 from fastrnn.model import Model, get_backend
+from fastrnn.params import Layout, model_shapes
 from fastrnn.optim import Optimizer, learning_rate
 from fastrnn.sample import generate
 
@@ -193,6 +195,11 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
             raise ConfigError("--early-stop-patience needs a validation split of at least seq_len + 1 tokens "
                               "(prepare the corpus with --val-frac > 0)")
         if saved is not None:
+            if saved.params.size != Layout(model_shapes(config.model, vocab.size, config.hidden_size,
+                                                        config.num_layers)).size:
+                raise CheckpointError(f"the checkpoint's parameters ({saved.params.size} values) do not fit its "
+                                      f"configuration ({config.model}, {config.num_layers} layers, hidden "
+                                      f"{config.hidden_size}); it is damaged or from another program")
             if Vocab.from_dict(saved.vocab) != vocab:
                 raise CheckpointError(f"the checkpoint's vocabulary ({len(saved.vocab.get('symbols', []))} "
                                       f"symbols) does not match the corpus {corpus_path} ({vocab.size} symbols)")
@@ -206,13 +213,13 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
         ckpt_io.remove_stale_temps(run_dir)
         threads = _set_threads(config.threads)
         backend = get_backend(config.backend)
-        model = Model(vocab.size, config.hidden_size, config.dtype, config.model)
+        model = Model(vocab.size, config.hidden_size, config.dtype, config.model, config.num_layers)
         optimizer = Optimizer(config, model.layout.size, model.dtype, backend)
         gflat = model.layout.zeros(model.dtype)  # (P,) gradients, same layout as the parameters
         G = model.layout.views(gflat)
         rng = np.random.default_rng(config.seed)
         if saved is None:
-            model.init(rng, config.init_scale)
+            model.init(rng, config.init_scale, config.init)
             state = RunState(train_tokens=len(train_tokens), vocab_size=vocab.size)
             h = model.zero_state(config.batch_size)  # (N, H)
             if os.path.exists(log_path):
@@ -282,7 +289,12 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
                         h[...] = 0  # a new epoch starts every stream afresh
                     x, y = stream.batch(state.epoch, state.index)
                     t0 = time.perf_counter()
-                    loss, h_next = backend.forward_backward(model.P, G, x, y, h)
+                    masks = make_masks(rng, config.dropout, model.num_layers, config.seq_len, config.batch_size,
+                                       model.hidden_size, model.dtype)  # (L, T, N, H) or None
+                    if masks is None:
+                        loss, h_next = backend.forward_backward(model.P, G, x, y, h)
+                    else:
+                        loss, h_next = backend.forward_backward(model.P, G, x, y, h, masks)
                     norm = backend.clip_gradients(gflat, config.clip, config.max_grad_norm)
                     problem = None
                     if not (math.isfinite(loss) and math.isfinite(norm)):

@@ -28,8 +28,9 @@ def plot(run_dirs, output):
                    "text has double quotes, else line_position if it has several lines, else vowel).")
 @click.option("--units", type=click.IntRange(min=1), default=64, help="Hidden units shown in the heatmap.")
 @click.option("--top", type=click.IntRange(min=1), default=5, help="Most correlated units to show.")
+@click.option("--layer", type=int, default=-1, help="Layer whose h to show (0 is the bottom; -1 the top).")
 @click.option("-o", "--output", default="hidden.png", type=click.Path(dir_okay=False), help="PNG to write.")
-def plot_hidden_cmd(checkpoint, text, feature, units, top, output):
+def plot_hidden_cmd(checkpoint, text, feature, units, top, layer, output):
     """Heatmap of hidden-unit activations per character, and the units most correlated with a feature."""
     from fastrnn.api import load_model
     from fastrnn.plots import plot_hidden
@@ -37,7 +38,8 @@ def plot_hidden_cmd(checkpoint, text, feature, units, top, output):
     if feature == "auto":
         feature = "quote" if '"' in text else "line_position" if "\n" in text.rstrip("\n") else "vowel"
     model, vocab, _ = load_model(checkpoint)
-    _, top_units = plot_hidden(model.P, vocab, text, output, feature=feature, units=units, top=top)
+    _, top_units = plot_hidden(model.P, vocab, text, output, feature=feature, units=units, top=top,
+                               layer=layer)
     click.echo(output)
     for unit, r in top_units:
         click.echo(f"unit {unit}: r = {r:+.3f} with {FEATURES[feature]}", err=True)
@@ -57,7 +59,8 @@ def plot_gradients_cmd(checkpoints, text, output):
     models = []
     for path in checkpoints:
         model, vocab, ckpt = load_model(path)
-        label = f"{model.model} H={model.hidden_size} ({os.path.basename(os.path.normpath(path))})"
+        layers = f" L={model.num_layers}" if model.num_layers > 1 else ""
+        label = f"{model.model}{layers} H={model.hidden_size} ({os.path.basename(os.path.normpath(path))})"
         models.append((label, model.P, vocab))
     if text is None:
         import numpy as np

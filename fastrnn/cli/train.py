@@ -6,7 +6,7 @@ import sys
 import click
 
 from fastrnn.errors import ConfigError
-from fastrnn.config import BACKENDS, DTYPES, ON_DIVERGENCE, OPTIMIZERS, TrainConfig
+from fastrnn.config import BACKENDS, DTYPES, INITS, MODELS, ON_DIVERGENCE, OPTIMIZERS, TrainConfig
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # stopped by a signal, checkpoint written
 
@@ -16,7 +16,18 @@ D = TrainConfig()
 def _train_options(f):
     """The training options, each mapping to the TrainConfig field of the same name."""
     options = [
-        click.option("--hidden-size", type=click.IntRange(min=1), default=D.hidden_size, help="Hidden units H."),
+        click.option("--model", type=click.Choice(MODELS), default=D.model,
+                     help="Cell: vanilla tanh rnn, lstm (gates i, f, o, g) or gru (reset gate on the recurrent "
+                          "product)."),
+        click.option("--num-layers", type=click.IntRange(min=1), default=D.num_layers,
+                     help="Stacked layers L; layer l reads the output of layer l-1."),
+        click.option("--hidden-size", type=click.IntRange(min=1), default=D.hidden_size,
+                     help="Hidden units H per layer."),
+        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=D.dropout,
+                     help="Inverted dropout on every layer's output during training (0: off)."),
+        click.option("--init", type=click.Choice(INITS), default=D.init,
+                     help="Weight initialisation: normal (N(0, init-scale^2)), xavier, orthogonal (recurrent "
+                          "weights), auto (normal for rnn, xavier for lstm and gru)."),
         click.option("--seq-len", type=click.IntRange(min=1), default=D.seq_len,
                      help="Time steps per minibatch (truncated BPTT length) T."),
         click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size,
@@ -37,7 +48,7 @@ def _train_options(f):
         click.option("--max-grad-norm", type=click.FloatRange(min=0), default=D.max_grad_norm,
                      help="Rescale gradients whose global L2 norm exceeds this (0: off)."),
         click.option("--init-scale", type=click.FloatRange(min=0, min_open=True), default=D.init_scale,
-                     help="Standard deviation of the initial weights."),
+                     help="Standard deviation of the initial weights with --init normal."),
         click.option("--reset-hidden/--carry-hidden", default=D.reset_hidden,
                      help="Reset the hidden state every minibatch, or carry it (truncated BPTT)."),
         click.option("--max-steps", type=click.IntRange(min=0), default=D.max_steps, help="Stop after this many "
@@ -141,7 +152,9 @@ class _Printer:
         if kind == "start":
             m, c = data["model"], data["config"]
             resumed = f", resumed at step {data['resumed_from']}" if data["resumed_from"] is not None else ""
-            click.echo(f"model {m['model']} H={m['hidden_size']} V={m['vocab_size']} ({m['parameters']:,} "
+            layers = f" L={m['num_layers']}" if m.get("num_layers", 1) > 1 else ""
+            drop = f" dropout {c['dropout']:g}" if c.get("dropout") else ""
+            click.echo(f"model {m['model']}{layers} H={m['hidden_size']}{drop} V={m['vocab_size']} ({m['parameters']:,} "
                        f"parameters, {m['dtype']}), {c['backend']} backend, {data['threads']} threads, "
                        f"{c['optimizer']} lr {c['lr']:g}; {data['train_tokens']:,} training chars, "
                        f"{data['steps_per_epoch']} steps/epoch of {c['batch_size']}x{c['seq_len']}{resumed}",

@@ -1,0 +1,109 @@
+"""Train rnn, gru and lstm with the same budget on one corpus and draw what the seeds ask to compare: the loss
+curves, and the gradient magnitude through time of rnn vs lstm.
+
+    python -m tools.compare_models [CORPUS.h5 or text file] --out docs/models [--steps 3000] [--hidden-size 256]
+                                   [--models rnn,gru,lstm] [--num-layers 1] [--backend numba]
+
+Every model gets the same budget: the same number of steps of the same minibatches (same batch size, sequence
+length, optimizer, learning rate and seed), the same hidden size. It writes OUT/runs/<model>/ (ordinary run
+directories: `fastrnn sample OUT/runs/lstm` works), OUT/losses.png (`fastrnn plot` of all runs),
+OUT/gradients.png (`fastrnn plot-gradients` of rnn and lstm on the same text), OUT/summary.json, and prints a
+markdown table: model, parameters, final validation loss (nats and bits per char), training time.
+Default corpus: the bundled tiny Shakespeare.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from fastrnn.api import load_model
+from fastrnn.corpus import prepare
+from fastrnn.plots import gradient_through_time, plot_gradients, plot_losses
+from fastrnn.train import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLED = os.path.join(ROOT, "fastrnn", "data", "tinyshakespeare.txt")
+GRADIENT_TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks? It is the east, and Juliet "
+                 "is the sun.")
+
+
+def corpus_path(path, work):
+    if path.endswith(".h5"):
+        return path
+    out = os.path.join(work, "corpus.h5")
+    prepare([path], out, force=True)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("corpus", nargs="?", default=BUNDLED)
+    p.add_argument("--out", default="docs/models")
+    p.add_argument("--models", default="rnn,gru,lstm")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--hidden-size", type=int, default=256)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=50)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--backend", default="numba")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    os.makedirs(args.out, exist_ok=True)
+    models = args.models.split(",")
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        corpus = corpus_path(args.corpus, work)
+        for name in models:
+            run = os.path.join(args.out, "runs", name)
+            options = dict(model=name, num_layers=args.num_layers, hidden_size=args.hidden_size,
+                           batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, max_steps=args.steps,
+                           eval_every=args.eval_every, checkpoint_every=0, log_every=50, backend=args.backend,
+                           seed=args.seed)
+            print(f"training {name} for {args.steps} steps ...", file=sys.stderr, flush=True)
+            summary = train(corpus, run, options, force=True)
+            model, _, _ = load_model(run)
+            rows.append(dict(model=name, layers=args.num_layers, hidden=args.hidden_size,
+                             parameters=int(model.layout.size), steps=summary["step"], val_loss=summary["val_loss"],
+                             best_val=summary["best_val"], val_bpc=summary["val_loss"] / math.log(2),
+                             train_loss=summary["loss"], seconds=summary["elapsed"]))
+    plot_losses([(r["model"], os.path.join(args.out, "runs", r["model"])) for r in rows],
+                os.path.join(args.out, "losses.png"))
+    pair = [m for m in ("rnn", "lstm") if m in models] or models[:2]
+    grads = []
+    loaded = []
+    for name in pair:
+        model, vocab, _ = load_model(os.path.join(args.out, "runs", name))
+        loaded.append((f"{name} H={args.hidden_size}", model.P, vocab))
+        norms = gradient_through_time(model.P, vocab, GRADIENT_TEXT)
+        grads.append(dict(model=name, first=float(norms[0]), last=float(norms[-1]),
+                          ratio_first_to_last=float(norms[0] / norms[-1])))
+    plot_gradients(loaded, GRADIENT_TEXT, os.path.join(args.out, "gradients.png"))
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(dict(options=vars(args), rows=rows, gradients=grads, gradient_text=GRADIENT_TEXT), f, indent=1)
+
+    print("| model | layers | H | parameters | steps | val loss (nats/char) | val bits/char | train time |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['model']} | {r['layers']} | {r['hidden']} | {r['parameters']:,} | {r['steps']} | "
+              f"{r['val_loss']:.4f} | {r['val_bpc']:.3f} | {r['seconds']:.0f} s |")
+    best = min(rows, key=lambda r: r["val_loss"])
+    for r in rows:
+        if r is not best:
+            print(f"{best['model']} ends {r['val_loss'] - best['val_loss']:.4f} nats/char "
+                  f"({100 * (1 - best['val_loss'] / r['val_loss']):.1f}%) below {r['model']}")
+    for g in grads:
+        print(f"{g['model']}: |dL/dh| {len(GRADIENT_TEXT) - 2} steps back is {g['ratio_first_to_last']:.3g}x "
+              f"its value at the predicted character")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
