@@ -195,14 +195,14 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
             raise ConfigError("--early-stop-patience needs a validation split of at least seq_len + 1 tokens "
                               "(prepare the corpus with --val-frac > 0)")
         if saved is not None:
+            if Vocab.from_dict(saved.vocab) != vocab:
+                raise CheckpointError(f"the checkpoint's vocabulary ({len(saved.vocab.get('symbols', []))} "
+                                      f"symbols) does not match the corpus {corpus_path} ({vocab.size} symbols)")
             if saved.params.size != Layout(model_shapes(config.model, vocab.size, config.hidden_size,
                                                         config.num_layers)).size:
                 raise CheckpointError(f"the checkpoint's parameters ({saved.params.size} values) do not fit its "
                                       f"configuration ({config.model}, {config.num_layers} layers, hidden "
                                       f"{config.hidden_size}); it is damaged or from another program")
-            if Vocab.from_dict(saved.vocab) != vocab:
-                raise CheckpointError(f"the checkpoint's vocabulary ({len(saved.vocab.get('symbols', []))} "
-                                      f"symbols) does not match the corpus {corpus_path} ({vocab.size} symbols)")
             if saved.state.get("train_tokens") != len(train_tokens):
                 raise CheckpointError(f"the corpus {corpus_path} is not the one this run was trained on "
                                       f"(train split {len(train_tokens)} tokens, the run had "
