@@ -22,7 +22,8 @@ import tempfile
 import numpy as np
 
 from fastrnn.api import load_model
-from fastrnn.corpus import prepare
+from fastrnn.corpus import open_corpus, prepare
+from fastrnn.errors import VocabError
 from fastrnn.plots import gradient_through_time, plot_gradients, plot_losses
 from fastrnn.train import train
 
@@ -38,6 +39,16 @@ def corpus_path(path, work):
     out = os.path.join(work, "corpus.h5")
     prepare([path], out, force=True)
     return out
+
+
+def gradient_text(corpus):
+    """GRADIENT_TEXT if the corpus has all its characters, else the first 96 characters of the corpus."""
+    with open_corpus(corpus) as c:
+        try:
+            c.vocab.encode(GRADIENT_TEXT)
+            return GRADIENT_TEXT
+        except VocabError:
+            return c.vocab.decode(np.asarray(c.split("train")[:96], dtype=np.int32))
 
 
 def main(argv=None):
@@ -74,20 +85,21 @@ def main(argv=None):
                              parameters=int(model.layout.size), steps=summary["step"], val_loss=summary["val_loss"],
                              best_val=summary["best_val"], val_bpc=summary["val_loss"] / math.log(2),
                              train_loss=summary["loss"], seconds=summary["elapsed"]))
-    plot_losses([(r["model"], os.path.join(args.out, "runs", r["model"])) for r in rows],
-                os.path.join(args.out, "losses.png"))
-    pair = [m for m in ("rnn", "lstm") if m in models] or models[:2]
-    grads = []
-    loaded = []
-    for name in pair:
-        model, vocab, _ = load_model(os.path.join(args.out, "runs", name))
-        loaded.append((f"{name} H={args.hidden_size}", model.P, vocab))
-        norms = gradient_through_time(model.P, vocab, GRADIENT_TEXT)
-        grads.append(dict(model=name, first=float(norms[0]), last=float(norms[-1]),
-                          ratio_first_to_last=float(norms[0] / norms[-1])))
-    plot_gradients(loaded, GRADIENT_TEXT, os.path.join(args.out, "gradients.png"))
+        plot_losses([(r["model"], os.path.join(args.out, "runs", r["model"])) for r in rows],
+                    os.path.join(args.out, "losses.png"))
+        pair = [m for m in ("rnn", "lstm") if m in models] or models[:2]
+        grads = []
+        loaded = []
+        text = gradient_text(corpus)
+        for name in pair:
+            model, vocab, _ = load_model(os.path.join(args.out, "runs", name))
+            loaded.append((f"{name} H={args.hidden_size}", model.P, vocab))
+            norms = gradient_through_time(model.P, vocab, text)
+            grads.append(dict(model=name, first=float(norms[0]), last=float(norms[-1]),
+                              ratio_first_to_last=float(norms[0] / norms[-1])))
+        plot_gradients(loaded, text, os.path.join(args.out, "gradients.png"))
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(dict(options=vars(args), rows=rows, gradients=grads, gradient_text=GRADIENT_TEXT), f, indent=1)
+        json.dump(dict(options=vars(args), rows=rows, gradients=grads, gradient_text=text), f, indent=1)
 
     print("| model | layers | H | parameters | steps | val loss (nats/char) | val bits/char | train time |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -100,7 +112,7 @@ def main(argv=None):
             print(f"{best['model']} ends {r['val_loss'] - best['val_loss']:.4f} nats/char "
                   f"({100 * (1 - best['val_loss'] / r['val_loss']):.1f}%) below {r['model']}")
     for g in grads:
-        print(f"{g['model']}: |dL/dh| {len(GRADIENT_TEXT) - 2} steps back is {g['ratio_first_to_last']:.3g}x "
+        print(f"{g['model']}: |dL/dh| {len(text) - 2} steps back is {g['ratio_first_to_last']:.3g}x "
               f"its value at the predicted character")
     return rows
 
