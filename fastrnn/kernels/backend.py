@@ -1,12 +1,15 @@
 """The numba backend's Python API: the functions of fastrnn.reference, same signatures and semantics.
 
-Each call prepares arguments (contiguous int32 tokens, scalars cast to the parameters' dtype, scratch buffers
-reused across calls of the same shape) and makes one njit call.
+The one-layer vanilla RNN without dropout masks takes the fused path: each call prepares arguments (contiguous
+int32 tokens, scalars cast to the parameters' dtype, scratch buffers reused across calls of the same shape) and
+makes one njit call (lm.py). Every other model (gru, lstm, stacked layers, dropout) goes to stack.py, which
+composes the per-layer kernels.
 """
 
 import numpy as np
 
-from fastrnn.kernels import lm, optim
+from fastrnn.kernels import lm, optim, stack
+from fastrnn.params import arch_of
 
 SMALL_WORK = 1 << 16  # N*H*H at or below which the recurrent products use hand loops instead of BLAS
 PARALLEL_SIZE = 1 << 22  # flat buffers at least this long use the parallel (prange) update kernels: below,
@@ -45,12 +48,20 @@ def _small(N, H):
     return N * H * H <= SMALL_WORK
 
 
-def forward_backward(P, G, x, y, h0):
-    """Loss and gradients of the vanilla RNN language model on one minibatch (see fastrnn.reference).
+def _fused(P):
+    """True for the one-layer vanilla RNN (the fused single-call path)."""
+    return arch_of(P)[:2] == ("rnn", 1)
+
+
+def forward_backward(P, G, x, y, h0, masks=None):
+    """Loss and gradients of the language model on one minibatch (see fastrnn.reference).
 
     P: dict of parameter arrays; G: dict of gradient arrays of the same shapes, overwritten. x, y: (N, T) int
-    inputs and targets; h0: (N, H) carried state. Returns (loss, hT: (N, H) new array).
+    inputs and targets; h0: (N, S) carried state; masks: (L, T, N, H) dropout masks or None.
+    Returns (loss, new state (N, S) new array).
     """
+    if masks is not None or not _fused(P):
+        return stack.forward_backward(P, G, x, y, h0, masks)
     dtype, (Wxh, Whh, bh, Why, by) = _params(P)
     x, y = _tokens(x), _tokens(y)
     N, T = x.shape
@@ -67,8 +78,10 @@ def forward_backward(P, G, x, y, h0):
     return float(loss), ws["hs"][T].copy()
 
 
-def forward_loss(P, x, y, h0):
-    """Loss only (evaluation): returns (loss, hT)."""
+def forward_loss(P, x, y, h0, masks=None):
+    """Loss only (evaluation): returns (loss, new state)."""
+    if masks is not None or not _fused(P):
+        return stack.forward_loss(P, x, y, h0, masks)
     dtype, (Wxh, Whh, bh, Why, by) = _params(P)
     x, y = _tokens(x), _tokens(y)
     N, T = x.shape
@@ -81,7 +94,9 @@ def forward_loss(P, x, y, h0):
 
 
 def step(P, h, token):
-    """One generation step: h: (N, H), token: (N,) int. Returns (h_new: (N, H), logits: (N, V))."""
+    """One generation step: h: (N, S), token: (N,) int. Returns (new state (N, S), logits: (N, V))."""
+    if not _fused(P):
+        return stack.step(P, h, token)
     dtype, (Wxh, Whh, bh, Why, by) = _params(P)
     h = np.ascontiguousarray(h, dtype=dtype)
     token = np.ascontiguousarray(token, dtype=np.int32).reshape(-1)

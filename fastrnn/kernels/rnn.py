@@ -126,3 +126,143 @@ def rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, small):
                 dw[j] += row[j]
     for j in range(H):
         dbh[j] = acc[j]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the general layer interface, shared by rnn (here), gru.py and lstm.py, composed by stack.py
+#
+# A layer of G gate blocks reads either the tokens (layer 0: the input side is a row lookup of Wxh: (V, G*H), and
+# `inp` has 0 rows) or the layer below's output inp: (T, N, H) (one (T*N, H) x (H, G*H) product into `gates`
+# before the recurrence). hs: (T+1, N, H) carries the initial state in hs[0]. With dropout, `mask`: (T, N, H)
+# (0 rows without), the layer also writes out = hs[1:] * mask, its output as seen from above. Backward gets
+# dout: (T, N, H), the gradient w.r.t. that output, and on exit (l > 0) leaves in it the gradient w.r.t. inp.
+
+
+@kernel
+def const(value, like):
+    """`value` as a scalar of like's dtype (numba types float literals as float64, which would promote float32)."""
+    return np.full(1, value, like.dtype)[0]
+
+
+@kernel
+def recurrent_product(out, h, W, small):
+    """out: (N, G*H) = h: (N, H) @ W: (H, G*H), hand loops when small, else BLAS."""
+    if small:
+        matmul_small(out, h, W)
+    else:
+        gemm(out, h, False, W, False, 1.0, 0.0)
+
+
+@kernel
+def recurrent_gradient(out, d, W, small):
+    """out: (N, H) = d: (N, G*H) @ W.T, W: (H, G*H), hand loops when small, else BLAS."""
+    if small:
+        matmul_nt_small(out, d, W)
+    else:
+        gemm(out, d, False, W, True, 1.0, 0.0)
+
+
+@kernel
+def input_side(gates, inp, Wxh):
+    """gates: (T, N, G*H) = inp: (T, N, H) @ Wxh: (H, G*H) as one product over all positions (not for layer 0)."""
+    T, N, GH = gates.shape
+    if inp.shape[0] > 0:
+        gemm(gates.reshape(T * N, GH), inp.reshape(T * N, inp.shape[2]), False, Wxh, False, 1.0, 0.0)
+
+
+@kernel
+def apply_mask(out, hs, mask):
+    """out: (T, N, H) = hs[1:] * mask (no-op when mask has 0 rows)."""
+    if mask.shape[0] > 0:
+        T, N, H = out.shape
+        for t in range(T):
+            for n in range(N):
+                o, h, m = out[t, n], hs[t + 1, n], mask[t, n]
+                for j in range(H):
+                    o[j] = h[j] * m[j]
+
+
+@kernel
+def weight_gradients(dWxh, dWhh, dbh, dinp, dxa, dha, acc, x, inp, hs, Wxh):
+    """The products over all T*N positions after a layer's backward recurrence; overwrites the gradients.
+
+    dxa: (T, N, G*H) gradient w.r.t. the input side (pre-activations); dha: (T, N, G*H) w.r.t. the recurrent
+    product (the same array except for a gru); hs: (T+1, N, H); acc: (G*H,) float64 scratch.
+    dWhh = hs[:T].T @ dha; dbh = column sums of dxa; layer 0 (inp has 0 rows): dWxh rows scatter-added by token
+    (serial, in position order); above: dWxh = inp.T @ dxa and dinp: (T, N, H) = dxa @ Wxh.T.
+    """
+    T, N, GH = dxa.shape
+    H = hs.shape[2]
+    d2 = dxa.reshape(T * N, GH)
+    gemm(dWhh, hs[:T].reshape(T * N, H), True, dha.reshape(T * N, GH), False, 1.0, 0.0)
+    for j in range(GH):
+        acc[j] = 0.0
+    for r in range(T * N):
+        row = d2[r]
+        for j in range(GH):
+            acc[j] += row[j]
+    for j in range(GH):
+        dbh[j] = acc[j]
+    if inp.shape[0] == 0:
+        dWxh[:, :] = 0
+        for t in range(T):
+            for n in range(N):
+                row = dxa[t, n]
+                dw = dWxh[x[n, t]]
+                for j in range(GH):
+                    dw[j] += row[j]
+    else:
+        i2 = inp.reshape(T * N, H)
+        gemm(dWxh, i2, True, d2, False, 1.0, 0.0)
+        gemm(dinp.reshape(T * N, H), d2, False, Wxh, True, 1.0, 0.0)
+
+
+@kernel
+def rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, tmp, small):
+    """One tanh layer forward (general interface above): hs[t+1] = tanh(in_t + hs[t] @ Whh + bh).
+
+    hs: (T+1, N, H); out: (T, N, H) (written only with a mask); x: (N, T) int32; inp: (T, N, H) or 0 rows;
+    Wxh: (V or H, H); Whh: (H, H); bh: (H,); mask: (T, N, H) or 0 rows; tmp: (T, N, H) input-side scratch
+    (used above layer 0) and its row 0 also the (N, H) recurrent product.
+    """
+    T = hs.shape[0] - 1
+    N, H = hs.shape[1], hs.shape[2]
+    lookup = inp.shape[0] == 0
+    input_side(tmp, inp, Wxh)
+    for t in range(T):
+        rec = hs[t + 1]  # the product goes to the output row, then tanh in place
+        recurrent_product(rec, hs[t], Whh, small)
+        for n in range(N):
+            src = Wxh[x[n, t]] if lookup else tmp[t, n]
+            o = rec[n]
+            for j in range(H):
+                o[j] = mathfn.tanh(o[j] + src[j] + bh[j])
+    apply_mask(out, hs, mask)
+
+
+@kernel
+def rnn_layer_backward(dWxh, dWhh, dbh, dout, dz, rec, acc, x, inp, hs, Wxh, Whh, mask, small):
+    """One tanh layer backward (general interface above); overwrites the gradients.
+
+    dout: (T, N, H) in: gradient w.r.t. the layer's output; out (above layer 0): gradient w.r.t. inp.
+    dz: (T, N, H) scratch (gradient w.r.t. the pre-activations); rec: (N, H) scratch; acc: (H,) float64.
+    """
+    T, N, H = dz.shape
+    masked = mask.shape[0] > 0
+    for t in range(T - 1, -1, -1):
+        if t < T - 1:
+            recurrent_gradient(rec, dz[t + 1], Whh, small)
+        else:
+            rec[:, :] = 0
+        for n in range(N):
+            d, h, r, g = dout[t, n], hs[t + 1, n], rec[n], dz[t, n]
+            if masked:
+                m = mask[t, n]
+                for j in range(H):
+                    v = d[j] * m[j] + r[j]
+                    g[j] = v - v * h[j] * h[j]
+            else:
+                for j in range(H):
+                    v = d[j] + r[j]
+                    g[j] = v - v * h[j] * h[j]
+    weight_gradients(dWxh, dWhh, dbh, dout, dz, dz, acc, x, inp, hs, Wxh)

@@ -1,0 +1,82 @@
+"""GRU layer: forward and backward through time (numba), mirroring fastrnn.reference.gru_forward/backward.
+
+Gates in the order r (reset), z (update), n (candidate); the reset gate multiplies the recurrent product (cuDNN and
+PyTorch's variant), so each step is one (N, H) x (H, 3H) product ha = h_{t-1} @ Whh:
+    r = sigmoid(in_r + bh_r + ha_r);  z = sigmoid(in_z + bh_z + ha_z);  n = tanh(in_n + bh_n + r * ha_n)
+    h_t = n + z * (h_{t-1} - n)
+with sigmoid(a) = 1/2 + tanh(a/2)/2 (as the reference). The layer follows the general interface of rnn.py.
+Backward keeps two gradients of the pre-activations: dxa w.r.t. the input side (for dWxh, dbh and the input
+gradient) and dha w.r.t. the recurrent product (for dWhh and the recurrence), equal except in the n block.
+"""
+
+from fastrnn.kernels import mathfn
+from fastrnn.kernels.jit import kernel
+from fastrnn.kernels.rnn import apply_mask, const, input_side, recurrent_gradient, recurrent_product, \
+    weight_gradients
+
+
+@kernel
+def gru_forward(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
+    """hs: (T+1, N, H) with hs[0] = h0 on entry, hs[1:] written; gates: (T, N, 3H) out: r, z, n after their
+    nonlinearities; hn: (T, N, H) out: the n block of the recurrent product; out: (T, N, H) = hs[1:] * mask
+    (only with a mask); tmp: (N, 3H) scratch; x: (N, T) int32 tokens (layer 0); inp: (T, N, H) or 0 rows
+    (layer 0); Wxh: (V or H, 3H); Whh: (H, 3H); bh: (3H,); mask: (T, N, H) or 0 rows; small: hand loops."""
+    T = gates.shape[0]
+    N, H = hs.shape[1], hs.shape[2]
+    lookup = inp.shape[0] == 0
+    half = const(0.5, bh)
+    input_side(gates, inp, Wxh)
+    for t in range(T):
+        recurrent_product(tmp, hs[t], Whh, small)
+        for n in range(N):
+            src = Wxh[x[n, t]] if lookup else gates[t, n]
+            a, g, h0, h1, hnt = tmp[n], gates[t, n], hs[t, n], hs[t + 1, n], hn[t, n]
+            for j in range(H):
+                ar = src[j] + bh[j] + a[j]
+                az = src[H + j] + bh[H + j] + a[H + j]
+                ahn = a[2 * H + j]
+                r = half + half * mathfn.tanh(half * ar)
+                z = half + half * mathfn.tanh(half * az)
+                nn = mathfn.tanh(src[2 * H + j] + bh[2 * H + j] + r * ahn)
+                g[j] = r
+                g[H + j] = z
+                g[2 * H + j] = nn
+                hnt[j] = ahn
+                h1[j] = nn + z * (h0[j] - nn)
+    apply_mask(out, hs, mask)
+
+
+@kernel
+def gru_backward(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, gates, hn, Wxh, Whh, mask, small):
+    """Backpropagation through time; overwrites the gradients dWxh, dWhh, dbh.
+
+    dout: (T, N, H) in: gradient w.r.t. the layer's output (before the mask); out (above layer 0): gradient
+    w.r.t. inp. dxa, dha: (T, N, 3H) scratch; rec, carry: (N, H) scratch; acc: (3H,) float64 scratch.
+    """
+    T, N, H = dout.shape
+    masked = mask.shape[0] > 0
+    one = const(1.0, Whh)
+    carry[:, :] = 0
+    for t in range(T - 1, -1, -1):
+        if t < T - 1:
+            recurrent_gradient(rec, dha[t + 1], Whh, small)
+        else:
+            rec[:, :] = 0
+        for n in range(N):
+            d, rc, cr, g, h0, hnt = dout[t, n], rec[n], carry[n], gates[t, n], hs[t, n], hn[t, n]
+            dx, dr_h = dxa[t, n], dha[t, n]
+            m = mask[t, n] if masked else d
+            for j in range(H):
+                dh = (d[j] * m[j] if masked else d[j]) + rc[j] + cr[j]
+                r, z, nn = g[j], g[H + j], g[2 * H + j]
+                dn = dh * (one - z) * (one - nn * nn)
+                dz = dh * (h0[j] - nn) * z * (one - z)
+                dr = dn * hnt[j] * r * (one - r)
+                dx[j] = dr
+                dx[H + j] = dz
+                dx[2 * H + j] = dn
+                dr_h[j] = dr
+                dr_h[H + j] = dz
+                dr_h[2 * H + j] = dn * r
+                cr[j] = dh * z
+    weight_gradients(dWxh, dWhh, dbh, dout, dxa, dha, acc, x, inp, hs, Wxh)

@@ -1,0 +1,86 @@
+"""LSTM layer: forward and backward through time (numba), mirroring fastrnn.reference.lstm_forward/backward.
+
+Gates in the order i (input), f (forget), o (output), g (candidate), each a block of H columns of the (N, 4H)
+pre-activations a = in_t + h_{t-1} @ Whh + bh:
+    i, f, o = sigmoid(a_i, a_f, a_o);  g = tanh(a_g);  c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
+with sigmoid(a) = 1/2 + tanh(a/2)/2 (as the reference; mathfn.tanh vectorizes in float32).
+
+The layer follows the general interface of rnn.py (layer 0 reads tokens as a row lookup, layers above one
+(T*N, H) x (H, 4H) product over all positions; dropout masks on the output): one BLAS product per step for the
+recurrence, the bias, nonlinearities, cell update and mask fused into one pass around it; backward likewise, then
+the weight gradients as one product each over all T*N positions (rnn.weight_gradients).
+"""
+
+from fastrnn.kernels import mathfn
+from fastrnn.kernels.jit import kernel
+from fastrnn.kernels.rnn import apply_mask, const, input_side, recurrent_gradient, recurrent_product, \
+    weight_gradients
+
+
+@kernel
+def lstm_forward(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
+    """hs, cs: (T+1, N, H) with hs[0], cs[0] = h0, c0 on entry, hs[1:], cs[1:] written; gates: (T, N, 4H) out:
+    i, f, o, g after their nonlinearities; out: (T, N, H) = hs[1:] * mask (only with a mask); tmp: (N, 4H)
+    scratch; x: (N, T) int32 tokens (used by layer 0); inp: (T, N, H) the input from below, or 0 rows for
+    layer 0; Wxh: (V or H, 4H); Whh: (H, 4H); bh: (4H,); mask: (T, N, H) or 0 rows; small: hand loops."""
+    T = gates.shape[0]
+    N, H = hs.shape[1], hs.shape[2]
+    lookup = inp.shape[0] == 0
+    half = const(0.5, bh)
+    input_side(gates, inp, Wxh)
+    for t in range(T):
+        recurrent_product(tmp, hs[t], Whh, small)
+        for n in range(N):
+            src = Wxh[x[n, t]] if lookup else gates[t, n]
+            a, g, c0, c1, h1 = tmp[n], gates[t, n], cs[t, n], cs[t + 1, n], hs[t + 1, n]
+            for j in range(H):
+                ai = a[j] + src[j] + bh[j]
+                af = a[H + j] + src[H + j] + bh[H + j]
+                ao = a[2 * H + j] + src[2 * H + j] + bh[2 * H + j]
+                ag = a[3 * H + j] + src[3 * H + j] + bh[3 * H + j]
+                i = half + half * mathfn.tanh(half * ai)
+                f = half + half * mathfn.tanh(half * af)
+                o = half + half * mathfn.tanh(half * ao)
+                gg = mathfn.tanh(ag)
+                c = f * c0[j] + i * gg
+                g[j] = i
+                g[H + j] = f
+                g[2 * H + j] = o
+                g[3 * H + j] = gg
+                c1[j] = c
+                h1[j] = o * mathfn.tanh(c)
+    apply_mask(out, hs, mask)
+
+
+@kernel
+def lstm_backward(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates, Wxh, Whh, mask, small):
+    """Backpropagation through time; overwrites the gradients dWxh, dWhh, dbh.
+
+    dout: (T, N, H) in: gradient w.r.t. the layer's output (before the mask); out (above layer 0): gradient
+    w.r.t. inp. da: (T, N, 4H) scratch (gradient w.r.t. the pre-activations); rec: (N, H), dc: (N, H) scratch;
+    acc: (4H,) float64 scratch; hs, cs, gates from lstm_forward.
+    """
+    T, N, H = dout.shape
+    masked = mask.shape[0] > 0
+    one = const(1.0, Whh)
+    dc[:, :] = 0
+    for t in range(T - 1, -1, -1):
+        if t < T - 1:
+            recurrent_gradient(rec, da[t + 1], Whh, small)
+        else:
+            rec[:, :] = 0
+        for n in range(N):
+            d, r, g, c0, c1, dcn, dan = dout[t, n], rec[n], gates[t, n], cs[t, n], cs[t + 1, n], dc[n], da[t, n]
+            m = mask[t, n] if masked else d
+            for j in range(H):
+                dh = (d[j] * m[j] if masked else d[j]) + r[j]
+                i, f, o, gg = g[j], g[H + j], g[2 * H + j], g[3 * H + j]
+                tc = mathfn.tanh(c1[j])
+                dcv = dcn[j] + dh * o * (one - tc * tc)
+                dan[j] = dcv * gg * i * (one - i)
+                dan[H + j] = dcv * c0[j] * f * (one - f)
+                dan[2 * H + j] = dh * tc * o * (one - o)
+                dan[3 * H + j] = dcv * i * (one - gg * gg)
+                dcn[j] = dcv * f
+    weight_gradients(dWxh, dWhh, dbh, dout, da, da, acc, x, inp, hs, Wxh)
+

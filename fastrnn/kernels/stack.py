@@ -1,0 +1,222 @@
+"""Any model of fastrnn.params (rnn, gru or lstm cells, L stacked layers, dropout masks) on the numba kernels.
+
+Python composes the per-layer kernels (rnn.py, gru.py, lstm.py) and the output layer, a few njit calls per
+minibatch (2L + 2 for forward_backward): each call does O(T) BLAS products and fused elementwise passes, so the
+dispatch cost is negligible beside the work, and each kernel compiles once per dtype whatever L is.
+
+Per layer l the workspace holds hs: (T+1, N, H) (hs[0] the carried h), for an lstm cs: (T+1, N, H), gates:
+(T, N, G*H) (the input side, then the gates after their nonlinearities), for a gru hn: (T, N, H), and with
+dropout out: (T, N, H) (hs[1:] * masks[l], what the layer above and the output layer read). Scratch shared by
+the layers: tmp (N, G*H), rec and carry (N, H), da and (gru) dha (T, N, G*H), dout (T, N, H) (the gradient
+flowing down), logits (T*N, V), acc, rowloss. Buffers are kept across calls of the same shape.
+"""
+
+import numpy as np
+
+from fastrnn.kernels import lm
+from fastrnn.kernels.blas import gemm
+from fastrnn.kernels.gru import gru_backward, gru_forward
+from fastrnn.kernels.jit import kernel
+from fastrnn.kernels.lstm import lstm_backward, lstm_forward
+from fastrnn.kernels.rnn import matmul_small, rnn_layer_backward, rnn_layer_forward
+from fastrnn.kernels.softmax_xent import affine_backward, softmax_xent
+from fastrnn.params import GATES, arch_of, layer_names
+
+_MAX_WORKSPACES = 4
+_workspaces = {}  # (cell, L, T, N, H, V, dtype) -> scratch arrays, most recently used last
+
+
+@kernel
+def output_layer(dWhy, dby, dtop, logits, rowloss, acc, top, y, Why, by, scale, grad):
+    """The output layer over all positions: logits = top @ Why + by, softmax cross-entropy (mean, returned) and,
+    if grad, dWhy, dby (overwritten) and dtop: (T, N, H) = dlogits @ Why.T. top: (T, N, H); y: (N, T) int32."""
+    T, N, H = top.shape
+    top2 = top.reshape(T * N, H)
+    gemm(logits, top2, False, Why, False, 1.0, 0.0)
+    loss = softmax_xent(logits, rowloss, by, y, scale, grad)
+    if grad:
+        affine_backward(dWhy, dby, dtop.reshape(T * N, H), logits, top2, Why, acc)
+    return loss
+
+
+@kernel
+def output_step(logits, h, Why, by):
+    """logits: (N, V) = h: (N, H) @ Why + by (generation: N small, hand loops)."""
+    matmul_small(logits, h, Why)
+    N, V = logits.shape
+    for n in range(N):
+        for v in range(V):
+            logits[n, v] += by[v]
+
+
+def small(N, H, G):
+    """Hand loops instead of BLAS for the per-step products (see backend.SMALL_WORK)."""
+    from fastrnn.kernels import backend
+
+    return N * H * G * H <= backend.SMALL_WORK
+
+
+def workspace(cell, L, T, N, H, V, dtype):
+    key = (cell, L, T, N, H, V, np.dtype(dtype).str)
+    ws = _workspaces.pop(key, None)
+    if ws is None:
+        if len(_workspaces) >= _MAX_WORKSPACES:
+            _workspaces.pop(next(iter(_workspaces)))
+        GH = GATES[cell] * H
+        layers = []
+        for _ in range(L):
+            b = dict(hs=np.empty((T + 1, N, H), dtype), gates=np.empty((T, N, GH), dtype), out=None)
+            if cell == "lstm":
+                b["cs"] = np.empty((T + 1, N, H), dtype)
+            if cell == "gru":
+                b["hn"] = np.empty((T, N, H), dtype)
+            layers.append(b)
+        ws = dict(layers=layers, tmp=np.empty((N, GH), dtype), rec=np.empty((N, H), dtype),
+                  carry=np.empty((N, H), dtype), da=np.empty((T, N, GH), dtype),
+                  dha=np.empty((T, N, GH), dtype) if cell == "gru" else None, dout=np.empty((T, N, H), dtype),
+                  logits=np.empty((T * N, V), dtype), acc=np.empty(max(GH, V), np.float64),
+                  rowloss=np.empty(T * N, np.float64), none=np.empty((0, N, H), dtype))
+    _workspaces[key] = ws
+    return ws
+
+
+def _params(P, L):
+    dtype = P["Whh"].dtype
+    layers = [tuple(np.ascontiguousarray(P[k], dtype=dtype) for k in layer_names(l)) for l in range(L)]
+    return dtype, layers, np.ascontiguousarray(P["Why"], dtype=dtype), np.ascontiguousarray(P["by"], dtype=dtype)
+
+
+def _masks(masks, L, T, N, H, dtype):
+    if masks is None:
+        return None
+    masks = np.ascontiguousarray(masks, dtype=dtype)
+    if masks.shape != (L, T, N, H):
+        raise ValueError(f"dropout masks of shape {masks.shape}, the model needs {(L, T, N, H)}")
+    return masks
+
+
+def _forward(cell, layers, ws, x, state, masks, is_small):
+    """All layers forward from the carried state (N, S). Returns (top: (T, N, H) the output layer's input,
+    the new state (N, S))."""
+    N, T = x.shape
+    H = layers[0][1].shape[0]
+    K = 2 if cell == "lstm" else 1
+    new_state = np.empty((N, len(layers) * K * H), ws["tmp"].dtype)
+    inp = ws["none"]
+    for l, (Wxh, Whh, bh) in enumerate(layers):
+        b = ws["layers"][l]
+        hs = b["hs"]
+        hs[0] = state[:, l * K * H:l * K * H + H]
+        if masks is None:
+            mask, out = ws["none"], ws["none"]
+        else:
+            mask = masks[l]
+            if b["out"] is None:
+                b["out"] = np.empty((T, N, H), hs.dtype)
+            out = b["out"]
+        if cell == "lstm":
+            cs = b["cs"]
+            cs[0] = state[:, l * K * H + H:(l + 1) * K * H]
+            lstm_forward(hs, cs, b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, is_small)
+            new_state[:, l * K * H + H:(l + 1) * K * H] = cs[T]
+        elif cell == "gru":
+            gru_forward(hs, b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, is_small)
+        else:
+            rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, b["gates"], is_small)
+        new_state[:, l * K * H:l * K * H + H] = hs[T]
+        inp = hs[1:] if masks is None else out
+    return inp, new_state
+
+
+def _backward(cell, layers, grads, ws, x, masks, is_small):
+    """All layers backward from ws["dout"] (the gradient w.r.t. the top layer's output); writes grads."""
+    for l in range(len(layers) - 1, -1, -1):
+        Wxh, Whh, bh = layers[l]
+        dWxh, dWhh, dbh = grads[l]
+        b = ws["layers"][l]
+        mask = ws["none"] if masks is None else masks[l]
+        if l == 0:
+            inp = ws["none"]
+        else:
+            below = ws["layers"][l - 1]
+            inp = below["hs"][1:] if masks is None else below["out"]
+        if cell == "lstm":
+            lstm_backward(dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["carry"], ws["acc"], x, inp,
+                          b["hs"], b["cs"], b["gates"], Wxh, Whh, mask, is_small)
+        elif cell == "gru":
+            gru_backward(dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["dha"], ws["rec"], ws["carry"], ws["acc"], x,
+                         inp, b["hs"], b["gates"], b["hn"], Wxh, Whh, mask, is_small)
+        else:
+            rnn_layer_backward(dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["acc"], x, inp, b["hs"], Wxh,
+                               Whh, mask, is_small)
+
+
+def _grad_arrays(G, names, dtype):
+    outs = [G[k] for k in names]
+    return outs, [g if g.flags.c_contiguous and g.dtype == dtype else np.empty(g.shape, dtype) for g in outs]
+
+
+def forward_backward(P, G, x, y, state, masks=None):
+    """Loss and gradients of any model on one minibatch (see fastrnn.reference.forward_backward).
+
+    P, G: dicts of parameter and gradient arrays (G overwritten); x, y: (N, T) int; state: (N, S) carried state;
+    masks: (L, T, N, H) dropout masks or None. Returns (loss, the new state (N, S) as a new array).
+    """
+    cell, L, H = arch_of(P)
+    dtype, layers, Why, by = _params(P, L)
+    x, y = lm_tokens(x), lm_tokens(y)
+    N, T = x.shape
+    V = by.shape[0]
+    lm.check_tokens(x, y, V)
+    masks = _masks(masks, L, T, N, H, dtype)
+    ws = workspace(cell, L, T, N, H, V, dtype)
+    is_small = small(N, H, GATES[cell])
+    names = [k for l in range(L) for k in layer_names(l)] + ["Why", "by"]
+    outs, direct = _grad_arrays(G, names, dtype)
+    top, new_state = _forward(cell, layers, ws, x, state, masks, is_small)
+    loss = output_layer(direct[-2], direct[-1], ws["dout"], ws["logits"], ws["rowloss"], ws["acc"], top, y, Why,
+                        by, dtype.type(1.0 / (T * N)), True)
+    _backward(cell, layers, [direct[3 * l:3 * l + 3] for l in range(L)], ws, x, masks, is_small)
+    for g, d in zip(outs, direct):
+        if g is not d:
+            g[...] = d
+    return float(loss), new_state
+
+
+def forward_loss(P, x, y, state, masks=None):
+    """Loss only (evaluation): returns (loss, new state (N, S))."""
+    cell, L, H = arch_of(P)
+    dtype, layers, Why, by = _params(P, L)
+    x, y = lm_tokens(x), lm_tokens(y)
+    N, T = x.shape
+    V = by.shape[0]
+    lm.check_tokens(x, y, V)
+    masks = _masks(masks, L, T, N, H, dtype)
+    ws = workspace(cell, L, T, N, H, V, dtype)
+    top, new_state = _forward(cell, layers, ws, x, state, masks, small(N, H, GATES[cell]))
+    loss = output_layer(Why, by, ws["dout"], ws["logits"], ws["rowloss"], ws["acc"], top, y, Why, by,
+                        dtype.type(1.0 / (T * N)), False)
+    return float(loss), new_state
+
+
+def step(P, state, token):
+    """One generation step of any model: state (N, S), token (N,) int. Returns (new state (N, S), logits (N, V))."""
+    cell, L, H = arch_of(P)
+    dtype, layers, Why, by = _params(P, L)
+    state = np.asarray(state)
+    token = np.ascontiguousarray(token, dtype=np.int32).reshape(-1)
+    N = state.shape[0]
+    V = by.shape[0]
+    if token.shape[0] != N:
+        raise ValueError(f"step: {token.shape[0]} tokens for {N} states")
+    if N and (token.min() < 0 or token.max() >= V):
+        raise IndexError("token id out of range of the vocabulary")
+    ws = workspace(cell, L, 1, N, H, V, dtype)
+    top, new_state = _forward(cell, layers, ws, token.reshape(N, 1), state, None, small(N, H, GATES[cell]))
+    logits = np.empty((N, V), dtype)  # (N, V)
+    output_step(logits, top[0], Why, by)
+    return new_state, logits
+
+
+def lm_tokens(x):
+    return np.ascontiguousarray(x, dtype=np.int32)
