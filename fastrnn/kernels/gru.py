@@ -24,7 +24,6 @@ def gru_forward(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
     T = gates.shape[0]
     N, H = hs.shape[1], hs.shape[2]
     lookup = inp.shape[0] == 0
-    half = const(0.5, bh)
     input_side(gates, inp, Wxh)
     for t in range(T):
         recurrent_product(tmp, hs[t], Whh, small)
@@ -35,9 +34,9 @@ def gru_forward(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
                 ar = src[j] + bh[j] + a[j]
                 az = src[H + j] + bh[H + j] + a[H + j]
                 ahn = a[2 * H + j]
-                r = half + half * mathfn.tanh(half * ar)
-                z = half + half * mathfn.tanh(half * az)
-                nn = mathfn.tanh(src[2 * H + j] + bh[2 * H + j] + r * ahn)
+                r = mathfn.sigmoid(ar)
+                z = mathfn.sigmoid(az)
+                nn = mathfn.tanh_call(src[2 * H + j] + bh[2 * H + j] + r * ahn)
                 g[j] = r
                 g[H + j] = z
                 g[2 * H + j] = nn

@@ -26,7 +26,6 @@ def lstm_forward(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
     T = gates.shape[0]
     N, H = hs.shape[1], hs.shape[2]
     lookup = inp.shape[0] == 0
-    half = const(0.5, bh)
     input_side(gates, inp, Wxh)
     for t in range(T):
         recurrent_product(tmp, hs[t], Whh, small)
@@ -38,17 +37,17 @@ def lstm_forward(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
                 af = a[H + j] + src[H + j] + bh[H + j]
                 ao = a[2 * H + j] + src[2 * H + j] + bh[2 * H + j]
                 ag = a[3 * H + j] + src[3 * H + j] + bh[3 * H + j]
-                i = half + half * mathfn.tanh(half * ai)
-                f = half + half * mathfn.tanh(half * af)
-                o = half + half * mathfn.tanh(half * ao)
-                gg = mathfn.tanh(ag)
+                i = mathfn.sigmoid(ai)
+                f = mathfn.sigmoid(af)
+                o = mathfn.sigmoid(ao)
+                gg = mathfn.tanh_call(ag)
                 c = f * c0[j] + i * gg
                 g[j] = i
                 g[H + j] = f
                 g[2 * H + j] = o
                 g[3 * H + j] = gg
                 c1[j] = c
-                h1[j] = o * mathfn.tanh(c)
+                h1[j] = o * mathfn.tanh_call(c)
     apply_mask(out, hs, mask)
 
 
