@@ -28,20 +28,19 @@ def gru_forward(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
     for t in range(T):
         recurrent_product(tmp, hs[t], Whh, small)
         for n in range(N):
+            # short passes that each write one array: LLVM vectorizes them (a fused pass writing several streams
+            # needs too many runtime alias checks and stays scalar)
             src = Wxh[x[n, t]] if lookup else gates[t, n]
             a, g, h0, h1, hnt = tmp[n], gates[t, n], hs[t, n], hs[t + 1, n], hn[t, n]
+            for j in range(2 * H):
+                g[j] = mathfn.sigmoid(src[j] + bh[j] + a[j])
             for j in range(H):
-                ar = src[j] + bh[j] + a[j]
-                az = src[H + j] + bh[H + j] + a[H + j]
-                ahn = a[2 * H + j]
-                r = mathfn.sigmoid(ar)
-                z = mathfn.sigmoid(az)
-                nn = mathfn.tanh_call(src[2 * H + j] + bh[2 * H + j] + r * ahn)
-                g[j] = r
-                g[H + j] = z
-                g[2 * H + j] = nn
-                hnt[j] = ahn
-                h1[j] = nn + z * (h0[j] - nn)
+                hnt[j] = a[2 * H + j]
+            for j in range(H):
+                g[2 * H + j] = mathfn.tanh_call(src[2 * H + j] + bh[2 * H + j] + g[j] * a[2 * H + j])
+            for j in range(H):
+                nn = g[2 * H + j]
+                h1[j] = nn + g[H + j] * (h0[j] - nn)
     apply_mask(out, hs, mask)
 
 
@@ -62,20 +61,29 @@ def gru_backward(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, g
         else:
             rec[:, :] = 0
         for n in range(N):
-            d, rc, cr, g, h0, hnt = dout[t, n], rec[n], carry[n], gates[t, n], hs[t, n], hn[t, n]
+            # short passes writing one array each (vectorized; see gru_forward)
+            d, dh, cr, g, h0, hnt = dout[t, n], rec[n], carry[n], gates[t, n], hs[t, n], hn[t, n]
             dx, dr_h = dxa[t, n], dha[t, n]
-            m = mask[t, n] if masked else d
+            if masked:
+                m = mask[t, n]
+                for j in range(H):
+                    dh[j] = d[j] * m[j] + (dh[j] + cr[j])
+            else:
+                for j in range(H):
+                    dh[j] = d[j] + (dh[j] + cr[j])
+            for j in range(H):  # dn, w.r.t. n's pre-activation
+                z, nn = g[H + j], g[2 * H + j]
+                dx[2 * H + j] = dh[j] * (one - z) * (one - nn * nn)
+            for j in range(H):  # dz
+                z, nn = g[H + j], g[2 * H + j]
+                dx[H + j] = dh[j] * (h0[j] - nn) * z * (one - z)
+            for j in range(H):  # dr
+                r = g[j]
+                dx[j] = dx[2 * H + j] * hnt[j] * r * (one - r)
+            for j in range(2 * H):
+                dr_h[j] = dx[j]
             for j in range(H):
-                dh = (d[j] * m[j] if masked else d[j]) + rc[j] + cr[j]
-                r, z, nn = g[j], g[H + j], g[2 * H + j]
-                dn = dh * (one - z) * (one - nn * nn)
-                dz = dh * (h0[j] - nn) * z * (one - z)
-                dr = dn * hnt[j] * r * (one - r)
-                dx[j] = dr
-                dx[H + j] = dz
-                dx[2 * H + j] = dn
-                dr_h[j] = dr
-                dr_h[H + j] = dz
-                dr_h[2 * H + j] = dn * r
-                cr[j] = dh * z
+                dr_h[2 * H + j] = dx[2 * H + j] * g[j]
+            for j in range(H):  # the direct path to h_{t-1}
+                cr[j] = dh[j] * g[H + j]
     weight_gradients(dWxh, dWhh, dbh, dout, dxa, dha, acc, x, inp, hs, Wxh)

@@ -30,24 +30,20 @@ def lstm_forward(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
     for t in range(T):
         recurrent_product(tmp, hs[t], Whh, small)
         for n in range(N):
+            # short passes that each write one array: LLVM vectorizes them (one fused pass writing seven streams
+            # needs too many runtime alias checks and stays scalar, ~5x slower)
             src = Wxh[x[n, t]] if lookup else gates[t, n]
             a, g, c0, c1, h1 = tmp[n], gates[t, n], cs[t, n], cs[t + 1, n], hs[t + 1, n]
+            for j in range(4 * H):
+                a[j] = a[j] + src[j] + bh[j]
+            for j in range(3 * H):
+                g[j] = mathfn.sigmoid(a[j])
+            for j in range(3 * H, 4 * H):
+                g[j] = mathfn.tanh_call(a[j])
             for j in range(H):
-                ai = a[j] + src[j] + bh[j]
-                af = a[H + j] + src[H + j] + bh[H + j]
-                ao = a[2 * H + j] + src[2 * H + j] + bh[2 * H + j]
-                ag = a[3 * H + j] + src[3 * H + j] + bh[3 * H + j]
-                i = mathfn.sigmoid(ai)
-                f = mathfn.sigmoid(af)
-                o = mathfn.sigmoid(ao)
-                gg = mathfn.tanh_call(ag)
-                c = f * c0[j] + i * gg
-                g[j] = i
-                g[H + j] = f
-                g[2 * H + j] = o
-                g[3 * H + j] = gg
-                c1[j] = c
-                h1[j] = o * mathfn.tanh_call(c)
+                c1[j] = g[H + j] * c0[j] + g[j] * g[3 * H + j]
+            for j in range(H):
+                h1[j] = g[2 * H + j] * mathfn.tanh_call(c1[j])
     apply_mask(out, hs, mask)
 
 
@@ -69,17 +65,32 @@ def lstm_backward(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates
         else:
             rec[:, :] = 0
         for n in range(N):
-            d, r, g, c0, c1, dcn, dan = dout[t, n], rec[n], gates[t, n], cs[t, n], cs[t + 1, n], dc[n], da[t, n]
-            m = mask[t, n] if masked else d
-            for j in range(H):
-                dh = (d[j] * m[j] if masked else d[j]) + r[j]
-                i, f, o, gg = g[j], g[H + j], g[2 * H + j], g[3 * H + j]
+            # short passes writing one array each (vectorized; see lstm_forward)
+            d, dh, g, c0, c1, dcn, dan = dout[t, n], rec[n], gates[t, n], cs[t, n], cs[t + 1, n], dc[n], da[t, n]
+            if masked:
+                m = mask[t, n]
+                for j in range(H):
+                    dh[j] = d[j] * m[j] + dh[j]
+            else:
+                for j in range(H):
+                    dh[j] = d[j] + dh[j]
+            for j in range(H):  # do
                 tc = mathfn.tanh(c1[j])
-                dcv = dcn[j] + dh * o * (one - tc * tc)
-                dan[j] = dcv * gg * i * (one - i)
-                dan[H + j] = dcv * c0[j] * f * (one - f)
-                dan[2 * H + j] = dh * tc * o * (one - o)
-                dan[3 * H + j] = dcv * i * (one - gg * gg)
-                dcn[j] = dcv * f
+                o = g[2 * H + j]
+                dan[2 * H + j] = dh[j] * tc * o * (one - o)
+            for j in range(H):  # dc = dc_next + dh * o * tanh'(c)
+                tc = mathfn.tanh_call(c1[j])
+                dcn[j] = dcn[j] + dh[j] * g[2 * H + j] * (one - tc * tc)
+            for j in range(H):  # di
+                i = g[j]
+                dan[j] = dcn[j] * g[3 * H + j] * i * (one - i)
+            for j in range(H):  # df
+                f = g[H + j]
+                dan[H + j] = dcn[j] * c0[j] * f * (one - f)
+            for j in range(H):  # dg
+                gg = g[3 * H + j]
+                dan[3 * H + j] = dcn[j] * g[j] * (one - gg * gg)
+            for j in range(H):  # dc_next = dc * f
+                dcn[j] = dcn[j] * g[H + j]
     weight_gradients(dWxh, dWhh, dbh, dout, da, da, acc, x, inp, hs, Wxh)
 
