@@ -164,10 +164,14 @@ def recurrent_gradient(out, d, W, small):
 
 @kernel
 def input_side(gates, inp, Wxh):
-    """gates: (T, N, G*H) = inp: (T, N, H) @ Wxh: (H, G*H) as one product over all positions (not for layer 0)."""
+    """gates: (T, N, G*H) = inp: (T, N, H) @ Wxh: (H, G*H) as one product over all positions (not for layer 0).
+    Hand loops for one or two rows (a generation step): OpenBLAS's sgemm packs all of Wxh even for one row."""
     T, N, GH = gates.shape
     if inp.shape[0] > 0:
-        gemm(gates.reshape(T * N, GH), inp.reshape(T * N, inp.shape[2]), False, Wxh, False, 1.0, 0.0)
+        if T * N <= 2:
+            matmul_small(gates.reshape(T * N, GH), inp.reshape(T * N, inp.shape[2]), Wxh)
+        else:
+            gemm(gates.reshape(T * N, GH), inp.reshape(T * N, inp.shape[2]), False, Wxh, False, 1.0, 0.0)
 
 
 @kernel
