@@ -1,9 +1,11 @@
 """The numba backend: the functions of fastrnn.reference (forward_backward, forward_loss, step, clip_gradients,
 sgd_update, adagrad_update, rmsprop_update, adam_update) with the same signatures and semantics.
 
-Layout: jit.py (JIT options), mathfn.py (vectorizable tanh/exp), rnn.py (RNN layer), softmax_xent.py (output
-layer), lm.py (the whole model as one call), optim.py (clipping and updates), blas.py (GEMM through NumPy's
-OpenBLAS), backend.py (the Python API), threads.py (thread counts).
+Layout: jit.py (JIT options), mathfn.py (vectorizable tanh/exp/sigmoid), rnn.py (RNN layer, and the general
+layer interface), gru.py and lstm.py (GRU and LSTM layers), softmax_xent.py (output layer), lm.py (the one-layer
+vanilla RNN as one call), stack.py (any other model: cells, stacked layers, dropout, layer by layer), optim.py
+(clipping and updates), blas.py (GEMM through NumPy's OpenBLAS), backend.py (the Python API), threads.py (thread
+counts).
 
 The kernels load on first use of one of these names (PEP 562), so `fastrnn.kernels.threads` stays cheap to import.
 """
