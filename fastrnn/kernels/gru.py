@@ -36,8 +36,10 @@ def gru_forward(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
                 g[j] = mathfn.sigmoid(src[j] + bh[j] + a[j])
             for j in range(H):
                 hnt[j] = a[2 * H + j]
-            for j in range(H):
-                g[2 * H + j] = mathfn.tanh_call(src[2 * H + j] + bh[2 * H + j] + g[j] * a[2 * H + j])
+            for j in range(H):  # (reading g[j] and writing g[2H + j] in one loop would not vectorize)
+                a[2 * H + j] = src[2 * H + j] + bh[2 * H + j] + g[j] * hnt[j]
+            for j in range(2 * H, 3 * H):
+                g[j] = mathfn.tanh_call(a[j])
             for j in range(H):
                 nn = g[2 * H + j]
                 h1[j] = nn + g[H + j] * (h0[j] - nn)
@@ -77,9 +79,9 @@ def gru_backward(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, g
             for j in range(H):  # dz
                 z, nn = g[H + j], g[2 * H + j]
                 dx[H + j] = dh[j] * (h0[j] - nn) * z * (one - z)
-            for j in range(H):  # dr
-                r = g[j]
-                dx[j] = dx[2 * H + j] * hnt[j] * r * (one - r)
+            for j in range(H):  # dr (dn recomputed: reading dx[2H + j] while writing dx[j] would not vectorize)
+                r, z, nn = g[j], g[H + j], g[2 * H + j]
+                dx[j] = dh[j] * (one - z) * (one - nn * nn) * hnt[j] * r * (one - r)
             for j in range(2 * H):
                 dr_h[j] = dx[j]
             for j in range(H):
