@@ -226,8 +226,8 @@ def rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, tmp, small):
     """One tanh layer forward (general interface above): hs[t+1] = tanh(in_t + hs[t] @ Whh + bh).
 
     hs: (T+1, N, H); out: (T, N, H) (written only with a mask); x: (N, T) int32; inp: (T, N, H) or 0 rows;
-    Wxh: (V or H, H); Whh: (H, H); bh: (H,); mask: (T, N, H) or 0 rows; tmp: (T, N, H) input-side scratch
-    (used above layer 0) and its row 0 also the (N, H) recurrent product.
+    Wxh: (V or H, H); Whh: (H, H); bh: (H,); mask: (T, N, H) or 0 rows; tmp: (T, N, H) scratch for the input
+    side (used above layer 0). The recurrent product of step t goes straight to hs[t+1], then tanh in place.
     """
     T = hs.shape[0] - 1
     N, H = hs.shape[1], hs.shape[2]
