@@ -27,15 +27,18 @@ def panels(rows):
     return dict(sorted(out.items()))
 
 
-def plot(results, output, batches=None, dtypes=None):
-    """Write the PNG. results: the JSON object of benchmarks.throughput. Returns the number of panels drawn."""
+def plot(results, output, batches=None, dtypes=None, model="rnn"):
+    """Write the PNG. results: the JSON object of benchmarks.throughput; model: NAME or NAME:LAYERS, the rows
+    drawn. Returns the number of panels drawn."""
+    name, _, layers = model.partition(":")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in results["rows"] if (not batches or r["batch"] in batches)
-            and (not dtypes or r["dtype"] in dtypes)]
+            and (not dtypes or r["dtype"] in dtypes)
+            and (r.get("model", "rnn"), r.get("layers", 1)) == (name, int(layers or 1))]
     data = panels(rows)
     if not data:
         raise ValueError("no rows to plot (check --batch and --dtype)")
@@ -58,7 +61,7 @@ def plot(results, output, batches=None, dtypes=None):
     axes[0][-1].legend(fontsize=7, ncol=2)
     cpu = results.get("machine", {}).get("cpu", "")
     seq = rows[0].get("seq_len", "")
-    fig.suptitle(f"Training throughput, T={seq}, {cpu}")
+    fig.suptitle(f"Training throughput, {model}, T={seq}, {cpu}")
     fig.tight_layout()
     fig.savefig(output)
     plt.close(fig)
@@ -71,10 +74,11 @@ def main(argv=None):
     p.add_argument("--output", "-o", default="throughput.png", help="PNG to write")
     p.add_argument("--batch", type=parse_list, default=None, help="only these batch sizes")
     p.add_argument("--dtype", type=lambda s: parse_list(s, str), default=None, help="only these dtypes")
+    p.add_argument("--model", default="rnn", help="the model's rows to draw: NAME or NAME:LAYERS (default rnn)")
     args = p.parse_args(argv)
     with open(args.json) as f:
         results = json.load(f)
-    n = plot(results, args.output, args.batch, args.dtype)
+    n = plot(results, args.output, args.batch, args.dtype, args.model)
     print(f"wrote {args.output} ({n} panel{'s' if n != 1 else ''})")
     return 0
 

@@ -16,13 +16,20 @@ data (loss, every gradient, the final state and the parameters after clip + Adam
 against the reference on one sequence; rows record `checked`. The first step (numba JIT compilation, BLAS
 start-up) is timed apart as `compile_seconds`; throughput is the median over repeats of the steady state.
 
-GFLOP/s counts the matrix products of the vanilla RNN, per character:
+GFLOP/s counts the matrix products per character. For the vanilla RNN:
 
     flops_per_char = 6*H*H + 6*V*H
         forward   h @ Whh (2HH), h @ Why (2HV)
         backward  dz @ Whh.T and dWhh (4HH), dlogits @ Why.T and dWhy (4HV)
 
-(the input side is a table lookup; elementwise work is not counted). `peak_fraction` divides by the sgemm or
+and for L layers of a cell with G gate blocks (rnn 1, gru 3, lstm 4):
+
+    flops_per_char = 6*G*H*H*(2L - 1) + 6*V*H
+        layer 0: the recurrent product h @ Whh (H, G*H) forward and its two backward products (6GHH); layers
+        1..L-1 also the input product (6GHH each); the output layer 6VH
+
+(layer 0's input side is a table lookup; elementwise work is not counted). `--models rnn,gru,lstm,lstm:2` picks
+the models (NAME or NAME:LAYERS); the seed-style contender exists for the 1-layer rnn only. `peak_fraction` divides by the sgemm or
 dgemm rate of this machine at the row's thread count, measured in the same run on (2048, 2048) products.
 """
 
@@ -56,8 +63,26 @@ API = ("forward_backward", "clip_gradients", "adam_update")  # what a training s
 CHECK_TOL = {"float32": 2e-3, "float64": 1e-9}  # max |a - b| / max |reference| per array
 
 
-def flops_per_char(H, vocab=V):
-    return 6 * H * H + 6 * vocab * H
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def flops_per_char(H, vocab=V, model="rnn", layers=1):
+    return 6 * GATES[model] * H * H * (2 * layers - 1) + 6 * vocab * H
+
+
+def parse_models(text):
+    """'rnn,lstm:2' -> [('rnn', 1), ('lstm', 2)]."""
+    out = []
+    for item in text.split(","):
+        name, _, layers = item.strip().partition(":")
+        if name not in GATES:
+            raise argparse.ArgumentTypeError(f"unknown model {name!r}; choose from {', '.join(GATES)}")
+        out.append((name, int(layers or 1)))
+    return out
+
+
+def model_label(model, layers):
+    return model if layers == 1 else f"{model}:{layers}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -73,14 +98,14 @@ def make_data(N, T, seed=1):
 class BackendStep:
     """Parameters, gradients, Adam state and a carried state for one backend; call it for one training step."""
 
-    def __init__(self, backend, H, N, T, dtype, init_scale=0.01, seed=0, tokens=None):
+    def __init__(self, backend, H, N, T, dtype, init_scale=0.01, seed=0, tokens=None, model="rnn", layers=1):
         self.backend = backend
-        self.model = Model(V, H, dtype).init(np.random.default_rng(seed), init_scale)
+        self.model = Model(V, H, dtype, model, layers).init(np.random.default_rng(seed), init_scale)
         self.g = self.model.layout.zeros(self.model.dtype)  # (P,) flat gradients
         self.G = self.model.layout.views(self.g)
         self.m = self.model.layout.zeros(self.model.dtype)  # (P,) Adam first moment
         self.v = self.model.layout.zeros(self.model.dtype)  # (P,) Adam second moment
-        self.h = self.model.zero_state(N)  # (N, H)
+        self.h = self.model.zero_state(N)  # (N, S)
         self.batches = common.Batches(N, T, tokens)
         self.t = 0
         self.loss = None
@@ -123,13 +148,14 @@ def _rel_err(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-def check_backend(backend, H, N, T, dtype):
+def check_backend(backend, H, N, T, dtype, model="rnn", layers=1):
     """Max relative error of `backend` vs the reference over one step from identical parameters and data: loss,
     every gradient and hT of forward_backward, then clip_gradients and adam_update on the same flat buffers."""
     scale = 0.5 / np.sqrt(H)  # Whh's spectral radius about 0.5: a stable recurrence, where rounding cannot grow
-    a, r = (BackendStep(mod, H, N, T, dtype, init_scale=scale) for mod in (backend, reference))
+    a, r = (BackendStep(mod, H, N, T, dtype, init_scale=scale, model=model, layers=layers)
+            for mod in (backend, reference))
     rng = np.random.default_rng(3)
-    h0 = (rng.standard_normal((N, H)) * 0.5).astype(dtype)  # (N, H) a non-zero carried state
+    h0 = (rng.standard_normal(a.h.shape) * 0.5).astype(dtype)  # (N, S) a non-zero carried state
     x, y = make_data(N, T)  # (N, T)
     la, ha = backend.forward_backward(a.model.P, a.G, x, y, h0.copy())
     lr, hr = reference.forward_backward(r.model.P, r.G, x, y, h0.copy())
@@ -174,20 +200,22 @@ def check_seed(H, T, dtype):
 # measurement
 
 
-def measure(contenders, H, N, T, dtype, threads, repeats, min_seconds):
+def measure(contenders, H, N, T, dtype, threads, repeats, min_seconds, model="rnn", layers=1):
     """Rows for one configuration: chars/s of each contender, their timed repeats interleaved.
 
     contenders: {name: backend module ('numba', 'numpy') or None ('seed')}."""
     common.set_threads(threads)
     steps, rows = {}, {}
     for name, backend in contenders.items():
-        row = dict(backend=name, model="rnn", hidden=H, batch=N, seq_len=T, vocab=V, dtype=dtype, threads=threads)
+        if name == "seed" and (model, layers) != ("rnn", 1):
+            continue
+        row = dict(backend=name, model=model, layers=layers, hidden=H, batch=N, seq_len=T, vocab=V, dtype=dtype, threads=threads)
         if name == "seed":
             steps[name] = SeedStep(H, N, T, dtype)
             err = check_seed(H, T, dtype)
         else:
-            steps[name] = BackendStep(backend, H, N, T, dtype)
-            err = check_backend(backend, H, N, T, dtype) if backend is not reference else 0.0
+            steps[name] = BackendStep(backend, H, N, T, dtype, model=model, layers=layers)
+            err = check_backend(backend, H, N, T, dtype, model, layers) if backend is not reference else 0.0
         t0 = time.perf_counter()
         steps[name]()  # first step: JIT compilation (numba), BLAS thread start-up
         row.update(first_step_seconds=time.perf_counter() - t0, check_error=err,
@@ -197,7 +225,7 @@ def measure(contenders, H, N, T, dtype, threads, repeats, min_seconds):
     timings = common.time_interleaved(steps, counts, min_seconds)
     for name, (seconds, calls, samples) in timings.items():
         cps = N * T / seconds
-        rows[name].update(chars_per_sec=cps, gflops=cps * flops_per_char(H) / 1e9, step_ms=seconds * 1e3,
+        rows[name].update(chars_per_sec=cps, gflops=cps * flops_per_char(H, V, model, layers) / 1e9, step_ms=seconds * 1e3,
                           compile_seconds=max(0.0, rows[name]["first_step_seconds"] - seconds),
                           repeats=counts[name], steps_per_repeat=calls,
                           spread=(max(samples) - min(samples)) / seconds)
@@ -206,18 +234,20 @@ def measure(contenders, H, N, T, dtype, threads, repeats, min_seconds):
 
 def add_ratios(rows, peaks):
     """peak_fraction on every row; vs_numpy and vs_seed on numba rows (pairs from the same run)."""
-    by_key = {(r["backend"], r["hidden"], r["batch"], r["dtype"], r["threads"]): r for r in rows}
+    by_key = {(r["backend"], r["model"], r["layers"], r["hidden"], r["batch"], r["dtype"], r["threads"]): r
+              for r in rows}
     for r in rows:
         r["peak_fraction"] = r["gflops"] / peaks[r["dtype"]][str(r["threads"])]
         if r["backend"] == "numba":
             for other in ("numpy", "seed"):
-                o = by_key.get((other, r["hidden"], r["batch"], r["dtype"], r["threads"]))
+                o = by_key.get((other, r["model"], r["layers"], r["hidden"], r["batch"], r["dtype"], r["threads"]))
                 r["vs_" + other] = r["chars_per_sec"] / o["chars_per_sec"] if o else None
 
 
 def evaluate_targets(rows):
     """[{name, key, checks: [{metric, value, threshold, pass}], pass}] (pass None when the row is missing)."""
-    by_key = {(r["hidden"], r["batch"], r["dtype"], r["threads"]): r for r in rows if r["backend"] == "numba"}
+    by_key = {(r["hidden"], r["batch"], r["dtype"], r["threads"]): r for r in rows
+              if r["backend"] == "numba" and (r.get("model", "rnn"), r.get("layers", 1)) == ("rnn", 1)}
     out = []
     for t in TARGETS:
         row = by_key.get((t["hidden"], t["batch"], t["dtype"], t["threads"]))
@@ -233,17 +263,19 @@ def evaluate_targets(rows):
 
 
 def configs(args):
-    """(hidden, batch, dtype, threads) to run, grouped by thread count."""
-    targets = [(t["hidden"], t["batch"], t["dtype"], t["threads"]) for t in TARGETS]
+    """(model, layers, hidden, batch, dtype, threads) to run, grouped by thread count."""
+    targets = [("rnn", 1, t["hidden"], t["batch"], t["dtype"], t["threads"]) for t in TARGETS]
     if args.quick:
         chosen = targets
     else:
-        grid = list(itertools.product(args.hidden, args.batch, args.dtype, args.threads))
+        grid = [(m, l, H, N, dt, thr) for (m, l), H, N, dt, thr in
+                itertools.product(args.models, args.hidden, args.batch, args.dtype, args.threads)]
         chosen = grid + [t for t in targets if t not in grid and args.targets]
-    return sorted(set(chosen), key=lambda c: (c[3], c[2], c[0], c[1]))
+    order = {m: i for i, m in enumerate(args.models)}
+    return sorted(set(chosen), key=lambda c: (c[5], c[4], order.get((c[0], c[1]), -1), c[2], c[3]))
 
 
-TABLE = [("backend", "backend", "s"), ("H", "hidden", "d"), ("N", "batch", "d"), ("dtype", "dtype", "s"),
+TABLE = [("backend", "backend", "s"), ("model", "model", "s"), ("L", "layers", "d"), ("H", "hidden", "d"), ("N", "batch", "d"), ("dtype", "dtype", "s"),
          ("thr", "threads", "d"), ("chars/s", "chars_per_sec", ",.0f"), ("ms/step", "step_ms", ".2f"),
          ("GFLOP/s", "gflops", ".2f"), ("%peak", "peak_fraction", lambda v: f"{100 * v:.1f}"),
          ("x numpy", "vs_numpy", ".2f"), ("x seed", "vs_seed", ".1f"), ("compile s", "compile_seconds", ".2f"),
@@ -262,6 +294,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="only the target rows, float32 (about a minute)")
     p.add_argument("--json", help="write machine, peaks, rows and targets to this JSON file")
+    p.add_argument("--models", type=parse_models, default=[("rnn", 1)],
+                   help="models as NAME or NAME:LAYERS, e.g. rnn,gru,lstm,lstm:2 (default rnn)")
     p.add_argument("--hidden", type=common.parse_list, default=GRID["hidden"], help="hidden sizes H")
     p.add_argument("--batch", type=common.parse_list, default=GRID["batch"], help="batch sizes N")
     p.add_argument("--threads", type=common.parse_list, default=GRID["threads"], help="thread counts")
@@ -306,13 +340,13 @@ def run(args):
     known = {"numba": numba_backend, "numpy": reference, "seed": None}
     contenders = {name: known[name] for name in args.contenders if name != "numba" or numba_backend is not None}
     todo = configs(args)
-    thread_counts = sorted({c[3] for c in todo})
+    thread_counts = sorted({c[5] for c in todo})
     peaks_start = common.measure_peaks(thread_counts, n=args.peak_size)
     rows = []
-    for H, N, dtype, threads in todo:
-        new = measure(contenders, H, N, args.seq_len, dtype, threads, args.repeats, args.min_seconds)
+    for model, layers, H, N, dtype, threads in todo:
+        new = measure(contenders, H, N, args.seq_len, dtype, threads, args.repeats, args.min_seconds, model, layers)
         rows += new
-        print(f"  H{H} N{N} {dtype} {threads}thr: " + ", ".join(
+        print(f"  {model_label(model, layers)} H{H} N{N} {dtype} {threads}thr: " + ", ".join(
             f"{r['backend']} {r['chars_per_sec']:,.0f}" for r in new) + " chars/s", flush=True)
     peaks_end = common.measure_peaks(thread_counts, n=args.peak_size)
     # the machine's peak: the better of the measurements before and after the rows (contention only slows down)
@@ -326,7 +360,7 @@ def run(args):
               ", ".join(f"{v:.1f} GFLOP/s at {k} thr" for k, v in by_threads.items()))
     print(f"throughput = N*T chars per step / median step time; a step is forward_backward + clip + adam (seed: N "
           f"sequences of T through SeedRNN.train_step, lossFun + Adagrad); GFLOP/s with flops_per_char = "
-          f"6*H*H + 6*V*H (V={V}); compile s = first step minus a steady one; " + (
+          f"6*G*H*H*(2L-1) + 6*V*H (V={V}; G = 1 rnn, 3 gru, 4 lstm); compile s = first step minus a steady one; " + (
               f"{args.numba_module} imported and its kernels loaded in {import_seconds:.2f} s" if numba_backend
               else "no numba contender"))
     print_targets(targets)
@@ -343,7 +377,7 @@ def run(args):
             machine=machine, peaks=peaks, peaks_start=peaks_start, peaks_end=peaks_end, rows=rows, targets=targets,
             settings=dict(seq_len=args.seq_len, vocab=V, repeats=args.repeats, min_seconds=args.min_seconds,
                           quick=args.quick, numba_module=args.numba_module, import_seconds=import_seconds,
-                          flops_per_char="6*H*H + 6*V*H", step="forward_backward + clip_gradients(5) + adam_update",
+                          flops_per_char="6*G*H*H*(2L-1) + 6*V*H, G = 1 rnn, 3 gru, 4 lstm", step="forward_backward + clip_gradients(5) + adam_update",
                           seed_step="N x SeedRNN.train_step on T chars (lossFun + Adagrad)",
                           data="tiny Shakespeare, N contiguous streams, carried state")))
         print(f"wrote {args.json}")

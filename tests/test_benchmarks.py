@@ -113,3 +113,24 @@ def test_reference_is_its_own_contender():
     step = throughput.BackendStep(reference, 8, 2, 5, "float32")
     step()
     assert np.isfinite(step.loss) and step.h.shape == (2, 8)
+
+
+def test_throughput_covers_every_model(tmp_path):
+    """Rows for gru and a 2-layer lstm (numba and numpy, no seed contender), FLOPs by the per-model formula."""
+    kernels_or_skip()
+    path = tmp_path / "m.json"
+    status = throughput.main(["--models", "gru,lstm:2", "--hidden", "8", "--batch", "2", "--threads", "1",
+                              "--dtype", "float64", "--seq-len", "5", "--repeats", "2", "--min-seconds", "0",
+                              "--peak-size", "64", "--no-targets", "--json", str(path)])
+    assert status == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert {(r["backend"], r["model"], r["layers"]) for r in rows} == {
+        ("numba", "gru", 1), ("numpy", "gru", 1), ("numba", "lstm", 2), ("numpy", "lstm", 2)}
+    for r in rows:
+        assert r["checked"] and r["chars_per_sec"] > 0
+        G = {"gru": 3, "lstm": 4}[r["model"]]
+        expect = 6 * G * 8 * 8 * (2 * r["layers"] - 1) + 6 * 65 * 8
+        assert r["gflops"] == pytest.approx(r["chars_per_sec"] * expect / 1e9)
+    assert throughput.flops_per_char(512) == 6 * 512 * 512 + 6 * 65 * 512
+    png = tmp_path / "m.png"
+    assert plot.main([str(path), "-o", str(png), "--model", "lstm:2"]) == 0 and png.stat().st_size > 0
