@@ -65,6 +65,7 @@ def main(argv=None):
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--backend", default="numba")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="threads for each run (0: all cores)")
     args = p.parse_args(argv)
 
     os.makedirs(args.out, exist_ok=True)
@@ -77,7 +78,7 @@ def main(argv=None):
             options = dict(model=name, num_layers=args.num_layers, hidden_size=args.hidden_size,
                            batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, max_steps=args.steps,
                            eval_every=args.eval_every, checkpoint_every=0, log_every=50, backend=args.backend,
-                           seed=args.seed)
+                           seed=args.seed, threads=args.threads)
             print(f"training {name} for {args.steps} steps ...", file=sys.stderr, flush=True)
             summary = train(corpus, run, options, force=True)
             model, _, _ = load_model(run)
