@@ -3,7 +3,7 @@
     python -m benchmarks.prepare [FILE ...] [--json PATH] [--repeats R] [--naive-max-mb MB]
 
 Each contender runs in its own subprocess (so its peak RSS is its own, read from getrusage at its end):
-  fastrnn   fastrnn.corpus.prepare: streaming, two passes in 8 MB chunks, HDF5 output
+  fastrnn   fastrnn.corpus.prepare: streaming, two passes in 4 MB chunks (corpus.CHUNK_SIZE), HDF5 output
   naive     torch-rnn's preprocess.py way: read the whole file, sorted(set(text)), a list comprehension of ids,
             numpy array, HDF5 output
 The naive approach needs ~9 bytes of RAM per character (a Python list of ids); on files larger than

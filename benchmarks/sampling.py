@@ -4,8 +4,10 @@
 
 Contenders (all draw one character at a time from the full softmax, temperature 1, one sequence):
 
-    numba-loop      fastrnn.kernels.sample, the whole loop in numba (if the kernels provide it)
-    numba-generate  fastrnn.sample.generate with backend fastrnn.kernels (numba step, Python draw)
+    numba-loop      fastrnn.kernels.sample.generate, if the kernels ever provide one (they do not at present:
+                    the row is then absent)
+    numba-generate  fastrnn.sample.generate with backend fastrnn.kernels: for a 1-layer rnn it runs
+                    fastrnn.kernels.sample.sample_chunk, 64 characters (step and draw) per numba call
     numpy-generate  fastrnn.sample.generate with backend fastrnn.reference
     numpy-loop      a plain NumPy loop as a learner writes it: h = tanh(Wxh[tok] + h @ Whh + bh),
                     logits = h @ Why + by, softmax, rng.choice
