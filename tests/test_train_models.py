@@ -107,3 +107,16 @@ def test_gru_and_lstm_learn(small_corpus, tmp_path):
         summary = train(small_corpus, tmp_path / model, dict(SMALL, model=model, hidden_size=32, batch_size=16,
                                                              seq_len=20, max_steps=150, eval_every=150))
         assert summary["val_loss"] < 0.75 * np.log(29), (model, summary)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rmsprop", "adam"])
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-9), ("float32", 1e-4)])
+def test_every_optimizer_and_dtype_on_a_stacked_lstm(small_corpus, tmp_path, optimizer, dtype, rtol):
+    losses = {}
+    for backend in ("numpy", "numba"):
+        run = tmp_path / backend
+        train(small_corpus, run, dict(SMALL, model="lstm", num_layers=2, dropout=0.2, max_steps=6, backend=backend,
+                                      dtype=dtype, optimizer=optimizer, momentum=0.5 if optimizer == "sgd" else 0))
+        losses[backend] = losses_of(run)
+    np.testing.assert_allclose(losses["numba"], losses["numpy"], rtol=rtol)
+    assert losses["numba"][-1] < losses["numba"][0]
