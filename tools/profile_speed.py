@@ -10,7 +10,8 @@ the step is profiled with them on its corpus; nothing is trained or written. Wit
 bundled tiny Shakespeare.
 
 Phases: data = batch_stream.batch(epoch, index); forward = RNN, output layer, loss and dlogits; backward = the
-output layer's and the RNN's backward; clip = clip_gradients; update = the optimizer. The numpy backend is timed
+output layer's and the RNN's backward; clip = clip_gradients; update = the optimizer. Any --model and
+--num-layers work (dropout masks are not drawn: the step is timed without dropout). The numpy backend is timed
 layer by layer through fastrnn.reference. The numba backend is timed through its layer kernels if it has them
 (checked against its own forward_backward first), else as one `forward_backward` phase.
 """
@@ -30,11 +31,25 @@ from fastrnn.config import DEFAULT_LR, TrainConfig
 from fastrnn.corpus import BatchStream, open_corpus
 from fastrnn.model import Model, get_backend
 from fastrnn.optim import Optimizer, learning_rate
+from fastrnn.params import arch_of
 
 
 def reference_phases(P, G):
     """(forward, backward) for the numpy backend. forward(x, y, h0) -> (loss, hT); backward() fills G."""
     saved = {}
+    if arch_of(P)[:2] != ("rnn", 1):  # any other model: the whole model's forward and backward passes
+        def forward(x, y, h0):
+            logits, fwd, state = ref.model_forward(P, x, h0)
+            loss, dlogits = ref.softmax_xent(logits, y)
+            saved.update(x=x, h0=h0, fwd=fwd, dlogits=dlogits)
+            return loss, state
+
+        def backward():
+            for g in G.values():
+                g[...] = 0
+            ref.model_backward(saved["dlogits"], P, G, saved["x"], saved["h0"], saved["fwd"])
+
+        return forward, backward
 
     def forward(x, y, h0):
         hs = ref.rnn_forward(x, h0, P["Wxh"], P["Whh"], P["bh"])  # (T, N, H)
@@ -53,7 +68,10 @@ def reference_phases(P, G):
 
 def numba_phases(P, G):
     """(forward, backward) through fastrnn.kernels' layer kernels, composed as kernels.lm.lm_forward_backward
-    composes them. Raises (ImportError, AttributeError, ...) if the kernels are not laid out that way."""
+    composes them (1-layer rnn only). Raises (ImportError, AttributeError, ...) if the kernels are not laid out
+    that way or the model is another."""
+    if arch_of(P)[:2] != ("rnn", 1):
+        raise TypeError("layer-by-layer numba split exists for the 1-layer rnn only")
     from fastrnn.kernels import backend as kb
     from fastrnn.kernels.lm import check_tokens
     from fastrnn.kernels.rnn import rnn_backward, rnn_forward
@@ -119,12 +137,13 @@ def profile(config, tokens, vocab_size, steps=20, warmup=3):
     """
     threads = common.set_threads(config.threads or os.cpu_count() or 1)
     backend = get_backend(config.backend)
-    model = Model(vocab_size, config.hidden_size, config.dtype, config.model).init(np.random.default_rng(config.seed), config.init_scale)
+    model = Model(vocab_size, config.hidden_size, config.dtype, config.model, config.num_layers).init(
+        np.random.default_rng(config.seed), config.init_scale, config.init)
     gflat = model.layout.zeros(model.dtype)  # (P,) gradients
     G = model.layout.views(gflat)
     optimizer = Optimizer(config, model.layout.size, model.dtype, backend)
     stream = BatchStream(tokens, config.batch_size, config.seq_len)
-    h = model.zero_state(config.batch_size)  # (N, H)
+    h = model.zero_state(config.batch_size)  # (N, S)
     x, y = stream.batch(0, 0)
     split = split_phases(config.backend, backend, model.P, G, x, y, h)
     names = ["data", "forward", "backward"] if split else ["data", "forward_backward"]
