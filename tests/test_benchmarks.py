@@ -134,3 +134,15 @@ def test_throughput_covers_every_model(tmp_path):
     assert throughput.flops_per_char(512) == 6 * 512 * 512 + 6 * 65 * 512
     png = tmp_path / "m.png"
     assert plot.main([str(path), "-o", str(png), "--model", "lstm:2"]) == 0 and png.stat().st_size > 0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_profile_speed_any_model(small_corpus, tmp_path, capsys, backend):
+    json_path = tmp_path / "p.json"
+    status = profile_speed.main(["--steps", "2", "--warmup", "1", "--json", str(json_path), "--", "fastrnn",
+                                 "train", small_corpus, "--output", str(tmp_path / "run"), "--model", "lstm",
+                                 "--num-layers", "2", "--hidden-size", "8", "--batch-size", "3", "--seq-len", "5",
+                                 "--backend", backend, "--threads", "1"])
+    assert status == 0
+    phases = [r["phase"] for r in json.loads(json_path.read_text())["rows"]]
+    assert phases[1:3] == (["forward", "backward"] if backend == "numpy" else ["forward_backward", "clip"])
