@@ -267,5 +267,34 @@ def write_json(path, data):
 
 
 def parse_list(text, kind=int):
-    """'64,128' -> [64, 128]."""
-    return [kind(v) for v in str(text).split(",") if v.strip()]
+    """'64,128' -> [64, 128]; numbers must be positive."""
+    values = [kind(v) for v in str(text).split(",") if v.strip()]
+    if not values or (kind is int and min(values) <= 0):
+        raise ValueError(f"expected a comma-separated list of positive numbers, got {text!r}")
+    return values
+
+
+def positive_int(text):
+    """argparse type: an integer > 0."""
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def run_cli(main, argv=None):
+    """Run a benchmark or tool's main(); a user error (missing file, bad value, corrupt input) ends with one line
+    on stderr and exit status 1, never a traceback."""
+    import sys
+
+    from fastrnn.errors import FastrnnError
+
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0] if sys.argv and sys.argv[0] else "benchmark"
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except (FastrnnError, OSError, ValueError) as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 1

@@ -8,7 +8,7 @@ One panel per (dtype, threads); one line per (backend, batch): colour is the bat
 import argparse
 import json
 
-from benchmarks.common import parse_list
+from benchmarks.common import parse_list, run_cli
 
 STYLES = {"numba": ("-", "o"), "numpy": ("--", "s"), "seed": (":", "^")}
 
@@ -84,4 +84,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -130,10 +130,10 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", help="write machine and rows to this JSON file")
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--length", type=int, default=2000, help="characters generated per timed call")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--hidden", type=common.positive_int, default=512)
+    p.add_argument("--length", type=common.positive_int, default=2000, help="characters generated per timed call")
+    p.add_argument("--threads", type=common.positive_int, default=1)
+    p.add_argument("--repeats", type=common.positive_int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--numba-module", default="fastrnn.kernels")
     args = p.parse_args(argv)
@@ -157,4 +157,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.run_cli(main))

@@ -385,4 +385,4 @@ def run(args):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.run_cli(main))

@@ -146,3 +146,28 @@ def test_profile_speed_any_model(small_corpus, tmp_path, capsys, backend):
     assert status == 0
     phases = [r["phase"] for r in json.loads(json_path.read_text())["rows"]]
     assert phases[1:3] == (["forward", "backward"] if backend == "numpy" else ["forward_backward", "clip"])
+
+
+@pytest.mark.parametrize("args", [
+    ["benchmarks.throughput", "--hidden", "0"],
+    ["benchmarks.throughput", "--models", "transformer"],
+    ["benchmarks.plot", "{d}/missing.json"],
+    ["benchmarks.plot", "{d}/broken.json"],
+    ["benchmarks.sampling", "--hidden", "-1"],
+    ["tools.profile_speed", "--", "fastrnn", "train", "{d}/missing.h5", "-o", "{d}/run"],
+    ["tools.profile_speed", "--hidden", "0"],
+    ["tools.compare_models", "{d}/missing.txt", "--out", "{d}/cmp"],
+], ids=lambda a: " ".join(a[:2]))
+def test_bad_input_to_benchmarks_and_tools(tmp_path, args):
+    """Each: a non-zero exit and an error line on stderr, no traceback, nothing written."""
+    import subprocess
+    import sys
+
+    (tmp_path / "broken.json").write_text("{")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
+    r = subprocess.run([sys.executable, "-m", *[a.format(d=tmp_path) for a in args]], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "error" in r.stderr.splitlines()[-1], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

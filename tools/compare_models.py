@@ -68,11 +68,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="threads for each run (0: all cores)")
     args = p.parse_args(argv)
 
-    os.makedirs(args.out, exist_ok=True)
     models = args.models.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as work:
         corpus = corpus_path(args.corpus, work)
+        os.makedirs(args.out, exist_ok=True)
         for name in models:
             run = os.path.join(args.out, "runs", name)
             options = dict(model=name, num_layers=args.num_layers, hidden_size=args.hidden_size,
@@ -119,4 +119,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.common import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -75,7 +75,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--csv", default="memory.csv", help="CSV output (seconds,rss_mb)")
     parser.add_argument("--plot", default=None, help="PNG output (needs matplotlib)")
-    parser.add_argument("--interval", type=float, default=0.2, help="seconds between samples")
+    parser.add_argument("--interval", type=lambda v: float(v) if float(v) > 0 else float("x"), default=0.2,
+                        help="seconds between samples (> 0)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     args = parser.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -92,4 +93,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchmarks.common import run_cli
+
+    sys.exit(run_cli(main))

@@ -253,4 +253,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchmarks.common import run_cli
+
+    sys.exit(run_cli(main))
