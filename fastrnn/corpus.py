@@ -224,12 +224,14 @@ def _read_chunks(path, chunk_size):
             offset += len(data)
 
 
-def _code_chunks(files, *, level, encoding, errors, lowercase, letters_only, chunk_size, progress=None,
+def _code_chunks(files, *, level, encoding, errors, lowercase, letters_only, chunk_size, utf8_op, progress=None,
                  phase=""):
-    """Yield pieces (kind, array) of the concatenated, normalized inputs: ('codes', (M,) code points or byte
-    values) or ('utf8', (B,) uint8 valid UTF-8 bytes, decoded by the consumer's fused numba loop).
+    """Yield the (M,) code points or byte values of the concatenated, normalized inputs, chunk by chunk.
 
-    Raises CorpusError naming the file and byte offset of a NUL byte or (errors='strict') invalid text.
+    Strict UTF-8 without normalization (the common case) yields nothing: its bytes go to
+    utf8_op((B,) uint8) -> (consumed, status), a fused numba loop (textscan.utf8_check_*) that validates them and
+    counts or maps their code points. Raises CorpusError naming the file and byte offset of a NUL byte or
+    (errors='strict') invalid text.
     """
     total = sum(os.path.getsize(f) for f in files)
     done = 0
@@ -240,13 +242,13 @@ def _code_chunks(files, *, level, encoding, errors, lowercase, letters_only, chu
         if level == "byte":
             chunks = _byte_chunks(path, chunk_size, lowercase)
         elif plain and codec == "utf-8" and errors == "strict":
-            chunks = _utf8_chunks(path, chunk_size)
+            chunks = _utf8_chunks(path, chunk_size, utf8_op)
         else:
             chunks = _decoded_chunks(path, chunk_size, codec, errors, _Normalizer(lowercase, letters_only),
                                      ascii_ok=plain and codec in _ASCII_COMPATIBLE, wide=wide)
-        for nbytes, piece in chunks:
-            if len(piece[1]):
-                yield piece
+        for nbytes, codes in chunks:
+            if codes is not None and len(codes):
+                yield codes
             done += nbytes
             if progress:
                 progress(phase, done, total)
@@ -261,7 +263,7 @@ def _check_nul(path, offset, data):
 def _byte_chunks(path, chunk_size, lowercase):
     for offset, data in _read_chunks(path, chunk_size):
         _check_nul(path, offset, data)
-        yield len(data), ("codes", np.frombuffer(data.lower() if lowercase else data, dtype=np.uint8))
+        yield len(data), np.frombuffer(data.lower() if lowercase else data, dtype=np.uint8)
 
 
 def _invalid(path, encoding, reason, offset):
@@ -269,23 +271,50 @@ def _invalid(path, encoding, reason, offset):
                        f"replace or ignore, or --encoding)")
 
 
-def _utf8_chunks(path, chunk_size):
-    """Strict UTF-8 without normalization (the common case): the codec validates, numba decodes."""
-    pending = b""  # the bytes of a character cut by the chunk boundary
-    for offset, data in _read_chunks(path, chunk_size):
-        _check_nul(path, offset, data)
-        if not pending and data.isascii():
-            yield len(data), ("codes", np.frombuffer(data, dtype=np.uint8))  # ASCII bytes are code points
-            continue
-        buf = pending + data if pending else data
-        try:
-            _, consumed = codecs.utf_8_decode(buf, "strict", False)
-        except UnicodeDecodeError as exc:
-            raise _invalid(path, "utf-8", exc.reason, offset - len(pending) + exc.start) from None
-        pending = buf[consumed:]
-        yield len(data), ("utf8", np.frombuffer(buf, dtype=np.uint8, count=consumed))
+def _utf8_chunks(path, chunk_size, utf8_op):
+    """Strict UTF-8 without normalization (the common case): one reused buffer, read into, handed to utf8_op,
+    which validates (numba) and counts or maps. Yields (bytes read, None) per chunk."""
+    from fastrnn.textscan import OK
+
+    buf = np.empty(chunk_size + 4, dtype=np.uint8)  # the bytes of a character cut by the boundary, then a chunk
+    view = memoryview(buf)
+    pending = 0  # bytes carried at buf[:pending]
+    offset = 0  # file offset of buf[pending]
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(view[pending: pending + chunk_size])
+            if not n:
+                break
+            end = pending + n
+            consumed, status = utf8_op(buf[:end])
+            if status != OK:
+                raise _utf8_error(path, buf, pending, end, offset, consumed, status)
+            rest = end - consumed
+            buf[:rest] = buf[consumed:end].copy()
+            pending = rest
+            offset += n
+            yield n, None
     if pending:
-        raise _invalid(path, "utf-8", "unexpected end of data", os.path.getsize(path) - len(pending))
+        raise _invalid(path, "utf-8", "unexpected end of data", offset - pending)
+
+
+def _utf8_error(path, buf, pending, end, offset, pos, status):
+    """The CorpusError for a NUL byte or invalid UTF-8 found at buf[pos] (buf[:pending] carried over, the chunk
+    at buf[pending:end] read from file offset `offset`): the first NUL byte of the chunk, else the codec's own
+    reason and offset."""
+    from fastrnn.textscan import NUL
+
+    base = offset - pending  # file offset of buf[0]
+    if status == NUL:
+        return CorpusError(f"{path} looks like a binary file: NUL byte at byte offset {base + pos}")
+    nul = buf[pending:end].tobytes().find(b"\x00")
+    if nul >= 0:
+        return CorpusError(f"{path} looks like a binary file: NUL byte at byte offset {offset + nul}")
+    try:
+        codecs.utf_8_decode(buf[:end].tobytes(), "strict", False)
+    except UnicodeDecodeError as exc:
+        return _invalid(path, "utf-8", exc.reason, base + exc.start)
+    return _invalid(path, "utf-8", "invalid byte", base + pos)  # not reached: the loops reject what the codec does
 
 
 def _decoded_chunks(path, chunk_size, codec, errors, norm, ascii_ok, wide):
@@ -295,7 +324,7 @@ def _decoded_chunks(path, chunk_size, codec, errors, norm, ascii_ok, wide):
         if not wide:
             _check_nul(path, offset, data)
         if ascii_ok and data.isascii() and not decoder.getstate()[0]:
-            yield len(data), ("codes", np.frombuffer(data, dtype=np.uint8))
+            yield len(data), np.frombuffer(data, dtype=np.uint8)
             continue
         pending = len(decoder.getstate()[0])
         try:
@@ -304,13 +333,13 @@ def _decoded_chunks(path, chunk_size, codec, errors, norm, ascii_ok, wide):
             raise _invalid(path, codec, exc.reason, offset - pending + exc.start) from None
         if wide and "\x00" in text:
             raise CorpusError(f"{path} looks like a binary file: NUL character near byte offset {offset}")
-        yield len(data), ("codes", _codepoints(norm(text)))
+        yield len(data), _codepoints(norm(text))
     pending = len(decoder.getstate()[0])
     try:
         tail = decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
         raise _invalid(path, codec, exc.reason, os.path.getsize(path) - pending + exc.start) from None
-    yield 0, ("codes", _codepoints(norm(tail)))
+    yield 0, _codepoints(norm(tail))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -353,7 +382,7 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
         raise CorpusError(f"output directory {out_dir} does not exist")
 
     _limit_malloc_retention()
-    from fastrnn.textscan import count_codes, map_codes, utf8_count, utf8_map
+    from fastrnn.textscan import count_codes, map_codes, utf8_check_count, utf8_check_map
 
     spool = None
     try:
@@ -372,12 +401,16 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
         # pass 1: vocabulary and length
         counts = np.zeros(256 if level == "byte" else sys.maxunicode + 1, dtype=np.int64)  # (codes,)
         total = 0
-        for kind, data in _code_chunks(files, phase="scan", **opts):
-            if kind == "utf8":
-                total += utf8_count(data, counts)
-            else:
-                count_codes(data, counts)
-                total += len(data)
+
+        def scan_utf8(data):
+            nonlocal total
+            n, consumed, status = utf8_check_count(data, counts)
+            total += n
+            return consumed, status
+
+        for codes in _code_chunks(files, phase="scan", utf8_op=scan_utf8, **opts):
+            count_codes(codes, counts)
+            total += len(codes)
         if total == 0:
             raise CorpusError(f"the corpus is empty ({', '.join(_names(inputs))})")
         if total < 2:
@@ -393,20 +426,10 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(output) + ".", suffix=".tmp", dir=out_dir)
         os.close(fd)
         try:
+            # The splits are contiguous datasets allocated up front (no fill) whose ids are written straight into
+            # the file at their offsets by a background thread while this one reads and maps the next chunk.
             with h5py.File(tmp, "w") as f:
-                dsets = [f.create_dataset(name, shape=(sizes[name],), dtype=dtype) for name in SPLITS]
-                bounds = np.cumsum([0] + [sizes[name] for name in SPLITS])
-                pos = 0
-                for kind, data in _code_chunks(files, phase="write", **opts):
-                    ids = np.empty(len(data), dtype=dtype)  # (M,), M <= len(data)
-                    if kind == "utf8":
-                        ids = ids[: utf8_map(data, lut, ids)]
-                    else:
-                        map_codes(data, lut, ids)
-                    _write_span(dsets, bounds, pos, ids)
-                    pos += len(ids)
-                if pos != total:
-                    raise CorpusError("an input changed while it was being read; run prepare again")
+                offsets = [_create_split(f, name, sizes[name], dtype) for name in SPLITS]
                 config = {"level": level, "val_frac": val_frac, "test_frac": test_frac, "lowercase": lowercase,
                           "letters_only": letters_only, "encoding": encoding, "errors": errors}
                 sources = [{"path": "<stdin>" if p == spool else os.path.abspath(p), "bytes": os.path.getsize(p)}
@@ -417,8 +440,30 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
                 f.attrs["config"] = json.dumps(config)
                 f.attrs["sources"] = json.dumps(sources)
                 f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
+            bounds = np.cumsum([0] + [sizes[name] for name in SPLITS])
+            with _SplitWriter(tmp, offsets, bounds, dtype, chunk_size + 4) as writer:
+                pos = 0
+                ids = writer.buffer()
+
+                def write_utf8(data):
+                    nonlocal pos, ids
+                    n, consumed, status = utf8_check_map(data, lut, ids)
+                    if n:
+                        writer.write(pos, ids, n)
+                        pos += n
+                        ids = writer.buffer()
+                    return consumed, status
+
+                for codes in _code_chunks(files, phase="write", utf8_op=write_utf8, **opts):
+                    if len(codes) > len(ids):  # lowercasing can lengthen text
+                        ids = np.empty(len(codes), dtype=dtype)
+                    map_codes(codes, lut, ids)
+                    writer.write(pos, ids, len(codes))
+                    pos += len(codes)
+                    ids = writer.buffer()
+                if pos != total:
+                    raise CorpusError("an input changed while it was being read; run prepare again")
+                writer.finish()  # all written and on disk (fsync)
             os.replace(tmp, output)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -446,13 +491,132 @@ def _names(inputs):
     return [os.fspath(i) for i in inputs]
 
 
-def _write_span(dsets, bounds, pos, ids):
-    """Write ids at global position pos across the split datasets whose global bounds are `bounds`."""
-    end = pos + len(ids)
-    for k, d in enumerate(dsets):
-        a, b = max(pos, bounds[k]), min(end, bounds[k + 1])
-        if a < b:
-            d[a - bounds[k]: b - bounds[k]] = ids[a - pos: b - pos]
+def _create_split(f, name, n, dtype):
+    """Create split `name` of n ids in HDF5 file f as a contiguous dataset whose storage is allocated now and
+    never filled; returns its byte offset in the file (None when n == 0)."""
+    from h5py import h5d, h5p, h5s, h5t
+
+    dcpl = h5p.create(h5p.DATASET_CREATE)
+    dcpl.set_layout(h5d.CONTIGUOUS)
+    dcpl.set_alloc_time(h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5d.FILL_TIME_NEVER)
+    d = h5d.create(f.id, name.encode(), h5t.py_create(np.dtype(dtype)), h5s.create_simple((n,)), dcpl=dcpl)
+    offset = d.get_offset()
+    if n and offset is None:
+        raise CorpusError(f"HDF5 did not allocate the {name} split")
+    return offset
+
+
+class _SplitWriter:
+    """Writes ids at global token positions into the splits' storage (byte offsets `offsets`, global bounds
+    `bounds`) of a closed HDF5 file, from a background thread, starting the disk writeback as it goes so that
+    the final fsync has little left to do. Id buffers circulate through a small pool: `buffer()` hands out a
+    free one, `write(pos, buf, n)` queues buf[:n] and takes the buffer back when written."""
+
+    POOL = 3
+    SYNC_EVERY = 32 << 20  # start writeback after this many bytes
+
+    def __init__(self, path, offsets, bounds, dtype, size):
+        import queue
+        import threading
+
+        self.offsets, self.bounds, self.itemsize = offsets, bounds, np.dtype(dtype).itemsize
+        self.fd = os.open(path, os.O_WRONLY)
+        self.free, self.todo = queue.Queue(), queue.Queue()
+        for _ in range(self.POOL):
+            self.free.put(np.empty(size, dtype=dtype))
+        self.error = None
+        self.unsynced = []  # (offset, length) written since the last writeback start
+        self.unsynced_bytes = 0
+        self.thread = threading.Thread(target=self._run, name="fastrnn-prepare-writer", daemon=True)
+        self.thread.start()
+
+    def buffer(self):
+        self._check()
+        return self.free.get()
+
+    def write(self, pos, buf, n):
+        self._check()
+        self.todo.put((pos, buf, n))
+
+    def finish(self):
+        """Wait for every queued write, then fsync the file."""
+        self._stop()
+        self._check()
+        os.fsync(self.fd)
+
+    def _check(self):
+        if self.error is not None:
+            raise self.error
+
+    def _stop(self):
+        if self.thread is not None:
+            self.todo.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def _run(self):
+        while True:
+            item = self.todo.get()
+            if item is None:
+                return
+            pos, buf, n = item
+            try:
+                if self.error is None:
+                    self._write(pos, buf[:n])
+            except BaseException as exc:  # reported to the main thread at its next call
+                self.error = exc
+            finally:
+                self.free.put(buf)
+
+    def _write(self, pos, ids):
+        end = pos + len(ids)
+        for k, offset in enumerate(self.offsets):
+            a, b = max(pos, self.bounds[k]), min(end, self.bounds[k + 1])
+            if a < b:
+                where = offset + int(a - self.bounds[k]) * self.itemsize
+                data = memoryview(ids[a - pos: b - pos]).cast("B")
+                while len(data):
+                    done = os.pwrite(self.fd, data, where)
+                    data, where = data[done:], where + done
+                self.unsynced.append((offset + int(a - self.bounds[k]) * self.itemsize,
+                                      int(b - a) * self.itemsize))
+                self.unsynced_bytes += int(b - a) * self.itemsize
+        if self.unsynced_bytes >= self.SYNC_EVERY:
+            for offset, length in self.unsynced:
+                _start_writeback(self.fd, offset, length)
+            self.unsynced, self.unsynced_bytes = [], 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._stop()
+        finally:
+            os.close(self.fd)
+
+
+_SYNC_FILE_RANGE = []  # [libc function] or [None] once looked up
+
+
+def _start_writeback(fd, offset, length):
+    """Start writing the dirty pages of a file range to disk without waiting (Linux sync_file_range with
+    SYNC_FILE_RANGE_WRITE); a no-op elsewhere. Durability still comes from the fsync at the end."""
+    if not _SYNC_FILE_RANGE:
+        fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            except (OSError, AttributeError):
+                fn = None
+        _SYNC_FILE_RANGE.append(fn)
+    fn = _SYNC_FILE_RANGE[0]
+    if fn is not None:
+        fn(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; errors are left to the final fsync
 
 
 def _spool_stdin(out_dir):
@@ -525,6 +689,11 @@ class Corpus:
             self._maps[name] = arr
         return self._maps[name]
 
+    def release_pages(self):
+        """Drop the pages of the split memory maps opened so far from this process's resident set (see
+        `release_pages`); the maps stay valid. Returns the number of mapped bytes advised (0 where unsupported)."""
+        return sum(release_pages(arr) for arr in self._maps.values())
+
     def sizes(self):
         return {name: int(self._file[name].shape[0]) for name in SPLITS}
 
@@ -546,6 +715,31 @@ class Corpus:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def release_pages(array):
+    """Drop the pages of the read-only numpy.memmap `array` (a Corpus.split map or a slice of one) from
+    this process's resident set, without unmapping: madvise(MADV_DONTNEED) on the whole mapping. The data stay
+    in the OS page cache, so reading them again costs a minor page fault, not disk I/O; the array stays valid.
+
+    File-backed pages a process has touched count in its RSS, so a long pass over a memory-mapped split makes RSS
+    grow towards the split's size; calling this now and then keeps it flat. Cheap (one system call; the cost is
+    the pages it unmaps). Returns the number of mapped bytes advised: 0, doing nothing, for arrays that are not
+    backed by a read-only memory map, closed maps, and platforms without madvise.
+    """
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    m = getattr(array, "_mmap", None)  # numpy.memmap and its views
+    if m is None or advice is None or not hasattr(m, "madvise"):
+        return 0
+    if getattr(array, "mode", None) != "r":  # a copy-on-write map would lose its changes
+        return 0
+    try:
+        m.madvise(advice)
+        return len(m)
+    except (ValueError, OSError):  # closed, or the system refused: nothing to release
+        return 0
 
 
 def open_corpus(path):

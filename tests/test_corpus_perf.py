@@ -1,0 +1,181 @@
+"""The fast paths of corpus preparation (fused numba UTF-8 validation, reused buffers, the background split
+writer) against Python's codec and the straightforward results, and release_pages on memory-mapped splits."""
+
+import codecs
+import os
+import random
+
+import h5py
+import numpy as np
+import pytest
+
+from fastrnn import textscan
+from fastrnn.corpus import Vocab, open_corpus, prepare, release_pages
+from fastrnn.errors import CorpusError
+
+# bytes that exercise every branch of the validator: ASCII, continuation bytes, overlong leads (C0 C1 E0 F0),
+# the surrogate lead (ED), the last valid lead (F4) and invalid leads (F5..FF)
+_INTERESTING = [0x41, 0x0A, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xED,
+                0xEE, 0xEF, 0xF0, 0xF1, 0xF4, 0xF5, 0xF8, 0xFF]
+_SAMPLE = "abc é ß ü € 中文 😀 \U0010FFFF \uFFFF \u07FF \u0800 \U00010000 \ud7ff \ue000"
+
+
+def _random_bytes(rng, n):
+    out = bytearray()
+    while len(out) < n:
+        if rng.random() < 0.5:
+            out += rng.choice(_SAMPLE).encode("utf-8")
+        else:
+            out.append(rng.choice(_INTERESTING))
+    return bytes(out)
+
+
+def _codec(data):
+    """(consumed, symbols, error start or None) by Python's strict UTF-8 codec, final=False."""
+    try:
+        text, consumed = codecs.utf_8_decode(data, "strict", False)
+        return consumed, text, None
+    except UnicodeDecodeError as exc:
+        return None, None, exc.start
+
+
+def test_validator_agrees_with_codec():
+    rng = random.Random(0)
+    lut = np.arange(0x110000, dtype=np.uint32)
+    for trial in range(4000):
+        data = _random_bytes(rng, rng.randint(0, 12))
+        arr = np.frombuffer(data, dtype=np.uint8)
+        counts = np.zeros(0x110000, dtype=np.int64)
+        out = np.zeros(len(data) + 4, dtype=np.uint32)
+        n, consumed, status = textscan.utf8_check_count(arr, counts)
+        n2, consumed2, status2 = textscan.utf8_check_map(arr, lut, out)
+        assert (n, consumed, status) == (n2, consumed2, status2)
+        ok_consumed, text, bad = _codec(data)
+        if bad is None:
+            assert status == textscan.OK, data
+            assert consumed == ok_consumed, data
+            assert n == len(text)
+            expect = np.array([ord(c) for c in text], dtype=np.uint32)
+            np.testing.assert_array_equal(out[:n], expect)
+            np.testing.assert_array_equal(np.flatnonzero(counts), np.unique(expect))
+        else:
+            assert status == textscan.INVALID, data
+            assert consumed == bad, data
+
+
+def test_validator_finds_nul():
+    data = np.frombuffer("héllo\x00wörld".encode(), dtype=np.uint8)
+    n, consumed, status = textscan.utf8_check_count(data, np.zeros(0x110000, dtype=np.int64))
+    assert (n, consumed, status) == (5, 6, textscan.NUL)
+
+
+@pytest.mark.parametrize("chunk_size", [16, 17, 19, 64, 1 << 20])
+def test_prepare_round_trip_small_chunks(tmp_path, chunk_size):
+    rng = random.Random(chunk_size)
+    text = "".join(rng.choice(_SAMPLE + "the quick brown fox\n") for _ in range(5000))
+    src = tmp_path / "in.txt"
+    src.write_bytes(text.encode("utf-8"))
+    prepare([src], tmp_path / "c.h5", chunk_size=chunk_size, val_frac=0.1, test_frac=0.1)
+    with open_corpus(tmp_path / "c.h5") as c:
+        ids = np.concatenate([c.split(s) for s in ("train", "val", "test")])
+        assert c.vocab == Vocab(sorted({ord(ch) for ch in text}))
+        assert c.vocab.decode(ids) == text
+
+
+@pytest.mark.parametrize("chunk_size", [16, 23, 1 << 20])
+def test_prepare_error_offsets(tmp_path, chunk_size):
+    rng = random.Random(1)
+    good = "".join(rng.choice(_SAMPLE) for _ in range(300)).encode("utf-8")
+    src = tmp_path / "in.txt"
+    for bad, what in ((b"\xff", "not valid utf-8"), (b"\xed\xa0\x80", "not valid utf-8"),
+                      (b"\x00", "NUL byte"), (b"\xc3", "not valid utf-8")):
+        for _ in range(8):
+            p = rng.randint(0, len(good))
+            while p < len(good) and (good[p] & 0xC0) == 0x80:  # insert between characters
+                p += 1
+            data = good[:p] + bad + good[p:]
+            src.write_bytes(data)
+            try:
+                codecs.utf_8_decode(data, "strict", True)
+                expect = data.index(b"\x00")
+            except UnicodeDecodeError as exc:
+                expect = data.index(b"\x00") if b"\x00" in data else exc.start
+            with pytest.raises(CorpusError, match=f"{what}.* at byte offset {expect}\\b"):
+                prepare([src], tmp_path / "c.h5", chunk_size=chunk_size, force=True)
+            assert not (tmp_path / "c.h5").exists()
+    # a character cut by the end of the file
+    src.write_bytes(good + b"\xe2\x82")
+    with pytest.raises(CorpusError, match=f"unexpected end of data at byte offset {len(good)}"):
+        prepare([src], tmp_path / "c.h5", chunk_size=chunk_size, force=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["in.txt"]  # no temporary file left behind
+
+
+def test_prepare_split_layout_is_contiguous(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("hello world, " * 1000)
+    prepare([src], tmp_path / "c.h5")
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        for name in ("train", "val", "test"):
+            assert f[name].chunks is None and f[name].compression is None
+            assert f[name].id.get_offset() is not None
+            assert f[name][:].max() < 12
+    with open_corpus(tmp_path / "c.h5") as c:
+        assert c.vocab.decode(np.concatenate([c.split(s) for s in ("train", "val", "test")])) == \
+            "hello world, " * 1000
+
+
+def _rss():
+    psutil = pytest.importorskip("psutil")
+    return psutil.Process().memory_info().rss
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED"), reason="no madvise on this platform")
+def test_release_pages_drops_rss_and_keeps_data(tmp_path):
+    rng = np.random.default_rng(0)
+    alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz \n", dtype=np.uint8)
+    raw = alphabet[rng.integers(0, len(alphabet), 24 << 20)]  # 24 MB of text -> ~21.6 MB train split (uint8)
+    src = tmp_path / "big.txt"
+    raw.tofile(src)
+    prepare([src], tmp_path / "c.h5")
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[np.sort(alphabet)] = np.arange(len(alphabet))
+    with open_corpus(tmp_path / "c.h5") as c:
+        train = c.split("train")
+        nbytes = train.nbytes
+        assert nbytes > 20e6
+        first = int(train[::4096].astype(np.int64).sum())  # touch every page
+        total = int(train.astype(np.int64).sum())
+        touched = _rss()
+        released = c.release_pages()
+        assert released >= nbytes
+        after = _rss()
+        assert touched - after > 0.8 * nbytes, (touched, after, nbytes)
+        # still mapped, same data
+        assert int(train[::4096].astype(np.int64).sum()) == first
+        assert int(train.astype(np.int64).sum()) == total
+        np.testing.assert_array_equal(train[:1000], lut[raw[:1000]])
+        # the function on a slice of a split releases the whole mapping too
+        view = train[1000:2000]
+        train.astype(np.int64).sum()
+        touched = _rss()
+        assert release_pages(view) >= nbytes
+        assert touched - _rss() > 0.8 * nbytes
+        np.testing.assert_array_equal(view, lut[raw[1000:2000]])
+
+
+def test_release_pages_is_a_no_op_elsewhere(tmp_path):
+    assert release_pages(np.arange(10)) == 0
+    assert release_pages([1, 2, 3]) == 0
+    path = tmp_path / "x.bin"
+    np.arange(5000, dtype=np.uint8).tofile(path)
+    cow = np.memmap(path, dtype=np.uint8, mode="c")
+    cow[0] = 7
+    assert release_pages(cow) == 0 and cow[0] == 7  # copy-on-write changes would be lost: left alone
+    src = tmp_path / "in.txt"
+    src.write_text("ab" * 50)
+    prepare([src], tmp_path / "c.h5", val_frac=0, test_frac=0)
+    with open_corpus(tmp_path / "c.h5") as c:
+        assert c.release_pages() == 0  # nothing mapped yet
+        assert len(c.split("val")) == 0 and release_pages(c.split("val")) == 0
+        c.split("train")
+        assert c.release_pages() > 0
