@@ -30,9 +30,11 @@ def tol(dtype):
     return 1e-10 if dtype == np.float64 else 1e-4
 
 
-# shapes (N, T, V, H): T=1, N=1, H not a multiple of 8, V=65; the last two take the BLAS recurrence path
+# shapes (N, T, V, H): T=1, N=1, H not a multiple of 8, V=65. backend._small levels (rnn.py): 2 (hand-loop
+# recurrence, one-thread BLAS for the rest) for N <= 2 with N*H*H <= SMALL_WORK; 1 (hand-loop recurrence) for
+# (3, 7, 65, 13), (4, 1, 11, 8) and the N <= 2 shapes of large H; 0 (BLAS) for (16, 5, 65, 96) and (3, 4, 30, 160)
 SHAPES = [(1, 1, 65, 7), (1, 12, 65, 128), (3, 7, 65, 13), (4, 1, 11, 8), (2, 9, 65, 33), (16, 5, 65, 96),
-          (1, 4, 30, 300)]
+          (1, 4, 30, 300), (2, 3, 65, 200), (3, 4, 30, 160)]
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
@@ -62,6 +64,47 @@ def test_forward_backward_matches_reference(N, T, V, H, dtype):
 def test_both_recurrence_paths(small, dtype, monkeypatch):
     monkeypatch.setattr(backend, "SMALL_WORK", 1 << 40 if small else -1)
     test_forward_backward_matches_reference(3, 6, 65, 21, dtype)
+
+
+def test_small_levels():
+    assert [backend._small(N, H) for N, H in [(1, 128), (2, 128), (1, 256), (4, 128), (16, 64), (1, 512),
+                                              (2, 512), (3, 512), (64, 512)]] == [2, 2, 2, 1, 1, 1, 1, 0, 0]
+    assert [backend._small(N, T) for N, _, _, T in SHAPES] == [2, 2, 1, 1, 2, 0, 1, 1, 0]
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_every_small_level_matches_reference(level, dtype, threads, monkeypatch):
+    monkeypatch.setattr(backend, "_small", lambda N, H: level)
+    test_forward_backward_matches_reference(2, 7, 65, 40, dtype)
+    test_forward_backward_matches_reference(5, 3, 30, 24, dtype)
+    test_forward_loss_matches_reference(2, 7, 65, 40, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (50, 65, 128), (128, 128, 50), (7, 300, 200), (200, 3, 1000)])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_serial(M, N, K, trans_a, trans_b, dtype):
+    from fastrnn.kernels.blas import gemm_serial
+
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((K + 3, M + 2) if trans_a else (M + 3, K + 2)).astype(dtype)
+    B = rng.standard_normal((N + 1, K + 1) if trans_b else (K + 1, N + 1)).astype(dtype)
+    A = A[1:K + 1, 2:] if trans_a else A[1:M + 1, 2:]  # row-strided views
+    B = B[1:, :K] if trans_b else B[1:, :N]
+    C0 = rng.standard_normal((M, N)).astype(dtype)
+    want = 0.5 * ((A.T if trans_a else A) @ (B.T if trans_b else B)) + 2.0 * C0.astype(np.float64)
+    got = {}
+    try:
+        for n in (1, 2):
+            set_threads(n)
+            C = C0.copy()
+            gemm_serial(C, A, trans_a, B, trans_b, 0.5, 2.0)
+            got[n] = C
+    finally:
+        set_threads(2)
+    np.testing.assert_allclose(got[1], want, rtol=0, atol=tol(dtype) * np.abs(want).max())
+    np.testing.assert_array_equal(got[1], got[2])  # one thread whatever the setting: same bits
 
 
 def test_noncontiguous_tokens_and_gradients():

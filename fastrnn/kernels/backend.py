@@ -11,7 +11,8 @@ import numpy as np
 from fastrnn.kernels import lm, optim, stack
 from fastrnn.params import arch_of
 
-SMALL_WORK = 1 << 16  # N*H*H at or below which the recurrent products use hand loops instead of BLAS
+SMALL_WORK = 1 << 16  # N*H*H at or below which the recurrent products use hand loops instead of BLAS (and, for
+# at most stack.SMALL_ROWS sequences, the other products one BLAS thread); negative: BLAS everywhere; see _small
 PARALLEL_SIZE = 1 << 22  # flat buffers at least this long use the parallel (prange) update kernels: below,
 # the serial loop is faster because prange threads and the BLAS threads contend for the same cores (measured at
 # H=512: 63k chars/s with prange from 65k parameters on, 78k serial)
@@ -45,7 +46,18 @@ def _tokens(x):
 
 
 def _small(N, H):
-    return N * H * H <= SMALL_WORK
+    """The fused path's `small` level (rnn.py). 1: hand loops for the per-step recurrent products, when
+    N*H*H <= SMALL_WORK or at most stack.SMALL_ROWS sequences at any H (OpenBLAS's sgemm repacks all of Whh for
+    one or two rows: H512 N1 was 0.52x numpy); 2: also the products over all positions (output layer, dWhh) on
+    one BLAS thread, when both hold (measured at 2 threads, us a minibatch of T=50, threaded vs one thread:
+    H128 N1 204 vs 169, N2 532 vs 384; H64 N1 even; H128 N4 and H256 N1 even; H64 N8 462 vs 522, N16 845 vs
+    1184); 0: BLAS. A negative SMALL_WORK forces 0."""
+    if SMALL_WORK < 0:
+        return 0
+    few = N <= stack.SMALL_ROWS
+    if N * H * H <= SMALL_WORK:
+        return 2 if few else 1
+    return 1 if few else 0
 
 
 def _fused(P):

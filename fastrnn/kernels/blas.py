@@ -10,6 +10,7 @@ If NumPy's OpenBLAS cannot be found (a NumPy built against another BLAS), the sy
 that computes the same product with NumPy: correct, slower.
 
     gemm(C, A, trans_a, B, trans_b, alpha, beta):  C = alpha * op(A) @ op(B) + beta * C
+    gemm_serial(...): the same on one OpenBLAS thread (split into row blocks below OpenBLAS's threading threshold)
 
 A, B, C: 2D arrays of one float dtype with unit stride along rows (row-major; any row stride, so row blocks and
 views such as hs[t] work); op(X) = X.T if trans_X else X.
@@ -24,7 +25,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from fastrnn.kernels.jit import OPTIONS
+from fastrnn.kernels.jit import OPTIONS, kernel
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 _SYMBOLS = {"s": "fastrnn_cblas_sgemm", "d": "fastrnn_cblas_dgemm"}
@@ -132,3 +133,27 @@ def _gemm_overload(C, A, trans_a, B, trans_b, alpha, beta):
     if C.dtype == A.dtype == B.dtype == types.float64:
         return _dgemm_impl
     return None
+
+
+SERIAL_WORK = 4 * 65536  # OpenBLAS runs a gemm on one thread when M*N*K is at most this (its default
+# GEMM_MULTITHREAD_THRESHOLD 4 times SMP_THRESHOLD_MIN 65536) and splits bigger ones over its threads
+
+
+def _gemm_serial(C, A, trans_a, B, trans_b, alpha, beta):
+    """gemm on one OpenBLAS thread whatever the thread setting: C = alpha * op(A) @ op(B) + beta * C as blocks of
+    rows of C small enough (M*N*K <= SERIAL_WORK each) for OpenBLAS not to split them. Each element's sum over K
+    is one call's, so the result does not depend on the thread count. For small products only (every block has
+    at least one row)."""
+    M, N = C.shape
+    K = A.shape[0] if trans_a else A.shape[1]
+    blocks = min(max(1, (M * N * K + SERIAL_WORK - 1) // SERIAL_WORK), max(1, M))
+    rows = max(1, (M + blocks - 1) // blocks)
+    for m0 in range(0, M, rows):
+        m1 = min(M, m0 + rows)
+        if trans_a:
+            gemm(C[m0:m1], A[:, m0:m1], True, B, trans_b, alpha, beta)
+        else:
+            gemm(C[m0:m1], A[m0:m1], False, B, trans_b, alpha, beta)
+
+
+gemm_serial = kernel(_gemm_serial)

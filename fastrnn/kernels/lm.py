@@ -5,7 +5,7 @@ per minibatch keeps the per-call overhead (which dominates at batch 1) to a sing
 """
 
 from fastrnn.kernels import mathfn
-from fastrnn.kernels.blas import gemm
+from fastrnn.kernels.blas import gemm, gemm_serial
 from fastrnn.kernels.jit import kernel
 from fastrnn.kernels.rnn import matmul_small, rnn_backward, rnn_forward
 from fastrnn.kernels.softmax_xent import affine_backward, softmax_xent
@@ -24,6 +24,15 @@ def check_tokens(x, y, V):
 
 
 @kernel
+def output_logits(logits, h2, Why, small):
+    """logits: (T*N, V) = h2: (T*N, H) @ Why: (H, V), without the bias; on one BLAS thread if small >= 2."""
+    if small >= 2:
+        gemm_serial(logits, h2, False, Why, False, 1.0, 0.0)
+    else:
+        gemm(logits, h2, False, Why, False, 1.0, 0.0)
+
+
+@kernel
 def lm_forward_backward(dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, tmp, acc, rowloss,
                         x, y, Wxh, Whh, bh, Why, by, scale, small):
     """Loss and gradients (overwritten) of one minibatch; returns the mean loss in nats.
@@ -32,16 +41,17 @@ def lm_forward_backward(dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, tmp, acc, ro
     Scratch: hs (T+1, N, H) with hs[0] = h0 on entry (hs[T] is the final state on exit); logits (T*N, V);
     dz (T, N, H); tmp (N, H); acc (max(H, V),) float64; rowloss (T*N,) float64.
     Inputs: x, y (N, T) int32 C-order; parameters Wxh (V, H), Whh (H, H), bh (H,), Why (H, V), by (V,);
-    scale = 1/(T*N) in the parameters' dtype; small: hand loops instead of BLAS for the recurrent products.
+    scale = 1/(T*N) in the parameters' dtype; small: 0 BLAS for every product, 1 hand loops for the per-step
+    recurrent products, 2 also the products over all positions on one BLAS thread (see rnn.py and backend._small).
     """
     T = hs.shape[0] - 1
     N, H = hs.shape[1], hs.shape[2]
     check_tokens(x, y, Wxh.shape[0])
     rnn_forward(hs, tmp, x, Wxh, Whh, bh, small)
     h2 = hs[1:].reshape(T * N, H)  # (T*N, H)
-    gemm(logits, h2, False, Why, False, 1.0, 0.0)
+    output_logits(logits, h2, Why, small)
     loss = softmax_xent(logits, rowloss, by, y, scale, True)
-    affine_backward(dWhy, dby, dz.reshape(T * N, H), logits, h2, Why, acc)
+    affine_backward(dWhy, dby, dz.reshape(T * N, H), logits, h2, Why, acc, small)
     rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, small)
     return loss
 
@@ -53,7 +63,7 @@ def lm_forward_loss(hs, logits, tmp, rowloss, x, y, Wxh, Whh, bh, Why, by, scale
     N, H = hs.shape[1], hs.shape[2]
     check_tokens(x, y, Wxh.shape[0])
     rnn_forward(hs, tmp, x, Wxh, Whh, bh, small)
-    gemm(logits, hs[1:].reshape(T * N, H), False, Why, False, 1.0, 0.0)
+    output_logits(logits, hs[1:].reshape(T * N, H), Why, small)
     return softmax_xent(logits, rowloss, by, y, scale, False)
 
 

@@ -5,16 +5,20 @@ front: hs: (T+1, N, H), hs[0] = h0, hs[t+1] = tanh(Wxh[x[:, t]] + hs[t] @ Whh + 
 same buffer, hs[:-1] is the "previous state" of every position as one contiguous (T*N, H) block (no concatenate)
 and hs[1:] is the layer's output.
 
-The recurrent product hs[t] @ Whh goes to BLAS (blas.gemm) when `small` is False; for small problems (one
-sequence, small H) a hand-written loop avoids the BLAS call overhead. The input lookup, the bias
-and tanh are fused into one pass after the product; backward fuses the recurrence add and tanh' the same way, and
-the weight gradients over all T*N positions are one product each (dWhh) or one serial pass (dWxh, dbh).
+`small` picks hand loops or BLAS (blas.gemm) for the products: 0 BLAS everywhere; 1 hand loops for the per-step
+recurrent products hs[t] @ Whh and dz[t+1] @ Whh.T (one or two sequences at any H: OpenBLAS's sgemm would repack
+all of Whh at every step for a single row); 2 as 1, and the products over all T*N positions (dWhh here, the output
+layer in softmax_xent.py and lm.py) go to blas.gemm_serial: one OpenBLAS thread, since at one or two sequences of
+small H they are too small for OpenBLAS's thread hand-off to pay (H128 N1 2 threads: 169 vs 204 us a minibatch).
+The input lookup, the bias and tanh are fused into one pass after the product; backward fuses the recurrence add
+and tanh' the same way, and the weight gradients over all T*N positions are one product each (dWhh) or one serial
+pass (dWxh, dbh).
 """
 
 import numpy as np
 
 from fastrnn.kernels import mathfn
-from fastrnn.kernels.blas import gemm
+from fastrnn.kernels.blas import gemm, gemm_serial
 from fastrnn.kernels.jit import kernel
 
 
@@ -70,7 +74,8 @@ def matmul_nt_small(out, a, W):
 @kernel
 def rnn_forward(hs, tmp, x, Wxh, Whh, bh, small):
     """hs: (T+1, N, H) in/out: hs[0] = h0 on entry, hs[1:] written; tmp: (N, H) scratch; x: (N, T) int32 C-order;
-    Wxh: (V, H); Whh: (H, H); bh: (H,); small: hand loop instead of BLAS for the recurrent product."""
+    Wxh: (V, H); Whh: (H, H); bh: (H,); small: 0, 1 or 2 (module docstring), hand loop for the recurrent product
+    if >= 1."""
     T = hs.shape[0] - 1
     N, H = hs.shape[1], hs.shape[2]
     for t in range(T):
@@ -93,7 +98,8 @@ def rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, small):
 
     dWxh: (V, H), dWhh: (H, H), dbh: (H,) out (overwritten); dz: (T, N, H) in/out: on entry the gradient w.r.t. the
     outputs hs[1:] from above, on exit the gradient w.r.t. the pre-activations; tmp: (N, H) scratch; acc: (H,)
-    float64 scratch; x: (N, T) int32; hs: (T+1, N, H) from rnn_forward; Whh: (H, H).
+    float64 scratch; x: (N, T) int32; hs: (T+1, N, H) from rnn_forward; Whh: (H, H); small: 0, 1 or 2 (module
+    docstring): hand loops for the recurrence if >= 1, for dWhh if >= 2.
     The gradient w.r.t. h0 is not needed by the trainer and is not computed.
     """
     T, N, H = dz.shape
@@ -112,7 +118,10 @@ def rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, small):
             for j in range(H):
                 g = d[n, j]
                 d[n, j] = g - g * h[n, j] * h[n, j]
-    gemm(dWhh, hs[:T].reshape(T * N, H), True, dz.reshape(T * N, H), False, 1.0, 0.0)
+    if small >= 2:
+        gemm_serial(dWhh, hs[:T].reshape(T * N, H), True, dz.reshape(T * N, H), False, 1.0, 0.0)
+    else:
+        gemm(dWhh, hs[:T].reshape(T * N, H), True, dz.reshape(T * N, H), False, 1.0, 0.0)
     # dbh: column sums (float64 accumulator); dWxh: scatter-add of rows by token, serial and in position order
     for j in range(H):
         acc[j] = 0.0
