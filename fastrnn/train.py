@@ -35,6 +35,7 @@ from fastrnn.sample import generate
 
 LOG_NAME = "log.jsonl"
 DEFAULT_MAX_EPOCHS = 10.0  # used when no --max-steps/--max-epochs/--max-time is given
+RELEASE_EVERY = 1.0  # seconds between releases of the corpus pages read so far (keeps RSS flat on big corpora)
 SMOOTHING = 0.99  # train loss shown = exponential moving average, as min-char-rnn's smooth_loss
 
 
@@ -255,6 +256,7 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
 
         def run_eval():
             val = evaluate(backend, model, val_stream)
+            corpus.release_pages()
             if val < state.best_val:
                 state.best_val, state.best_step, state.evals_since_best = val, state.step, 0
                 save(os.path.join(run_dir, ckpt_io.BEST_NAME))
@@ -273,6 +275,7 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
         session_start = time.perf_counter()
         elapsed_at_start = state.elapsed
         window_start, window_steps = time.perf_counter(), 0
+        last_release = window_start
         first_step = True
         log_file = open(log_path, "a")
         try:
@@ -343,6 +346,9 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
                     now = time.perf_counter()
                     state.elapsed = elapsed_at_start + (now - session_start)
                     window_steps += 1
+                    if now - last_release >= RELEASE_EVERY:
+                        corpus.release_pages()  # read pages leave our RSS; the page cache keeps them
+                        last_release = now
                     if first_step:
                         first_step = False
                         emit("compiled", {"seconds": now - t0})
