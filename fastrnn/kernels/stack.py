@@ -162,12 +162,9 @@ def _grad_arrays(G, names, dtype):
     return outs, [g if g.flags.c_contiguous and g.dtype == dtype else np.empty(g.shape, dtype) for g in outs]
 
 
-def forward_backward(P, G, x, y, state, masks=None):
-    """Loss and gradients of any model on one minibatch (see fastrnn.reference.forward_backward).
-
-    P, G: dicts of parameter and gradient arrays (G overwritten); x, y: (N, T) int; state: (N, S) carried state;
-    masks: (L, T, N, H) dropout masks or None. Returns (loss, the new state (N, S) as a new array).
-    """
+def _prepare(P, x, y, masks):
+    """What forward_backward and forward_loss need: the architecture, contiguous parameters and tokens (checked
+    in range), the masks in the parameters' dtype, the workspace and the small-problem level."""
     cell, L, H = arch_of(P)
     dtype, layers, Why, by = _params(P, L)
     x, y = lm_tokens(x), lm_tokens(y)
@@ -176,7 +173,17 @@ def forward_backward(P, G, x, y, state, masks=None):
     lm.check_tokens(x, y, V)
     masks = _masks(masks, L, T, N, H, dtype)
     ws = workspace(cell, L, T, N, H, V, dtype)
-    is_small = small(N, H, GATES[cell])
+    return cell, L, H, dtype, layers, Why, by, x, y, masks, ws, small(N, H, GATES[cell])
+
+
+def forward_backward(P, G, x, y, state, masks=None):
+    """Loss and gradients of any model on one minibatch (see fastrnn.reference.forward_backward).
+
+    P, G: dicts of parameter and gradient arrays (G overwritten); x, y: (N, T) int; state: (N, S) carried state;
+    masks: (L, T, N, H) dropout masks or None. Returns (loss, the new state (N, S) as a new array).
+    """
+    cell, L, H, dtype, layers, Why, by, x, y, masks, ws, is_small = _prepare(P, x, y, masks)
+    T, N = x.shape[1], x.shape[0]
     names = [k for l in range(L) for k in layer_names(l)] + ["Why", "by"]
     outs, direct = _grad_arrays(G, names, dtype)
     top, new_state = _forward(cell, layers, ws, x, state, masks, is_small)
@@ -191,15 +198,9 @@ def forward_backward(P, G, x, y, state, masks=None):
 
 def forward_loss(P, x, y, state, masks=None):
     """Loss only (evaluation): returns (loss, new state (N, S))."""
-    cell, L, H = arch_of(P)
-    dtype, layers, Why, by = _params(P, L)
-    x, y = lm_tokens(x), lm_tokens(y)
-    N, T = x.shape
-    V = by.shape[0]
-    lm.check_tokens(x, y, V)
-    masks = _masks(masks, L, T, N, H, dtype)
-    ws = workspace(cell, L, T, N, H, V, dtype)
-    top, new_state = _forward(cell, layers, ws, x, state, masks, small(N, H, GATES[cell]))
+    cell, L, H, dtype, layers, Why, by, x, y, masks, ws, is_small = _prepare(P, x, y, masks)
+    T, N = x.shape[1], x.shape[0]
+    top, new_state = _forward(cell, layers, ws, x, state, masks, is_small)
     loss = output_layer(Why, by, ws["dout"], ws["logits"], ws["rowloss"], ws["acc"], top, y, Why, by,
                         dtype.type(1.0 / (T * N)), False)
     return float(loss), new_state
