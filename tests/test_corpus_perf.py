@@ -2,7 +2,6 @@
 writer) against Python's codec and the straightforward results, and release_pages on memory-mapped splits."""
 
 import codecs
-import os
 import random
 
 import h5py
