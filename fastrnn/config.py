@@ -8,14 +8,15 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from fastrnn.errors import ConfigError
+from fastrnn.params import CELLS
 
 OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
 DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3}
 BACKENDS = ("numba", "numpy")
 DTYPES = ("float32", "float64")
 ON_DIVERGENCE = ("stop", "rollback")
-MODELS = ("rnn", "lstm", "gru")
-INITS = ("auto", "normal", "xavier", "orthogonal")
+MODELS = CELLS
+INITS = ("auto", "normal", "xavier", "orthogonal")  # see fastrnn.model.Model.init
 
 
 @dataclass

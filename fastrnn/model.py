@@ -7,9 +7,8 @@ clip_gradients and the optimizer updates): `fastrnn.reference` (pure NumPy) or `
 import numpy as np
 
 from fastrnn.errors import ConfigError
+from fastrnn.config import INITS
 from fastrnn.params import CELLS, GATES, Layout, layer_names, model_shapes, state_size
-
-INITS = ("auto", "normal", "xavier", "orthogonal")
 
 
 def get_backend(name):

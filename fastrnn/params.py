@@ -56,7 +56,7 @@ def arch_of(P):
     """(cell, num_layers, hidden_size) of a parameter dict, read from its shapes and names."""
     H, GH = P["Whh"].shape
     G = GH // H
-    cell = {1: "rnn", 3: "gru", 4: "lstm"}.get(G)
+    cell = {g: name for name, g in GATES.items()}.get(G)
     if cell is None or G * H != GH:
         raise ValueError(f"Whh of shape {P['Whh'].shape} fits no cell")
     layers = 1

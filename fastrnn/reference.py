@@ -14,6 +14,8 @@ Loss: the mean over the N*T positions of -log p(target), in nats per character; 
 
 import numpy as np
 
+from fastrnn.params import arch_of, layer_names
+
 # ---------------------------------------------------------------------------------------------------------------
 # layers
 
@@ -45,7 +47,7 @@ def rnn_backward(dhs, x, h0, hs, Whh, dWxh, dWhh, dbh):
     Adds into dWxh: (V, H), dWhh: (H, H), dbh: (H,). Returns dh0: (N, H), the gradient w.r.t. h0.
     """
     dz, dh0 = rnn_cell_backward(dhs, h0, hs, Whh, dWhh)
-    input_backward(dz, x, dWxh, dWxh, dbh)
+    input_backward(dz, x, None, dWxh, dbh)  # token input: Wxh is not needed
     return dh0
 
 
@@ -263,8 +265,6 @@ def split_state(state, cell, L, H):
 
 def model_forward(P, x, state, masks=None):
     """Forward pass of the whole model. Returns (logits: (T, N, V), caches, new state (N, S))."""
-    from fastrnn.params import arch_of, layer_names
-
     cell, L, H = arch_of(P)
     inp = x
     caches = []
@@ -293,8 +293,6 @@ def model_forward(P, x, state, masks=None):
 
 def model_backward(dlogits, P, G, x, state, fwd, masks=None):
     """Backward pass of the whole model: adds into G. Returns the gradient w.r.t. the carried state (N, S)."""
-    from fastrnn.params import arch_of, layer_names
-
     cell, L, H = arch_of(P)
     caches, top = fwd
     dout = affine_backward(dlogits, top, P["Why"], G["Why"], G["by"])  # (T, N, H)

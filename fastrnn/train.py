@@ -294,10 +294,7 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
                     t0 = time.perf_counter()
                     masks = make_masks(rng, config.dropout, model.num_layers, config.seq_len, config.batch_size,
                                        model.hidden_size, model.dtype)  # (L, T, N, H) or None
-                    if masks is None:
-                        loss, h_next = backend.forward_backward(model.P, G, x, y, h)
-                    else:
-                        loss, h_next = backend.forward_backward(model.P, G, x, y, h, masks)
+                    loss, h_next = backend.forward_backward(model.P, G, x, y, h, masks)
                     norm = backend.clip_gradients(gflat, config.clip, config.max_grad_norm)
                     problem = None
                     if not (math.isfinite(loss) and math.isfinite(norm)):
