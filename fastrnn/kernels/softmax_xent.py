@@ -12,6 +12,38 @@ from fastrnn.kernels.jit import kernel
 
 
 @kernel
+def softmax_row(z, by, target, scale, grad):
+    """One position: z (V,) in: logits without the bias; out (if grad): (softmax - onehot(target)) * scale.
+    Returns -log p(target) as float64."""
+    V = z.shape[0]
+    m = z[0] + by[0]
+    for v in range(V):
+        z[v] += by[v]
+        m = max(m, z[v])
+    s = scale - scale  # a zero of the logits dtype
+    zt = z[target] - m
+    for v in range(V):
+        e = mathfn.exp(z[v] - m)
+        z[v] = e
+        s += e
+    loss = np.log(s) - zt
+    if grad:
+        k = scale / s
+        for v in range(V):
+            z[v] *= k
+        z[target] -= scale
+    return loss
+
+
+@kernel
+def softmax_rows(logits, rowloss, by, y, scale, grad, r0, r1):
+    """softmax_row on rows r0..r1-1 of logits (row r = t*N + n has target y[n, t]); rowloss[r] = its loss."""
+    N = y.shape[0]
+    for r in range(r0, r1):
+        rowloss[r] = softmax_row(logits[r], by, y[r % N, r // N], scale, grad)
+
+
+@kernel
 def softmax_xent(logits, rowloss, by, y, scale, grad):
     """Bias, softmax and cross-entropy in one pass per row, in place.
 
@@ -19,29 +51,8 @@ def softmax_xent(logits, rowloss, by, y, scale, grad):
     rowloss: (T*N,) float64 out, -log p(target) per row; by: (V,); y: (N, T) int32 targets; scale: 1/(T*N) in the
     logits' dtype. Returns the mean loss (fixed-order float64 sum of rowloss).
     """
-    R, V = logits.shape
-    N, T = y.shape
-    for t in range(T):
-        for n in range(N):
-            r = t * N + n
-            z = logits[r]
-            m = z[0] + by[0]
-            for v in range(V):
-                z[v] += by[v]
-                m = max(m, z[v])
-            target = y[n, t]
-            s = scale - scale  # a zero of the logits dtype
-            zt = z[target] - m
-            for v in range(V):
-                e = mathfn.exp(z[v] - m)
-                z[v] = e
-                s += e
-            rowloss[r] = np.log(s) - zt
-            if grad:
-                k = scale / s
-                for v in range(V):
-                    z[v] *= k
-                z[target] -= scale
+    R = logits.shape[0]
+    softmax_rows(logits, rowloss, by, y, scale, grad, 0, R)
     total = 0.0
     for r in range(R):
         total += rowloss[r]
