@@ -8,7 +8,10 @@ composes the per-layer kernels.
 
 import numpy as np
 
-from fastrnn.kernels import lm, optim, stack
+import numba
+
+from fastrnn.kernels import lm, optim, pair, stack
+from fastrnn.kernels.sync import SYNC_SIZE
 from fastrnn.params import arch_of
 
 SMALL_WORK = 1 << 16  # N*H*H at or below which the recurrent products use hand loops instead of BLAS (and, for
@@ -16,6 +19,10 @@ SMALL_WORK = 1 << 16  # N*H*H at or below which the recurrent products use hand 
 PARALLEL_SIZE = 1 << 22  # flat buffers at least this long use the parallel (prange) update kernels: below,
 # the serial loop is faster because prange threads and the BLAS threads contend for the same cores (measured at
 # H=512: 63k chars/s with prange from 65k parameters on, 78k serial)
+PAIR_ROWS = 4  # with two or more threads, the fused path at batches of at most this many sequences (and hand-loop
+# recurrences) runs pair.py: one thread the recurrences, the other the output layer and the weight gradients,
+# pipelined (measured at 2 threads, us a minibatch, lm vs pair: H128 N1 184 vs 135, N2 373 vs 231, N4 590 vs 526;
+# H256 N1 610 vs 434; H512 N1 2300 vs 2157; H64 N1 even; H64 N8 431 vs 469)
 _MAX_WORKSPACES = 4
 _workspaces = {}  # (T, N, H, V, dtype) -> scratch arrays, most recently used last
 
@@ -31,7 +38,8 @@ def _workspace(T, N, H, V, dtype):
                   dz=np.empty((T, N, H), dtype),  # (T, N, H)
                   tmp=np.empty((N, H), dtype),  # (N, H)
                   acc=np.empty(max(H, V), np.float64),  # (max(H, V),)
-                  rowloss=np.empty(T * N, np.float64))  # (T*N,)
+                  rowloss=np.empty(T * N, np.float64),  # (T*N,)
+                  sync=np.zeros(SYNC_SIZE, np.int64))  # pair.py's progress counters
     _workspaces[key] = ws
     return ws
 
@@ -60,6 +68,11 @@ def _small(N, H):
     return 1 if few else 0
 
 
+def _paired(N, small):
+    """True if the fused path runs on two threads (pair.py; see PAIR_ROWS)."""
+    return small >= 1 and N <= PAIR_ROWS and numba.get_num_threads() >= 2
+
+
 def _fused(P):
     """True for the one-layer vanilla RNN (the fused single-call path)."""
     return arch_of(P)[:2] == ("rnn", 1)
@@ -82,8 +95,14 @@ def forward_backward(P, G, x, y, h0, masks=None):
     ws["hs"][0] = h0
     outs = [G[k] for k in ("Wxh", "Whh", "bh", "Why", "by")]
     direct = [g if g.flags.c_contiguous and g.dtype == dtype else np.empty(g.shape, dtype) for g in outs]
-    loss = lm.lm_forward_backward(*direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"], ws["rowloss"],
-                                  x, y, Wxh, Whh, bh, Why, by, dtype.type(1.0 / (T * N)), _small(N, H))
+    small = _small(N, H)
+    if _paired(N, small):
+        loss = pair.lm_forward_backward_pair(ws["sync"], *direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"],
+                                             ws["acc"], ws["rowloss"], x, y, Wxh, Whh, bh, Why, by,
+                                             dtype.type(1.0 / (T * N)), True)
+    else:
+        loss = lm.lm_forward_backward(*direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"], ws["rowloss"],
+                                      x, y, Wxh, Whh, bh, Why, by, dtype.type(1.0 / (T * N)), small)
     for g, d in zip(outs, direct):
         if g is not d:
             g[...] = d
@@ -100,8 +119,15 @@ def forward_loss(P, x, y, h0, masks=None):
     V, H = Wxh.shape
     ws = _workspace(T, N, H, V, dtype)
     ws["hs"][0] = h0
-    loss = lm.lm_forward_loss(ws["hs"], ws["logits"], ws["tmp"], ws["rowloss"], x, y, Wxh, Whh, bh, Why, by,
-                              dtype.type(1.0 / (T * N)), _small(N, H))
+    small = _small(N, H)
+    if _paired(N, small):
+        unused = (Wxh, Whh, bh, Why, by)  # the gradient slots: not written without grad
+        loss = pair.lm_forward_backward_pair(ws["sync"], *unused, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"],
+                                             ws["rowloss"], x, y, Wxh, Whh, bh, Why, by, dtype.type(1.0 / (T * N)),
+                                             False)
+    else:
+        loss = lm.lm_forward_loss(ws["hs"], ws["logits"], ws["tmp"], ws["rowloss"], x, y, Wxh, Whh, bh, Why, by,
+                                  dtype.type(1.0 / (T * N)), small)
     return float(loss), ws["hs"][T].copy()
 
 

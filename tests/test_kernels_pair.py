@@ -1,0 +1,136 @@
+"""The two-thread pipelined step for small batches (fastrnn/kernels/pair.py) and its synchronisation (sync.py)."""
+
+import numba
+import numpy as np
+import pytest
+
+from fastrnn import kernels as K
+from fastrnn import reference as ref
+from fastrnn.kernels import backend, pair, sync
+from fastrnn.kernels.threads import set_threads
+from test_kernels import NAMES, make_problem, tol
+
+# (N, T, V, H): T not a multiple of the side's chunk (8 rows), a chunk of 3 steps (N=3), N=4 = PAIR_ROWS, T=1, H
+# not a multiple of 8, large H (N*H*H above SMALL_WORK: hand-loop recurrences, BLAS threads elsewhere)
+SHAPES = [(1, 13, 65, 24), (3, 5, 30, 17), (4, 6, 65, 32), (1, 1, 65, 7), (2, 9, 11, 40), (1, 7, 30, 300)]
+
+
+@pytest.fixture
+def two_threads():
+    yield set_threads(2)
+    set_threads(2)
+
+
+def _kernel_args(layout, P, x, y, h0, grads=None):
+    """Arguments of pair.lm_forward_backward_pair after `sync` (fresh workspace and gradients)."""
+    N, T = x.shape
+    V, H = P["Wxh"].shape
+    dtype = P["Whh"].dtype
+    hs = np.empty((T + 1, N, H), dtype)
+    hs[0] = h0
+    G = grads if grads is not None else [np.full(P[k].shape, 7, dtype) for k in NAMES]
+    ws = [hs, np.empty((T * N, V), dtype), np.empty((T, N, H), dtype), np.empty((N, H), dtype),
+          np.empty(max(H, V)), np.empty(T * N)]
+    params = [np.ascontiguousarray(P[k]) for k in NAMES]
+    return G, [*G, *ws, x, y, *params, dtype.type(1.0 / (T * N))]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N,T,V,H", SHAPES)
+def test_pair_path_matches_reference(N, T, V, H, dtype, two_threads):
+    assert backend._paired(N, backend._small(N, H))  # this is the path under test
+    layout, flat, P, x, y, h0 = make_problem(N, T, V, H, dtype)
+    g_ref, g_nb = layout.zeros(dtype), layout.zeros(dtype) + 7  # overwritten, not accumulated
+    loss_ref, h_ref = ref.forward_backward(P, layout.views(g_ref), x, y, h0)
+    loss_nb, h_nb = K.forward_backward(P, layout.views(g_nb), x, y, h0)
+    assert loss_nb == pytest.approx(loss_ref, rel=tol(dtype))
+    np.testing.assert_allclose(h_nb, h_ref, rtol=0, atol=tol(dtype))
+    scale = np.abs(g_ref).max()
+    for name in NAMES:
+        np.testing.assert_allclose(layout.views(g_nb)[name], layout.views(g_ref)[name], rtol=0,
+                                   atol=tol(dtype) * scale, err_msg=name)
+    loss_only, h_only = K.forward_loss(P, x, y, h0)
+    assert loss_only == pytest.approx(loss_ref, rel=tol(dtype))
+    np.testing.assert_allclose(h_only, h_ref, rtol=0, atol=tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_one_thread_does_both_roles_with_the_same_bits(dtype, two_threads):
+    """Two threads, the roles in turn on one thread (join's fallback, as a threading layer that runs the prange
+    iterations one after the other would), and lm_forward_backward_alone: the same numbers, bit for bit."""
+    layout, flat, P, x, y, h0 = make_problem(2, 11, 65, 48, dtype)
+    results = []
+    for threads, fn in ((2, pair.lm_forward_backward_pair), (1, pair.lm_forward_backward_pair),
+                        (2, pair.lm_forward_backward_alone)):
+        set_threads(threads)
+        state = np.zeros(sync.SYNC_SIZE, np.int64)
+        G, args = _kernel_args(layout, P, x, y, h0)
+        loss = fn(state, *args, True)
+        if fn is pair.lm_forward_backward_pair and threads == 1:  # role 0 timed out and took slot 1 too
+            assert list(state[[sync.SLOT, sync.SLOT + 16]]) == [1, 2]
+        results.append((loss, [g.copy() for g in G], args[5].copy()))  # args[5]: hs
+    for loss, G, hs in results[1:]:
+        assert loss == results[0][0]
+        np.testing.assert_array_equal(hs, results[0][2])
+        for a, b in zip(G, results[0][1]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_loss_only_writes_no_gradient(two_threads):
+    layout, flat, P, x, y, h0 = make_problem(1, 9, 65, 24, np.float64)
+    G, args = _kernel_args(layout, P, x, y, h0)
+    loss = pair.lm_forward_backward_pair(np.zeros(sync.SYNC_SIZE, np.int64), *args, False)
+    assert loss == pytest.approx(ref.forward_loss(P, x, y, h0)[0], rel=1e-12)
+    assert all(np.all(g == 7) for g in G)
+
+
+def test_training_on_two_threads_is_bit_identical_run_to_run(two_threads):
+    def run():
+        layout, flat, P, x, y, h0 = make_problem(1, 20, 65, 64, np.float32, seed=3)
+        g, m, v = layout.zeros(np.float32), layout.zeros(np.float32), layout.zeros(np.float32)
+        h, losses = h0, []
+        for t in range(1, 6):
+            loss, h = K.forward_backward(P, layout.views(g), x, y, h)
+            K.clip_gradients(g, 5.0, 0.0)
+            K.adam_update(flat, g, m, v, 0.01, 0.9, 0.999, 1e-8, t)
+            losses.append(loss)
+        return losses, flat.copy(), h
+
+    a, b = run(), run()
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[2], b[2])
+
+
+def test_paired_only_with_two_threads_and_small_batches(two_threads):
+    assert backend._paired(1, 2) and backend._paired(backend.PAIR_ROWS, 1)
+    assert not backend._paired(backend.PAIR_ROWS + 1, 1)  # larger batches: lm.py
+    assert not backend._paired(1, 0)  # BLAS recurrences
+    set_threads(1)
+    assert not backend._paired(1, 2)
+
+
+def test_join_alone_then_late_partner():
+    """One thread calling both roles in turn: the first waits, takes the partner's slot and works alone (1);
+    the late partner finds its slot taken and leaves (0)."""
+    state = np.zeros(sync.SYNC_SIZE, np.int64)
+    assert sync.join(state, 0) == 1
+    assert sync.join(state, 1) == 0
+    assert list(state[[sync.SLOT, sync.SLOT + 16]]) == [1, 2]
+
+
+@numba.njit
+def _atomics(a):
+    sync.store_release(a, 3, 41)
+    loaded = sync.load_acquire(a, 3)
+    swapped = sync.compare_exchange(a, 3, 41, 42)
+    refused = sync.compare_exchange(a, 3, 41, 43)
+    sync.cpu_relax()
+    sync.wait_until(a, 3, 42)  # already there: returns at once
+    return loaded, swapped, refused
+
+
+def test_atomics():
+    a = np.zeros(8, np.int64)
+    assert _atomics(a) == (41, True, False)
+    assert a[3] == 42 and np.count_nonzero(a) == 1
