@@ -25,6 +25,21 @@ def _sumsq_chunk(g, lo, hi):
 
 
 @kernel
+def _sumsq_clip_chunk(g, lo, hi, clip):
+    """_sumsq_chunk of the values before clipping, and the elementwise clip to [-clip, clip], in one pass."""
+    g = g[lo:hi]
+    s = 0.0
+    for i in range(g.shape[0]):
+        v = g[i]
+        w = np.float64(v)
+        s += w * w
+        v = clip if v > clip else v  # NaN passes through, as np.clip
+        v = -clip if v < -clip else v
+        g[i] = v
+    return s
+
+
+@kernel
 def _ordered_sum(partial):
     s = 0.0
     for c in range(partial.shape[0]):
@@ -89,8 +104,13 @@ def _adam_chunk(p, g, m, v, lo, hi, lr, beta1, one_minus_beta1, beta2, one_minus
 @kernel
 def clip_serial(g, partial, clip, max_norm):
     """Global-norm scaling then elementwise clipping of g in place; returns the norm before clipping.
-    partial: (number of chunks,) float64 scratch; clip: in g's dtype; max_norm: float64."""
+    partial: (number of chunks,) float64 scratch; clip: in g's dtype; max_norm: float64. Without norm scaling
+    (max_norm <= 0) the norm and the clip take one pass."""
     n = g.shape[0]
+    if max_norm <= 0 and clip > 0:
+        for c in range(partial.shape[0]):
+            partial[c] = _sumsq_clip_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK), clip)
+        return np.sqrt(_ordered_sum(partial))
     for c in range(partial.shape[0]):
         partial[c] = _sumsq_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK))
     norm = np.sqrt(_ordered_sum(partial))
@@ -106,6 +126,10 @@ def clip_serial(g, partial, clip, max_norm):
 def clip_parallel(g, partial, clip, max_norm):
     """clip_serial with the chunks in a prange."""
     n = g.shape[0]
+    if max_norm <= 0 and clip > 0:
+        for c in prange(partial.shape[0]):
+            partial[c] = _sumsq_clip_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK), clip)
+        return np.sqrt(_ordered_sum(partial))
     for c in prange(partial.shape[0]):
         partial[c] = _sumsq_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK))
     norm = np.sqrt(_ordered_sum(partial))
