@@ -4,7 +4,7 @@
 
     p = probabilities(logits, temperature, top_k, top_p)   (float64: softmax of logits / temperature, top-k,
     token = draw(p, u)                                      top-p; then the inverse CDF at u * total mass)
-    h = tanh(Wxh[token] + h @ Whh + bh); logits = h @ Why + by
+    h = tanh(Wxh[token] + h @ Whh + bh); logits = h @ Why + by   (the products as rnn.matmul_small)
 
 with the uniform numbers u given in `uniforms` (drawn by the caller from its numpy Generator, one per character,
 so a seed gives the same text as the NumPy path up to float rounding). Greedy takes the argmax instead.
@@ -14,6 +14,7 @@ import numpy as np
 
 from fastrnn.kernels.jit import kernel
 from fastrnn.kernels.mathfn import tanh
+from fastrnn.kernels.rnn import matmul_small
 
 
 @kernel
@@ -75,20 +76,14 @@ def sample_chunk(out, h, logits, uniforms, Wxh, Whh, bh, Why, by, temperature, t
     V = logits.shape[0]
     z = np.empty(V, np.float64)  # (V,)
     a = np.empty(H, h.dtype)  # (H,) pre-activation
+    h1, a1, l1 = h.reshape(1, H), a.reshape(1, H), logits.reshape(1, V)
     for i in range(out.shape[0]):
         token = _choose(logits, uniforms[i], temperature, top_k, top_p, greedy, z)
         out[i] = token
+        matmul_small(a1, h1, Whh)  # a = h @ Whh, four rows of Whh at a time
+        wx = Wxh[token]
         for j in range(H):
-            a[j] = Wxh[token, j] + bh[j]
-        for k in range(H):  # a += h @ Whh, row by row: contiguous, vectorizes
-            hk = h[k]
-            for j in range(H):
-                a[j] += hk * Whh[k, j]
-        for j in range(H):
-            h[j] = tanh(a[j])
+            h[j] = tanh(a[j] + wx[j] + bh[j])
+        matmul_small(l1, h1, Why)
         for j in range(V):
-            logits[j] = by[j]
-        for k in range(H):
-            hk = h[k]
-            for j in range(V):
-                logits[j] += hk * Why[k, j]
+            logits[j] += by[j]
