@@ -115,10 +115,15 @@ def set_threads(n):
 
 
 def _calls_per_repeat(fn, min_seconds):
-    """Call fn() once (a probe) and return how many calls make a repeat of about min_seconds."""
-    t0 = time.perf_counter()
-    fn()
-    return max(1, int(min_seconds / max(time.perf_counter() - t0, 1e-9)))
+    """How many calls of fn() make a repeat of about min_seconds, from the median of a few probe calls (one probe
+    alone can be an outlier: e.g. the first call after another contender's threads held the cores)."""
+    probes = []
+    start = time.perf_counter()
+    while len(probes) < 3 or (len(probes) < 9 and time.perf_counter() - start < 0.2 * min_seconds):
+        t0 = time.perf_counter()
+        fn()
+        probes.append(time.perf_counter() - t0)
+    return max(1, int(min_seconds / max(statistics.median(probes), 1e-9)))
 
 
 def _timed(fn, k):
@@ -140,18 +145,23 @@ def time_calls(fn, repeats, min_seconds=0.05):
     return statistics.median(per_call), k, per_call
 
 
-def time_interleaved(fns, repeats, min_seconds=0.05):
+def time_interleaved(fns, repeats, min_seconds=0.05, warmup=0.1):
     """time_calls for several functions at once, their repeats taken in turn (a, b, c, a, b, c, ...).
 
     On a shared or throttled machine the speed changes over time; interleaving exposes every contender to the
-    same conditions, so ratios between them stay meaningful. fns: {name: fn}; repeats: {name: int}.
-    Returns {name: (median seconds per call, calls per repeat, [per-call seconds of each repeat])}.
+    same conditions, so ratios between them stay meaningful. Each timed repeat follows an untimed warm-up of the
+    same function for about `warmup` seconds: a contender must not be timed while the threads of the one before
+    still hold the cores (OpenBLAS keeps its idle workers spinning for ~0.1 s after a call). fns: {name: fn};
+    repeats: {name: int}. Returns {name: (median seconds per call, calls per repeat, [per-call seconds of each
+    repeat])}.
     """
     ks = {name: _calls_per_repeat(fn, min_seconds) for name, fn in fns.items()}
     samples = {name: [] for name in fns}
     for r in range(max(repeats.values())):
         for name, fn in fns.items():
             if r < repeats[name]:
+                if warmup > 0:
+                    _timed(fn, max(1, int(ks[name] * warmup / min_seconds)) if min_seconds > 0 else 1)
                 samples[name].append(_timed(fn, ks[name]))
     return {name: (statistics.median(s), ks[name], s) for name, s in samples.items()}
 

@@ -14,6 +14,10 @@ Contenders (all draw one character at a time from the full softmax, temperature 
 
 Before timing, every contender generates the same 200 characters as numpy-generate from the same seed on a
 float64 model (`checked`). The target is the fastest numba path >= 10x the plain NumPy loop.
+
+One more row, `read-bound`, is no generator: it is the rate at which one thread can merely read, once, the weights
+that every generated character needs (Whh and Why, each element summed by a numba loop); no float32 generator
+that reads them once per character can beat it. Its `vs_numpy_loop` is the largest ratio this machine allows.
 """
 
 import argparse
@@ -77,6 +81,27 @@ def contenders(numba_backend):
     return out
 
 
+def _sum_all(a, b):
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += a[i]
+    for i in range(b.shape[0]):
+        s += b[i]
+    return s
+
+
+def read_seconds(P, repeats):
+    """Median seconds for one pass of a numba loop over every element of Whh and Why (their whole bytes)."""
+    import numba
+
+    summed = numba.njit(fastmath=True)(_sum_all)
+    a, b = P["Whh"].reshape(-1), P["Why"].reshape(-1)
+    summed(a, b)
+    passes = 50
+    seconds, _, _ = common.time_calls(lambda: [summed(a, b) for _ in range(passes)], repeats, 0.1)
+    return seconds / passes
+
+
 def agreement(a, b):
     """Length of the common prefix of two id sequences."""
     a, b = np.asarray(a), np.asarray(b)
@@ -121,6 +146,11 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
         rows.append(dict(backend=name, model="rnn", hidden=hidden, vocab=V, dtype=dtype, threads=threads,
                          length=length, chars_per_sec=length / seconds, seconds=seconds, repeats=repeats,
                          first_call_seconds=first, agree=agree, checked=agree == CHECK_LENGTH))
+    seconds = read_seconds(model.P, repeats)
+    rows.append(dict(backend="read-bound", model="rnn", hidden=hidden, vocab=V, dtype=dtype, threads=1,
+                     length=1, chars_per_sec=1.0 / seconds, seconds=seconds, repeats=repeats,
+                     bytes_per_char=int(model.P["Whh"].nbytes + model.P["Why"].nbytes),
+                     first_call_seconds=0.0, agree=0, checked=True))
     base = next(r["chars_per_sec"] for r in rows if r["backend"] == "numpy-loop")
     for r in rows:
         r["vs_numpy_loop"] = r["chars_per_sec"] / base
@@ -149,7 +179,11 @@ def main(argv=None):
                   backend=best and best["backend"], value=best and best["vs_numpy_loop"],
                   passed=None if best is None else bool(best["vs_numpy_loop"] >= TARGET))
     status = {True: "PASS", False: "FAIL", None: "SKIP"}[target["passed"]]
-    print(f"{status}  {target['name']}" + (f": {best['backend']} {best['vs_numpy_loop']:.2f}x" if best else ""))
+    bound = next(r for r in rows if r["backend"] == "read-bound")
+    target["read_bound"] = bound["vs_numpy_loop"]
+    print(f"{status}  {target['name']}" + (f": {best['backend']} {best['vs_numpy_loop']:.2f}x" if best else "")
+          + f" (reading the {bound['bytes_per_char'] / 1e6:.2f} MB of weights once per character, alone, would be "
+          f"{bound['vs_numpy_loop']:.2f}x)")
     if args.json:
         common.write_json(args.json, dict(machine=machine, rows=rows, targets=[target]))
         print(f"wrote {args.json}")

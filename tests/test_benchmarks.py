@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark and profiling code paths at tiny sizes. They check structure, never speed."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -27,6 +28,28 @@ def test_format_table_and_timing():
     assert text.splitlines()[-1].split() == ["1.5", "-"]
     out = common.time_interleaved({"x": lambda: None, "y": lambda: None}, {"x": 2, "y": 1}, 0.0)
     assert len(out["x"][2]) == 2 and len(out["y"][2]) == 1
+
+
+def test_calls_per_repeat_ignores_one_slow_probe():
+    calls = []
+
+    def fn():  # the first call is slow (as after another contender), the others take about 1 ms
+        time.sleep(0.2 if not calls else 0.001)
+        calls.append(1)
+
+    k = common._calls_per_repeat(fn, 0.1)
+    assert len(calls) >= 3 and 30 <= k <= 100  # one 0.2 s probe alone would have given k = 1
+
+
+def test_every_timed_repeat_follows_a_warm_up():
+    log = []
+    fns = {"a": lambda: (log.append("a"), time.sleep(0.002)), "b": lambda: (log.append("b"), time.sleep(0.002))}
+    out = common.time_interleaved(fns, {"a": 2, "b": 2}, min_seconds=0.02, warmup=0.01)
+    ka, kb = out["a"][1], out["b"][1]
+    wa, wb = max(1, ka // 2), max(1, kb // 2)  # warm-up calls: warmup / min_seconds of a repeat
+    last = log[-(wa + ka + wb + kb):]  # the last round: a warms up and is timed, then b
+    assert last == ["a"] * (wa + ka) + ["b"] * (wb + kb)
+    assert log.count("a") == 3 + 2 * (wa + ka) and log.count("b") == 3 + 2 * (wb + kb)  # 3 probes, 2 rounds
 
 
 def test_batches_continue_streams():
@@ -78,8 +101,10 @@ def test_kernels_check_against_reference(dtype):
 def test_sampling_rows():
     rows = sampling.run(hidden=16, length=20, threads=1, repeats=1, numba_module="fastrnn.reference")
     names = {r["backend"] for r in rows}
-    assert {"numba-generate", "numpy-generate", "numpy-loop"} <= names
+    assert {"numba-generate", "numpy-generate", "numpy-loop", "read-bound"} <= names
     assert all(r["checked"] and r["chars_per_sec"] > 0 for r in rows)
+    bound = next(r for r in rows if r["backend"] == "read-bound")
+    assert bound["bytes_per_char"] == (16 * 16 + 16 * 65) * 4  # Whh and Why of a float32 H16 model
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
