@@ -14,7 +14,10 @@ minibatch: N*T characters. Contenders:
 Before timing, one step of the numba backend is checked against the reference from identical parameters and
 data (loss, every gradient, the final state and the parameters after clip + Adam), and the seed-style model
 against the reference on one sequence; rows record `checked`. The first step (numba JIT compilation, BLAS
-start-up) is timed apart as `compile_seconds`; throughput is the median over repeats of the steady state.
+start-up) is timed apart as `compile_seconds`; throughput is the median over repeats of the steady state. The
+contenders' repeats are interleaved (a, b, c, a, b, c, ...: the same machine noise for all), and each timed repeat
+follows an untimed warm-up of the same contender (common.time_interleaved), so that no contender is timed while the
+threads of the one before still hold the cores.
 
 GFLOP/s counts the matrix products per character. For the vanilla RNN:
 
