@@ -12,7 +12,6 @@ import numba
 
 from fastrnn.kernels import lm, optim, pair, stack
 from fastrnn.kernels.sync import SYNC_SIZE
-from fastrnn.params import arch_of
 
 SMALL_WORK = 1 << 16  # N*H*H at or below which the recurrent products use hand loops instead of BLAS (and, for
 # at most stack.SMALL_ROWS sequences, the other products one BLAS thread); negative: BLAS everywhere; see _small
@@ -74,8 +73,10 @@ def _paired(N, small):
 
 
 def _fused(P):
-    """True for the one-layer vanilla RNN (the fused single-call path)."""
-    return arch_of(P)[:2] == ("rnn", 1)
+    """True for the one-layer vanilla RNN (the fused single-call path): arch_of(P)[:2] == ("rnn", 1), read from
+    Whh's shape and the absence of a second layer without building arch_of's answer (this runs every step)."""
+    H, GH = P["Whh"].shape
+    return GH == H and "Whh1" not in P
 
 
 def forward_backward(P, G, x, y, h0, masks=None):
@@ -155,34 +156,28 @@ def clip_gradients(g, clip, max_norm):
 
     Returns the global norm before clipping (float64 sum of squares).
     """
-    partial = np.empty(max(1, (g.shape[0] + optim.CHUNK - 1) // optim.CHUNK), np.float64)
     fn = optim.clip_parallel if g.shape[0] >= PARALLEL_SIZE else optim.clip_serial
-    norm = float(fn(g, partial, g.dtype.type(clip), float(max_norm)))
-    return norm
+    return float(fn(g, float(clip), float(max_norm)))
 
 
 def sgd_update(p, g, vel, lr, momentum):
     """SGD with (heavy-ball) momentum: vel = momentum * vel - lr * g; p += vel."""
-    t = p.dtype.type
-    (optim.sgd_parallel if p.shape[0] >= PARALLEL_SIZE else optim.sgd_serial)(p, g, vel, t(lr), t(momentum))
+    (optim.sgd_parallel if p.shape[0] >= PARALLEL_SIZE else optim.sgd_serial)(p, g, vel, float(lr), float(momentum))
 
 
 def adagrad_update(p, g, mem, lr, eps):
     """Adagrad as min-char-rnn: mem += g^2; p -= lr * g / sqrt(mem + eps)."""
-    t = p.dtype.type
-    (optim.adagrad_parallel if p.shape[0] >= PARALLEL_SIZE else optim.adagrad_serial)(p, g, mem, t(lr), t(eps))
+    (optim.adagrad_parallel if p.shape[0] >= PARALLEL_SIZE else optim.adagrad_serial)(p, g, mem, float(lr), float(eps))
 
 
 def rmsprop_update(p, g, ms, lr, decay, eps):
     """RMSprop as char-rnn: ms = decay * ms + (1 - decay) * g^2; p -= lr * g / (sqrt(ms) + eps)."""
-    t = p.dtype.type
     (optim.rmsprop_parallel if p.shape[0] >= PARALLEL_SIZE else optim.rmsprop_serial)(
-        p, g, ms, t(lr), t(decay), t(1.0 - decay), t(eps))
+        p, g, ms, float(lr), float(decay), 1.0 - decay, float(eps))
 
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
     """Adam (Kingma & Ba) with bias correction; t is the 1-based step number."""
-    c = p.dtype.type
     (optim.adam_parallel if p.shape[0] >= PARALLEL_SIZE else optim.adam_serial)(
-        p, g, m, v, c(lr), c(beta1), c(1.0 - beta1), c(beta2), c(1.0 - beta2), c(1.0 / (1.0 - beta1 ** t)),
-        c(1.0 / (1.0 - beta2 ** t)), c(eps))
+        p, g, m, v, float(lr), float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2, 1.0 / (1.0 - beta1 ** t),
+        1.0 / (1.0 - beta2 ** t), float(eps))

@@ -2,16 +2,32 @@
 
 Every update is one fused elementwise loop. Buffers are cut into fixed chunks of CHUNK elements: the parallel
 drivers run chunks in a prange, the serial ones in order; results do not depend on the number of threads (the
-clipping norm sums per-chunk float64 partials in chunk order). Scalars arrive already cast to the buffers' dtype
-(see fastrnn.kernels.backend), as NumPy casts Python floats in the reference.
+clipping norm sums per-chunk float64 partials in chunk order). Scalars arrive as Python floats (cheaper to pass
+than NumPy scalars: a call is ~3 us faster) and are cast to the buffers' dtype here (`cast_like`), as NumPy casts
+Python floats in the reference.
 """
 
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
-from fastrnn.kernels.jit import kernel, parallel_kernel
+from fastrnn.kernels.jit import OPTIONS, kernel, parallel_kernel
 
 CHUNK = 1 << 14
+
+
+def cast_like(value, like):
+    """value as a scalar of the dtype of the array `like` (Python version; njit code gets a plain cast)."""
+    return like.dtype.type(value)
+
+
+@overload(cast_like, jit_options=OPTIONS, inline="always")
+def _cast_like_overload(value, like):
+    if isinstance(like, types.Array) and like.dtype == types.float32:
+        return lambda value, like: np.float32(value)
+    if isinstance(like, types.Array) and like.dtype == types.float64:
+        return lambda value, like: np.float64(value)
+    return None
 
 
 @kernel
@@ -102,11 +118,12 @@ def _adam_chunk(p, g, m, v, lo, hi, lr, beta1, one_minus_beta1, beta2, one_minus
 
 
 @kernel
-def clip_serial(g, partial, clip, max_norm):
+def clip_serial(g, clip, max_norm):
     """Global-norm scaling then elementwise clipping of g in place; returns the norm before clipping.
-    partial: (number of chunks,) float64 scratch; clip: in g's dtype; max_norm: float64. Without norm scaling
-    (max_norm <= 0) the norm and the clip take one pass."""
+    clip, max_norm: floats. Without norm scaling (max_norm <= 0) the norm and the clip take one pass."""
     n = g.shape[0]
+    partial = np.empty(max(1, (n + CHUNK - 1) // CHUNK), np.float64)
+    clip = cast_like(clip, g)
     if max_norm <= 0 and clip > 0:
         for c in range(partial.shape[0]):
             partial[c] = _sumsq_clip_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK), clip)
@@ -123,9 +140,11 @@ def clip_serial(g, partial, clip, max_norm):
 
 
 @parallel_kernel
-def clip_parallel(g, partial, clip, max_norm):
+def clip_parallel(g, clip, max_norm):
     """clip_serial with the chunks in a prange."""
     n = g.shape[0]
+    partial = np.empty(max(1, (n + CHUNK - 1) // CHUNK), np.float64)
+    clip = cast_like(clip, g)
     if max_norm <= 0 and clip > 0:
         for c in prange(partial.shape[0]):
             partial[c] = _sumsq_clip_chunk(g, c * CHUNK, min(n, (c + 1) * CHUNK), clip)
@@ -144,11 +163,15 @@ def clip_parallel(g, partial, clip, max_norm):
 
 @kernel
 def sgd_serial(p, g, vel, lr, momentum):
+    lr = cast_like(lr, p)
+    momentum = cast_like(momentum, p)
     _sgd_chunk(p, g, vel, 0, p.shape[0], lr, momentum)
 
 
 @parallel_kernel
 def sgd_parallel(p, g, vel, lr, momentum):
+    lr = cast_like(lr, p)
+    momentum = cast_like(momentum, p)
     n = p.shape[0]
     for c in prange((n + CHUNK - 1) // CHUNK):
         _sgd_chunk(p, g, vel, c * CHUNK, min(n, (c + 1) * CHUNK), lr, momentum)
@@ -156,11 +179,15 @@ def sgd_parallel(p, g, vel, lr, momentum):
 
 @kernel
 def adagrad_serial(p, g, mem, lr, eps):
+    lr = cast_like(lr, p)
+    eps = cast_like(eps, p)
     _adagrad_chunk(p, g, mem, 0, p.shape[0], lr, eps)
 
 
 @parallel_kernel
 def adagrad_parallel(p, g, mem, lr, eps):
+    lr = cast_like(lr, p)
+    eps = cast_like(eps, p)
     n = p.shape[0]
     for c in prange((n + CHUNK - 1) // CHUNK):
         _adagrad_chunk(p, g, mem, c * CHUNK, min(n, (c + 1) * CHUNK), lr, eps)
@@ -168,11 +195,19 @@ def adagrad_parallel(p, g, mem, lr, eps):
 
 @kernel
 def rmsprop_serial(p, g, ms, lr, decay, one_minus_decay, eps):
+    lr = cast_like(lr, p)
+    decay = cast_like(decay, p)
+    one_minus_decay = cast_like(one_minus_decay, p)
+    eps = cast_like(eps, p)
     _rmsprop_chunk(p, g, ms, 0, p.shape[0], lr, decay, one_minus_decay, eps)
 
 
 @parallel_kernel
 def rmsprop_parallel(p, g, ms, lr, decay, one_minus_decay, eps):
+    lr = cast_like(lr, p)
+    decay = cast_like(decay, p)
+    one_minus_decay = cast_like(one_minus_decay, p)
+    eps = cast_like(eps, p)
     n = p.shape[0]
     for c in prange((n + CHUNK - 1) // CHUNK):
         _rmsprop_chunk(p, g, ms, c * CHUNK, min(n, (c + 1) * CHUNK), lr, decay, one_minus_decay, eps)
@@ -180,11 +215,27 @@ def rmsprop_parallel(p, g, ms, lr, decay, one_minus_decay, eps):
 
 @kernel
 def adam_serial(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
+    lr = cast_like(lr, p)
+    beta1 = cast_like(beta1, p)
+    one_minus_beta1 = cast_like(one_minus_beta1, p)
+    beta2 = cast_like(beta2, p)
+    one_minus_beta2 = cast_like(one_minus_beta2, p)
+    mscale = cast_like(mscale, p)
+    vscale = cast_like(vscale, p)
+    eps = cast_like(eps, p)
     _adam_chunk(p, g, m, v, 0, p.shape[0], lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps)
 
 
 @parallel_kernel
 def adam_parallel(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
+    lr = cast_like(lr, p)
+    beta1 = cast_like(beta1, p)
+    one_minus_beta1 = cast_like(one_minus_beta1, p)
+    beta2 = cast_like(beta2, p)
+    one_minus_beta2 = cast_like(one_minus_beta2, p)
+    mscale = cast_like(mscale, p)
+    vscale = cast_like(vscale, p)
+    eps = cast_like(eps, p)
     n = p.shape[0]
     for c in prange((n + CHUNK - 1) // CHUNK):
         _adam_chunk(p, g, m, v, c * CHUNK, min(n, (c + 1) * CHUNK), lr, beta1, one_minus_beta1, beta2,
