@@ -3,7 +3,8 @@ sgd_update, adagrad_update, rmsprop_update, adam_update) with the same signature
 
 Layout: jit.py (JIT options), mathfn.py (vectorizable tanh/exp/sigmoid), rnn.py (RNN layer, and the general
 layer interface), gru.py and lstm.py (GRU and LSTM layers), softmax_xent.py (output layer), lm.py (the one-layer
-vanilla RNN as one call), stack.py (any other model: cells, stacked layers, dropout, layer by layer), optim.py
+vanilla RNN as one call), pair.py (the same on two threads for one to four sequences, pipelined; sync.py has
+its atomics and hand-over), stack.py (any other model: cells, stacked layers, dropout, layer by layer), optim.py
 (clipping and updates), blas.py (GEMM through NumPy's OpenBLAS), backend.py (the Python API), threads.py (thread
 counts).
 
