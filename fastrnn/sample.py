@@ -10,7 +10,7 @@ import codecs
 import numpy as np
 
 from fastrnn.errors import ConfigError, VocabError
-from fastrnn.params import arch_of, state_size
+from fastrnn.params import arch_of, layer_names, state_size
 
 
 def probabilities(logits, temperature=1.0, top_k=0, top_p=1.0):
@@ -75,7 +75,7 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=
     check_options(temperature, top_k, top_p, length)
     rng = rng if rng is not None else np.random.default_rng()
     h, logits = _start(backend, P, vocab, prime, dtype)
-    if getattr(backend, "__name__", "") == "fastrnn.kernels" and arch_of(P)[:2] == ("rnn", 1):
+    if getattr(backend, "__name__", "") == "fastrnn.kernels":
         yield from _generate_numba(P, h, logits, length, temperature, top_k, top_p, greedy, rng)
         return
     for _ in range(length):
@@ -88,17 +88,22 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=
 
 
 def _generate_numba(P, h, logits, length, temperature, top_k, top_p, greedy, rng, chunk=64):
-    """generate() for the numba backend: runs of `chunk` characters per kernel call (same draws, same rng use)."""
-    from fastrnn.kernels.sample import sample_chunk
+    """generate() for the numba backend, any model: runs of `chunk` characters per kernel call (same draws, same
+    rng use). h: (1, S) the state after the prime; logits: (1, V)."""
+    from fastrnn.kernels.sample import CELL_CODES, sample_chunk
 
-    h = np.ascontiguousarray(h[0]).copy()  # (H,)
+    cell, L, H = arch_of(P)
+    state = np.ascontiguousarray(h[0]).reshape(L, -1, H).copy()  # (L, K, H): h, and c for an lstm, per layer
     logits = np.ascontiguousarray(logits[0]).copy()  # (V,)
+    names = [layer_names(l) for l in range(L)]
+    Wxh, Whh, bh = (tuple(np.ascontiguousarray(P[n[k]]) for n in names) for k in range(3))
+    Why, by = np.ascontiguousarray(P["Why"]), np.ascontiguousarray(P["by"])
     out = np.empty(chunk, dtype=np.int32)
     done = 0
     while done < length:
         n = min(chunk, length - done)
         uniforms = np.zeros(n) if greedy else rng.random(n)  # (n,) one per character, as draw() uses
-        sample_chunk(out[:n], h, logits, uniforms, P["Wxh"], P["Whh"], P["bh"], P["Why"], P["by"],
+        sample_chunk(out[:n], state, logits, uniforms, Wxh, Whh, bh, Why, by, CELL_CODES[cell],
                      float(temperature), int(top_k), float(top_p), bool(greedy))
         yield from out[:n].tolist()
         done += n
