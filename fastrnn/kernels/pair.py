@@ -105,12 +105,16 @@ def _chain_backward(sync, mode, dz, tmp, hs, Whh):
         if t < T - 1:
             matmul_nt_small(tmp, dz[t + 1], Whh)
             for n in range(N):
+                dn, rn, hn = d[n], tmp[n], h[n]
                 for j in range(H):
-                    d[n, j] += tmp[n, j]
-        for n in range(N):
-            for j in range(H):
-                g = d[n, j]
-                d[n, j] = g - g * h[n, j] * h[n, j]
+                    g = dn[j] + rn[j]
+                    dn[j] = g - g * hn[j] * hn[j]
+        else:
+            for n in range(N):
+                dn, hn = d[n], h[n]
+                for j in range(H):
+                    g = dn[j]
+                    dn[j] = g - g * hn[j] * hn[j]
         _publish(sync, BWD, T - t, mode)
 
 
