@@ -79,6 +79,7 @@ def _scale_clip_chunk(g, lo, hi, scale, do_scale, clip, do_clip):
 @kernel
 def _sgd_chunk(p, g, vel, lo, hi, lr, momentum):
     p, g, vel = p[lo:hi], g[lo:hi], vel[lo:hi]
+    lr, momentum = cast_like(lr, p), cast_like(momentum, p)
     for i in range(p.shape[0]):
         u = vel[i] * momentum - lr * g[i]
         vel[i] = u
@@ -88,6 +89,7 @@ def _sgd_chunk(p, g, vel, lo, hi, lr, momentum):
 @kernel
 def _adagrad_chunk(p, g, mem, lo, hi, lr, eps):
     p, g, mem = p[lo:hi], g[lo:hi], mem[lo:hi]
+    lr, eps = cast_like(lr, p), cast_like(eps, p)
     for i in range(p.shape[0]):
         gi = g[i]
         m = mem[i] + gi * gi
@@ -98,6 +100,8 @@ def _adagrad_chunk(p, g, mem, lo, hi, lr, eps):
 @kernel
 def _rmsprop_chunk(p, g, ms, lo, hi, lr, decay, one_minus_decay, eps):
     p, g, ms = p[lo:hi], g[lo:hi], ms[lo:hi]
+    lr, decay, one_minus_decay = cast_like(lr, p), cast_like(decay, p), cast_like(one_minus_decay, p)
+    eps = cast_like(eps, p)
     for i in range(p.shape[0]):
         gi = g[i]
         s = ms[i] * decay + one_minus_decay * gi * gi
@@ -108,6 +112,9 @@ def _rmsprop_chunk(p, g, ms, lo, hi, lr, decay, one_minus_decay, eps):
 @kernel
 def _adam_chunk(p, g, m, v, lo, hi, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
     p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
+    lr, beta1, one_minus_beta1 = cast_like(lr, p), cast_like(beta1, p), cast_like(one_minus_beta1, p)
+    beta2, one_minus_beta2 = cast_like(beta2, p), cast_like(one_minus_beta2, p)
+    mscale, vscale, eps = cast_like(mscale, p), cast_like(vscale, p), cast_like(eps, p)
     for i in range(p.shape[0]):
         gi = g[i]
         mi = m[i] * beta1 + one_minus_beta1 * gi
@@ -163,15 +170,11 @@ def clip_parallel(g, clip, max_norm):
 
 @kernel
 def sgd_serial(p, g, vel, lr, momentum):
-    lr = cast_like(lr, p)
-    momentum = cast_like(momentum, p)
     _sgd_chunk(p, g, vel, 0, p.shape[0], lr, momentum)
 
 
 @parallel_kernel
 def sgd_parallel(p, g, vel, lr, momentum):
-    lr = cast_like(lr, p)
-    momentum = cast_like(momentum, p)
     n = p.shape[0]
     for c in prange((n + CHUNK - 1) // CHUNK):
         _sgd_chunk(p, g, vel, c * CHUNK, min(n, (c + 1) * CHUNK), lr, momentum)
@@ -179,15 +182,11 @@ def sgd_parallel(p, g, vel, lr, momentum):
 
 @kernel
 def adagrad_serial(p, g, mem, lr, eps):
-    lr = cast_like(lr, p)
-    eps = cast_like(eps, p)
     _adagrad_chunk(p, g, mem, 0, p.shape[0], lr, eps)
 
 
 @parallel_kernel
 def adagrad_parallel(p, g, mem, lr, eps):
-    lr = cast_like(lr, p)
-    eps = cast_like(eps, p)
     n = p.shape[0]
     for c in prange((n + CHUNK - 1) // CHUNK):
         _adagrad_chunk(p, g, mem, c * CHUNK, min(n, (c + 1) * CHUNK), lr, eps)
@@ -195,19 +194,11 @@ def adagrad_parallel(p, g, mem, lr, eps):
 
 @kernel
 def rmsprop_serial(p, g, ms, lr, decay, one_minus_decay, eps):
-    lr = cast_like(lr, p)
-    decay = cast_like(decay, p)
-    one_minus_decay = cast_like(one_minus_decay, p)
-    eps = cast_like(eps, p)
     _rmsprop_chunk(p, g, ms, 0, p.shape[0], lr, decay, one_minus_decay, eps)
 
 
 @parallel_kernel
 def rmsprop_parallel(p, g, ms, lr, decay, one_minus_decay, eps):
-    lr = cast_like(lr, p)
-    decay = cast_like(decay, p)
-    one_minus_decay = cast_like(one_minus_decay, p)
-    eps = cast_like(eps, p)
     n = p.shape[0]
     for c in prange((n + CHUNK - 1) // CHUNK):
         _rmsprop_chunk(p, g, ms, c * CHUNK, min(n, (c + 1) * CHUNK), lr, decay, one_minus_decay, eps)
@@ -215,27 +206,11 @@ def rmsprop_parallel(p, g, ms, lr, decay, one_minus_decay, eps):
 
 @kernel
 def adam_serial(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
-    lr = cast_like(lr, p)
-    beta1 = cast_like(beta1, p)
-    one_minus_beta1 = cast_like(one_minus_beta1, p)
-    beta2 = cast_like(beta2, p)
-    one_minus_beta2 = cast_like(one_minus_beta2, p)
-    mscale = cast_like(mscale, p)
-    vscale = cast_like(vscale, p)
-    eps = cast_like(eps, p)
     _adam_chunk(p, g, m, v, 0, p.shape[0], lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps)
 
 
 @parallel_kernel
 def adam_parallel(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
-    lr = cast_like(lr, p)
-    beta1 = cast_like(beta1, p)
-    one_minus_beta1 = cast_like(one_minus_beta1, p)
-    beta2 = cast_like(beta2, p)
-    one_minus_beta2 = cast_like(one_minus_beta2, p)
-    mscale = cast_like(mscale, p)
-    vscale = cast_like(vscale, p)
-    eps = cast_like(eps, p)
     n = p.shape[0]
     for c in prange((n + CHUNK - 1) // CHUNK):
         _adam_chunk(p, g, m, v, c * CHUNK, min(n, (c + 1) * CHUNK), lr, beta1, one_minus_beta1, beta2,

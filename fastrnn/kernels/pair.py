@@ -27,7 +27,7 @@ from fastrnn.kernels import mathfn
 from fastrnn.kernels.blas import gemm_serial
 from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.lm import check_tokens
-from fastrnn.kernels.rnn import matmul_nt_small, matmul_small
+from fastrnn.kernels.rnn import matmul_nt_small, matmul_small, scatter_rows
 from fastrnn.kernels.softmax_xent import softmax_rows
 from fastrnn.kernels.sync import COUNT, join, store_release, wait_until
 
@@ -145,13 +145,7 @@ def _side_backward(sync, mode, dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, acc, 
         rows = (t1 - t0) * N
         gemm_serial(dWhh, hs[t0:t1].reshape(rows, H), True, dz[t0:t1].reshape(rows, H), False, 1.0,
                     0.0 if t0 == last else 1.0)
-        for t in range(t0, t1):
-            for n in range(N):
-                row = dz[t, n]
-                dw = dWxh[x[n, t]]
-                for j in range(H):
-                    acc[j] += row[j]
-                    dw[j] += row[j]
+        scatter_rows(dWxh, acc, dz, x, t0, t1)
     for j in range(H):
         dbh[j] = acc[j]
 

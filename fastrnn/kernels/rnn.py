@@ -126,15 +126,23 @@ def rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, small):
     for j in range(H):
         acc[j] = 0.0
     dWxh[:, :] = 0
-    for t in range(T):
+    scatter_rows(dWxh, acc, dz, x, 0, T)
+    for j in range(H):
+        dbh[j] = acc[j]
+
+
+@kernel
+def scatter_rows(dWxh, acc, dz, x, t0, t1):
+    """For t = t0..t1-1 and each sequence n: dWxh[x[n, t]] += dz[t, n] and acc += dz[t, n] (float64 acc), in
+    position order: the input-side gradients of layer 0, whose input is a row lookup."""
+    N, H = dz.shape[1], dz.shape[2]
+    for t in range(t0, t1):
         for n in range(N):
             row = dz[t, n]
             dw = dWxh[x[n, t]]
             for j in range(H):
                 acc[j] += row[j]
                 dw[j] += row[j]
-    for j in range(H):
-        dbh[j] = acc[j]
 
 
 # ---------------------------------------------------------------------------------------------------------------
