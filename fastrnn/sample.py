@@ -87,24 +87,38 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=
         h, logits = backend.step(P, h, np.array([token], dtype=np.int32))
 
 
+def numba_state(P, h):
+    """The carried state h: (1, S) as kernels.sample.sample_chunk takes it: a new (L, K, H) array, [l, 0] the h of
+    layer l and, for an lstm (K = 2), [l, 1] its c (the layout of fastrnn.reference.split_state)."""
+    _, L, H = arch_of(P)
+    return np.ascontiguousarray(h[0]).reshape(L, -1, H).copy()
+
+
+def numba_params(P):
+    """The arguments Wxh, Whh, bh (tuples over the layers), Why, by, cell (a code) of sample_chunk."""
+    from fastrnn.kernels.sample import CELL_CODES
+
+    cell, L, _ = arch_of(P)
+    names = [layer_names(l) for l in range(L)]
+    Wxh, Whh, bh = (tuple(np.ascontiguousarray(P[n[k]]) for n in names) for k in range(3))
+    return Wxh, Whh, bh, np.ascontiguousarray(P["Why"]), np.ascontiguousarray(P["by"]), CELL_CODES[cell]
+
+
 def _generate_numba(P, h, logits, length, temperature, top_k, top_p, greedy, rng, chunk=64):
     """generate() for the numba backend, any model: runs of `chunk` characters per kernel call (same draws, same
     rng use). h: (1, S) the state after the prime; logits: (1, V)."""
-    from fastrnn.kernels.sample import CELL_CODES, sample_chunk
+    from fastrnn.kernels.sample import sample_chunk
 
-    cell, L, H = arch_of(P)
-    state = np.ascontiguousarray(h[0]).reshape(L, -1, H).copy()  # (L, K, H): h, and c for an lstm, per layer
+    state = numba_state(P, h)  # (L, K, H)
     logits = np.ascontiguousarray(logits[0]).copy()  # (V,)
-    names = [layer_names(l) for l in range(L)]
-    Wxh, Whh, bh = (tuple(np.ascontiguousarray(P[n[k]]) for n in names) for k in range(3))
-    Why, by = np.ascontiguousarray(P["Why"]), np.ascontiguousarray(P["by"])
+    weights = numba_params(P)
     out = np.empty(chunk, dtype=np.int32)
     done = 0
     while done < length:
         n = min(chunk, length - done)
         uniforms = np.zeros(n) if greedy else rng.random(n)  # (n,) one per character, as draw() uses
-        sample_chunk(out[:n], state, logits, uniforms, Wxh, Whh, bh, Why, by, CELL_CODES[cell],
-                     float(temperature), int(top_k), float(top_p), bool(greedy))
+        sample_chunk(out[:n], state, logits, uniforms, *weights, float(temperature), int(top_k), float(top_p),
+                     bool(greedy))
         yield from out[:n].tolist()
         done += n
 

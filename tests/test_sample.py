@@ -108,18 +108,69 @@ def test_api_errors(fitted):
         CharRNN().generate("a", 3)
 
 
+MODELS = [(cell, layers) for cell in ("rnn", "lstm", "gru") for layers in (1, 2)]
+SAMPLING = (dict(), dict(temperature=0.6), dict(top_k=4), dict(top_p=0.7), dict(greedy=True))
+
+
+def random_model(cell, layers, dtype, V=30, H=30):
+    """A small random model whose gates and outputs are far from uniform: Glorot weights (auto init, N(0, 0.3^2)
+    for rnn), biases ~ N(0, 0.5^2), output biases ~ N(0, 1). H = 30 is no multiple of 4: matmul_small's tail runs."""
+    from fastrnn.model import Model
+    from fastrnn.params import layer_names
+
+    model = Model(V, H, dtype, cell, layers).init(np.random.default_rng(0), 0.3)
+    rng = np.random.default_rng(1)
+    for l in range(layers):
+        b = model.P[layer_names(l)[2]]
+        b[...] += rng.standard_normal(b.shape) * 0.5
+    model.P["by"][...] = rng.standard_normal(V)
+    return model
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_numba_generation_equals_the_numpy_path(dtype):
+@pytest.mark.parametrize("cell,layers", MODELS)
+def test_numba_generation_equals_the_numpy_path(cell, layers, dtype):
+    """Same seed, same text: every id over 200 characters in float64; in float32 (the kernels' tanh is within a
+    few ulp of NumPy's) the first 50, which a wrong gate or layer would already change."""
     from fastrnn import kernels, reference
     from fastrnn.corpus import Vocab
-    from fastrnn.params import Layout, rnn_shapes
 
-    V, H = 40, 96
-    layout = Layout(rnn_shapes(V, H))
-    P = layout.views(layout.init(np.random.default_rng(0), dtype, 0.05))
-    P["bh"][:] = np.random.default_rng(1).standard_normal(H) * 0.1
-    vocab = Vocab(range(60, 60 + V))
-    for opts in (dict(), dict(temperature=0.6), dict(top_k=4), dict(top_p=0.7), dict(greedy=True)):
-        ids = [list(gen.generate(be, P, vocab, prime="ABC", length=150, rng=np.random.default_rng(3), dtype=dtype,
-                                 **opts)) for be in (reference, kernels)]
-        assert ids[0] == ids[1], opts
+    model = random_model(cell, layers, dtype)
+    vocab = Vocab(range(60, 60 + model.vocab_size))
+    n = 200 if dtype == np.float64 else 50
+    for opts in SAMPLING:
+        ids = [list(gen.generate(be, model.P, vocab, prime="ABC", length=n, rng=np.random.default_rng(3),
+                                 dtype=dtype, **opts)) for be in (reference, kernels)]
+        assert len(ids[1]) == n and ids[0] == ids[1], opts
+        if not opts.get("greedy"):  # the draws do matter: the text is not stuck on a few symbols
+            assert len(set(ids[0])) >= (3 if "top_k" in opts else 6), opts
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell,layers", MODELS)
+def test_sample_chunk_state_and_logits_match_reference_steps(cell, layers, dtype):
+    """kernels.sample.sample_chunk from a random state: each token is the draw of fastrnn.sample from the
+    reference's logits with the same uniform number, and the state and logits after 60 characters equal the
+    reference's stepped on the same tokens (float64 1e-10, float32 1e-4)."""
+    from fastrnn.kernels.sample import sample_chunk
+
+    model = random_model(cell, layers, dtype)
+    P, rng = model.P, np.random.default_rng(5)
+    h = (rng.standard_normal((1, model.state_size)) * 0.5).astype(dtype)  # (1, S), c nonzero for an lstm
+    _, logits = ref.step(P, h, np.array([3], dtype=np.int32))
+    h = ref.step(P, h, np.array([3], dtype=np.int32))[0]  # the state that gives `logits`
+    n = 60
+    uniforms = rng.random(n)  # (n,)
+    state, numba_logits = gen.numba_state(P, h), logits[0].copy()
+    out = np.empty(n, dtype=np.int32)  # (n,)
+    sample_chunk(out, state, numba_logits, uniforms, *gen.numba_params(P), 0.8, 0, 0.9, False)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    for i, token in enumerate(out):
+        p = gen.probabilities(logits[0], 0.8, 0, 0.9)
+        expect = int(min(np.searchsorted(np.cumsum(p), uniforms[i] * p.sum(), side="right"), len(p) - 1))
+        if dtype == np.float64:
+            assert token == expect, i
+        h, logits = ref.step(P, h, np.array([token], dtype=np.int32))
+    assert len(set(out.tolist())) > 5
+    np.testing.assert_allclose(state.reshape(1, -1), h, rtol=tol, atol=tol)
+    np.testing.assert_allclose(numba_logits, logits[0], rtol=tol, atol=tol)
