@@ -23,11 +23,10 @@ rounding). Arguments are lm.lm_forward_backward's with `sync` (sync.SYNC_SIZE in
 import numpy as np
 from numba import prange
 
-from fastrnn.kernels import mathfn
 from fastrnn.kernels.blas import gemm_serial
 from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.lm import check_tokens
-from fastrnn.kernels.rnn import matmul_nt_small, matmul_small, scatter_rows
+from fastrnn.kernels.rnn import backward_step, forward_step, scatter_rows
 from fastrnn.kernels.softmax_xent import softmax_rows
 from fastrnn.kernels.sync import COUNT, join, store_release, wait_until
 
@@ -57,18 +56,10 @@ def _chunk(T, N):
 
 @kernel
 def _chain_forward(sync, mode, hs, tmp, x, Wxh, Whh, bh):
-    """hs[t+1] = tanh(Wxh[x[:, t]] + hs[t] @ Whh + bh) for t = 0..T-1, publishing FWD = t+1 after each step."""
-    T = hs.shape[0] - 1
-    N, H = hs.shape[1], hs.shape[2]
-    for t in range(T):
-        matmul_small(tmp, hs[t], Whh)
-        out = hs[t + 1]
-        for n in range(N):
-            wx = Wxh[x[n, t]]
-            o = out[n]
-            r = tmp[n]
-            for j in range(H):
-                o[j] = mathfn.tanh(r[j] + wx[j] + bh[j])
+    """hs[t+1] = tanh(Wxh[x[:, t]] + hs[t] @ Whh + bh) for t = 0..T-1 (as lm.py, hand loops), publishing FWD =
+    t+1 after each step."""
+    for t in range(hs.shape[0] - 1):
+        forward_step(hs, tmp, x, Wxh, Whh, bh, 1, t)
         _publish(sync, FWD, t + 1, mode)
 
 
@@ -95,26 +86,12 @@ def _side_forward(sync, mode, hs, logits, dz, rowloss, y, Why, by, scale, grad):
 
 @kernel
 def _chain_backward(sync, mode, dz, tmp, hs, Whh):
-    """Backpropagation through time once the output side is done (OUT = T): dz[t] += dz[t+1] @ Whh.T, times
-    tanh'; publishes BWD = number of steps done (from the end)."""
-    T, N, H = dz.shape
+    """Backpropagation through time once the output side is done (OUT = T), as lm.py (hand loops); publishes
+    BWD = number of steps done (from the end)."""
+    T = dz.shape[0]
     _wait(sync, OUT, T, mode)
     for t in range(T - 1, -1, -1):
-        h = hs[t + 1]
-        d = dz[t]
-        if t < T - 1:
-            matmul_nt_small(tmp, dz[t + 1], Whh)
-            for n in range(N):
-                dn, rn, hn = d[n], tmp[n], h[n]
-                for j in range(H):
-                    g = dn[j] + rn[j]
-                    dn[j] = g - g * hn[j] * hn[j]
-        else:
-            for n in range(N):
-                dn, hn = d[n], h[n]
-                for j in range(H):
-                    g = dn[j]
-                    dn[j] = g - g * hn[j] * hn[j]
+        backward_step(dz, tmp, hs, Whh, 1, t)
         _publish(sync, BWD, T - t, mode)
 
 

@@ -72,24 +72,54 @@ def matmul_nt_small(out, a, W):
 
 
 @kernel
+def forward_step(hs, tmp, x, Wxh, Whh, bh, small, t):
+    """Time step t of rnn_forward: hs[t+1] = tanh(Wxh[x[:, t]] + hs[t] @ Whh + bh)."""
+    N, H = hs.shape[1], hs.shape[2]
+    if small:
+        matmul_small(tmp, hs[t], Whh)
+    else:
+        gemm(tmp, hs[t], False, Whh, False, 1.0, 0.0)
+    out = hs[t + 1]
+    for n in range(N):
+        wx = Wxh[x[n, t]]
+        o = out[n]
+        r = tmp[n]
+        for j in range(H):
+            o[j] = mathfn.tanh(r[j] + wx[j] + bh[j])
+
+
+@kernel
 def rnn_forward(hs, tmp, x, Wxh, Whh, bh, small):
     """hs: (T+1, N, H) in/out: hs[0] = h0 on entry, hs[1:] written; tmp: (N, H) scratch; x: (N, T) int32 C-order;
     Wxh: (V, H); Whh: (H, H); bh: (H,); small: 0, 1 or 2 (module docstring), hand loop for the recurrent product
     if >= 1."""
-    T = hs.shape[0] - 1
-    N, H = hs.shape[1], hs.shape[2]
-    for t in range(T):
-        if small:
-            matmul_small(tmp, hs[t], Whh)
-        else:
-            gemm(tmp, hs[t], False, Whh, False, 1.0, 0.0)
-        out = hs[t + 1]
+    for t in range(hs.shape[0] - 1):
+        forward_step(hs, tmp, x, Wxh, Whh, bh, small, t)
+
+
+@kernel
+def backward_step(dz, tmp, hs, Whh, small, t):
+    """Time step t of the backward recurrence (t from T-1 down): dz[t] += dz[t+1] @ Whh.T (not at T-1), then
+    times tanh' = 1 - hs[t+1]^2; dz[t] arrives as the gradient w.r.t. hs[t+1] and leaves as the gradient w.r.t.
+    the pre-activation."""
+    T, N, H = dz.shape
+    h = hs[t + 1]
+    d = dz[t]
+    if t < T - 1 and not small:
+        gemm(d, dz[t + 1], False, Whh, True, 1.0, 1.0)
+    if t < T - 1 and small:
+        matmul_nt_small(tmp, dz[t + 1], Whh)
         for n in range(N):
-            wx = Wxh[x[n, t]]
-            o = out[n]
-            r = tmp[n]
+            dn, rn, hn = d[n], tmp[n], h[n]
             for j in range(H):
-                o[j] = mathfn.tanh(r[j] + wx[j] + bh[j])
+                g = dn[j] + rn[j]
+                dn[j] = g - g * hn[j] * hn[j]
+    else:
+        for n in range(N):
+            dn, hn = d[n], h[n]
+            for j in range(H):
+                g = dn[j]
+                dn[j] = g - g * hn[j] * hn[j]
 
 
 @kernel
@@ -104,20 +134,7 @@ def rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, small):
     """
     T, N, H = dz.shape
     for t in range(T - 1, -1, -1):
-        h = hs[t + 1]
-        d = dz[t]
-        if t < T - 1:  # the recurrence: dz[t] arrived as dhs[t], add dz[t+1] @ Whh.T
-            if small:
-                matmul_nt_small(tmp, dz[t + 1], Whh)
-                for n in range(N):
-                    for j in range(H):
-                        d[n, j] += tmp[n, j]
-            else:
-                gemm(d, dz[t + 1], False, Whh, True, 1.0, 1.0)
-        for n in range(N):
-            for j in range(H):
-                g = d[n, j]
-                d[n, j] = g - g * h[n, j] * h[n, j]
+        backward_step(dz, tmp, hs, Whh, small, t)
     if small >= 2:
         gemm_serial(dWhh, hs[:T].reshape(T * N, H), True, dz.reshape(T * N, H), False, 1.0, 0.0)
     else:
