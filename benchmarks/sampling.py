@@ -1,23 +1,26 @@
 """Generation speed in chars/s: the numba path vs a plain NumPy sampling loop, on a random hidden-512 model.
 
-    python -m benchmarks.sampling [--json PATH] [--hidden 512] [--length 2000] [--threads 1] [--repeats 3]
+    python -m benchmarks.sampling [--json PATH] [--model rnn] [--num-layers 1] [--hidden 512] [--length 2000]
+                                  [--threads 1] [--repeats 3]
 
 Contenders (all draw one character at a time from the full softmax, temperature 1, one sequence):
 
     numba-loop      fastrnn.kernels.sample.generate, if the kernels ever provide one (they do not at present:
                     the row is then absent)
-    numba-generate  fastrnn.sample.generate with backend fastrnn.kernels: for a 1-layer rnn it runs
+    numba-generate  fastrnn.sample.generate with backend fastrnn.kernels: it runs
                     fastrnn.kernels.sample.sample_chunk, 64 characters (step and draw) per numba call
     numpy-generate  fastrnn.sample.generate with backend fastrnn.reference
     numpy-loop      a plain NumPy loop as a learner writes it: h = tanh(Wxh[tok] + h @ Whh + bh),
-                    logits = h @ Why + by, softmax, rng.choice
+                    logits = h @ Why + by, softmax, rng.choice (for lstm and gru, the cell's equations of the
+                    README, layer by layer)
 
 Before timing, every contender generates the same 200 characters as numpy-generate from the same seed on a
 float64 model (`checked`). The target is the fastest numba path >= 10x the plain NumPy loop.
 
 One more row, `read-bound`, is no generator: it is the rate at which one thread can merely read, once, the weights
-that every generated character needs (Whh and Why, each element summed by a numba loop); no float32 generator
-that reads them once per character can beat it. Its `vs_numpy_loop` is the largest ratio this machine allows.
+that every generated character needs (every layer's Whh, the Wxh of the layers above the first, and Why; each
+element summed by a numba loop); no float32 generator that reads them once per character can beat it. Its
+`vs_numpy_loop` is the largest ratio this machine allows.
 """
 
 import argparse
@@ -31,6 +34,7 @@ from benchmarks import common
 from fastrnn import reference
 from fastrnn.corpus import Vocab
 from fastrnn.model import Model
+from fastrnn.params import CELLS, arch_of, layer_names
 from fastrnn.sample import generate
 
 V = 65
@@ -41,12 +45,30 @@ CHECK_LENGTH = 200
 
 def numpy_loop(P, vocab, length, rng, dtype):
     """(length,) generated ids by the plain NumPy loop; starts from a newline, as generate() with no prime."""
-    Wxh, Whh, bh, Why, by = (P[k] for k in ("Wxh", "Whh", "bh", "Why", "by"))
-    h = np.zeros(Whh.shape[0], dtype=dtype)  # (H,)
+    cell, L, H = arch_of(P)
+    layers = [tuple(P[k] for k in layer_names(l)) for l in range(L)]  # (Wxh, Whh, bh) per layer
+    Why, by = P["Why"], P["by"]
+    hs = [np.zeros(H, dtype=dtype) for _ in range(L)]  # (H,) per layer
+    cs = [np.zeros(H, dtype=dtype) for _ in range(L)]  # (H,) per layer, lstm only
     token = int(vocab.encode("\n")[0])
     out = np.empty(length, dtype=np.int32)  # (length,)
     for i in range(length):
-        h = np.tanh(Wxh[token] + h @ Whh + bh)  # (H,)
+        for l, (Wxh, Whh, bh) in enumerate(layers):
+            x = Wxh[token] if l == 0 else hs[l - 1] @ Wxh  # (G*H,)
+            if cell == "rnn":
+                hs[l] = np.tanh(x + hs[l] @ Whh + bh)  # (H,)
+            elif cell == "lstm":
+                a = x + hs[l] @ Whh + bh  # (4H,) gates i, f, o, g
+                ifo = 1.0 / (1.0 + np.exp(-a[:3 * H]))
+                cs[l] = ifo[H:2 * H] * cs[l] + ifo[:H] * np.tanh(a[3 * H:])
+                hs[l] = ifo[2 * H:] * np.tanh(cs[l])
+            else:
+                x = x + bh  # (3H,) gates r, z, n
+                u = hs[l] @ Whh  # (3H,)
+                rz = 1.0 / (1.0 + np.exp(-(x[:2 * H] + u[:2 * H])))
+                n = np.tanh(x[2 * H:] + rz[:H] * u[2 * H:])
+                hs[l] = (1.0 - rz[H:]) * n + rz[H:] * hs[l]
+        h = hs[-1]
         logits = (h @ Why + by).astype(np.float64)  # (V,)
         p = np.exp(logits - logits.max())
         p /= p.sum()
@@ -90,12 +112,22 @@ def _sum_all(a, b):
     return s
 
 
+def weights_per_char(P):
+    """The matrices every generated character reads whole: each layer's Whh, the Wxh above layer 0, and Why."""
+    _, L, _ = arch_of(P)
+    names = [layer_names(l)[1] for l in range(L)] + [layer_names(l)[0] for l in range(1, L)]
+    return [P[name] for name in names] + [P["Why"]]
+
+
 def read_seconds(P, repeats):
-    """Median seconds for one pass of a numba loop over every element of Whh and Why (their whole bytes)."""
+    """Median seconds for one pass of a numba loop over every element of the weights_per_char (their whole
+    bytes)."""
     import numba
 
     summed = numba.njit(fastmath=True)(_sum_all)
-    a, b = P["Whh"].reshape(-1), P["Why"].reshape(-1)
+    *recurrent, Why = weights_per_char(P)
+    a = np.concatenate([W.reshape(-1) for W in recurrent])
+    b = Why.reshape(-1)
     summed(a, b)
     passes = 50
     seconds, _, _ = common.time_calls(lambda: [summed(a, b) for _ in range(passes)], repeats, 0.1)
@@ -110,15 +142,18 @@ def agreement(a, b):
     return int(diff[0]) if diff.size else n
 
 
-def make_model(H, dtype, seed=0):
-    """A random model whose outputs are not uniform: weights ~ N(0, 1/H), output biases ~ N(0, 1)."""
-    model = Model(V, H, dtype).init(np.random.default_rng(seed), 1.0 / np.sqrt(H))
+def make_model(H, dtype, seed=0, cell="rnn", layers=1):
+    """A random model whose outputs are not uniform: weights ~ N(0, 1/H) (rnn; Glorot-uniform for lstm and gru,
+    the package's auto init), output biases ~ N(0, 1)."""
+    model = Model(V, H, dtype, cell, layers).init(np.random.default_rng(seed), 1.0 / np.sqrt(H))
     model.P["by"][...] = np.random.default_rng(seed + 1).standard_normal(V)
     return model
 
 
-def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_module="fastrnn.kernels"):
-    """Rows {backend, hidden, dtype, threads, length, chars_per_sec, seconds, checked, agree, ...}."""
+def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_module="fastrnn.kernels",
+        model="rnn", num_layers=1):
+    """Rows {backend, model, layers, hidden, dtype, threads, length, chars_per_sec, seconds, checked, agree, ...}."""
+    cell, layers = model, num_layers
     common.set_threads(threads)
     vocab = Vocab([ord(c) for c in SYMBOLS])
     try:
@@ -127,9 +162,9 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
         print(f"cannot import {numba_module} ({exc}); no numba contender")
         numba_backend = None
     fns = contenders(numba_backend)
-    check = make_model(hidden, "float64")
+    check = make_model(hidden, "float64", cell=cell, layers=layers)
     expect = fns["numpy-generate"](check.P, vocab, CHECK_LENGTH, np.random.default_rng(7), np.float64)
-    model = make_model(hidden, dtype)
+    model = make_model(hidden, dtype, cell=cell, layers=layers)
     rows = []
     for name, fn in fns.items():
         t0 = time.perf_counter()
@@ -143,13 +178,13 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
         agree = agreement(got, expect)
         seconds, _, samples = common.time_calls(
             lambda: fn(model.P, vocab, length, np.random.default_rng(1), model.dtype), repeats, 0.0)
-        rows.append(dict(backend=name, model="rnn", hidden=hidden, vocab=V, dtype=dtype, threads=threads,
+        rows.append(dict(backend=name, model=cell, layers=layers, hidden=hidden, vocab=V, dtype=dtype, threads=threads,
                          length=length, chars_per_sec=length / seconds, seconds=seconds, repeats=repeats,
                          first_call_seconds=first, agree=agree, checked=agree == CHECK_LENGTH))
     seconds = read_seconds(model.P, repeats)
-    rows.append(dict(backend="read-bound", model="rnn", hidden=hidden, vocab=V, dtype=dtype, threads=1,
-                     length=1, chars_per_sec=1.0 / seconds, seconds=seconds, repeats=repeats,
-                     bytes_per_char=int(model.P["Whh"].nbytes + model.P["Why"].nbytes),
+    rows.append(dict(backend="read-bound", model=cell, layers=layers, hidden=hidden, vocab=V, dtype=dtype,
+                     threads=1, length=1, chars_per_sec=1.0 / seconds, seconds=seconds, repeats=repeats,
+                     bytes_per_char=int(sum(W.nbytes for W in weights_per_char(model.P))),
                      first_call_seconds=0.0, agree=0, checked=True))
     base = next(r["chars_per_sec"] for r in rows if r["backend"] == "numpy-loop")
     for r in rows:
@@ -160,6 +195,8 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", help="write machine and rows to this JSON file")
+    p.add_argument("--model", default="rnn", choices=list(CELLS), help="the cell of the random model")
+    p.add_argument("--num-layers", type=common.positive_int, default=1)
     p.add_argument("--hidden", type=common.positive_int, default=512)
     p.add_argument("--length", type=common.positive_int, default=2000, help="characters generated per timed call")
     p.add_argument("--threads", type=common.positive_int, default=1)
@@ -168,14 +205,18 @@ def main(argv=None):
     p.add_argument("--numba-module", default="fastrnn.kernels")
     args = p.parse_args(argv)
     machine = common.machine_info()
-    rows = run(args.hidden, args.length, args.threads, args.repeats, args.dtype, args.numba_module)
-    print(common.format_table(rows, [
-        ("backend", "backend", "s"), ("H", "hidden", "d"), ("dtype", "dtype", "s"), ("thr", "threads", "d"),
+    rows = run(args.hidden, args.length, args.threads, args.repeats, args.dtype, args.numba_module, args.model,
+               args.num_layers)
+    default = (args.model, args.num_layers) == ("rnn", 1)
+    arch = [] if default else [("model", "model", "s"), ("L", "layers", "d")]  # the rnn table stays as it was
+    print(common.format_table(rows, [("backend", "backend", "s")] + arch + [
+        ("H", "hidden", "d"), ("dtype", "dtype", "s"), ("thr", "threads", "d"),
         ("chars/s", "chars_per_sec", ",.0f"), ("x numpy-loop", "vs_numpy_loop", ".2f"),
         ("first call s", "first_call_seconds", ".2f"), ("checked", "checked", lambda v: "yes" if v else "NO")]))
     numba_rows = [r for r in rows if r["backend"].startswith("numba")]
     best = max(numba_rows, key=lambda r: r["chars_per_sec"]) if numba_rows else None
-    target = dict(name=f"sampling H{args.hidden}: numba >= {TARGET:g}x plain NumPy loop", threshold=TARGET,
+    what = "" if default else f"{args.model} L{args.num_layers} "
+    target = dict(name=f"sampling {what}H{args.hidden}: numba >= {TARGET:g}x plain NumPy loop", threshold=TARGET,
                   backend=best and best["backend"], value=best and best["vs_numpy_loop"],
                   passed=None if best is None else bool(best["vs_numpy_loop"] >= TARGET))
     status = {True: "PASS", False: "FAIL", None: "SKIP"}[target["passed"]]

@@ -98,13 +98,21 @@ def test_kernels_check_against_reference(dtype):
     assert throughput.check_backend(kernels, 16, 3, 6, dtype) <= throughput.CHECK_TOL[dtype]
 
 
-def test_sampling_rows():
-    rows = sampling.run(hidden=16, length=20, threads=1, repeats=1, numba_module="fastrnn.reference")
+@pytest.mark.parametrize("model,layers,weights", [
+    ("rnn", 1, 16 * 16 + 16 * 65),  # Whh and Why of a float32 H16 model
+    ("lstm", 2, 3 * 16 * 64 + 16 * 65),  # two Whh (16, 64), the second layer's Wxh (16, 64), Why
+    ("gru", 1, 16 * 48 + 16 * 65),
+])
+def test_sampling_rows(model, layers, weights):
+    module = "fastrnn.reference" if model == "rnn" else kernels_or_skip().__name__
+    rows = sampling.run(hidden=16, length=20, threads=1, repeats=1, numba_module=module, model=model,
+                        num_layers=layers)
     names = {r["backend"] for r in rows}
     assert {"numba-generate", "numpy-generate", "numpy-loop", "read-bound"} <= names
-    assert all(r["checked"] and r["chars_per_sec"] > 0 for r in rows)
+    assert all(r["checked"] and r["chars_per_sec"] > 0 for r in rows)  # numpy-loop writes the cell's equations
+    assert all(r["model"] == model and r["layers"] == layers for r in rows)
     bound = next(r for r in rows if r["backend"] == "read-bound")
-    assert bound["bytes_per_char"] == (16 * 16 + 16 * 65) * 4  # Whh and Why of a float32 H16 model
+    assert bound["bytes_per_char"] == weights * 4
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
