@@ -15,6 +15,12 @@ from test_kernels import NAMES, make_problem, tol
 SHAPES = [(1, 13, 65, 24), (3, 5, 30, 17), (4, 6, 65, 32), (1, 1, 65, 7), (2, 9, 11, 40), (1, 7, 30, 300)]
 
 
+@pytest.fixture(autouse=True)
+def pair_at_any_size(monkeypatch):
+    """The pair path from hidden size 1 on (in use it starts at backend.PAIR_MIN_HIDDEN), so small shapes test it."""
+    monkeypatch.setattr(backend, "PAIR_MIN_HIDDEN", 1)
+
+
 @pytest.fixture
 def two_threads():
     yield set_threads(2)
@@ -38,7 +44,7 @@ def _kernel_args(layout, P, x, y, h0, grads=None):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("N,T,V,H", SHAPES)
 def test_pair_path_matches_reference(N, T, V, H, dtype, two_threads):
-    assert backend._paired(N, backend._small(N, H))  # this is the path under test
+    assert backend._paired(N, H, backend._small(N, H))  # this is the path under test
     layout, flat, P, x, y, h0 = make_problem(N, T, V, H, dtype)
     g_ref, g_nb = layout.zeros(dtype), layout.zeros(dtype) + 7  # overwritten, not accumulated
     loss_ref, h_ref = ref.forward_backward(P, layout.views(g_ref), x, y, h0)
@@ -102,12 +108,14 @@ def test_training_on_two_threads_is_bit_identical_run_to_run(two_threads):
     np.testing.assert_array_equal(a[2], b[2])
 
 
-def test_paired_only_with_two_threads_and_small_batches(two_threads):
-    assert backend._paired(1, 2) and backend._paired(backend.PAIR_ROWS, 1)
-    assert not backend._paired(backend.PAIR_ROWS + 1, 1)  # larger batches: lm.py
-    assert not backend._paired(1, 0)  # BLAS recurrences
+def test_paired_only_with_two_threads_small_batches_and_large_enough_h(two_threads, monkeypatch):
+    monkeypatch.setattr(backend, "PAIR_MIN_HIDDEN", 96)
+    assert backend._paired(1, 128, 2) and backend._paired(backend.PAIR_ROWS, 96, 1)
+    assert not backend._paired(backend.PAIR_ROWS + 1, 128, 1)  # larger batches: lm.py
+    assert not backend._paired(1, 64, 2)  # small H: lm.py
+    assert not backend._paired(1, 128, 0)  # BLAS recurrences
     set_threads(1)
-    assert not backend._paired(1, 2)
+    assert not backend._paired(1, 128, 2)
 
 
 def test_join_alone_then_late_partner():

@@ -19,9 +19,11 @@ PARALLEL_SIZE = 1 << 22  # flat buffers at least this long use the parallel (pra
 # the serial loop is faster because prange threads and the BLAS threads contend for the same cores (measured at
 # H=512: 63k chars/s with prange from 65k parameters on, 78k serial)
 PAIR_ROWS = 4  # with two or more threads, the fused path at batches of at most this many sequences (and hand-loop
-# recurrences) runs pair.py: one thread the recurrences, the other the output layer and the weight gradients,
-# pipelined (measured at 2 threads, us a minibatch, lm vs pair: H128 N1 184 vs 135, N2 373 vs 231, N4 590 vs 526;
-# H256 N1 610 vs 434; H512 N1 2300 vs 2157; H64 N1 even; H64 N8 431 vs 469)
+PAIR_MIN_HIDDEN = 96  # recurrences) of at least this hidden size runs pair.py: one thread the recurrences, the
+# other the output layer and the weight gradients, pipelined. Measured at 2 threads, us per training step (forward,
+# backward, clip, Adam), lm.py vs pair.py in one process: H128 N1 287 vs 271 (fb alone 184 vs 135), H128 N4 840 vs
+# 779, H96 N1 235 vs 210, H512 N1 3723 vs 3053; at H64 the hand-over costs more than it saves: N1 126 vs 195, N2
+# 202 vs 245, N4 365 vs 385
 _MAX_WORKSPACES = 4
 _workspaces = {}  # (T, N, H, V, dtype) -> scratch arrays, most recently used last
 
@@ -67,9 +69,9 @@ def _small(N, H):
     return 1 if few else 0
 
 
-def _paired(N, small):
+def _paired(N, H, small):
     """True if the fused path runs on two threads (pair.py; see PAIR_ROWS)."""
-    return small >= 1 and N <= PAIR_ROWS and numba.get_num_threads() >= 2
+    return small >= 1 and N <= PAIR_ROWS and H >= PAIR_MIN_HIDDEN and numba.get_num_threads() >= 2
 
 
 def _fused(P):
@@ -97,7 +99,7 @@ def forward_backward(P, G, x, y, h0, masks=None):
     outs = [G[k] for k in ("Wxh", "Whh", "bh", "Why", "by")]
     direct = [g if g.flags.c_contiguous and g.dtype == dtype else np.empty(g.shape, dtype) for g in outs]
     small = _small(N, H)
-    if _paired(N, small):
+    if _paired(N, H, small):
         loss = pair.lm_forward_backward_pair(ws["sync"], *direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"],
                                              ws["acc"], ws["rowloss"], x, y, Wxh, Whh, bh, Why, by,
                                              dtype.type(1.0 / (T * N)), True)
@@ -121,7 +123,7 @@ def forward_loss(P, x, y, h0, masks=None):
     ws = _workspace(T, N, H, V, dtype)
     ws["hs"][0] = h0
     small = _small(N, H)
-    if _paired(N, small):
+    if _paired(N, H, small):
         unused = (Wxh, Whh, bh, Why, by)  # the gradient slots: not written without grad
         loss = pair.lm_forward_backward_pair(ws["sync"], *unused, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"],
                                              ws["rowloss"], x, y, Wxh, Whh, bh, Why, by, dtype.type(1.0 / (T * N)),
