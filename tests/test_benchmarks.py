@@ -108,10 +108,10 @@ def test_sampling_rows(model, layers, weights):
     rows = sampling.run(hidden=16, length=20, threads=1, repeats=1, numba_module=module, model=model,
                         num_layers=layers)
     names = {r["backend"] for r in rows}
-    assert {"numba-generate", "numpy-generate", "numpy-loop", "read-bound"} <= names
+    assert {"numba-generate", "numpy-generate", "numpy-loop", "read-once"} <= names
     assert all(r["checked"] and r["chars_per_sec"] > 0 for r in rows)  # numpy-loop writes the cell's equations
     assert all(r["model"] == model and r["layers"] == layers for r in rows)
-    bound = next(r for r in rows if r["backend"] == "read-bound")
+    bound = next(r for r in rows if r["backend"] == "read-once")
     assert bound["bytes_per_char"] == weights * 4
 
 
