@@ -36,15 +36,23 @@ def lstm_forward(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
             a, g, c0, c1, h1 = tmp[n], gates[t, n], cs[t, n], cs[t + 1, n], hs[t + 1, n]
             for j in range(4 * H):
                 a[j] = a[j] + src[j] + bh[j]
-            for j in range(3 * H):
-                g[j] = mathfn.sigmoid(a[j])
-            for j in range(3 * H, 4 * H):
-                g[j] = mathfn.tanh_call(a[j])
-            for j in range(H):
-                c1[j] = g[H + j] * c0[j] + g[j] * g[3 * H + j]
-            for j in range(H):
-                h1[j] = g[2 * H + j] * mathfn.tanh_call(c1[j])
+            lstm_cell(a, g, c0, c1, h1)
     apply_mask(out, hs, mask)
+
+
+@kernel
+def lstm_cell(a, g, c0, c1, h1):
+    """The cell from its pre-activations a: (4H,) (gates i, f, o, g): g (4H,) = the gates, c1 = f*c0 + i*g,
+    h1 = o*tanh(c1); c0, c1, h1: (H,). Short passes that each write one array (see lstm_forward)."""
+    H = c0.shape[0]
+    for j in range(3 * H):
+        g[j] = mathfn.sigmoid(a[j])
+    for j in range(3 * H, 4 * H):
+        g[j] = mathfn.tanh_call(a[j])
+    for j in range(H):
+        c1[j] = g[H + j] * c0[j] + g[j] * g[3 * H + j]
+    for j in range(H):
+        h1[j] = g[2 * H + j] * mathfn.tanh_call(c1[j])
 
 
 @kernel

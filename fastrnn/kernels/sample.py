@@ -25,6 +25,7 @@ import numpy as np
 
 from fastrnn.kernels import mathfn
 from fastrnn.kernels.jit import kernel
+from fastrnn.kernels.lstm import lstm_cell
 from fastrnn.kernels.rnn import matmul_small
 
 CELL_CODES = {"rnn": 0, "lstm": 1, "gru": 2}  # the `cell` argument of sample_chunk
@@ -89,17 +90,9 @@ def _cell_update(h, c, g, xa, a, cell):
         for j in range(H):
             h[j] = mathfn.tanh_call(xa[j] + a[j])
     elif cell == LSTM:
-        # short passes that each write one array (vectorized, as kernels.lstm.lstm_forward)
         for j in range(4 * H):
             a[j] = xa[j] + a[j]
-        for j in range(3 * H):
-            g[j] = mathfn.sigmoid(a[j])
-        for j in range(3 * H, 4 * H):
-            g[j] = mathfn.tanh_call(a[j])
-        for j in range(H):
-            c[j] = g[H + j] * c[j] + g[j] * g[3 * H + j]
-        for j in range(H):
-            h[j] = g[2 * H + j] * mathfn.tanh_call(c[j])
+        lstm_cell(a, g, c, c, h)  # c updated in place: each c[j] is read before it is written
     else:  # GRU: the reset gate multiplies the recurrent product a_n
         for j in range(2 * H):
             g[j] = mathfn.sigmoid(xa[j] + a[j])
