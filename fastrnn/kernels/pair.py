@@ -167,7 +167,7 @@ def lm_forward_backward_pair(sync, dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, t
 @kernel
 def lm_forward_backward_alone(sync, dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, tmp, acc, rowloss,
                               x, y, Wxh, Whh, bh, Why, by, scale, grad):
-    """The same work on the calling thread only (both halves in turn); returns the mean loss in nats."""
+    """The same work on the calling thread only (both roles in turn); returns the mean loss in nats."""
     check_tokens(x, y, Wxh.shape[0])
     _work(0, 1, sync, dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, tmp, acc, rowloss,
           x, y, Wxh, Whh, bh, Why, by, scale, grad)
