@@ -142,3 +142,75 @@ def test_atomics():
     a = np.zeros(8, np.int64)
     assert _atomics(a) == (41, True, False)
     assert a[3] == 42 and np.count_nonzero(a) == 1
+
+
+def test_chooser_prefers_the_faster_path_and_probes_the_other():
+    c = backend.PairChooser()
+    picks = []
+    for call in range(400):
+        two = c.two_threads()
+        picks.append(two)
+        c.record(two, 0.010 if two else 0.001)  # two threads 10x slower (the cores are taken)
+    assert picks[:2] == [True, True] and picks[2:4] == [False, False]  # each path once untimed, once timed
+    probes = [i for i in range(10, 400) if picks[i]]
+    # 10x slower is below HOPELESS: each probe runs KEEP calls and loses; the next one comes twice as late
+    k, e = backend.KEEP, backend.PROBE_EVERY
+    first = e  # call numbers (1-based): the first probe at call e, the next 2e calls after the first one ends
+    second = (first + k - 1) + 2 * e
+    assert probes == [i - 1 for i in list(range(first, first + k)) + list(range(second, second + k))]
+    c2 = backend.PairChooser()
+    for call in range(200):
+        two = c2.two_threads()
+        c2.record(two, 0.001 if two else 0.002)
+    assert c2.two_threads() is True  # two threads faster: used
+
+
+def test_chooser_stops_a_hopeless_probe_after_one_call():
+    c = backend.PairChooser()
+    picks = []
+    for call in range(300):
+        two = c.two_threads()
+        picks.append(two)
+        c.record(two, 0.1 if two else 0.001)  # 100x slower: more than HOPELESS
+    runs, run = [], 0
+    for p in picks[4:]:
+        if p:
+            run += 1
+        elif run:
+            runs.append(run)
+            run = 0
+    assert runs and all(r == 1 for r in runs)
+
+
+def test_slow_two_threads_switch_to_one_thread_with_the_same_bits(two_threads, monkeypatch):
+    """A two-thread call made slow (as when other processes hold the cores): the backend moves to the one-thread
+    order, and the numbers are those of an undisturbed run, bit for bit."""
+    import time
+
+    def train():
+        layout, flat, P, x, y, h0 = make_problem(1, 10, 30, 96, np.float32, seed=4)
+        g = layout.zeros(np.float32)
+        m, v = layout.zeros(np.float32), layout.zeros(np.float32)
+        h, losses = h0, []
+        for t in range(1, 31):
+            loss, h = K.forward_backward(P, layout.views(g), x, y, h)
+            K.adam_update(flat, g, m, v, 0.01, 0.9, 0.999, 1e-8, t)
+            losses.append(loss)
+        return losses, flat.copy()
+
+    backend._workspaces.clear()
+    calm = train()
+    real = pair.lm_forward_backward_pair
+    used = []
+
+    def slow_pair(*args):
+        used.append(1)
+        time.sleep(0.01)
+        return real(*args)
+
+    monkeypatch.setattr(pair, "lm_forward_backward_pair", slow_pair)
+    backend._workspaces.clear()
+    busy = train()
+    assert len(used) <= 4  # tried, found slow, left (the next probe would come after PROBE_EVERY calls)
+    assert calm[0] == busy[0]
+    np.testing.assert_array_equal(calm[1], busy[1])

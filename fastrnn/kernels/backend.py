@@ -2,13 +2,15 @@
 
 The one-layer vanilla RNN without dropout masks takes the fused path: each call prepares arguments (contiguous
 int32 tokens, scalars cast to the parameters' dtype, scratch buffers reused across calls of the same shape) and
-makes one njit call (lm.py). Every other model (gru, lstm, stacked layers, dropout) goes to stack.py, which
+makes one njit call (lm.py, or pair.py for one to four sequences on two threads). Every other model (gru, lstm, stacked layers, dropout) goes to stack.py, which
 composes the per-layer kernels.
 """
 
-import numpy as np
+import statistics
+import time
 
 import numba
+import numpy as np
 
 from fastrnn.kernels import lm, optim, pair, stack
 from fastrnn.kernels.sync import SYNC_SIZE
@@ -24,6 +26,9 @@ PAIR_MIN_HIDDEN = 96  # recurrences) of at least this hidden size runs pair.py: 
 # backward, clip, Adam), lm.py vs pair.py in one process: H128 N1 287 vs 271 (fb alone 184 vs 135), H128 N4 840 vs
 # 779, H96 N1 235 vs 210, H512 N1 3723 vs 3053; at H64 the hand-over costs more than it saves: N1 126 vs 195, N2
 # 202 vs 245, N4 365 vs 385
+PROBE_EVERY, MAX_PROBE_EVERY = 64, 4096  # pair.py on two threads or its one-thread order (same bits): the faster
+KEEP = 5  # recently (median of the last KEEP calls of each) is used, the other timed again now and then (PairChooser)
+HOPELESS = 20
 _MAX_WORKSPACES = 4
 _workspaces = {}  # (T, N, H, V, dtype) -> scratch arrays, most recently used last
 
@@ -40,7 +45,8 @@ def _workspace(T, N, H, V, dtype):
                   tmp=np.empty((N, H), dtype),  # (N, H)
                   acc=np.empty(max(H, V), np.float64),  # (max(H, V),)
                   rowloss=np.empty(T * N, np.float64),  # (T*N,)
-                  sync=np.zeros(SYNC_SIZE, np.int64))  # pair.py's progress counters
+                  sync=np.zeros(SYNC_SIZE, np.int64),  # pair.py's progress counters
+                  choose={True: PairChooser(), False: PairChooser()})  # by grad
     _workspaces[key] = ws
     return ws
 
@@ -70,8 +76,68 @@ def _small(N, H):
 
 
 def _paired(N, H, small):
-    """True if the fused path runs on two threads (pair.py; see PAIR_ROWS)."""
+    """True if the fused path runs pair.py (see PAIR_ROWS), on two threads or in its one-thread order."""
     return small >= 1 and N <= PAIR_ROWS and H >= PAIR_MIN_HIDDEN and numba.get_num_threads() >= 2
+
+
+class PairChooser:
+    """Whether to run pair.py on two threads or its one-thread order (lm_forward_backward_alone): the same work,
+    the same bits. The two threads hand work to each other every few microseconds, so they need both cores at
+    once: with another busy process on a 2-core machine a step took 16-18 ms on two threads against 0.2-0.3 ms on
+    one. The faster of the two over their last KEEP timed calls (median) is used. The other is tried again, for
+    KEEP calls in a row (its first call after a pause wakes its threads and is slow), after PROBE_EVERY calls, and
+    after twice as many each time it loses (up to MAX_PROBE_EVERY), so that a slow probe costs little; a probe
+    call HOPELESS times slower than the path in use ends the probe at once. A path's first call (compilation,
+    thread start) is not timed."""
+
+    def __init__(self):
+        self.times = {True: [], False: []}  # seconds of the latest calls, by "two threads"
+        self.started = {True: False, False: False}
+        self.calls = 0
+        self.interval = self.next_probe = PROBE_EVERY
+        self.probe = None  # while probing: (path, calls left, the other path's median)
+
+    def _best(self):
+        return statistics.median(self.times[True]) <= statistics.median(self.times[False])
+
+    def two_threads(self):
+        """The path for the next call: True for two threads."""
+        self.calls += 1
+        for path in (True, False):
+            if not self.times[path]:
+                return path
+        if self.probe is None and self.calls >= self.next_probe:
+            other = not self._best()
+            self.probe = (other, KEEP, statistics.median(self.times[not other]))
+        return self.probe[0] if self.probe is not None else self._best()
+
+    def record(self, two, seconds):
+        """The time of the call just made on the path two_threads() returned."""
+        if not self.started[two]:
+            self.started[two] = True
+            return
+        recent = self.times[two]
+        recent.append(seconds)
+        del recent[:-KEEP]
+        if self.probe is not None:
+            path, left, rival = self.probe
+            hopeless = seconds > HOPELESS * rival  # e.g. the cores are taken: stop at once
+            self.probe = (path, left - 1, rival) if left > 1 and not hopeless else None
+            if self.probe is None:
+                won = not hopeless and statistics.median(recent) < rival
+                self.interval = PROBE_EVERY if won else min(2 * self.interval, MAX_PROBE_EVERY)
+                self.next_probe = self.calls + self.interval
+
+
+def _pair_call(ws, grad, *args):
+    """pair.py's kernel on two threads or on this one (ws["choose"]); returns its loss."""
+    chooser = ws["choose"][grad]
+    two = chooser.two_threads()
+    fn = pair.lm_forward_backward_pair if two else pair.lm_forward_backward_alone
+    t0 = time.perf_counter()
+    loss = fn(ws["sync"], *args, grad)
+    chooser.record(two, time.perf_counter() - t0)
+    return loss
 
 
 def _fused(P):
@@ -100,9 +166,8 @@ def forward_backward(P, G, x, y, h0, masks=None):
     direct = [g if g.flags.c_contiguous and g.dtype == dtype else np.empty(g.shape, dtype) for g in outs]
     small = _small(N, H)
     if _paired(N, H, small):
-        loss = pair.lm_forward_backward_pair(ws["sync"], *direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"],
-                                             ws["acc"], ws["rowloss"], x, y, Wxh, Whh, bh, Why, by,
-                                             dtype.type(1.0 / (T * N)), True)
+        loss = _pair_call(ws, True, *direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"], ws["rowloss"],
+                          x, y, Wxh, Whh, bh, Why, by, dtype.type(1.0 / (T * N)))
     else:
         loss = lm.lm_forward_backward(*direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"], ws["rowloss"],
                                       x, y, Wxh, Whh, bh, Why, by, dtype.type(1.0 / (T * N)), small)
@@ -125,9 +190,8 @@ def forward_loss(P, x, y, h0, masks=None):
     small = _small(N, H)
     if _paired(N, H, small):
         unused = (Wxh, Whh, bh, Why, by)  # the gradient slots: not written without grad
-        loss = pair.lm_forward_backward_pair(ws["sync"], *unused, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"],
-                                             ws["rowloss"], x, y, Wxh, Whh, bh, Why, by, dtype.type(1.0 / (T * N)),
-                                             False)
+        loss = _pair_call(ws, False, *unused, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"], ws["rowloss"],
+                          x, y, Wxh, Whh, bh, Why, by, dtype.type(1.0 / (T * N)))
     else:
         loss = lm.lm_forward_loss(ws["hs"], ws["logits"], ws["tmp"], ws["rowloss"], x, y, Wxh, Whh, bh, Why, by,
                                   dtype.type(1.0 / (T * N)), small)
