@@ -28,7 +28,7 @@ PAIR_MIN_HIDDEN = 96  # recurrences) of at least this hidden size runs pair.py: 
 # 202 vs 245, N4 365 vs 385
 PROBE_EVERY, MAX_PROBE_EVERY = 64, 4096  # pair.py on two threads or its one-thread order (same bits): the faster
 KEEP = 5  # recently (median of the last KEEP calls of each) is used, the other timed again now and then (PairChooser)
-HOPELESS = 20
+HOPELESS = 20  # a probe call this many times slower than the path in use ends the probe
 _MAX_WORKSPACES = 4
 _workspaces = {}  # (T, N, H, V, dtype) -> scratch arrays, most recently used last
 
