@@ -10,8 +10,9 @@ gradient) and dha w.r.t. the recurrent product (for dWhh and the recurrence), eq
 """
 
 from fastrnn.kernels import mathfn
+from fastrnn.kernels.mathfn import cast_like
 from fastrnn.kernels.jit import kernel
-from fastrnn.kernels.rnn import apply_mask, const, input_side, recurrent_gradient, recurrent_product, \
+from fastrnn.kernels.rnn import apply_mask, input_side, recurrent_gradient, recurrent_product, \
     weight_gradients
 
 
@@ -55,7 +56,7 @@ def gru_backward(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, g
     """
     T, N, H = dout.shape
     masked = mask.shape[0] > 0
-    one = const(1.0, Whh)
+    one = cast_like(1.0, Whh)
     carry[:, :] = 0
     for t in range(T - 1, -1, -1):
         if t < T - 1:

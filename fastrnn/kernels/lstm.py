@@ -12,8 +12,9 @@ the weight gradients as one product each over all T*N positions (rnn.weight_grad
 """
 
 from fastrnn.kernels import mathfn
+from fastrnn.kernels.mathfn import cast_like
 from fastrnn.kernels.jit import kernel
-from fastrnn.kernels.rnn import apply_mask, const, input_side, recurrent_gradient, recurrent_product, \
+from fastrnn.kernels.rnn import apply_mask, input_side, recurrent_gradient, recurrent_product, \
     weight_gradients
 
 
@@ -65,7 +66,7 @@ def lstm_backward(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates
     """
     T, N, H = dout.shape
     masked = mask.shape[0] > 0
-    one = const(1.0, Whh)
+    one = cast_like(1.0, Whh)
     dc[:, :] = 0
     for t in range(T - 1, -1, -1):
         if t < T - 1:

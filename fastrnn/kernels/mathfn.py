@@ -118,6 +118,21 @@ def _exp_overload(x):
     return None
 
 
+def cast_like(value, like):
+    """value as a scalar of the dtype of the array `like` (Python version; njit code gets a plain cast, resolved
+    at compile time: numba types float literals and Python floats as float64, which would promote float32)."""
+    return like.dtype.type(value)
+
+
+@overload(cast_like, jit_options=OPTIONS, inline="always")
+def _cast_like_overload(value, like):
+    if isinstance(like, types.Array) and like.dtype == types.float32:
+        return lambda value, like: np.float32(value)
+    if isinstance(like, types.Array) and like.dtype == types.float64:
+        return lambda value, like: np.float64(value)
+    return None
+
+
 # Called (not inlined at numba's IR level) versions, for kernels with several tanh/sigmoid in one function: numba
 # inlines the overloads above into the caller's IR, and two inlined copies in one function trip numba's SSA check
 # (NumbaIRAssumptionWarning "variable ... is not in scope"). These compile once as separate functions, which LLVM

@@ -3,31 +3,17 @@
 Every update is one fused elementwise loop. Buffers are cut into fixed chunks of CHUNK elements: the parallel
 drivers run chunks in a prange, the serial ones in order; results do not depend on the number of threads (the
 clipping norm sums per-chunk float64 partials in chunk order). Scalars arrive as Python floats (cheaper to pass
-than NumPy scalars: a call is ~3 us faster) and are cast to the buffers' dtype here (`cast_like`), as NumPy casts
+than NumPy scalars: a call is ~3 us faster) and are cast to the buffers' dtype here (`mathfn.cast_like`), as NumPy casts
 Python floats in the reference.
 """
 
 import numpy as np
-from numba import prange, types
-from numba.extending import overload
+from numba import prange
 
-from fastrnn.kernels.jit import OPTIONS, kernel, parallel_kernel
+from fastrnn.kernels.jit import kernel, parallel_kernel
+from fastrnn.kernels.mathfn import cast_like
 
 CHUNK = 1 << 14
-
-
-def cast_like(value, like):
-    """value as a scalar of the dtype of the array `like` (Python version; njit code gets a plain cast)."""
-    return like.dtype.type(value)
-
-
-@overload(cast_like, jit_options=OPTIONS, inline="always")
-def _cast_like_overload(value, like):
-    if isinstance(like, types.Array) and like.dtype == types.float32:
-        return lambda value, like: np.float32(value)
-    if isinstance(like, types.Array) and like.dtype == types.float64:
-        return lambda value, like: np.float64(value)
-    return None
 
 
 @kernel

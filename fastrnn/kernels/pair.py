@@ -20,14 +20,13 @@ rounding). Arguments are lm.lm_forward_backward's with `sync` (sync.SYNC_SIZE in
 (False: loss only; the gradient arguments are then not touched).
 """
 
-import numpy as np
 from numba import prange
 
 from fastrnn.kernels.blas import gemm_serial
 from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.lm import check_tokens
 from fastrnn.kernels.rnn import backward_step, forward_step, scatter_rows
-from fastrnn.kernels.softmax_xent import softmax_rows
+from fastrnn.kernels.softmax_xent import column_sums, softmax_rows
 from fastrnn.kernels.sync import COUNT, join, store_release, wait_until
 
 FWD, OUT, BWD = COUNT, COUNT + 16, COUNT + 32  # progress counters in sync (128 bytes apart): forward steps done
@@ -100,17 +99,9 @@ def _side_backward(sync, mode, dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, acc, 
     """dWhy, dby (the output side is done); then dWhh, dbh and dWxh chunk by chunk as the backward pass
     publishes them (last chunk first, so the sums run in that fixed order)."""
     T, N, H = dz.shape
-    V = dby.shape[0]
     R = T * N
     gemm_serial(dWhy, hs[1:].reshape(R, H), True, logits, False, 1.0, 0.0)
-    for v in range(V):
-        acc[v] = 0.0
-    for r in range(R):
-        row = logits[r]
-        for v in range(V):
-            acc[v] += row[v]
-    for v in range(V):
-        dby[v] = acc[v]
+    column_sums(dby, logits, acc)
     for j in range(H):
         acc[j] = 0.0
     dWxh[:, :] = 0

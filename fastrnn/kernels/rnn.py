@@ -20,6 +20,7 @@ import numpy as np
 from fastrnn.kernels import mathfn
 from fastrnn.kernels.blas import gemm, gemm_serial
 from fastrnn.kernels.jit import kernel
+from fastrnn.kernels.softmax_xent import column_sums
 
 
 @kernel
@@ -75,10 +76,7 @@ def matmul_nt_small(out, a, W):
 def forward_step(hs, tmp, x, Wxh, Whh, bh, small, t):
     """Time step t of rnn_forward: hs[t+1] = tanh(Wxh[x[:, t]] + hs[t] @ Whh + bh)."""
     N, H = hs.shape[1], hs.shape[2]
-    if small:
-        matmul_small(tmp, hs[t], Whh)
-    else:
-        gemm(tmp, hs[t], False, Whh, False, 1.0, 0.0)
+    recurrent_product(tmp, hs[t], Whh, small)
     out = hs[t + 1]
     for n in range(N):
         wx = Wxh[x[n, t]]
@@ -173,12 +171,6 @@ def scatter_rows(dWxh, acc, dz, x, t0, t1):
 
 
 @kernel
-def const(value, like):
-    """`value` as a scalar of like's dtype (numba types float literals as float64, which would promote float32)."""
-    return np.full(1, value, like.dtype)[0]
-
-
-@kernel
 def recurrent_product(out, h, W, small):
     """out: (N, G*H) = h: (N, H) @ W: (H, G*H), hand loops when small, else BLAS."""
     if small:
@@ -233,23 +225,15 @@ def weight_gradients(dWxh, dWhh, dbh, dinp, dxa, dha, acc, x, inp, hs, Wxh):
     H = hs.shape[2]
     d2 = dxa.reshape(T * N, GH)
     gemm(dWhh, hs[:T].reshape(T * N, H), True, dha.reshape(T * N, GH), False, 1.0, 0.0)
-    for j in range(GH):
-        acc[j] = 0.0
-    for r in range(T * N):
-        row = d2[r]
+    if inp.shape[0] == 0:  # dbh and the scatter-add of dWxh in one pass over the positions
         for j in range(GH):
-            acc[j] += row[j]
-    for j in range(GH):
-        dbh[j] = acc[j]
-    if inp.shape[0] == 0:
+            acc[j] = 0.0
         dWxh[:, :] = 0
-        for t in range(T):
-            for n in range(N):
-                row = dxa[t, n]
-                dw = dWxh[x[n, t]]
-                for j in range(GH):
-                    dw[j] += row[j]
+        scatter_rows(dWxh, acc, dxa, x, 0, T)
+        for j in range(GH):
+            dbh[j] = acc[j]
     else:
+        column_sums(dbh, d2, acc)
         i2 = inp.reshape(T * N, H)
         gemm(dWxh, i2, True, d2, False, 1.0, 0.0)
         gemm(dinp.reshape(T * N, H), d2, False, Wxh, True, 1.0, 0.0)

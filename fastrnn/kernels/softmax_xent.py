@@ -66,17 +66,24 @@ def affine_backward(dW, db, dx, dout, x, W, acc, small=0):
     dout: (T*N, V); x: (T*N, H); W: (H, V); acc: (V,) float64 scratch; small >= 2: the two products on one
     BLAS thread (blas.gemm_serial; see rnn.py).
     """
-    R, V = dout.shape
     if small >= 2:
         gemm_serial(dW, x, True, dout, False, 1.0, 0.0)
         gemm_serial(dx, dout, False, W, True, 1.0, 0.0)
     else:
         gemm(dW, x, True, dout, False, 1.0, 0.0)
         gemm(dx, dout, False, W, True, 1.0, 0.0)
-    for v in range(V):
-        acc[v] = 0.0
+    column_sums(db, dout, acc)
+
+
+@kernel
+def column_sums(out, rows, acc):
+    """out: (C,) = the column sums of rows: (R, C), accumulated in float64 in row order (acc: (>= C,) scratch)."""
+    R, C = rows.shape
+    for c in range(C):
+        acc[c] = 0.0
     for r in range(R):
-        for v in range(V):
-            acc[v] += dout[r, v]
-    for v in range(V):
-        db[v] = acc[v]
+        row = rows[r]
+        for c in range(C):
+            acc[c] += row[c]
+    for c in range(C):
+        out[c] = acc[c]
