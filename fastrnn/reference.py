@@ -12,6 +12,8 @@ stream produces them.
 Loss: the mean over the N*T positions of -log p(target), in nats per character; gradients are of that mean.
 """
 
+import time
+
 import numpy as np
 
 from fastrnn.params import arch_of, layer_names
@@ -315,32 +317,103 @@ def model_backward(dlogits, P, G, x, state, fwd, masks=None):
     return dstate
 
 
-def forward_backward(P, G, x, y, h0, masks=None):
+class Plan:
+    """The reference's plan: there is one path (the backends' common interface: plan_for, plan=)."""
+
+    path = "reference"
+
+    def describe(self):
+        return "NumPy reference"
+
+
+PLAN = Plan()
+
+
+def plan_for(P, N, T, dropout=False, threads=None):
+    """The plan for calls of this shape: the reference has one path."""
+    return PLAN
+
+
+def forward_backward(P, G, x, y, h0, masks=None, plan=None, clock=None):
     """Loss and gradients of the language model on one minibatch.
 
-    P: dict of parameter arrays (see fastrnn.params); G: dict of gradient arrays of the same shapes, overwritten.
-    x, y: (N, T) int inputs and targets; h0: (N, S) carried state; masks: (L, T, N, H) dropout masks or None.
+    P: dict of parameter arrays (see fastrnn.params); G: dict of gradient arrays of the same shapes, overwritten
+    (zeroed, then the backward pass adds into them). x, y: (N, T) int inputs and targets; h0: (N, S) carried
+    state; masks: (L, T, N, H) dropout masks or None; plan: ignored (one path). clock: a dict that receives the
+    seconds of the phases forward (layers and output layer), loss and backward, or None.
     Returns (loss, the new state (N, S) as a new array).
     """
+    t0 = time.perf_counter()
     logits, fwd, state = model_forward(P, x, h0, masks)
+    t1 = time.perf_counter()
     loss, dlogits = softmax_xent(logits, y)
+    t2 = time.perf_counter()
     for g in G.values():
         g[...] = 0
     model_backward(dlogits, P, G, x, h0, fwd, masks)
+    if clock is not None:
+        clock.update(forward=t1 - t0, loss=t2 - t1, backward=time.perf_counter() - t2)
     return loss, state
 
 
-def forward_loss(P, x, y, h0, masks=None):
+def profile_step(P, G, x, y, h0, masks=None, plan=None):
+    """forward_backward timed by phase: returns (loss, new state, {phase: seconds})."""
+    clock = {}
+    loss, state = forward_backward(P, G, x, y, h0, masks, plan, clock)
+    return loss, state, clock
+
+
+def forward_loss(P, x, y, h0, masks=None, plan=None):
     """Loss only (evaluation): returns (loss, new state)."""
     logits, _, state = model_forward(P, x, h0, masks)
     loss, _ = softmax_xent(logits, y)
     return loss, state
 
 
-def step(P, h, token):
+def step(P, h, token, plan=None):
     """One generation step: h: (N, S) state, token: (N,) int. Returns (new state (N, S), logits: (N, V))."""
     logits, _, state = model_forward(P, np.asarray(token).reshape(-1, 1), h)
     return state, logits[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sampling
+
+
+def probabilities(logits, temperature=1.0, top_k=0, top_p=1.0):
+    """Sampling distribution over symbols from logits (V,), in float64."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max()
+    p = np.exp(z)
+    if top_k and top_k < p.size:
+        cutoff = np.partition(p, p.size - top_k)[p.size - top_k]
+        p[p < cutoff] = 0.0
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        c = np.cumsum(p[order])
+        keep = np.searchsorted(c, top_p * c[-1] * (1 - 1e-12)) + 1  # smallest prefix reaching top_p of the mass
+        p[order[keep:]] = 0.0
+    p /= p.sum()
+    return p
+
+
+def draw(p, rng):
+    """One index drawn from the distribution p (V,) with one uniform number from rng."""
+    c = np.cumsum(p)
+    return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))
+
+
+def generate(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None):
+    """Yield `length` sampled token ids from the state h: (1, S) and its logits: (1, V) (after the prime): one
+    step per character, one uniform number from rng per character (none if greedy)."""
+    rng = rng if rng is not None else np.random.default_rng()
+    for _ in range(length):
+        if greedy:
+            token = int(np.argmax(logits[0]))
+        else:
+            token = draw(probabilities(logits[0], temperature, top_k, top_p), rng)
+        yield token
+        h, logits = step(P, h, np.array([token], dtype=np.int32))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,30 +10,8 @@ import codecs
 import numpy as np
 
 from fastrnn.errors import ConfigError, VocabError
-from fastrnn.params import arch_of, layer_names, state_size
-
-
-def probabilities(logits, temperature=1.0, top_k=0, top_p=1.0):
-    """Sampling distribution over symbols from logits (V,), in float64."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z -= z.max()
-    p = np.exp(z)
-    if top_k and top_k < p.size:
-        cutoff = np.partition(p, p.size - top_k)[p.size - top_k]
-        p[p < cutoff] = 0.0
-    if top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        c = np.cumsum(p[order])
-        keep = np.searchsorted(c, top_p * c[-1] * (1 - 1e-12)) + 1  # smallest prefix reaching top_p of the mass
-        p[order[keep:]] = 0.0
-    p /= p.sum()
-    return p
-
-
-def draw(p, rng):
-    """One index drawn from the distribution p (V,) with one uniform number from rng."""
-    c = np.cumsum(p)
-    return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), len(p) - 1))
+from fastrnn.params import arch_of, state_size
+from fastrnn.reference import draw, probabilities  # noqa: F401 (part of this module's API)
 
 
 def check_options(temperature=1.0, top_k=0, top_p=1.0, length=0):
@@ -75,52 +53,7 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=
     check_options(temperature, top_k, top_p, length)
     rng = rng if rng is not None else np.random.default_rng()
     h, logits = _start(backend, P, vocab, prime, dtype)
-    if getattr(backend, "__name__", "") == "fastrnn.kernels":
-        yield from _generate_numba(P, h, logits, length, temperature, top_k, top_p, greedy, rng)
-        return
-    for _ in range(length):
-        if greedy:
-            token = int(np.argmax(logits[0]))
-        else:
-            token = draw(probabilities(logits[0], temperature, top_k, top_p), rng)
-        yield token
-        h, logits = backend.step(P, h, np.array([token], dtype=np.int32))
-
-
-def numba_state(P, h):
-    """The carried state h: (1, S) as kernels.sample.sample_chunk takes it: a new (L, K, H) array, [l, 0] the h of
-    layer l and, for an lstm (K = 2), [l, 1] its c (the layout of fastrnn.reference.split_state)."""
-    _, L, H = arch_of(P)
-    return np.ascontiguousarray(h[0]).reshape(L, -1, H).copy()
-
-
-def numba_params(P):
-    """The arguments Wxh, Whh, bh (tuples over the layers), Why, by, cell (a code) of sample_chunk."""
-    from fastrnn.kernels.sample import CELL_CODES
-
-    cell, L, _ = arch_of(P)
-    names = [layer_names(l) for l in range(L)]
-    Wxh, Whh, bh = (tuple(np.ascontiguousarray(P[n[k]]) for n in names) for k in range(3))
-    return Wxh, Whh, bh, np.ascontiguousarray(P["Why"]), np.ascontiguousarray(P["by"]), CELL_CODES[cell]
-
-
-def _generate_numba(P, h, logits, length, temperature, top_k, top_p, greedy, rng, chunk=64):
-    """generate() for the numba backend, any model: runs of `chunk` characters per kernel call (same draws, same
-    rng use). h: (1, S) the state after the prime; logits: (1, V)."""
-    from fastrnn.kernels.sample import sample_chunk
-
-    state = numba_state(P, h)  # (L, K, H)
-    logits = np.ascontiguousarray(logits[0]).copy()  # (V,)
-    weights = numba_params(P)
-    out = np.empty(chunk, dtype=np.int32)
-    done = 0
-    while done < length:
-        n = min(chunk, length - done)
-        uniforms = np.zeros(n) if greedy else rng.random(n)  # (n,) one per character, as draw() uses
-        sample_chunk(out[:n], state, logits, uniforms, *weights, float(temperature), int(top_k), float(top_p),
-                     bool(greedy))
-        yield from out[:n].tolist()
-        done += n
+    yield from backend.generate(P, h, logits, length, temperature, top_k, top_p, greedy, rng)
 
 
 def beam_search(backend, P, vocab, *, prime="", length=200, beam_width=5, dtype=np.float32):

@@ -6,7 +6,7 @@ import pytest
 
 from fastrnn import kernels as K
 from fastrnn import reference as ref
-from fastrnn.kernels import backend, mathfn
+from fastrnn.kernels import dispatch, mathfn
 from fastrnn.kernels.threads import set_threads
 from fastrnn.params import Layout, rnn_shapes
 
@@ -30,9 +30,10 @@ def tol(dtype):
     return 1e-10 if dtype == np.float64 else 1e-4
 
 
-# shapes (N, T, V, H): T=1, N=1, H not a multiple of 8, V=65. backend._small levels (rnn.py): 2 (hand-loop
-# recurrence, one-thread BLAS for the rest) for N <= 2 with N*H*H <= SMALL_WORK; 1 (hand-loop recurrence) for
-# (3, 7, 65, 13), (4, 1, 11, 8) and the N <= 2 shapes of large H; 0 (BLAS) for (16, 5, 65, 96) and (3, 4, 30, 160)
+# shapes (N, T, V, H): T=1, N=1, H not a multiple of 8, V=65. Their plans without measurement (dispatch.py):
+# hand-loop recurrence and one-thread position products for N <= 2 with N*H*H <= SMALL_WORK; hand-loop
+# recurrence for (3, 7, 65, 13), (4, 1, 11, 8) and the N <= 2 shapes of large H; BLAS for (16, 5, 65, 96) and
+# (3, 4, 30, 160)
 SHAPES = [(1, 1, 65, 7), (1, 12, 65, 128), (3, 7, 65, 13), (4, 1, 11, 8), (2, 9, 65, 33), (16, 5, 65, 96),
           (1, 4, 30, 300), (2, 3, 65, 200), (3, 4, 30, 160)]
 
@@ -45,11 +46,13 @@ def threads(request):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("N,T,V,H", SHAPES)
-def test_forward_backward_matches_reference(N, T, V, H, dtype):
+def test_forward_backward_matches_reference(N, T, V, H, dtype, changes=None):
+    """changes: None, or a dispatch.variant of the call's plan (loops=..., positions=...)."""
     layout, flat, P, x, y, h0 = make_problem(N, T, V, H, dtype)
+    plan = None if changes is None else dispatch.variant(K.plan_for(P, N, T), **changes)
     g_ref, g_nb = layout.zeros(dtype), layout.zeros(dtype) + 7  # overwritten, not accumulated
     loss_ref, h_ref = ref.forward_backward(P, layout.views(g_ref), x, y, h0)
-    loss_nb, h_nb = K.forward_backward(P, layout.views(g_nb), x, y, h0)
+    loss_nb, h_nb = K.forward_backward(P, layout.views(g_nb), x, y, h0, plan=plan)
     assert isinstance(loss_nb, float) and h_nb.dtype == dtype and h_nb.shape == (N, H)
     assert loss_nb == pytest.approx(loss_ref, rel=tol(dtype))
     np.testing.assert_allclose(h_nb, h_ref, rtol=0, atol=tol(dtype))
@@ -59,26 +62,33 @@ def test_forward_backward_matches_reference(N, T, V, H, dtype):
         np.testing.assert_allclose(a, b, rtol=0, atol=tol(dtype) * scale, err_msg=name)
 
 
-@pytest.mark.parametrize("small", [True, False], ids=["hand-loops", "blas"])
+@pytest.mark.parametrize("loops", [True, False], ids=["hand-loops", "blas"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_both_recurrence_paths(small, dtype, monkeypatch):
-    monkeypatch.setattr(backend, "SMALL_WORK", 1 << 40 if small else -1)
-    test_forward_backward_matches_reference(3, 6, 65, 21, dtype)
+def test_both_recurrence_paths(loops, dtype):
+    test_forward_backward_matches_reference(3, 6, 65, 21, dtype, dict(loops=loops))
 
 
-def test_small_levels():
-    assert [backend._small(N, H) for N, H in [(1, 128), (2, 128), (1, 256), (4, 128), (16, 64), (1, 512),
-                                              (2, 512), (3, 512), (64, 512)]] == [2, 2, 2, 1, 1, 1, 1, 0, 0]
-    assert [backend._small(N, T) for N, _, _, T in SHAPES] == [2, 2, 1, 1, 2, 0, 1, 1, 0]
+def test_plan_rules_without_measurement():
+    def way(N, H):
+        p = dispatch.plan("rnn", 1, N, 50, H, 65, False, 1, np.float32, measure=False)
+        return ("loops" if p.loops else "blas") + ("+blas1" if p.positions == "blas1" else "")
+
+    assert [way(N, H) for N, H in [(1, 128), (2, 128), (1, 256), (4, 128), (16, 64), (1, 512), (2, 512), (3, 512),
+                                   (64, 512)]] == ["loops+blas1"] * 3 + ["loops"] * 4 + ["blas"] * 2
+    assert [way(N, H) for N, _, _, H in SHAPES] == ["loops+blas1", "loops+blas1", "loops", "loops", "loops+blas1",
+                                                    "blas", "loops", "loops", "blas"]
 
 
-@pytest.mark.parametrize("level", [0, 1, 2])
+WAYS = [dict(loops=False, positions="blas"), dict(loops=True, positions="blas"),
+        dict(loops=True, positions="blas1"), dict(loops=False, positions="blas1")]
+
+
+@pytest.mark.parametrize("changes", WAYS, ids=lambda c: f"{'loops' if c['loops'] else 'blas'}-{c['positions']}")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_every_small_level_matches_reference(level, dtype, threads, monkeypatch):
-    monkeypatch.setattr(backend, "_small", lambda N, H: level)
-    test_forward_backward_matches_reference(2, 7, 65, 40, dtype)
-    test_forward_backward_matches_reference(5, 3, 30, 24, dtype)
-    test_forward_loss_matches_reference(2, 7, 65, 40, dtype)
+def test_every_way_matches_reference(changes, dtype, threads):
+    test_forward_backward_matches_reference(2, 7, 65, 40, dtype, changes)
+    test_forward_backward_matches_reference(5, 3, 30, 24, dtype, changes)
+    test_forward_loss_matches_reference(2, 7, 65, 40, dtype, changes)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -122,10 +132,11 @@ def test_noncontiguous_tokens_and_gradients():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("N,T,V,H", SHAPES[:3] + SHAPES[-2:])
-def test_forward_loss_matches_reference(N, T, V, H, dtype):
+def test_forward_loss_matches_reference(N, T, V, H, dtype, changes=None):
     layout, flat, P, x, y, h0 = make_problem(N, T, V, H, dtype, seed=1)
+    plan = None if changes is None else dispatch.variant(K.plan_for(P, N, T), **changes)
     loss_ref, h_ref = ref.forward_loss(P, x, y, h0)
-    loss_nb, h_nb = K.forward_loss(P, x, y, h0)
+    loss_nb, h_nb = K.forward_loss(P, x, y, h0, plan=plan)
     assert loss_nb == pytest.approx(loss_ref, rel=tol(dtype))
     np.testing.assert_allclose(h_nb, h_ref, atol=tol(dtype))
 
@@ -164,22 +175,15 @@ def test_carried_state_equals_one_long_sequence():
     np.testing.assert_allclose(h_d, h_long, rtol=0, atol=1e-14)
 
 
-@pytest.fixture
-def parallel_from_65k(monkeypatch):
-    """The parallel (prange) drivers take flat buffers from 65,536 values on (in use they start much later)."""
-    from fastrnn.kernels import backend
-
-    monkeypatch.setattr(backend, "PARALLEL_SIZE", 1 << 16)
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("clip,max_norm", [(0.0, 0.0), (0.05, 0.0), (0.0, 1.0), (0.05, 1.0), (0.05, 1e9)])
-@pytest.mark.parametrize("size", [1000, 70_001])  # serial and parallel drivers
-def test_clip_gradients(clip, max_norm, size, dtype, parallel_from_65k):
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("size", [1000, 70_001])
+def test_clip_gradients(clip, max_norm, size, dtype, parallel):
     g = (np.random.default_rng(0).standard_normal(size) * 0.1).astype(dtype)
     g_ref, g_nb = g.copy(), g.copy()
     n_ref = ref.clip_gradients(g_ref, clip, max_norm)
-    n_nb = K.clip_gradients(g_nb, clip, max_norm)
+    n_nb = K.clip_gradients(g_nb, clip, max_norm, parallel=parallel)
     assert isinstance(n_nb, float) and n_nb == pytest.approx(n_ref, rel=1e-12)
     np.testing.assert_allclose(g_nb, g_ref, rtol=10 * np.finfo(dtype).eps, atol=0)
 
@@ -200,9 +204,10 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
 @pytest.mark.parametrize("size", [1000, 70_001])
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_optimizer_updates(name, size, dtype, parallel_from_65k):
+def test_optimizer_updates(name, size, dtype, parallel):
     states, hyper = OPTIMIZERS[name]
     rng = np.random.default_rng(1)
     p = rng.standard_normal(size).astype(dtype)
@@ -215,7 +220,7 @@ def test_optimizer_updates(name, size, dtype, parallel_from_65k):
         g = (rng.standard_normal(size) * 0.1).astype(dtype)
         extra = dict(t=t) if name == "adam" else {}
         fn_ref(p_ref, g, *s_ref.values(), **hyper, **extra)
-        fn_nb(p_nb, g, *s_nb.values(), **hyper, **extra)
+        fn_nb(p_nb, g, *s_nb.values(), **hyper, **extra, parallel=parallel)
     rtol = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(p_nb, p_ref, rtol=rtol, atol=rtol * np.abs(p_ref).max())  # rounding of the update
     for k in states:

@@ -7,7 +7,7 @@ import pytest
 from fastrnn import kernels as K
 from fastrnn import reference as ref
 from fastrnn.dropout import make_masks
-from fastrnn.kernels import backend
+from fastrnn.kernels import dispatch
 from fastrnn.model import Model
 from fastrnn.params import arch_of, state_size
 
@@ -36,7 +36,7 @@ def assert_close(got, want, dtype, what=""):
     np.testing.assert_allclose(got, want, rtol=0, atol=tol(dtype) * scale, err_msg=what)
 
 
-# (N, T, V, H, path): hand loops for the per-step products at small sizes, BLAS forced at H=32 (see SMALL_WORK)
+# (N, T, V, H, way): the per-step products as hand loops or BLAS (the plan made for the call, varied)
 SHAPES = [(3, 5, 7, 5, "loops"), (1, 1, 7, 5, "loops"), (4, 6, 11, 32, "blas"), (1, 3, 7, 32, "loops")]
 CASES = [(cell, L, dropout) for cell in CELLS for L in (1, 2) for dropout in (0.0, 0.4)]
 
@@ -46,29 +46,24 @@ def ids(case):
     return f"{cell}-L{L}" + ("-dropout" if dropout else "")
 
 
-@pytest.fixture
-def path(request, monkeypatch):
-    monkeypatch.setattr(backend, "SMALL_WORK", 1 << 40 if request.param == "loops" else -1)
-    return request.param
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("N,T,V,H,path", SHAPES, indirect=["path"])
+@pytest.mark.parametrize("N,T,V,H,way", SHAPES)
 @pytest.mark.parametrize("cell,L,dropout", CASES, ids=[ids(c) for c in CASES])
-def test_forward_backward_and_loss_match_reference(cell, L, dropout, N, T, V, H, path, dtype):
+def test_forward_backward_and_loss_match_reference(cell, L, dropout, N, T, V, H, way, dtype):
     model, x, y, h0, masks = make_problem(cell, L, N, T, V, H, dtype, dropout=dropout)
     assert arch_of(model.P) == (cell, L, H) and (masks is None) == (dropout == 0)
+    plan = dispatch.variant(K.plan_for(model.P, N, T, masks is not None), loops=way == "loops")
     views = model.layout.views
     g_ref, g_nb = model.layout.zeros(dtype), model.layout.zeros(dtype) + 7  # overwritten, not accumulated
     loss_ref, s_ref = ref.forward_backward(model.P, views(g_ref), x, y, h0, masks)
-    loss_nb, s_nb = K.forward_backward(model.P, views(g_nb), x, y, h0, masks)
+    loss_nb, s_nb = K.forward_backward(model.P, views(g_nb), x, y, h0, masks, plan=plan)
     assert isinstance(loss_nb, float)
     assert loss_nb == pytest.approx(loss_ref, rel=tol(dtype))
     assert_close(s_nb, s_ref, dtype, "new state")
     for name in model.layout.names:
         assert_close(views(g_nb)[name], views(g_ref)[name], dtype, name)
     loss_ref, s_ref = ref.forward_loss(model.P, x, y, h0, masks)
-    loss_nb, s_nb = K.forward_loss(model.P, x, y, h0, masks)
+    loss_nb, s_nb = K.forward_loss(model.P, x, y, h0, masks, plan=plan)
     assert loss_nb == pytest.approx(loss_ref, rel=tol(dtype))
     assert_close(s_nb, s_ref, dtype, "new state (forward_loss)")
 

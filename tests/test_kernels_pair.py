@@ -1,24 +1,25 @@
 """The two-thread pipelined step for small batches (fastrnn/kernels/pair.py) and its synchronisation (sync.py)."""
 
+import dataclasses
+
 import numba
 import numpy as np
 import pytest
 
 from fastrnn import kernels as K
 from fastrnn import reference as ref
-from fastrnn.kernels import backend, pair, sync
+from fastrnn.kernels import dispatch, pair, sync, workspace
 from fastrnn.kernels.threads import set_threads
 from test_kernels import NAMES, make_problem, tol
 
 # (N, T, V, H): T not a multiple of the side's chunk (8 rows), a chunk of 3 steps (N=3), N=4 = PAIR_ROWS, T=1, H
-# not a multiple of 8, large H (N*H*H above SMALL_WORK: hand-loop recurrences, BLAS threads elsewhere)
+# not a multiple of 8, large H (N*H*H above SMALL_WORK: BLAS threads for the position products)
 SHAPES = [(1, 13, 65, 24), (3, 5, 30, 17), (4, 6, 65, 32), (1, 1, 65, 7), (2, 9, 11, 40), (1, 7, 30, 300)]
 
 
-@pytest.fixture(autouse=True)
-def pair_at_any_size(monkeypatch):
-    """The pair path from hidden size 1 on (in use it starts at backend.PAIR_MIN_HIDDEN), so small shapes test it."""
-    monkeypatch.setattr(backend, "PAIR_MIN_HIDDEN", 1)
+def pair_plan(P, N, T):
+    """The plan of the call with the pair path at any size (in use it starts at dispatch.PAIR_MIN_HIDDEN)."""
+    return dataclasses.replace(K.plan_for(P, N, T, threads=2), path="pair", loops=True)
 
 
 @pytest.fixture
@@ -44,18 +45,18 @@ def _kernel_args(layout, P, x, y, h0, grads=None):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("N,T,V,H", SHAPES)
 def test_pair_path_matches_reference(N, T, V, H, dtype, two_threads):
-    assert backend._paired(N, H, backend._small(N, H))  # this is the path under test
     layout, flat, P, x, y, h0 = make_problem(N, T, V, H, dtype)
+    plan = pair_plan(P, N, T)
     g_ref, g_nb = layout.zeros(dtype), layout.zeros(dtype) + 7  # overwritten, not accumulated
     loss_ref, h_ref = ref.forward_backward(P, layout.views(g_ref), x, y, h0)
-    loss_nb, h_nb = K.forward_backward(P, layout.views(g_nb), x, y, h0)
+    loss_nb, h_nb = K.forward_backward(P, layout.views(g_nb), x, y, h0, plan=plan)
     assert loss_nb == pytest.approx(loss_ref, rel=tol(dtype))
     np.testing.assert_allclose(h_nb, h_ref, rtol=0, atol=tol(dtype))
     scale = np.abs(g_ref).max()
     for name in NAMES:
         np.testing.assert_allclose(layout.views(g_nb)[name], layout.views(g_ref)[name], rtol=0,
                                    atol=tol(dtype) * scale, err_msg=name)
-    loss_only, h_only = K.forward_loss(P, x, y, h0)
+    loss_only, h_only = K.forward_loss(P, x, y, h0, plan=plan)
     assert loss_only == pytest.approx(loss_ref, rel=tol(dtype))
     np.testing.assert_allclose(h_only, h_ref, rtol=0, atol=tol(dtype))
 
@@ -93,10 +94,11 @@ def test_loss_only_writes_no_gradient(two_threads):
 def test_training_on_two_threads_is_bit_identical_run_to_run(two_threads):
     def run():
         layout, flat, P, x, y, h0 = make_problem(1, 20, 65, 64, np.float32, seed=3)
+        plan = pair_plan(P, 1, 20)
         g, m, v = layout.zeros(np.float32), layout.zeros(np.float32), layout.zeros(np.float32)
         h, losses = h0, []
         for t in range(1, 6):
-            loss, h = K.forward_backward(P, layout.views(g), x, y, h)
+            loss, h = K.forward_backward(P, layout.views(g), x, y, h, plan=plan)
             K.clip_gradients(g, 5.0, 0.0)
             K.adam_update(flat, g, m, v, 0.01, 0.9, 0.999, 1e-8, t)
             losses.append(loss)
@@ -108,14 +110,17 @@ def test_training_on_two_threads_is_bit_identical_run_to_run(two_threads):
     np.testing.assert_array_equal(a[2], b[2])
 
 
-def test_paired_only_with_two_threads_small_batches_and_large_enough_h(two_threads, monkeypatch):
-    monkeypatch.setattr(backend, "PAIR_MIN_HIDDEN", 96)
-    assert backend._paired(1, 128, 2) and backend._paired(backend.PAIR_ROWS, 96, 1)
-    assert not backend._paired(backend.PAIR_ROWS + 1, 128, 1)  # larger batches: lm.py
-    assert not backend._paired(1, 64, 2)  # small H: lm.py
-    assert not backend._paired(1, 128, 0)  # BLAS recurrences
-    set_threads(1)
-    assert not backend._paired(1, 128, 2)
+def test_pair_plan_only_with_two_threads_small_batches_and_large_enough_h():
+    def path(N, H, threads):
+        return dispatch.plan("rnn", 1, N, 50, H, 65, False, threads, np.float32, measure=False).path
+
+    assert path(1, 128, 2) == "pair" and path(dispatch.PAIR_ROWS, 96, 2) == "pair"
+    assert path(dispatch.PAIR_ROWS + 1, 128, 2) == "fused"  # larger batches
+    assert path(1, 64, 2) == "fused"  # small H
+    assert path(1, 128, 1) == "fused"  # one thread
+    assert dispatch.plan("rnn", 1, 1, 50, 128, 65, True, 2, np.float32).path == "layers"  # dropout
+    with pytest.raises(ValueError):
+        dispatch.Plan("rnn", 2, 1, 50, 128, 65, False, 2, "float32", "pair", True, "blas")  # pair for two layers
 
 
 def test_join_alone_then_late_partner():
@@ -145,31 +150,31 @@ def test_atomics():
 
 
 def test_chooser_prefers_the_faster_path_and_probes_the_other():
-    c = backend.PairChooser()
+    c = dispatch.TimingChooser()
     picks = []
     for call in range(400):
-        two = c.two_threads()
+        two = c.choose()
         picks.append(two)
         c.record(two, 0.010 if two else 0.001)  # two threads 10x slower (the cores are taken)
     assert picks[:2] == [True, True] and picks[2:4] == [False, False]  # each path once untimed, once timed
     probes = [i for i in range(10, 400) if picks[i]]
     # 10x slower is below HOPELESS: each probe runs KEEP calls and loses; the next one comes twice as late
-    k, e = backend.KEEP, backend.PROBE_EVERY
+    k, e = dispatch.KEEP, dispatch.PROBE_EVERY
     first = e  # call numbers (1-based): the first probe at call e, the next 2e calls after the first one ends
     second = (first + k - 1) + 2 * e
     assert probes == [i - 1 for i in list(range(first, first + k)) + list(range(second, second + k))]
-    c2 = backend.PairChooser()
+    c2 = dispatch.TimingChooser()
     for call in range(200):
-        two = c2.two_threads()
+        two = c2.choose()
         c2.record(two, 0.001 if two else 0.002)
-    assert c2.two_threads() is True  # two threads faster: used
+    assert c2.choose() is True  # two threads faster: used
 
 
 def test_chooser_stops_a_hopeless_probe_after_one_call():
-    c = backend.PairChooser()
+    c = dispatch.TimingChooser()
     picks = []
     for call in range(300):
-        two = c.two_threads()
+        two = c.choose()
         picks.append(two)
         c.record(two, 0.1 if two else 0.001)  # 100x slower: more than HOPELESS
     runs, run = [], 0
@@ -189,16 +194,17 @@ def test_slow_two_threads_switch_to_one_thread_with_the_same_bits(two_threads, m
 
     def train():
         layout, flat, P, x, y, h0 = make_problem(1, 10, 30, 96, np.float32, seed=4)
+        plan = pair_plan(P, 1, 10)
         g = layout.zeros(np.float32)
         m, v = layout.zeros(np.float32), layout.zeros(np.float32)
         h, losses = h0, []
         for t in range(1, 31):
-            loss, h = K.forward_backward(P, layout.views(g), x, y, h)
+            loss, h = K.forward_backward(P, layout.views(g), x, y, h, plan=plan)
             K.adam_update(flat, g, m, v, 0.01, 0.9, 0.999, 1e-8, t)
             losses.append(loss)
         return losses, flat.copy()
 
-    backend._workspaces.clear()
+    workspace.clear()
     calm = train()
     real = pair.lm_forward_backward_pair
     used = []
@@ -209,7 +215,7 @@ def test_slow_two_threads_switch_to_one_thread_with_the_same_bits(two_threads, m
         return real(*args)
 
     monkeypatch.setattr(pair, "lm_forward_backward_pair", slow_pair)
-    backend._workspaces.clear()
+    workspace.clear()
     busy = train()
     assert len(used) <= 4  # tried, found slow, left (the next probe would come after PROBE_EVERY calls)
     assert calm[0] == busy[0]

@@ -152,6 +152,7 @@ def test_sample_chunk_state_and_logits_match_reference_steps(cell, layers, dtype
     """kernels.sample.sample_chunk from a random state: each token is the draw of fastrnn.sample from the
     reference's logits with the same uniform number, and the state and logits after 60 characters equal the
     reference's stepped on the same tokens (float64 1e-10, float32 1e-4)."""
+    from fastrnn.kernels import backend
     from fastrnn.kernels.sample import sample_chunk
 
     model = random_model(cell, layers, dtype)
@@ -161,9 +162,9 @@ def test_sample_chunk_state_and_logits_match_reference_steps(cell, layers, dtype
     h = ref.step(P, h, np.array([3], dtype=np.int32))[0]  # the state that gives `logits`
     n = 60
     uniforms = rng.random(n)  # (n,)
-    state, numba_logits = gen.numba_state(P, h), logits[0].copy()
+    state, numba_logits = backend.sample_state(P, h), logits[0].copy()
     out = np.empty(n, dtype=np.int32)  # (n,)
-    sample_chunk(out, state, numba_logits, uniforms, *gen.numba_params(P), 0.8, 0, 0.9, False)
+    sample_chunk(out, state, numba_logits, uniforms, *backend.sample_params(P), 0.8, 0, 0.9, False)
     tol = 1e-10 if dtype == np.float64 else 1e-4
     for i, token in enumerate(out):
         p = gen.probabilities(logits[0], 0.8, 0, 0.9)

@@ -1,19 +1,23 @@
-"""The numba backend: the functions of fastrnn.reference (forward_backward, forward_loss, step, clip_gradients,
-sgd_update, adagrad_update, rmsprop_update, adam_update) with the same signatures and semantics.
+"""The numba backend: the functions of fastrnn.reference (plan_for, forward_backward, forward_loss, profile_step,
+step, generate, clip_gradients and the optimizer updates) with the same signatures and semantics.
 
-Layout: jit.py (JIT options), mathfn.py (vectorizable tanh/exp/sigmoid), rnn.py (RNN layer, and the general
+Gradients: forward_backward overwrites G in both backends. Inside, the reference's layer functions add into G
+(it zeroes G first), while every numba kernel overwrites the gradient arrays it is given.
+
+Layout: dispatch.py (which path a call takes: the Plan, every threshold, the measured choices), backend.py (the
+Python API), jit.py (JIT options), mathfn.py (vectorizable tanh/exp/sigmoid), rnn.py (RNN layer, and the general
 layer interface), gru.py and lstm.py (GRU and LSTM layers), softmax_xent.py (output layer), lm.py (the one-layer
 vanilla RNN as one call), pair.py (the same on two threads for one to four sequences, pipelined; sync.py has
-its atomics and hand-over), stack.py (any other model: cells, stacked layers, dropout, layer by layer), optim.py
-(clipping and updates), blas.py (GEMM through NumPy's OpenBLAS), backend.py (the Python API), threads.py (thread
-counts).
+its atomics and hand-over), stack.py (any other model: cells, stacked layers, dropout, layer by layer), sample.py
+(generation), optim.py (clipping and updates), blas.py (GEMM through NumPy's OpenBLAS), workspace.py (scratch
+kept across calls), threads.py (thread counts).
 
 The kernels load on first use of one of these names (PEP 562), so `fastrnn.kernels.threads` stays cheap to import;
 the name is then bound in this module, so later uses are plain attribute lookups.
 """
 
-API = ("forward_backward", "forward_loss", "step", "clip_gradients", "sgd_update", "adagrad_update",
-       "rmsprop_update", "adam_update")
+API = ("plan_for", "forward_backward", "forward_loss", "profile_step", "step", "generate", "clip_gradients",
+       "sgd_update", "adagrad_update", "rmsprop_update", "adam_update")
 __all__ = list(API)
 
 

@@ -17,17 +17,18 @@ from fastrnn.kernels.rnn import apply_mask, input_side, recurrent_gradient, recu
 
 
 @kernel
-def gru_forward(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
+def gru_forward(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, loops, positions_loops):
     """hs: (T+1, N, H) with hs[0] = h0 on entry, hs[1:] written; gates: (T, N, 3H) out: r, z, n after their
     nonlinearities; hn: (T, N, H) out: the n block of the recurrent product; out: (T, N, H) = hs[1:] * mask
     (only with a mask); tmp: (N, 3H) scratch; x: (N, T) int32 tokens (layer 0); inp: (T, N, H) or 0 rows
-    (layer 0); Wxh: (V or H, 3H); Whh: (H, 3H); bh: (3H,); mask: (T, N, H) or 0 rows; small: hand loops."""
+    (layer 0); Wxh: (V or H, 3H); Whh: (H, 3H); bh: (3H,); mask: (T, N, H) or 0 rows; loops, positions_loops: hand loops
+    for the recurrent and the input-side products."""
     T = gates.shape[0]
     N, H = hs.shape[1], hs.shape[2]
     lookup = inp.shape[0] == 0
-    input_side(gates, inp, Wxh)
+    input_side(gates, inp, Wxh, positions_loops)
     for t in range(T):
-        recurrent_product(tmp, hs[t], Whh, small)
+        recurrent_product(tmp, hs[t], Whh, loops)
         for n in range(N):
             # short passes that each write one array: LLVM vectorizes them (a fused pass writing several streams
             # needs too many runtime alias checks and stays scalar)
@@ -48,7 +49,7 @@ def gru_forward(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
 
 
 @kernel
-def gru_backward(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, gates, hn, Wxh, Whh, mask, small):
+def gru_backward(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, gates, hn, Wxh, Whh, mask, loops):
     """Backpropagation through time; overwrites the gradients dWxh, dWhh, dbh.
 
     dout: (T, N, H) in: gradient w.r.t. the layer's output (before the mask); out (above layer 0): gradient
@@ -60,7 +61,7 @@ def gru_backward(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, g
     carry[:, :] = 0
     for t in range(T - 1, -1, -1):
         if t < T - 1:
-            recurrent_gradient(rec, dha[t + 1], Whh, small)
+            recurrent_gradient(rec, dha[t + 1], Whh, loops)
         else:
             rec[:, :] = 0
         for n in range(N):

@@ -19,17 +19,18 @@ from fastrnn.kernels.rnn import apply_mask, input_side, recurrent_gradient, recu
 
 
 @kernel
-def lstm_forward(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, small):
+def lstm_forward(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, loops, positions_loops):
     """hs, cs: (T+1, N, H) with hs[0], cs[0] = h0, c0 on entry, hs[1:], cs[1:] written; gates: (T, N, 4H) out:
     i, f, o, g after their nonlinearities; out: (T, N, H) = hs[1:] * mask (only with a mask); tmp: (N, 4H)
     scratch; x: (N, T) int32 tokens (used by layer 0); inp: (T, N, H) the input from below, or 0 rows for
-    layer 0; Wxh: (V or H, 4H); Whh: (H, 4H); bh: (4H,); mask: (T, N, H) or 0 rows; small: hand loops."""
+    layer 0; Wxh: (V or H, 4H); Whh: (H, 4H); bh: (4H,); mask: (T, N, H) or 0 rows; loops, positions_loops: hand loops
+    for the recurrent and the input-side products."""
     T = gates.shape[0]
     N, H = hs.shape[1], hs.shape[2]
     lookup = inp.shape[0] == 0
-    input_side(gates, inp, Wxh)
+    input_side(gates, inp, Wxh, positions_loops)
     for t in range(T):
-        recurrent_product(tmp, hs[t], Whh, small)
+        recurrent_product(tmp, hs[t], Whh, loops)
         for n in range(N):
             # short passes that each write one array: LLVM vectorizes them (one fused pass writing seven streams
             # needs too many runtime alias checks and stays scalar, ~5x slower)
@@ -57,7 +58,7 @@ def lstm_cell(a, g, c0, c1, h1):
 
 
 @kernel
-def lstm_backward(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates, Wxh, Whh, mask, small):
+def lstm_backward(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates, Wxh, Whh, mask, loops):
     """Backpropagation through time; overwrites the gradients dWxh, dWhh, dbh.
 
     dout: (T, N, H) in: gradient w.r.t. the layer's output (before the mask); out (above layer 0): gradient
@@ -70,7 +71,7 @@ def lstm_backward(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates
     dc[:, :] = 0
     for t in range(T - 1, -1, -1):
         if t < T - 1:
-            recurrent_gradient(rec, da[t + 1], Whh, small)
+            recurrent_gradient(rec, da[t + 1], Whh, loops)
         else:
             rec[:, :] = 0
         for n in range(N):

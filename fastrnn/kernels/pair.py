@@ -58,7 +58,7 @@ def _chain_forward(sync, mode, hs, tmp, x, Wxh, Whh, bh):
     """hs[t+1] = tanh(Wxh[x[:, t]] + hs[t] @ Whh + bh) for t = 0..T-1 (as lm.py, hand loops), publishing FWD =
     t+1 after each step."""
     for t in range(hs.shape[0] - 1):
-        forward_step(hs, tmp, x, Wxh, Whh, bh, 1, t)
+        forward_step(hs, tmp, x, Wxh, Whh, bh, True, t)
         _publish(sync, FWD, t + 1, mode)
 
 
@@ -90,7 +90,7 @@ def _chain_backward(sync, mode, dz, tmp, hs, Whh):
     T = dz.shape[0]
     _wait(sync, OUT, T, mode)
     for t in range(T - 1, -1, -1):
-        backward_step(dz, tmp, hs, Whh, 1, t)
+        backward_step(dz, tmp, hs, Whh, True, t)
         _publish(sync, BWD, T - t, mode)
 
 

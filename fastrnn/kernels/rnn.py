@@ -5,11 +5,10 @@ front: hs: (T+1, N, H), hs[0] = h0, hs[t+1] = tanh(Wxh[x[:, t]] + hs[t] @ Whh + 
 same buffer, hs[:-1] is the "previous state" of every position as one contiguous (T*N, H) block (no concatenate)
 and hs[1:] is the layer's output.
 
-`small` picks hand loops or BLAS (blas.gemm) for the products: 0 BLAS everywhere; 1 hand loops for the per-step
-recurrent products hs[t] @ Whh and dz[t+1] @ Whh.T (one or two sequences at any H: OpenBLAS's sgemm would repack
-all of Whh at every step for a single row); 2 as 1, and the products over all T*N positions (dWhh here, the output
-layer in softmax_xent.py and lm.py) go to blas.gemm_serial: one OpenBLAS thread, since at one or two sequences of
-small H they are too small for OpenBLAS's thread hand-off to pay (H128 N1 2 threads: 169 vs 204 us a minibatch).
+How the products run is the caller's dispatch.Plan, passed down as arguments: `loops` (hand loops for the
+per-step recurrent products hs[t] @ Whh and dz[t+1] @ Whh.T, else BLAS through blas.gemm) and `serial` (the
+products over all T*N positions, dWhh here and the output layer in softmax_xent.py and lm.py, on one OpenBLAS
+thread through blas.gemm_serial).
 The input lookup, the bias and tanh are fused into one pass after the product; backward fuses the recurrence add
 and tanh' the same way, and the weight gradients over all T*N positions are one product each (dWhh) or one serial
 pass (dWxh, dbh).
@@ -73,10 +72,10 @@ def matmul_nt_small(out, a, W):
 
 
 @kernel
-def forward_step(hs, tmp, x, Wxh, Whh, bh, small, t):
+def forward_step(hs, tmp, x, Wxh, Whh, bh, loops, t):
     """Time step t of rnn_forward: hs[t+1] = tanh(Wxh[x[:, t]] + hs[t] @ Whh + bh)."""
     N, H = hs.shape[1], hs.shape[2]
-    recurrent_product(tmp, hs[t], Whh, small)
+    recurrent_product(tmp, hs[t], Whh, loops)
     out = hs[t + 1]
     for n in range(N):
         wx = Wxh[x[n, t]]
@@ -87,25 +86,24 @@ def forward_step(hs, tmp, x, Wxh, Whh, bh, small, t):
 
 
 @kernel
-def rnn_forward(hs, tmp, x, Wxh, Whh, bh, small):
+def rnn_forward(hs, tmp, x, Wxh, Whh, bh, loops):
     """hs: (T+1, N, H) in/out: hs[0] = h0 on entry, hs[1:] written; tmp: (N, H) scratch; x: (N, T) int32 C-order;
-    Wxh: (V, H); Whh: (H, H); bh: (H,); small: 0, 1 or 2 (module docstring), hand loop for the recurrent product
-    if >= 1."""
+    Wxh: (V, H); Whh: (H, H); bh: (H,); loops: hand loops for the recurrent product (module docstring)."""
     for t in range(hs.shape[0] - 1):
-        forward_step(hs, tmp, x, Wxh, Whh, bh, small, t)
+        forward_step(hs, tmp, x, Wxh, Whh, bh, loops, t)
 
 
 @kernel
-def backward_step(dz, tmp, hs, Whh, small, t):
+def backward_step(dz, tmp, hs, Whh, loops, t):
     """Time step t of the backward recurrence (t from T-1 down): dz[t] += dz[t+1] @ Whh.T (not at T-1), then
     times tanh' = 1 - hs[t+1]^2; dz[t] arrives as the gradient w.r.t. hs[t+1] and leaves as the gradient w.r.t.
     the pre-activation."""
     T, N, H = dz.shape
     h = hs[t + 1]
     d = dz[t]
-    if t < T - 1 and not small:
+    if t < T - 1 and not loops:
         gemm(d, dz[t + 1], False, Whh, True, 1.0, 1.0)
-    if t < T - 1 and small:
+    if t < T - 1 and loops:
         matmul_nt_small(tmp, dz[t + 1], Whh)
         for n in range(N):
             dn, rn, hn = d[n], tmp[n], h[n]
@@ -121,19 +119,19 @@ def backward_step(dz, tmp, hs, Whh, small, t):
 
 
 @kernel
-def rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, small):
+def rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, loops, serial):
     """Backpropagation through time; overwrites the gradients.
 
     dWxh: (V, H), dWhh: (H, H), dbh: (H,) out (overwritten); dz: (T, N, H) in/out: on entry the gradient w.r.t. the
     outputs hs[1:] from above, on exit the gradient w.r.t. the pre-activations; tmp: (N, H) scratch; acc: (H,)
-    float64 scratch; x: (N, T) int32; hs: (T+1, N, H) from rnn_forward; Whh: (H, H); small: 0, 1 or 2 (module
-    docstring): hand loops for the recurrence if >= 1, for dWhh if >= 2.
+    float64 scratch; x: (N, T) int32; hs: (T+1, N, H) from rnn_forward; Whh: (H, H); loops: hand loops for the
+    recurrence; serial: dWhh on one BLAS thread (module docstring).
     The gradient w.r.t. h0 is not needed by the trainer and is not computed.
     """
     T, N, H = dz.shape
     for t in range(T - 1, -1, -1):
-        backward_step(dz, tmp, hs, Whh, small, t)
-    if small >= 2:
+        backward_step(dz, tmp, hs, Whh, loops, t)
+    if serial:
         gemm_serial(dWhh, hs[:T].reshape(T * N, H), True, dz.reshape(T * N, H), False, 1.0, 0.0)
     else:
         gemm(dWhh, hs[:T].reshape(T * N, H), True, dz.reshape(T * N, H), False, 1.0, 0.0)
@@ -171,30 +169,31 @@ def scatter_rows(dWxh, acc, dz, x, t0, t1):
 
 
 @kernel
-def recurrent_product(out, h, W, small):
-    """out: (N, G*H) = h: (N, H) @ W: (H, G*H), hand loops when small, else BLAS."""
-    if small:
+def recurrent_product(out, h, W, loops):
+    """out: (N, G*H) = h: (N, H) @ W: (H, G*H), hand loops if `loops`, else BLAS."""
+    if loops:
         matmul_small(out, h, W)
     else:
         gemm(out, h, False, W, False, 1.0, 0.0)
 
 
 @kernel
-def recurrent_gradient(out, d, W, small):
-    """out: (N, H) = d: (N, G*H) @ W.T, W: (H, G*H), hand loops when small, else BLAS."""
-    if small:
+def recurrent_gradient(out, d, W, loops):
+    """out: (N, H) = d: (N, G*H) @ W.T, W: (H, G*H), hand loops if `loops`, else BLAS."""
+    if loops:
         matmul_nt_small(out, d, W)
     else:
         gemm(out, d, False, W, True, 1.0, 0.0)
 
 
 @kernel
-def input_side(gates, inp, Wxh):
-    """gates: (T, N, G*H) = inp: (T, N, H) @ Wxh: (H, G*H) as one product over all positions (not for layer 0).
-    Hand loops for one or two rows (a generation step): OpenBLAS's sgemm packs all of Wxh even for one row."""
+def input_side(gates, inp, Wxh, loops):
+    """gates: (T, N, G*H) = inp: (T, N, H) @ Wxh: (H, G*H) as one product over all positions (not for layer 0);
+    hand loops if `loops` (a plan's positions "loops": a generation step of one or two rows, for which OpenBLAS's
+    sgemm would pack all of Wxh), else BLAS."""
     T, N, GH = gates.shape
     if inp.shape[0] > 0:
-        if T * N <= 2:
+        if loops:
             matmul_small(gates.reshape(T * N, GH), inp.reshape(T * N, inp.shape[2]), Wxh)
         else:
             gemm(gates.reshape(T * N, GH), inp.reshape(T * N, inp.shape[2]), False, Wxh, False, 1.0, 0.0)
@@ -240,20 +239,20 @@ def weight_gradients(dWxh, dWhh, dbh, dinp, dxa, dha, acc, x, inp, hs, Wxh):
 
 
 @kernel
-def rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, tmp, small):
+def rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, tmp, loops, positions_loops):
     """One tanh layer forward (general interface above): hs[t+1] = tanh(in_t + hs[t] @ Whh + bh).
 
     hs: (T+1, N, H); out: (T, N, H) (written only with a mask); x: (N, T) int32; inp: (T, N, H) or 0 rows;
     Wxh: (V or H, H); Whh: (H, H); bh: (H,); mask: (T, N, H) or 0 rows; tmp: (T, N, H) scratch for the input
-    side (used above layer 0). The recurrent product of step t goes straight to hs[t+1], then tanh in place.
+    side (used above layer 0); loops, positions_loops: hand loops for the recurrent and the input-side products. The recurrent product of step t goes straight to hs[t+1], then tanh in place.
     """
     T = hs.shape[0] - 1
     N, H = hs.shape[1], hs.shape[2]
     lookup = inp.shape[0] == 0
-    input_side(tmp, inp, Wxh)
+    input_side(tmp, inp, Wxh, positions_loops)
     for t in range(T):
         rec = hs[t + 1]  # the product goes to the output row, then tanh in place
-        recurrent_product(rec, hs[t], Whh, small)
+        recurrent_product(rec, hs[t], Whh, loops)
         for n in range(N):
             src = Wxh[x[n, t]] if lookup else tmp[t, n]
             o = rec[n]
@@ -263,7 +262,7 @@ def rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, tmp, small):
 
 
 @kernel
-def rnn_layer_backward(dWxh, dWhh, dbh, dout, dz, rec, acc, x, inp, hs, Wxh, Whh, mask, small):
+def rnn_layer_backward(dWxh, dWhh, dbh, dout, dz, rec, acc, x, inp, hs, Wxh, Whh, mask, loops):
     """One tanh layer backward (general interface above); overwrites the gradients.
 
     dout: (T, N, H) in: gradient w.r.t. the layer's output; out (above layer 0): gradient w.r.t. inp.
@@ -273,7 +272,7 @@ def rnn_layer_backward(dWxh, dWhh, dbh, dout, dz, rec, acc, x, inp, hs, Wxh, Whh
     masked = mask.shape[0] > 0
     for t in range(T - 1, -1, -1):
         if t < T - 1:
-            recurrent_gradient(rec, dz[t + 1], Whh, small)
+            recurrent_gradient(rec, dz[t + 1], Whh, loops)
         else:
             rec[:, :] = 0
         for n in range(N):

@@ -60,13 +60,13 @@ def softmax_xent(logits, rowloss, by, y, scale, grad):
 
 
 @kernel
-def affine_backward(dW, db, dx, dout, x, W, acc, small=0):
+def affine_backward(dW, db, dx, dout, x, W, acc, serial=False):
     """dW: (H, V) = x.T @ dout, db: (V,) = column sums of dout (overwritten); dx: (T*N, H) = dout @ W.T.
 
-    dout: (T*N, V); x: (T*N, H); W: (H, V); acc: (V,) float64 scratch; small >= 2: the two products on one
-    BLAS thread (blas.gemm_serial; see rnn.py).
+    dout: (T*N, V); x: (T*N, H); W: (H, V); acc: (V,) float64 scratch; serial: the two products on one
+    BLAS thread (blas.gemm_serial; a plan's positions "blas1", see dispatch.py).
     """
-    if small >= 2:
+    if serial:
         gemm_serial(dW, x, True, dout, False, 1.0, 0.0)
         gemm_serial(dx, dout, False, W, True, 1.0, 0.0)
     else:

@@ -11,19 +11,19 @@ the layers: tmp (N, G*H), rec and carry (N, H), da and (gru) dha (T, N, G*H), do
 flowing down), logits (T*N, V), acc, rowloss. Buffers are kept across calls of the same shape.
 """
 
+import time
+
 import numpy as np
 
-from fastrnn.kernels import lm
+from fastrnn.kernels import lm, workspace as scratch
 from fastrnn.kernels.blas import gemm
 from fastrnn.kernels.gru import gru_backward, gru_forward
 from fastrnn.kernels.jit import kernel
 from fastrnn.kernels.lstm import lstm_backward, lstm_forward
 from fastrnn.kernels.rnn import matmul_small, rnn_layer_backward, rnn_layer_forward
 from fastrnn.kernels.softmax_xent import affine_backward, softmax_xent
+from fastrnn.kernels.workspace import Grads
 from fastrnn.params import GATES, arch_of, layer_names
-
-_MAX_WORKSPACES = 4
-_workspaces = {}  # (cell, L, T, N, H, V, dtype) -> scratch arrays, most recently used last
 
 
 @kernel
@@ -49,25 +49,9 @@ def output_step(logits, h, Why, by):
             logits[n, v] += by[v]
 
 
-SMALL_ROWS = 2  # batches of at most this many sequences use hand loops for the per-step products at any H: with
-# one or two rows OpenBLAS's sgemm (which packs the whole weight matrix) is 2-4x slower than one pass over it
-# (measured at H=512, 4H columns: N=1 83 us vs 382 us; N=4 even; N=8 gemm 1.35x faster)
-
-
-def small(N, H, G):
-    """Hand loops instead of BLAS for the per-step products (see backend.SMALL_WORK and SMALL_ROWS; a negative
-    SMALL_WORK forces BLAS, as the tests do)."""
-    from fastrnn.kernels import backend
-
-    return N * H * G * H <= backend.SMALL_WORK or (N <= SMALL_ROWS and backend.SMALL_WORK >= 0)
-
-
 def workspace(cell, L, T, N, H, V, dtype):
-    key = (cell, L, T, N, H, V, np.dtype(dtype).str)
-    ws = _workspaces.pop(key, None)
-    if ws is None:
-        if len(_workspaces) >= _MAX_WORKSPACES:
-            _workspaces.pop(next(iter(_workspaces)))
+    """The scratch arrays of the module docstring for this shape (kept across calls)."""
+    def build():
         GH = GATES[cell] * H
         layers = []
         for _ in range(L):
@@ -77,13 +61,13 @@ def workspace(cell, L, T, N, H, V, dtype):
             if cell == "gru":
                 b["hn"] = np.empty((T, N, H), dtype)
             layers.append(b)
-        ws = dict(layers=layers, tmp=np.empty((N, GH), dtype), rec=np.empty((N, H), dtype),
-                  carry=np.empty((N, H), dtype), da=np.empty((T, N, GH), dtype),
-                  dha=np.empty((T, N, GH), dtype) if cell == "gru" else None, dout=np.empty((T, N, H), dtype),
-                  logits=np.empty((T * N, V), dtype), acc=np.empty(max(GH, V), np.float64),
-                  rowloss=np.empty(T * N, np.float64), none=np.empty((0, N, H), dtype))
-    _workspaces[key] = ws
-    return ws
+        return dict(layers=layers, tmp=np.empty((N, GH), dtype), rec=np.empty((N, H), dtype),
+                    carry=np.empty((N, H), dtype), da=np.empty((T, N, GH), dtype),
+                    dha=np.empty((T, N, GH), dtype) if cell == "gru" else None, dout=np.empty((T, N, H), dtype),
+                    logits=np.empty((T * N, V), dtype), acc=np.empty(max(GH, V), np.float64),
+                    rowloss=np.empty(T * N, np.float64), none=np.empty((0, N, H), dtype))
+
+    return scratch.cached(("layers", cell, L, T, N, H, V, np.dtype(dtype).str), build)
 
 
 def _params(P, L):
@@ -101,12 +85,13 @@ def _masks(masks, L, T, N, H, dtype):
     return masks
 
 
-def _forward(cell, layers, ws, x, state, masks, is_small):
+def _forward(cell, layers, ws, x, state, masks, plan):
     """All layers forward from the carried state (N, S). Returns (top: (T, N, H) the output layer's input,
     the new state (N, S))."""
     N, T = x.shape
     H = layers[0][1].shape[0]
     K = 2 if cell == "lstm" else 1
+    loops, pos_loops = plan.loops, plan.positions == "loops"
     new_state = np.empty((N, len(layers) * K * H), ws["tmp"].dtype)
     inp = ws["none"]
     for l, (Wxh, Whh, bh) in enumerate(layers):
@@ -123,18 +108,18 @@ def _forward(cell, layers, ws, x, state, masks, is_small):
         if cell == "lstm":
             cs = b["cs"]
             cs[0] = state[:, l * K * H + H:(l + 1) * K * H]
-            lstm_forward(hs, cs, b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, is_small)
+            lstm_forward(hs, cs, b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, loops, pos_loops)
             new_state[:, l * K * H + H:(l + 1) * K * H] = cs[T]
         elif cell == "gru":
-            gru_forward(hs, b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, is_small)
+            gru_forward(hs, b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, loops, pos_loops)
         else:
-            rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, b["gates"], is_small)
+            rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, b["gates"], loops, pos_loops)
         new_state[:, l * K * H:l * K * H + H] = hs[T]
         inp = hs[1:] if masks is None else out
     return inp, new_state
 
 
-def _backward(cell, layers, grads, ws, x, masks, is_small):
+def _backward(cell, layers, grads, ws, x, masks, loops):
     """All layers backward from ws["dout"] (the gradient w.r.t. the top layer's output); writes grads."""
     for l in range(len(layers) - 1, -1, -1):
         Wxh, Whh, bh = layers[l]
@@ -148,23 +133,18 @@ def _backward(cell, layers, grads, ws, x, masks, is_small):
             inp = below["hs"][1:] if masks is None else below["out"]
         if cell == "lstm":
             lstm_backward(dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["carry"], ws["acc"], x, inp,
-                          b["hs"], b["cs"], b["gates"], Wxh, Whh, mask, is_small)
+                          b["hs"], b["cs"], b["gates"], Wxh, Whh, mask, loops)
         elif cell == "gru":
             gru_backward(dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["dha"], ws["rec"], ws["carry"], ws["acc"], x,
-                         inp, b["hs"], b["gates"], b["hn"], Wxh, Whh, mask, is_small)
+                         inp, b["hs"], b["gates"], b["hn"], Wxh, Whh, mask, loops)
         else:
             rnn_layer_backward(dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["acc"], x, inp, b["hs"], Wxh,
-                               Whh, mask, is_small)
-
-
-def _grad_arrays(G, names, dtype):
-    outs = [G[k] for k in names]
-    return outs, [g if g.flags.c_contiguous and g.dtype == dtype else np.empty(g.shape, dtype) for g in outs]
+                               Whh, mask, loops)
 
 
 def _prepare(P, x, y, masks):
     """What forward_backward and forward_loss need: the architecture, contiguous parameters and tokens (checked
-    in range), the masks in the parameters' dtype, the workspace and the small-problem level."""
+    in range), the masks in the parameters' dtype and the workspace."""
     cell, L, H = arch_of(P)
     dtype, layers, Why, by = _params(P, L)
     x, y = lm_tokens(x), lm_tokens(y)
@@ -172,54 +152,56 @@ def _prepare(P, x, y, masks):
     V = by.shape[0]
     lm.check_tokens(x, y, V)
     masks = _masks(masks, L, T, N, H, dtype)
-    ws = workspace(cell, L, T, N, H, V, dtype)
-    return cell, L, H, dtype, layers, Why, by, x, y, masks, ws, small(N, H, GATES[cell])
+    return cell, L, dtype, layers, Why, by, x, y, masks, workspace(cell, L, T, N, H, V, dtype)
 
 
-def forward_backward(P, G, x, y, state, masks=None):
-    """Loss and gradients of any model on one minibatch (see fastrnn.reference.forward_backward).
+def forward_backward(P, G, x, y, state, masks, plan, clock=None):
+    """Loss and gradients of any model on one minibatch (see fastrnn.reference.forward_backward), as `plan`
+    (dispatch.Plan, path "layers") says.
 
     P, G: dicts of parameter and gradient arrays (G overwritten); x, y: (N, T) int; state: (N, S) carried state;
-    masks: (L, T, N, H) dropout masks or None. Returns (loss, the new state (N, S) as a new array).
+    masks: (L, T, N, H) dropout masks or None. clock: a dict that receives the seconds of the phases forward
+    (all layers), output (output layer, loss and its gradient) and backward (all layers), or None.
+    Returns (loss, the new state (N, S) as a new array).
     """
-    cell, L, H, dtype, layers, Why, by, x, y, masks, ws, is_small = _prepare(P, x, y, masks)
+    cell, L, dtype, layers, Why, by, x, y, masks, ws = _prepare(P, x, y, masks)
     T, N = x.shape[1], x.shape[0]
-    names = [k for l in range(L) for k in layer_names(l)] + ["Why", "by"]
-    outs, direct = _grad_arrays(G, names, dtype)
-    top, new_state = _forward(cell, layers, ws, x, state, masks, is_small)
+    grads = Grads(G, [k for l in range(L) for k in layer_names(l)] + ["Why", "by"], dtype)
+    direct = grads.direct
+    t0 = time.perf_counter()
+    top, new_state = _forward(cell, layers, ws, x, state, masks, plan)
+    t1 = time.perf_counter()
     loss = output_layer(direct[-2], direct[-1], ws["dout"], ws["logits"], ws["rowloss"], ws["acc"], top, y, Why,
                         by, dtype.type(1.0 / (T * N)), True)
-    _backward(cell, layers, [direct[3 * l:3 * l + 3] for l in range(L)], ws, x, masks, is_small)
-    for g, d in zip(outs, direct):
-        if g is not d:
-            g[...] = d
+    t2 = time.perf_counter()
+    _backward(cell, layers, [direct[3 * l:3 * l + 3] for l in range(L)], ws, x, masks, plan.loops)
+    grads.copy_back()
+    if clock is not None:
+        clock.update(forward=t1 - t0, output=t2 - t1, backward=time.perf_counter() - t2)
     return float(loss), new_state
 
 
-def forward_loss(P, x, y, state, masks=None):
+def forward_loss(P, x, y, state, masks, plan):
     """Loss only (evaluation): returns (loss, new state (N, S))."""
-    cell, L, H, dtype, layers, Why, by, x, y, masks, ws, is_small = _prepare(P, x, y, masks)
+    cell, L, dtype, layers, Why, by, x, y, masks, ws = _prepare(P, x, y, masks)
     T, N = x.shape[1], x.shape[0]
-    top, new_state = _forward(cell, layers, ws, x, state, masks, is_small)
+    top, new_state = _forward(cell, layers, ws, x, state, masks, plan)
     loss = output_layer(Why, by, ws["dout"], ws["logits"], ws["rowloss"], ws["acc"], top, y, Why, by,
                         dtype.type(1.0 / (T * N)), False)
     return float(loss), new_state
 
 
-def step(P, state, token):
-    """One generation step of any model: state (N, S), token (N,) int. Returns (new state (N, S), logits (N, V))."""
+def step(P, state, token, plan):
+    """One generation step of any model: state (N, S), token (N,) int32. Returns (new state (N, S), logits
+    (N, V))."""
     cell, L, H = arch_of(P)
     dtype, layers, Why, by = _params(P, L)
-    state = np.asarray(state)
-    token = np.ascontiguousarray(token, dtype=np.int32).reshape(-1)
     N = state.shape[0]
     V = by.shape[0]
-    if token.shape[0] != N:
-        raise ValueError(f"step: {token.shape[0]} tokens for {N} states")
     x = token.reshape(N, 1)
     lm.check_tokens(x, x, V)  # IndexError (one njit call: cheaper than two NumPy reductions at this size)
     ws = workspace(cell, L, 1, N, H, V, dtype)
-    top, new_state = _forward(cell, layers, ws, x, state, None, small(N, H, GATES[cell]))
+    top, new_state = _forward(cell, layers, ws, x, state, None, plan)
     logits = np.empty((N, V), dtype)  # (N, V)
     output_step(logits, top[0], Why, by)
     return new_state, logits

@@ -1,0 +1,323 @@
+"""Which kernel path a training, evaluation or generation call takes: decided here, once per shape, by `plan`.
+
+    plan(cell, layers, N, T, H, V, dropout, threads, dtype) -> Plan
+
+A Plan is a small frozen value that the backend passes to the kernels; nothing else chooses a path, and no
+process-wide state is read by a kernel. Its fields:
+
+    path       "fused": the one-layer rnn without dropout, the whole step one njit call (lm.py);
+               "pair":  the same step for one to four sequences, pipelined over two threads (pair.py);
+               "layers": any other model (gru, lstm, stacked layers, dropout), layer by layer (stack.py).
+    loops      the per-step recurrent products (N, H) x (H, G*H) and their gradients as hand loops (True) or
+               OpenBLAS calls (False). Hand loops read Whh once a step; OpenBLAS packs all of Whh at every call,
+               which costs more than it saves for a few rows.
+    positions  the products over all T*N positions (output layer, weight gradients, the input side of upper
+               layers): "blas" (OpenBLAS on the plan's threads), "blas1" (OpenBLAS on one thread: too small for
+               its thread hand-off to pay) or "loops" (hand loops, for a generation step of one or two rows).
+    threads    the thread count the plan was made for (the fused and pair paths depend on it).
+
+Thresholds are the named constants below. The one that moves most from CPU to CPU, where hand loops stop beating
+OpenBLAS for the recurrent products (it depends on the cache sizes and on OpenBLAS's kernels for the CPU), is
+measured on the machine: `loops_faster` times both ways at the exact shape, once, and keeps the answer in memory
+and in a small cache file per machine (`cache_path`), so that every later run on the machine makes the same
+choice (the same numbers from the same seed and thread count) without measuring again. FASTRNN_CALIBRATE=0 turns
+the measurement off (the constant rule decides).
+
+Loops and BLAS round differently, so two plans give results that agree to rounding, not bit for bit; the
+plan is fixed for a run. The pair path's two threads and its one-thread order give the same bits, so that choice
+is made while training runs (TimingChooser).
+"""
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+from fastrnn.kernels.jit import kernel
+from fastrnn.kernels.rnn import recurrent_gradient, recurrent_product
+from fastrnn.params import GATES
+
+SMALL_ROWS = 2  # at most this many sequences: hand loops for the recurrent products at any H, and for the
+# position products of a generation step (T*N rows); OpenBLAS packs the whole weight matrix even for one row
+# (measured at H=512, 4H columns: N=1 83 us vs 382 us; N=4 even; N=8 BLAS 1.35x faster)
+SMALL_WORK = 1 << 16  # N*H*G*H at or below which the recurrent products use hand loops (the rule without
+# measurement, and the centre of the measured band); measured on a 2-core Zen 3 (512 KiB L2): H64 N4 and H128 N1
+# loops faster, H128 N32 BLAS faster
+MEASURE_BAND = 16  # the choice is measured for work within SMALL_WORK / MEASURE_BAND .. SMALL_WORK * MEASURE_BAND
+# (above, BLAS wins by far on every machine measured; below, loops)
+SERIAL_POSITIONS_WORK = SMALL_WORK  # the fused path's position products on one BLAS thread for at most SMALL_ROWS
+# sequences with N*H*H at or below this (2 threads, us a minibatch of T=50, threaded vs one thread: H128 N1 204 vs
+# 169, N2 532 vs 384; H64 N1 even; H128 N4 and H256 N1 even; H64 N8 462 vs 522)
+PAIR_ROWS = 4  # the pair path: at most this many sequences,
+PAIR_MIN_HIDDEN = 96  # at least this hidden size, two or more threads, hand-loop recurrences (see pair.py)
+PARALLEL_SIZE = 1 << 22  # flat buffers at least this long use the parallel (prange) clip and update kernels:
+# below, the serial loop is faster because prange threads and the BLAS threads contend for the same cores
+# (measured at H=512: 63k chars/s with prange from 65k parameters on, 78k serial)
+CALIBRATE_ENV = "FASTRNN_CALIBRATE"
+PATHS = ("fused", "pair", "layers")
+POSITIONS = ("blas", "blas1", "loops")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one call of a given shape runs (module docstring). `measured` says whether `loops` was measured."""
+
+    cell: str
+    layers: int
+    N: int
+    T: int
+    H: int
+    V: int
+    dropout: bool
+    threads: int
+    dtype: str
+    path: str
+    loops: bool
+    positions: str
+    measured: bool = False
+
+    def __post_init__(self):
+        if self.path not in PATHS or self.positions not in POSITIONS:
+            raise ValueError(f"plan: unknown path {self.path!r} or positions {self.positions!r}")
+        fused = self.cell == "rnn" and self.layers == 1 and not self.dropout
+        if (self.path != "layers") != fused:
+            raise ValueError(f"plan: path {self.path!r} cannot run {self.cell} x {self.layers} "
+                             f"{'with' if self.dropout else 'without'} dropout")
+        if self.path == "pair" and not self.loops:
+            raise ValueError("plan: the pair path runs its recurrences as hand loops")
+        if self.positions == "loops" and self.path != "layers":
+            raise ValueError("plan: hand-loop position products exist on the layers path only")
+
+    @property
+    def serial(self):
+        """The position products on one BLAS thread (the kernels' `serial` argument)."""
+        return self.positions == "blas1"
+
+    def matches(self, cell, layers, N, T, H, V, dropout, dtype):
+        return (self.cell, self.layers, self.N, self.T, self.H, self.V, self.dropout, self.dtype) == (
+            cell, layers, N, T, H, V, bool(dropout), np.dtype(dtype).name)
+
+    def describe(self):
+        """One line for people: 'fused step; recurrent products: hand loops (measured); ... 2 threads'."""
+        path = {"fused": "fused step", "pair": "fused step pipelined on two threads",
+                "layers": "layer by layer"}[self.path]
+        rec = "hand loops" if self.loops else "BLAS"
+        pos = {"blas": "BLAS", "blas1": "BLAS on one thread", "loops": "hand loops"}[self.positions]
+        return (f"{path}; recurrent products: {rec}{' (measured)' if self.measured else ''}; position products: "
+                f"{pos}; {self.threads} thread{'s' if self.threads != 1 else ''}")
+
+
+def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measure=None):
+    """The Plan for a call on N sequences of T steps of a model (cell, layers, H, V), with or without dropout
+    masks, on `threads` threads, in `dtype`. measure: measure the loops-or-BLAS choice where it is close (None:
+    unless FASTRNN_CALIBRATE=0). The same arguments give the same Plan object."""
+    if measure is None:
+        measure = os.environ.get(CALIBRATE_ENV, "1") != "0"
+    return _plan(cell, int(layers), int(N), int(T), int(H), int(V), bool(dropout), max(1, int(threads)),
+                 np.dtype(dtype).name, bool(measure))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure):
+    G = GATES[cell]
+    work = N * H * G * H
+    measured = False
+    if N <= SMALL_ROWS:
+        loops = True
+    elif measure and SMALL_WORK // MEASURE_BAND < work <= SMALL_WORK * MEASURE_BAND:
+        loops, measured = loops_faster(N, H, G, dtype, threads), True
+    else:
+        loops = work <= SMALL_WORK
+    fused = cell == "rnn" and layers == 1 and not dropout
+    if not fused:
+        path = "layers"
+        positions = "loops" if T * N <= SMALL_ROWS else "blas"
+    else:
+        path = "pair" if loops and N <= PAIR_ROWS and H >= PAIR_MIN_HIDDEN and threads >= 2 else "fused"
+        positions = "blas1" if loops and N <= SMALL_ROWS and N * H * H <= SERIAL_POSITIONS_WORK else "blas"
+    return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, path, loops, positions, measured)
+
+
+def parallel_update(size):
+    """True if the clip and update kernels of a flat buffer of `size` values run in parallel (PARALLEL_SIZE)."""
+    return size >= PARALLEL_SIZE
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# measuring the loops-or-BLAS choice
+
+REPEATS = 5  # interleaved timings of each way; the medians decide
+TARGET_FLOPS = 2e7  # about this much work per timing (a few ms), whatever the shape
+
+
+@kernel
+def _products(out, rec, h, W, d, loops, reps):
+    """reps x (one step's forward product and its gradient): out = h @ W, rec = d @ W.T."""
+    for _ in range(reps):
+        recurrent_product(out, h, W, loops)
+        recurrent_gradient(rec, d, W, loops)
+
+
+def time_products(N, H, G, dtype, threads, loops, reps):
+    """Seconds for `reps` forward and backward recurrent products at (N, H) x (H, G*H) on `threads` BLAS
+    threads, hand loops or BLAS (one untimed call first)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((N, H)).astype(dtype)  # (N, H)
+    W = (0.1 * rng.standard_normal((H, G * H))).astype(dtype)  # (H, G*H)
+    d = rng.standard_normal((N, G * H)).astype(dtype)  # (N, G*H)
+    out, rec = np.empty((N, G * H), dtype), np.empty((N, H), dtype)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        _products(out, rec, h, W, d, loops, 1)
+        t0 = time.perf_counter()
+        _products(out, rec, h, W, d, loops, reps)
+        return time.perf_counter() - t0
+
+
+def loops_faster(N, H, G, dtype, threads):
+    """Whether hand loops beat OpenBLAS for the recurrent products at this shape on this machine: measured once
+    (REPEATS interleaved timings of each, medians compared), then read from the cache."""
+    key = f"{N}x{H}x{G}:{dtype}:{threads}"
+    cache = _load_cache()
+    if key in cache:
+        return bool(cache[key])
+    reps = max(4, min(4000, int(TARGET_FLOPS / (4 * N * H * G * H))))
+    times = {True: [], False: []}
+    for _ in range(REPEATS):
+        for loops in (True, False):
+            times[loops].append(time_products(N, H, G, dtype, threads, loops, reps))
+    faster = statistics.median(times[True]) <= statistics.median(times[False])
+    cache[key] = faster
+    _save_cache(cache)
+    return faster
+
+
+def cache_path():
+    """The measured choices of this machine: $FASTRNN_CACHE_DIR, else $XDG_CACHE_HOME/fastrnn or ~/.cache/fastrnn,
+    /dispatch-<machine>.json, where <machine> hashes the CPU model and flags and the NumPy, numba and OpenBLAS
+    versions (another CPU or library measures anew)."""
+    root = os.environ.get("FASTRNN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastrnn")
+    return os.path.join(root, f"dispatch-{machine_id()}.json")
+
+
+@functools.lru_cache(maxsize=1)
+def machine_id():
+    import platform
+
+    import numba
+    from threadpoolctl import threadpool_info
+
+    parts = [platform.machine(), np.__version__, numba.__version__]
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
+        parts += lines
+    except OSError:
+        parts.append(platform.processor())
+    parts += [f"{i.get('internal_api')}:{i.get('version')}:{i.get('architecture')}"
+              for i in threadpool_info() if i.get("user_api") == "blas"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+_memory = {}  # path -> the cache's contents (measured choices), this process's copy
+
+
+def _load_cache():
+    path = cache_path()
+    if path not in _memory:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            _memory[path] = {k: bool(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            _memory[path] = {}
+    return _memory[path]
+
+
+def _save_cache(cache):
+    """Write the cache atomically (a temporary file renamed); a location that cannot be written is skipped
+    (the choices then last for this process)."""
+    path = cache_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(cache, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# choosing between two ways that give the same bits, while training runs
+
+PROBE_EVERY, MAX_PROBE_EVERY = 64, 4096  # the way not in use is timed again after this many calls (doubling,
+KEEP = 5  # up to the max, each time it loses), over KEEP calls; the faster median of the last KEEP calls is used
+HOPELESS = 20  # a probe call this many times slower than the way in use ends the probe at once
+
+
+class TimingChooser:
+    """The faster of two ways (True, False) of doing the same work with the same bits (the pair path on two
+    threads or in its one-thread order: with another busy process on a 2-core machine a two-thread step took
+    16-18 ms against 0.2-0.3 ms on one thread). The faster of the two over their last KEEP timed calls (median) is
+    used. The other is tried again, for KEEP calls in a row (its first call after a pause wakes its threads and
+    is slow), after PROBE_EVERY calls, and after twice as many each time it loses (up to MAX_PROBE_EVERY), so that
+    a slow probe costs little; a probe call HOPELESS times slower than the way in use ends the probe at once. A
+    way's first call (compilation, thread start) is not timed."""
+
+    def __init__(self):
+        self.times = {True: [], False: []}  # seconds of the latest calls, by way
+        self.started = {True: False, False: False}
+        self.calls = 0
+        self.interval = self.next_probe = PROBE_EVERY
+        self.probe = None  # while probing: (way, calls left, the other way's median)
+
+    def _best(self):
+        return statistics.median(self.times[True]) <= statistics.median(self.times[False])
+
+    def choose(self):
+        """The way for the next call."""
+        self.calls += 1
+        for way in (True, False):
+            if not self.times[way]:
+                return way
+        if self.probe is None and self.calls >= self.next_probe:
+            other = not self._best()
+            self.probe = (other, KEEP, statistics.median(self.times[not other]))
+        return self.probe[0] if self.probe is not None else self._best()
+
+    def record(self, way, seconds):
+        """The time of the call just made the way choose() returned."""
+        if not self.started[way]:
+            self.started[way] = True
+            return
+        recent = self.times[way]
+        recent.append(seconds)
+        del recent[:-KEEP]
+        if self.probe is not None:
+            probing, left, rival = self.probe
+            hopeless = seconds > HOPELESS * rival  # e.g. the cores are taken: stop at once
+            self.probe = (probing, left - 1, rival) if left > 1 and not hopeless else None
+            if self.probe is None:
+                won = not hopeless and statistics.median(recent) < rival
+                self.interval = PROBE_EVERY if won else min(2 * self.interval, MAX_PROBE_EVERY)
+                self.next_probe = self.calls + self.interval
+
+
+def variant(p, *, loops=None, positions=None):
+    """The plan p with the recurrent products as hand loops or BLAS (`loops`) and/or the position products done
+    another way (`positions`), and its path adjusted to fit (the pair path needs hand loops; hand-loop position
+    products exist on the layers path only): for tests and benchmarks that compare the ways."""
+    loops = p.loops if loops is None else bool(loops)
+    positions = p.positions if positions is None else positions
+    path = "fused" if p.path == "pair" and not loops else p.path
+    if path != "layers" and positions == "loops":
+        positions = "blas"
+    return dataclasses.replace(p, loops=loops, positions=positions, path=path, measured=False)
