@@ -119,13 +119,14 @@ def resolve_config(overrides, saved=None, allow_change=False):
     return config.validate()
 
 
-def evaluate(backend, model, stream):
-    """Mean loss in nats/char over the whole split of `stream`, hidden state carried from zero."""
+def evaluate(backend, model, stream, plan=None):
+    """Mean loss in nats/char over the whole split of `stream`, hidden state carried from zero; plan: the
+    backend's plan for the stream's shape (None: made by the backend)."""
     h = model.zero_state(stream.batch_size)
     total = 0.0
     for index in range(stream.steps_per_epoch):
         x, y = stream.batch(0, index)
-        loss, h = backend.forward_loss(model.P, x, y, h)
+        loss, h = backend.forward_loss(model.P, x, y, h, plan=plan)
         total += loss
     return total / stream.steps_per_epoch
 
@@ -235,6 +236,10 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
             h = saved.hidden.astype(model.dtype, copy=True)
             _truncate_log(log_path, state.step)
 
+        # the kernel paths of the training step and of evaluation, decided once for the run (kernels.dispatch)
+        plan = backend.plan_for(model.P, config.batch_size, config.seq_len, config.dropout > 0, threads)
+        eval_plan = backend.plan_for(model.P, val_stream.batch_size, config.seq_len, False, threads) \
+            if val_stream else None
         spe = stream.steps_per_epoch
         chars_per_step = config.batch_size * config.seq_len
         max_steps = config.max_steps or math.inf
@@ -242,7 +247,7 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
             max_steps = min(max_steps, math.ceil(config.max_epochs * spe))
         emit("start", {"config": config.to_dict(), "model": model.describe(), "steps_per_epoch": spe,
                        "train_tokens": len(train_tokens), "val_streams": val_stream.batch_size if val_stream else 0,
-                       "threads": threads, "resumed_from": state.step if saved else None,
+                       "threads": threads, "plan": plan.describe(), "resumed_from": state.step if saved else None,
                        "max_steps": None if max_steps == math.inf else max_steps})
 
         def save(path=ckpt_path):
@@ -255,7 +260,7 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
             emit("checkpoint", {"step": state.step, "path": path})
 
         def run_eval():
-            val = evaluate(backend, model, val_stream)
+            val = evaluate(backend, model, val_stream, eval_plan)
             corpus.release_pages()
             if val < state.best_val:
                 state.best_val, state.best_step, state.evals_since_best = val, state.step, 0
@@ -294,7 +299,7 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
                     t0 = time.perf_counter()
                     masks = make_masks(rng, config.dropout, model.num_layers, config.seq_len, config.batch_size,
                                        model.hidden_size, model.dtype)  # (L, T, N, H) or None
-                    loss, h_next = backend.forward_backward(model.P, G, x, y, h, masks)
+                    loss, h_next = backend.forward_backward(model.P, G, x, y, h, masks, plan=plan)
                     norm = backend.clip_gradients(gflat, config.clip, config.max_grad_norm)
                     problem = None
                     if not (math.isfinite(loss) and math.isfinite(norm)):

@@ -1,9 +1,13 @@
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "2")
+# the kernels' measured choices (kernels.dispatch) go to a directory of this test session, not the user's cache
+# (subprocesses inherit it, so every process of the session makes the same choices)
+os.environ["FASTRNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastrnn-test-cache-")
 
 BUNDLED = os.path.join(os.path.dirname(__file__), "..", "fastrnn", "data", "tinyshakespeare.txt")
 

@@ -159,6 +159,7 @@ class _Printer:
                        f"{c['optimizer']} lr {c['lr']:g}; {data['train_tokens']:,} training chars, "
                        f"{data['steps_per_epoch']} steps/epoch of {c['batch_size']}x{c['seq_len']}{resumed}",
                        err=True)
+            click.echo(f"kernels: {data['plan']}", err=True)
         elif kind == "compiled":
             click.echo(f"first step took {data['seconds']:.2f} s (includes JIT compilation)", err=True)
         elif kind == "eval":

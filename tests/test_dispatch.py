@@ -1,0 +1,133 @@
+"""kernels.dispatch: the plan of a call, the measured loops-or-BLAS choice and its per-machine cache."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fastrnn import kernels as K
+from fastrnn import reference as ref
+from fastrnn.kernels import dispatch
+from fastrnn.model import Model
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache directory and no remembered plans or measurements."""
+    monkeypatch.setenv("FASTRNN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(dispatch.CALIBRATE_ENV, raising=False)
+    dispatch._plan.cache_clear()
+    dispatch._memory.clear()
+    yield tmp_path
+    dispatch._plan.cache_clear()
+    dispatch._memory.clear()
+
+
+def fake_timings(monkeypatch, loops_seconds, blas_seconds):
+    calls = []
+
+    def timed(N, H, G, dtype, threads, loops, reps):
+        calls.append((N, H, G, loops))
+        return loops_seconds if loops else blas_seconds
+
+    monkeypatch.setattr(dispatch, "time_products", timed)
+    return calls
+
+
+@pytest.mark.parametrize("loops_win", [True, False])
+def test_the_measured_choice_is_the_faster_way_and_is_cached(fresh_cache, monkeypatch, loops_win):
+    calls = fake_timings(monkeypatch, 1.0 if loops_win else 3.0, 2.0)
+    p = dispatch.plan("lstm", 1, 8, 50, 64, 65, False, 2, np.float32)  # work 8*64*4*64: inside the band
+    assert p.measured and p.loops == loops_win and p.path == "layers"
+    assert len(calls) == 2 * dispatch.REPEATS and {c[:3] for c in calls} == {(8, 64, 4)}
+    saved = json.loads(open(dispatch.cache_path()).read())
+    assert saved == {"8x64x4:float32:2": loops_win}
+    # another process (no memory of it) reads the file and measures nothing
+    dispatch._plan.cache_clear()
+    dispatch._memory.clear()
+    calls.clear()
+    assert dispatch.plan("lstm", 1, 8, 50, 64, 65, False, 2, np.float32).loops == loops_win and not calls
+
+
+def test_outside_the_band_and_with_measurement_off_the_rule_decides(fresh_cache, monkeypatch):
+    calls = fake_timings(monkeypatch, 1.0, 2.0)
+    assert not dispatch.plan("lstm", 1, 64, 50, 512, 65, False, 2, np.float32).loops  # far above: BLAS
+    assert dispatch.plan("rnn", 1, 1, 50, 512, 65, False, 2, np.float32).loops  # one row: loops
+    assert not calls
+    monkeypatch.setenv(dispatch.CALIBRATE_ENV, "0")
+    p = dispatch.plan("rnn", 1, 32, 50, 128, 65, False, 2, np.float32)  # in the band, but not measured
+    assert not p.measured and p.loops == (32 * 128 * 128 <= dispatch.SMALL_WORK) and not calls
+    assert not os.path.exists(dispatch.cache_path())
+
+
+def test_an_unwritable_or_damaged_cache_is_ignored(fresh_cache, monkeypatch):
+    fake_timings(monkeypatch, 1.0, 2.0)
+    os.makedirs(os.path.dirname(dispatch.cache_path()), exist_ok=True)
+    with open(dispatch.cache_path(), "w") as f:
+        f.write("{not json")
+    assert dispatch.plan("gru", 2, 4, 10, 64, 30, True, 1, np.float64).loops
+    assert json.loads(open(dispatch.cache_path()).read()) == {"4x64x3:float64:1": True}  # rewritten whole
+    monkeypatch.setenv("FASTRNN_CACHE_DIR", "/proc/no-such-dir")  # cannot be written: measured, kept in memory
+    dispatch._plan.cache_clear()
+    assert dispatch.plan("gru", 2, 4, 10, 64, 30, True, 1, np.float64).measured
+
+
+def test_time_products_measures_both_ways():
+    for loops in (True, False):
+        assert dispatch.time_products(3, 16, 4, "float32", 1, loops, 5) > 0
+
+
+def test_plans_name_their_path():
+    p = dispatch.plan("rnn", 1, 1, 50, 128, 65, False, 2, np.float32, measure=False)
+    assert p.path == "pair" and p.describe().startswith("fused step pipelined on two threads")
+    assert "2 threads" in p.describe() and "hand loops" in p.describe()
+    q = dispatch.plan("lstm", 2, 64, 50, 512, 65, True, 1, np.float32, measure=False)
+    assert q.describe() == "layer by layer; recurrent products: BLAS; position products: BLAS; 1 thread"
+    assert dispatch.plan("lstm", 2, 1, 1, 16, 65, False, 1, np.float32, measure=False).positions == "loops"
+    assert p is dispatch.plan("rnn", 1, 1, 50, 128, 65, False, 2, np.float32, measure=False)  # one object
+    assert ref.plan_for(None, 1, 1).describe() == "NumPy reference"
+
+
+def test_invalid_plans_are_refused():
+    with pytest.raises(ValueError):
+        dispatch.Plan("lstm", 1, 4, 5, 8, 7, False, 1, "float32", "fused", True, "blas")  # fused lstm
+    with pytest.raises(ValueError):
+        dispatch.Plan("rnn", 1, 4, 5, 8, 7, True, 1, "float32", "fused", True, "blas")  # fused with dropout
+    with pytest.raises(ValueError):
+        dispatch.Plan("rnn", 1, 4, 5, 8, 7, False, 1, "float32", "pair", False, "blas")  # pair with BLAS
+    with pytest.raises(ValueError):
+        dispatch.Plan("rnn", 1, 1, 1, 8, 7, False, 1, "float32", "fused", True, "loops")
+    p = dispatch.plan("rnn", 1, 2, 5, 8, 7, False, 2, np.float32, measure=False)
+    v = dispatch.variant(p, loops=False, positions="loops")
+    assert (v.path, v.loops, v.positions) == ("fused", False, "blas")
+
+
+def test_a_plan_for_another_shape_is_refused():
+    model = Model(7, 8, "float32", "rnn", 1).init(np.random.default_rng(0), 0.1)
+    x = np.zeros((2, 5), np.int32)
+    G = model.layout.views(model.layout.zeros(np.float32))
+    other = K.plan_for(model.P, 3, 5)
+    with pytest.raises(ValueError, match="another shape"):
+        K.forward_backward(model.P, G, x, x, model.zero_state(2), plan=other)
+    lstm = Model(7, 8, "float32", "lstm", 2).init(np.random.default_rng(0), 0.1)
+    with pytest.raises(ValueError, match="another shape"):
+        K.forward_loss(lstm.P, x, x, lstm.zero_state(2), plan=K.plan_for(model.P, 2, 5))
+
+
+@pytest.mark.parametrize("cell,layers,dropout", [("rnn", 1, 0.0), ("lstm", 2, 0.3)])
+def test_profile_step_is_forward_backward_with_a_clock(cell, layers, dropout):
+    from fastrnn.dropout import make_masks
+
+    model = Model(11, 16, "float64", cell, layers).init(np.random.default_rng(1), 0.3, "xavier")
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 11, (3, 6)), rng.integers(0, 11, (3, 6))
+    masks = make_masks(rng, dropout, layers, 6, 3, 16, np.float64)
+    h0 = model.zero_state(3)
+    G1, G2 = (model.layout.views(model.layout.zeros(np.float64)) for _ in range(2))
+    loss, state = K.forward_backward(model.P, G1, x, y, h0, masks)
+    loss2, state2, clock = K.profile_step(model.P, G2, x, y, h0, masks)
+    assert loss == loss2 and np.array_equal(state, state2)
+    assert all(np.array_equal(G1[k], G2[k]) for k in G1)
+    assert set(clock) == ({"forward_backward"} if cell == "rnn" else {"forward", "output", "backward"})
+    assert all(s >= 0 for s in clock.values())
