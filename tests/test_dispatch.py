@@ -53,7 +53,7 @@ def test_the_measured_choice_is_the_faster_way_and_is_cached(fresh_cache, monkey
 def test_outside_the_band_and_with_measurement_off_the_rule_decides(fresh_cache, monkeypatch):
     calls = fake_timings(monkeypatch, 1.0, 2.0)
     assert not dispatch.plan("lstm", 1, 64, 50, 512, 65, False, 2, np.float32).loops  # far above: BLAS
-    assert dispatch.plan("rnn", 1, 1, 50, 512, 65, False, 2, np.float32).loops  # one row: loops
+    assert dispatch.plan("rnn", 1, 1, 50, 512, 65, False, 1, np.float32).loops  # one row: loops
     assert not calls
     monkeypatch.setenv(dispatch.CALIBRATE_ENV, "0")
     p = dispatch.plan("rnn", 1, 32, 50, 128, 65, False, 2, np.float32)  # in the band, but not measured

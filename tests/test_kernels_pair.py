@@ -110,13 +110,40 @@ def test_training_on_two_threads_is_bit_identical_run_to_run(two_threads):
     np.testing.assert_array_equal(a[2], b[2])
 
 
+@pytest.mark.parametrize("wins", [True, False])
+def test_the_pair_path_where_it_measured_faster(wins, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTRNN_CACHE_DIR", str(tmp_path))
+    dispatch._plan.cache_clear()
+    dispatch._memory.clear()
+    timed = []
+
+    def steps(N, T, H, V, dtype, threads, pair_path, serial, calls):
+        timed.append(pair_path)
+        return 1.0 if pair_path else (1.2 if wins else 1.1)  # 1.2x or 1.1x faster (PAIR_MIN_GAIN: 1.15)
+
+    monkeypatch.setattr(dispatch, "time_steps", steps)
+    try:
+        p = dispatch.plan("rnn", 1, 1, 50, 512, 65, False, 2, np.float32)
+        assert p.path == ("pair" if wins else "fused") and p.measured and len(timed) == 2 * dispatch.REPEATS
+        assert dispatch.time_steps is steps and not dispatch.plan("rnn", 1, 1, 50, 512, 65, False, 1,
+                                                                   np.float32).measured  # one thread: no pair
+    finally:
+        dispatch._plan.cache_clear()
+        dispatch._memory.clear()
+
+
+def test_time_steps_times_both_paths():
+    for pair_path in (True, False):
+        assert dispatch.time_steps(2, 9, 16, 11, "float32", 2, pair_path, True, 3) > 0
+
+
 def test_pair_plan_only_with_two_threads_small_batches_and_large_enough_h():
     def path(N, H, threads):
         return dispatch.plan("rnn", 1, N, 50, H, 65, False, threads, np.float32, measure=False).path
 
-    assert path(1, 128, 2) == "pair" and path(dispatch.PAIR_ROWS, 96, 2) == "pair"
+    assert path(1, 128, 2) == "pair" and path(2, 256, 2) == "pair"  # where it won (dispatch.PAIR_RULE)
     assert path(dispatch.PAIR_ROWS + 1, 128, 2) == "fused"  # larger batches
-    assert path(1, 64, 2) == "fused"  # small H
+    assert path(1, 64, 2) == "fused" and path(1, 512, 2) == "fused"  # small H, large H
     assert path(1, 128, 1) == "fused"  # one thread
     assert dispatch.plan("rnn", 1, 1, 50, 128, 65, True, 2, np.float32).path == "layers"  # dropout
     with pytest.raises(ValueError):

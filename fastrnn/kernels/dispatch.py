@@ -16,12 +16,13 @@ process-wide state is read by a kernel. Its fields:
                its thread hand-off to pay) or "loops" (hand loops, for a generation step of one or two rows).
     threads    the thread count the plan was made for (the fused and pair paths depend on it).
 
-Thresholds are the named constants below. The one that moves most from CPU to CPU, where hand loops stop beating
-OpenBLAS for the recurrent products (it depends on the cache sizes and on OpenBLAS's kernels for the CPU), is
-measured on the machine: `loops_faster` times both ways at the exact shape, once, and keeps the answer in memory
-and in a small cache file per machine (`cache_path`), so that every later run on the machine makes the same
-choice (the same numbers from the same seed and thread count) without measuring again. FASTRNN_CALIBRATE=0 turns
-the measurement off (the constant rule decides).
+Thresholds are the named constants below. The two choices that move most from CPU to CPU are measured on the
+machine: where hand loops stop beating OpenBLAS for the recurrent products (it depends on the cache sizes and on
+OpenBLAS's kernels for the CPU; `loops_faster`), and whether the pair path pays for its second busy core
+(`pair_faster`). Each times both ways at the exact shape, once, and keeps the answer in memory and in a small
+cache file per machine (`cache_path`), so that every later run on the machine makes the same choice (the same
+numbers from the same seed and thread count) without measuring again. FASTRNN_CALIBRATE=0 turns the measurement
+off (the constant rules decide).
 
 Loops and BLAS round differently, so two plans give results that agree to rounding, not bit for bit; the
 plan is fixed for a run. The pair path's two threads and its one-thread order give the same bits, so that choice
@@ -53,8 +54,14 @@ MEASURE_BAND = 16  # the choice is measured for work within SMALL_WORK / MEASURE
 SERIAL_POSITIONS_WORK = SMALL_WORK  # the fused path's position products on one BLAS thread for at most SMALL_ROWS
 # sequences with N*H*H at or below this (2 threads, us a minibatch of T=50, threaded vs one thread: H128 N1 204 vs
 # 169, N2 532 vs 384; H64 N1 even; H128 N4 and H256 N1 even; H64 N8 462 vs 522)
-PAIR_ROWS = 4  # the pair path: at most this many sequences,
-PAIR_MIN_HIDDEN = 96  # at least this hidden size, two or more threads, hand-loop recurrences (see pair.py)
+PAIR_ROWS = 4  # the pair path is a candidate for at most this many sequences, at least PAIR_MIN_HIDDEN, two or
+PAIR_MIN_HIDDEN = 96  # more threads and hand-loop recurrences (pair.py); where it is, pair_faster measures it
+PAIR_MIN_GAIN = 1.15  # and it is used only if its step is at least this much faster than the fused one (it
+# costs two busy cores; measured on the forward-backward call alone). On a 2-core Xeon (AVX-512, 2 MiB L2), a whole
+# training step (with clip and Adam) at T=50, fused vs pair,
+# median of 9 interleaved repeats: H96 N1 1.07x, H128 N1 1.09-1.11x, H128 N2 1.22x, H256 N1 1.17x, H256 N2 0.87x,
+# H512 N1 0.91x, H512 N2 0.85x (on a 2-core Zen 3 it was 1.06-1.22x from H96 to H512)
+PAIR_RULE = ((2, 128, 256),)  # without measurement: (at most N sequences, H from, H to) where pair.py won above
 PARALLEL_SIZE = 1 << 22  # flat buffers at least this long use the parallel (prange) clip and update kernels:
 # below, the serial loop is faster because prange threads and the BLAS threads contend for the same cores
 # (measured at H=512: 63k chars/s with prange from 65k parameters on, 78k serial)
@@ -65,7 +72,7 @@ POSITIONS = ("blas", "blas1", "loops")
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """How one call of a given shape runs (module docstring). `measured` says whether `loops` was measured."""
+    """How one call of a given shape runs (module docstring)."""
 
     cell: str
     layers: int
@@ -79,7 +86,7 @@ class Plan:
     path: str
     loops: bool
     positions: str
-    measured: bool = False
+    measured: bool = False  # whether a choice of this plan (loops, or the pair path) was measured
 
     def __post_init__(self):
         if self.path not in PATHS or self.positions not in POSITIONS:
@@ -108,8 +115,8 @@ class Plan:
                 "layers": "layer by layer"}[self.path]
         rec = "hand loops" if self.loops else "BLAS"
         pos = {"blas": "BLAS", "blas1": "BLAS on one thread", "loops": "hand loops"}[self.positions]
-        return (f"{path}; recurrent products: {rec}{' (measured)' if self.measured else ''}; position products: "
-                f"{pos}; {self.threads} thread{'s' if self.threads != 1 else ''}")
+        return (f"{path}; recurrent products: {rec}; position products: {pos}; {self.threads} "
+                f"thread{'s' if self.threads != 1 else ''}{' (chosen by measurement)' if self.measured else ''}")
 
 
 def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measure=None):
@@ -138,8 +145,14 @@ def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure):
         path = "layers"
         positions = "loops" if T * N <= SMALL_ROWS else "blas"
     else:
-        path = "pair" if loops and N <= PAIR_ROWS and H >= PAIR_MIN_HIDDEN and threads >= 2 else "fused"
         positions = "blas1" if loops and N <= SMALL_ROWS and N * H * H <= SERIAL_POSITIONS_WORK else "blas"
+        path = "fused"
+        if loops and N <= PAIR_ROWS and H >= PAIR_MIN_HIDDEN and threads >= 2:
+            if measure:
+                measured = True
+                path = "pair" if pair_faster(N, T, H, V, dtype, threads, positions == "blas1") else "fused"
+            else:
+                path = "pair" if any(N <= n and lo <= H <= hi for n, lo, hi in PAIR_RULE) else "fused"
     return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, path, loops, positions, measured)
 
 
@@ -193,6 +206,59 @@ def loops_faster(N, H, G, dtype, threads):
         for loops in (True, False):
             times[loops].append(time_products(N, H, G, dtype, threads, loops, reps))
     faster = statistics.median(times[True]) <= statistics.median(times[False])
+    cache[key] = faster
+    _save_cache(cache)
+    return faster
+
+
+def time_steps(N, T, H, V, dtype, threads, pair_path, serial, calls):
+    """Seconds for `calls` forward-backward steps of the one-layer rnn at this shape on `threads` threads, fused
+    (lm.py) or pipelined on two threads (pair.py), after one untimed call."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    from fastrnn.kernels import lm, pair
+
+    rng = np.random.default_rng(0)
+    W = [(0.1 * rng.standard_normal(shape)).astype(dtype) for shape in ((V, H), (H, H), (H,), (H, V), (V,))]
+    G = [np.empty_like(w) for w in W]
+    x, y = (rng.integers(0, V, (N, T)).astype(np.int32) for _ in range(2))
+    hs = np.zeros((T + 1, N, H), dtype)
+    scratch = [hs, np.empty((T * N, V), dtype), np.empty((T, N, H), dtype), np.empty((N, H), dtype),
+               np.empty(max(H, V)), np.empty(T * N)]
+    scale = np.dtype(dtype).type(1.0 / (T * N))
+    sync = np.zeros(128, np.int64)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=threads, user_api="blas"):
+            for k in (1, calls):
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    if pair_path:
+                        pair.lm_forward_backward_pair(sync, *G, *scratch, x, y, *W, scale, True)
+                    else:
+                        lm.lm_forward_backward(*G, *scratch, x, y, *W, scale, True, serial)
+                seconds = time.perf_counter() - t0
+    finally:
+        numba.set_num_threads(previous)
+    return seconds
+
+
+def pair_faster(N, T, H, V, dtype, threads, serial):
+    """Whether the pair path's step is at least PAIR_MIN_GAIN times faster than the fused step at this shape on
+    this machine: measured once (REPEATS interleaved timings of each, the median of the ratios), then cached."""
+    key = f"pair:{N}x{T}x{H}x{V}:{dtype}:{threads}"
+    cache = _load_cache()
+    if key in cache:
+        return bool(cache[key])
+    calls = max(2, min(200, int(TARGET_FLOPS / (12 * N * T * H * (H + V)))))
+    ratios = []
+    for _ in range(REPEATS):
+        fused = time_steps(N, T, H, V, dtype, threads, False, serial, calls)
+        paired = time_steps(N, T, H, V, dtype, threads, True, serial, calls)
+        ratios.append(fused / paired)
+    faster = statistics.median(ratios) >= PAIR_MIN_GAIN
     cache[key] = faster
     _save_cache(cache)
     return faster
