@@ -142,23 +142,49 @@ def _eval_stream(tokens, config):
     return BatchStream(tokens, n, config.seq_len, name="val")
 
 
-def _truncate_log(path, step):
-    """Drop log rows past `step` (written after the checkpoint a resumed run starts from)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        rows = [line for line in f if line.strip()]
-    keep = []
-    for line in rows:
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except ValueError:
-            pass  # a row cut by a crash
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(keep)
-    os.replace(tmp, path)
+class RunLog:
+    """RUN_DIR/log.jsonl, held open for the run: one JSON row a line, flushed as written (a crash loses no row
+    already written); rows past a step are dropped when a run resumes or rolls back to it."""
+
+    def __init__(self, path, keep_until=None):
+        """keep_until: None to start a new log (an old one is removed), else the step whose rows are kept."""
+        self.path = path
+        if keep_until is None:
+            if os.path.exists(path):
+                os.unlink(path)
+        else:
+            self._truncate(keep_until)
+        self.file = open(path, "a")
+
+    def write(self, row):
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def truncate_after(self, step):
+        """Drop the rows past `step`, atomically (a new file renamed over the old, the handle moved to it)."""
+        self.file.close()
+        self._truncate(step)
+        self.file = open(self.path, "a")
+
+    def _truncate(self, step):
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            rows = [line for line in f if line.strip()]
+        keep = []
+        for line in rows:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except ValueError:
+                pass  # a row cut by a crash
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.path)
+
+    def close(self):
+        self.file.close()
 
 
 def _set_threads(n):
@@ -174,11 +200,8 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
     force: start a new run even if run_dir holds one (its checkpoint is replaced at the first save).
     """
     emit = on_event or (lambda kind, data: None)
-    overrides = dict(overrides or {})
     run_dir = os.fspath(run_dir)
     ckpt_path = os.path.join(run_dir, ckpt_io.CHECKPOINT_NAME)
-    log_path = os.path.join(run_dir, LOG_NAME)
-
     saved = None
     if resume:
         saved, warning = ckpt_io.load_for_resume(run_dir)
@@ -186,218 +209,275 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
             emit("message", {"text": f"warning: {warning}"})
     elif os.path.exists(ckpt_path) and not force:
         raise ConfigError(f"{run_dir} already holds a run; add --resume to continue it or --force to start over")
-    config = resolve_config(overrides, saved.config if saved else None, allow_change)
-
+    config = resolve_config(dict(overrides or {}), saved.config if saved else None, allow_change)
     with open_corpus(corpus_path) as corpus:
-        vocab = corpus.vocab
+        run = Run(config, corpus, corpus_path, run_dir, saved, emit)
+        try:
+            return run.loop()
+        finally:
+            run.log.close()
+
+
+class Run:
+    """One session of a run: the model, optimizer, data and counters, and the phases of the training loop."""
+
+    def __init__(self, config, corpus, corpus_path, run_dir, saved, emit):
+        self.config, self.corpus, self.run_dir, self.emit = config, corpus, run_dir, emit
+        self.ckpt_path = os.path.join(run_dir, ckpt_io.CHECKPOINT_NAME)
+        self.vocab = corpus.vocab
         train_tokens = corpus.split("train")
-        stream = BatchStream(train_tokens, config.batch_size, config.seq_len, name="train")
-        val_stream = _eval_stream(corpus.split("val"), config)
-        if val_stream is None and config.early_stop_patience:
+        self.stream = BatchStream(train_tokens, config.batch_size, config.seq_len, name="train")
+        self.val_stream = _eval_stream(corpus.split("val"), config)
+        if self.val_stream is None and config.early_stop_patience:
             raise ConfigError("--early-stop-patience needs a validation split of at least seq_len + 1 tokens "
                               "(prepare the corpus with --val-frac > 0)")
         if saved is not None:
-            if Vocab.from_dict(saved.vocab) != vocab:
-                raise CheckpointError(f"the checkpoint's vocabulary ({len(saved.vocab.get('symbols', []))} "
-                                      f"symbols) does not match the corpus {corpus_path} ({vocab.size} symbols)")
-            if saved.params.size != Layout(model_shapes(config.model, vocab.size, config.hidden_size,
-                                                        config.num_layers)).size:
-                raise CheckpointError(f"the checkpoint's parameters ({saved.params.size} values) do not fit its "
-                                      f"configuration ({config.model}, {config.num_layers} layers, hidden "
-                                      f"{config.hidden_size}); it is damaged or from another program")
-            if saved.state.get("train_tokens") != len(train_tokens):
-                raise CheckpointError(f"the corpus {corpus_path} is not the one this run was trained on "
-                                      f"(train split {len(train_tokens)} tokens, the run had "
-                                      f"{saved.state.get('train_tokens')})")
+            _check_resumable(saved, config, self.vocab, train_tokens, corpus_path)
         os.makedirs(run_dir, exist_ok=True)
         if not os.access(run_dir, os.W_OK):
             raise ConfigError(f"run directory {run_dir} is not writable")
         ckpt_io.remove_stale_temps(run_dir)
-        threads = _set_threads(config.threads)
-        backend = get_backend(config.backend)
-        model = Model(vocab.size, config.hidden_size, config.dtype, config.model, config.num_layers)
-        optimizer = Optimizer(config, model.layout.size, model.dtype, backend)
-        gflat = model.layout.zeros(model.dtype)  # (P,) gradients, same layout as the parameters
-        G = model.layout.views(gflat)
-        rng = np.random.default_rng(config.seed)
+        self.threads = _set_threads(config.threads)
+        self.backend = get_backend(config.backend)
+        self.model = Model(self.vocab.size, config.hidden_size, config.dtype, config.model, config.num_layers)
+        self.optimizer = Optimizer(config, self.model.layout.size, self.model.dtype, self.backend)
+        self.gflat = self.model.layout.zeros(self.model.dtype)  # (P,) gradients, same layout as the parameters
+        self.G = self.model.layout.views(self.gflat)
+        self.rng = np.random.default_rng(config.seed)
         if saved is None:
-            model.init(rng, config.init_scale, config.init)
-            state = RunState(train_tokens=len(train_tokens), vocab_size=vocab.size)
-            h = model.zero_state(config.batch_size)  # (N, H)
-            if os.path.exists(log_path):
-                os.unlink(log_path)
+            self.model.init(self.rng, config.init_scale, config.init)
+            self.state = RunState(train_tokens=len(train_tokens), vocab_size=self.vocab.size)
+            self.h = self.model.zero_state(config.batch_size)  # (N, S)
         else:
-            model.load_flat(saved.params)
-            for name, buf in optimizer.state.items():
-                buf[...] = saved.optimizer[name]
-            state = RunState(**{k: v for k, v in saved.state.items() if k in RUNSTATE_FIELDS})
-            optimizer.t = state.step
-            rng.bit_generator.state = state.rng
-            h = saved.hidden.astype(model.dtype, copy=True)
-            _truncate_log(log_path, state.step)
-
+            self.restore(saved)
+        self.log = RunLog(os.path.join(run_dir, LOG_NAME), None if saved is None else self.state.step)
         # the kernel paths of the training step and of evaluation, decided once for the run (kernels.dispatch)
-        plan = backend.plan_for(model.P, config.batch_size, config.seq_len, config.dropout > 0, threads)
-        eval_plan = backend.plan_for(model.P, val_stream.batch_size, config.seq_len, False, threads) \
-            if val_stream else None
-        spe = stream.steps_per_epoch
-        chars_per_step = config.batch_size * config.seq_len
-        max_steps = config.max_steps or math.inf
+        self.plan = self.backend.plan_for(self.model.P, config.batch_size, config.seq_len, config.dropout > 0,
+                                          self.threads)
+        self.eval_plan = None if self.val_stream is None else self.backend.plan_for(
+            self.model.P, self.val_stream.batch_size, config.seq_len, False, self.threads)
+        self.spe = self.stream.steps_per_epoch
+        self.max_steps = config.max_steps or math.inf
         if config.max_epochs:
-            max_steps = min(max_steps, math.ceil(config.max_epochs * spe))
-        emit("start", {"config": config.to_dict(), "model": model.describe(), "steps_per_epoch": spe,
-                       "train_tokens": len(train_tokens), "val_streams": val_stream.batch_size if val_stream else 0,
-                       "threads": threads, "plan": plan.describe(), "resumed_from": state.step if saved else None,
-                       "max_steps": None if max_steps == math.inf else max_steps})
+            self.max_steps = min(self.max_steps, math.ceil(config.max_epochs * self.spe))
+        emit("start", {"config": config.to_dict(), "model": self.model.describe(), "steps_per_epoch": self.spe,
+                       "train_tokens": len(train_tokens),
+                       "val_streams": self.val_stream.batch_size if self.val_stream else 0, "threads": self.threads,
+                       "plan": self.plan.describe(), "resumed_from": self.state.step if saved else None,
+                       "max_steps": None if self.max_steps == math.inf else self.max_steps})
 
-        def save(path=ckpt_path):
-            state.rng = rng.bit_generator.state
-            ckpt_io.save(path, ckpt_io.Checkpoint(
-                config=config.to_dict(), vocab=vocab.to_dict(), params=model.flat,
-                optimizer=optimizer.state, hidden=h, state=_jsonable(dataclasses.asdict(state))))
-            if path == ckpt_path and config.keep_checkpoints > 1:
-                ckpt_io.keep_history(run_dir, state.step, config.keep_checkpoints)
-            emit("checkpoint", {"step": state.step, "path": path})
-
-        def run_eval():
-            val = evaluate(backend, model, val_stream, eval_plan)
-            corpus.release_pages()
-            if val < state.best_val:
-                state.best_val, state.best_step, state.evals_since_best = val, state.step, 0
-                save(os.path.join(run_dir, ckpt_io.BEST_NAME))
-            else:
-                state.evals_since_best += 1
-            emit("eval", {"step": state.step, "val_loss": val, "best_val": state.best_val})
-            return val
-
-        def show_sample():
-            srng = np.random.default_rng([config.seed, state.step])
-            ids = list(generate(backend, model.P, vocab, length=config.sample_length, rng=srng, dtype=model.dtype))
-            emit("sample", {"step": state.step, "text": vocab.decode(np.array(ids, dtype=np.int32))})
-
-        stop_reason = None
-        val_loss = None
-        session_start = time.perf_counter()
-        elapsed_at_start = state.elapsed
-        window_start, window_steps = time.perf_counter(), 0
-        last_release = window_start
-        first_step = True
-        log_file = open(log_path, "a")
-        try:
-            with StopFlag() as stop:
-                while True:
-                    if state.step >= max_steps:
-                        stop_reason = "max_steps" if config.max_steps and state.step >= config.max_steps \
-                            else "max_epochs"
-                        break
-                    if config.max_time and state.elapsed >= config.max_time:
-                        stop_reason = "max_time"
-                        break
-                    if state.index == 0 or config.reset_hidden:
-                        h[...] = 0  # a new epoch starts every stream afresh
-                    x, y = stream.batch(state.epoch, state.index)
-                    t0 = time.perf_counter()
-                    masks = make_masks(rng, config.dropout, model.num_layers, config.seq_len, config.batch_size,
-                                       model.hidden_size, model.dtype)  # (L, T, N, H) or None
-                    loss, h_next = backend.forward_backward(model.P, G, x, y, h, masks, plan=plan)
-                    norm = backend.clip_gradients(gflat, config.clip, config.max_grad_norm)
-                    problem = None
-                    if not (math.isfinite(loss) and math.isfinite(norm)):
-                        problem = f"loss became {loss:.4g} (gradient norm {norm:.4g}) at step {state.step + 1}"
-                    else:
-                        optimizer.update(model.flat, gflat, state.lr_scale * learning_rate(config, state.step, spe))
-                        if math.isnan(state.smooth_loss):
-                            state.first_loss = state.smooth_loss = loss
-                        else:
-                            state.smooth_loss = SMOOTHING * state.smooth_loss + (1 - SMOOTHING) * loss
-                        if config.divergence_factor and \
-                                state.smooth_loss > config.divergence_factor * state.first_loss:
-                            problem = (f"smoothed loss {state.smooth_loss:.4f} exceeds {config.divergence_factor}x "
-                                       f"the starting loss {state.first_loss:.4f} at step {state.step + 1}")
-                    if problem is not None:
-                        if (config.on_divergence == "rollback" and state.rollbacks < config.max_rollbacks
-                                and os.path.exists(ckpt_path)):
-                            back = ckpt_io.load(ckpt_path)
-                            model.load_flat(back.params)
-                            for name, buf in optimizer.state.items():
-                                buf[...] = back.optimizer[name]
-                            scale, rollbacks, elapsed = state.lr_scale / 2, state.rollbacks + 1, state.elapsed
-                            state = RunState(**{k: v for k, v in back.state.items() if k in RUNSTATE_FIELDS})
-                            state.lr_scale, state.rollbacks, state.elapsed = scale, rollbacks, elapsed
-                            optimizer.t = state.step
-                            rng.bit_generator.state = state.rng
-                            h = back.hidden.astype(model.dtype, copy=True)
-                            log_file.close()
-                            _truncate_log(log_path, state.step)
-                            log_file = open(log_path, "a")
-                            emit("message", {"text": f"divergence: {problem}; rolled back to the checkpoint at "
-                                                     f"step {state.step} and halved the learning rate (now "
-                                                     f"{scale:g}x --lr; rollback {rollbacks} of "
-                                                     f"{config.max_rollbacks})"})
-                            continue
-                        raise DivergenceError(
-                            problem + "; " + (f"the last good checkpoint is step {saved_step(ckpt_path)} in "
-                                              f"{ckpt_path}" if os.path.exists(ckpt_path)
-                                              else "no checkpoint was written yet")
-                            + "; try a lower --lr or --max-grad-norm, or --on-divergence rollback")
-                    h = h_next
-                    state.step += 1
-                    state.index += 1
-                    if state.index == spe:
-                        state.epoch, state.index = state.epoch + 1, 0
-                    now = time.perf_counter()
-                    state.elapsed = elapsed_at_start + (now - session_start)
-                    window_steps += 1
-                    if now - last_release >= RELEASE_EVERY:
-                        corpus.release_pages()  # read pages leave our RSS; the page cache keeps them
-                        last_release = now
-                    if first_step:
-                        first_step = False
-                        emit("compiled", {"seconds": now - t0})
-                        window_start, window_steps = now, 0  # the first step (JIT compile) is not timed
-
-                    val_loss = None
-                    if val_stream is not None and config.eval_every and state.step % config.eval_every == 0:
-                        val_loss = run_eval()
-                    if config.sample_every and state.step % config.sample_every == 0:
-                        show_sample()
-                    if state.step % config.log_every == 0 or val_loss is not None:
-                        seconds = now - window_start
-                        cps = window_steps * chars_per_step / seconds if window_steps and seconds > 0 else None
-                        row = {"step": state.step, "epoch": round(state.epoch + state.index / spe, 4),
-                               "loss": state.smooth_loss, "batch_loss": loss,
-                               "lr": state.lr_scale * learning_rate(config, state.step - 1, spe),
-                               "grad_norm": norm, "chars_per_sec": cps,
-                               "rss_mb": psutil.Process().memory_info().rss / 2**20,
-                               "elapsed": state.elapsed}
-                        if val_loss is not None:
-                            row["val_loss"] = val_loss
-                        row["eta"] = _eta(config, state, max_steps, seconds / window_steps if window_steps else None)
-                        log_file.write(json.dumps(row) + "\n")
-                        log_file.flush()
-                        emit("log", dict(row, max_steps=None if max_steps == math.inf else max_steps))
-                        window_start, window_steps = time.perf_counter(), 0
-                    if config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                        save()
-                    if (config.early_stop_patience and val_loss is not None
-                            and state.evals_since_best >= config.early_stop_patience):
-                        stop_reason = "early_stop"
-                        break
-                    if stop.signum is not None:
-                        stop_reason = "signal"
-                        break
-                if stop_reason != "signal" and val_stream is not None and val_loss is None:
-                    val_loss = run_eval()
-                save()
-                signum = stop.signum
-        finally:
-            log_file.close()
-        summary = {"step": state.step, "epoch": state.epoch + state.index / spe, "stop_reason": stop_reason,
+    def loop(self):
+        config, stop_reason, val_loss = self.config, None, None
+        self.session_start, self.elapsed_at_start = time.perf_counter(), self.state.elapsed
+        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.last_release, self.first_step = self.window_start, True
+        with StopFlag() as stop:
+            while True:
+                # limits: the step, epoch and time limits end the run before the next step
+                stop_reason = self.limit_reached()
+                if stop_reason:
+                    break
+                # step: forward, backward, clip and update; a non-finite or diverging loss is a problem
+                loss, norm, h_next, problem, started = self.train_step()
+                # divergence: roll back to the last checkpoint, or stop with the reason
+                if problem is not None:
+                    self.recover(problem)
+                    continue
+                # advance: the carried state, the counters, the corpus pages read, the compile time
+                now = self.advance(h_next, started)
+                # evaluate and sample at their intervals
+                val_loss = self.maybe_evaluate()
+                self.maybe_sample()
+                # log a progress row, write a checkpoint at their intervals
+                self.maybe_log(loss, norm, val_loss, now)
+                self.maybe_checkpoint()
+                # early stop and signals end the run after a whole step
+                if (config.early_stop_patience and val_loss is not None
+                        and self.state.evals_since_best >= config.early_stop_patience):
+                    stop_reason = "early_stop"
+                    break
+                if stop.signum is not None:
+                    stop_reason = "signal"
+                    break
+            # finish: a last evaluation (unless interrupted) and checkpoint
+            if stop_reason != "signal" and self.val_stream is not None and val_loss is None:
+                val_loss = self.evaluate()
+            self.save()
+            signum = stop.signum
+        state = self.state
+        summary = {"step": state.step, "epoch": state.epoch + state.index / self.spe, "stop_reason": stop_reason,
                    "loss": state.smooth_loss, "val_loss": val_loss, "best_val": state.best_val
-                   if math.isfinite(state.best_val) else None, "checkpoint": ckpt_path, "elapsed": state.elapsed,
-                   "signal": signum}
-        emit("end", summary)
+                   if math.isfinite(state.best_val) else None, "checkpoint": self.ckpt_path,
+                   "elapsed": state.elapsed, "signal": signum}
+        self.emit("end", summary)
         return summary
+
+    # ---------------------------------------------------------------------------------------------- phases
+
+    def limit_reached(self):
+        """'max_steps', 'max_epochs' or 'max_time' if that limit is reached, else None."""
+        if self.state.step >= self.max_steps:
+            return "max_steps" if self.config.max_steps and self.state.step >= self.config.max_steps \
+                else "max_epochs"
+        if self.config.max_time and self.state.elapsed >= self.config.max_time:
+            return "max_time"
+        return None
+
+    def train_step(self):
+        """One minibatch: returns (loss, gradient norm, the new carried state, a problem or None, start time).
+        The update is skipped when the loss or the norm is not finite."""
+        config, state, model = self.config, self.state, self.model
+        if state.index == 0 or config.reset_hidden:
+            self.h[...] = 0  # a new epoch starts every stream afresh
+        x, y = self.stream.batch(state.epoch, state.index)
+        started = time.perf_counter()
+        masks = make_masks(self.rng, config.dropout, model.num_layers, config.seq_len, config.batch_size,
+                           model.hidden_size, model.dtype)  # (L, T, N, H) or None
+        loss, h_next = self.backend.forward_backward(model.P, self.G, x, y, self.h, masks, plan=self.plan)
+        norm = self.backend.clip_gradients(self.gflat, config.clip, config.max_grad_norm)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            return loss, norm, h_next, f"loss became {loss:.4g} (gradient norm {norm:.4g}) at step " \
+                                       f"{state.step + 1}", started
+        self.optimizer.update(model.flat, self.gflat, state.lr_scale * learning_rate(config, state.step, self.spe))
+        if math.isnan(state.smooth_loss):
+            state.first_loss = state.smooth_loss = loss
+        else:
+            state.smooth_loss = SMOOTHING * state.smooth_loss + (1 - SMOOTHING) * loss
+        problem = None
+        if config.divergence_factor and state.smooth_loss > config.divergence_factor * state.first_loss:
+            problem = (f"smoothed loss {state.smooth_loss:.4f} exceeds {config.divergence_factor}x the starting "
+                       f"loss {state.first_loss:.4f} at step {state.step + 1}")
+        return loss, norm, h_next, problem, started
+
+    def recover(self, problem):
+        """Roll back to the last checkpoint with half the learning rate (--on-divergence rollback, while
+        rollbacks are left), else raise DivergenceError."""
+        config = self.config
+        if config.on_divergence == "rollback" and self.state.rollbacks < config.max_rollbacks \
+                and os.path.exists(self.ckpt_path):
+            scale, rollbacks, elapsed = self.state.lr_scale / 2, self.state.rollbacks + 1, self.state.elapsed
+            self.restore(ckpt_io.load(self.ckpt_path))
+            self.state.lr_scale, self.state.rollbacks, self.state.elapsed = scale, rollbacks, elapsed
+            self.log.truncate_after(self.state.step)
+            self.emit("message", {"text": f"divergence: {problem}; rolled back to the checkpoint at step "
+                                          f"{self.state.step} and halved the learning rate (now {scale:g}x --lr; "
+                                          f"rollback {rollbacks} of {config.max_rollbacks})"})
+            return
+        raise DivergenceError(
+            problem + "; " + (f"the last good checkpoint is step {saved_step(self.ckpt_path)} in {self.ckpt_path}"
+                              if os.path.exists(self.ckpt_path) else "no checkpoint was written yet")
+            + "; try a lower --lr or --max-grad-norm, or --on-divergence rollback")
+
+    def advance(self, h_next, started):
+        """After a good step: carry the state, count the step, release the corpus pages read (every
+        RELEASE_EVERY seconds) and report the first step's time (JIT compilation, not counted in chars/s)."""
+        state = self.state
+        self.h = h_next
+        state.step += 1
+        state.index += 1
+        if state.index == self.spe:
+            state.epoch, state.index = state.epoch + 1, 0
+        now = time.perf_counter()
+        state.elapsed = self.elapsed_at_start + (now - self.session_start)
+        self.window_steps += 1
+        if now - self.last_release >= RELEASE_EVERY:
+            self.corpus.release_pages()  # read pages leave our RSS; the page cache keeps them
+            self.last_release = now
+        if self.first_step:
+            self.first_step = False
+            self.emit("compiled", {"seconds": now - started})
+            self.window_start, self.window_steps = now, 0  # the first step (JIT compile) is not timed
+        return now
+
+    def maybe_evaluate(self):
+        """The validation loss if this step is an evaluation step, else None."""
+        if self.val_stream is not None and self.config.eval_every and self.state.step % self.config.eval_every == 0:
+            return self.evaluate()
+        return None
+
+    def maybe_sample(self):
+        if self.config.sample_every and self.state.step % self.config.sample_every == 0:
+            srng = np.random.default_rng([self.config.seed, self.state.step])
+            ids = list(generate(self.backend, self.model.P, self.vocab, length=self.config.sample_length, rng=srng,
+                                dtype=self.model.dtype))
+            self.emit("sample", {"step": self.state.step, "text": self.vocab.decode(np.array(ids, dtype=np.int32))})
+
+    def maybe_log(self, loss, norm, val_loss, now):
+        """A progress row (log.jsonl and the 'log' event) every --log-every steps and at every evaluation."""
+        config, state = self.config, self.state
+        if state.step % config.log_every != 0 and val_loss is None:
+            return
+        seconds = now - self.window_start
+        steps = self.window_steps
+        cps = steps * config.batch_size * config.seq_len / seconds if steps and seconds > 0 else None
+        row = {"step": state.step, "epoch": round(state.epoch + state.index / self.spe, 4),
+               "loss": state.smooth_loss, "batch_loss": loss,
+               "lr": state.lr_scale * learning_rate(config, state.step - 1, self.spe),
+               "grad_norm": norm, "chars_per_sec": cps,
+               "rss_mb": psutil.Process().memory_info().rss / 2**20, "elapsed": state.elapsed}
+        if val_loss is not None:
+            row["val_loss"] = val_loss
+        row["eta"] = _eta(config, state, self.max_steps, seconds / steps if steps else None)
+        self.log.write(row)
+        self.emit("log", dict(row, max_steps=None if self.max_steps == math.inf else self.max_steps))
+        self.window_start, self.window_steps = time.perf_counter(), 0
+
+    def maybe_checkpoint(self):
+        if self.config.checkpoint_every and self.state.step % self.config.checkpoint_every == 0:
+            self.save()
+
+    # ---------------------------------------------------------------------------------- state in and out
+
+    def evaluate(self):
+        """The validation loss; keeps best.h5 and the early-stop count."""
+        state = self.state
+        val = evaluate(self.backend, self.model, self.val_stream, self.eval_plan)
+        self.corpus.release_pages()
+        if val < state.best_val:
+            state.best_val, state.best_step, state.evals_since_best = val, state.step, 0
+            self.save(os.path.join(self.run_dir, ckpt_io.BEST_NAME))
+        else:
+            state.evals_since_best += 1
+        self.emit("eval", {"step": state.step, "val_loss": val, "best_val": state.best_val})
+        return val
+
+    def save(self, path=None):
+        """A checkpoint of everything a resumed run needs (RUN_DIR/checkpoint.h5 unless `path`)."""
+        path = path or self.ckpt_path
+        self.state.rng = self.rng.bit_generator.state
+        ckpt_io.save(path, ckpt_io.Checkpoint(
+            config=self.config.to_dict(), vocab=self.vocab.to_dict(), params=self.model.flat,
+            optimizer=self.optimizer.state, hidden=self.h, state=_jsonable(dataclasses.asdict(self.state))))
+        if path == self.ckpt_path and self.config.keep_checkpoints > 1:
+            ckpt_io.keep_history(self.run_dir, self.state.step, self.config.keep_checkpoints)
+        self.emit("checkpoint", {"step": self.state.step, "path": path})
+
+    def restore(self, ckpt):
+        """Everything a checkpoint holds back into the run: parameters, optimizer buffers and step count, the
+        counters (RunState), the random generator and the carried state. Used by --resume and by rollback."""
+        self.model.load_flat(ckpt.params)
+        for name, buf in self.optimizer.state.items():
+            buf[...] = ckpt.optimizer[name]
+        self.state = RunState(**{k: v for k, v in ckpt.state.items() if k in RUNSTATE_FIELDS})
+        self.optimizer.t = self.state.step
+        self.rng.bit_generator.state = self.state.rng
+        self.h = ckpt.hidden.astype(self.model.dtype, copy=True)
+
+
+def _check_resumable(saved, config, vocab, train_tokens, corpus_path):
+    """The checkpoint fits this corpus and configuration (else CheckpointError)."""
+    if Vocab.from_dict(saved.vocab) != vocab:
+        raise CheckpointError(f"the checkpoint's vocabulary ({len(saved.vocab.get('symbols', []))} "
+                              f"symbols) does not match the corpus {corpus_path} ({vocab.size} symbols)")
+    if saved.params.size != Layout(model_shapes(config.model, vocab.size, config.hidden_size,
+                                                config.num_layers)).size:
+        raise CheckpointError(f"the checkpoint's parameters ({saved.params.size} values) do not fit its "
+                              f"configuration ({config.model}, {config.num_layers} layers, hidden "
+                              f"{config.hidden_size}); it is damaged or from another program")
+    if saved.state.get("train_tokens") != len(train_tokens):
+        raise CheckpointError(f"the corpus {corpus_path} is not the one this run was trained on "
+                              f"(train split {len(train_tokens)} tokens, the run had "
+                              f"{saved.state.get('train_tokens')})")
 
 
 def saved_step(path):

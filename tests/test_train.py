@@ -185,3 +185,30 @@ def test_eval_tokens_caps_the_validation_pass(small_corpus, tmp_path):
     assert capped.steps_per_epoch * capped.batch_size * 10 <= 200 < full.steps_per_epoch * full.batch_size * 10
     summary = train(small_corpus, tmp_path / "r", dict(SMALL, max_steps=3, eval_tokens=201))
     assert summary["val_loss"] is not None and math.isfinite(summary["val_loss"])
+
+
+def test_restore_brings_back_everything_a_checkpoint_holds(small_corpus, tmp_path):
+    """Run.restore (used by --resume and by rollback): parameters, optimizer buffers and step count, counters,
+    random generator and carried state as the checkpoint holds them; a step after it draws what the run drew."""
+    from fastrnn.corpus import open_corpus
+    from fastrnn.train import Run, resolve_config
+
+    run_dir = tmp_path / "r"
+    opts = dict(SMALL, max_steps=6, dropout=0.3, num_layers=2, model="lstm")
+    train(small_corpus, run_dir, opts)
+    ckpt = ckpt_io.load(run_dir)
+    config = resolve_config(dict(opts))
+    with open_corpus(small_corpus) as corpus:
+        run = Run(config, corpus, small_corpus, str(tmp_path / "other"), None, lambda kind, data: None)
+        try:
+            before = run.rng.random()
+            run.restore(ckpt)
+            np.testing.assert_array_equal(run.model.flat, ckpt.params)
+            for name, buf in run.optimizer.state.items():
+                np.testing.assert_array_equal(buf, ckpt.optimizer[name])
+            assert run.optimizer.t == ckpt.state["step"] == run.state.step == 6
+            assert run.state.smooth_loss == ckpt.state["smooth_loss"] and run.h.dtype == run.model.dtype
+            np.testing.assert_array_equal(run.h, ckpt.hidden)
+            assert run.rng.bit_generator.state == ckpt.state["rng"] and run.rng.random() != before
+        finally:
+            run.log.close()
