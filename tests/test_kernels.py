@@ -31,8 +31,7 @@ def tol(dtype):
 
 
 # shapes (N, T, V, H): T=1, N=1, H not a multiple of 8, V=65. Their plans without measurement (dispatch.py):
-# hand-loop recurrence and one-thread position products for N <= 2 with N*H*H <= SMALL_WORK; hand-loop
-# recurrence for (3, 7, 65, 13), (4, 1, 11, 8) and the N <= 2 shapes of large H; BLAS for (16, 5, 65, 96) and
+# hand-loop recurrences for N <= 2 and for (3, 7, 65, 13), (4, 1, 11, 8); BLAS for (16, 5, 65, 96) and
 # (3, 4, 30, 160)
 SHAPES = [(1, 1, 65, 7), (1, 12, 65, 128), (3, 7, 65, 13), (4, 1, 11, 8), (2, 9, 65, 33), (16, 5, 65, 96),
           (1, 4, 30, 300), (2, 3, 65, 200), (3, 4, 30, 160)]
@@ -71,19 +70,18 @@ def test_both_recurrence_paths(loops, dtype):
 def test_plan_rules_without_measurement():
     def way(N, H):
         p = dispatch.plan("rnn", 1, N, 50, H, 65, False, 1, np.float32, measure=False)
-        return ("loops" if p.loops else "blas") + ("+blas1" if p.positions == "blas1" else "")
+        assert p.positions == "blas"
+        return "loops" if p.loops else "blas"
 
     assert [way(N, H) for N, H in [(1, 128), (2, 128), (1, 256), (4, 128), (16, 64), (1, 512), (2, 512), (3, 512),
-                                   (64, 512)]] == ["loops+blas1"] * 3 + ["loops"] * 4 + ["blas"] * 2
-    assert [way(N, H) for N, _, _, H in SHAPES] == ["loops+blas1", "loops+blas1", "loops", "loops", "loops+blas1",
-                                                    "blas", "loops", "loops", "blas"]
+                                   (64, 512)]] == ["loops"] * 7 + ["blas"] * 2
+    assert [way(N, H) for N, _, _, H in SHAPES] == ["loops"] * 5 + ["blas", "loops", "loops", "blas"]
 
 
-WAYS = [dict(loops=False, positions="blas"), dict(loops=True, positions="blas"),
-        dict(loops=True, positions="blas1"), dict(loops=False, positions="blas1")]
+WAYS = [dict(loops=False), dict(loops=True)]
 
 
-@pytest.mark.parametrize("changes", WAYS, ids=lambda c: f"{'loops' if c['loops'] else 'blas'}-{c['positions']}")
+@pytest.mark.parametrize("changes", WAYS, ids=lambda c: "loops" if c["loops"] else "blas")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_every_way_matches_reference(changes, dtype, threads):
     test_forward_backward_matches_reference(2, 7, 65, 40, dtype, changes)

@@ -117,7 +117,7 @@ def test_the_pair_path_where_it_measured_faster(wins, tmp_path, monkeypatch):
     dispatch._memory.clear()
     timed = []
 
-    def steps(N, T, H, V, dtype, threads, pair_path, serial, calls):
+    def steps(N, T, H, V, dtype, threads, pair_path, calls):
         timed.append(pair_path)
         return 1.0 if pair_path else (1.2 if wins else 1.1)  # 1.2x or 1.1x faster (PAIR_MIN_GAIN: 1.15)
 
@@ -134,7 +134,7 @@ def test_the_pair_path_where_it_measured_faster(wins, tmp_path, monkeypatch):
 
 def test_time_steps_times_both_paths():
     for pair_path in (True, False):
-        assert dispatch.time_steps(2, 9, 16, 11, "float32", 2, pair_path, True, 3) > 0
+        assert dispatch.time_steps(2, 9, 16, 11, "float32", 2, pair_path, 3) > 0
 
 
 def test_pair_plan_only_with_two_threads_small_batches_and_large_enough_h():

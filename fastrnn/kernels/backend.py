@@ -105,7 +105,7 @@ def forward_backward(P, G, x, y, h0, masks=None, plan=None, clock=None):
                           ws["rowloss"], x, y, *params, scale)
     else:
         loss = lm.lm_forward_backward(*grads.direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"],
-                                      ws["rowloss"], x, y, *params, scale, plan.loops, plan.serial)
+                                      ws["rowloss"], x, y, *params, scale, plan.loops)
     grads.copy_back()
     if clock is not None:
         clock["forward_backward"] = time.perf_counter() - t0
@@ -126,7 +126,7 @@ def forward_loss(P, x, y, h0, masks=None, plan=None):
                           ws["rowloss"], x, y, *params, scale)
     else:
         loss = lm.lm_forward_loss(ws["hs"], ws["logits"], ws["tmp"], ws["rowloss"], x, y, *params, scale,
-                                  plan.loops, plan.serial)
+                                  plan.loops)
     return float(loss), ws["hs"][T].copy()
 
 

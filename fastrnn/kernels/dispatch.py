@@ -12,8 +12,8 @@ process-wide state is read by a kernel. Its fields:
                OpenBLAS calls (False). Hand loops read Whh once a step; OpenBLAS packs all of Whh at every call,
                which costs more than it saves for a few rows.
     positions  the products over all T*N positions (output layer, weight gradients, the input side of upper
-               layers): "blas" (OpenBLAS on the plan's threads), "blas1" (OpenBLAS on one thread: too small for
-               its thread hand-off to pay) or "loops" (hand loops, for a generation step of one or two rows).
+               layers): "blas" (OpenBLAS on the plan's threads) or "loops" (hand loops, for a generation step of
+               one or two rows on the layers path: 1.07x at a 2-layer lstm H128, 1.13x at H512, measured here).
     threads    the thread count the plan was made for (the fused and pair paths depend on it).
 
 Thresholds are the named constants below. The two choices that move most from CPU to CPU are measured on the
@@ -51,9 +51,8 @@ SMALL_WORK = 1 << 16  # N*H*G*H at or below which the recurrent products use han
 # loops faster, H128 N32 BLAS faster
 MEASURE_BAND = 16  # the choice is measured for work within SMALL_WORK / MEASURE_BAND .. SMALL_WORK * MEASURE_BAND
 # (above, BLAS wins by far on every machine measured; below, loops)
-SERIAL_POSITIONS_WORK = SMALL_WORK  # the fused path's position products on one BLAS thread for at most SMALL_ROWS
-# sequences with N*H*H at or below this (2 threads, us a minibatch of T=50, threaded vs one thread: H128 N1 204 vs
-# 169, N2 532 vs 384; H64 N1 even; H128 N4 and H256 N1 even; H64 N8 462 vs 522)
+# (The fused path's position products once ran on one BLAS thread for one or two sequences of small H: 1.2-1.4x on
+# the Zen 3, 0.98-1.01x on the Xeon at H32-H96 N1-N2; dropped.)
 PAIR_ROWS = 4  # the pair path is a candidate for at most this many sequences, at least PAIR_MIN_HIDDEN, two or
 PAIR_MIN_HIDDEN = 96  # more threads and hand-loop recurrences (pair.py); where it is, pair_faster measures it
 PAIR_MIN_GAIN = 1.15  # and it is used only if its step is at least this much faster than the fused one (it
@@ -67,7 +66,7 @@ PARALLEL_SIZE = 1 << 22  # flat buffers at least this long use the parallel (pra
 # (measured at H=512: 63k chars/s with prange from 65k parameters on, 78k serial)
 CALIBRATE_ENV = "FASTRNN_CALIBRATE"
 PATHS = ("fused", "pair", "layers")
-POSITIONS = ("blas", "blas1", "loops")
+POSITIONS = ("blas", "loops")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +99,6 @@ class Plan:
         if self.positions == "loops" and self.path != "layers":
             raise ValueError("plan: hand-loop position products exist on the layers path only")
 
-    @property
-    def serial(self):
-        """The position products on one BLAS thread (the kernels' `serial` argument)."""
-        return self.positions == "blas1"
-
     def matches(self, cell, layers, N, T, H, V, dropout, dtype):
         return (self.cell, self.layers, self.N, self.T, self.H, self.V, self.dropout, self.dtype) == (
             cell, layers, N, T, H, V, bool(dropout), np.dtype(dtype).name)
@@ -114,7 +108,7 @@ class Plan:
         path = {"fused": "fused step", "pair": "fused step pipelined on two threads",
                 "layers": "layer by layer"}[self.path]
         rec = "hand loops" if self.loops else "BLAS"
-        pos = {"blas": "BLAS", "blas1": "BLAS on one thread", "loops": "hand loops"}[self.positions]
+        pos = {"blas": "BLAS", "loops": "hand loops"}[self.positions]
         return (f"{path}; recurrent products: {rec}; position products: {pos}; {self.threads} "
                 f"thread{'s' if self.threads != 1 else ''}{' (chosen by measurement)' if self.measured else ''}")
 
@@ -145,12 +139,11 @@ def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure):
         path = "layers"
         positions = "loops" if T * N <= SMALL_ROWS else "blas"
     else:
-        positions = "blas1" if loops and N <= SMALL_ROWS and N * H * H <= SERIAL_POSITIONS_WORK else "blas"
-        path = "fused"
+        positions, path = "blas", "fused"
         if loops and N <= PAIR_ROWS and H >= PAIR_MIN_HIDDEN and threads >= 2:
             if measure:
                 measured = True
-                path = "pair" if pair_faster(N, T, H, V, dtype, threads, positions == "blas1") else "fused"
+                path = "pair" if pair_faster(N, T, H, V, dtype, threads) else "fused"
             else:
                 path = "pair" if any(N <= n and lo <= H <= hi for n, lo, hi in PAIR_RULE) else "fused"
     return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, path, loops, positions, measured)
@@ -211,7 +204,7 @@ def loops_faster(N, H, G, dtype, threads):
     return faster
 
 
-def time_steps(N, T, H, V, dtype, threads, pair_path, serial, calls):
+def time_steps(N, T, H, V, dtype, threads, pair_path, calls):
     """Seconds for `calls` forward-backward steps of the one-layer rnn at this shape on `threads` threads, fused
     (lm.py) or pipelined on two threads (pair.py), after one untimed call."""
     import numba
@@ -238,14 +231,14 @@ def time_steps(N, T, H, V, dtype, threads, pair_path, serial, calls):
                     if pair_path:
                         pair.lm_forward_backward_pair(sync, *G, *scratch, x, y, *W, scale, True)
                     else:
-                        lm.lm_forward_backward(*G, *scratch, x, y, *W, scale, True, serial)
+                        lm.lm_forward_backward(*G, *scratch, x, y, *W, scale, True)
                 seconds = time.perf_counter() - t0
     finally:
         numba.set_num_threads(previous)
     return seconds
 
 
-def pair_faster(N, T, H, V, dtype, threads, serial):
+def pair_faster(N, T, H, V, dtype, threads):
     """Whether the pair path's step is at least PAIR_MIN_GAIN times faster than the fused step at this shape on
     this machine: measured once (REPEATS interleaved timings of each, the median of the ratios), then cached."""
     key = f"pair:{N}x{T}x{H}x{V}:{dtype}:{threads}"
@@ -255,8 +248,8 @@ def pair_faster(N, T, H, V, dtype, threads, serial):
     calls = max(2, min(200, int(TARGET_FLOPS / (12 * N * T * H * (H + V)))))
     ratios = []
     for _ in range(REPEATS):
-        fused = time_steps(N, T, H, V, dtype, threads, False, serial, calls)
-        paired = time_steps(N, T, H, V, dtype, threads, True, serial, calls)
+        fused = time_steps(N, T, H, V, dtype, threads, False, calls)
+        paired = time_steps(N, T, H, V, dtype, threads, True, calls)
         ratios.append(fused / paired)
     faster = statistics.median(ratios) >= PAIR_MIN_GAIN
     cache[key] = faster

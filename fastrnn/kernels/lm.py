@@ -5,7 +5,7 @@ per minibatch keeps the per-call overhead (which dominates at batch 1) to a sing
 """
 
 from fastrnn.kernels import mathfn
-from fastrnn.kernels.blas import gemm, gemm_serial
+from fastrnn.kernels.blas import gemm
 from fastrnn.kernels.jit import kernel
 from fastrnn.kernels.rnn import matmul_small, rnn_backward, rnn_forward
 from fastrnn.kernels.softmax_xent import affine_backward, softmax_xent
@@ -24,46 +24,37 @@ def check_tokens(x, y, V):
 
 
 @kernel
-def output_logits(logits, h2, Why, serial):
-    """logits: (T*N, V) = h2: (T*N, H) @ Why: (H, V), without the bias; on one BLAS thread if serial."""
-    if serial:
-        gemm_serial(logits, h2, False, Why, False, 1.0, 0.0)
-    else:
-        gemm(logits, h2, False, Why, False, 1.0, 0.0)
-
-
-@kernel
 def lm_forward_backward(dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, tmp, acc, rowloss,
-                        x, y, Wxh, Whh, bh, Why, by, scale, loops, serial):
+                        x, y, Wxh, Whh, bh, Why, by, scale, loops):
     """Loss and gradients (overwritten) of one minibatch; returns the mean loss in nats.
 
     Gradients: dWxh (V, H), dWhh (H, H), dbh (H,), dWhy (H, V), dby (V,).
     Scratch: hs (T+1, N, H) with hs[0] = h0 on entry (hs[T] is the final state on exit); logits (T*N, V);
     dz (T, N, H); tmp (N, H); acc (max(H, V),) float64; rowloss (T*N,) float64.
     Inputs: x, y (N, T) int32 C-order; parameters Wxh (V, H), Whh (H, H), bh (H,), Why (H, V), by (V,);
-    scale = 1/(T*N) in the parameters' dtype; loops: hand loops for the per-step recurrent products; serial: the
-    products over all positions on one BLAS thread (a dispatch.Plan's loops and serial).
+    scale = 1/(T*N) in the parameters' dtype; loops: hand loops for the per-step recurrent products (a
+    dispatch.Plan's loops).
     """
     T = hs.shape[0] - 1
     N, H = hs.shape[1], hs.shape[2]
     check_tokens(x, y, Wxh.shape[0])
     rnn_forward(hs, tmp, x, Wxh, Whh, bh, loops)
     h2 = hs[1:].reshape(T * N, H)  # (T*N, H)
-    output_logits(logits, h2, Why, serial)
+    gemm(logits, h2, False, Why, False, 1.0, 0.0)  # (T*N, V), without the bias
     loss = softmax_xent(logits, rowloss, by, y, scale, True)
-    affine_backward(dWhy, dby, dz.reshape(T * N, H), logits, h2, Why, acc, serial)
-    rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, loops, serial)
+    affine_backward(dWhy, dby, dz.reshape(T * N, H), logits, h2, Why, acc)
+    rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, loops)
     return loss
 
 
 @kernel
-def lm_forward_loss(hs, logits, tmp, rowloss, x, y, Wxh, Whh, bh, Why, by, scale, loops, serial):
+def lm_forward_loss(hs, logits, tmp, rowloss, x, y, Wxh, Whh, bh, Why, by, scale, loops):
     """Mean loss only (evaluation); same arguments as lm_forward_backward."""
     T = hs.shape[0] - 1
     N, H = hs.shape[1], hs.shape[2]
     check_tokens(x, y, Wxh.shape[0])
     rnn_forward(hs, tmp, x, Wxh, Whh, bh, loops)
-    output_logits(logits, hs[1:].reshape(T * N, H), Why, serial)
+    gemm(logits, hs[1:].reshape(T * N, H), False, Why, False, 1.0, 0.0)
     return softmax_xent(logits, rowloss, by, y, scale, False)
 
 

@@ -5,10 +5,8 @@ front: hs: (T+1, N, H), hs[0] = h0, hs[t+1] = tanh(Wxh[x[:, t]] + hs[t] @ Whh + 
 same buffer, hs[:-1] is the "previous state" of every position as one contiguous (T*N, H) block (no concatenate)
 and hs[1:] is the layer's output.
 
-How the products run is the caller's dispatch.Plan, passed down as arguments: `loops` (hand loops for the
-per-step recurrent products hs[t] @ Whh and dz[t+1] @ Whh.T, else BLAS through blas.gemm) and `serial` (the
-products over all T*N positions, dWhh here and the output layer in softmax_xent.py and lm.py, on one OpenBLAS
-thread through blas.gemm_serial).
+How the per-step recurrent products hs[t] @ Whh and dz[t+1] @ Whh.T run is the caller's dispatch.Plan, passed
+down as `loops`: hand loops, else BLAS through blas.gemm.
 The input lookup, the bias and tanh are fused into one pass after the product; backward fuses the recurrence add
 and tanh' the same way, and the weight gradients over all T*N positions are one product each (dWhh) or one serial
 pass (dWxh, dbh).
@@ -17,7 +15,7 @@ pass (dWxh, dbh).
 import numpy as np
 
 from fastrnn.kernels import mathfn
-from fastrnn.kernels.blas import gemm, gemm_serial
+from fastrnn.kernels.blas import gemm
 from fastrnn.kernels.jit import kernel
 from fastrnn.kernels.softmax_xent import column_sums
 
@@ -119,22 +117,19 @@ def backward_step(dz, tmp, hs, Whh, loops, t):
 
 
 @kernel
-def rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, loops, serial):
+def rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, loops):
     """Backpropagation through time; overwrites the gradients.
 
     dWxh: (V, H), dWhh: (H, H), dbh: (H,) out (overwritten); dz: (T, N, H) in/out: on entry the gradient w.r.t. the
     outputs hs[1:] from above, on exit the gradient w.r.t. the pre-activations; tmp: (N, H) scratch; acc: (H,)
     float64 scratch; x: (N, T) int32; hs: (T+1, N, H) from rnn_forward; Whh: (H, H); loops: hand loops for the
-    recurrence; serial: dWhh on one BLAS thread (module docstring).
+    recurrence (module docstring).
     The gradient w.r.t. h0 is not needed by the trainer and is not computed.
     """
     T, N, H = dz.shape
     for t in range(T - 1, -1, -1):
         backward_step(dz, tmp, hs, Whh, loops, t)
-    if serial:
-        gemm_serial(dWhh, hs[:T].reshape(T * N, H), True, dz.reshape(T * N, H), False, 1.0, 0.0)
-    else:
-        gemm(dWhh, hs[:T].reshape(T * N, H), True, dz.reshape(T * N, H), False, 1.0, 0.0)
+    gemm(dWhh, hs[:T].reshape(T * N, H), True, dz.reshape(T * N, H), False, 1.0, 0.0)
     # dbh: column sums (float64 accumulator); dWxh: scatter-add of rows by token, serial and in position order
     for j in range(H):
         acc[j] = 0.0

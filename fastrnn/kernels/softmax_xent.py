@@ -7,7 +7,7 @@ row t*N + n is sequence n at time t.
 import numpy as np
 
 from fastrnn.kernels import mathfn
-from fastrnn.kernels.blas import gemm, gemm_serial
+from fastrnn.kernels.blas import gemm
 from fastrnn.kernels.jit import kernel
 
 
@@ -60,18 +60,13 @@ def softmax_xent(logits, rowloss, by, y, scale, grad):
 
 
 @kernel
-def affine_backward(dW, db, dx, dout, x, W, acc, serial=False):
+def affine_backward(dW, db, dx, dout, x, W, acc):
     """dW: (H, V) = x.T @ dout, db: (V,) = column sums of dout (overwritten); dx: (T*N, H) = dout @ W.T.
 
-    dout: (T*N, V); x: (T*N, H); W: (H, V); acc: (V,) float64 scratch; serial: the two products on one
-    BLAS thread (blas.gemm_serial; a plan's positions "blas1", see dispatch.py).
+    dout: (T*N, V); x: (T*N, H); W: (H, V); acc: (V,) float64 scratch.
     """
-    if serial:
-        gemm_serial(dW, x, True, dout, False, 1.0, 0.0)
-        gemm_serial(dx, dout, False, W, True, 1.0, 0.0)
-    else:
-        gemm(dW, x, True, dout, False, 1.0, 0.0)
-        gemm(dx, dout, False, W, True, 1.0, 0.0)
+    gemm(dW, x, True, dout, False, 1.0, 0.0)
+    gemm(dx, dout, False, W, True, 1.0, 0.0)
     column_sums(db, dout, acc)
 
 
