@@ -14,6 +14,15 @@ ROW_KEYS = {"backend", "model", "hidden", "batch", "seq_len", "dtype", "threads"
             "peak_fraction", "compile_seconds", "repeats", "checked"}
 
 
+def invoke(command, args):
+    """Run a click command with `args` through CliRunner; exit status 0 asserted. Returns the click Result."""
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(command, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def kernels_or_skip():
     kernels = pytest.importorskip("fastrnn.kernels")
     try:
@@ -65,10 +74,9 @@ def test_batches_continue_streams():
 def test_throughput_rows_dry_run(tmp_path):
     """The whole command on a 1-row grid, with the reference standing in for the numba backend."""
     path = tmp_path / "t.json"
-    status = throughput.main(["--hidden", "8", "--batch", "2", "--threads", "1", "--dtype", "float64",
-                              "--seq-len", "5", "--repeats", "2", "--min-seconds", "0", "--peak-size", "64",
-                              "--no-targets", "--numba-module", "fastrnn.reference", "--json", str(path)])
-    assert status == 0
+    invoke(throughput.main, ["--hidden", "8", "--batch", "2", "--threads", "1", "--dtype", "float64",
+                             "--seq-len", "5", "--repeats", "2", "--min-seconds", "0", "--peak-size", "64",
+                             "--no-targets", "--numba-module", "fastrnn.reference", "--json", path])
     result = json.loads(path.read_text())
     assert {r["backend"] for r in result["rows"]} == {"numba", "numpy", "seed"}
     for r in result["rows"]:
@@ -78,7 +86,8 @@ def test_throughput_rows_dry_run(tmp_path):
     assert {"float32", "float64"} <= set(result["peaks"]) and "cpu" in result["machine"]
     assert [t["passed"] for t in result["targets"]] == [None, None, None]  # no target rows were run
     png = tmp_path / "t.png"
-    assert plot.main([str(path), "-o", str(png)]) == 0 and png.stat().st_size > 0
+    invoke(plot.main, [path, "-o", png])
+    assert png.stat().st_size > 0
 
 
 def test_targets_evaluate():
@@ -117,11 +126,7 @@ def test_sampling_rows(model, layers, weights):
 
 def run_profile(args):
     """tools.profile_speed's command with `args`; returns what it printed (exit status 0 asserted)."""
-    from click.testing import CliRunner
-
-    result = CliRunner().invoke(profile_speed.main, args)
-    assert result.exit_code == 0, result.output
-    return result.output
+    return invoke(profile_speed.main, args).output
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -159,10 +164,9 @@ def test_throughput_covers_every_model(tmp_path):
     """Rows for gru and a 2-layer lstm (numba and numpy, no seed contender), FLOPs by the per-model formula."""
     kernels_or_skip()
     path = tmp_path / "m.json"
-    status = throughput.main(["--models", "gru,lstm:2", "--hidden", "8", "--batch", "2", "--threads", "1",
-                              "--dtype", "float64", "--seq-len", "5", "--repeats", "2", "--min-seconds", "0",
-                              "--peak-size", "64", "--no-targets", "--json", str(path)])
-    assert status == 0
+    invoke(throughput.main, ["--models", "gru,lstm:2", "--hidden", "8", "--batch", "2", "--threads", "1",
+                             "--dtype", "float64", "--seq-len", "5", "--repeats", "2", "--min-seconds", "0",
+                             "--peak-size", "64", "--no-targets", "--json", path])
     rows = json.loads(path.read_text())["rows"]
     assert {(r["backend"], r["model"], r["layers"]) for r in rows} == {
         ("numba", "gru", 1), ("numpy", "gru", 1), ("numba", "lstm", 2), ("numpy", "lstm", 2)}
@@ -173,7 +177,8 @@ def test_throughput_covers_every_model(tmp_path):
         assert r["gflops"] == pytest.approx(r["chars_per_sec"] * expect / 1e9)
     assert throughput.flops_per_char(512) == 6 * 512 * 512 + 6 * 65 * 512
     png = tmp_path / "m.png"
-    assert plot.main([str(path), "-o", str(png), "--model", "lstm:2"]) == 0 and png.stat().st_size > 0
+    invoke(plot.main, [path, "-o", png, "--model", "lstm:2"])
+    assert png.stat().st_size > 0
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
