@@ -341,9 +341,11 @@ def rewrite_readme(readme, block):
 @click.option("--results", "folder", type=click.Path(exists=True, file_okay=False),
               default=None, show_default="the newest docs/benchmarks/YYYY-MM-DD/",
               help="The folder of benchmark JSON files to report.")
-@click.option("--output", type=click.Path(dir_okay=False), default=os.path.join("docs", "benchmarks.md"),
+@click.option("--output", type=click.Path(dir_okay=False), default=os.path.join(ROOT, "docs", "benchmarks.md"),
+              show_default="docs/benchmarks.md of this checkout",
               help="The markdown page to write; the charts go next to it.")
-@click.option("--readme", type=click.Path(dir_okay=False), default="README.md",
+@click.option("--readme", type=click.Path(dir_okay=False), default=os.path.join(ROOT, "README.md"),
+              show_default="README.md of this checkout",
               help="The README whose benchmarks block is rewritten (left alone without the markers).")
 @click.option("--charts/--no-charts", default=True, help="Draw the PNG charts (needs matplotlib).")
 @options.catch_user_errors
@@ -361,7 +363,8 @@ def main(folder, output, readme, charts):
     written, skipped = draw_charts(results, out_dir, stem) if charts else ([], "--no-charts")
     with open(output, "w", encoding="utf-8") as f:
         f.write(render_page(results, os.path.abspath(folder), out_dir, written, skipped))
-    click.echo(f"wrote {output} from {len(results)} result file{'s' if len(results) != 1 else ''} in {folder}"
+    click.echo(f"wrote {os.path.relpath(output)} from {len(results)} result file{'s' if len(results) != 1 else ''} "
+               f"in {os.path.relpath(folder)}"
                + (f"; charts: {', '.join(written)}" if written else f"; charts skipped: {skipped}"))
     if readme:
         if not os.path.exists(readme):
@@ -369,9 +372,9 @@ def main(folder, output, readme, charts):
             return
         link = os.path.relpath(os.path.abspath(output), os.path.dirname(os.path.abspath(readme)))
         if rewrite_readme(readme, readme_block(results, link)):
-            click.echo(f"rewrote the benchmarks block of {readme}")
+            click.echo(f"rewrote the benchmarks block of {os.path.relpath(readme)}")
         else:
-            click.echo(f"{readme} has no {BEGIN} ... {END} block; left it alone")
+            click.echo(f"{os.path.relpath(readme)} has no {BEGIN} ... {END} block; left it alone")
 
 
 if __name__ == "__main__":
