@@ -111,7 +111,8 @@ def compare(args):
                               ratio_first_to_last=float(norms[0] / norms[-1])))
         plot_gradients(loaded, text, os.path.join(args.out, "gradients.png"))
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(dict(options=dict(vars(args), models=",".join(models)), rows=rows, gradients=grads, gradient_text=text), f, indent=1)
+        json.dump(dict(options=dict(vars(args), models=",".join(models)), rows=rows, gradients=grads,
+                       gradient_text=text), f, indent=1)
 
     print("| model | layers | H | parameters | steps | val loss (nats/char) | val bits/char | train time |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

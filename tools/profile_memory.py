@@ -12,7 +12,7 @@ import sys
 import click
 
 from benchmarks import options
-from benchmarks.common import sample_rss, tree_rss  # noqa: F401 - tree_rss: this module's API before the move
+from benchmarks.common import sample_rss
 
 
 def write_csv(path, samples):
