@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUN    ?= runs/tinyshakespeare
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench bench-results clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,18 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.throughput --quick
+
+# The quick set of every benchmark into docs/benchmarks/<today>/, then docs/benchmarks.md (and README's block) from it.
+RESULTS ?= docs/benchmarks/$(shell date +%F)
+bench-results: setup
+	mkdir -p $(RESULTS)
+	$(BIN)/python -m benchmarks.throughput --quick --json $(RESULTS)/throughput.json
+	$(BIN)/python -m benchmarks.sampling --length 500 --repeats 1 --json $(RESULTS)/sampling.json
+	$(BIN)/python -m benchmarks.prepare fastrnn/data/tinyshakespeare.txt --repeats 1 --json $(RESULTS)/prepare.json
+	$(BIN)/python -m benchmarks.train_memory --steps 50 --json $(RESULTS)/train_memory.json
+	$(BIN)/python -m tools.profile_speed --hidden 128 --batch 1 --threads 2 --steps 10 \
+		--json $(RESULTS)/profile_speed_h128_n1.json
+	$(BIN)/python -m benchmarks.report --results $(RESULTS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

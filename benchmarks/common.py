@@ -276,35 +276,46 @@ def write_json(path, data):
         f.write("\n")
 
 
-def parse_list(text, kind=int):
-    """'64,128' -> [64, 128]; numbers must be positive."""
-    values = [kind(v) for v in str(text).split(",") if v.strip()]
-    if not values or (kind is int and min(values) <= 0):
-        raise ValueError(f"expected a comma-separated list of positive numbers, got {text!r}")
-    return values
+# ---------------------------------------------------------------------------------------------------------------
+# memory
 
 
-def positive_int(text):
-    """argparse type: an integer > 0."""
-    value = int(text)
-    if value <= 0:
-        raise ValueError(f"expected a positive integer, got {text!r}")
-    return value
+def tree_rss(proc):
+    """Resident set size of a psutil.Process and its descendants, in bytes (0 once it has exited)."""
+    import psutil
 
-
-def run_cli(main, argv=None):
-    """Run a benchmark or tool's main(); a user error (missing file, bad value, corrupt input) ends with one line
-    on stderr and exit status 1, never a traceback."""
-    import sys
-
-    from fastrnn.errors import FastrnnError
-
-    name = os.path.splitext(os.path.basename(sys.argv[0]))[0] if sys.argv and sys.argv[0] else "benchmark"
+    total = 0
     try:
-        return main(argv)
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def sample_rss(cmd, interval=0.2, **popen):
+    """Run `cmd`, sampling the RSS of it and its children every `interval` seconds.
+
+    Returns (exit status, [(seconds since start, rss_mb), ...]). popen: more subprocess.Popen arguments."""
+    import subprocess
+
+    import psutil
+
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, **popen)
+    proc = psutil.Process(child.pid)
+    samples = []
+    try:
+        while child.poll() is None:
+            rss = tree_rss(proc)
+            if rss:
+                samples.append((time.perf_counter() - start, rss / 2**20))
+            time.sleep(interval)
     except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
-        return 130
-    except (FastrnnError, OSError, ValueError) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        return 1
+        child.send_signal(2)
+        child.wait()
+    return child.returncode, samples

@@ -4,18 +4,24 @@ One training step = forward_backward + clip_gradients + adam_update, float32, se
 (N*T / median seconds per step), GFLOP/s at 6*H*H + 6*V*H FLOPs per char, and the fraction of the sgemm peak
 (best of 7 2048^3 float32 numpy matmuls in the same process). Usage:
 
-    OPENBLAS_CORETYPE=Haswell python3 -m benchmarks.kernel_scratch [--threads 2] [--reps 15] [N:H ...]
+    OPENBLAS_CORETYPE=Haswell python3 -m benchmarks.kernel_scratch [--threads 2] [--repeats 15] [--json PATH] [N:H ...]
+
+Runs from a checkout (benchmarks/ is not part of the installed package); `--help` lists every option.
 """
 
-import argparse
 import os
 import time
 
+import click
 import numpy as np
 
+from benchmarks import options
+from benchmarks.common import machine_info, write_json
 from fastrnn import kernels, reference
 from fastrnn.kernels.threads import set_threads
 from fastrnn.params import Layout, rnn_shapes
+
+DEFAULT_SETTINGS = ["64:512", "1:128", "32:128"]
 
 
 def sgemm_peak(n=2048, reps=7):
@@ -71,21 +77,40 @@ def measure(N, H, reps, V=65, T=50):
     return {name: (N * T / np.median(ts), flops / np.median(ts) / 1e9) for name, ts in times.items()}
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("settings", nargs="*", default=["64:512", "1:128", "32:128"])
-    a = ap.parse_args()
-    threads = set_threads(a.threads)
+def _settings(ctx, param, value):
+    out = []
+    for item in value or DEFAULT_SETTINGS:
+        N, _, H = item.partition(":")
+        if not (N.isdigit() and H.isdigit() and int(N) > 0 and int(H) > 0):
+            raise click.BadParameter(f"expected N:H with positive integers, got {item!r}")
+        out.append((int(N), int(H)))
+    return out
+
+
+@options.command(help=__doc__.split("\n\n")[0] + "\n\nRuns from a checkout (benchmarks/ is not part of the "
+                 "installed package). SETTINGS: N:H pairs (batch:hidden)  [default: " + " ".join(DEFAULT_SETTINGS)
+                 + "]")
+@click.argument("settings", nargs=-1, callback=_settings, metavar="[N:H]...")
+@options.threads(2)
+@click.option("--repeats", "--reps", type=click.IntRange(min=1), default=15,
+              help="Timed samples per contender (interleaved); the median is reported.")
+@options.json_output("Write the sgemm peak and the rows to this JSON file.")
+@options.catch_user_errors
+def main(settings, threads, repeats, json_path):
+    threads = set_threads(threads)
     peak = sgemm_peak()
     print(f"threads {threads}  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}  sgemm peak {peak:.1f} GFLOP/s")
-    for s in a.settings:
-        N, H = map(int, s.split(":"))
-        r = measure(N, H, a.reps)
+    rows = []
+    for N, H in settings:
+        r = measure(N, H, repeats)
         (rc, rg), (kc, kg) = r["reference"], r["numba"]
+        rows.append(dict(batch=N, hidden=H, threads=threads, reference_chars_per_sec=rc, reference_gflops=rg,
+                         numba_chars_per_sec=kc, numba_gflops=kg, peak_fraction=kg / peak, speedup=kc / rc))
         print(f"N={N:3d} H={H:4d}  reference {rc:10.0f} chars/s {rg:6.1f} GF/s | numba {kc:10.0f} chars/s "
               f"{kg:6.1f} GF/s ({kg / peak:5.1%} of peak) | speedup {kc / rc:5.2f}x")
+    if json_path:
+        write_json(json_path, dict(machine=machine_info(), sgemm_peak=peak, rows=rows))
+        print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,16 @@
 
     python -m benchmarks.plot results.json [--output throughput.png] [--batch 1,64] [--dtype float32]
 
+Runs from a checkout (benchmarks/ is not part of the installed package); `--help` lists every option.
+
 One panel per (dtype, threads); one line per (backend, batch): colour is the batch size, line style the backend.
 """
 
-import argparse
 import json
 
-from benchmarks.common import parse_list, run_cli
+import click
+
+from benchmarks import options
 
 STYLES = {"numba": ("-", "o"), "numpy": ("--", "s"), "seed": (":", "^")}
 
@@ -68,20 +71,34 @@ def plot(results, output, batches=None, dtypes=None, model="rnn"):
     return len(data)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("json", help="output of python -m benchmarks.throughput --json")
-    p.add_argument("--output", "-o", default="throughput.png", help="PNG to write")
-    p.add_argument("--batch", type=parse_list, default=None, help="only these batch sizes")
-    p.add_argument("--dtype", type=lambda s: parse_list(s, str), default=None, help="only these dtypes")
-    p.add_argument("--model", default="rnn", help="the model's rows to draw: NAME or NAME:LAYERS (default rnn)")
-    args = p.parse_args(argv)
-    with open(args.json) as f:
-        results = json.load(f)
-    n = plot(results, args.output, args.batch, args.dtype, args.model)
-    print(f"wrote {args.output} ({n} panel{'s' if n != 1 else ''})")
-    return 0
+def _model(ctx, param, value):
+    name, _, layers = value.partition(":")
+    if not name or (layers and (not layers.isdigit() or int(layers) < 1)):
+        raise click.BadParameter(f"expected NAME or NAME:LAYERS, got {value!r}")
+    return value
+
+
+@options.command(help=__doc__.split("\n\n")[0] + "\n\nRuns from a checkout (benchmarks/ is not part of the "
+                 "installed package). RESULTS: the output of `python -m benchmarks.throughput --json`.")
+@click.argument("results", metavar="RESULTS.json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default="throughput.png", help="The PNG to write.")
+@click.option("--batch", type=options.CommaList(int), default=None, show_default="all",
+              help="Only these batch sizes, comma-separated.")
+@click.option("--dtype", type=options.CommaList(str, options.DTYPES), default=None, show_default="all",
+              help="Only these dtypes, comma-separated.")
+@click.option("--model", default="rnn", callback=_model, help="The model's rows to draw: NAME or NAME:LAYERS.")
+@options.catch_user_errors
+def main(results, output, batch, dtype, model):
+    try:
+        with open(results) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{results} is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise click.ClickException(f"{results} has no rows (is it a benchmarks.throughput --json file?)")
+    n = plot(data, output, batch, dtype, model)
+    click.echo(f"wrote {output} ({n} panel{'s' if n != 1 else ''})")
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    main()

@@ -2,6 +2,8 @@
 
     python -m benchmarks.prepare [FILE ...] [--json PATH] [--repeats R] [--naive-max-mb MB] [--no-naive]
 
+Runs from a checkout (benchmarks/ is not part of the installed package); `--help` lists every option.
+
 Each contender runs in its own subprocess (so its peak RSS is its own, read from getrusage at its end):
   fastrnn   fastrnn.corpus.prepare: streaming, two passes in 4 MB chunks (corpus.CHUNK_SIZE) read into one reused
             buffer, UTF-8 validated and counted / mapped by fused numba loops, ids written into the HDF5 splits by a
@@ -15,7 +17,6 @@ Default files: the bundled tiny Shakespeare, ../shared/data/gutenberg-novels.txt
 present (build it with ../shared/data/get-large-corpus.sh).
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -23,7 +24,10 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.common import machine_info
+import click
+
+from benchmarks import options
+from benchmarks.common import machine_info, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -81,33 +85,36 @@ def bench_file(path, repeats, naive_max_bytes, tmpdir, naive=True):
     return rows
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("files", nargs="*", help="text files (default: tiny Shakespeare, Gutenberg novels, Linux source)")
-    ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--naive-max-mb", type=float, default=200.0)
-    ap.add_argument("--no-naive", action="store_true", help="run fastrnn only")
-    args = ap.parse_args(argv)
-    files = args.files or [f for f in DEFAULT_FILES if os.path.exists(f)]
+@options.command(help=__doc__.splitlines()[0] + "\n\nRuns from a checkout (benchmarks/ is not part of the installed "
+                 "package). FILES: text files [default: tiny Shakespeare, and the Gutenberg novels and Linux source "
+                 "when present].")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@options.json_output("Write machine and rows to this JSON file.")
+@options.repeats(3, "Runs per contender and file, the median taken (1 for files of 100 MB or more).")
+@click.option("--naive-max-mb", type=click.FloatRange(min=0, min_open=True), default=200.0,
+              help="The naive contender reads at most this many MB of each file (a prefix).")
+@click.option("--naive/--no-naive", default=True, help="Time the naive contender too (--no-naive: fastrnn only).")
+@options.catch_user_errors
+def main(files, json_path, repeats, naive_max_mb, naive):
+    files = list(files) or [f for f in DEFAULT_FILES if os.path.exists(f)]
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
         for path in files:
-            repeats = args.repeats if os.path.getsize(path) < 100e6 else 1
-            rows.extend(bench_file(path, repeats, int(args.naive_max_mb * 1e6), tmpdir, naive=not args.no_naive))
+            runs = repeats if os.path.getsize(path) < 100e6 else 1
+            rows.extend(bench_file(path, runs, int(naive_max_mb * 1e6), tmpdir, naive=naive))
     print(f"{'file':24s} {'contender':9s} {'input MB':>9s} {'seconds':>8s} {'MB/s':>8s} {'peak RSS MB':>11s} "
           f"{'tokens':>14s} {'vocab':>6s}")
     for r in rows:
         note = "  (prefix of the file)" if r["prefix_only"] else ""
         print(f"{r['file']:24s} {r['contender']:9s} {r['input_mb']:9.1f} {r['seconds']:8.2f} {r['mb_per_sec']:8.1f} "
               f"{r['peak_rss_mb']:11.1f} {r['tokens']:14,d} {r['vocab_size']:6d}{note}")
-    for path in files if not args.no_naive else []:
+    for path in files if naive else []:
         f, n = [r for r in rows if r["file"] == os.path.basename(path)]
         print(f"{f['file']}: fastrnn {f['mb_per_sec'] / n['mb_per_sec']:.1f}x the naive speed, "
               f"{n['peak_rss_mb'] / f['peak_rss_mb']:.1f}x less peak memory")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"machine": machine_info(), "rows": rows}, fh, indent=1)
+    if json_path:
+        write_json(json_path, {"machine": machine_info(), "rows": rows})
+        print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

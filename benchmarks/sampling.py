@@ -3,6 +3,8 @@
     python -m benchmarks.sampling [--json PATH] [--model rnn] [--num-layers 1] [--hidden 512] [--length 2000]
                                   [--threads 1] [--repeats 3]
 
+Runs from a checkout (benchmarks/ is not part of the installed package); `--help` lists every option.
+
 Contenders (all draw one character at a time from the full softmax, temperature 1, one sequence):
 
     numba-generate  fastrnn.sample.generate with backend fastrnn.kernels: it runs
@@ -21,13 +23,13 @@ Why), for scale. At H512 these bytes do not fit in the L2 cache, and generation 
 reading them (it can be somewhat faster: its products read four rows at a time); `bytes_per_char` says how many.
 """
 
-import argparse
 import importlib
 import time
 
+import click
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, options
 from fastrnn import reference
 from fastrnn.corpus import Vocab
 from fastrnn.model import Model
@@ -174,23 +176,22 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
     return rows
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", help="write machine and rows to this JSON file")
-    p.add_argument("--model", default="rnn", choices=list(CELLS), help="the cell of the random model")
-    p.add_argument("--num-layers", type=common.positive_int, default=1, help="layers of the random model")
-    p.add_argument("--hidden", type=common.positive_int, default=512, help="hidden size H")
-    p.add_argument("--length", type=common.positive_int, default=2000, help="characters generated per timed call")
-    p.add_argument("--threads", type=common.positive_int, default=1, help="threads for numba and BLAS")
-    p.add_argument("--repeats", type=common.positive_int, default=3, help="timed repeats, median taken")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="the model's float type")
-    p.add_argument("--numba-module", default="fastrnn.kernels",
-                   help="module for the numba contender (a variant under test, or fastrnn.reference to dry-run)")
-    args = p.parse_args(argv)
+@options.command(help=__doc__.split("\n\n")[0] + "\n\nRuns from a checkout (benchmarks/ is not part of the "
+                 "installed package). Every contender is checked against numpy-generate before it is timed.")
+@options.json_output("Write machine, rows and targets to this JSON file.")
+@click.option("--model", type=click.Choice(list(CELLS)), default="rnn", help="The cell of the random model.")
+@click.option("--num-layers", type=click.IntRange(min=1), default=1, help="Layers of the random model.")
+@click.option("--hidden", type=click.IntRange(min=1), default=512, help="Hidden size H.")
+@click.option("--length", type=click.IntRange(min=1), default=2000, help="Characters generated per timed call.")
+@options.threads(1)
+@options.repeats(3)
+@options.dtype("float32", help="The model's floating-point type.")
+@options.numba_module()
+@options.catch_user_errors
+def main(json_path, model, num_layers, hidden, length, threads, repeats, dtype, numba_module):
     machine = common.machine_info()
-    rows = run(args.hidden, args.length, args.threads, args.repeats, args.dtype, args.numba_module, args.model,
-               args.num_layers)
-    default = (args.model, args.num_layers) == ("rnn", 1)
+    rows = run(hidden, length, threads, repeats, dtype, numba_module, model, num_layers)
+    default = (model, num_layers) == ("rnn", 1)
     arch = [] if default else [("model", "model", "s"), ("L", "layers", "d")]  # the rnn table stays as it was
     print(common.format_table(rows, [("backend", "backend", "s")] + arch + [
         ("H", "hidden", "d"), ("dtype", "dtype", "s"), ("thr", "threads", "d"),
@@ -198,8 +199,8 @@ def main(argv=None):
         ("first call s", "first_call_seconds", ".2f"), ("checked", "checked", lambda v: "yes" if v else "NO")]))
     numba_rows = [r for r in rows if r["backend"].startswith("numba")]
     best = max(numba_rows, key=lambda r: r["chars_per_sec"]) if numba_rows else None
-    what = "" if default else f"{args.model} L{args.num_layers} "
-    target = dict(name=f"sampling {what}H{args.hidden}: numba >= {TARGET:g}x plain NumPy loop", threshold=TARGET,
+    what = "" if default else f"{model} L{num_layers} "
+    target = dict(name=f"sampling {what}H{hidden}: numba >= {TARGET:g}x plain NumPy loop", threshold=TARGET,
                   backend=best and best["backend"], value=best and best["vs_numpy_loop"],
                   passed=None if best is None else bool(best["vs_numpy_loop"] >= TARGET))
     status = {True: "PASS", False: "FAIL", None: "SKIP"}[target["passed"]]
@@ -208,11 +209,10 @@ def main(argv=None):
     print(f"{status}  {target['name']}" + (f": {best['backend']} {best['vs_numpy_loop']:.2f}x" if best else "")
           + f" (one pass over the {bound['bytes_per_char'] / 1e6:.2f} MB of weights a character needs, and nothing "
           f"else, runs at {bound['vs_numpy_loop']:.2f}x)")
-    if args.json:
-        common.write_json(args.json, dict(machine=machine, rows=rows, targets=[target]))
-        print(f"wrote {args.json}")
-    return 0
+    if json_path:
+        common.write_json(json_path, dict(machine=machine, rows=rows, targets=[target]))
+        print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":
-    raise SystemExit(common.run_cli(main))
+    main()

@@ -1,7 +1,9 @@
 """Training throughput in chars/s: numba kernels vs the NumPy reference vs a seed-style NumPy RNN.
 
     python -m benchmarks.throughput [--quick] [--json PATH] [--hidden 64,128] [--batch 1,64] [--threads 1,2]
-                                    [--dtype float32,float64] [--repeats R]
+                                    [--dtype float32,float64] [--repeats R] [--models rnn,lstm:2]
+
+Runs from a checkout (benchmarks/ is not part of the installed package); `--help` lists every option.
 
 A training step, as in fastrnn/train.py, is forward_backward + clip_gradients(clip 5) + adam_update on one (N, T)
 minibatch: N*T characters. Contenders:
@@ -36,15 +38,16 @@ the models (NAME or NAME:LAYERS); the seed-style contender exists for the 1-laye
 dgemm rate of this machine at the row's thread count, measured in the same run on (2048, 2048) products.
 """
 
-import argparse
 import importlib
 import itertools
 import os
 import time
+from types import SimpleNamespace
 
+import click
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, options
 from benchmarks.seed_style import SeedRNN
 from fastrnn import reference
 from fastrnn.model import Model
@@ -79,7 +82,9 @@ def parse_models(text):
     for item in text.split(","):
         name, _, layers = item.strip().partition(":")
         if name not in GATES:
-            raise argparse.ArgumentTypeError(f"unknown model {name!r}; choose from {', '.join(GATES)}")
+            raise ValueError(f"unknown model {name!r}; choose from {', '.join(GATES)}")
+        if layers and (not layers.isdigit() or int(layers) < 1):
+            raise ValueError(f"layers must be a positive integer, got {item!r}")
         out.append((name, int(layers or 1)))
     return out
 
@@ -293,29 +298,44 @@ def print_targets(targets):
         print(f"{status}  {t['name']}: " + "; ".join(parts))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="only the target rows, float32 (about a minute)")
-    p.add_argument("--json", help="write machine, peaks, rows and targets to this JSON file")
-    p.add_argument("--models", type=parse_models, default=[("rnn", 1)],
-                   help="models as NAME or NAME:LAYERS, e.g. rnn,gru,lstm,lstm:2 (default rnn)")
-    p.add_argument("--hidden", type=common.parse_list, default=GRID["hidden"], help="hidden sizes H")
-    p.add_argument("--batch", type=common.parse_list, default=GRID["batch"], help="batch sizes N")
-    p.add_argument("--threads", type=common.parse_list, default=GRID["threads"], help="thread counts")
-    p.add_argument("--dtype", type=lambda s: common.parse_list(s, str), default=GRID["dtype"], help="dtypes")
-    p.add_argument("--seq-len", type=int, default=SEQ_LEN, help="T")
-    p.add_argument("--repeats", type=int, help="timed repeats per row, median taken (default 7, --quick 5; seed "
-                   "at most 3)")
-    p.add_argument("--min-seconds", type=float, help="minimum length of one timed repeat (default 0.5, --quick 0.3)")
-    p.add_argument("--contenders", type=lambda s: common.parse_list(s, str), default=list(CONTENDERS))
-    p.add_argument("--peak-size", type=int, default=2048, help="n of the (n, n) GEMM that measures the peak")
-    p.add_argument("--no-targets", dest="targets", action="store_false", help="do not add the target rows")
-    p.add_argument("--numba-module", default="fastrnn.kernels",
-                   help="module for the numba contender (a variant under test, or fastrnn.reference to dry-run)")
-    args = p.parse_args(argv)
-    args.repeats = args.repeats or (5 if args.quick else 7)
-    args.min_seconds = args.min_seconds if args.min_seconds is not None else (0.3 if args.quick else 0.5)
-    return run(args)
+def _models(ctx, param, value):
+    try:
+        return parse_models(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@options.command(help=__doc__.split("\n\n")[0] + "\n\nRuns from a checkout (benchmarks/ is not part of the "
+                 "installed package). Each row is checked against the reference before it is timed.")
+@options.quick("Only the target rows, float32 (about a minute); --hidden, --batch, --dtype, --threads and "
+               "--models are ignored.")
+@options.json_output("Write machine, peaks, rows, targets and settings to this JSON file.")
+@click.option("--models", default="rnn", callback=_models,
+              help="Models as NAME or NAME:LAYERS, comma-separated, e.g. rnn,gru,lstm,lstm:2.")
+@options.int_list("--hidden", GRID["hidden"], "Hidden sizes H, comma-separated.")
+@options.int_list("--batch", GRID["batch"], "Batch sizes N, comma-separated.")
+@options.threads(GRID["threads"])
+@options.dtype(GRID["dtype"])
+@click.option("--seq-len", type=click.IntRange(min=1), default=SEQ_LEN, help="Time steps per minibatch T.")
+@click.option("--repeats", type=click.IntRange(min=1), default=None, show_default="7, --quick 5; seed at most 3",
+              help="Timed repeats per row; the median is reported.")
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=None, show_default="0.5, --quick 0.3",
+              help="Minimum length of one timed repeat, in seconds.")
+@click.option("--contenders", type=options.CommaList(str, CONTENDERS), default=",".join(CONTENDERS),
+              help="Contenders to time, comma-separated.")
+@click.option("--peak-size", type=click.IntRange(min=1), default=2048,
+              help="n of the (n, n) GEMM that measures the sgemm and dgemm peaks.")
+@click.option("--targets/--no-targets", default=True, help="Add the target rows to the grid.")
+@options.numba_module()
+def main(quick, json_path, models, hidden, batch, threads, dtype, seq_len, repeats, min_seconds, contenders,
+         peak_size, targets, numba_module):
+    args = SimpleNamespace(quick=quick, json=json_path, models=models, hidden=hidden, batch=batch, threads=threads,
+                           dtype=dtype, seq_len=seq_len, contenders=contenders, peak_size=peak_size,
+                           targets=targets, numba_module=numba_module,
+                           repeats=repeats or (5 if quick else 7),
+                           min_seconds=min_seconds if min_seconds is not None else (0.3 if quick else 0.5))
+    with options.user_errors():
+        run(args)
 
 
 def load_numba(module):
@@ -384,8 +404,7 @@ def run(args):
                           seed_step="N x SeedRNN.train_step on T chars (lossFun + Adagrad)",
                           data="tiny Shakespeare, N contiguous streams, carried state")))
         print(f"wrote {args.json}")
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(common.run_cli(main))
+    main()

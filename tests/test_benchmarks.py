@@ -14,6 +14,15 @@ ROW_KEYS = {"backend", "model", "hidden", "batch", "seq_len", "dtype", "threads"
             "peak_fraction", "compile_seconds", "repeats", "checked"}
 
 
+def invoke(command, args):
+    """Run a click command with `args` through CliRunner; exit status 0 asserted. Returns the click Result."""
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(command, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def kernels_or_skip():
     kernels = pytest.importorskip("fastrnn.kernels")
     try:
@@ -65,10 +74,9 @@ def test_batches_continue_streams():
 def test_throughput_rows_dry_run(tmp_path):
     """The whole command on a 1-row grid, with the reference standing in for the numba backend."""
     path = tmp_path / "t.json"
-    status = throughput.main(["--hidden", "8", "--batch", "2", "--threads", "1", "--dtype", "float64",
-                              "--seq-len", "5", "--repeats", "2", "--min-seconds", "0", "--peak-size", "64",
-                              "--no-targets", "--numba-module", "fastrnn.reference", "--json", str(path)])
-    assert status == 0
+    invoke(throughput.main, ["--hidden", "8", "--batch", "2", "--threads", "1", "--dtype", "float64",
+                             "--seq-len", "5", "--repeats", "2", "--min-seconds", "0", "--peak-size", "64",
+                             "--no-targets", "--numba-module", "fastrnn.reference", "--json", path])
     result = json.loads(path.read_text())
     assert {r["backend"] for r in result["rows"]} == {"numba", "numpy", "seed"}
     for r in result["rows"]:
@@ -78,7 +86,8 @@ def test_throughput_rows_dry_run(tmp_path):
     assert {"float32", "float64"} <= set(result["peaks"]) and "cpu" in result["machine"]
     assert [t["passed"] for t in result["targets"]] == [None, None, None]  # no target rows were run
     png = tmp_path / "t.png"
-    assert plot.main([str(path), "-o", str(png)]) == 0 and png.stat().st_size > 0
+    invoke(plot.main, [path, "-o", png])
+    assert png.stat().st_size > 0
 
 
 def test_targets_evaluate():
@@ -117,11 +126,7 @@ def test_sampling_rows(model, layers, weights):
 
 def run_profile(args):
     """tools.profile_speed's command with `args`; returns what it printed (exit status 0 asserted)."""
-    from click.testing import CliRunner
-
-    result = CliRunner().invoke(profile_speed.main, args)
-    assert result.exit_code == 0, result.output
-    return result.output
+    return invoke(profile_speed.main, args).output
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -159,10 +164,9 @@ def test_throughput_covers_every_model(tmp_path):
     """Rows for gru and a 2-layer lstm (numba and numpy, no seed contender), FLOPs by the per-model formula."""
     kernels_or_skip()
     path = tmp_path / "m.json"
-    status = throughput.main(["--models", "gru,lstm:2", "--hidden", "8", "--batch", "2", "--threads", "1",
-                              "--dtype", "float64", "--seq-len", "5", "--repeats", "2", "--min-seconds", "0",
-                              "--peak-size", "64", "--no-targets", "--json", str(path)])
-    assert status == 0
+    invoke(throughput.main, ["--models", "gru,lstm:2", "--hidden", "8", "--batch", "2", "--threads", "1",
+                             "--dtype", "float64", "--seq-len", "5", "--repeats", "2", "--min-seconds", "0",
+                             "--peak-size", "64", "--no-targets", "--json", path])
     rows = json.loads(path.read_text())["rows"]
     assert {(r["backend"], r["model"], r["layers"]) for r in rows} == {
         ("numba", "gru", 1), ("numpy", "gru", 1), ("numba", "lstm", 2), ("numpy", "lstm", 2)}
@@ -173,7 +177,8 @@ def test_throughput_covers_every_model(tmp_path):
         assert r["gflops"] == pytest.approx(r["chars_per_sec"] * expect / 1e9)
     assert throughput.flops_per_char(512) == 6 * 512 * 512 + 6 * 65 * 512
     png = tmp_path / "m.png"
-    assert plot.main([str(path), "-o", str(png), "--model", "lstm:2"]) == 0 and png.stat().st_size > 0
+    invoke(plot.main, [path, "-o", png, "--model", "lstm:2"])
+    assert png.stat().st_size > 0
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -195,6 +200,12 @@ def test_profile_speed_any_model(small_corpus, tmp_path, capsys, backend):
     ["tools.profile_speed", "--", "fastrnn", "train", "{d}/missing.h5", "-o", "{d}/run"],
     ["tools.profile_speed", "--hidden", "0"],
     ["tools.compare_models", "{d}/missing.txt", "--out", "{d}/cmp"],
+    ["tools.profile_memory", "--csv", "{d}/m.csv"],
+    ["benchmarks.prepare", "{d}/missing.txt"],
+    ["benchmarks.train_memory", "{d}/missing.h5"],
+    ["benchmarks.kernel_scratch", "64"],
+    ["benchmarks.report", "--results", "{d}/missing"],
+    ["benchmarks.report", "--results", "{d}", "--output", "{d}/out.md"],
 ], ids=lambda a: " ".join(a[:2]))
 def test_bad_input_to_benchmarks_and_tools(tmp_path, args):
     """Each: a non-zero exit and an error line on stderr, no traceback, nothing written."""
@@ -209,3 +220,121 @@ def test_bad_input_to_benchmarks_and_tools(tmp_path, args):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and "error" in r.stderr.splitlines()[-1].lower(), r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+COMMANDS = ["benchmarks.throughput", "benchmarks.sampling", "benchmarks.prepare", "benchmarks.plot",
+            "benchmarks.kernel_scratch", "benchmarks.train_memory", "benchmarks.report", "tools.profile_speed",
+            "tools.profile_memory", "tools.compare_models"]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_explains_every_option(name):
+    """--help runs, names every option and shows a default for each option that has one."""
+    import importlib
+
+    command = importlib.import_module(name).main
+    out = invoke(command, ["--help"]).output
+    with_default = 0
+    for param in command.params:
+        if not isinstance(param, __import__("click").Option) or param.name == "help":
+            continue
+        for opt in param.opts + param.secondary_opts:
+            assert opt in out, f"{name} --help does not mention {opt}"
+        assert param.help, f"{name}: {param.opts[0]} has no help text"
+        unset = param.default is None or "UNSET" in repr(param.default)  # click 8.3 marks "no default" UNSET
+        with_default += not unset and not (param.is_flag and not param.secondary_opts)
+    assert out.count("[default:") >= with_default
+
+
+def test_benchmarks_never_import_tools():
+    import pathlib
+
+    for path in (pathlib.Path(__file__).parent.parent / "benchmarks").glob("*.py"):
+        text = path.read_text()
+        assert "import tools" not in text and "from tools" not in text, path
+
+
+def fake_results(folder):
+    """A results folder with a throughput and a sampling file whose numbers are easy to spot."""
+    machine = dict(cpu="Test CPU 9000", cpu_flags=["avx2", "fma"], logical_cores=2, physical_cores=2,
+                   python="3", numpy="2", numba="0", scipy="1", llvmlite="0", blas=[], time="2026-01-02 03:04:05")
+    rows = [dict(backend="numba", model="rnn", layers=1, hidden=512, batch=64, seq_len=50, vocab=65,
+                 dtype="float32", threads=2, chars_per_sec=123456.7, step_ms=25.9, gflops=98.76,
+                 peak_fraction=0.7654, vs_numpy=1.234, vs_seed=45.6, compile_seconds=0.5, checked=True),
+            dict(backend="numpy", model="rnn", layers=1, hidden=512, batch=64, seq_len=50, vocab=65,
+                 dtype="float32", threads=2, chars_per_sec=100042.0, step_ms=32.0, gflops=80.0,
+                 peak_fraction=0.6, compile_seconds=0.0, checked=True)]
+    targets = [dict(name="H512 N64 2thr f32", hidden=512, batch=64, dtype="float32", threads=2, passed=True,
+                    checks=[dict(metric="peak_fraction", value=0.7654, threshold=0.65, passed=True),
+                            dict(metric="vs_numpy", value=1.234, threshold=1.15, passed=True)])]
+    common.write_json(folder / "throughput.json", dict(
+        machine=machine, peaks={"float32": {"2": 131.5}, "float64": {"2": 66.25}}, rows=rows, targets=targets,
+        settings=dict(seq_len=50, vocab=65, repeats=3, min_seconds=0.1, quick=True)))
+    common.write_json(folder / "sampling.json", dict(machine=machine, rows=[
+        dict(backend="numba-generate", model="rnn", layers=1, hidden=512, dtype="float32", threads=1,
+             chars_per_sec=31337.0, vs_numpy_loop=2.71, first_call_seconds=1.0, checked=True)], targets=[
+        dict(name="sampling H512", backend="numba-generate", value=2.71, threshold=10.0, passed=False)]))
+    (folder / "notes.txt").write_text("ignored")
+
+
+@pytest.mark.parametrize("matplotlib", [True, False])
+def test_report_writes_the_page_and_the_readme_block(tmp_path, monkeypatch, matplotlib):
+    import builtins
+
+    from benchmarks import report
+
+    if matplotlib:
+        pytest.importorskip("matplotlib")
+    else:  # report works without matplotlib: the import fails, the tables are written, the charts skipped
+        real_import = builtins.__import__
+
+        def no_matplotlib(name, *args, **kwargs):
+            if name == "matplotlib" or name.startswith("matplotlib."):
+                raise ImportError("no matplotlib here")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    results = tmp_path / "docs" / "benchmarks" / "2026-01-02"
+    results.mkdir(parents=True)
+    fake_results(results)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nintro\n<!-- benchmarks:begin -->\nold numbers\n<!-- benchmarks:end -->\nrest\n")
+    page = tmp_path / "docs" / "benchmarks.md"
+    out = invoke(report.main, ["--results", results, "--output", page, "--readme", readme]).output
+    text = page.read_text()
+    for number in ("Test CPU 9000", "avx2, fma", "131.5 GFLOP/s", "66.2 GFLOP/s", "123,457", "76.5%", "1.23",
+                   "45.6", "98.76", "100,042", "31,337", "2.71"):
+        assert number in text, number
+    pngs = sorted(p.name for p in page.parent.glob("*.png"))
+    if matplotlib:
+        assert pngs and all(f"![{p}]({p})" in text for p in pngs)
+    else:
+        assert not pngs and "Charts skipped: matplotlib is not installed" in text and "charts skipped" in out
+    new = readme.read_text()
+    assert "old numbers" not in new and new.startswith("# x\n\nintro\n<!-- benchmarks:begin -->\n")
+    assert new.endswith("<!-- benchmarks:end -->\nrest\n")
+    block = new.split("<!-- benchmarks:begin -->")[1].split("<!-- benchmarks:end -->")[0]
+    assert "| H512 N64 2thr f32 | 123,457 | % of sgemm peak | 76.5% | >= 65.0% | pass |" in block
+    assert "1.23x" in block and "(docs/benchmarks.md)" in block
+
+
+def test_report_leaves_a_readme_without_markers_alone(tmp_path, monkeypatch):
+    from benchmarks import report
+
+    fake_results(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    monkeypatch.chdir(tmp_path)
+    out = invoke(report.main, ["--results", tmp_path, "--output", "out/benchmarks.md", "--readme", "README.md",
+                               "--no-charts"]).output
+    assert readme.read_text() == "no markers\n" and "no <!-- benchmarks:begin -->" in out
+    assert (tmp_path / "out" / "benchmarks.md").exists()
+
+
+def test_report_picks_the_newest_dated_folder(tmp_path):
+    from benchmarks import report
+
+    for name in ("2025-12-31", "2026-01-02", "not-a-date"):
+        (tmp_path / name).mkdir()
+    assert report.newest_results(str(tmp_path)).endswith("2026-01-02")
+    assert report.kind_of("train_memory_big.json") == "train_memory" and report.kind_of("x.json") is None

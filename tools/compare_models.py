@@ -9,18 +9,20 @@ length, optimizer, learning rate and seed), the same hidden size. It writes OUT/
 directories: `fastrnn sample OUT/runs/lstm` works), OUT/losses.png (`fastrnn plot` of all runs),
 OUT/gradients.png (`fastrnn plot-gradients` of rnn and lstm on the same text), OUT/summary.json, and prints a
 markdown table: model, parameters, final validation loss (nats and bits per char), training time.
-Default corpus: the bundled tiny Shakespeare.
+Default corpus: the bundled tiny Shakespeare. Runs from a checkout (tools/ is not part of the installed package).
 """
 
-import argparse
 import json
 import math
 import os
 import sys
 import tempfile
+from types import SimpleNamespace
 
+import click
 import numpy as np
 
+from benchmarks import options
 from fastrnn.api import load_model
 from fastrnn.corpus import open_corpus, prepare
 from fastrnn.errors import VocabError
@@ -51,24 +53,33 @@ def gradient_text(corpus):
             return c.vocab.decode(np.asarray(c.split("train")[:96], dtype=np.int32))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("corpus", nargs="?", default=BUNDLED)
-    p.add_argument("--out", default="docs/models")
-    p.add_argument("--models", default="rnn,gru,lstm")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--hidden-size", type=int, default=256)
-    p.add_argument("--num-layers", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=50)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--backend", default="numba")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="threads for each run (0: all cores)")
-    args = p.parse_args(argv)
+@options.command(help=__doc__.split("\n\n")[0] + "\n\nRuns from a checkout (tools/ is not part of the installed "
+                 "package). CORPUS: a prepared CORPUS.h5 or a text file  [default: the bundled tiny Shakespeare]")
+@click.argument("corpus", required=False, default=BUNDLED, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default="docs/models",
+              help="Folder for runs/<model>/, losses.png, gradients.png and summary.json.")
+@click.option("--models", type=options.CommaList(str, ("rnn", "gru", "lstm")), default="rnn,gru,lstm",
+              help="Cells to train, comma-separated.")
+@click.option("--steps", type=click.IntRange(min=1), default=3000, help="Training steps of every model.")
+@click.option("--hidden-size", type=click.IntRange(min=1), default=256, help="Hidden size H of every model.")
+@click.option("--num-layers", type=click.IntRange(min=1), default=1, help="Layers L of every model.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Sequences per minibatch N.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=50, help="Time steps per minibatch T.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, help="Learning rate.")
+@click.option("--eval-every", type=click.IntRange(min=0), default=250, help="Steps between validation passes.")
+@click.option("--backend", type=click.Choice(["numba", "numpy"]), default="numba", help="Backend of every run.")
+@click.option("--seed", type=int, default=0, help="Random seed (initialization and minibatch order).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="Threads for each run (0: all cores).")
+@options.catch_user_errors
+def main(**kwargs):
+    """The rows of the summary table (also in OUT/summary.json)."""
+    return compare(SimpleNamespace(**kwargs))
 
-    models = args.models.split(",")
+
+def compare(args):
+    """Train every model of args (the command's options as attributes), draw, write summary.json, print the table.
+    Returns the rows."""
+    models = list(args.models)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         corpus = corpus_path(args.corpus, work)
@@ -100,7 +111,8 @@ def main(argv=None):
                               ratio_first_to_last=float(norms[0] / norms[-1])))
         plot_gradients(loaded, text, os.path.join(args.out, "gradients.png"))
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(dict(options=vars(args), rows=rows, gradients=grads, gradient_text=text), f, indent=1)
+        json.dump(dict(options=dict(vars(args), models=",".join(models)), rows=rows, gradients=grads,
+                       gradient_text=text), f, indent=1)
 
     print("| model | layers | H | parameters | steps | val loss (nats/char) | val bits/char | train time |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -119,6 +131,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from benchmarks.common import run_cli
-
-    raise SystemExit(run_cli(main))
+    main()

@@ -2,48 +2,17 @@
 
     python -m tools.profile_memory --csv mem.csv --plot mem.png -- fastrnn train corpus.h5 -o runs/x --max-steps 500
 
-Works with any command; the command's own output passes through. Prints the peak RSS at the end.
+Runs from a checkout (tools/ is not part of the installed package). Works with any command; the command's own
+output passes through. Prints the peak RSS at the end; the exit status is the command's. The sampling itself is
+benchmarks.common.sample_rss (benchmarks.train_memory uses it too).
 """
 
-import argparse
-import subprocess
 import sys
-import time
 
-import psutil
+import click
 
-
-def tree_rss(proc):
-    """Resident set size of a process and its descendants, in bytes (0 once it has exited)."""
-    total = 0
-    try:
-        procs = [proc] + proc.children(recursive=True)
-    except psutil.Error:
-        return 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
-def profile(cmd, interval=0.2):
-    """Run `cmd`, sampling RSS every `interval` seconds. Returns (exit status, [(seconds, rss_mb), ...])."""
-    start = time.perf_counter()
-    child = subprocess.Popen(cmd)
-    proc = psutil.Process(child.pid)
-    samples = []
-    try:
-        while child.poll() is None:
-            rss = tree_rss(proc)
-            if rss:
-                samples.append((time.perf_counter() - start, rss / 2**20))
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        child.send_signal(2)
-        child.wait()
-    return child.returncode, samples
+from benchmarks import options
+from benchmarks.common import sample_rss
 
 
 def write_csv(path, samples):
@@ -71,28 +40,34 @@ def write_plot(path, samples, title):
     plt.close(fig)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--csv", default="memory.csv", help="CSV output (seconds,rss_mb)")
-    parser.add_argument("--plot", default=None, help="PNG output (needs matplotlib)")
-    parser.add_argument("--interval", type=lambda v: float(v) if float(v) > 0 else float("x"), default=0.2,
-                        help="seconds between samples (> 0)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
-    args = parser.parse_args(argv)
-    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+@options.command(help=__doc__.split("\n\n")[0] + "\n\nRuns from a checkout (tools/ is not part of the installed "
+                 "package). COMMAND: the command to run, after --.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default="memory.csv",
+              help="CSV output (seconds,rss_mb).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="PNG output (needs matplotlib).")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=0.2,
+              help="Seconds between samples.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@options.catch_user_errors
+def main(csv_path, plot_path, interval, command):
+    cmd = list(command)
     if not cmd:
-        parser.error("give the command to profile after --")
-    status, samples = profile(cmd, args.interval)
-    write_csv(args.csv, samples)
-    if args.plot:
-        write_plot(args.plot, samples, "RSS of: " + " ".join(cmd)[:80])
+        raise click.UsageError("give the command to profile after --")
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as exc:
+            raise click.ClickException("--plot needs matplotlib (pip install 'fastrnn[plot]')") from exc
+    status, samples = sample_rss(cmd, interval)
+    write_csv(csv_path, samples)
+    if plot_path:
+        write_plot(plot_path, samples, "RSS of: " + " ".join(cmd)[:80])
     peak = max((mb for _, mb in samples), default=0.0)
-    print(f"peak RSS {peak:.1f} MB over {len(samples)} samples; CSV {args.csv}"
-          + (f", plot {args.plot}" if args.plot else ""), file=sys.stderr)
-    return status
+    click.echo(f"peak RSS {peak:.1f} MB over {len(samples)} samples; CSV {csv_path}"
+               + (f", plot {plot_path}" if plot_path else ""), err=True)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
-    from benchmarks.common import run_cli
-
-    sys.exit(run_cli(main))
+    main()

@@ -24,7 +24,7 @@ import time
 import click
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, options
 from fastrnn.config import DEFAULT_LR, TrainConfig
 from fastrnn.corpus import BatchStream, open_corpus
 from fastrnn.dropout import make_masks
@@ -101,14 +101,14 @@ def parse_train_command(tokens):
     return corpus, fields
 
 
-@click.command(context_settings=dict(help_option_names=["-h", "--help"], show_default=True))
+@options.command()
 @click.option("--model", type=click.Choice(["rnn", "gru", "lstm"]), default="rnn", help="Cell.")
 @click.option("--num-layers", type=click.IntRange(min=1), default=1, help="Stacked layers L.")
 @click.option("--hidden-size", "--hidden", type=click.IntRange(min=1), default=512, help="Hidden size H.")
 @click.option("--batch-size", "--batch", type=click.IntRange(min=1), default=64, help="Sequences per minibatch N.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=50, help="Time steps per minibatch T.")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, help="Dropout (masks drawn).")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", help="Floating-point type.")
+@options.dtype("float32")
 @click.option("--threads", type=click.IntRange(min=0), default=2, help="Threads (0: all cores).")
 @click.option("--backend", type=click.Choice(["numba", "numpy"]), default="numba", help="Backend.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adagrad", "rmsprop", "adam"]), default="adam",
@@ -118,7 +118,7 @@ def parse_train_command(tokens):
 @click.option("--steps", type=click.IntRange(min=1), default=20, help="Timed steps.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3,
               help="Untimed steps first (JIT compilation, BLAS start-up).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the phase table as JSON here.")
+@options.json_output("Write the configuration, plan and phase table as JSON here.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write the phase table as CSV here.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def main(model, num_layers, hidden_size, batch_size, seq_len, dropout, dtype, threads, backend, optimizer, corpus,

@@ -1,0 +1,381 @@
+"""Write docs/benchmarks.md, and the headline block of README.md, from one folder of benchmark results.
+
+    python -m benchmarks.report [--results docs/benchmarks/2026-12-02] [--output docs/benchmarks.md]
+                                [--readme README.md] [--charts/--no-charts]
+
+Runs from a checkout (benchmarks/ is not part of the installed package). `make bench-results` runs the quick set of
+every benchmark into docs/benchmarks/<today>/ and then this report.
+
+The results folder holds the JSON files the benchmarks write with `--json FILE`; a file's kind is the benchmark
+its name starts with (throughput*.json, sampling*.json, prepare*.json, train_memory*.json, profile_speed*.json,
+kernel_scratch*.json); other files are ignored. Every number on the page comes from those files: the machine
+(CPU model and flags, cores, the sgemm and dgemm rates the throughput run measured), one table per file, and a
+chart of the throughput rows (PNG next to the page; with matplotlib only, else the page says the charts were
+skipped). In README.md the lines between `<!-- benchmarks:begin -->` and `<!-- benchmarks:end -->` are replaced
+by one table of the throughput targets and a link to the page; without those lines README.md is left alone.
+"""
+
+import glob
+import json
+import os
+import re
+
+import click
+
+from benchmarks import options
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_ROOT = os.path.join(ROOT, "docs", "benchmarks")
+BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+KINDS = ("throughput", "sampling", "prepare", "train_memory", "profile_speed", "kernel_scratch")
+DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reading
+
+
+def newest_results(root=RESULTS_ROOT):
+    """The newest <root>/<YYYY-MM-DD>/ folder, or None."""
+    dated = sorted(d for d in os.listdir(root) if DATED.match(d) and os.path.isdir(os.path.join(root, d))) \
+        if os.path.isdir(root) else []
+    return os.path.join(root, dated[-1]) if dated else None
+
+
+def kind_of(filename):
+    """The benchmark that wrote `filename` (from the start of its name), or None."""
+    stem = os.path.splitext(os.path.basename(filename))[0]
+    for kind in sorted(KINDS, key=len, reverse=True):
+        if stem == kind or stem.startswith(kind + "_") or stem.startswith(kind + "-"):
+            return kind
+    return None
+
+
+def load_results(folder):
+    """[(kind, file name, data)] of the folder's JSON files, sorted by kind (KINDS order) and name."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        kind = kind_of(path)
+        if kind is None:
+            continue
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"{path} is not JSON: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise click.ClickException(f"{path} has no rows: not a {kind} result")
+        out.append((kind, os.path.basename(path), data))
+    return sorted(out, key=lambda r: (KINDS.index(r[0]), r[1]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# markdown
+
+
+def fmt(value, spec):
+    if value is None:
+        return "-"
+    if callable(spec):
+        return spec(value)
+    return format(value, spec)
+
+
+def percent(v):
+    return f"{100 * v:.1f}%"
+
+
+def yes_no(v):
+    return "yes" if v else "NO"
+
+
+def pass_fail(v):
+    return {True: "pass", False: "FAIL", None: "not run"}[v]
+
+
+def md_table(rows, columns):
+    """A markdown table. columns: [(header, key or callable(row), format spec or callable(value))]."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |",
+             "| " + " | ".join("---" if spec == "s" else "---:" for _, _, spec in columns) + " |"]
+    for row in rows:
+        cells = [fmt(key(row) if callable(key) else row.get(key), spec) for _, key, spec in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_section(results):
+    """The machine's description from the first result that has one; the GEMM rates from the throughput runs."""
+    machine = next((d["machine"] for _, _, d in results if isinstance(d.get("machine"), dict)), None)
+    lines = ["## Machine", ""]
+    if machine is None:
+        return lines + ["No result file describes the machine.", ""]
+    blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})"
+                     for b in machine.get("blas") or []) or "-"
+    lines += [f"- CPU: {machine.get('cpu', '-')}; flags: {', '.join(machine.get('cpu_flags') or []) or '-'}",
+              f"- cores: {machine.get('logical_cores', '-')} logical, {machine.get('physical_cores', '-')} physical",
+              f"- Python {machine.get('python', '-')}, NumPy {machine.get('numpy', '-')}, numba "
+              f"{machine.get('numba', '-')}, SciPy {machine.get('scipy', '-')}, llvmlite "
+              f"{machine.get('llvmlite', '-')}; BLAS: {blas}",
+              f"- measured at {machine.get('time', '-')}"]
+    for _, name, d in results:
+        for dt, label in (("float32", "sgemm"), ("float64", "dgemm")):
+            by = (d.get("peaks") or {}).get(dt)
+            if by:
+                lines.append(f"- {label} ({name}): " + ", ".join(
+                    f"{v:.1f} GFLOP/s at {k} thread{'s' if k != '1' else ''}" for k, v in by.items()))
+        if d.get("sgemm_peak") is not None:
+            threads = d["rows"][0].get("threads") if d["rows"] else None
+            lines.append(f"- sgemm ({name}): {d['sgemm_peak']:.1f} GFLOP/s"
+                         + (f" at {threads} thread{'s' if threads != 1 else ''}" if threads else ""))
+    return lines + [""]
+
+
+THROUGHPUT = [("backend", "backend", "s"), ("model", lambda r: r.get("model", "rnn"), "s"),
+              ("L", lambda r: r.get("layers", 1), "d"), ("H", "hidden", "d"), ("N", "batch", "d"),
+              ("T", "seq_len", "d"), ("dtype", "dtype", "s"), ("threads", "threads", "d"),
+              ("chars/s", "chars_per_sec", ",.0f"), ("ms/step", "step_ms", ".2f"), ("GFLOP/s", "gflops", ".2f"),
+              ("% of peak", "peak_fraction", percent), ("x numpy", "vs_numpy", ".2f"), ("x seed", "vs_seed", ".1f"),
+              ("compile s", "compile_seconds", ".2f"), ("checked", "checked", yes_no)]
+SAMPLING = [("backend", "backend", "s"), ("model", lambda r: r.get("model", "rnn"), "s"),
+            ("L", lambda r: r.get("layers", 1), "d"), ("H", "hidden", "d"), ("dtype", "dtype", "s"),
+            ("threads", "threads", "d"), ("chars/s", "chars_per_sec", ",.0f"),
+            ("x numpy-loop", "vs_numpy_loop", ".2f"), ("bytes/char", "bytes_per_char", ",d"),
+            ("first call s", "first_call_seconds", ".2f"), ("checked", "checked", yes_no)]
+PREPARE = [("file", "file", "s"), ("contender", "contender", "s"), ("input MB", "input_mb", ".1f"),
+           ("prefix only", "prefix_only", lambda v: "yes" if v else "no"), ("seconds", "seconds", ".2f"),
+           ("MB/s", "mb_per_sec", ".1f"), ("peak RSS MB", "peak_rss_mb", ".1f"), ("tokens", "tokens", ",d"),
+           ("vocab", "vocab_size", "d"), ("repeats", "repeats", "d")]
+TRAIN_MEMORY = [("corpus", "corpus", "s"), ("tokens", "corpus_tokens", ",d"), ("file MB", "corpus_file_mb", ".1f"),
+                ("vocab", "vocab_size", "d"), ("steps", "steps", "d"), ("peak RSS MB", "peak_rss_mb", ".1f"),
+                ("samples", "samples", "d")]
+PROFILE_SPEED = [("phase", "phase", "s"), ("median ms", "median_ms", ".3f"), ("mean ms", "mean_ms", ".3f"),
+                 ("% of step", "percent", ".1f"), ("chars/s", "chars_per_sec", ",.0f")]
+KERNEL_SCRATCH = [("N", "batch", "d"), ("H", "hidden", "d"), ("threads", "threads", "d"),
+                  ("reference chars/s", "reference_chars_per_sec", ",.0f"),
+                  ("numba chars/s", "numba_chars_per_sec", ",.0f"), ("numba GFLOP/s", "numba_gflops", ".1f"),
+                  ("% of sgemm", "peak_fraction", percent), ("speedup", "speedup", ".2f")]
+
+
+def target_rows(data):
+    """One row per check of a throughput file's targets: config, chars/s of its numba row, measure, value, target,
+    pass."""
+    numba = {(r["hidden"], r["batch"], r["dtype"], r["threads"]): r for r in data["rows"]
+             if r.get("backend") == "numba" and (r.get("model", "rnn"), r.get("layers", 1)) == ("rnn", 1)}
+    out = []
+    for t in data.get("targets") or []:
+        row = numba.get((t["hidden"], t["batch"], t["dtype"], t["threads"]), {})
+        for c in t["checks"]:
+            out.append(dict(name=t["name"], chars_per_sec=row.get("chars_per_sec"), metric=c["metric"],
+                            value=c["value"], threshold=c["threshold"], passed=c["passed"]))
+    return out
+
+
+METRIC = {"peak_fraction": ("% of sgemm peak", percent), "vs_numpy": ("x NumPy reference", lambda v: f"{v:.2f}x"),
+          "vs_seed": ("x seed-style NumPy", lambda v: f"{v:.1f}x")}
+TARGETS = [("config", "name", "s"), ("chars/s", "chars_per_sec", ",.0f"),
+           ("measure", lambda r: METRIC.get(r["metric"], (r["metric"],))[0], "s"),
+           ("value", lambda r: METRIC.get(r["metric"], (None, lambda v: f"{v:.3g}"))[1](r["value"])
+            if r["value"] is not None else None, "s"),
+           ("target", lambda r: ">= " + METRIC.get(r["metric"], (None, lambda v: f"{v:g}"))[1](r["threshold"]), "s"),
+           ("result", lambda r: pass_fail(r["passed"]), "s")]
+
+
+def throughput_section(name, data):
+    s = data.get("settings") or {}
+    lines = [f"### {name}", "",
+             f"{'--quick: the target rows' if s.get('quick') else 'grid'}; T = {s.get('seq_len', '-')}, "
+             f"V = {s.get('vocab', '-')}; median of {s.get('repeats', '-')} repeats of at least "
+             f"{s.get('min_seconds', '-')} s; step: {s.get('step', '-')}; FLOPs per char: "
+             f"{s.get('flops_per_char', '-')}; numba contender: {s.get('numba_module', '-')}.", "",
+             md_table(data["rows"], THROUGHPUT), ""]
+    targets = target_rows(data)
+    if targets:
+        lines += ["Targets:", "", md_table(targets, TARGETS), ""]
+    return lines
+
+
+def sampling_section(name, data):
+    lines = [f"### {name}", "", md_table(data["rows"], SAMPLING), ""]
+    for t in data.get("targets") or []:
+        value = "-" if t.get("value") is None else f"{t['value']:.2f}x"
+        lines += [f"Target: {t['name']}: {t.get('backend') or '-'} {value}, {pass_fail(t.get('passed'))}.", ""]
+    return lines
+
+
+def train_memory_section(name, data):
+    lines = [f"### {name}", "", "`fastrnn train` " + " ".join(data.get("model") or []), "",
+             md_table(data["rows"], TRAIN_MEMORY), ""]
+    startup = data.get("startup") or {}
+    if startup:
+        lines += ["Start-up, from launch to the end of the first step:", "",
+                  md_table([dict(cache=k, **v) for k, v in startup.items()],
+                           [("numba cache", "cache", "s"), ("launch to first step s", "launch_to_first_step_s", ".2f"),
+                            ("first step s", "first_step_s", ".2f")]), ""]
+    return lines
+
+
+def profile_speed_section(name, data):
+    c = data.get("config") or {}
+    return [f"### {name}", "",
+            f"{c.get('backend', '-')} backend, {c.get('model', '-')} x {c.get('num_layers', '-')} "
+            f"H={c.get('hidden_size', '-')} N={c.get('batch_size', '-')} T={c.get('seq_len', '-')} "
+            f"{c.get('dtype', '-')}, {data.get('threads', '-')} threads; median of {data.get('steps', '-')} steps; "
+            f"kernels: {data.get('plan', '-')}", "", md_table(data["rows"], PROFILE_SPEED), ""]
+
+
+SECTIONS = {
+    "throughput": ("Training throughput", "`python -m benchmarks.throughput`: chars/s of a training step "
+                   "(forward_backward + clip + Adam) of the numba kernels, the NumPy reference and a seed-style "
+                   "NumPy RNN, each checked against the reference before it is timed, their repeats interleaved.",
+                   throughput_section),
+    "sampling": ("Generation", "`python -m benchmarks.sampling`: chars/s of generating one character at a time "
+                 "from a random model; `read-once` is one pass over the weights a character reads, for scale.",
+                 sampling_section),
+    "prepare": ("Corpus preparation", "`python -m benchmarks.prepare`: `fastrnn prepare` against the naive "
+                "read-everything approach, each in its own subprocess (peak RSS its own).",
+                lambda name, d: [f"### {name}", "", md_table(d["rows"], PREPARE), ""]),
+    "train_memory": ("Training memory and start-up", "`python -m benchmarks.train_memory`: peak RSS of "
+                     "`fastrnn train` on each corpus, and the time to the first step with a cold and a warm numba "
+                     "cache.", train_memory_section),
+    "profile_speed": ("Training step by phase", "`python -m tools.profile_speed`: the training step timed by "
+                      "phase, as training runs it.", profile_speed_section),
+    "kernel_scratch": ("Kernel scratch", "`python -m benchmarks.kernel_scratch`: numba vs reference training "
+                       "steps, side by side.",
+                       lambda name, d: [f"### {name}", "", md_table(d["rows"], KERNEL_SCRATCH), ""]),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# charts
+
+
+def draw_charts(results, out_dir, stem):
+    """PNG charts of the throughput files into out_dir. Returns ([file names], None) or ([], reason skipped)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return [], "matplotlib is not installed (pip install 'fastrnn[plot]')"
+    from benchmarks.plot import plot
+
+    written = []
+    for kind, name, data in results:
+        if kind != "throughput":
+            continue
+        for model in sorted({f"{r.get('model', 'rnn')}" + (f":{r['layers']}" if r.get("layers", 1) != 1 else "")
+                             for r in data["rows"]}):
+            png = f"{stem}_{os.path.splitext(name)[0]}_{model.replace(':', 'x')}.png"
+            plot(data, os.path.join(out_dir, png), model=model)
+            written.append(png)
+    return written, None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the page and the README block
+
+
+def render_page(results, folder, out_dir, charts, skipped):
+    rel = os.path.relpath(folder, out_dir)
+    lines = ["# Benchmarks", "",
+             f"Generated by `python -m benchmarks.report` from the JSON files in [`{rel}/`]({rel}/) "
+             "(`make bench-results` reruns the quick set and regenerates this page); nothing here is typed by hand. "
+             "The machine may be shared with other work: compare rows of one run, whose contenders were "
+             "measured side by side, rather than runs of different days.", ""]
+    lines += machine_section(results)
+    lines += ["## Method", "",
+              "Each benchmark checks its result against the NumPy reference (`fastrnn.reference`) before timing, "
+              "warms up (the first call, with numba's compilation, is timed apart), and reports the median of "
+              "several timed repeats. Throughput is characters per second; GFLOP/s counts the matrix products "
+              "per character, and `% of peak` divides it by the sgemm or dgemm rate measured in the same run at "
+              "the same thread count.", ""]
+    for kind in KINDS:
+        files = [(name, d) for k, name, d in results if k == kind]
+        if not files:
+            continue
+        title, method, section = SECTIONS[kind]
+        lines += [f"## {title}", "", method, ""]
+        for name, data in files:
+            lines += section(name, data)
+    lines += ["## Charts", ""]
+    if skipped:
+        lines += [f"Charts skipped: {skipped}.", ""]
+    elif not charts:
+        lines += ["No throughput results to draw.", ""]
+    for png in charts:
+        lines += [f"![{png}]({png})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def readme_block(results, page_link):
+    """The lines between the README markers: the throughput targets, one table, and a link to the page."""
+    rows = [r for kind, _, d in results if kind == "throughput" for r in target_rows(d)]
+    date = next((d["machine"].get("time", "")[:10] for k, _, d in results if k == "throughput"
+                 and isinstance(d.get("machine"), dict)), "")
+    cpu = next((d["machine"].get("cpu", "") for k, _, d in results if k == "throughput"
+                and isinstance(d.get("machine"), dict)), "")
+    if not rows:
+        return f"No throughput targets in the results; see [{page_link}]({page_link}).\n"
+    return (f"Training throughput targets of the numba kernels (`python -m benchmarks.throughput --quick`; {cpu}, "
+            f"{date}):\n\n" + md_table(rows, TARGETS) +
+            f"\n\nAll the results, the machine and the method: [{page_link}]({page_link}).\n")
+
+
+def rewrite_readme(readme, block):
+    """Replace the text between the markers of `readme` with `block`. Returns False (file untouched) when the file
+    has no such pair of lines."""
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.strip() == BEGIN]
+    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        return False
+    new = "".join(lines[:starts[0] + 1]) + block + "".join(lines[ends[0]:])
+    if new != text:
+        with open(readme, "w", encoding="utf-8") as f:
+            f.write(new)
+    return True
+
+
+@options.command(help=__doc__.split("\n\n")[0] + "\n\nRuns from a checkout (benchmarks/ is not part of the "
+                 "installed package). Every number written comes from the JSON files of the results folder.")
+@click.option("--results", "folder", type=click.Path(exists=True, file_okay=False),
+              default=None, show_default="the newest docs/benchmarks/YYYY-MM-DD/",
+              help="The folder of benchmark JSON files to report.")
+@click.option("--output", type=click.Path(dir_okay=False), default=os.path.join(ROOT, "docs", "benchmarks.md"),
+              show_default="docs/benchmarks.md of this checkout",
+              help="The markdown page to write; the charts go next to it.")
+@click.option("--readme", type=click.Path(dir_okay=False), default=os.path.join(ROOT, "README.md"),
+              show_default="README.md of this checkout",
+              help="The README whose benchmarks block is rewritten (left alone without the markers).")
+@click.option("--charts/--no-charts", default=True, help="Draw the PNG charts (needs matplotlib).")
+@options.catch_user_errors
+def main(folder, output, readme, charts):
+    folder = folder or newest_results()
+    if folder is None:
+        raise click.UsageError(f"no results folder: {RESULTS_ROOT}/YYYY-MM-DD/ is missing; give --results DIR "
+                               "or run `make bench-results`")
+    results = load_results(folder)
+    if not results:
+        raise click.ClickException(f"{folder} holds no benchmark JSON files ({', '.join(k + '*.json' for k in KINDS)})")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(output))[0]
+    written, skipped = draw_charts(results, out_dir, stem) if charts else ([], "--no-charts")
+    with open(output, "w", encoding="utf-8") as f:
+        f.write(render_page(results, os.path.abspath(folder), out_dir, written, skipped))
+    click.echo(f"wrote {os.path.relpath(output)} from {len(results)} result file{'s' if len(results) != 1 else ''} "
+               f"in {os.path.relpath(folder)}"
+               + (f"; charts: {', '.join(written)}" if written else f"; charts skipped: {skipped}"))
+    if readme:
+        if not os.path.exists(readme):
+            click.echo(f"{readme} does not exist; no README block written")
+            return
+        link = os.path.relpath(os.path.abspath(output), os.path.dirname(os.path.abspath(readme)))
+        if rewrite_readme(readme, readme_block(results, link)):
+            click.echo(f"rewrote the benchmarks block of {os.path.relpath(readme)}")
+        else:
+            click.echo(f"{os.path.relpath(readme)} has no {BEGIN} ... {END} block; left it alone")
+
+
+if __name__ == "__main__":
+    main()
