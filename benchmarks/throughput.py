@@ -117,13 +117,19 @@ class BackendStep:
         self.batches = common.Batches(N, T, tokens)
         self.t = 0
         self.loss = None
+        self.plan = None  # the backend's plan for this shape, made at the first step (as training makes it once)
 
     def __call__(self):
         b = self.backend
         x, y, new_epoch = self.batches.next()  # (N, T), (N, T)
         if new_epoch:
             self.h[...] = 0
-        self.loss, self.h = b.forward_backward(self.model.P, self.G, x, y, self.h)
+        if self.plan is None and hasattr(b, "plan_for"):  # (a --numba-module from before plans has none)
+            self.plan = b.plan_for(self.model.P, *x.shape)
+        if self.plan is None:
+            self.loss, self.h = b.forward_backward(self.model.P, self.G, x, y, self.h)
+        else:
+            self.loss, self.h = b.forward_backward(self.model.P, self.G, x, y, self.h, plan=self.plan)
         b.clip_gradients(self.g, CLIP, 0.0)
         self.t += 1
         b.adam_update(self.model.flat, self.g, self.m, self.v, ADAM["lr"], ADAM["beta1"], ADAM["beta2"],
