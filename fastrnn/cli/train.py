@@ -154,8 +154,9 @@ class _Printer:
             resumed = f", resumed at step {data['resumed_from']}" if data["resumed_from"] is not None else ""
             layers = f" L={m['num_layers']}" if m.get("num_layers", 1) > 1 else ""
             drop = f" dropout {c['dropout']:g}" if c.get("dropout") else ""
+            threads = f"{data['threads']} thread{'s' if data['threads'] != 1 else ''}"
             click.echo(f"model {m['model']}{layers} H={m['hidden_size']}{drop} V={m['vocab_size']} ({m['parameters']:,} "
-                       f"parameters, {m['dtype']}), {c['backend']} backend, {data['threads']} threads, "
+                       f"parameters, {m['dtype']}), {c['backend']} backend, {threads}, "
                        f"{c['optimizer']} lr {c['lr']:g}; {data['train_tokens']:,} training chars, "
                        f"{data['steps_per_epoch']} steps/epoch of {c['batch_size']}x{c['seq_len']}{resumed}",
                        err=True)
