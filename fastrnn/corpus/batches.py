@@ -61,12 +61,3 @@ class BatchStream:
         pos = self.starts(epoch, index)[:, None] + self._offsets  # (N, T+1)
         rows = np.asarray(self.tokens[pos], dtype=np.int32)  # (N, T+1) reads only these tokens from the map
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
-
-    def iterate(self, start_epoch=0, start_index=0, epochs=None):
-        """Yield (epoch, index, x, y) from (start_epoch, start_index) on, for `epochs` epochs or forever."""
-        epoch, index = start_epoch, start_index
-        while epochs is None or epoch < start_epoch + epochs:
-            yield epoch, index, *self.batch(epoch, index)
-            index += 1
-            if index == self.steps_per_epoch:
-                epoch, index = epoch + 1, 0
