@@ -56,9 +56,9 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
     if not os.path.isdir(out_dir):
         raise CorpusError(f"output directory {out_dir} does not exist")
 
-    _limit_malloc_retention()
     from fastrnn.textscan import count_codes, map_codes, utf8_check_count, utf8_check_map
 
+    restore_malloc = _limit_malloc_retention()
     spool = None
     try:
         files = []
@@ -145,21 +145,57 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
                 os.unlink(tmp)
             raise
     finally:
+        restore_malloc()
         if spool:
             with contextlib.suppress(OSError):
                 os.unlink(spool)
     return info(output)
 
 
+M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
+PREPARE_MMAP_THRESHOLD = 1 << 20  # 1 MB, fixed while prepare runs
+DEFAULT_MMAP_THRESHOLD = 128 * 1024  # glibc's documented initial M_MMAP_THRESHOLD (mallopt(3))
+
+
 def _limit_malloc_retention():
     """Keep glibc from growing its mmap threshold as chunk-sized buffers come and go: with the default dynamic
-    threshold, freed multi-MB buffers stay in the heap and peak RSS grows to several times the chunk size."""
+    threshold, freed multi-MB buffers stay in the heap and peak RSS grows to several times the chunk size. Sets
+    M_MMAP_THRESHOLD to 1 MB and returns the function that puts it back, which prepare calls on every way out.
+
+    mallopt can neither read the current threshold nor switch glibc's dynamic adjustment back on once any
+    M_MMAP_THRESHOLD has been set, so "back" is the best glibc allows: the value of MALLOC_MMAP_THRESHOLD_ or
+    the glibc.malloc.mmap_threshold tunable if the process started with one (then it is exact), otherwise the
+    documented initial 128 KiB, which then stays fixed: after the first prepare, blocks above 128 KiB are always
+    mmap'ed and freed back to the system, where glibc would have raised the threshold as large blocks were freed.
+    Not glibc: nothing is tuned and the returned function does nothing.
+    """
+    if not _mallopt(M_MMAP_THRESHOLD, PREPARE_MMAP_THRESHOLD):
+        return lambda: None
+    return lambda: _mallopt(M_MMAP_THRESHOLD, _startup_mmap_threshold())
+
+
+def _mallopt(param, value):
+    """glibc's mallopt(param, value); True if it took the setting, False where it refused or there is no glibc."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MB, fixed
+        return bool(ctypes.CDLL("libc.so.6").mallopt(param, value))
     except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
+        return False
+
+
+def _startup_mmap_threshold(environ=os.environ):
+    """The M_MMAP_THRESHOLD this process started with if its environment fixed one (glibc reads
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=N and MALLOC_MMAP_THRESHOLD_=N at startup; given both, this takes
+    the tunable), else glibc's documented initial value."""
+    for item in environ.get("GLIBC_TUNABLES", "").split(":"):
+        name, _, value = item.partition("=")
+        if name == "glibc.malloc.mmap_threshold":
+            with contextlib.suppress(ValueError):
+                return int(value, 0)
+    with contextlib.suppress(ValueError):
+        return int(environ.get("MALLOC_MMAP_THRESHOLD_", ""))
+    return DEFAULT_MMAP_THRESHOLD
 
 
 def _names(inputs):
