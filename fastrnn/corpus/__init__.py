@@ -6,7 +6,8 @@
     dataset.py   the CORPUS.h5 format; Corpus, open_corpus, info, release_pages (FORMAT_VERSION, SPLITS)
     batches.py   BatchStream
 
-Imports run one way: vocab <- inputs, dataset <- build; batches stands alone. The names below are the public API.
+Imports run one way: inputs and dataset import vocab; build imports vocab, inputs and dataset; batches imports
+none of them. The names below are the public API.
 """
 
 from fastrnn.corpus.batches import BatchStream
