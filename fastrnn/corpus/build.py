@@ -56,11 +56,11 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
     if not os.path.isdir(out_dir):
         raise CorpusError(f"output directory {out_dir} does not exist")
 
-    from fastrnn.textscan import count_codes, map_codes, utf8_check_count, utf8_check_map
-
     restore_malloc = _limit_malloc_retention()
     spool = None
     try:
+        from fastrnn.textscan import count_codes, map_codes, utf8_check_count, utf8_check_map
+
         files = []
         for f in expand_inputs(inputs):
             if f == "-":
