@@ -178,3 +178,107 @@ def test_release_pages_is_a_no_op_elsewhere(tmp_path):
         assert len(c.split("val")) == 0 and release_pages(c.split("val")) == 0
         c.split("train")
         assert c.release_pages() > 0
+
+
+def _glibc_malloc():
+    """(mallinfo2, libc) through ctypes, or skip where there is no glibc >= 2.33."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                         "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    mallinfo2.restype = Mallinfo2
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    return mallinfo2, libc
+
+
+def _threshold_is_at_most(nbytes):
+    """Whether M_MMAP_THRESHOLD <= nbytes now. glibc mmaps a block only when no free chunk of the heap can hold
+    it, so: malloc(nbytes) until one is mmap'ed (mallinfo2().hblks goes up), or until the heap's free bytes
+    could not have held them all, which means the threshold is above nbytes."""
+    mallinfo2, libc = _glibc_malloc()
+    blocks = []
+    try:
+        for _ in range(mallinfo2().fordblks // nbytes + 2):
+            before = mallinfo2().hblks
+            blocks.append(libc.malloc(nbytes))
+            if mallinfo2().hblks > before:
+                return True
+        return False
+    finally:
+        for p in blocks:
+            libc.free(p)
+
+
+def test_prepare_puts_the_mmap_threshold_back(tmp_path, monkeypatch):
+    """prepare fixes M_MMAP_THRESHOLD at 1 MB while it runs and sets it back (to glibc's initial 128 KiB, fixed)
+    when it returns or raises: afterwards a 512 KiB block is mmap'ed again, as it would not be under 1 MB."""
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    _glibc_malloc()
+    src = tmp_path / "in.txt"
+    src.write_text("hello world\n" * 100)
+    prepare([src], tmp_path / "c.h5")
+    assert _threshold_is_at_most(512 << 10)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"text\x00more")
+    with pytest.raises(CorpusError, match="NUL byte"):
+        prepare([bad], tmp_path / "d.h5")
+    assert _threshold_is_at_most(512 << 10)
+
+
+def test_prepare_restores_malloc_on_success_and_error(tmp_path, monkeypatch):
+    from fastrnn.corpus import build
+
+    calls = []
+    monkeypatch.setattr(build, "_mallopt", lambda param, value: calls.append((param, value)) or True)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    during = (build.M_MMAP_THRESHOLD, build.PREPARE_MMAP_THRESHOLD)
+    after = (build.M_MMAP_THRESHOLD, build.DEFAULT_MMAP_THRESHOLD)
+    src = tmp_path / "in.txt"
+    src.write_text("hello world\n" * 100)
+    prepare([src], tmp_path / "c.h5")
+    assert calls == [during, after]
+    calls.clear()
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"caf\xe9 au lait\n")  # latin-1, not UTF-8
+    with pytest.raises(CorpusError, match="is not valid utf-8"):
+        prepare([bad], tmp_path / "d.h5")
+    assert calls == [during, after]
+    calls.clear()
+    with pytest.raises(CorpusError, match="exists"):  # refused before anything is tuned
+        prepare([src], tmp_path / "c.h5")
+    assert calls == []
+
+
+def test_prepare_leaves_malloc_alone_where_mallopt_refuses(tmp_path, monkeypatch):
+    from fastrnn.corpus import build
+
+    calls = []
+    monkeypatch.setattr(build, "_mallopt", lambda param, value: calls.append((param, value)) and False)
+    src = tmp_path / "in.txt"
+    src.write_text("hello world\n" * 100)
+    prepare([src], tmp_path / "c.h5")
+    assert calls == [(build.M_MMAP_THRESHOLD, build.PREPARE_MMAP_THRESHOLD)]
+
+
+@pytest.mark.parametrize("environ, threshold", [
+    ({}, 128 * 1024),
+    ({"MALLOC_MMAP_THRESHOLD_": "65536"}, 65536),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=0x40000"}, 0x40000),
+    ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=262144", "MALLOC_MMAP_THRESHOLD_": "65536"}, 262144),
+    ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=junk", "MALLOC_MMAP_THRESHOLD_": "junk"}, 128 * 1024),
+])
+def test_startup_mmap_threshold(environ, threshold):
+    from fastrnn.corpus import build
+
+    assert build._startup_mmap_threshold(environ) == threshold

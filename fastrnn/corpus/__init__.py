@@ -1,0 +1,20 @@
+"""Corpora: streaming text -> HDF5 tokenization, the vocabulary, memory-mapped splits and TBPTT batch streams.
+
+    vocab.py     Vocab, token_dtype, LEVELS
+    inputs.py    reading inputs in bounded chunks: expand_inputs, decoding, normalising (CHUNK_SIZE, ERRORS)
+    build.py     prepare: text -> CORPUS.h5 in two streaming passes
+    dataset.py   the CORPUS.h5 format; Corpus, open_corpus, info, release_pages (FORMAT_VERSION, SPLITS)
+    batches.py   BatchStream
+
+Imports run one way: inputs and dataset import vocab; build imports vocab, inputs and dataset; batches imports
+none of them. The names below are the public API.
+"""
+
+from fastrnn.corpus.batches import BatchStream
+from fastrnn.corpus.build import prepare
+from fastrnn.corpus.dataset import FORMAT_VERSION, SPLITS, Corpus, info, open_corpus, release_pages
+from fastrnn.corpus.inputs import CHUNK_SIZE, ERRORS, expand_inputs
+from fastrnn.corpus.vocab import LEVELS, Vocab, token_dtype
+
+__all__ = ["BatchStream", "CHUNK_SIZE", "Corpus", "ERRORS", "FORMAT_VERSION", "LEVELS", "SPLITS", "Vocab",
+           "expand_inputs", "info", "open_corpus", "prepare", "release_pages", "token_dtype"]

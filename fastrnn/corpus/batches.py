@@ -1,0 +1,63 @@
+"""TBPTT batch streams over a split: contiguous streams that carry the hidden state, or shuffled windows."""
+
+import numpy as np
+
+from fastrnn.errors import ConfigError
+
+
+class BatchStream:
+    """Minibatches of (inputs, targets) over a split of M tokens, for truncated BPTT.
+
+    Default (char-rnn layout): the split is cut into N contiguous streams of S = (M - 1) // N tokens; minibatch
+    `index` of an epoch holds, for stream i, tokens[i*S + index*T : ... + T] as inputs and the same shifted by one
+    as targets, so consecutive minibatches continue every stream and the hidden state can be carried. An epoch
+    is steps_per_epoch = S // T minibatches; every epoch is the same sequence of minibatches.
+
+    shuffle=True: the split is cut into windows of T + 1 tokens (starting every T tokens) and each epoch visits
+    them in an order drawn from (seed, epoch); no state carries between minibatches (`carries_state` False).
+
+    `batch(epoch, index)` is random access, which is what an exact resume needs; nothing is copied but the
+    N*(T+1) tokens of the minibatch.
+    """
+
+    def __init__(self, tokens, batch_size, seq_len, *, shuffle=False, seed=0, name="train"):
+        self.tokens = tokens  # (M,) memory map or array
+        self.batch_size, self.seq_len, self.shuffle, self.seed, self.name = int(batch_size), int(seq_len), \
+            bool(shuffle), int(seed), name
+        N, T, M = self.batch_size, self.seq_len, len(tokens)
+        if N <= 0 or T <= 0:
+            raise ConfigError(f"batch size and sequence length must be positive (got {N} and {T})")
+        if shuffle:
+            self.windows = (M - 1) // T
+            self.steps_per_epoch = self.windows // N
+        else:
+            self.stream_len = (M - 1) // N  # S
+            self.steps_per_epoch = self.stream_len // T
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"the {name} split has {M} tokens, too few for one minibatch of batch size {N} x "
+                              f"sequence length {T} (needs at least {N * T + 1}); use a smaller --batch-size or "
+                              f"--seq-len, or a larger corpus")
+        self._offsets = np.arange(T + 1, dtype=np.int64)  # (T+1,)
+        self._perm_epoch, self._perm = None, None
+
+    @property
+    def carries_state(self):
+        return not self.shuffle
+
+    def starts(self, epoch, index):
+        """(N,) int64 start positions of the rows of minibatch `index` in epoch `epoch`."""
+        if not 0 <= index < self.steps_per_epoch:
+            raise IndexError(f"minibatch index {index} outside 0..{self.steps_per_epoch - 1}")
+        N, T = self.batch_size, self.seq_len
+        if not self.shuffle:
+            return np.arange(N, dtype=np.int64) * self.stream_len + index * T
+        if self._perm_epoch != epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.windows)
+            self._perm_epoch = epoch
+        return self._perm[index * N: (index + 1) * N].astype(np.int64) * T
+
+    def batch(self, epoch, index):
+        """(x, y): (N, T) int32 inputs and targets (targets are inputs shifted by one) of minibatch `index`."""
+        pos = self.starts(epoch, index)[:, None] + self._offsets  # (N, T+1)
+        rows = np.asarray(self.tokens[pos], dtype=np.int32)  # (N, T+1) reads only these tokens from the map
+        return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
