@@ -250,7 +250,6 @@ class Run:
             self.h = self.model.zero_state(config.batch_size)  # (N, S)
         else:
             self.restore(saved)
-        self.log = RunLog(os.path.join(run_dir, LOG_NAME), None if saved is None else self.state.step)
         # the kernel paths of the training step and of evaluation, decided once for the run (kernels.dispatch)
         self.plan = self.backend.plan_for(self.model.P, config.batch_size, config.seq_len, config.dropout > 0,
                                           self.threads)
@@ -265,6 +264,8 @@ class Run:
                        "val_streams": self.val_stream.batch_size if self.val_stream else 0, "threads": self.threads,
                        "plan": self.plan.describe(), "resumed_from": self.state.step if saved else None,
                        "max_steps": None if self.max_steps == math.inf else self.max_steps})
+        # last, so that nothing in here can fail with the file open (train() closes it after the loop)
+        self.log = RunLog(os.path.join(run_dir, LOG_NAME), None if saved is None else self.state.step)
 
     def loop(self):
         config, stop_reason, val_loss = self.config, None, None

@@ -212,3 +212,36 @@ def test_restore_brings_back_everything_a_checkpoint_holds(small_corpus, tmp_pat
             assert run.rng.bit_generator.state == ckpt.state["rng"] and run.rng.random() != before
         finally:
             run.log.close()
+
+
+def test_resume_and_rollback_restore_the_same_fields(small_corpus, tmp_path, monkeypatch):
+    """--resume and a divergence rollback both go through Run.restore: from the same checkpoint they bring back
+    the same counters, parameters, optimizer buffers, carried state and random generator."""
+    import dataclasses
+
+    from fastrnn.train import Run
+
+    restored = []
+    original = Run.restore
+
+    def recording_restore(self, ckpt):
+        original(self, ckpt)
+        restored.append({"state": dataclasses.asdict(self.state), "params": self.model.flat.copy(),
+                         "optimizer": {k: v.copy() for k, v in self.optimizer.state.items()},
+                         "t": self.optimizer.t, "h": self.h.copy(), "rng": self.rng.bit_generator.state})
+
+    monkeypatch.setattr(Run, "restore", recording_restore)
+    run = tmp_path / "r"
+    train(small_corpus, run, dict(SMALL, max_steps=5, optimizer="sgd", lr=0.1))
+    assert restored == []
+    train(small_corpus, run, {"max_steps": 40, "lr": 400.0, "clip": 0.0, "checkpoint_every": 100,
+                              "on_divergence": "rollback", "max_rollbacks": 30}, resume=True, allow_change=True)
+    assert len(restored) >= 2  # the resume, then at least one rollback to the same step-5 checkpoint
+    resumed, rolled_back = restored[0], restored[1]
+    assert resumed["state"]["step"] == rolled_back["state"]["step"] == resumed["t"] == rolled_back["t"] == 5
+    assert resumed["state"] == rolled_back["state"] and resumed["rng"] == rolled_back["rng"]
+    for name in ("params", "h"):
+        np.testing.assert_array_equal(resumed[name], rolled_back[name])
+    assert resumed["optimizer"].keys() == rolled_back["optimizer"].keys()
+    for name in resumed["optimizer"]:
+        np.testing.assert_array_equal(resumed["optimizer"][name], rolled_back["optimizer"][name])
