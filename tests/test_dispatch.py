@@ -17,6 +17,7 @@ def fresh_cache(tmp_path, monkeypatch):
     """An empty cache directory and no remembered plans or measurements."""
     monkeypatch.setenv("FASTRNN_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv(dispatch.CALIBRATE_ENV, raising=False)
+    monkeypatch.setattr(dispatch, "others_busy_seconds", lambda: 0.0)  # a quiet machine (see test_busy_...)
     dispatch._plan.cache_clear()
     dispatch._memory.clear()
     yield tmp_path
@@ -71,6 +72,25 @@ def test_an_unwritable_or_damaged_cache_is_ignored(fresh_cache, monkeypatch):
     monkeypatch.setenv("FASTRNN_CACHE_DIR", "/proc/no-such-dir")  # cannot be written: measured, kept in memory
     dispatch._plan.cache_clear()
     assert dispatch.plan("gru", 2, 4, 10, 64, 30, True, 1, np.float64).measured
+
+
+def test_a_measurement_on_a_busy_machine_is_thrown_away(fresh_cache, monkeypatch):
+    fake_timings(monkeypatch, 1.0, 2.0)  # loops faster, against the rule at this size
+    busy = iter([0.0, 1e6])  # other processes' CPU seconds before and after: a million seconds in a moment
+    monkeypatch.setattr(dispatch, "others_busy_seconds", lambda: next(busy))
+    p = dispatch.plan("rnn", 1, 32, 50, 128, 65, False, 2, np.float32)
+    assert not p.measured and p.loops == (32 * 128 * 128 <= dispatch.SMALL_WORK)  # the rule
+    assert not os.path.exists(dispatch.cache_path())
+
+
+def test_others_busy_seconds_counts_other_processes_only():
+    import time
+
+    before = dispatch.others_busy_seconds()
+    t0 = time.process_time()
+    while time.process_time() - t0 < 1.0:  # this process busy for a second: not counted (counted, it would add 1.0)
+        pass
+    assert dispatch.others_busy_seconds() - before < 0.9
 
 
 def test_time_products_measures_both_ways():

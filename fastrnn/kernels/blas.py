@@ -73,8 +73,13 @@ def _numpy_fallback(kind):
     return _cfunctype(kind, ctypes.c_int64)(gemm)
 
 
+LIBRARY = None  # the path of the BLAS library the kernels call (None: the NumPy fallback)
+
+
 def _register():
+    global LIBRARY
     found = _find_numpy_cblas()
+    LIBRARY = getattr(found[0], "_name", None) if found is not None else None
     for kind, symbol in _SYMBOLS.items():
         if found is not None:
             fn = getattr(found[0], found[1][kind])

@@ -21,8 +21,9 @@ machine: where hand loops stop beating OpenBLAS for the recurrent products (it d
 OpenBLAS's kernels for the CPU; `loops_faster`), and whether the pair path pays for its second busy core
 (`pair_faster`). Each times both ways at the exact shape, once, and keeps the answer in memory and in a small
 cache file per machine (`cache_path`), so that every later run on the machine makes the same choice (the same
-numbers from the same seed and thread count) without measuring again. FASTRNN_CALIBRATE=0 turns the measurement
-off (the constant rules decide).
+numbers from the same seed and thread count) without measuring again. A measurement taken while other processes
+kept the cores busy is thrown away (BUSY_CORES) and the constant rule decides for that run; FASTRNN_CALIBRATE=0
+turns the measurement off altogether.
 
 Loops and BLAS round differently, so two plans give results that agree to rounding, not bit for bit; the
 plan is fixed for a run. The pair path's two threads and its one-thread order give the same bits, so that choice
@@ -130,10 +131,13 @@ def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure):
     measured = False
     if N <= SMALL_ROWS:
         loops = True
-    elif measure and SMALL_WORK // MEASURE_BAND < work <= SMALL_WORK * MEASURE_BAND:
-        loops, measured = loops_faster(N, H, G, dtype, threads), True
     else:
-        loops = work <= SMALL_WORK
+        loops = None
+        if measure and SMALL_WORK // MEASURE_BAND < work <= SMALL_WORK * MEASURE_BAND:
+            loops = loops_faster(N, H, G, dtype, threads)
+            measured = loops is not None
+        if loops is None:
+            loops = work <= SMALL_WORK
     fused = cell == "rnn" and layers == 1 and not dropout
     if not fused:
         path = "layers"
@@ -141,11 +145,12 @@ def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure):
     else:
         positions, path = "blas", "fused"
         if loops and N <= PAIR_ROWS and H >= PAIR_MIN_HIDDEN and threads >= 2:
-            if measure:
-                measured = True
-                path = "pair" if pair_faster(N, T, H, V, dtype, threads) else "fused"
+            faster = pair_faster(N, T, H, V, dtype, threads) if measure else None
+            if faster is None:
+                faster = any(N <= n and lo <= H <= hi for n, lo, hi in PAIR_RULE)
             else:
-                path = "pair" if any(N <= n and lo <= H <= hi for n, lo, hi in PAIR_RULE) else "fused"
+                measured = True
+            path = "pair" if faster else "fused"
     return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, path, loops, positions, measured)
 
 
@@ -158,7 +163,8 @@ def parallel_update(size):
 # measuring the loops-or-BLAS choice
 
 REPEATS = 5  # interleaved timings of each way; the medians decide
-TARGET_FLOPS = 2e7  # about this much work per timing (a few ms), whatever the shape
+TARGET_FLOPS = 1e9  # about this much work per timing (~10 ms: the whole measurement of a shape takes 0.1-0.3 s,
+# long enough for the busy check below to see other processes), whatever the shape
 
 
 @kernel
@@ -188,20 +194,22 @@ def time_products(N, H, G, dtype, threads, loops, reps):
 
 def loops_faster(N, H, G, dtype, threads):
     """Whether hand loops beat OpenBLAS for the recurrent products at this shape on this machine: measured once
-    (REPEATS interleaved timings of each, medians compared), then read from the cache."""
+    (REPEATS interleaved timings of each, medians compared), then read from the cache. None if other processes
+    kept the cores busy while it was measured (nothing is cached then; the caller uses its rule)."""
     key = f"{N}x{H}x{G}:{dtype}:{threads}"
     cache = _load_cache()
     if key in cache:
         return bool(cache[key])
     reps = max(4, min(4000, int(TARGET_FLOPS / (4 * N * H * G * H))))
-    times = {True: [], False: []}
-    for _ in range(REPEATS):
-        for loops in (True, False):
-            times[loops].append(time_products(N, H, G, dtype, threads, loops, reps))
-    faster = statistics.median(times[True]) <= statistics.median(times[False])
-    cache[key] = faster
-    _save_cache(cache)
-    return faster
+
+    def measure():
+        times = {True: [], False: []}
+        for _ in range(REPEATS):
+            for loops in (True, False):
+                times[loops].append(time_products(N, H, G, dtype, threads, loops, reps))
+        return statistics.median(times[True]) <= statistics.median(times[False])
+
+    return _measured(key, measure)
 
 
 def time_steps(N, T, H, V, dtype, threads, pair_path, calls):
@@ -240,21 +248,53 @@ def time_steps(N, T, H, V, dtype, threads, pair_path, calls):
 
 def pair_faster(N, T, H, V, dtype, threads):
     """Whether the pair path's step is at least PAIR_MIN_GAIN times faster than the fused step at this shape on
-    this machine: measured once (REPEATS interleaved timings of each, the median of the ratios), then cached."""
+    this machine: measured once (REPEATS interleaved timings of each, the median of the ratios), then cached. None
+    if other processes kept the cores busy meanwhile (see loops_faster)."""
     key = f"pair:{N}x{T}x{H}x{V}:{dtype}:{threads}"
     cache = _load_cache()
     if key in cache:
         return bool(cache[key])
     calls = max(2, min(200, int(TARGET_FLOPS / (12 * N * T * H * (H + V)))))
-    ratios = []
-    for _ in range(REPEATS):
-        fused = time_steps(N, T, H, V, dtype, threads, False, calls)
-        paired = time_steps(N, T, H, V, dtype, threads, True, calls)
-        ratios.append(fused / paired)
-    faster = statistics.median(ratios) >= PAIR_MIN_GAIN
-    cache[key] = faster
+
+    def measure():
+        ratios = []
+        for _ in range(REPEATS):
+            fused = time_steps(N, T, H, V, dtype, threads, False, calls)
+            paired = time_steps(N, T, H, V, dtype, threads, True, calls)
+            ratios.append(fused / paired)
+        return statistics.median(ratios) >= PAIR_MIN_GAIN
+
+    return _measured(key, measure)
+
+
+BUSY_CORES = 0.5  # a measurement during which other processes used more than this many cores is thrown away:
+# under load two-thread BLAS and the pair path slow down far more than one thread does (measured here with a
+# test suite running beside: loops "won" at N32 H128, 50 us against BLAS's 22 us on idle cores)
+
+
+def _measured(key, measure):
+    """measure()'s answer, cached under `key`, if the machine was quiet meanwhile (others_busy below BUSY_CORES);
+    else None, and nothing cached."""
+    busy_before = others_busy_seconds()
+    t0 = time.perf_counter()
+    answer = measure()
+    others = (others_busy_seconds() - busy_before) / max(time.perf_counter() - t0, 1e-9)
+    if others > BUSY_CORES:
+        return None
+    cache = _load_cache()
+    cache[key] = answer
     _save_cache(cache)
-    return faster
+    return answer
+
+
+def others_busy_seconds():
+    """CPU seconds used so far by every other process on the machine (all cores, busy time less this process's)."""
+    import psutil
+
+    total = psutil.cpu_times()
+    busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
+    mine = psutil.Process().cpu_times()
+    return busy - (mine.user + mine.system)
 
 
 def cache_path():
@@ -268,20 +308,21 @@ def cache_path():
 
 @functools.lru_cache(maxsize=1)
 def machine_id():
+    """A hash of what the measured choices depend on: the CPU (model and flags), NumPy, numba, the BLAS library the
+    kernels call and the OpenBLAS core type forced through the environment, if any."""
     import platform
 
     import numba
-    from threadpoolctl import threadpool_info
 
-    parts = [platform.machine(), np.__version__, numba.__version__]
+    from fastrnn.kernels import blas
+
+    parts = [platform.machine(), np.__version__, numba.__version__, os.path.basename(blas.LIBRARY or "fallback"),
+             os.environ.get("OPENBLAS_CORETYPE", "")]
     try:
         with open("/proc/cpuinfo") as f:
-            lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
-        parts += lines
+            parts += [line for line in f if line.startswith(("model name", "flags"))][:2]
     except OSError:
         parts.append(platform.processor())
-    parts += [f"{i.get('internal_api')}:{i.get('version')}:{i.get('architecture')}"
-              for i in threadpool_info() if i.get("user_api") == "blas"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
