@@ -100,8 +100,8 @@ def test_time_products_measures_both_ways():
 
 def test_plans_name_their_path():
     p = dispatch.plan("rnn", 1, 1, 50, 128, 65, False, 2, np.float32, measure=False)
-    assert p.path == "pair" and p.describe().startswith("fused step pipelined on two threads")
-    assert "2 threads" in p.describe() and "hand loops" in p.describe()
+    assert p.path == "fused" and p.describe().startswith("fused step; recurrent products: hand loops")
+    assert p.describe().endswith("; 2 threads")
     q = dispatch.plan("lstm", 2, 64, 50, 512, 65, True, 1, np.float32, measure=False)
     assert q.describe() == "layer by layer; recurrent products: BLAS; position products: BLAS; 1 thread"
     assert dispatch.plan("lstm", 2, 1, 1, 16, 65, False, 1, np.float32, measure=False).positions == "loops"
@@ -115,7 +115,7 @@ def test_invalid_plans_are_refused():
     with pytest.raises(ValueError):
         dispatch.Plan("rnn", 1, 4, 5, 8, 7, True, 1, "float32", "fused", True, "blas")  # fused with dropout
     with pytest.raises(ValueError):
-        dispatch.Plan("rnn", 1, 4, 5, 8, 7, False, 1, "float32", "pair", False, "blas")  # pair with BLAS
+        dispatch.Plan("rnn", 1, 4, 5, 8, 7, False, 1, "float32", "pair", True, "blas")  # no such path
     with pytest.raises(ValueError):
         dispatch.Plan("rnn", 1, 1, 1, 8, 7, False, 1, "float32", "fused", True, "loops")
     p = dispatch.plan("rnn", 1, 2, 5, 8, 7, False, 2, np.float32, measure=False)

@@ -7,8 +7,7 @@ Gradients: forward_backward overwrites G in both backends. Inside, the reference
 Layout: dispatch.py (which path a call takes: the Plan, every threshold, the measured choices), backend.py (the
 Python API), jit.py (JIT options), mathfn.py (vectorizable tanh/exp/sigmoid), rnn.py (RNN layer, and the general
 layer interface), gru.py and lstm.py (GRU and LSTM layers), softmax_xent.py (output layer), lm.py (the one-layer
-vanilla RNN as one call), pair.py (the same on two threads for one to four sequences, pipelined; sync.py has
-its atomics and hand-over), stack.py (any other model: cells, stacked layers, dropout, layer by layer), sample.py
+vanilla RNN as one call), stack.py (any other model: cells, stacked layers, dropout, layer by layer), sample.py
 (generation), optim.py (clipping and updates), blas.py (GEMM through NumPy's OpenBLAS), workspace.py (scratch
 kept across calls), threads.py (thread counts).
 

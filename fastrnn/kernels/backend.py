@@ -2,10 +2,9 @@
 
 Every call that runs a model takes a dispatch.Plan (`plan=`), made once per shape by `plan_for` (or
 dispatch.plan): the training loop makes its plans at the start and passes them. Without one, the call makes the
-plan for its shape on numba's current thread count. The plan's path decides: "fused" and "pair" (the one-layer
-rnn without dropout masks) prepare arguments (contiguous int32 tokens, scalars in the parameters' dtype, scratch
-kept across calls) and make one njit call (lm.py, or pair.py on two threads or in its one-thread order, whichever
-ran faster lately: the same bits); "layers" goes to stack.py, which composes the per-layer kernels.
+plan for its shape on numba's current thread count. The plan's path decides: "fused" (the one-layer rnn without
+dropout masks) prepares arguments (contiguous int32 tokens, scalars in the parameters' dtype, scratch kept across
+calls) and makes one njit call (lm.py); "layers" goes to stack.py, which composes the per-layer kernels.
 """
 
 import time
@@ -13,8 +12,7 @@ import time
 import numba
 import numpy as np
 
-from fastrnn.kernels import dispatch, lm, optim, pair, stack, workspace as scratch
-from fastrnn.kernels.sync import SYNC_SIZE
+from fastrnn.kernels import dispatch, lm, optim, stack, workspace as scratch
 from fastrnn.kernels.workspace import Grads
 from fastrnn.params import GATES, arch_of, layer_names
 
@@ -54,9 +52,7 @@ def _fused_workspace(T, N, H, V, dtype):
                     dz=np.empty((T, N, H), dtype),  # (T, N, H)
                     tmp=np.empty((N, H), dtype),  # (N, H)
                     acc=np.empty(max(H, V), np.float64),  # (max(H, V),)
-                    rowloss=np.empty(T * N, np.float64),  # (T*N,)
-                    sync=np.zeros(SYNC_SIZE, np.int64),  # pair.py's progress counters
-                    choose={True: dispatch.TimingChooser(), False: dispatch.TimingChooser()})  # by grad
+                    rowloss=np.empty(T * N, np.float64))  # (T*N,)
 
     return scratch.cached(("fused", T, N, H, V, np.dtype(dtype).str), build)
 
@@ -71,17 +67,6 @@ def _fused_args(P, x, y, h0):
     ws = _fused_workspace(T, N, H, V, dtype)
     ws["hs"][0] = h0
     return dtype, params, x, y, ws
-
-
-def _pair_call(ws, grad, *args):
-    """pair.py's kernel on two threads or on this one (the workspace's TimingChooser); returns its loss."""
-    chooser = ws["choose"][grad]
-    two = chooser.choose()
-    fn = pair.lm_forward_backward_pair if two else pair.lm_forward_backward_alone
-    t0 = time.perf_counter()
-    loss = fn(ws["sync"], *args, grad)
-    chooser.record(two, time.perf_counter() - t0)
-    return loss
 
 
 def forward_backward(P, G, x, y, h0, masks=None, plan=None, clock=None):
@@ -99,13 +84,8 @@ def forward_backward(P, G, x, y, h0, masks=None, plan=None, clock=None):
     dtype, params, x, y, ws = _fused_args(P, x, y, h0)
     N, T = x.shape
     grads = Grads(G, RNN_NAMES, dtype)
-    scale = dtype.type(1.0 / (T * N))
-    if plan.path == "pair":
-        loss = _pair_call(ws, True, *grads.direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"],
-                          ws["rowloss"], x, y, *params, scale)
-    else:
-        loss = lm.lm_forward_backward(*grads.direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"],
-                                      ws["rowloss"], x, y, *params, scale, plan.loops)
+    loss = lm.lm_forward_backward(*grads.direct, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"],
+                                  ws["rowloss"], x, y, *params, dtype.type(1.0 / (T * N)), plan.loops)
     grads.copy_back()
     if clock is not None:
         clock["forward_backward"] = time.perf_counter() - t0
@@ -119,21 +99,15 @@ def forward_loss(P, x, y, h0, masks=None, plan=None):
         return stack.forward_loss(P, x, y, h0, masks, plan)
     dtype, params, x, y, ws = _fused_args(P, x, y, h0)
     N, T = x.shape
-    scale = dtype.type(1.0 / (T * N))
-    if plan.path == "pair":
-        unused = params  # the gradient slots: not written without grad
-        loss = _pair_call(ws, False, *unused, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"],
-                          ws["rowloss"], x, y, *params, scale)
-    else:
-        loss = lm.lm_forward_loss(ws["hs"], ws["logits"], ws["tmp"], ws["rowloss"], x, y, *params, scale,
-                                  plan.loops)
+    loss = lm.lm_forward_loss(ws["hs"], ws["logits"], ws["tmp"], ws["rowloss"], x, y, *params,
+                              dtype.type(1.0 / (T * N)), plan.loops)
     return float(loss), ws["hs"][T].copy()
 
 
 def profile_step(P, G, x, y, h0, masks=None, plan=None):
     """forward_backward as training runs it, timed by phase: returns (loss, new state, {phase: seconds}). The
     phases are those the plan's path has: forward, output and backward layer by layer, or forward_backward as
-    one call on the fused paths."""
+    one call on the fused path."""
     clock = {}
     loss, state = forward_backward(P, G, x, y, h0, masks, plan, clock)
     return loss, state, clock

@@ -6,7 +6,6 @@ A Plan is a small frozen value that the backend passes to the kernels; nothing e
 process-wide state is read by a kernel. Its fields:
 
     path       "fused": the one-layer rnn without dropout, the whole step one njit call (lm.py);
-               "pair":  the same step for one to four sequences, pipelined over two threads (pair.py);
                "layers": any other model (gru, lstm, stacked layers, dropout), layer by layer (stack.py).
     loops      the per-step recurrent products (N, H) x (H, G*H) and their gradients as hand loops (True) or
                OpenBLAS calls (False). Hand loops read Whh once a step; OpenBLAS packs all of Whh at every call,
@@ -14,20 +13,23 @@ process-wide state is read by a kernel. Its fields:
     positions  the products over all T*N positions (output layer, weight gradients, the input side of upper
                layers): "blas" (OpenBLAS on the plan's threads) or "loops" (hand loops, for a generation step of
                one or two rows on the layers path: 1.07x at a 2-layer lstm H128, 1.13x at H512, measured here).
-    threads    the thread count the plan was made for (the fused and pair paths depend on it).
+    threads    the thread count the plan was made for.
 
-Thresholds are the named constants below. The two choices that move most from CPU to CPU are measured on the
-machine: where hand loops stop beating OpenBLAS for the recurrent products (it depends on the cache sizes and on
-OpenBLAS's kernels for the CPU; `loops_faster`), and whether the pair path pays for its second busy core
-(`pair_faster`). Each times both ways at the exact shape, once, and keeps the answer in memory and in a small
-cache file per machine (`cache_path`), so that every later run on the machine makes the same choice (the same
-numbers from the same seed and thread count) without measuring again. A measurement taken while other processes
+Thresholds are the named constants below. The choice that moves most from CPU to CPU, where hand loops stop
+beating OpenBLAS for the recurrent products (it depends on the cache sizes and on OpenBLAS's kernels for the CPU),
+is measured on the machine: `loops_faster` times both ways at the exact shape, once, and keeps the answer in
+memory and in a small cache file per machine (`cache_path`), so that every later run on the machine makes the same
+choice (the same numbers from the same seed and thread count) without measuring again. A measurement taken while other processes
 kept the cores busy is thrown away (BUSY_CORES) and the constant rule decides for that run; FASTRNN_CALIBRATE=0
 turns the measurement off altogether.
 
 Loops and BLAS round differently, so two plans give results that agree to rounding, not bit for bit; the
-plan is fixed for a run. The pair path's two threads and its one-thread order give the same bits, so that choice
-is made while training runs (TimingChooser).
+plan is fixed for a run.
+
+A special path stays here only while a benchmark shows it pays on the machine the project runs on. The step for
+one to four sequences pipelined over two threads (one the recurrences, the other the output layer and the weight
+gradients) earned 1.06-1.22x on a 2-core Zen 3 but 0.88-1.07x on the 2-core Xeon (AVX-512, 2 MiB L2) measured
+last, so it moved to benchmarks/lab/ with its tests (`python -m benchmarks.lab.pair_vs_fused` measures it).
 """
 
 import dataclasses
@@ -54,19 +56,11 @@ MEASURE_BAND = 16  # the choice is measured for work within SMALL_WORK / MEASURE
 # (above, BLAS wins by far on every machine measured; below, loops)
 # (The fused path's position products once ran on one BLAS thread for one or two sequences of small H: 1.2-1.4x on
 # the Zen 3, 0.98-1.01x on the Xeon at H32-H96 N1-N2; dropped.)
-PAIR_ROWS = 4  # the pair path is a candidate for at most this many sequences, at least PAIR_MIN_HIDDEN, two or
-PAIR_MIN_HIDDEN = 96  # more threads and hand-loop recurrences (pair.py); where it is, pair_faster measures it
-PAIR_MIN_GAIN = 1.15  # and it is used only if its step is at least this much faster than the fused one (it
-# costs two busy cores; measured on the forward-backward call alone). On a 2-core Xeon (AVX-512, 2 MiB L2), a whole
-# training step (with clip and Adam) at T=50, fused vs pair,
-# median of 9 interleaved repeats: H96 N1 1.07x, H128 N1 1.09-1.11x, H128 N2 1.22x, H256 N1 1.17x, H256 N2 0.87x,
-# H512 N1 0.91x, H512 N2 0.85x (on a 2-core Zen 3 it was 1.06-1.22x from H96 to H512)
-PAIR_RULE = ((2, 128, 256),)  # without measurement: (at most N sequences, H from, H to) where pair.py won above
 PARALLEL_SIZE = 1 << 22  # flat buffers at least this long use the parallel (prange) clip and update kernels:
 # below, the serial loop is faster because prange threads and the BLAS threads contend for the same cores
 # (measured at H=512: 63k chars/s with prange from 65k parameters on, 78k serial)
 CALIBRATE_ENV = "FASTRNN_CALIBRATE"
-PATHS = ("fused", "pair", "layers")
+PATHS = ("fused", "layers")
 POSITIONS = ("blas", "loops")
 
 
@@ -86,7 +80,7 @@ class Plan:
     path: str
     loops: bool
     positions: str
-    measured: bool = False  # whether a choice of this plan (loops, or the pair path) was measured
+    measured: bool = False  # whether `loops` was measured
 
     def __post_init__(self):
         if self.path not in PATHS or self.positions not in POSITIONS:
@@ -95,8 +89,6 @@ class Plan:
         if (self.path != "layers") != fused:
             raise ValueError(f"plan: path {self.path!r} cannot run {self.cell} x {self.layers} "
                              f"{'with' if self.dropout else 'without'} dropout")
-        if self.path == "pair" and not self.loops:
-            raise ValueError("plan: the pair path runs its recurrences as hand loops")
         if self.positions == "loops" and self.path != "layers":
             raise ValueError("plan: hand-loop position products exist on the layers path only")
 
@@ -106,8 +98,7 @@ class Plan:
 
     def describe(self):
         """One line for people: 'fused step; recurrent products: hand loops (measured); ... 2 threads'."""
-        path = {"fused": "fused step", "pair": "fused step pipelined on two threads",
-                "layers": "layer by layer"}[self.path]
+        path = {"fused": "fused step", "layers": "layer by layer"}[self.path]
         rec = "hand loops" if self.loops else "BLAS"
         pos = {"blas": "BLAS", "loops": "hand loops"}[self.positions]
         return (f"{path}; recurrent products: {rec}; position products: {pos}; {self.threads} "
@@ -144,13 +135,6 @@ def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure):
         positions = "loops" if T * N <= SMALL_ROWS else "blas"
     else:
         positions, path = "blas", "fused"
-        if loops and N <= PAIR_ROWS and H >= PAIR_MIN_HIDDEN and threads >= 2:
-            faster = pair_faster(N, T, H, V, dtype, threads) if measure else None
-            if faster is None:
-                faster = any(N <= n and lo <= H <= hi for n, lo, hi in PAIR_RULE)
-            else:
-                measured = True
-            path = "pair" if faster else "fused"
     return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, path, loops, positions, measured)
 
 
@@ -212,63 +196,8 @@ def loops_faster(N, H, G, dtype, threads):
     return _measured(key, measure)
 
 
-def time_steps(N, T, H, V, dtype, threads, pair_path, calls):
-    """Seconds for `calls` forward-backward steps of the one-layer rnn at this shape on `threads` threads, fused
-    (lm.py) or pipelined on two threads (pair.py), after one untimed call."""
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    from fastrnn.kernels import lm, pair
-
-    rng = np.random.default_rng(0)
-    W = [(0.1 * rng.standard_normal(shape)).astype(dtype) for shape in ((V, H), (H, H), (H,), (H, V), (V,))]
-    G = [np.empty_like(w) for w in W]
-    x, y = (rng.integers(0, V, (N, T)).astype(np.int32) for _ in range(2))
-    hs = np.zeros((T + 1, N, H), dtype)
-    scratch = [hs, np.empty((T * N, V), dtype), np.empty((T, N, H), dtype), np.empty((N, H), dtype),
-               np.empty(max(H, V)), np.empty(T * N)]
-    scale = np.dtype(dtype).type(1.0 / (T * N))
-    sync = np.zeros(128, np.int64)
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
-        with threadpool_limits(limits=threads, user_api="blas"):
-            for k in (1, calls):
-                t0 = time.perf_counter()
-                for _ in range(k):
-                    if pair_path:
-                        pair.lm_forward_backward_pair(sync, *G, *scratch, x, y, *W, scale, True)
-                    else:
-                        lm.lm_forward_backward(*G, *scratch, x, y, *W, scale, True)
-                seconds = time.perf_counter() - t0
-    finally:
-        numba.set_num_threads(previous)
-    return seconds
-
-
-def pair_faster(N, T, H, V, dtype, threads):
-    """Whether the pair path's step is at least PAIR_MIN_GAIN times faster than the fused step at this shape on
-    this machine: measured once (REPEATS interleaved timings of each, the median of the ratios), then cached. None
-    if other processes kept the cores busy meanwhile (see loops_faster)."""
-    key = f"pair:{N}x{T}x{H}x{V}:{dtype}:{threads}"
-    cache = _load_cache()
-    if key in cache:
-        return bool(cache[key])
-    calls = max(2, min(200, int(TARGET_FLOPS / (12 * N * T * H * (H + V)))))
-
-    def measure():
-        ratios = []
-        for _ in range(REPEATS):
-            fused = time_steps(N, T, H, V, dtype, threads, False, calls)
-            paired = time_steps(N, T, H, V, dtype, threads, True, calls)
-            ratios.append(fused / paired)
-        return statistics.median(ratios) >= PAIR_MIN_GAIN
-
-    return _measured(key, measure)
-
-
 BUSY_CORES = 0.5  # a measurement during which other processes used more than this many cores is thrown away:
-# under load two-thread BLAS and the pair path slow down far more than one thread does (measured here with a
+# under load two-thread BLAS slows down far more than hand loops on one thread do (measured here with a
 # test suite running beside: loops "won" at N32 H128, 50 us against BLAS's 22 us on idle cores)
 
 
@@ -355,69 +284,12 @@ def _save_cache(cache):
         pass
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# choosing between two ways that give the same bits, while training runs
-
-PROBE_EVERY, MAX_PROBE_EVERY = 64, 4096  # the way not in use is timed again after this many calls (doubling,
-KEEP = 5  # up to the max, each time it loses), over KEEP calls; the faster median of the last KEEP calls is used
-HOPELESS = 20  # a probe call this many times slower than the way in use ends the probe at once
-
-
-class TimingChooser:
-    """The faster of two ways (True, False) of doing the same work with the same bits (the pair path on two
-    threads or in its one-thread order: with another busy process on a 2-core machine a two-thread step took
-    16-18 ms against 0.2-0.3 ms on one thread). The faster of the two over their last KEEP timed calls (median) is
-    used. The other is tried again, for KEEP calls in a row (its first call after a pause wakes its threads and
-    is slow), after PROBE_EVERY calls, and after twice as many each time it loses (up to MAX_PROBE_EVERY), so that
-    a slow probe costs little; a probe call HOPELESS times slower than the way in use ends the probe at once. A
-    way's first call (compilation, thread start) is not timed."""
-
-    def __init__(self):
-        self.times = {True: [], False: []}  # seconds of the latest calls, by way
-        self.started = {True: False, False: False}
-        self.calls = 0
-        self.interval = self.next_probe = PROBE_EVERY
-        self.probe = None  # while probing: (way, calls left, the other way's median)
-
-    def _best(self):
-        return statistics.median(self.times[True]) <= statistics.median(self.times[False])
-
-    def choose(self):
-        """The way for the next call."""
-        self.calls += 1
-        for way in (True, False):
-            if not self.times[way]:
-                return way
-        if self.probe is None and self.calls >= self.next_probe:
-            other = not self._best()
-            self.probe = (other, KEEP, statistics.median(self.times[not other]))
-        return self.probe[0] if self.probe is not None else self._best()
-
-    def record(self, way, seconds):
-        """The time of the call just made the way choose() returned."""
-        if not self.started[way]:
-            self.started[way] = True
-            return
-        recent = self.times[way]
-        recent.append(seconds)
-        del recent[:-KEEP]
-        if self.probe is not None:
-            probing, left, rival = self.probe
-            hopeless = seconds > HOPELESS * rival  # e.g. the cores are taken: stop at once
-            self.probe = (probing, left - 1, rival) if left > 1 and not hopeless else None
-            if self.probe is None:
-                won = not hopeless and statistics.median(recent) < rival
-                self.interval = PROBE_EVERY if won else min(2 * self.interval, MAX_PROBE_EVERY)
-                self.next_probe = self.calls + self.interval
-
-
 def variant(p, *, loops=None, positions=None):
     """The plan p with the recurrent products as hand loops or BLAS (`loops`) and/or the position products done
-    another way (`positions`), and its path adjusted to fit (the pair path needs hand loops; hand-loop position
-    products exist on the layers path only): for tests and benchmarks that compare the ways."""
+    another way (`positions`; hand-loop position products exist on the layers path only): for tests and
+    benchmarks that compare the ways."""
     loops = p.loops if loops is None else bool(loops)
     positions = p.positions if positions is None else positions
-    path = "fused" if p.path == "pair" and not loops else p.path
-    if path != "layers" and positions == "loops":
+    if p.path != "layers" and positions == "loops":
         positions = "blas"
-    return dataclasses.replace(p, loops=loops, positions=positions, path=path, measured=False)
+    return dataclasses.replace(p, loops=loops, positions=positions, measured=False)

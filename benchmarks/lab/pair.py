@@ -13,10 +13,11 @@ They hand over through progress counters in `sync` (sync.py: release/acquire ato
 sched_yield). Splitting the recurrent products themselves over the two threads does not pay: two threads
 streaming weights from cache at the same time each run at about half speed.
 
-What it earns (a training step with clip and Adam, T=50, 2 threads, fused lm.py / pair.py, median of 9 interleaved
-repeats on a 2-core Xeon with AVX-512 and 2 MiB L2): H96 N1 1.07x, H128 N1 1.09-1.11x, H128 N2 1.22x, H256 N1
-1.17x, H256 N2 0.87x, H512 N1 0.91x, H512 N2 0.85x. So dispatch.py measures it on each machine and shape and uses
-it only where it is at least 1.15x faster (PAIR_MIN_GAIN).
+What it earned, fused lm.py / this (a training step with clip and Adam, T=50, 2 threads, median of 9 interleaved
+repeats): on a 2-core Zen 3 (512 KiB L2) 1.06-1.22x from H96 to H512 at N1-N4; on a 2-core Xeon (AVX-512, 2 MiB
+L2), against fastrnn's fused step as it is now: H96 N1 0.95x, H128 N1 1.07x, H128 N2 0.97x, H256 N1 0.92x, H256 N2
+0.88x, H512 N1 0.91x. Below the 15% that would pay for two busy cores and this much code, it left fastrnn for this
+folder (`python -m benchmarks.lab.pair_vs_fused` measures it again).
 
 The work and its order are the same whether the roles run on two threads or one after the other on one (`mode`
 1, see sync.join; lm_forward_backward_alone calls that directly), so both give the same numbers, bit for bit.
@@ -25,14 +26,15 @@ rounding). Arguments are lm.lm_forward_backward's with `sync` (sync.SYNC_SIZE in
 (False: loss only; the gradient arguments are then not touched).
 """
 
+import numpy as np
 from numba import prange
 
+from benchmarks.lab.sync import COUNT, join, store_release, wait_until
 from fastrnn.kernels.blas import gemm_serial
 from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.lm import check_tokens
 from fastrnn.kernels.rnn import backward_step, forward_step, scatter_rows
 from fastrnn.kernels.softmax_xent import column_sums, softmax_rows
-from fastrnn.kernels.sync import COUNT, join, store_release, wait_until
 
 FWD, OUT, BWD = COUNT, COUNT + 16, COUNT + 32  # progress counters in sync (128 bytes apart): forward steps done
 # (chain), time steps of output done (side), backward steps done counting from the end (chain)
@@ -168,3 +170,47 @@ def lm_forward_backward_alone(sync, dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, 
     _work(0, 1, sync, dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, tmp, acc, rowloss,
           x, y, Wxh, Whh, bh, Why, by, scale, grad)
     return _mean(rowloss)
+
+
+class PairStep:
+    """forward_backward of the one-layer rnn (fastrnn.reference's signature) through the kernels above, on two
+    threads or in their one-thread order, whichever ran faster lately (chooser.TimingChooser; the same bits)."""
+
+    def __init__(self):
+        self.workspaces = {}  # (T, N, H, V, dtype) -> scratch arrays and a chooser per grad
+        self.used = []  # True (two threads) or False per call, for tests
+
+    def _workspace(self, T, N, H, V, dtype):
+        from benchmarks.lab.chooser import TimingChooser
+        from benchmarks.lab.sync import SYNC_SIZE
+
+        key = (T, N, H, V, np.dtype(dtype).str)
+        if key not in self.workspaces:
+            self.workspaces[key] = dict(
+                hs=np.empty((T + 1, N, H), dtype), logits=np.empty((T * N, V), dtype), dz=np.empty((T, N, H), dtype),
+                tmp=np.empty((N, H), dtype), acc=np.empty(max(H, V)), rowloss=np.empty(T * N),
+                sync=np.zeros(SYNC_SIZE, np.int64), choose={True: TimingChooser(), False: TimingChooser()})
+        return self.workspaces[key]
+
+    def __call__(self, P, G, x, y, h0, grad=True):
+        """Loss and gradients (G overwritten if grad); returns (loss, the new state (N, H) as a new array)."""
+        import time
+
+        dtype = P["Whh"].dtype
+        names = ("Wxh", "Whh", "bh", "Why", "by")
+        params = [np.ascontiguousarray(P[k], dtype=dtype) for k in names]
+        x, y = np.ascontiguousarray(x, dtype=np.int32), np.ascontiguousarray(y, dtype=np.int32)
+        N, T = x.shape
+        V, H = params[0].shape
+        ws = self._workspace(T, N, H, V, dtype)
+        ws["hs"][0] = h0
+        outs = [G[k] for k in names] if grad else params  # without grad the gradient slots are not written
+        chooser = ws["choose"][grad]
+        two = chooser.choose()
+        fn = lm_forward_backward_pair if two else lm_forward_backward_alone
+        t0 = time.perf_counter()
+        loss = fn(ws["sync"], *outs, ws["hs"], ws["logits"], ws["dz"], ws["tmp"], ws["acc"], ws["rowloss"], x, y,
+                  *params, dtype.type(1.0 / (T * N)), grad)
+        chooser.record(two, time.perf_counter() - t0)
+        self.used.append(two)
+        return float(loss), ws["hs"][T].copy()

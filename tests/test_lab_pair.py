@@ -1,6 +1,5 @@
-"""The two-thread pipelined step for small batches (fastrnn/kernels/pair.py) and its synchronisation (sync.py)."""
-
-import dataclasses
+"""The lab's two-thread pipelined step for small batches (benchmarks/lab/pair.py), its synchronisation (sync.py)
+and the chooser between its two ways (chooser.py), against the NumPy reference."""
 
 import numba
 import numpy as np
@@ -8,7 +7,8 @@ import pytest
 
 from fastrnn import kernels as K
 from fastrnn import reference as ref
-from fastrnn.kernels import dispatch, pair, sync, workspace
+from benchmarks.lab import chooser, pair, sync
+from benchmarks.lab.pair import PairStep
 from fastrnn.kernels.threads import set_threads
 from test_kernels import NAMES, make_problem, tol
 
@@ -17,9 +17,6 @@ from test_kernels import NAMES, make_problem, tol
 SHAPES = [(1, 13, 65, 24), (3, 5, 30, 17), (4, 6, 65, 32), (1, 1, 65, 7), (2, 9, 11, 40), (1, 7, 30, 300)]
 
 
-def pair_plan(P, N, T):
-    """The plan of the call with the pair path at any size (in use it starts at dispatch.PAIR_MIN_HIDDEN)."""
-    return dataclasses.replace(K.plan_for(P, N, T, threads=2), path="pair", loops=True)
 
 
 @pytest.fixture
@@ -46,17 +43,17 @@ def _kernel_args(layout, P, x, y, h0, grads=None):
 @pytest.mark.parametrize("N,T,V,H", SHAPES)
 def test_pair_path_matches_reference(N, T, V, H, dtype, two_threads):
     layout, flat, P, x, y, h0 = make_problem(N, T, V, H, dtype)
-    plan = pair_plan(P, N, T)
+    step = PairStep()
     g_ref, g_nb = layout.zeros(dtype), layout.zeros(dtype) + 7  # overwritten, not accumulated
     loss_ref, h_ref = ref.forward_backward(P, layout.views(g_ref), x, y, h0)
-    loss_nb, h_nb = K.forward_backward(P, layout.views(g_nb), x, y, h0, plan=plan)
+    loss_nb, h_nb = step(P, layout.views(g_nb), x, y, h0)
     assert loss_nb == pytest.approx(loss_ref, rel=tol(dtype))
     np.testing.assert_allclose(h_nb, h_ref, rtol=0, atol=tol(dtype))
     scale = np.abs(g_ref).max()
     for name in NAMES:
         np.testing.assert_allclose(layout.views(g_nb)[name], layout.views(g_ref)[name], rtol=0,
                                    atol=tol(dtype) * scale, err_msg=name)
-    loss_only, h_only = K.forward_loss(P, x, y, h0, plan=plan)
+    loss_only, h_only = step(P, None, x, y, h0, grad=False)
     assert loss_only == pytest.approx(loss_ref, rel=tol(dtype))
     np.testing.assert_allclose(h_only, h_ref, rtol=0, atol=tol(dtype))
 
@@ -94,11 +91,11 @@ def test_loss_only_writes_no_gradient(two_threads):
 def test_training_on_two_threads_is_bit_identical_run_to_run(two_threads):
     def run():
         layout, flat, P, x, y, h0 = make_problem(1, 20, 65, 64, np.float32, seed=3)
-        plan = pair_plan(P, 1, 20)
+        step = PairStep()
         g, m, v = layout.zeros(np.float32), layout.zeros(np.float32), layout.zeros(np.float32)
         h, losses = h0, []
         for t in range(1, 6):
-            loss, h = K.forward_backward(P, layout.views(g), x, y, h, plan=plan)
+            loss, h = step(P, layout.views(g), x, y, h)
             K.clip_gradients(g, 5.0, 0.0)
             K.adam_update(flat, g, m, v, 0.01, 0.9, 0.999, 1e-8, t)
             losses.append(loss)
@@ -110,45 +107,22 @@ def test_training_on_two_threads_is_bit_identical_run_to_run(two_threads):
     np.testing.assert_array_equal(a[2], b[2])
 
 
-@pytest.mark.parametrize("wins", [True, False])
-def test_the_pair_path_where_it_measured_faster(wins, tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTRNN_CACHE_DIR", str(tmp_path))
-    dispatch._plan.cache_clear()
-    dispatch._memory.clear()
-    timed = []
+def test_pair_vs_fused_benchmark(tmp_path):
+    import json
 
-    def steps(N, T, H, V, dtype, threads, pair_path, calls):
-        timed.append(pair_path)
-        return 1.0 if pair_path else (1.2 if wins else 1.1)  # 1.2x or 1.1x faster (PAIR_MIN_GAIN: 1.15)
+    from click.testing import CliRunner
 
-    monkeypatch.setattr(dispatch, "time_steps", steps)
-    monkeypatch.setattr(dispatch, "others_busy_seconds", lambda: 0.0)
-    try:
-        p = dispatch.plan("rnn", 1, 1, 50, 512, 65, False, 2, np.float32)
-        assert p.path == ("pair" if wins else "fused") and p.measured and len(timed) == 2 * dispatch.REPEATS
-        assert dispatch.time_steps is steps and not dispatch.plan("rnn", 1, 1, 50, 512, 65, False, 1,
-                                                                   np.float32).measured  # one thread: no pair
-    finally:
-        dispatch._plan.cache_clear()
-        dispatch._memory.clear()
+    from benchmarks.lab import pair_vs_fused
 
-
-def test_time_steps_times_both_paths():
-    for pair_path in (True, False):
-        assert dispatch.time_steps(2, 9, 16, 11, "float32", 2, pair_path, 3) > 0
-
-
-def test_pair_plan_only_with_two_threads_small_batches_and_large_enough_h():
-    def path(N, H, threads):
-        return dispatch.plan("rnn", 1, N, 50, H, 65, False, threads, np.float32, measure=False).path
-
-    assert path(1, 128, 2) == "pair" and path(2, 256, 2) == "pair"  # where it won (dispatch.PAIR_RULE)
-    assert path(dispatch.PAIR_ROWS + 1, 128, 2) == "fused"  # larger batches
-    assert path(1, 64, 2) == "fused" and path(1, 512, 2) == "fused"  # small H, large H
-    assert path(1, 128, 1) == "fused"  # one thread
-    assert dispatch.plan("rnn", 1, 1, 50, 128, 65, True, 2, np.float32).path == "layers"  # dropout
-    with pytest.raises(ValueError):
-        dispatch.Plan("rnn", 2, 1, 50, 128, 65, False, 2, "float32", "pair", True, "blas")  # pair for two layers
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(pair_vs_fused.main, ["--shapes", "1:16,2:24", "--repeats", "2", "--seconds", "0.01",
+                                                "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["N"], row["H"]) for row in rows] == [(1, 16), (2, 24)]
+    assert all(row["fused_us"] > 0 and row["pair_us"] > 0 and row["speedup"] > 0 for row in rows)
+    bad = CliRunner().invoke(pair_vs_fused.main, ["--shapes", "1x16"])
+    assert bad.exit_code == 2 and "N:H" in bad.output
 
 
 def test_join_alone_then_late_partner():
@@ -178,7 +152,7 @@ def test_atomics():
 
 
 def test_chooser_prefers_the_faster_path_and_probes_the_other():
-    c = dispatch.TimingChooser()
+    c = chooser.TimingChooser()
     picks = []
     for call in range(400):
         two = c.choose()
@@ -187,11 +161,11 @@ def test_chooser_prefers_the_faster_path_and_probes_the_other():
     assert picks[:2] == [True, True] and picks[2:4] == [False, False]  # each path once untimed, once timed
     probes = [i for i in range(10, 400) if picks[i]]
     # 10x slower is below HOPELESS: each probe runs KEEP calls and loses; the next one comes twice as late
-    k, e = dispatch.KEEP, dispatch.PROBE_EVERY
+    k, e = chooser.KEEP, chooser.PROBE_EVERY
     first = e  # call numbers (1-based): the first probe at call e, the next 2e calls after the first one ends
     second = (first + k - 1) + 2 * e
     assert probes == [i - 1 for i in list(range(first, first + k)) + list(range(second, second + k))]
-    c2 = dispatch.TimingChooser()
+    c2 = chooser.TimingChooser()
     for call in range(200):
         two = c2.choose()
         c2.record(two, 0.001 if two else 0.002)
@@ -199,7 +173,7 @@ def test_chooser_prefers_the_faster_path_and_probes_the_other():
 
 
 def test_chooser_stops_a_hopeless_probe_after_one_call():
-    c = dispatch.TimingChooser()
+    c = chooser.TimingChooser()
     picks = []
     for call in range(300):
         two = c.choose()
@@ -216,23 +190,22 @@ def test_chooser_stops_a_hopeless_probe_after_one_call():
 
 
 def test_slow_two_threads_switch_to_one_thread_with_the_same_bits(two_threads, monkeypatch):
-    """A two-thread call made slow (as when other processes hold the cores): the backend moves to the one-thread
+    """A two-thread call made slow (as when other processes hold the cores): PairStep moves to the one-thread
     order, and the numbers are those of an undisturbed run, bit for bit."""
     import time
 
     def train():
         layout, flat, P, x, y, h0 = make_problem(1, 10, 30, 96, np.float32, seed=4)
-        plan = pair_plan(P, 1, 10)
+        step = PairStep()
         g = layout.zeros(np.float32)
         m, v = layout.zeros(np.float32), layout.zeros(np.float32)
         h, losses = h0, []
         for t in range(1, 31):
-            loss, h = K.forward_backward(P, layout.views(g), x, y, h, plan=plan)
+            loss, h = step(P, layout.views(g), x, y, h)
             K.adam_update(flat, g, m, v, 0.01, 0.9, 0.999, 1e-8, t)
             losses.append(loss)
         return losses, flat.copy()
 
-    workspace.clear()
     calm = train()
     real = pair.lm_forward_backward_pair
     used = []
@@ -243,7 +216,6 @@ def test_slow_two_threads_switch_to_one_thread_with_the_same_bits(two_threads, m
         return real(*args)
 
     monkeypatch.setattr(pair, "lm_forward_backward_pair", slow_pair)
-    workspace.clear()
     busy = train()
     assert len(used) <= 4  # tried, found slow, left (the next probe would come after PROBE_EVERY calls)
     assert calm[0] == busy[0]
