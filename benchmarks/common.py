@@ -267,6 +267,21 @@ def _jsonable(x):
     return x
 
 
+def read_results(path, what):
+    """The JSON object of a benchmark's result file, which must hold a list of rows; a file that is not JSON or
+    has no rows is a click error naming it (`what`: the kind of file expected, for the message)."""
+    import click
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{path} is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise click.ClickException(f"{path} has no rows ({what})")
+    return data
+
+
 def write_json(path, data):
     """Write `data` (numpy scalars allowed, non-finite floats become null) as indented JSON."""
     d = os.path.dirname(os.path.abspath(path))

@@ -7,11 +7,10 @@ Runs from a checkout (benchmarks/ is not part of the installed package); `--help
 One panel per (dtype, threads); one line per (backend, batch): colour is the batch size, line style the backend.
 """
 
-import json
 
 import click
 
-from benchmarks import options
+from benchmarks import common, options
 
 STYLES = {"numba": ("-", "o"), "numpy": ("--", "s"), "seed": (":", "^")}
 
@@ -89,13 +88,7 @@ def _model(ctx, param, value):
 @click.option("--model", default="rnn", callback=_model, help="The model's rows to draw: NAME or NAME:LAYERS.")
 @options.catch_user_errors
 def main(results, output, batch, dtype, model):
-    try:
-        with open(results) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise click.ClickException(f"{results} is not JSON: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-        raise click.ClickException(f"{results} has no rows (is it a benchmarks.throughput --json file?)")
+    data = common.read_results(results, "is it a benchmarks.throughput --json file?")
     n = plot(data, output, batch, dtype, model)
     click.echo(f"wrote {output} ({n} panel{'s' if n != 1 else ''})")
 

@@ -16,13 +16,12 @@ by one table of the throughput targets and a link to the page; without those lin
 """
 
 import glob
-import json
 import os
 import re
 
 import click
 
-from benchmarks import options
+from benchmarks import common, options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_ROOT = os.path.join(ROOT, "docs", "benchmarks")
@@ -58,14 +57,7 @@ def load_results(folder):
         kind = kind_of(path)
         if kind is None:
             continue
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise click.ClickException(f"{path} is not JSON: {exc}") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-            raise click.ClickException(f"{path} has no rows: not a {kind} result")
-        out.append((kind, os.path.basename(path), data))
+        out.append((kind, os.path.basename(path), common.read_results(path, f"not a {kind} result")))
     return sorted(out, key=lambda r: (KINDS.index(r[0]), r[1]))
 
 
