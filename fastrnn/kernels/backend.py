@@ -177,43 +177,34 @@ def generate(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=F
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# clipping and optimizers over the flat buffers: serial or parallel kernels (parallel=None: by the buffer's size,
-# dispatch.parallel_update; the two give the same results)
+# clipping and optimizers over the flat buffers (kernels/optim.py)
 
 
-def _parallel(buf, parallel):
-    return dispatch.parallel_update(buf.shape[0]) if parallel is None else parallel
-
-
-def clip_gradients(g, clip, max_norm, parallel=None):
+def clip_gradients(g, clip, max_norm):
     """Global-norm scaling (if max_norm > 0) then elementwise clipping to [-clip, clip] (if clip > 0), in place.
 
     Returns the global norm before clipping (float64 sum of squares).
     """
-    fn = optim.clip_parallel if _parallel(g, parallel) else optim.clip_serial
-    return float(fn(g, float(clip), float(max_norm)))
+    return float(optim.clip_serial(g, float(clip), float(max_norm)))
 
 
-def sgd_update(p, g, vel, lr, momentum, parallel=None):
+def sgd_update(p, g, vel, lr, momentum):
     """SGD with (heavy-ball) momentum: vel = momentum * vel - lr * g; p += vel."""
-    (optim.sgd_parallel if _parallel(p, parallel) else optim.sgd_serial)(
-        p, g, vel, float(lr), float(momentum))
+    optim.sgd_serial(p, g, vel, float(lr), float(momentum))
 
 
-def adagrad_update(p, g, mem, lr, eps, parallel=None):
+def adagrad_update(p, g, mem, lr, eps):
     """Adagrad as min-char-rnn: mem += g^2; p -= lr * g / sqrt(mem + eps)."""
-    (optim.adagrad_parallel if _parallel(p, parallel) else optim.adagrad_serial)(
-        p, g, mem, float(lr), float(eps))
+    optim.adagrad_serial(p, g, mem, float(lr), float(eps))
 
 
-def rmsprop_update(p, g, ms, lr, decay, eps, parallel=None):
+def rmsprop_update(p, g, ms, lr, decay, eps):
     """RMSprop as char-rnn: ms = decay * ms + (1 - decay) * g^2; p -= lr * g / (sqrt(ms) + eps)."""
-    (optim.rmsprop_parallel if _parallel(p, parallel) else optim.rmsprop_serial)(
-        p, g, ms, float(lr), float(decay), 1.0 - decay, float(eps))
+    optim.rmsprop_serial(p, g, ms, float(lr), float(decay), 1.0 - decay, float(eps))
 
 
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, parallel=None):
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
     """Adam (Kingma & Ba) with bias correction; t is the 1-based step number."""
-    (optim.adam_parallel if _parallel(p, parallel) else optim.adam_serial)(
+    optim.adam_serial(
         p, g, m, v, float(lr), float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2, 1.0 / (1.0 - beta1 ** t),
         1.0 / (1.0 - beta2 ** t), float(eps))

@@ -1,7 +1,7 @@
 """GEMM for the kernels: NumPy's bundled OpenBLAS through its CBLAS interface, callable from njit code.
 
 numba's own np.dot calls SciPy's OpenBLAS through its Fortran interface (no beta, contiguous operands only), which
-on this project's CI CPU setting (OPENBLAS_CORETYPE=Haswell) is up to 2-3x slower than NumPy's build on the small
+with OPENBLAS_CORETYPE=Haswell (set on some machines) measured up to 2-3x slower than NumPy's build on the small
 products of short sequences. `gemm` calls NumPy's `cblas_sgemm`/`cblas_dgemm` (the library the reference uses,
 under the same threadpoolctl limits) by a symbol registered with LLVM at import, so cached kernels stay valid across
 processes (the address is resolved when the cache is loaded, not baked into the code).

@@ -56,9 +56,6 @@ MEASURE_BAND = 16  # the choice is measured for work within SMALL_WORK / MEASURE
 # (above, BLAS wins by far on every machine measured; below, loops)
 # (The fused path's position products once ran on one BLAS thread for one or two sequences of small H: 1.2-1.4x on
 # the Zen 3, 0.98-1.01x on the Xeon at H32-H96 N1-N2; dropped.)
-PARALLEL_SIZE = 1 << 22  # flat buffers at least this long use the parallel (prange) clip and update kernels:
-# below, the serial loop is faster because prange threads and the BLAS threads contend for the same cores
-# (measured at H=512: 63k chars/s with prange from 65k parameters on, 78k serial)
 CALIBRATE_ENV = "FASTRNN_CALIBRATE"
 PATHS = ("fused", "layers")
 POSITIONS = ("blas", "loops")
@@ -136,11 +133,6 @@ def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure):
     else:
         positions, path = "blas", "fused"
     return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, path, loops, positions, measured)
-
-
-def parallel_update(size):
-    """True if the clip and update kernels of a flat buffer of `size` values run in parallel (PARALLEL_SIZE)."""
-    return size >= PARALLEL_SIZE
 
 
 # ---------------------------------------------------------------------------------------------------------------

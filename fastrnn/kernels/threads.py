@@ -1,5 +1,5 @@
-"""Thread count for numba's parallel kernels and for BLAS (NumPy's and SciPy's OpenBLAS, which numba's np.dot
-calls). Cheap to import: it loads neither numba nor the kernels until set_threads is called."""
+"""Thread count for BLAS (NumPy's bundled OpenBLAS, which the kernels call) and for numba's threading layer. Cheap
+to import: it loads neither numba nor the kernels until set_threads is called."""
 
 _limiter = None  # the threadpoolctl limiter; kept alive so the BLAS limit holds
 
