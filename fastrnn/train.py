@@ -302,7 +302,7 @@ class Run:
                     break
             # finish: a last evaluation (unless interrupted) and checkpoint
             if stop_reason != "signal" and self.val_stream is not None and val_loss is None:
-                val_loss = self.evaluate()
+                val_loss = self.validate()
             self.save()
             signum = stop.signum
         state = self.state
@@ -393,7 +393,7 @@ class Run:
     def maybe_evaluate(self):
         """The validation loss if this step is an evaluation step, else None."""
         if self.val_stream is not None and self.config.eval_every and self.state.step % self.config.eval_every == 0:
-            return self.evaluate()
+            return self.validate()
         return None
 
     def maybe_sample(self):
@@ -429,7 +429,7 @@ class Run:
 
     # ---------------------------------------------------------------------------------- state in and out
 
-    def evaluate(self):
+    def validate(self):
         """The validation loss; keeps best.h5 and the early-stop count."""
         state = self.state
         val = evaluate(self.backend, self.model, self.val_stream, self.eval_plan)

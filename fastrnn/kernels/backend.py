@@ -28,11 +28,12 @@ def plan_for(P, N, T, dropout=False, threads=None):
 
 
 def _check(plan, P, N, T, masks):
-    """The plan made for the call's shape (cheap: this runs every step)."""
+    """The plan made for the call's shape (cheap, without arch_of: this runs every step)."""
     H, GH = P["Whh"].shape
-    if (plan.N, plan.T, plan.H, plan.V, plan.dropout) != (N, T, H, P["by"].shape[0], masks is not None) or \
-            GH != GATES[plan.cell] * H or f"Whh{plan.layers}" in P or (plan.layers > 1 and f"Whh{plan.layers - 1}"
-                                                                           not in P) or plan.dtype != P["Whh"].dtype.name:
+    shape = (N, T, H, P["by"].shape[0], masks is not None, P["Whh"].dtype.name)
+    layers = f"Whh{plan.layers}" not in P and (plan.layers == 1 or f"Whh{plan.layers - 1}" in P)
+    if (plan.N, plan.T, plan.H, plan.V, plan.dropout, plan.dtype) != shape or GH != GATES[plan.cell] * H \
+            or not layers:
         raise ValueError(f"the plan ({plan.cell} x {plan.layers}, N={plan.N} T={plan.T} H={plan.H}) was made for "
                          f"another shape than this call's (N={N} T={T} H={H})")
 

@@ -89,12 +89,8 @@ class Plan:
         if self.positions == "loops" and self.path != "layers":
             raise ValueError("plan: hand-loop position products exist on the layers path only")
 
-    def matches(self, cell, layers, N, T, H, V, dropout, dtype):
-        return (self.cell, self.layers, self.N, self.T, self.H, self.V, self.dropout, self.dtype) == (
-            cell, layers, N, T, H, V, bool(dropout), np.dtype(dtype).name)
-
     def describe(self):
-        """One line for people: 'fused step; recurrent products: hand loops (measured); ... 2 threads'."""
+        """One line for people: 'fused step; recurrent products: hand loops; position products: BLAS; 2 threads'."""
         path = {"fused": "fused step", "layers": "layer by layer"}[self.path]
         rec = "hand loops" if self.loops else "BLAS"
         pos = {"blas": "BLAS", "loops": "hand loops"}[self.positions]

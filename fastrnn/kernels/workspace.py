@@ -24,10 +24,6 @@ def cached(key, build):
     return ws
 
 
-def clear():
-    _cache.clear()
-
-
 class Grads:
     """The arrays G[name] for `names` as the kernels take them (`direct`), and copy_back() after the call."""
 
