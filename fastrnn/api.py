@@ -127,6 +127,22 @@ class CharRNN:
                                     rng=np.random.default_rng(seed), dtype=self.model.dtype))
         return prime + "".join(gen.decode_stream(self.vocab, ids))
 
+    def generate_many(self, count, prime="", length=200, temperature=1.0, seed=None, top_k=0, top_p=1.0,
+                      greedy=False):
+        """`count` generated texts (each `prime` followed by `length` characters), drawn together: every weight is
+        read once per character for all of them. Text i is generate(..., seed=seed + i)."""
+        from fastrnn import sample as gen
+
+        self._require()
+        streams = [gen.TextStream(self.vocab) for _ in range(count)]
+        pieces = [[prime] for _ in range(count)]
+        for block in gen.generate_many(self._backend(), self.model.P, self.vocab, count=count, prime=prime,
+                                       length=length, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       greedy=greedy, seed=seed, dtype=self.model.dtype):
+            for i, stream in enumerate(streams):
+                pieces[i].append(stream.feed(block[i]))
+        return ["".join(p) + stream.finish() for p, stream in zip(pieces, streams)]
+
     def evaluate(self, text, chunk=1000):
         """Loss of the model on `text`: {'loss': nats/char, 'bpc': bits/char, 'chars': predicted characters}.
 

@@ -416,6 +416,30 @@ def generate(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=F
         h, logits = step(P, h, np.array([token], dtype=np.int32))
 
 
+def generate_streams(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rngs=None,
+                     chunk=64, threads=None):
+    """Yield (B, n) arrays of sampled token ids, `length` per stream in all, from the states h: (B, S) and their
+    logits: (B, V): one batched step per character, stream b drawing one uniform number per character from rngs[b].
+    `chunk` is the n of the blocks yielded; `threads` is ignored (the interface of the numba backend's)."""
+    B = np.shape(h)[0]
+    rngs = list(rngs) if rngs is not None else [np.random.default_rng() for _ in range(B)]
+    if len(rngs) != B:
+        raise ValueError(f"generate_streams: {len(rngs)} generators for {B} streams")
+    done = 0
+    while done < length:
+        n = min(chunk, length - done)
+        block = np.empty((B, n), dtype=np.int32)
+        for i in range(n):
+            for b in range(B):
+                if greedy:
+                    block[b, i] = np.argmax(logits[b])
+                else:
+                    block[b, i] = draw(probabilities(logits[b], temperature, top_k, top_p), rngs[b])
+            h, logits = step(P, h, block[:, i])
+        yield block
+        done += n
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # gradient clipping and optimizers over the flat buffers (fastrnn.params)
 

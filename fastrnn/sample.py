@@ -56,6 +56,60 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=
     yield from backend.generate(P, h, logits, length, temperature, top_k, top_p, greedy, rng)
 
 
+def stream_seeds(seed, count):
+    """The seeds of `count` samples drawn together: seed, seed + 1, ... (sample i of a batch is the sample drawn
+    alone with seed + i). Without a seed, a fresh base is drawn from the operating system's entropy."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return [int(seed) + i for i in range(count)]
+
+
+def generate_many(backend, P, vocab, *, count, prime="", length=200, temperature=1.0, top_k=0, top_p=1.0,
+                  greedy=False, seed=None, dtype=np.float32, threads=None, chunk=64):
+    """Yield (count, n) arrays of token ids, `length` per sample in all, for `count` samples drawn together: every
+    weight is read once per character for all the samples a thread runs. Sample i draws from
+    np.random.default_rng(stream_seeds(seed, count)[i]) and equals generate(..., rng=np.random.default_rng(seed + i))
+    token for token."""
+    if count < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {count}")
+    check_options(temperature, top_k, top_p, length)
+    rngs = [np.random.default_rng(s) for s in stream_seeds(seed, count)]
+    h, logits = _start(backend, P, vocab, prime, dtype)
+    h, logits = np.repeat(h, count, axis=0), np.repeat(logits, count, axis=0)  # (count, S), (count, V)
+    yield from backend.generate_streams(P, h, logits, length, temperature, top_k, top_p, greedy, rngs, chunk,
+                                        threads)
+
+
+class TextStream:
+    """One sample's text as its ids arrive in blocks: `feed(ids)` returns the next piece of text (byte-level ids
+    decoded incrementally, so a UTF-8 character split over blocks comes out whole), cut after `stop_at` once it
+    appears; `done` is then True and later blocks give ""."""
+
+    def __init__(self, vocab, stop_at=""):
+        self.vocab, self.marker, self.done, self._seen = vocab, stop_at, False, ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace") if vocab.level == "byte" else None
+
+    def feed(self, ids, final=False):
+        if self.done:
+            return ""
+        if self._decoder is not None:
+            text = self._decoder.decode(self.vocab.decode_bytes(np.asarray(ids, dtype=np.int32)), final=final)
+        else:
+            text = "".join(self.vocab.symbols[t] for t in np.asarray(ids).tolist())
+        if self.marker:
+            seen = self._seen + text
+            i = seen.find(self.marker)
+            if i >= 0:
+                self.done = True
+                return text[: len(text) - (len(seen) - (i + len(self.marker)))]
+            self._seen = seen[-len(self.marker):]
+        return text
+
+    def finish(self):
+        """The text held back at the end (an incomplete UTF-8 sequence, replaced)."""
+        return self.feed(np.zeros(0, dtype=np.int32), final=True)
+
+
 def beam_search(backend, P, vocab, *, prime="", length=200, beam_width=5, dtype=np.float32):
     """The most probable continuation of `length` symbols found by beam search.
 

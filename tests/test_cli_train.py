@@ -42,6 +42,19 @@ def test_train_then_sample(small_corpus, tmp_path):
     assert other.stdout != s.stdout
 
 
+def test_num_samples_are_the_samples_of_consecutive_seeds(trained):
+    """--num-samples K draws K samples together; sample i is the one --seed SEED+i draws alone (also with --stop-at,
+    which cuts each sample on its own), printed one after another, a blank line between."""
+    for extra in ([], ["--stop-at", "e"]):
+        alone = [run("sample", trained, "--prime", "Th", "--length", "40", "--seed", seed, *extra) for seed in (5, 6, 7)]
+        assert all(r.exit_code == 0 for r in alone)
+        together = run("sample", trained, "--prime", "Th", "--length", "40", "--seed", "5", "--num-samples", "3", *extra)
+        assert together.exit_code == 0, together.output
+        assert together.stdout == "\n".join(r.stdout for r in alone)
+        assert len({r.stdout for r in alone}) == 3
+    one_line_error(run("sample", trained, "--beam-width", "3", "--num-samples", "2"), "--beam-width")
+
+
 def test_sample_with_sample_every_prints_text(small_corpus, tmp_path):
     r = run("train", small_corpus, "-o", tmp_path / "run", *SMALL, "--max-steps", "4", "--sample-every", "2",
             "--sample-length", "30")

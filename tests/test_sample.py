@@ -148,30 +148,104 @@ def test_numba_generation_equals_the_numpy_path(cell, layers, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("cell,layers", MODELS)
-def test_sample_chunk_state_and_logits_match_reference_steps(cell, layers, dtype):
-    """kernels.sample.sample_chunk from a random state: each token is the draw of fastrnn.sample from the
-    reference's logits with the same uniform number, and the state and logits after 60 characters equal the
-    reference's stepped on the same tokens (float64 1e-10, float32 1e-4)."""
+def test_sample_streams_state_and_logits_match_reference_steps(cell, layers, dtype):
+    """kernels.sample.sample_streams from random states of 6 streams: each token is the draw of fastrnn.sample
+    from the reference's logits with the same uniform number, and every stream's state and logits after 60
+    characters equal the reference's stepped on the same tokens (float64 1e-10, float32 1e-4)."""
     from fastrnn.kernels import backend
-    from fastrnn.kernels.sample import sample_chunk
+    from fastrnn.kernels.sample import sample_streams
 
     model = random_model(cell, layers, dtype)
-    P, rng = model.P, np.random.default_rng(5)
-    h = (rng.standard_normal((1, model.state_size)) * 0.5).astype(dtype)  # (1, S), c nonzero for an lstm
-    _, logits = ref.step(P, h, np.array([3], dtype=np.int32))
-    h = ref.step(P, h, np.array([3], dtype=np.int32))[0]  # the state that gives `logits`
-    n = 60
-    uniforms = rng.random(n)  # (n,)
-    state, numba_logits = backend.sample_state(P, h), logits[0].copy()
-    out = np.empty(n, dtype=np.int32)  # (n,)
-    sample_chunk(out, state, numba_logits, uniforms, *backend.sample_params(P), 0.8, 0, 0.9, False)
+    P, rng, B, n = model.P, np.random.default_rng(5), 6, 60
+    h = (rng.standard_normal((B, model.state_size)) * 0.5).astype(dtype)  # (B, S), c nonzero for an lstm
+    first = np.arange(B, dtype=np.int32) + 3
+    _, logits = ref.step(P, h, first)
+    h = ref.step(P, h, first)[0]  # the states that give `logits`
+    uniforms = rng.random((B, n))  # (B, n)
+    state, numba_logits = backend.sample_state(P, h), logits.copy()
+    out = np.empty((B, n), dtype=np.int32)  # (B, n)
+    sample_streams(out, state, numba_logits, uniforms, *backend.sample_params(P), 0.8, 0, 0.9, False, 2)
     tol = 1e-10 if dtype == np.float64 else 1e-4
-    for i, token in enumerate(out):
-        p = gen.probabilities(logits[0], 0.8, 0, 0.9)
-        expect = int(min(np.searchsorted(np.cumsum(p), uniforms[i] * p.sum(), side="right"), len(p) - 1))
-        if dtype == np.float64:
-            assert token == expect, i
-        h, logits = ref.step(P, h, np.array([token], dtype=np.int32))
-    assert len(set(out.tolist())) > 5
-    np.testing.assert_allclose(state.reshape(1, -1), h, rtol=tol, atol=tol)
-    np.testing.assert_allclose(numba_logits, logits[0], rtol=tol, atol=tol)
+    for i in range(n):
+        for b in range(B):
+            p = gen.probabilities(logits[b], 0.8, 0, 0.9)
+            expect = int(min(np.searchsorted(np.cumsum(p), uniforms[b, i] * p.sum(), side="right"), len(p) - 1))
+            if dtype == np.float64:
+                assert out[b, i] == expect, (b, i)
+        h, logits = ref.step(P, h, out[:, i])
+    assert all(len(set(row.tolist())) > 5 for row in out)
+    np.testing.assert_allclose(state.reshape(B, -1), h, rtol=tol, atol=tol)
+    np.testing.assert_allclose(numba_logits, logits, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell,layers", MODELS)
+def test_a_stream_among_many_has_the_bits_it_has_alone(cell, layers, dtype):
+    """The state and logits of each of 9 streams generated together (on 1 and on 2 threads; 9 = two blocks of
+    four rows and one row alone) are bit for bit those of the same stream generated alone."""
+    from fastrnn.kernels import backend
+    from fastrnn.kernels.sample import sample_streams
+
+    model = random_model(cell, layers, dtype, H=33)
+    P, rng, B, n = model.P, np.random.default_rng(6), 9, 40
+    h = (rng.standard_normal((B, model.state_size)) * 0.5).astype(dtype)
+    logits = rng.standard_normal((B, model.vocab_size)).astype(dtype)
+    uniforms = rng.random((B, n))
+    results = []
+    for groups in (1, 2):
+        state, lg, out = backend.sample_state(P, h), logits.copy(), np.empty((B, n), np.int32)
+        sample_streams(out, state, lg, uniforms, *backend.sample_params(P), 1.0, 0, 1.0, False, groups)
+        results.append((state, lg, out))
+    for b in range(B):
+        state, lg, out = backend.sample_state(P, h[b:b + 1]), logits[b:b + 1].copy(), np.empty((1, n), np.int32)
+        sample_streams(out, state, lg, uniforms[b:b + 1], *backend.sample_params(P), 1.0, 0, 1.0, False, 1)
+        for together in results:
+            assert (together[2][b] == out[0]).all()
+            assert together[0][b].tobytes() == state[0].tobytes(), b
+            assert together[1][b].tobytes() == lg[0].tobytes(), b
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_generate_many_equals_samples_drawn_alone(backend_name):
+    """generate_many: sample i of 5 drawn together is generate() with seed + i, token for token; the numba
+    samples equal the reference's (float64)."""
+    from fastrnn.corpus import Vocab
+    from fastrnn.model import get_backend
+
+    model = random_model("lstm", 2, np.float64)
+    vocab = Vocab(range(60, 60 + model.vocab_size))
+    be = get_backend(backend_name)
+    opts = dict(prime="ABC", length=70, temperature=0.9, top_p=0.95, dtype=np.float64)
+    blocks = list(gen.generate_many(be, model.P, vocab, count=5, seed=11, chunk=32, **opts))
+    assert [blk.shape for blk in blocks] == [(5, 32), (5, 32), (5, 6)]
+    together = np.concatenate(blocks, axis=1)
+    for i in range(5):
+        alone = list(gen.generate(be, model.P, vocab, rng=np.random.default_rng(11 + i), **opts))
+        assert together[i].tolist() == alone, i
+    assert len({tuple(row) for row in together.tolist()}) == 5
+    if backend_name == "numba":
+        expect = np.concatenate(list(gen.generate_many(ref, model.P, vocab, count=5, seed=11, **opts)), axis=1)
+        assert (together == expect).all()
+    with pytest.raises(ConfigError):
+        next(gen.generate_many(be, model.P, vocab, count=0))
+
+
+def test_api_generate_many(fitted):
+    texts = fitted.generate_many(3, "The ", 40, seed=4)
+    assert texts == [fitted.generate("The ", 40, seed=4 + i) for i in range(3)]
+
+
+def test_text_stream_decodes_blocks_and_stops():
+    """TextStream: bytes of a UTF-8 character split over two blocks come out whole; the text stops after the
+    marker, even when the marker spans blocks."""
+    from fastrnn.corpus import Vocab
+
+    vocab = Vocab(range(256), level="byte")
+    data = np.frombuffer("héllo wörld".encode(), dtype=np.uint8).astype(np.int32)
+    stream = gen.TextStream(vocab)
+    assert stream.feed(data[:2]) + stream.feed(data[2:]) + stream.finish() == "héllo wörld"
+    chars = Vocab([ord(c) for c in "abcdefgh "])
+    stream = gen.TextStream(chars, stop_at="cd")
+    ids = chars.encode("abc dabcdefg")
+    pieces = [stream.feed(ids[i:i + 3]) for i in range(0, len(ids), 3)]
+    assert "".join(pieces) == "abc dabcd" and stream.done

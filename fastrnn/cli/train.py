@@ -200,15 +200,14 @@ def _duration(seconds):
 @click.option("--greedy", is_flag=True, help="Always take the most probable character (argmax).")
 @click.option("--beam-width", type=click.IntRange(min=0), default=0,
               help="Beam search with this many beams: the most probable continuation of --length (0: sample).")
-@click.option("--num-samples", type=click.IntRange(min=1), default=1, help="Independent samples to print.")
+@click.option("--num-samples", type=click.IntRange(min=1), default=1,
+              help="Independent samples to print, drawn together (sample i is the one --seed SEED+i draws alone).")
 @click.option("--stop-at", default="", help="Stop a sample once it has produced this text.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: a fresh one each time).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="numba")
 def sample(checkpoint, prime, length, temperature, top_k, top_p, greedy, beam_width, num_samples, stop_at, seed,
            backend):
     """Generate text from a trained model (a checkpoint file or a run directory), streamed to stdout."""
-    import numpy as np
-
     from fastrnn.api import load_model
     from fastrnn.model import get_backend
     from fastrnn import sample as gen
@@ -221,22 +220,37 @@ def sample(checkpoint, prime, length, temperature, top_k, top_p, greedy, beam_wi
     model, vocab, _ = load_model(checkpoint)
     vocab.encode(prime)  # unknown prime characters: a clear error before any output
     be = get_backend(backend)
-    rng = np.random.default_rng(seed)
     out = sys.stdout
-    for i in range(num_samples):
-        if i:
-            out.write("\n")
-        if beam_width:
-            ids, _ = gen.beam_search(be, model.P, vocab, prime=prime, length=length, beam_width=beam_width,
-                                     dtype=model.dtype)
-        else:
-            ids = gen.generate(be, model.P, vocab, prime=prime, length=length, temperature=temperature,
-                               top_k=top_k, top_p=top_p, greedy=greedy, rng=rng, dtype=model.dtype)
-        out.write(prime)
-        for piece in gen.stop_at(gen.decode_stream(vocab, ids), stop_at):
-            out.write(piece)
-            out.flush()
-        out.write("\n")
+    if beam_width:
+        if num_samples > 1:
+            raise ConfigError("--num-samples with --beam-width would print the same beam several times; "
+                              "beam search gives one result")
+        ids, _ = gen.beam_search(be, model.P, vocab, prime=prime, length=length, beam_width=beam_width,
+                                 dtype=model.dtype)
+        text = gen.TextStream(vocab, stop_at)
+        out.write(prime + text.feed(ids) + text.finish() + "\n")
+        return
+    # All samples are drawn together (every weight read once per character for all of them); the first is printed
+    # as it is generated, the others, held in memory, follow it in order.
+    streams = [gen.TextStream(vocab, stop_at) for _ in range(num_samples)]
+    held = [[] for _ in range(num_samples)]
+    out.write(prime)
+    for block in gen.generate_many(be, model.P, vocab, count=num_samples, prime=prime, length=length,
+                                   temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed,
+                                   dtype=model.dtype):
+        for i, stream in enumerate(streams):
+            piece = stream.feed(block[i])
+            if i == 0:
+                out.write(piece)
+                out.flush()
+            else:
+                held[i].append(piece)
+        if all(stream.done for stream in streams):
+            break
+    out.write(streams[0].finish() + "\n")
+    for i in range(1, num_samples):
+        out.write("\n" + prime + "".join(held[i]) + streams[i].finish() + "\n")
+    out.flush()
 
 
 COMMANDS = [train, sample]

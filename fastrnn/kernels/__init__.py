@@ -1,5 +1,5 @@
 """The numba backend: the functions of fastrnn.reference (plan_for, forward_backward, forward_loss, profile_step,
-step, generate, clip_gradients and the optimizer updates) with the same signatures and semantics.
+step, generate, generate_streams, clip_gradients and the optimizer updates) with the same signatures and semantics.
 
 Gradients: forward_backward overwrites G in both backends. Inside, the reference's layer functions add into G
 (it zeroes G first), while every numba kernel overwrites the gradient arrays it is given.
@@ -15,8 +15,8 @@ The kernels load on first use of one of these names (PEP 562), so `fastrnn.kerne
 the name is then bound in this module, so later uses are plain attribute lookups.
 """
 
-API = ("plan_for", "forward_backward", "forward_loss", "profile_step", "step", "generate", "clip_gradients",
-       "sgd_update", "adagrad_update", "rmsprop_update", "adam_update")
+API = ("plan_for", "forward_backward", "forward_loss", "profile_step", "step", "generate", "generate_streams",
+       "clip_gradients", "sgd_update", "adagrad_update", "rmsprop_update", "adam_update")
 __all__ = list(API)
 
 

@@ -140,14 +140,16 @@ def step(P, h, token, plan=None):
 
 
 def sample_state(P, h):
-    """The carried state h: (1, S) as kernels.sample.sample_chunk takes it: a new (L, K, H) array, [l, 0] the h of
-    layer l and, for an lstm (K = 2), [l, 1] its c (the layout of fastrnn.reference.split_state)."""
+    """The carried states h: (B, S) as kernels.sample.sample_streams takes them: a new (B, L, K, H) array,
+    [b, l, 0] the h of layer l of stream b and, for an lstm (K = 2), [b, l, 1] its c (the layout of
+    fastrnn.reference.split_state)."""
     _, L, H = arch_of(P)
-    return np.ascontiguousarray(h[0]).reshape(L, -1, H).copy()
+    h = np.asarray(h)
+    return np.ascontiguousarray(h).reshape(h.shape[0], L, -1, H).copy()
 
 
 def sample_params(P):
-    """The arguments Wxh, Whh, bh (tuples over the layers), Why, by, cell (a code) of sample_chunk."""
+    """The arguments Wxh, Whh, bh (tuples over the layers), Why, by, cell (a code) of sample_streams."""
     from fastrnn.kernels.sample import CELL_CODES
 
     cell, L, _ = arch_of(P)
@@ -156,25 +158,42 @@ def sample_params(P):
     return Wxh, Whh, bh, np.ascontiguousarray(P["Why"]), np.ascontiguousarray(P["by"]), CELL_CODES[cell]
 
 
+def generate_streams(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rngs=None,
+                     chunk=64, threads=None):
+    """Yield (B, n) arrays of sampled token ids, `length` per stream in all, from the states h: (B, S) and their
+    logits: (B, V) (after the prime); stream b draws its uniform numbers from rngs[b] (one per character, as
+    fastrnn.reference.generate_streams). The streams run on up to `threads` threads (default: numba's count), in
+    runs of `chunk` characters per kernel call; stream b's tokens are those it gets alone."""
+    import numba
+
+    from fastrnn.kernels.sample import sample_streams
+
+    B = np.shape(h)[0]
+    rngs = list(rngs) if rngs is not None else [np.random.default_rng() for _ in range(B)]
+    if len(rngs) != B:
+        raise ValueError(f"generate_streams: {len(rngs)} generators for {B} streams")
+    state = sample_state(P, h)  # (B, L, K, H)
+    logits = np.ascontiguousarray(logits).copy()  # (B, V)
+    weights = sample_params(P)
+    groups = min(B, numba.get_num_threads() if threads is None else max(1, int(threads)))
+    done = 0
+    while done < length:
+        n = min(chunk, length - done)
+        uniforms = np.zeros((B, n)) if greedy else np.stack([g.random(n) for g in rngs])  # (B, n)
+        block = np.empty((B, n), dtype=np.int32)
+        sample_streams(block, state, logits, uniforms, *weights, float(temperature), int(top_k), float(top_p),
+                       bool(greedy), groups)
+        yield block
+        done += n
+
+
 def generate(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rng=None, chunk=64):
     """Yield `length` sampled token ids from the state h: (1, S) and its logits: (1, V) (after the prime), any
     model, runs of `chunk` characters per kernel call; the same draws and the same use of rng (one uniform number
     per character) as fastrnn.reference.generate."""
-    from fastrnn.kernels.sample import sample_chunk
-
     rng = rng if rng is not None else np.random.default_rng()
-    state = sample_state(P, h)  # (L, K, H)
-    logits = np.ascontiguousarray(logits[0]).copy()  # (V,)
-    weights = sample_params(P)
-    out = np.empty(chunk, dtype=np.int32)
-    done = 0
-    while done < length:
-        n = min(chunk, length - done)
-        uniforms = np.zeros(n) if greedy else rng.random(n)  # (n,) one per character, as draw() uses
-        sample_chunk(out[:n], state, logits, uniforms, *weights, float(temperature), int(top_k), float(top_p),
-                     bool(greedy))
-        yield from out[:n].tolist()
-        done += n
+    for block in generate_streams(P, h, logits, length, temperature, top_k, top_p, greedy, [rng], chunk, 1):
+        yield from block[0].tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------------

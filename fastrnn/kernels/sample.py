@@ -1,7 +1,8 @@
 """Generation in numba: a whole run of sampled characters per call, no Python between characters.
 
-`sample_chunk` does exactly what fastrnn.sample.generate does with a backend, one character at a time, for every
-model (cells rnn, lstm, gru; any number of layers L):
+`sample_streams` does exactly what fastrnn.sample.generate does with a backend, one character at a time, for every
+model (cells rnn, lstm, gru; any number of layers L), for B independent streams at once (each weight is read once
+per character for all the streams a thread runs):
 
     p = probabilities(logits, temperature, top_k, top_p)   (float64: softmax of logits / temperature, top-k,
     token = draw(p, u)                                      top-p; then the inverse CDF at u * total mass)
@@ -9,10 +10,10 @@ model (cells rnn, lstm, gru; any number of layers L):
         xa = Wxh[token] + bh (layer 0) or h_{l-1} @ Wxh_l + bh_l (above)      (G*H,)
         a = h_l @ Whh_l                                                       (G*H,)
         h_l (and c_l) = the cell's update from xa and a (`_cell_update`)
-    logits = h_{L-1} @ Why + by                             (the products as rnn.matmul_small)
+    logits = h_{L-1} @ Why + by                             (the products as matmul_rows)
 
-with the uniform numbers u given in `uniforms` (drawn by the caller from its numpy Generator, one per character,
-so a seed gives the same text as the NumPy path up to float rounding). Greedy takes the argmax instead.
+with the uniform numbers u given in `uniforms` (drawn by the caller from each stream's numpy Generator, one per
+character, so a seed gives the same text as the NumPy path up to float rounding). Greedy takes the argmax instead.
 
 The cells (gates in blocks of H columns, in the order of fastrnn.reference):
     rnn   h = tanh(xa + a)
@@ -24,9 +25,10 @@ with sigmoid(x) = 1/2 + tanh(x/2)/2, and mathfn's vectorizable tanh in float32 (
 import numpy as np
 
 from fastrnn.kernels import mathfn
-from fastrnn.kernels.jit import kernel
+from numba import prange
+
+from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.lstm import lstm_cell
-from fastrnn.kernels.rnn import matmul_small
 
 CELL_CODES = {"rnn": 0, "lstm": 1, "gru": 2}  # the `cell` argument of sample_chunk
 RNN, LSTM, GRU = CELL_CODES["rnn"], CELL_CODES["lstm"], CELL_CODES["gru"]
@@ -103,37 +105,121 @@ def _cell_update(h, c, g, xa, a, cell):
 
 
 @kernel
-def sample_chunk(out, state, logits, uniforms, Wxh, Whh, bh, Why, by, cell, temperature, top_k, top_p, greedy):
-    """Generate out.shape[0] tokens into out (n,) int32, updating state and logits (V,) in place.
+def matmul_rows(out, a, W):
+    """out: (R, M) = a: (R, K) @ W: (K, M), four rows of out at a time: per four rows of W (rank-1 updates
+    vectorized over the columns), each weight loaded once for four rows; the rows left over one at a time.
 
-    state: (L, K, H), the carried state (1, S) of fastrnn.reference reshaped: state[l, 0] is layer l's h and, for
-    an lstm (K = 2), state[l, 1] its c; uniforms: (n,) float64 in [0, 1); cell: a CELL_CODES value.
-    Wxh, Whh, bh: tuples over the layers of Wxh (V, G*H) for layer 0, (H, G*H) above; Whh (H, G*H); bh (G*H,).
-    Why (H, V), by (V,).
-    """
-    L, K, H = state.shape
+    Every output element is the same sum, in the same order and as the same expression, whichever way its row is
+    computed, so a row computed among R rows has the bits it has alone (a sample drawn among many equals the one
+    drawn alone; tests/test_sample.py checks it bit for bit)."""
+    R, K = a.shape
+    M = W.shape[1]
+    K4 = K - K % 4
+    R4 = R - R % 4
+    for n in range(0, R4, 4):
+        o0, o1, o2, o3 = out[n], out[n + 1], out[n + 2], out[n + 3]
+        for j in range(M):
+            o0[j] = 0
+            o1[j] = 0
+            o2[j] = 0
+            o3[j] = 0
+        for k in range(0, K4, 4):
+            w0, w1, w2, w3 = W[k], W[k + 1], W[k + 2], W[k + 3]
+            a00, a01, a02, a03 = a[n, k], a[n, k + 1], a[n, k + 2], a[n, k + 3]
+            a10, a11, a12, a13 = a[n + 1, k], a[n + 1, k + 1], a[n + 1, k + 2], a[n + 1, k + 3]
+            a20, a21, a22, a23 = a[n + 2, k], a[n + 2, k + 1], a[n + 2, k + 2], a[n + 2, k + 3]
+            a30, a31, a32, a33 = a[n + 3, k], a[n + 3, k + 1], a[n + 3, k + 2], a[n + 3, k + 3]
+            for j in range(M):
+                x0, x1, x2, x3 = w0[j], w1[j], w2[j], w3[j]
+                o0[j] += a00 * x0 + a01 * x1 + a02 * x2 + a03 * x3
+                o1[j] += a10 * x0 + a11 * x1 + a12 * x2 + a13 * x3
+                o2[j] += a20 * x0 + a21 * x1 + a22 * x2 + a23 * x3
+                o3[j] += a30 * x0 + a31 * x1 + a32 * x2 + a33 * x3
+        for k in range(K4, K):
+            wk = W[k]
+            b0, b1, b2, b3 = a[n, k], a[n + 1, k], a[n + 2, k], a[n + 3, k]
+            for j in range(M):
+                x = wk[j]
+                o0[j] += b0 * x
+                o1[j] += b1 * x
+                o2[j] += b2 * x
+                o3[j] += b3 * x
+    for n in range(R4, R):
+        o = out[n]
+        for j in range(M):
+            o[j] = 0
+        for k in range(0, K4, 4):
+            a0, a1, a2, a3 = a[n, k], a[n, k + 1], a[n, k + 2], a[n, k + 3]
+            w0, w1, w2, w3 = W[k], W[k + 1], W[k + 2], W[k + 3]
+            for j in range(M):
+                o[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]
+        for k in range(K4, K):
+            ak = a[n, k]
+            wk = W[k]
+            for j in range(M):
+                o[j] += ak * wk[j]
+
+
+@kernel
+def _sample_rows(out, state, logits, uniforms, Wxh, Whh, bh, Why, by, cell, temperature, top_k, top_p, greedy):
+    """sample_streams for one group of R streams (all arrays already cut to the group's rows), on one thread."""
+    R, L, K, H = state.shape
+    n = out.shape[1]
     GH = Whh[0].shape[1]
-    V = logits.shape[0]
+    V = logits.shape[1]
     z = np.empty(V, np.float64)  # (V,)
-    xa = np.empty((1, GH), state.dtype)  # (1, G*H) input side
-    a = np.empty((1, GH), state.dtype)  # (1, G*H) recurrent product
+    xa = np.empty((R, GH), state.dtype)  # (R, G*H) input side
+    a = np.empty((R, GH), state.dtype)  # (R, G*H) recurrent product
     g = np.empty(GH, state.dtype)  # (G*H,) gates
-    l1 = logits.reshape(1, V)
-    for i in range(out.shape[0]):
-        token = _choose(logits, uniforms[i], temperature, top_k, top_p, greedy, z)
-        out[i] = token
+    hin = np.empty((R, H), state.dtype)  # (R, H) a layer's h (or the layer below's), contiguous
+    for i in range(n):
+        for r in range(R):
+            out[r, i] = _choose(logits[r], uniforms[r, i], temperature, top_k, top_p, greedy, z)
         for l in range(L):
             b = bh[l]
             if l == 0:
-                wx = Wxh[0][token]
-                for j in range(GH):
-                    xa[0, j] = wx[j] + b[j]
+                for r in range(R):
+                    wx = Wxh[0][out[r, i]]
+                    for j in range(GH):
+                        xa[r, j] = wx[j] + b[j]
             else:
-                matmul_small(xa, state[l - 1, 0:1], Wxh[l])  # the new h of the layer below
-                for j in range(GH):
-                    xa[0, j] += b[j]
-            matmul_small(a, state[l, 0:1], Whh[l])  # four rows of Whh at a time
-            _cell_update(state[l, 0], state[l, K - 1], g, xa[0], a[0], cell)
-        matmul_small(l1, state[L - 1, 0:1], Why)
-        for j in range(V):
-            logits[j] += by[j]
+                for r in range(R):
+                    hin[r] = state[r, l - 1, 0]  # the new h of the layer below
+                matmul_rows(xa, hin, Wxh[l])
+                for r in range(R):
+                    for j in range(GH):
+                        xa[r, j] += b[j]
+            for r in range(R):
+                hin[r] = state[r, l, 0]
+            matmul_rows(a, hin, Whh[l])
+            for r in range(R):
+                _cell_update(state[r, l, 0], state[r, l, K - 1], g, xa[r], a[r], cell)
+        for r in range(R):
+            hin[r] = state[r, L - 1, 0]
+        matmul_rows(logits, hin, Why)
+        for r in range(R):
+            for j in range(V):
+                logits[r, j] += by[j]
+
+
+@parallel_kernel
+def sample_streams(out, state, logits, uniforms, Wxh, Whh, bh, Why, by, cell, temperature, top_k, top_p, greedy,
+                   groups):
+    """Generate out.shape[1] tokens for each of B streams into out (B, n) int32, updating state and logits (B, V)
+    in place.
+
+    state: (B, L, K, H), each stream's carried state (1, S) of fastrnn.reference reshaped: state[b, l, 0] is layer
+    l's h and, for an lstm (K = 2), state[b, l, 1] its c; uniforms: (B, n) float64 in [0, 1), one per character of
+    each stream; cell: a CELL_CODES value. Wxh, Whh, bh: tuples over the layers of Wxh (V, G*H) for layer 0,
+    (H, G*H) above; Whh (H, G*H); bh (G*H,). Why (H, V), by (V,).
+
+    The streams are cut into `groups` contiguous groups, one per thread, each generating all n characters of its
+    streams with no exchange between threads (each thread reads every weight once per character for its rows).
+    A stream's tokens do not depend on B, on `groups` or on the thread count.
+    """
+    B = out.shape[0]
+    groups = max(1, min(groups, B))
+    for q in prange(groups):
+        r0, r1 = q * B // groups, (q + 1) * B // groups
+        _sample_rows(out[r0:r1], state[r0:r1], logits[r0:r1], uniforms[r0:r1], Wxh, Whh, bh, Why, by, cell,
+                     temperature, top_k, top_p, greedy)
