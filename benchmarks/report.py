@@ -7,8 +7,8 @@ Runs from a checkout (benchmarks/ is not part of the installed package). `make b
 every benchmark into docs/benchmarks/<today>/ and then this report.
 
 The results folder holds the JSON files the benchmarks write with `--json FILE`; a file's kind is the benchmark
-its name starts with (throughput*.json, sampling*.json, prepare*.json, train_memory*.json, profile_speed*.json,
-kernel_scratch*.json); other files are ignored. Every number on the page comes from those files: the machine
+its name starts with (throughput*.json, time_to_quality*.json, sampling*.json, prepare*.json, train_memory*.json,
+profile_speed*.json, kernel_scratch*.json, pytorch*.json); other files are ignored. Every number on the page comes from those files: the machine
 (CPU model and flags, cores, the sgemm and dgemm rates the throughput run measured), one table per file, and a
 chart of the throughput rows (PNG next to the page; with matplotlib only, else the page says the charts were
 skipped). In README.md the lines between `<!-- benchmarks:begin -->` and `<!-- benchmarks:end -->` are replaced
@@ -26,7 +26,8 @@ from benchmarks import common, options
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_ROOT = os.path.join(ROOT, "docs", "benchmarks")
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
-KINDS = ("throughput", "sampling", "prepare", "train_memory", "profile_speed", "kernel_scratch")
+KINDS = ("throughput", "time_to_quality", "sampling", "prepare", "train_memory", "profile_speed", "kernel_scratch",
+         "pytorch")
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -130,8 +131,9 @@ THROUGHPUT = [("backend", "backend", "s"), ("model", lambda r: r.get("model", "r
               ("compile s", "compile_seconds", ".2f"), ("checked", "checked", yes_no)]
 SAMPLING = [("backend", "backend", "s"), ("model", lambda r: r.get("model", "rnn"), "s"),
             ("L", lambda r: r.get("layers", 1), "d"), ("H", "hidden", "d"), ("dtype", "dtype", "s"),
-            ("threads", "threads", "d"), ("chars/s", "chars_per_sec", ",.0f"),
-            ("x numpy-loop", "vs_numpy_loop", ".2f"), ("bytes/char", "bytes_per_char", ",d"),
+            ("threads", "threads", "d"), ("K", "streams", "d"), ("chars/s", "chars_per_sec", ",.0f"),
+            ("x numpy-loop", "vs_numpy_loop", ".2f"), ("x one stream", "vs_one_stream", ".2f"),
+            ("x read-split", "vs_read_split", ".2f"), ("bytes/char", "bytes_per_char", ",d"),
             ("first call s", "first_call_seconds", ".2f"), ("checked", "checked", yes_no)]
 PREPARE = [("file", "file", "s"), ("contender", "contender", "s"), ("input MB", "input_mb", ".1f"),
            ("prefix only", "prefix_only", lambda v: "yes" if v else "no"), ("seconds", "seconds", ".2f"),
@@ -194,6 +196,37 @@ def sampling_section(name, data):
     return lines
 
 
+TIME_TO_QUALITY = [("model", "model", "s"), ("L", "layers", "d"), ("H", "hidden", "d"), ("backend", "backend", "s"),
+                   ("budget s", "budget_s", ".0f"), ("steps", "steps", ",d"), ("chars/s", "chars_per_sec", ",.0f"),
+                   ("val nats/char", "val_loss", ".4f"), ("val bits/char", "val_bpc", ".4f")]
+
+
+def time_to_quality_section(name, data):
+    s = data.get("settings") or {}
+    lines = [f"### {name}", "", f"Corpus {data.get('corpus', '-')}, {data.get('budget_s', '-')} s of training per "
+             f"run; batch {s.get('batch_size', '-')}, seq {s.get('seq_len', '-')}, Adam, init {s.get('init', '-')}, "
+             f"{s.get('threads', '-')} threads; val loss on the first {s.get('eval_tokens', '-')} val tokens.", "",
+             md_table(data["rows"], TIME_TO_QUALITY), ""]
+    best = data.get("best")
+    if best:
+        lines += [f"Best in the budget: {best['model']} L{best['layers']} H{best['hidden']} ({best['backend']}), "
+                  f"{best['val_bpc']:.4f} bits/char.", ""]
+    return lines
+
+
+PYTORCH = [("contender", "contender", "s"), ("model", "model", "s"), ("L", "layers", "d"), ("H", "hidden", "d"),
+           ("N", "batch", "d"), ("threads", "threads", "d"), ("chars/s", "chars_per_sec", ",.0f"),
+           ("GFLOP/s", "gflops", ".1f"), ("% of sgemm peak", "peak_fraction", lambda v: f"{100 * v:.1f}"),
+           ("fastrnn x", "fastrnn_vs", ".2f")]
+
+
+def pytorch_section(name, data):
+    peak = next(iter((data.get("peaks") or {}).get("float32", {}).values()), None)
+    return [f"### {name}", "", f"PyTorch {data.get('torch', '-')}, CPU, eager; sgemm peak in the same run "
+            f"{'-' if peak is None else format(peak, '.1f')} GFLOP/s; `fastrnn x` is fastrnn's chars/s over the "
+            f"row's (medians of interleaved repeats).", "", md_table(data["rows"], PYTORCH), ""]
+
+
 def train_memory_section(name, data):
     lines = [f"### {name}", "", "`fastrnn train` " + " ".join(data.get("model") or []), "",
              md_table(data["rows"], TRAIN_MEMORY), ""]
@@ -220,6 +253,10 @@ SECTIONS = {
                    "(forward_backward + clip + Adam) of the numba kernels, the NumPy reference and a seed-style "
                    "NumPy RNN, each checked against the reference before it is timed, their repeats interleaved.",
                    throughput_section),
+    "time_to_quality": ("Time to quality", "`python -m benchmarks.time_to_quality`: the validation bits/char "
+                        "each model reaches in a fixed wall-clock budget of training.", time_to_quality_section),
+    "pytorch": ("Against PyTorch", "`python -m benchmarks.pytorch`: training chars/s of fastrnn and of PyTorch's "
+                "nn.RNN/LSTM/GRU (float32, and bf16 autocast where the CPU has it), side by side.", pytorch_section),
     "sampling": ("Generation", "`python -m benchmarks.sampling`: chars/s of generating one character at a time "
                  "from a random model; `read-once` is one pass over the weights a character reads, for scale.",
                  sampling_section),

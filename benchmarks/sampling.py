@@ -17,14 +17,21 @@ Contenders (all draw one character at a time from the full softmax, temperature 
 Before timing, every contender generates the same 200 characters as numpy-generate from the same seed on a
 float64 model (`checked`). The target is the fastest numba path >= 10x the plain NumPy loop.
 
-One more row, `read-once`, is no generator: the rate at which one thread sums, in one pass and one stream, the
+`numba-streams` rows generate K samples together (fastrnn.sample.generate_many: every weight read once per character
+for all the samples one thread runs, the samples split over the threads); chars/s counts every sample's characters.
+The target is K = 32 at >= 10x numba-generate's one stream.
+
+Two more rows, `read-once` and `read-split`, are no generators: the rate at which one thread sums, in one pass and one stream, the
 weights that every generated character must read (every layer's Whh, the Wxh of the layers above the first, and
-Why), for scale. At H512 these bytes do not fit in the L2 cache, and generation runs at about the speed of
+Why), for scale; `read-split` the same bytes read in two halves by two threads at once (each half staying in its own
+core's cache: what both cores' caches deliver), the bound of one stream, whose `vs_read_split` is reported. At H512 these bytes do not fit in the L2 cache, and generation runs at about the speed of
 reading them (it can be somewhat faster: its products read four rows at a time); `bytes_per_char` says how many.
 """
 
 import importlib
 import time
+
+import numba
 
 import click
 import numpy as np
@@ -39,6 +46,8 @@ from fastrnn.sample import generate
 V = 65
 SYMBOLS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's 65
 TARGET = 10.0
+READ_TARGET = 0.8  # one stream: chars/s as a fraction of read-split (both cores' caches reading the weights)
+STREAMS_AT, STREAMS_TARGET = 32, 10.0  # 32 samples together: chars/s over one stream's
 CHECK_LENGTH = 200
 
 
@@ -103,6 +112,33 @@ def weights_per_char(P):
     return [P[name] for name in names] + [P["Why"]]
 
 
+def _sum_split(a, b, parts):
+    s = np.zeros(parts)
+    for q in numba.prange(parts):
+        lo, hi = q * a.shape[0] // parts, (q + 1) * a.shape[0] // parts
+        t = 0.0
+        for i in range(lo, hi):
+            t += a[i]
+        if q == parts - 1:
+            for i in range(b.shape[0]):
+                t += b[i]
+        s[q] = t
+    return s.sum()
+
+
+def read_split_seconds(P, repeats, parts=2):
+    """Median seconds for `parts` threads to read the weights_per_char once between them, each its own part (the
+    same part on every pass, so it stays in that core's cache)."""
+    summed = numba.njit(fastmath=True, parallel=True)(_sum_split)
+    *recurrent, Why = weights_per_char(P)
+    a = np.concatenate([W.reshape(-1) for W in recurrent])
+    b = Why.reshape(-1)
+    summed(a, b, parts)
+    passes = 50
+    seconds, _, _ = common.time_calls(lambda: [summed(a, b, parts) for _ in range(passes)], repeats, 0.1)
+    return seconds / passes
+
+
 def read_seconds(P, repeats):
     """Median seconds for one pass of a numba loop over every element of the weights_per_char (their whole
     bytes)."""
@@ -134,8 +170,33 @@ def make_model(H, dtype, seed=0, cell="rnn", layers=1):
     return model
 
 
+def streams_rows(P, vocab, numba_backend, streams, length, threads, repeats, check):
+    """numba-streams rows: K samples generated together, each `length` characters (checked: every sample equals
+    the one drawn alone from its seed, on the float64 model `check`)."""
+    from fastrnn.sample import generate_many
+
+    rows = []
+    for K in streams:
+        def together(model_P, n, dtype, K=K):
+            return np.concatenate(list(generate_many(numba_backend, model_P, vocab, count=K, length=n, seed=1,
+                                                     dtype=dtype)), axis=1)
+
+        t0 = time.perf_counter()
+        got = together(check.P, CHECK_LENGTH, np.float64)
+        first = time.perf_counter() - t0
+        alone = [list(generate(numba_backend, check.P, vocab, length=CHECK_LENGTH, rng=np.random.default_rng(1 + i),
+                               dtype=np.float64)) for i in range(min(K, 4))]
+        checked = all(got[i].tolist() == alone[i] for i in range(len(alone)))
+        together(P, 10, P["Why"].dtype)
+        seconds, _, _ = common.time_calls(lambda: together(P, length, P["Why"].dtype), repeats, 0.0)
+        rows.append(dict(backend="numba-streams", streams=K, length=length, chars_per_sec=K * length / seconds,
+                         seconds=seconds, repeats=repeats, first_call_seconds=first, agree=int(checked),
+                         checked=checked))
+    return rows
+
+
 def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_module="fastrnn.kernels",
-        model="rnn", num_layers=1):
+        model="rnn", num_layers=1, streams=(32,)):
     """Rows {backend, model, layers, hidden, dtype, threads, length, chars_per_sec, seconds, checked, agree, ...}."""
     cell, layers = model, num_layers
     common.set_threads(threads)
@@ -165,14 +226,25 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
         rows.append(dict(backend=name, model=cell, layers=layers, hidden=hidden, vocab=V, dtype=dtype, threads=threads,
                          length=length, chars_per_sec=length / seconds, seconds=seconds, repeats=repeats,
                          first_call_seconds=first, agree=agree, checked=agree == CHECK_LENGTH))
-    seconds = read_seconds(model.P, repeats)
-    rows.append(dict(backend="read-once", model=cell, layers=layers, hidden=hidden, vocab=V, dtype=dtype,
-                     threads=1, length=1, chars_per_sec=1.0 / seconds, seconds=seconds, repeats=repeats,
-                     bytes_per_char=int(sum(W.nbytes for W in weights_per_char(model.P))),
-                     first_call_seconds=0.0, agree=0, checked=True))
+    common_fields = dict(model=cell, layers=layers, hidden=hidden, vocab=V, dtype=dtype, threads=threads)
+    if numba_backend is not None and streams:
+        rows += [dict(common_fields, **r) for r in streams_rows(model.P, vocab, numba_backend, streams, length // 4,
+                                                                threads, repeats, check)]
+    nbytes = int(sum(W.nbytes for W in weights_per_char(model.P)))
+    for name, seconds, n in (("read-once", read_seconds(model.P, repeats), 1),
+                             ("read-split", read_split_seconds(model.P, repeats), 2)):
+        rows.append(dict(common_fields, backend=name, threads=n, length=1, chars_per_sec=1.0 / seconds,
+                         seconds=seconds, repeats=repeats, bytes_per_char=nbytes, first_call_seconds=0.0, agree=0,
+                         checked=True))
     base = next(r["chars_per_sec"] for r in rows if r["backend"] == "numpy-loop")
+    split = next(r["chars_per_sec"] for r in rows if r["backend"] == "read-split")
+    single = next((r["chars_per_sec"] for r in rows if r["backend"] == "numba-generate"), None)
     for r in rows:
+        r.setdefault("streams", 1)
         r["vs_numpy_loop"] = r["chars_per_sec"] / base
+        r["vs_read_split"] = r["chars_per_sec"] / split
+        if single:
+            r["vs_one_stream"] = r["chars_per_sec"] / single
     return rows
 
 
@@ -183,19 +255,23 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
 @click.option("--num-layers", type=click.IntRange(min=1), default=1, help="Layers of the random model.")
 @click.option("--hidden", type=click.IntRange(min=1), default=512, help="Hidden size H.")
 @click.option("--length", type=click.IntRange(min=1), default=2000, help="Characters generated per timed call.")
+@options.int_list("--streams", [32], "Sample counts K for the numba-streams rows (K samples generated together), "
+                  "comma-separated.")
 @options.threads(1)
 @options.repeats(3)
 @options.dtype("float32", help="The model's floating-point type.")
 @options.numba_module()
 @options.catch_user_errors
-def main(json_path, model, num_layers, hidden, length, threads, repeats, dtype, numba_module):
+def main(json_path, model, num_layers, hidden, length, streams, threads, repeats, dtype, numba_module):
     machine = common.machine_info()
-    rows = run(hidden, length, threads, repeats, dtype, numba_module, model, num_layers)
+    rows = run(hidden, length, threads, repeats, dtype, numba_module, model, num_layers, streams)
     default = (model, num_layers) == ("rnn", 1)
     arch = [] if default else [("model", "model", "s"), ("L", "layers", "d")]  # the rnn table stays as it was
     print(common.format_table(rows, [("backend", "backend", "s")] + arch + [
-        ("H", "hidden", "d"), ("dtype", "dtype", "s"), ("thr", "threads", "d"),
+        ("H", "hidden", "d"), ("dtype", "dtype", "s"), ("thr", "threads", "d"), ("K", "streams", "d"),
         ("chars/s", "chars_per_sec", ",.0f"), ("x numpy-loop", "vs_numpy_loop", ".2f"),
+        ("x one stream", "vs_one_stream", ".2f"),
+        ("x read-split", "vs_read_split", ".2f"),
         ("first call s", "first_call_seconds", ".2f"), ("checked", "checked", lambda v: "yes" if v else "NO")]))
     numba_rows = [r for r in rows if r["backend"].startswith("numba")]
     best = max(numba_rows, key=lambda r: r["chars_per_sec"]) if numba_rows else None
@@ -209,8 +285,21 @@ def main(json_path, model, num_layers, hidden, length, threads, repeats, dtype, 
     print(f"{status}  {target['name']}" + (f": {best['backend']} {best['vs_numpy_loop']:.2f}x" if best else "")
           + f" (one pass over the {bound['bytes_per_char'] / 1e6:.2f} MB of weights a character needs, and nothing "
           f"else, runs at {bound['vs_numpy_loop']:.2f}x)")
+    targets = [target]
+    single = next((r for r in rows if r["backend"] == "numba-generate"), None)
+    if single is not None:
+        targets.append(dict(name=f"sampling {what}H{hidden}: one stream >= {READ_TARGET:g} of read-split",
+                            threshold=READ_TARGET, backend="numba-generate", value=single["vs_read_split"],
+                            passed=bool(single["vs_read_split"] >= READ_TARGET)))
+    for r in rows:
+        if r["backend"] == "numba-streams" and r["streams"] == STREAMS_AT:
+            targets.append(dict(name=f"sampling {what}H{hidden}: {STREAMS_AT} streams >= {STREAMS_TARGET:g}x one "
+                                f"stream", threshold=STREAMS_TARGET, backend="numba-streams",
+                                value=r.get("vs_one_stream"), passed=bool(r.get("vs_one_stream", 0) >= STREAMS_TARGET)))
+    for t in targets[1:]:
+        print(f"{'PASS' if t['passed'] else 'FAIL'}  {t['name']}: {t['value']:.2f}")
     if json_path:
-        common.write_json(json_path, dict(machine=machine, rows=rows, targets=[target]))
+        common.write_json(json_path, dict(machine=machine, rows=rows, targets=targets))
         print(f"wrote {json_path}")
 
 

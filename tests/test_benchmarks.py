@@ -122,6 +122,9 @@ def test_sampling_rows(model, layers, weights):
     assert all(r["model"] == model and r["layers"] == layers for r in rows)
     bound = next(r for r in rows if r["backend"] == "read-once")
     assert bound["bytes_per_char"] == weights * 4
+    assert next(r for r in rows if r["backend"] == "read-split")["threads"] == 2
+    streams = next(r for r in rows if r["backend"] == "numba-streams")
+    assert streams["streams"] == 32 and streams["checked"] and streams["vs_one_stream"] > 0
 
 
 def run_profile(args):
@@ -197,6 +200,10 @@ def test_profile_speed_any_model(small_corpus, tmp_path, capsys, backend):
     ["benchmarks.plot", "{d}/missing.json"],
     ["benchmarks.plot", "{d}/broken.json"],
     ["benchmarks.sampling", "--hidden", "-1"],
+    ["benchmarks.sampling", "--streams", "0"],
+    ["benchmarks.time_to_quality", "--models", "rnn:x:8"],
+    ["benchmarks.time_to_quality", "--corpus", "{d}/missing.txt"],
+    ["benchmarks.pytorch", "--configs", "lstm:2:512"],
     ["tools.profile_speed", "--", "fastrnn", "train", "{d}/missing.h5", "-o", "{d}/run"],
     ["tools.profile_speed", "--hidden", "0"],
     ["tools.compare_models", "{d}/missing.txt", "--out", "{d}/cmp"],
@@ -223,6 +230,7 @@ def test_bad_input_to_benchmarks_and_tools(tmp_path, args):
 
 
 COMMANDS = ["benchmarks.throughput", "benchmarks.sampling", "benchmarks.prepare", "benchmarks.plot",
+            "benchmarks.time_to_quality", "benchmarks.pytorch",
             "benchmarks.kernel_scratch", "benchmarks.train_memory", "benchmarks.report", "tools.profile_speed",
             "tools.profile_memory", "tools.compare_models"]
 
@@ -244,6 +252,49 @@ def test_help_explains_every_option(name):
         unset = param.default is None or "UNSET" in repr(param.default)  # click 8.3 marks "no default" UNSET
         with_default += not unset and not (param.is_flag and not param.secondary_opts)
     assert out.count("[default:") >= with_default
+
+
+def test_time_to_quality_trains_each_model_for_its_budget(tmp_path):
+    """Two tiny models, one backend each, 1.5 s each on a small text: a row each with a finite val bits/char (the
+    val loss in nats over ln 2), steps trained, and the best row named."""
+    import json
+    import math
+    import subprocess
+    import sys
+
+    from conftest import make_text
+
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(make_text(30_000))
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
+    out = tmp_path / "ttq.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.time_to_quality", "--corpus", str(corpus), "--budget", "1.5",
+                        "--models", "rnn:1:16,lstm:1:8", "--backends", "numba", "--batch-size", "4", "--seq-len", "10",
+                        "--eval-tokens", "2000", "--json", str(out)], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert [(row["model"], row["hidden"]) for row in data["rows"]] == [("rnn", 16), ("lstm", 8)]
+    for row in data["rows"]:
+        assert math.isfinite(row["val_bpc"]) and row["steps"] > 0 and row["train_seconds"] >= 1.5
+        assert abs(row["val_bpc"] - row["val_loss"] / math.log(2)) < 1e-9
+    assert data["best"]["val_bpc"] == min(row["val_bpc"] for row in data["rows"])
+
+
+def test_pytorch_comparison_runs_where_torch_is_installed(tmp_path):
+    pytest.importorskip("torch")
+    import json
+
+    from benchmarks import pytorch
+
+    out = tmp_path / "pt.json"
+    r = invoke(pytorch.main, ["--configs", "lstm:2:16:4,gru:1:16:2", "--repeats", "1", "--min-seconds", "0",
+                              "--no-bf16", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["contender"], row["model"]) for row in rows] == [("fastrnn", "lstm"), ("torch", "lstm"),
+                                                                  ("fastrnn", "gru"), ("torch", "gru")]
+    assert all(row["chars_per_sec"] > 0 and row["fastrnn_vs"] > 0 for row in rows)
 
 
 def test_benchmarks_never_import_tools():
