@@ -349,3 +349,40 @@ def test_float64_math_is_numpys():
     np.testing.assert_allclose(out, np.tanh(x), rtol=1e-15, atol=1e-300)
     _map_exp(out, x)
     np.testing.assert_allclose(out, np.exp(x), rtol=1e-15)
+
+
+BITS_SCRIPT = """
+import hashlib, numpy as np
+import fastrnn.kernels as kb
+from fastrnn.model import Model
+out = []
+for cell, layers, dtype in (("rnn", 1, "float32"), ("lstm", 1, "float32"), ("gru", 2, "float64")):
+    m = Model(20, 24, dtype, cell, layers).init(np.random.default_rng(0), 0.1)
+    g = m.layout.zeros(m.dtype); G = m.layout.views(g)
+    mm, vv = m.layout.zeros(m.dtype), m.layout.zeros(m.dtype)
+    rng = np.random.default_rng(1)
+    h = m.zero_state(5)
+    for t in range(1, 4):
+        x = rng.integers(0, 20, (5, 7), dtype=np.int32); y = rng.integers(0, 20, (5, 7), dtype=np.int32)
+        loss, h = kb.forward_backward(m.P, G, x, y, h)
+        kb.clip_gradients(g, 5.0, 0.0)
+        kb.adam_update(m.flat, g, mm, vv, 2e-3, 0.9, 0.999, 1e-8, t)
+    out.append(hashlib.sha256(m.flat.tobytes() + np.asarray(h).tobytes()).hexdigest())
+print(" ".join(out))
+"""
+
+
+def test_freshly_compiled_and_cached_kernels_give_the_same_bits(tmp_path):
+    """Three training steps of an rnn, an lstm (float32) and a 2-layer gru (float64) in a process that compiles
+    every kernel into an empty numba cache, then in one that loads them from it: the same parameters and state,
+    bit for bit (fastmath flags that differ between the two are kept out of jit.FASTMATH)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), FASTRNN_CALIBRATE="0")
+    runs = [subprocess.run([sys.executable, "-c", BITS_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    assert any((tmp_path / "numba").rglob("*.nbi"))  # the first process did write the cache the second loaded
+    assert runs[0].stdout == runs[1].stdout

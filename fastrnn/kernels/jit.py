@@ -3,7 +3,10 @@
 - `cache=True`: compiled code is stored next to the sources (``__pycache__``) and reused by later processes.
 - `FASTMATH`: a flag set, never the full ``fastmath=True``: without ``nnan``/``ninf`` the compiler keeps NaN and inf
   semantics (``np.isnan`` works and a NaN in the inputs reaches the loss); ``reassoc`` lets sums vectorize,
-  ``contract`` forms FMAs, ``afn``/``arcp`` allow approximate library functions and reciprocals.
+  ``contract`` forms FMAs, ``afn`` allows approximate library functions. Not ``nsz`` or ``arcp``: with them beside
+  ``reassoc``, the code LLVM made when a process compiled the kernels and the code it loaded from the cache in the
+  next process gave different bits (every cell, float32 and float64), so a run's numbers depended on whether its
+  kernels were freshly compiled; without them the two agree (tests/test_kernels.py checks it), at 0-6% of a step.
 - `error_model='numpy'`: division by zero gives inf/NaN instead of raising (and keeps loops vectorizable).
 - `boundscheck=False`, `nogil=True`.
 
@@ -17,7 +20,7 @@ import os
 
 import numba
 
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+FASTMATH = {"contract", "afn", "reassoc"}
 OPTIONS = dict(cache=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False, nogil=True)
 PARALLEL_OPTIONS = dict(OPTIONS, parallel=True)
 
