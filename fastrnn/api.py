@@ -8,7 +8,6 @@
     model.save("romeo.h5");  model = CharRNN.load("romeo.h5")
 """
 
-import math
 import os
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ import numpy as np
 from fastrnn import checkpoint as ckpt_io
 from fastrnn.config import TrainConfig
 from fastrnn.corpus import Vocab
-from fastrnn.errors import CheckpointError, ConfigError
+from fastrnn.errors import CheckpointError, ConfigError, CorpusError
 from fastrnn.model import Model, get_backend
 
 
@@ -143,26 +142,35 @@ class CharRNN:
                 pieces[i].append(stream.feed(block[i]))
         return ["".join(p) + stream.finish() for p, stream in zip(pieces, streams)]
 
-    def evaluate(self, text, chunk=1000):
-        """Loss of the model on `text`: {'loss': nats/char, 'bpc': bits/char, 'chars': predicted characters}.
+    def evaluate(self, text=None, *, files=None, corpus=None, split="test", unknown="error", encoding="utf-8"):
+        """Loss of the model on a text: {'loss': nats/char, 'bpc': bits/char, 'perplexity', 'chars': predicted
+        characters, 'skipped': characters left out}, as `fastrnn eval` computes it.
 
-        Every character after the first is predicted from all before it (hidden state carried across chunks)."""
+        The text is one of: `text` (a str), `files` (a path or a list of paths of text files, one stream in order;
+        `unknown='skip'` leaves out characters outside the vocabulary instead of raising VocabError), or `corpus`
+        (a prepared CORPUS.h5 with the model's vocabulary) and its `split`. Every character after the first is
+        predicted from all before it, the hidden state carried through the whole text, read in pieces."""
+        from fastrnn import evaluate as ev
+        from fastrnn.corpus import open_corpus
+
         self._require()
-        ids = self.vocab.encode(text)
-        if ids.size < 2:
-            raise ConfigError("evaluate() needs a text of at least 2 characters")
-        be = self._backend()
-        h = self.model.zero_state(1)
-        total, count = 0.0, 0
-        for start in range(0, ids.size - 1, chunk):
-            x = ids[start:start + chunk][: ids.size - 1 - start]
-            y = ids[start + 1:start + 1 + x.size]
-            loss, h = be.forward_loss(self.model.P, np.ascontiguousarray(x[None], dtype=np.int32),
-                                      np.ascontiguousarray(y[None], dtype=np.int32), h)
-            total += loss * x.size
-            count += x.size
-        loss = total / count
-        return {"loss": loss, "bpc": loss / math.log(2), "chars": count}
+        given = [name for name, value in (("text", text), ("files", files), ("corpus", corpus)) if value is not None]
+        if len(given) != 1:
+            raise ConfigError("evaluate() takes one of text=, files= or corpus=")
+        be, P, dtype = self._backend(), self.model.P, self.model.dtype
+        if text is not None:
+            ids = self.vocab.encode(text)
+            if ids.size < 2:
+                raise ConfigError("evaluate() needs a text of at least 2 characters")
+            return ev.score(be, P, iter([(ids, 0)]), dtype)
+        if files is not None:
+            paths = [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(f) for f in files]
+            return ev.score(be, P, ev.file_blocks(self.vocab, paths, encoding, unknown), dtype)
+        with open_corpus(os.fspath(corpus)) as c:
+            if c.vocab != self.vocab:
+                raise CorpusError(f"the vocabulary of {corpus} ({c.vocab.size} symbols) is not the model's "
+                                  f"({self.vocab.size} symbols)")
+            return ev.score(be, P, ev.split_blocks(c, split), dtype)
 
     # ------------------------------------------------------------------------------------------- persistence
 
