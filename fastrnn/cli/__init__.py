@@ -42,9 +42,9 @@ def main():
 
 
 def _register():
-    from fastrnn.cli import corpus, evaluate, plots, train
+    from fastrnn.cli import corpus, evaluate, export, plots, train
 
-    for module in (corpus, train, evaluate, plots):
+    for module in (corpus, train, evaluate, export, plots):
         for command in module.COMMANDS:
             main.add_command(command)
 
