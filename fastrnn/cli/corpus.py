@@ -73,7 +73,17 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(path, as_json):
-    """Describe a corpus file: vocabulary, split sizes, dtype, sources and options."""
+    """Describe a corpus file (vocabulary, split sizes, dtype, sources and options), or a run directory or checkpoint
+    (model, step and epoch, best val loss and its step, the run's files)."""
+    from fastrnn import runinfo
+
+    if runinfo.is_run(path):
+        d = runinfo.describe(path)
+        if as_json:
+            click.echo(runinfo.to_json(d))
+        else:
+            runinfo.show(d, click.echo)
+        return
     d = corpus_lib.info(path)
     if as_json:
         click.echo(json.dumps(d, ensure_ascii=False))
