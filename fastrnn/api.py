@@ -126,6 +126,14 @@ class CharRNN:
                                     rng=np.random.default_rng(seed), dtype=self.model.dtype))
         return prime + "".join(gen.decode_stream(self.vocab, ids))
 
+    def next_probs(self, prime="", k=None, temperature=1.0):
+        """The probabilities of the character after `prime`: [(character, p), ...], most probable first (the `k`
+        first; all if k is None)."""
+        from fastrnn import sample as gen
+
+        self._require()
+        return gen.next_probs(self._backend(), self.model.P, self.vocab, prime, k, temperature, self.model.dtype)
+
     def generate_many(self, count, prime="", length=200, temperature=1.0, seed=None, top_k=0, top_p=1.0,
                       greedy=False):
         """`count` generated texts (each `prime` followed by `length` characters), drawn together: every weight is

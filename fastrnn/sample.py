@@ -11,7 +11,51 @@ import numpy as np
 
 from fastrnn.errors import ConfigError, VocabError
 from fastrnn.params import arch_of, state_size
-from fastrnn.reference import draw, probabilities  # noqa: F401 (part of this module's API)
+from fastrnn.reference import draw, probabilities  # noqa: F401 (draw: part of this module's API)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"', "a": "\a", "b": "\b",
+            "f": "\f", "v": "\v"}
+_HEX = {"x": 2, "u": 4, "U": 8}
+
+
+def unescape(text, name="--prime"):
+    """Backslash escapes as in Python strings: \\n \\t \\r \\0 \\\\ \\' \\" \\a \\b \\f \\v, \\xHH, \\uHHHH,
+    \\UHHHHHHHH. Any other backslash sequence is a ConfigError (write \\\\ for a backslash)."""
+    out, i = [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        if i + 1 >= len(text):
+            raise ConfigError(f"{name} ends in a lone backslash (write \\\\ for a backslash)")
+        code = text[i + 1]
+        if code in _ESCAPES:
+            out.append(_ESCAPES[code])
+            i += 2
+        elif code in _HEX:
+            digits = text[i + 2:i + 2 + _HEX[code]]
+            try:
+                if len(digits) != _HEX[code]:
+                    raise ValueError
+                out.append(chr(int(digits, 16)))
+            except (ValueError, OverflowError):
+                raise ConfigError(f"{name}: \\{code} needs {_HEX[code]} hex digits, got {digits!r}") from None
+            i += 2 + _HEX[code]
+        else:
+            raise ConfigError(f"{name}: unknown escape \\{code} (write \\\\ for a backslash)")
+    return "".join(out)
+
+
+def next_probs(backend, P, vocab, prime="", k=None, temperature=1.0, dtype=np.float32):
+    """The probabilities of the next character after `prime`: [(symbol, p), ...] most probable first, the `k`
+    first (all if k is None)."""
+    h, logits = _start(backend, P, vocab, prime, dtype)
+    p = probabilities(logits[0], temperature)
+    order = np.argsort(-p, kind="stable")[: (k if k else p.size)]
+    return [(vocab.symbols[i], float(p[i])) for i in order]
 
 
 def check_options(temperature=1.0, top_k=0, top_p=1.0, length=0):

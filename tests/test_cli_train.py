@@ -55,6 +55,42 @@ def test_num_samples_are_the_samples_of_consecutive_seeds(trained):
     one_line_error(run("sample", trained, "--beam-width", "3", "--num-samples", "2"), "--beam-width")
 
 
+def test_prime_and_stop_at_take_escapes_and_a_prime_file(trained, tmp_path):
+    """--stop-at '\\n' stops at a newline (not at a backslash and an n); --prime 'Th\\x65' is the prime 'The';
+    --prime-file reads the prime as it is; a bad escape is one line."""
+    s = run("sample", trained, "--length", "300", "--seed", "3", "--stop-at", "\\n")
+    assert s.exit_code == 0 and s.stdout.endswith("\n") and s.stdout.count("\n") == 2, repr(s.stdout)
+    a = run("sample", trained, "--prime", "Th\\x65", "--length", "30", "--seed", "3")
+    b = run("sample", trained, "--prime", "The", "--length", "30", "--seed", "3")
+    assert a.exit_code == 0 and a.stdout == b.stdout and a.stdout.startswith("The")
+    (tmp_path / "prime.txt").write_text("The\\n")  # a file is taken as it is: backslash, n
+    f = run("sample", trained, "--prime-file", tmp_path / "prime.txt", "--length", "10", "--seed", "3")
+    assert f.exit_code == 1 and "'\\\\'" in f.stderr  # the backslash is not in the vocabulary: it was not unescaped
+    (tmp_path / "prime2.txt").write_text("The")
+    g = run("sample", trained, "--prime-file", tmp_path / "prime2.txt", "--length", "30", "--seed", "3")
+    assert g.stdout == b.stdout
+    one_line_error(run("sample", trained, "--prime", "a\\q"), "unknown escape")
+    one_line_error(run("sample", trained, "--prime", "a\\"), "lone backslash")
+    one_line_error(run("sample", trained, "--prime", "a", "--prime-file", tmp_path / "prime2.txt"), "not both")
+
+
+def test_top_n_probs_prints_the_next_character_distribution(trained):
+    from fastrnn import reference
+    from fastrnn.api import load_model
+    from fastrnn import sample as gen
+
+    r = run("sample", trained, "--prime", "The ", "--top-n-probs", "4")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4
+    probs = [float(line.split()[0]) for line in lines]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    model, vocab, _ = load_model(trained)
+    expect = gen.next_probs(reference, model.P, vocab, "The ", 4, dtype=model.dtype)
+    assert [eval(line.split(None, 1)[1]) for line in lines] == [symbol for symbol, _ in expect]
+    assert all(abs(p - q) < 1e-5 for p, (_, q) in zip(probs, expect))
+
+
 def test_sample_with_sample_every_prints_text(small_corpus, tmp_path):
     r = run("train", small_corpus, "-o", tmp_path / "run", *SMALL, "--max-steps", "4", "--sample-every", "2",
             "--sample-length", "30")

@@ -230,6 +230,14 @@ def test_generate_many_equals_samples_drawn_alone(backend_name):
         next(gen.generate_many(be, model.P, vocab, count=0))
 
 
+def test_api_next_probs(fitted):
+    probs = fitted.next_probs("The ", k=3)
+    assert len(probs) == 3 and probs[0][1] >= probs[1][1] >= probs[2][1]
+    everything = fitted.next_probs("The ")
+    assert len(everything) == fitted.vocab.size and abs(sum(p for _, p in everything) - 1) < 1e-9
+    assert everything[:3] == probs
+
+
 def test_api_generate_many(fitted):
     texts = fitted.generate_many(3, "The ", 40, seed=4)
     assert texts == [fitted.generate("The ", 40, seed=4 + i) for i in range(3)]

@@ -189,7 +189,10 @@ def _duration(seconds):
 
 @click.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option("--prime", default="", help="Text to warm the hidden state with; printed before the sample.")
+@click.option("--prime", default="", help="Text to warm the hidden state with; printed before the sample. "
+              "Backslash escapes are processed (\\n, \\t, \\\\, \\xHH, \\uHHHH).")
+@click.option("--prime-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Read the prime from this UTF-8 file (as it is: no escapes); instead of --prime.")
 @click.option("--length", type=click.IntRange(min=0), default=500, help="Characters to generate.")
 @click.option("--temperature", type=float, default=1.0,
               help="Divide logits by this before the softmax: < 1 is more conservative, > 1 more varied.")
@@ -202,17 +205,33 @@ def _duration(seconds):
               help="Beam search with this many beams: the most probable continuation of --length (0: sample).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1,
               help="Independent samples to print, drawn together (sample i is the one --seed SEED+i draws alone).")
-@click.option("--stop-at", default="", help="Stop a sample once it has produced this text.")
+@click.option("--stop-at", default="", help="Stop a sample once it has produced this text (escapes as --prime: "
+              "\\n\\n is a blank line).")
+@click.option("--top-n-probs", type=click.IntRange(min=0), default=0,
+              help="Print the N most probable next characters after the prime, with their probabilities (at "
+                   "--temperature), instead of sampling.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: a fresh one each time).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="numba")
-def sample(checkpoint, prime, length, temperature, top_k, top_p, greedy, beam_width, num_samples, stop_at, seed,
-           backend):
+def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, greedy, beam_width, num_samples,
+           stop_at, top_n_probs, seed, backend):
     """Generate text from a trained model (a checkpoint file or a run directory), streamed to stdout."""
     from fastrnn.api import load_model
     from fastrnn.model import get_backend
     from fastrnn import sample as gen
 
     gen.check_options(temperature, top_k, top_p, length)
+    if prime_file is not None:
+        if prime:
+            raise ConfigError("give --prime or --prime-file, not both")
+        try:
+            with open(prime_file, encoding="utf-8", newline="") as f:
+                prime = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read --prime-file {prime_file}: {getattr(exc, 'strerror', None) or exc}") \
+                from None
+    else:
+        prime = gen.unescape(prime, "--prime")
+    stop_at = gen.unescape(stop_at, "--stop-at")
     for name, text in (("--prime", prime), ("--stop-at", stop_at)):
         bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
         if bad is not None:
@@ -221,6 +240,10 @@ def sample(checkpoint, prime, length, temperature, top_k, top_p, greedy, beam_wi
     vocab.encode(prime)  # unknown prime characters: a clear error before any output
     be = get_backend(backend)
     out = sys.stdout
+    if top_n_probs:
+        for symbol, p in gen.next_probs(be, model.P, vocab, prime, top_n_probs, temperature, model.dtype):
+            out.write(f"{p:.6f}  {symbol!r}\n")
+        return
     if beam_width:
         if num_samples > 1:
             raise ConfigError("--num-samples with --beam-width would print the same beam several times; "
