@@ -1,4 +1,4 @@
-"""`fastrnn eval`: score held-out text with a trained model."""
+"""`fastrnn eval`: score held-out text with a trained model; `fastrnn serve`: generate over HTTP."""
 
 import json
 import os
@@ -79,4 +79,45 @@ def evaluate(model_path, sources, split, unknown, encoding, as_json, backend):
                + (f"; {result['skipped']:,} characters outside the vocabulary skipped" if result["skipped"] else ""))
 
 
-COMMANDS = [evaluate]
+@click.command("serve")
+@click.argument("model_path", metavar="RUN|CHECKPOINT", type=click.Path())
+@click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port (0: any free port).")
+@click.option("--max-length", type=click.IntRange(min=1), default=10_000,
+              help="Longest sample (and prime) a request may ask for, in characters.")
+@click.option("--max-body", type=click.IntRange(min=64), default=65_536, help="Largest request body, in bytes.")
+@click.option("--max-pending", type=click.IntRange(min=0), default=4,
+              help="Requests that may wait while one generates; more get 503.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="numba")
+def serve(model_path, host, port, max_length, max_body, max_pending, backend):
+    """Load a model once and answer generation requests over HTTP: POST /generate with JSON {prime, length,
+    temperature, top_k, top_p, seed, stream} returns {text, seed, length}, or the text streamed as it is generated
+    with "stream": true; GET /health describes the model. Ctrl-C or SIGTERM stops the server."""
+    import signal
+    import sys
+
+    from fastrnn import serve as srv
+
+    generator = srv.Generator(model_path, backend, max_length, max_body, max_pending)
+    next(generator.pieces(dict(prime="", length=1, temperature=1.0, top_k=0, top_p=1.0, seed=0)), None)  # compile
+    try:
+        server = srv.make_server(generator, host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    h, p = server.server_address[:2]
+    click.echo(f"serving {generator.path} on http://{h}:{p} (POST /generate, GET /health); Ctrl-C stops", err=True)
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    finally:
+        server.server_close()
+
+
+COMMANDS = [evaluate, serve]
