@@ -94,7 +94,6 @@ CASES = [
     ("sample negative length", ["sample", "{d}/run", "--length", "-5"], 2, "--length"),
     ("sample top-p zero", ["sample", "{d}/run", "--top-p", "0"], 2, "--top-p"),
     # corpus commands on wrong files
-    ("info checkpoint", ["info", "{d}/run/checkpoint.h5"], 1, "checkpoint, not a corpus"),
     ("prepare into existing", ["prepare", "{d}/text.txt", "-o", "{d}/corpus.h5"], 1, "--force"),
 ]
 

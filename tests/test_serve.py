@@ -29,7 +29,7 @@ def trained(small_corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(trained):
-    generator = Generator(str(trained), max_length=500, max_body=1000, max_pending=0)
+    generator = Generator(str(trained), max_length=500, max_body=1000, max_pending=2)
     srv = make_server(generator, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -109,12 +109,16 @@ def test_busy_server_answers_503_and_health_reports_the_model(server):
     status, _, body = request(srv, "GET", "/health")
     info = json.loads(body)
     assert status == 200 and info["model"]["hidden_size"] == 16 and info["limits"]["max_length"] == 500
-    generator.slots.acquire()  # max_pending=0: one request at a time; hold its slot
+    held = 0
+    while generator.slots.acquire(blocking=False):  # one running and max_pending=2 waiting: hold all three
+        held += 1
     try:
+        assert held == 3
         status, _, body = request(srv, "POST", "/generate", {"length": 5})
         assert status == 503 and "too many" in json.loads(body)["error"]
     finally:
-        generator.slots.release()
+        for _ in range(held):
+            generator.slots.release()
     assert request(srv, "POST", "/generate", {"length": 5})[0] == 200
 
 
