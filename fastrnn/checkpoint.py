@@ -24,11 +24,14 @@ import h5py
 import numpy as np
 
 from fastrnn.errors import CheckpointError
+from fastrnn.h5safe import check_global_heaps
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.h5"
 BEST_NAME = "best.h5"
 HISTORY_PATTERN = re.compile(r"^checkpoint-(\d+)\.h5$")
+# what reading a damaged HDF5 file, its attributes or their JSON can raise (UnicodeError is a ValueError)
+_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, OverflowError)
 
 
 class Checkpoint:
@@ -128,9 +131,9 @@ def load(path):
     path = resolve(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
-    if not h5py.is_hdf5(path):
-        raise CheckpointError(f"{path} is not a fastrnn checkpoint (not an HDF5 file)")
     try:
+        if not h5py.is_hdf5(path):
+            raise CheckpointError(f"{path} is not a fastrnn checkpoint (not an HDF5 file)")
         with h5py.File(path, "r") as f:
             if "fastrnn_checkpoint" not in f.attrs:
                 if "fastrnn_corpus" in f.attrs:
@@ -140,31 +143,46 @@ def load(path):
             if version > FORMAT_VERSION:
                 raise CheckpointError(f"{path} has checkpoint format {version}; this fastrnn reads up to "
                                       f"{FORMAT_VERSION} (upgrade fastrnn)")
+            datasets = {"params": f["params"], "hidden": f["hidden"]}
+            datasets.update({f"optimizer/{key}": f["optimizer"][key] for key in f["optimizer"]})
+            _check_extents(path, datasets.values())
             attrs_json = {key: _as_str(f.attrs[key]) for key in ("config", "vocab", "state")}
-            arrays = {"params": f["params"][()], "hidden": f["hidden"][()]}
-            for key in f["optimizer"]:
-                arrays[f"optimizer/{key}"] = f["optimizer"][key][()]
+            arrays = {key: d[()] for key, d in datasets.items()}
             checksum = _as_str(f.attrs["checksum"])
+        if _digest(attrs_json, arrays) != checksum:
+            raise CheckpointError(f"{path} is corrupt: checksum mismatch")
+        optimizer = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+        return Checkpoint(
+            config=json.loads(attrs_json["config"]),
+            vocab=json.loads(attrs_json["vocab"]),
+            params=arrays["params"],
+            optimizer=optimizer,
+            hidden=arrays["hidden"],
+            state=json.loads(attrs_json["state"]),
+            path=path,
+        )
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path} is damaged or truncated ({exc})") from exc
-    if _digest(attrs_json, arrays) != checksum:
-        raise CheckpointError(f"{path} is corrupt: checksum mismatch")
-    optimizer = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-    return Checkpoint(
-        config=json.loads(attrs_json["config"]),
-        vocab=json.loads(attrs_json["vocab"]),
-        params=arrays["params"],
-        optimizer=optimizer,
-        hidden=arrays["hidden"],
-        state=json.loads(attrs_json["state"]),
-        path=path,
-    )
+    except _DAMAGE as exc:
+        raise CheckpointError(f"{path} is damaged or truncated ({type(exc).__name__}: {exc})") from None
+
+
+def _check_extents(path, datasets):
+    """Before any attribute or dataset is read: every dataset's raw data lies inside the file, and no global heap
+    is damaged in a way HDF5 would never finish reading (fastrnn.h5safe). Raises ValueError."""
+    size = os.path.getsize(path)
+    extents = []
+    for d in datasets:
+        offset, nbytes = d.id.get_offset(), d.id.get_storage_size()
+        if offset is not None:
+            if offset + nbytes > size:
+                raise ValueError(f"dataset {d.name} runs past the end of the file")
+            extents.append((offset, nbytes))
+    check_global_heaps(path, extents)
 
 
 def _as_str(value):
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 def history(run_dir):

@@ -72,9 +72,16 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
 @click.command()
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info(path, as_json):
+@click.option("--verify", is_flag=True,
+              help="Also read every token: checksums (format 2) and ids inside the vocabulary; exit 1 if damaged.")
+def info(path, as_json, verify):
     """Describe a corpus file: vocabulary, split sizes, dtype, sources and options."""
-    d = corpus_lib.info(path)
+    with corpus_lib.open_corpus(path) as c:
+        d = c.info()
+        if verify:
+            chunks = c.verify()
+            d["verified"] = ("checksums and ids" if d["checksums"] else "ids only (format 1 has no checksums)") + \
+                f", {sum(chunks.values())} chunks"
     if as_json:
         click.echo(json.dumps(d, ensure_ascii=False))
         return
@@ -92,6 +99,8 @@ def info(path, as_json):
         click.echo(f"source          {s['path']} ({s['bytes']:,} bytes)")
     if d["created"]:
         click.echo(f"created         {d['created']}")
+    if verify:
+        click.echo(f"verified        ok: {d['verified']}")
 
 
 def _printable(symbols):
