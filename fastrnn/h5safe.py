@@ -65,3 +65,45 @@ def _check_collection(fh, at, file_size):
             raise ValueError(f"the global heap at byte offset {at} is damaged (an object of size 0 at byte "
                              f"offset {p})")
         p += need
+
+
+# Reading an attribute or dataset whose datatype message is damaged can crash the HDF5 library (a segfault in the
+# type conversion): these check the datatype before anything is read. They raise ValueError (KeyError if missing).
+
+def str_attr(obj, name):
+    """The string attribute `name` of an h5py object, read only if it is a scalar HDF5 string."""
+    from h5py import h5t
+
+    attr = obj.attrs.get_id(name)
+    tid = attr.get_type()
+    if attr.shape != () or tid.get_class() != h5t.STRING or tid.get_cset() not in (h5t.CSET_ASCII, h5t.CSET_UTF8):
+        raise ValueError(f"attribute {name} is not a string")
+    value = obj.attrs[name]
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def int_attr(obj, name):
+    """The integer attribute `name` of an h5py object, read only if it is a scalar HDF5 integer of at most 8 bytes."""
+    from h5py import h5t
+
+    attr = obj.attrs.get_id(name)
+    tid = attr.get_type()
+    if attr.shape != () or tid.get_class() != h5t.INTEGER or tid.get_size() > 8:
+        raise ValueError(f"attribute {name} is not an integer")
+    return int(obj.attrs[name])
+
+
+def dataset_extent(d, file_size):
+    """(byte offset or None, bytes) of the raw data of h5py dataset d, checked before it is read: a plain numeric
+    type (the standard type of its numpy dtype), contiguous storage of exactly its shape, inside the file."""
+    from h5py import h5t
+
+    dtype = d.dtype
+    if dtype.kind not in "fiu" or not d.id.get_type().equal(h5t.py_create(dtype)):
+        raise ValueError(f"dataset {d.name} has a damaged datatype")
+    offset, nbytes = d.id.get_offset(), d.id.get_storage_size()
+    if nbytes != d.size * dtype.itemsize or (nbytes and offset is None):
+        raise ValueError(f"dataset {d.name} does not hold its shape {d.shape}")
+    if offset is not None and offset + nbytes > file_size:
+        raise ValueError(f"dataset {d.name} runs past the end of the file")
+    return offset, nbytes

@@ -19,9 +19,9 @@ class BatchStream:
     `batch(epoch, index)` is random access, which is what an exact resume needs; nothing is copied but the
     N*(T+1) tokens of the minibatch.
 
-    check: optional callable(starts, length, epoch_start) called before a minibatch's tokens are read (the split's
-    `Corpus.checker`, which checks each chunk of the split the first time it is reached and raises CorpusError
-    for a damaged one).
+    check: optional callable(starts, length) called before a minibatch's tokens are read (the split's
+    `Corpus.checker`: it checks the file's size, and each chunk of the split the first time it is reached, and
+    raises CorpusError for a damaged one).
     """
 
     def __init__(self, tokens, batch_size, seq_len, *, shuffle=False, seed=0, name="train", check=None):
@@ -65,7 +65,7 @@ class BatchStream:
         """(x, y): (N, T) int32 inputs and targets (targets are inputs shifted by one) of minibatch `index`."""
         starts = self.starts(epoch, index)  # (N,)
         if self.check is not None:
-            self.check(starts, self.seq_len + 1, index == 0)
+            self.check(starts, self.seq_len + 1)
         pos = starts[:, None] + self._offsets  # (N, T+1)
         rows = np.asarray(self.tokens[pos], dtype=np.int32)  # (N, T+1) reads only these tokens from the map
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])

@@ -250,20 +250,25 @@ def _temp_name(output, kind):
 
 
 def _remove_stale_temps(output):
-    """Remove the temporary files of earlier prepares of `output` that are gone (killed with SIGKILL, or a crash):
-    those named by a PID that no longer runs, or by this process's own PID (reused; it has made none yet).
-    Called under the output's lock, so no live prepare of this output on this machine is writing them."""
+    """Remove the temporary files that earlier prepares in the output's directory left when they died (SIGKILL, a
+    crash): those named by a PID that no longer runs, or by this process's own (reused; it has made none yet).
+    Called under the output's lock, so no live prepare of this output on this machine is writing its own; those of
+    another output are removed only if its lock is free as well."""
     directory, base = os.path.split(os.path.abspath(output))
-    pattern = re.compile(r"^\." + re.escape(base) + r"\.(\d+)\.(prepare|stdin)\.tmp$")
+    pattern = re.compile(r"^\.(.+)\.(\d+)\.(prepare|stdin)\.tmp$")
     try:
         names = os.listdir(directory)
     except OSError:
         return
     for name in names:
         m = pattern.match(name)
-        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
-            with contextlib.suppress(OSError):
+        if not m or (int(m.group(2)) != os.getpid() and _pid_alive(int(m.group(2)))):
+            continue
+        try:
+            with contextlib.nullcontext() if m.group(1) == base else _OutputLock(os.path.join(directory, m.group(1))):
                 os.unlink(os.path.join(directory, name))
+        except (CorpusError, OSError):  # another prepare holds that output, or the file went already
+            pass
 
 
 def _pid_alive(pid):
@@ -336,7 +341,8 @@ class _Signals:
     """SIGINT and SIGTERM stop prepare with PrepareInterrupted (raised in the main thread, so that every `finally`
     on the way out removes its temporary files); further signals are ignored while it cleans up. After `commit()`
     (the output is complete and about to be renamed into place) they are ignored. The previous handlers come
-    back on exit. Outside the main thread nothing is installed."""
+    back on exit. Outside the main thread nothing is installed, nor for a signal this process ignores (nohup, or
+    SIGINT of a background job)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -354,7 +360,8 @@ class _Signals:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.saved = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+            self.saved = {s: signal.signal(s, self._handler) for s in self.SIGNALS
+                          if signal.getsignal(s) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc):

@@ -30,14 +30,15 @@ import numpy as np
 
 from fastrnn.corpus.vocab import Vocab
 from fastrnn.errors import ConfigError, CorpusError
-from fastrnn.h5safe import check_global_heaps
+from fastrnn.h5safe import check_global_heaps, dataset_extent, int_attr, str_attr
 
 FORMAT_VERSION = 2  # 2: checksums; 1 (no checksums) is still read
 SPLITS = ("train", "val", "test")
 CHECK_CHUNK = 1 << 20  # tokens per checksummed chunk (one CRC-32 costs ~0.4 ms per MB)
 META_ATTRS = ("format_version", "vocab", "config", "sources", "created", "checksum_chunk")
 # what reading a damaged HDF5 file or its attributes can raise besides our own errors
-_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, OverflowError)
+_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, OverflowError,
+           MemoryError)
 
 
 def meta_digest(attrs, splits):
@@ -55,8 +56,9 @@ def n_chunks(n, chunk):
     return -(-int(n) // int(chunk))
 
 
-def _as_str(value):
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+def _attr_text(f, key):
+    """Attribute `key` of META_ATTRS as the text meta_digest takes (integers in decimal)."""
+    return str(int_attr(f, key)) if key in ("format_version", "checksum_chunk") else str_attr(f, key)
 
 
 class Corpus:
@@ -64,6 +66,7 @@ class Corpus:
 
     def __init__(self, path):
         self.path = path
+        self._maps, self._checkers, self._fd = {}, {}, None
         try:
             if not os.path.exists(path):
                 raise CorpusError(f"corpus {path} does not exist")
@@ -72,7 +75,9 @@ class Corpus:
             if not h5py.is_hdf5(path):
                 raise CorpusError(f"{path} is not a corpus file (not HDF5); make one with `fastrnn prepare`")
             self._file = h5py.File(path, "r")
+            self._fd = os.open(path, os.O_RDONLY)  # for the size checks
         except _DAMAGE as exc:
+            self.close()
             raise CorpusError(f"cannot read corpus {path}: it is truncated or corrupt ({exc})") from None
         f = self._file
         try:
@@ -80,7 +85,7 @@ class Corpus:
                 raise CorpusError(f"{path} is a fastrnn checkpoint, not a corpus")
             if "fastrnn_corpus" not in f.attrs:
                 raise CorpusError(f"{path} is an HDF5 file but not a fastrnn corpus")
-            version = int(f.attrs["format_version"])
+            version = int_attr(f, "format_version")
             if version > FORMAT_VERSION:
                 raise CorpusError(f"{path} has corpus format {version}; this fastrnn reads up to {FORMAT_VERSION}")
             for name in SPLITS:
@@ -91,14 +96,15 @@ class Corpus:
             check_global_heaps(path, [(o, n * dt.itemsize) for o, n, dt in self._layout.values()])
             checked = version >= 2 or "meta_checksum" in f.attrs or "checksums" in f
             if checked:
-                attrs = {key: _as_str(f.attrs[key]) for key in META_ATTRS}
+                attrs = {key: _attr_text(f, key) for key in META_ATTRS}
                 splits = {name: (f[name].dtype.name, f[name].shape[0]) for name in SPLITS}
-                if meta_digest(attrs, splits) != _as_str(f.attrs["meta_checksum"]):
+                if meta_digest(attrs, splits) != str_attr(f, "meta_checksum"):
                     raise CorpusError(f"{path} is corrupt: the checksum of its metadata does not match; prepare "
                                       f"it again")
                 self.chunk = int(attrs["checksum_chunk"])
                 self._checksums = {}
                 for name in SPLITS:
+                    dataset_extent(f["checksums"][name], os.fstat(self._fd).st_size)
                     sums = f["checksums"][name][()]
                     if sums.dtype != np.uint32 or sums.shape != (n_chunks(splits[name][1], self.chunk),):
                         raise CorpusError(f"{path} is corrupt: the checksums of split {name} do not fit it")
@@ -107,23 +113,22 @@ class Corpus:
                 raise CorpusError(f"{path} has an unknown corpus format {version}; the corpus is damaged")
             else:
                 self.chunk, self._checksums = CHECK_CHUNK, None
-            self.vocab = Vocab.from_dict(json.loads(f.attrs["vocab"]))
-            self.config = json.loads(f.attrs["config"])
-            self.sources = json.loads(f.attrs["sources"])
+            self.vocab = Vocab.from_dict(json.loads(str_attr(f, "vocab")))
+            self.config = json.loads(str_attr(f, "config"))
+            self.sources = json.loads(str_attr(f, "sources"))
             self.format_version = version
-            self.created = str(f.attrs.get("created", ""))
+            self.created = str_attr(f, "created") if "created" in f.attrs else ""
             for name in SPLITS:
                 if f[name].dtype != np.dtype(self.vocab.dtype):
                     raise CorpusError(f"{path}: split {name} holds {f[name].dtype} ids but the vocabulary of "
                                       f"{self.vocab.size} symbols needs {np.dtype(self.vocab.dtype)}; the corpus "
                                       f"is damaged")
         except CorpusError:
-            f.close()
+            self.close()
             raise
         except _DAMAGE as exc:
-            f.close()
+            self.close()
             raise CorpusError(f"{path} is a damaged corpus file ({type(exc).__name__}: {exc})") from None
-        self._maps, self._checkers = {}, {}
 
     def _locate(self, name):
         """(file offset, length, dtype) of split `name`, checked to be a plain contiguous dataset."""
@@ -134,12 +139,14 @@ class Corpus:
         offset = d.id.get_offset()
         if n and (offset is None or d.chunks is not None or d.compression):
             raise CorpusError(f"{self.path}: split {name} is not stored contiguously; prepare it again")
+        dataset_extent(d, os.fstat(self._fd).st_size)
         return (offset or 0), n, d.dtype
 
     def _check_size(self):
-        """Every split lies inside the file as it is now (a memory map past its end would die of SIGBUS)."""
+        """Every split lies inside the file as it is now (reading a memory map past the end of its file dies of
+        SIGBUS). One fstat: cheap enough for every minibatch."""
         try:
-            size = os.path.getsize(self.path)
+            size = os.fstat(self._fd).st_size
         except OSError as exc:
             raise CorpusError(f"cannot read corpus {self.path}: {exc.strerror or exc}") from None
         for name, (offset, n, dtype) in self._layout.items():
@@ -148,8 +155,9 @@ class Corpus:
                                   f"{offset + n * dtype.itemsize:,} > {size:,} bytes)")
 
     def split(self, name):
-        """(M,) read-only memory-mapped token ids of split `name` ('train', 'val' or 'test'). The ids are not
-        checked here: readers call `checker(name)` before they use a range (BatchStream does)."""
+        """(M,) read-only memory-mapped token ids of split `name` ('train', 'val' or 'test'). The first call checks
+        that every id is inside the vocabulary (one vectorised pass, `check_ids`); the checksums are checked by
+        `checker(name)`, which readers call before they use a range (BatchStream does)."""
         if name not in SPLITS:
             raise ConfigError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
         if name not in self._maps:
@@ -159,8 +167,28 @@ class Corpus:
             else:
                 self._check_size()
                 arr = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=(n,))
+                self._check_ids(name, arr)
             self._maps[name] = arr
         return self._maps[name]
+
+    ID_PASS = 1 << 24  # tokens per piece of the id pass
+
+    def _check_ids(self, name, arr):
+        """CorpusError naming the file and byte offset of the first id of split `name` outside the vocabulary.
+        Reads the whole split (numpy's max, ~20 GB/s from the page cache) and drops its pages from RSS after."""
+        offset, n, dtype = self._layout[name]
+        size = self.vocab.size
+        if size >= 1 << (8 * dtype.itemsize):  # every value of the dtype is an id
+            return
+        for a in range(0, n, self.ID_PASS):
+            piece = arr[a: a + self.ID_PASS]
+            if int(piece.max()) >= size:
+                i = a + int(np.argmax(piece >= size))
+                release_pages(arr)
+                raise CorpusError(f"{self.path} is damaged: token id {int(arr[i])} at byte offset "
+                                  f"{offset + i * dtype.itemsize} (split {name}, token {i}) is outside the "
+                                  f"vocabulary of {size} symbols; prepare it again")
+        release_pages(arr)
 
     def checker(self, name):
         """The ChunkCheck of split `name` (one per split and open corpus; it remembers the chunks checked)."""
@@ -175,6 +203,7 @@ class Corpus:
         for name in SPLITS:
             check = self.checker(name)
             for k in range(check.n_chunks):
+                self._check_size()
                 check.verify_chunk(k)
                 release_pages(self._maps.get(name))
             counts[name] = check.n_chunks
@@ -201,7 +230,11 @@ class Corpus:
     def close(self):
         self._maps.clear()
         self._checkers.clear()
-        self._file.close()
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self):
         return self
@@ -211,10 +244,10 @@ class Corpus:
 
 
 class ChunkCheck:
-    """Checks the chunks of a split (CHECK_CHUNK tokens each) the first time a reader reaches them: the file still
-    holds every split (its size), every id is inside the vocabulary, and, format 2, the chunk's CRC-32. Call it
-    with the (R,) start positions and the length of the ranges about to be read; `epoch_start` also checks the
-    file's size when every chunk was checked already. Raises CorpusError naming the file and byte offset."""
+    """Called with the (R,) start positions and the length of the ranges a reader is about to read: checks that
+    the file still holds every split (its size, every call: a file truncated under a memory map would end the
+    process with SIGBUS) and, the first time a reader reaches a chunk of the split (CHECK_CHUNK tokens), every id
+    in it is inside the vocabulary and, format 2, its CRC-32. Raises CorpusError naming the file and byte offset."""
 
     def __init__(self, corpus, name):
         self.corpus, self.name = corpus, name
@@ -227,17 +260,14 @@ class ChunkCheck:
         self.vocab_size = corpus.vocab.size
         self.ids_fit = self.vocab_size >= 1 << (8 * self.dtype.itemsize)  # every value of the dtype is an id
 
-    def __call__(self, starts, length, epoch_start=False):
+    def __call__(self, starts, length):
+        self.corpus._check_size()
         if self.all_done:
-            if epoch_start:
-                self.corpus._check_size()
             return
         starts = np.asarray(starts, dtype=np.int64)
         first = starts // self.chunk
         last = np.minimum(starts + max(int(length), 1) - 1, self.n - 1) // self.chunk
         if self.done[first].all() and self.done[last].all() and (last - first).max(initial=0) <= 1:
-            if epoch_start:
-                self.corpus._check_size()
             return
         for k in np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(first, last)])):
             if not self.done[k]:
@@ -246,7 +276,6 @@ class ChunkCheck:
     def verify_chunk(self, k):
         """Check chunk k now (CorpusError if it is bad)."""
         path, name = self.corpus.path, self.name
-        self.corpus._check_size()
         a, b = k * self.chunk, min((k + 1) * self.chunk, self.n)
         seg = self.corpus.split(name)[a:b]
         where = self.offset + a * self.dtype.itemsize  # byte offset of the chunk in the file
