@@ -5,8 +5,9 @@ ids); standard input is first spooled to a temporary file. Peak memory is a few 
 
 One writer per output: prepare holds an exclusive lock (flock) on `.OUTPUT.lock` beside the output while it runs
 (the OS releases it if the process dies); a second prepare to the same output is refused, naming the holder's PID.
-Its temporary files are `.OUTPUT.<pid>.prepare.tmp` and `.OUTPUT.<pid>.stdin.tmp`; SIGINT/SIGTERM remove them
-(exit 130/143), and the next prepare of that output removes those of a process that is gone (after kill -9).
+Its temporary files are `.OUTPUT.<pid>.prepare.tmp` and `.OUTPUT.<pid>.stdin.tmp`; SIGINT, SIGTERM and SIGHUP
+remove them (exit 130, 143, 129), and the next prepare in that directory removes those of a process that is gone
+(kill -9) whose output no live prepare holds.
 """
 
 import codecs
@@ -31,7 +32,7 @@ from fastrnn.errors import ConfigError, CorpusError
 
 
 class PrepareInterrupted(CorpusError):
-    """prepare stopped by SIGINT or SIGTERM (exit status 128 + the signal's number, as a shell reports it)."""
+    """prepare stopped by SIGINT, SIGTERM or SIGHUP (exit status 128 + the signal's number, as a shell reports it)."""
 
     def __init__(self, signum, output):
         super().__init__(f"prepare interrupted by {signal.Signals(signum).name}: {output} was not written, and its "
@@ -245,8 +246,15 @@ def _startup_mmap_threshold(environ=os.environ):
 
 def _temp_name(output, kind):
     """The temporary file of this process for `output`: .OUTPUT.<pid>.<kind>.tmp beside it (kind prepare|stdin)."""
-    directory, base = os.path.split(os.path.abspath(output))
+    directory, base = _place(output)
     return os.path.join(directory, f".{base}.{os.getpid()}.{kind}.tmp")
+
+
+def _place(output):
+    """(directory, name) of `output`, the directory with symbolic links resolved, so that every spelling of the
+    same output shares one lock and one set of temporary names."""
+    directory, base = os.path.split(os.path.abspath(output))
+    return os.path.realpath(directory), base
 
 
 def _remove_stale_temps(output):
@@ -254,7 +262,7 @@ def _remove_stale_temps(output):
     crash): those named by a PID that no longer runs, or by this process's own (reused; it has made none yet).
     Called under the output's lock, so no live prepare of this output on this machine is writing its own; those of
     another output are removed only if its lock is free as well."""
-    directory, base = os.path.split(os.path.abspath(output))
+    directory, base = _place(output)
     pattern = re.compile(r"^\.(.+)\.(\d+)\.(prepare|stdin)\.tmp$")
     try:
         names = os.listdir(directory)
@@ -289,7 +297,7 @@ class _OutputLock:
 
     def __init__(self, output):
         self.output = output
-        directory, base = os.path.split(os.path.abspath(output))
+        directory, base = _place(output)
         self.path = os.path.join(directory, f".{base}.lock")
         self.fd = None
 
@@ -338,13 +346,13 @@ class _OutputLock:
 
 
 class _Signals:
-    """SIGINT and SIGTERM stop prepare with PrepareInterrupted (raised in the main thread, so that every `finally`
-    on the way out removes its temporary files); further signals are ignored while it cleans up. After `commit()`
-    (the output is complete and about to be renamed into place) they are ignored. The previous handlers come
-    back on exit. Outside the main thread nothing is installed, nor for a signal this process ignores (nohup, or
+    """SIGINT, SIGTERM and SIGHUP stop prepare with PrepareInterrupted (raised in the main thread, so that every
+    `finally` on the way out removes its temporary files); further signals are ignored while it cleans up. After
+    `commit()` (the output is complete and about to be renamed into place) they are ignored. The previous handlers
+    come back on exit. Outside the main thread nothing is installed, nor for a signal this process ignores (nohup, or
     SIGINT of a background job)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, output):
         self.output, self.saved, self.committed = output, None, False
@@ -371,7 +379,7 @@ class _Signals:
 
 
 def _names(inputs):
-    return [os.fspath(i) for i in inputs]
+    return ["stdin" if os.fspath(i) == "-" else os.fspath(i) for i in inputs]
 
 
 def _create_split(f, name, n, dtype):
