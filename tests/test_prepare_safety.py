@@ -118,3 +118,30 @@ def test_stdin_errors_say_stdin(tmp_path):
     line = error_line(r.stderr.decode())
     assert line.startswith("fastrnn: error: stdin is not valid utf-8 text") and "byte offset 10" in line, line
     assert ".tmp" not in line and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_library_prepare_interrupted_in_its_second_pass(tmp_path, sig):
+    """In a program: SIGINT is a KeyboardInterrupt as usual and SIGTERM a PrepareInterrupted (exit status 143 at the
+    command line); either way the temporary files are gone and the previous handlers are back."""
+    from fastrnn.corpus import prepare
+    from fastrnn.corpus.build import PrepareInterrupted
+
+    (tmp_path / "t.txt").write_text(make_text(20_000))
+    out = tmp_path / "out"
+    out.mkdir()
+    seen = []
+
+    def progress(phase, done, total):
+        if phase == "write" and not seen:
+            seen.append(sorted(os.listdir(out)))
+            os.kill(os.getpid(), sig)
+
+    before = signal.getsignal(sig)
+    with pytest.raises(KeyboardInterrupt if sig == signal.SIGINT else PrepareInterrupted) as info:
+        prepare([tmp_path / "t.txt"], out / "c.h5", chunk_size=1024, progress=progress)
+    if sig == signal.SIGTERM:
+        assert info.value.exit_code == 143 and "c.h5 was not written" in str(info.value)
+    assert seen == [sorted([".c.h5.lock", f".c.h5.{os.getpid()}.prepare.tmp"])]  # caught in the middle of pass 2
+    assert os.listdir(out) == []
+    assert signal.getsignal(sig) is before

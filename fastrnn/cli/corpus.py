@@ -1,12 +1,14 @@
 """`fastrnn prepare` and `fastrnn info`: thin commands over fastrnn.corpus."""
 
 import json
+import signal
 import sys
 import time
 
 import click
 
 from fastrnn import corpus as corpus_lib
+from fastrnn.corpus.build import PrepareInterrupted
 
 
 class _Progress:
@@ -60,6 +62,8 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
         info = corpus_lib.prepare(list(inputs), output, level=level, val_frac=val_frac, test_frac=test_frac,
                                   lowercase=lowercase, letters_only=letters_only, encoding=encoding, errors=errors,
                                   force=force, progress=progress)
+    except KeyboardInterrupt:  # Ctrl-C: prepare removed its temporary files on the way out
+        raise PrepareInterrupted(signal.SIGINT, output) from None
     finally:
         progress.done()
     seconds = time.perf_counter() - start

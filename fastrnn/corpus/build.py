@@ -346,8 +346,10 @@ class _OutputLock:
 
 
 class _Signals:
-    """SIGINT, SIGTERM and SIGHUP stop prepare with PrepareInterrupted (raised in the main thread, so that every
-    `finally` on the way out removes its temporary files); further signals are ignored while it cleans up. After
+    """SIGINT stops prepare with KeyboardInterrupt (as Python's own handler would), SIGTERM and SIGHUP with
+    PrepareInterrupted (their default action would end the process at once, leaving its temporary files); raised
+    in the main thread, so that every `finally` on the way out removes its temporary files. Further signals are
+    ignored while it cleans up. After
     `commit()` (the output is complete and about to be renamed into place) they are ignored. The previous handlers
     come back on exit. Outside the main thread nothing is installed, nor for a signal this process ignores (nohup, or
     SIGINT of a background job)."""
@@ -361,7 +363,7 @@ class _Signals:
         for s in self.SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         if not self.committed:
-            raise PrepareInterrupted(signum, self.output)
+            raise KeyboardInterrupt if signum == signal.SIGINT else PrepareInterrupted(signum, self.output)
 
     def commit(self):
         self.committed = True
