@@ -276,3 +276,21 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint(tmp_path):
     a, b = ckpt_io.load(reference), ckpt_io.load(run)
     assert b.state["step"] == 8
     np.testing.assert_array_equal(a.params, b.params)
+
+
+def test_corpus_cut_short_while_training_is_an_error_not_sigbus(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(400_000))
+    corpus = tmp_path / "c.h5"
+    prepare([text], corpus)
+    p = subprocess.Popen([sys.executable, "-m", "fastrnn", "train", corpus, "-o", tmp_path / "run", "--hidden-size",
+                          "8", "--batch-size", "4", "--seq-len", "10", "--max-steps", "100000000", "--log-every", "1",
+                          "--eval-every", "0", "--backend", "numpy"], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in p.stderr:
+        if line.startswith("step "):
+            break
+    os.truncate(corpus, 100_000)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err  # not -SIGBUS
+    assert err.strip().splitlines()[-1].startswith(f"fastrnn: error: {corpus} is truncated"), err
+    assert "Traceback" not in err
