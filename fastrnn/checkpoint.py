@@ -31,7 +31,7 @@ CHECKPOINT_NAME = "checkpoint.h5"
 BEST_NAME = "best.h5"
 HISTORY_PATTERN = re.compile(r"^checkpoint-(\d+)\.h5$")
 # what reading a damaged HDF5 file, its attributes or their JSON can raise (UnicodeError is a ValueError)
-_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, OverflowError,
+_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, ArithmeticError,
            MemoryError)
 
 

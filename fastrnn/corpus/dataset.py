@@ -9,11 +9,13 @@ does not grow with the corpus:
                             created, checksum_chunk and meta_checksum (format 2: sha256 of the attributes and of
                             the splits' names, dtypes and lengths, see `meta_digest`)
 
-Opening a corpus checks everything cheap at once: the attributes against meta_checksum, the chunk checksum
-arrays' lengths, and that every split lies inside the file (a truncated file is refused before it is mapped).
-The data themselves are checked chunk by chunk as a reader first reaches a chunk (`Corpus.checker`, which
-BatchStream calls before it reads a minibatch): its CRC-32 and that every id is inside the vocabulary. A
-corpus of format 1 (no checksums) still opens; its chunks get the id check only. `Corpus.verify` checks them all.
+Opening a corpus checks everything cheap at once: the datasets' types, shapes and extents and the global heaps
+before anything is read (fastrnn.h5safe: some damage crashes or hangs the HDF5 library), the attributes against
+meta_checksum, the chunk checksum arrays' lengths, and that every split lies inside the file (a truncated file is
+refused before it is mapped). Mapping a split checks that every id is inside the vocabulary (one vectorised pass).
+A reader calls `Corpus.checker(split)` before each minibatch (BatchStream does): it checks the file's size (so a
+file cut short under the map is an error, not SIGBUS) and each chunk's CRC-32 the first time it is reached.
+`Corpus.verify` checks every chunk. A corpus of format 1 (no checksums) still opens, with the id check only.
 
 Splits are taken from the end of the corpus: train is the first 1 - val_frac - test_frac of the tokens, then val,
 then test. Tokens are Unicode code points (level 'char') or raw bytes (level 'byte'); the vocabulary is the set of
@@ -37,7 +39,7 @@ SPLITS = ("train", "val", "test")
 CHECK_CHUNK = 1 << 20  # tokens per checksummed chunk (one CRC-32 costs ~0.4 ms per MB)
 META_ATTRS = ("format_version", "vocab", "config", "sources", "created", "checksum_chunk")
 # what reading a damaged HDF5 file or its attributes can raise besides our own errors
-_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, OverflowError,
+_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, ArithmeticError,
            MemoryError)
 
 
@@ -102,6 +104,8 @@ class Corpus:
                     raise CorpusError(f"{path} is corrupt: the checksum of its metadata does not match; prepare "
                                       f"it again")
                 self.chunk = int(attrs["checksum_chunk"])
+                if self.chunk < 1:
+                    raise CorpusError(f"{path} is corrupt: checksum chunk of {self.chunk} tokens")
                 self._checksums = {}
                 for name in SPLITS:
                     dataset_extent(f["checksums"][name], os.fstat(self._fd).st_size)
