@@ -52,14 +52,15 @@ def error_line(stderr):
 def test_signal_during_the_second_pass_leaves_nothing(big_text, tmp_path, sig, status):
     out = tmp_path / "out"
     out.mkdir()
-    p = start("prepare", big_text, "-o", out / "c.h5", "-q")
+    (out / "c.h5").write_bytes(b"the previous output")
+    p = start("prepare", big_text, "-o", out / "c.h5", "-q", "--force")
     tmp = wait_for(out, ".prepare.tmp", p)
     assert tmp == f".c.h5.{p.pid}.prepare.tmp"
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
     assert p.returncode == status, err
     assert f"interrupted by {sig.name}" in error_line(err)
-    assert os.listdir(out) == []
+    assert os.listdir(out) == ["c.h5"] and (out / "c.h5").read_bytes() == b"the previous output"
 
 
 def test_signal_while_spooling_stdin_leaves_nothing(tmp_path):
