@@ -294,3 +294,28 @@ def test_corpus_cut_short_while_training_is_an_error_not_sigbus(tmp_path):
     assert p.returncode == 1, err  # not -SIGBUS
     assert err.strip().splitlines()[-1].startswith(f"fastrnn: error: {corpus} is truncated"), err
     assert "Traceback" not in err
+
+
+def test_damage_that_crashed_or_hung_hdf5_is_a_one_line_error(tmp_path):
+    """Two kinds of damage the HDF5 library does not survive, through the commands (a crash or a hang would fail
+    here too): a variable-length string attribute whose datatype reads as another type (HDF5 segfaulted), and a
+    global heap whose free space reads as empty (HDF5 looped forever)."""
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(3000))
+    corpus = tmp_path / "c.h5"
+    prepare([text], corpus)
+    train(corpus, tmp_path / "run", dict(TINY, max_steps=1))
+    good = (tmp_path / "run" / "checkpoint.h5").read_bytes()
+    bad_type = tmp_path / "bad_type.h5"
+    data = bytearray(good)
+    at = data.index(b"config\0\0") + 8  # the attribute's datatype message follows its name
+    assert data[at] == 0x19 and data[at + 1] == 0x01  # version 1, class 9 (variable length); a string
+    data[at + 1] = 0x05
+    bad_type.write_bytes(bytes(data))
+    one_line(cli("sample", bad_type, "--length", "5"), 1, str(bad_type), "damaged")
+    bad_heap = tmp_path / "bad_heap.h5"
+    bad_heap.write_bytes(good)
+    zero_free_space(bad_heap)
+    one_line(cli("sample", bad_heap, "--length", "5"), 1, str(bad_heap), "global heap")
+    zero_free_space(corpus)
+    one_line(cli("info", corpus), 1, str(corpus), "global heap")
