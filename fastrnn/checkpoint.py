@@ -24,11 +24,15 @@ import h5py
 import numpy as np
 
 from fastrnn.errors import CheckpointError
+from fastrnn.h5safe import check_global_heaps, dataset_extent, int_attr, str_attr
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.h5"
 BEST_NAME = "best.h5"
 HISTORY_PATTERN = re.compile(r"^checkpoint-(\d+)\.h5$")
+# what reading a damaged HDF5 file, its attributes or their JSON can raise (UnicodeError is a ValueError)
+_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, ArithmeticError,
+           MemoryError)
 
 
 class Checkpoint:
@@ -128,43 +132,47 @@ def load(path):
     path = resolve(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
-    if not h5py.is_hdf5(path):
-        raise CheckpointError(f"{path} is not a fastrnn checkpoint (not an HDF5 file)")
     try:
+        if not h5py.is_hdf5(path):
+            raise CheckpointError(f"{path} is not a fastrnn checkpoint (not an HDF5 file)")
         with h5py.File(path, "r") as f:
             if "fastrnn_checkpoint" not in f.attrs:
                 if "fastrnn_corpus" in f.attrs:
                     raise CheckpointError(f"{path} is a fastrnn corpus file, not a checkpoint")
                 raise CheckpointError(f"{path} is not a fastrnn checkpoint")
-            version = int(f.attrs["format_version"])
+            version = int_attr(f, "format_version")
             if version > FORMAT_VERSION:
                 raise CheckpointError(f"{path} has checkpoint format {version}; this fastrnn reads up to "
                                       f"{FORMAT_VERSION} (upgrade fastrnn)")
-            attrs_json = {key: _as_str(f.attrs[key]) for key in ("config", "vocab", "state")}
-            arrays = {"params": f["params"][()], "hidden": f["hidden"][()]}
-            for key in f["optimizer"]:
-                arrays[f"optimizer/{key}"] = f["optimizer"][key][()]
-            checksum = _as_str(f.attrs["checksum"])
+            datasets = {"params": f["params"], "hidden": f["hidden"]}
+            datasets.update({f"optimizer/{key}": f["optimizer"][key] for key in f["optimizer"]})
+            _check_extents(path, datasets.values())
+            attrs_json = {key: str_attr(f, key) for key in ("config", "vocab", "state")}
+            arrays = {key: d[()] for key, d in datasets.items()}
+            checksum = str_attr(f, "checksum")
+        if _digest(attrs_json, arrays) != checksum:
+            raise CheckpointError(f"{path} is corrupt: checksum mismatch")
+        optimizer = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+        return Checkpoint(
+            config=json.loads(attrs_json["config"]),
+            vocab=json.loads(attrs_json["vocab"]),
+            params=arrays["params"],
+            optimizer=optimizer,
+            hidden=arrays["hidden"],
+            state=json.loads(attrs_json["state"]),
+            path=path,
+        )
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path} is damaged or truncated ({exc})") from exc
-    if _digest(attrs_json, arrays) != checksum:
-        raise CheckpointError(f"{path} is corrupt: checksum mismatch")
-    optimizer = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-    return Checkpoint(
-        config=json.loads(attrs_json["config"]),
-        vocab=json.loads(attrs_json["vocab"]),
-        params=arrays["params"],
-        optimizer=optimizer,
-        hidden=arrays["hidden"],
-        state=json.loads(attrs_json["state"]),
-        path=path,
-    )
+    except _DAMAGE as exc:
+        raise CheckpointError(f"{path} is damaged or truncated ({type(exc).__name__}: {exc})") from None
 
 
-def _as_str(value):
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _check_extents(path, datasets):
+    """Before any attribute or dataset is read: every dataset's raw data lies inside the file, and no global heap
+    is damaged in a way HDF5 would never finish reading (fastrnn.h5safe). Raises ValueError."""
+    size = os.path.getsize(path)
+    check_global_heaps(path, [e for e in (dataset_extent(d, size) for d in datasets) if e[0] is not None])
 
 
 def history(run_dir):

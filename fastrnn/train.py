@@ -131,7 +131,7 @@ def evaluate(backend, model, stream, plan=None):
     return total / stream.steps_per_epoch
 
 
-def _eval_stream(tokens, config):
+def _eval_stream(tokens, config, check=None):
     """A batch stream over the val split (its first --eval-tokens tokens if set): the training batch size, or
     fewer streams if the split is small."""
     if config.eval_tokens:
@@ -139,7 +139,7 @@ def _eval_stream(tokens, config):
     n = min(config.batch_size, (len(tokens) - 1) // config.seq_len)
     if n <= 0:
         return None
-    return BatchStream(tokens, n, config.seq_len, name="val")
+    return BatchStream(tokens, n, config.seq_len, name="val", check=check)
 
 
 class RunLog:
@@ -226,8 +226,9 @@ class Run:
         self.ckpt_path = os.path.join(run_dir, ckpt_io.CHECKPOINT_NAME)
         self.vocab = corpus.vocab
         train_tokens = corpus.split("train")
-        self.stream = BatchStream(train_tokens, config.batch_size, config.seq_len, name="train")
-        self.val_stream = _eval_stream(corpus.split("val"), config)
+        self.stream = BatchStream(train_tokens, config.batch_size, config.seq_len, name="train",
+                                  check=corpus.checker("train"))
+        self.val_stream = _eval_stream(corpus.split("val"), config, corpus.checker("val"))
         if self.val_stream is None and config.early_stop_patience:
             raise ConfigError("--early-stop-patience needs a validation split of at least seq_len + 1 tokens "
                               "(prepare the corpus with --val-frac > 0)")

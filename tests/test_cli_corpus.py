@@ -48,7 +48,7 @@ def test_prepare_and_info(tmp_path):
     total = len(src.read_text())
     assert d["vocab_size"] == len(set(src.read_text()))
     assert (d["train_tokens"], d["val_tokens"], d["test_tokens"]) == (total - total // 10, total // 10, 0)
-    assert d["dtype"] == "uint8" and d["format_version"] == 1
+    assert d["dtype"] == "uint8" and d["format_version"] == 2
     assert d["options"]["val_frac"] == 0.1 and d["sources"][0]["path"].endswith("play.txt")
     t = run("info", tmp_path / "c.h5")
     assert t.exit_code == 0 and "symbols" in t.stdout and "train" in t.stdout and "format version" in t.stdout

@@ -163,7 +163,7 @@ def test_file_layout_and_metadata(tmp_path):
     src.write_text("hello world\n" * 100)
     prepare([src], tmp_path / "c.h5", lowercase=True)
     with h5py.File(tmp_path / "c.h5", "r") as f:
-        assert f.attrs["fastrnn_corpus"] == 1 and f.attrs["format_version"] == 1
+        assert f.attrs["fastrnn_corpus"] == 1 and f.attrs["format_version"] == 2
         assert json.loads(f.attrs["config"])["lowercase"] is True
         for s in ("train", "val", "test"):
             assert f[s].chunks is None and f[s].compression is None

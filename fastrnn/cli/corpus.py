@@ -1,12 +1,15 @@
 """`fastrnn prepare` and `fastrnn info`: thin commands over fastrnn.corpus."""
 
 import json
+import signal
 import sys
 import time
 
 import click
 
 from fastrnn import corpus as corpus_lib
+from fastrnn.corpus.build import PrepareInterrupted
+from fastrnn.errors import ConfigError
 
 
 class _Progress:
@@ -60,6 +63,8 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
         info = corpus_lib.prepare(list(inputs), output, level=level, val_frac=val_frac, test_frac=test_frac,
                                   lowercase=lowercase, letters_only=letters_only, encoding=encoding, errors=errors,
                                   force=force, progress=progress)
+    except KeyboardInterrupt:  # Ctrl-C: prepare removed its temporary files on the way out
+        raise PrepareInterrupted(signal.SIGINT, output) from None
     finally:
         progress.done()
     seconds = time.perf_counter() - start
@@ -72,19 +77,28 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
 @click.command()
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info(path, as_json):
+@click.option("--verify", is_flag=True,
+              help="Also read every token: checksums (format 2) and ids inside the vocabulary; exit 1 if damaged.")
+def info(path, as_json, verify):
     """Describe a corpus file (vocabulary, split sizes, dtype, sources and options), or a run directory or checkpoint
     (model, step and epoch, best val loss and its step, the run's files)."""
     from fastrnn import runinfo
 
     if runinfo.is_run(path):
+        if verify:
+            raise ConfigError("--verify checks a corpus; a checkpoint is verified whenever it is loaded")
         d = runinfo.describe(path)
         if as_json:
             click.echo(runinfo.to_json(d))
         else:
             runinfo.show(d, click.echo)
         return
-    d = corpus_lib.info(path)
+    with corpus_lib.open_corpus(path) as c:
+        d = c.info()
+        if verify:
+            chunks = c.verify()
+            d["verified"] = ("checksums and ids" if d["checksums"] else "ids only (format 1 has no checksums)") + \
+                f", {sum(chunks.values())} chunks"
     if as_json:
         click.echo(json.dumps(d, ensure_ascii=False))
         return
@@ -102,6 +116,8 @@ def info(path, as_json):
         click.echo(f"source          {s['path']} ({s['bytes']:,} bytes)")
     if d["created"]:
         click.echo(f"created         {d['created']}")
+    if verify:
+        click.echo(f"verified        ok: {d['verified']}")
 
 
 def _printable(symbols):

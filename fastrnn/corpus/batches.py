@@ -18,10 +18,15 @@ class BatchStream:
 
     `batch(epoch, index)` is random access, which is what an exact resume needs; nothing is copied but the
     N*(T+1) tokens of the minibatch.
+
+    check: optional callable(starts, length) called before a minibatch's tokens are read (the split's
+    `Corpus.checker`: it checks the file's size, and each chunk of the split the first time it is reached, and
+    raises CorpusError for a damaged one).
     """
 
-    def __init__(self, tokens, batch_size, seq_len, *, shuffle=False, seed=0, name="train"):
+    def __init__(self, tokens, batch_size, seq_len, *, shuffle=False, seed=0, name="train", check=None):
         self.tokens = tokens  # (M,) memory map or array
+        self.check = check
         self.batch_size, self.seq_len, self.shuffle, self.seed, self.name = int(batch_size), int(seq_len), \
             bool(shuffle), int(seed), name
         N, T, M = self.batch_size, self.seq_len, len(tokens)
@@ -58,6 +63,9 @@ class BatchStream:
 
     def batch(self, epoch, index):
         """(x, y): (N, T) int32 inputs and targets (targets are inputs shifted by one) of minibatch `index`."""
-        pos = self.starts(epoch, index)[:, None] + self._offsets  # (N, T+1)
+        starts = self.starts(epoch, index)  # (N,)
+        if self.check is not None:
+            self.check(starts, self.seq_len + 1)
+        pos = starts[:, None] + self._offsets  # (N, T+1)
         rows = np.asarray(self.tokens[pos], dtype=np.int32)  # (N, T+1) reads only these tokens from the map
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])

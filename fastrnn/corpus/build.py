@@ -2,33 +2,54 @@
 
 `prepare` reads its inputs twice in bounded chunks (pass 1 finds the vocabulary and the length, pass 2 writes the
 ids); standard input is first spooled to a temporary file. Peak memory is a few chunks, whatever the corpus size.
+
+One writer per output: prepare holds an exclusive lock (flock) on `.OUTPUT.lock` beside the output while it runs
+(the OS releases it if the process dies); a second prepare to the same output is refused, naming the holder's PID.
+Its temporary files are `.OUTPUT.<pid>.prepare.tmp` and `.OUTPUT.<pid>.stdin.tmp`; SIGINT, SIGTERM and SIGHUP
+remove them (exit 130, 143, 129), and the next prepare in that directory removes those of a process that is gone
+(kill -9) whose output no live prepare holds.
 """
 
 import codecs
 import contextlib
+import fcntl
 import json
 import os
+import re
+import signal
 import sys
-import tempfile
+import threading
 import time
+import zlib
 
 import h5py
 import numpy as np
 
-from fastrnn.corpus.dataset import FORMAT_VERSION, SPLITS, info
+from fastrnn.corpus.dataset import CHECK_CHUNK, FORMAT_VERSION, SPLITS, info, meta_digest, n_chunks
 from fastrnn.corpus.inputs import CHUNK_SIZE, ERRORS, _code_chunks, _spool_stdin, expand_inputs
 from fastrnn.corpus.vocab import LEVELS, Vocab
 from fastrnn.errors import ConfigError, CorpusError
 
 
+class PrepareInterrupted(CorpusError):
+    """prepare stopped by SIGINT, SIGTERM or SIGHUP (exit status 128 + the signal's number, as a shell reports it)."""
+
+    def __init__(self, signum, output):
+        super().__init__(f"prepare interrupted by {signal.Signals(signum).name}: {output} was not written, and its "
+                         f"temporary files were removed")
+        self.exit_code = 128 + signum
+
+
 def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowercase=False, letters_only=False,
-            encoding="utf-8", errors="strict", force=False, chunk_size=CHUNK_SIZE, progress=None):
+            encoding="utf-8", errors="strict", force=False, chunk_size=CHUNK_SIZE, progress=None,
+            check_chunk=CHECK_CHUNK):
     """Tokenize text files into CORPUS.h5 at `output`. Returns the info dict of the written corpus.
 
     inputs: paths of files or directories, or '-' for standard input, read in order and concatenated.
     The file is written to a temporary name beside `output` and renamed at the end: an interrupted or failed
     prepare leaves no partial output and never touches an existing file (which is refused unless force=True).
     progress: optional callable(phase, bytes_done, bytes_total).
+    check_chunk: tokens per checksummed chunk of the splits.
     """
     output = os.fspath(output)
     if level not in LEVELS:
@@ -44,18 +65,30 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
         raise ConfigError("--letters-only works on characters; use it with --level char")
     if chunk_size < 16:
         raise ConfigError("chunk size must be at least 16 bytes")
+    if check_chunk < 1:
+        raise ConfigError("the checksum chunk must be at least 1 token")
     try:
         codecs.lookup(encoding)
     except LookupError:
         raise ConfigError(f"unknown encoding {encoding!r}") from None
     if os.path.isdir(output):
         raise CorpusError(f"output {output} is a directory")
-    if os.path.exists(output) and not force:
-        raise CorpusError(f"output {output} exists; add --force to overwrite it")
     out_dir = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(out_dir):
         raise CorpusError(f"output directory {out_dir} does not exist")
+    with _Signals(output) as signals, _OutputLock(output):
+        if os.path.exists(output) and not force:
+            raise CorpusError(f"output {output} exists; add --force to overwrite it")
+        _remove_stale_temps(output)
+        _write(inputs, output, out_dir, signals, level=level, val_frac=val_frac, test_frac=test_frac,
+               lowercase=lowercase, letters_only=letters_only, encoding=encoding, errors=errors,
+               chunk_size=chunk_size, progress=progress, check_chunk=check_chunk)
+    return info(output)
 
+
+def _write(inputs, output, out_dir, signals, *, level, val_frac, test_frac, lowercase, letters_only, encoding,
+           errors, chunk_size, progress, check_chunk):
+    """prepare's two passes, under its lock; every temporary file is removed on every way out."""
     restore_malloc = _limit_malloc_retention()
     spool = None
     try:
@@ -64,7 +97,9 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
         files = []
         for f in expand_inputs(inputs):
             if f == "-":
-                spool = spool or _spool_stdin(out_dir)
+                if spool is None:
+                    spool = _temp_name(output, "stdin")
+                    _spool_stdin(spool)
                 files.append(spool)
             else:
                 if os.path.exists(output) and os.path.samefile(f, output):
@@ -98,13 +133,15 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
         lut[vocab.codes] = np.arange(vocab.size, dtype=dtype)
 
         # pass 2: ids into the splits
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(output) + ".", suffix=".tmp", dir=out_dir)
-        os.close(fd)
+        tmp = _temp_name(output, "prepare")
         try:
             # The splits are contiguous datasets allocated up front (no fill) whose ids are written straight into
             # the file at their offsets by a background thread while this one reads and maps the next chunk.
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(tmp, "x") as f:
                 offsets = [_create_split(f, name, sizes[name], dtype) for name in SPLITS]
+                sums = f.create_group("checksums")
+                sum_offsets = [_create_split(sums, name, n_chunks(sizes[name], check_chunk), np.uint32)
+                               for name in SPLITS]
                 config = {"level": level, "val_frac": val_frac, "test_frac": test_frac, "lowercase": lowercase,
                           "letters_only": letters_only, "encoding": encoding, "errors": errors}
                 sources = [{"path": "<stdin>" if p == spool else os.path.abspath(p), "bytes": os.path.getsize(p)}
@@ -115,8 +152,13 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
                 f.attrs["config"] = json.dumps(config)
                 f.attrs["sources"] = json.dumps(sources)
                 f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                f.attrs["checksum_chunk"] = check_chunk
+                meta = {key: str(f.attrs[key]) for key in ("vocab", "config", "sources", "created")}
+                meta.update(format_version=str(FORMAT_VERSION), checksum_chunk=str(check_chunk))
+                f.attrs["meta_checksum"] = meta_digest(meta, {name: (np.dtype(dtype).name, sizes[name])
+                                                              for name in SPLITS})
             bounds = np.cumsum([0] + [sizes[name] for name in SPLITS])
-            with _SplitWriter(tmp, offsets, bounds, dtype, chunk_size + 4) as writer:
+            with _SplitWriter(tmp, offsets, bounds, dtype, chunk_size + 4, check_chunk, sum_offsets) as writer:
                 pos = 0
                 ids = writer.buffer()
 
@@ -138,18 +180,22 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
                     ids = writer.buffer()
                 if pos != total:
                     raise CorpusError("an input changed while it was being read; run prepare again")
-                writer.finish()  # all written and on disk (fsync)
+                writer.finish()  # all written, with the chunks' checksums, and on disk (fsync)
+            signals.commit()  # from here a signal no longer stops prepare: the output is complete
             os.replace(tmp, output)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+    except CorpusError as exc:
+        if spool and spool in str(exc):  # the user gave standard input, not our spool file
+            raise CorpusError(str(exc).replace(spool, "stdin")) from None
+        raise
     finally:
         restore_malloc()
         if spool:
             with contextlib.suppress(OSError):
                 os.unlink(spool)
-    return info(output)
 
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
@@ -198,8 +244,144 @@ def _startup_mmap_threshold(environ=os.environ):
     return DEFAULT_MMAP_THRESHOLD
 
 
+def _temp_name(output, kind):
+    """The temporary file of this process for `output`: .OUTPUT.<pid>.<kind>.tmp beside it (kind prepare|stdin)."""
+    directory, base = _place(output)
+    return os.path.join(directory, f".{base}.{os.getpid()}.{kind}.tmp")
+
+
+def _place(output):
+    """(directory, name) of `output`, the directory with symbolic links resolved, so that every spelling of the
+    same output shares one lock and one set of temporary names."""
+    directory, base = os.path.split(os.path.abspath(output))
+    return os.path.realpath(directory), base
+
+
+def _remove_stale_temps(output):
+    """Remove the temporary files that earlier prepares in the output's directory left when they died (SIGKILL, a
+    crash): those named by a PID that no longer runs, or by this process's own (reused; it has made none yet).
+    Called under the output's lock, so no live prepare of this output on this machine is writing its own; those of
+    another output are removed only if its lock is free as well."""
+    directory, base = _place(output)
+    pattern = re.compile(r"^\.(.+)\.(\d+)\.(prepare|stdin)\.tmp$")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if not m or (int(m.group(2)) != os.getpid() and _pid_alive(int(m.group(2)))):
+            continue
+        try:
+            with contextlib.nullcontext() if m.group(1) == base else _OutputLock(os.path.join(directory, m.group(1))):
+                os.unlink(os.path.join(directory, name))
+        except (CorpusError, OSError):  # another prepare holds that output, or the file went already
+            pass
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # someone else's process (or not a PID): keep its files
+        return True
+    return True
+
+
+class _OutputLock:
+    """An exclusive flock on .OUTPUT.lock beside `output`, held while prepare writes it, with the holder's PID
+    inside. A second prepare of the same output is refused with CorpusError naming that PID. The OS drops the
+    lock when the holder dies however it dies; the holder removes the file on its way out (a prepare that took
+    the lock on a file removed meanwhile notices and takes it again on the new one)."""
+
+    def __init__(self, output):
+        self.output = output
+        directory, base = _place(output)
+        self.path = os.path.join(directory, f".{base}.lock")
+        self.fd = None
+
+    def __enter__(self):
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise CorpusError(f"cannot create the lock file {self.path} for {self.output}: "
+                                  f"{exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise CorpusError(f"output {self.output} is being written by another prepare (PID {holder}); "
+                                  f"wait for it to finish or stop it") from None
+            except OSError as exc:
+                os.close(fd)
+                raise CorpusError(f"cannot lock {self.path} for {self.output}: {exc.strerror or exc}") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the file as we locked it: lock the current one
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd):
+        for _ in range(20):  # the holder writes its PID just after it locks
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            if text:
+                return text
+            time.sleep(0.01)
+        return "unknown"
+
+    def __exit__(self, *exc):
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # while still locked, so that no one else locks the removed file and proceeds
+        os.close(self.fd)
+
+
+class _Signals:
+    """SIGINT stops prepare with KeyboardInterrupt (as Python's own handler would), SIGTERM and SIGHUP with
+    PrepareInterrupted (their default action would end the process at once, leaving its temporary files); raised
+    in the main thread, so that every `finally` on the way out removes its temporary files. Further signals are
+    ignored while it cleans up. After
+    `commit()` (the output is complete and about to be renamed into place) they are ignored. The previous handlers
+    come back on exit. Outside the main thread nothing is installed, nor for a signal this process ignores (nohup, or
+    SIGINT of a background job)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, output):
+        self.output, self.saved, self.committed = output, None, False
+
+    def _handler(self, signum, frame):
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        if not self.committed:
+            raise KeyboardInterrupt if signum == signal.SIGINT else PrepareInterrupted(signum, self.output)
+
+    def commit(self):
+        self.committed = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {s: signal.signal(s, self._handler) for s in self.SIGNALS
+                          if signal.getsignal(s) is not signal.SIG_IGN}
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved:
+            for s, handler in self.saved.items():
+                signal.signal(s, handler)
+
+
 def _names(inputs):
-    return [os.fspath(i) for i in inputs]
+    return ["stdin" if os.fspath(i) == "-" else os.fspath(i) for i in inputs]
 
 
 def _create_split(f, name, n, dtype):
@@ -227,11 +409,14 @@ class _SplitWriter:
     POOL = 3
     SYNC_EVERY = 32 << 20  # start writeback after this many bytes
 
-    def __init__(self, path, offsets, bounds, dtype, size):
+    def __init__(self, path, offsets, bounds, dtype, size, check_chunk, sum_offsets):
         import queue
-        import threading
 
         self.offsets, self.bounds, self.itemsize = offsets, bounds, np.dtype(dtype).itemsize
+        # the CRC-32 of each run of check_chunk tokens of each split, accumulated as the ids are written (in order),
+        # written at sum_offsets by finish()
+        self.check_chunk, self.sum_offsets = check_chunk, sum_offsets
+        self.sums = [np.zeros(n_chunks(b - a, check_chunk), dtype=np.uint32) for a, b in zip(bounds, bounds[1:])]
         self.fd = os.open(path, os.O_WRONLY)
         self.free, self.todo = queue.Queue(), queue.Queue()
         for _ in range(self.POOL):
@@ -251,9 +436,15 @@ class _SplitWriter:
         self.todo.put((pos, buf, n))
 
     def finish(self):
-        """Wait for every queued write, then fsync the file."""
+        """Wait for every queued write, write the chunks' checksums, then fsync the file."""
         self._stop()
         self._check()
+        for offset, sums in zip(self.sum_offsets, self.sums):
+            if len(sums):
+                data = memoryview(sums.astype("<u4")).cast("B")
+                while len(data):
+                    done = os.pwrite(self.fd, data, offset)
+                    data, offset = data[done:], offset + done
         os.fsync(self.fd)
 
     def _check(self):
@@ -286,6 +477,7 @@ class _SplitWriter:
             a, b = max(pos, self.bounds[k]), min(end, self.bounds[k + 1])
             if a < b:
                 where = offset + int(a - self.bounds[k]) * self.itemsize
+                self._checksum(k, int(a - self.bounds[k]), ids[a - pos: b - pos])
                 data = memoryview(ids[a - pos: b - pos]).cast("B")
                 while len(data):
                     done = os.pwrite(self.fd, data, where)
@@ -297,6 +489,16 @@ class _SplitWriter:
             for offset, length in self.unsynced:
                 _start_writeback(self.fd, offset, length)
             self.unsynced, self.unsynced_bytes = [], 0
+
+    def _checksum(self, k, start, ids):
+        """Fold ids, the tokens of split k from position `start` on, into the CRC-32s of their chunks."""
+        c, sums = self.check_chunk, self.sums[k]
+        done = 0
+        while done < len(ids):
+            chunk = (start + done) // c
+            end = min(len(ids), (chunk + 1) * c - start)
+            sums[chunk] = zlib.crc32(ids[done:end], int(sums[chunk]))
+            done = end
 
     def __enter__(self):
         return self

@@ -4,24 +4,63 @@ A corpus is tokenized once by `prepare` into CORPUS.h5 and read at training time
 does not grow with the corpus:
 
     /train, /val, /test     (M,) uint8|uint16|uint32 token ids, contiguous and uncompressed (numpy.memmap-able)
-    attrs                   fastrnn_corpus=1, format_version, vocab (JSON), config (JSON), sources (JSON)
+    /checksums/<split>      (K,) uint32 CRC-32 of each run of `checksum_chunk` tokens of the split (format 2)
+    attrs                   fastrnn_corpus=1, format_version, vocab (JSON), config (JSON), sources (JSON),
+                            created, checksum_chunk and meta_checksum (format 2: sha256 of the attributes and of
+                            the splits' names, dtypes and lengths, see `meta_digest`)
+
+Opening a corpus checks everything cheap at once: the datasets' types, shapes and extents and the global heaps
+before anything is read (fastrnn.h5safe: some damage crashes or hangs the HDF5 library), the attributes against
+meta_checksum, the chunk checksum arrays' lengths, and that every split lies inside the file (a truncated file is
+refused before it is mapped). Mapping a split checks that every id is inside the vocabulary (one vectorised pass).
+A reader calls `Corpus.checker(split)` before each minibatch (BatchStream does): it checks the file's size (so a
+file cut short under the map is an error, not SIGBUS) and each chunk's CRC-32 the first time it is reached.
+`Corpus.verify` checks every chunk. A corpus of format 1 (no checksums) still opens, with the id check only.
 
 Splits are taken from the end of the corpus: train is the first 1 - val_frac - test_frac of the tokens, then val,
 then test. Tokens are Unicode code points (level 'char') or raw bytes (level 'byte'); the vocabulary is the set of
 symbols that occur, sorted by code point, and ids index into it.
 """
 
+import hashlib
 import json
 import os
+import zlib
 
 import h5py
 import numpy as np
 
 from fastrnn.corpus.vocab import Vocab
 from fastrnn.errors import ConfigError, CorpusError
+from fastrnn.h5safe import check_global_heaps, dataset_extent, int_attr, str_attr
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksums; 1 (no checksums) is still read
 SPLITS = ("train", "val", "test")
+CHECK_CHUNK = 1 << 20  # tokens per checksummed chunk (one CRC-32 costs ~0.4 ms per MB)
+META_ATTRS = ("format_version", "vocab", "config", "sources", "created", "checksum_chunk")
+# what reading a damaged HDF5 file or its attributes can raise besides our own errors
+_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, ArithmeticError,
+           MemoryError)
+
+
+def meta_digest(attrs, splits):
+    """sha256 (hex) of the attributes META_ATTRS (dict name -> str) and the splits (name -> (dtype name, length))."""
+    h = hashlib.sha256()
+    for key in META_ATTRS:
+        h.update(f"{key}\0{attrs[key]}\0".encode("utf-8", "surrogateescape"))
+    for name in SPLITS:
+        dtype, n = splits[name]
+        h.update(f"{name}\0{dtype}\0{int(n)}\0".encode())
+    return h.hexdigest()
+
+
+def n_chunks(n, chunk):
+    return -(-int(n) // int(chunk))
+
+
+def _attr_text(f, key):
+    """Attribute `key` of META_ATTRS as the text meta_digest takes (integers in decimal)."""
+    return str(int_attr(f, key)) if key in ("format_version", "checksum_chunk") else str_attr(f, key)
 
 
 class Corpus:
@@ -29,6 +68,7 @@ class Corpus:
 
     def __init__(self, path):
         self.path = path
+        self._maps, self._checkers, self._fd = {}, {}, None
         try:
             if not os.path.exists(path):
                 raise CorpusError(f"corpus {path} does not exist")
@@ -37,7 +77,9 @@ class Corpus:
             if not h5py.is_hdf5(path):
                 raise CorpusError(f"{path} is not a corpus file (not HDF5); make one with `fastrnn prepare`")
             self._file = h5py.File(path, "r")
-        except OSError as exc:
+            self._fd = os.open(path, os.O_RDONLY)  # for the size checks
+        except _DAMAGE as exc:
+            self.close()
             raise CorpusError(f"cannot read corpus {path}: it is truncated or corrupt ({exc})") from None
         f = self._file
         try:
@@ -45,43 +87,131 @@ class Corpus:
                 raise CorpusError(f"{path} is a fastrnn checkpoint, not a corpus")
             if "fastrnn_corpus" not in f.attrs:
                 raise CorpusError(f"{path} is an HDF5 file but not a fastrnn corpus")
-            version = int(f.attrs["format_version"])
+            version = int_attr(f, "format_version")
             if version > FORMAT_VERSION:
                 raise CorpusError(f"{path} has corpus format {version}; this fastrnn reads up to {FORMAT_VERSION}")
-            self.vocab = Vocab.from_dict(json.loads(f.attrs["vocab"]))
-            self.config = json.loads(f.attrs["config"])
-            self.sources = json.loads(f.attrs["sources"])
-            self.format_version = version
-            self.created = str(f.attrs.get("created", ""))
             for name in SPLITS:
                 if name not in f:
                     raise CorpusError(f"{path} has no {name} split; the corpus is damaged")
+            self._layout = {name: self._locate(name) for name in SPLITS}  # name -> (file offset, length, dtype)
+            self._check_size()
+            check_global_heaps(path, [(o, n * dt.itemsize) for o, n, dt in self._layout.values()])
+            checked = version >= 2 or "meta_checksum" in f.attrs or "checksums" in f
+            if checked:
+                attrs = {key: _attr_text(f, key) for key in META_ATTRS}
+                splits = {name: (f[name].dtype.name, f[name].shape[0]) for name in SPLITS}
+                if meta_digest(attrs, splits) != str_attr(f, "meta_checksum"):
+                    raise CorpusError(f"{path} is corrupt: the checksum of its metadata does not match; prepare "
+                                      f"it again")
+                self.chunk = int(attrs["checksum_chunk"])
+                if self.chunk < 1:
+                    raise CorpusError(f"{path} is corrupt: checksum chunk of {self.chunk} tokens")
+                self._checksums = {}
+                for name in SPLITS:
+                    dataset_extent(f["checksums"][name], os.fstat(self._fd).st_size)
+                    sums = f["checksums"][name][()]
+                    if sums.dtype != np.uint32 or sums.shape != (n_chunks(splits[name][1], self.chunk),):
+                        raise CorpusError(f"{path} is corrupt: the checksums of split {name} do not fit it")
+                    self._checksums[name] = sums
+            elif version != 1:
+                raise CorpusError(f"{path} has an unknown corpus format {version}; the corpus is damaged")
+            else:
+                self.chunk, self._checksums = CHECK_CHUNK, None
+            self.vocab = Vocab.from_dict(json.loads(str_attr(f, "vocab")))
+            self.config = json.loads(str_attr(f, "config"))
+            self.sources = json.loads(str_attr(f, "sources"))
+            self.format_version = version
+            self.created = str_attr(f, "created") if "created" in f.attrs else ""
+            for name in SPLITS:
+                if f[name].dtype != np.dtype(self.vocab.dtype):
+                    raise CorpusError(f"{path}: split {name} holds {f[name].dtype} ids but the vocabulary of "
+                                      f"{self.vocab.size} symbols needs {np.dtype(self.vocab.dtype)}; the corpus "
+                                      f"is damaged")
         except CorpusError:
-            f.close()
+            self.close()
             raise
-        except (KeyError, ValueError, OSError) as exc:
-            f.close()
-            raise CorpusError(f"{path} is a damaged corpus file ({exc})") from None
-        self._maps = {}
+        except _DAMAGE as exc:
+            self.close()
+            raise CorpusError(f"{path} is a damaged corpus file ({type(exc).__name__}: {exc})") from None
+
+    def _locate(self, name):
+        """(file offset, length, dtype) of split `name`, checked to be a plain contiguous dataset."""
+        d = self._file[name]
+        if len(d.shape) != 1:
+            raise CorpusError(f"{self.path}: split {name} is not a vector of token ids; the corpus is damaged")
+        n = d.shape[0]
+        offset = d.id.get_offset()
+        if n and (offset is None or d.chunks is not None or d.compression):
+            raise CorpusError(f"{self.path}: split {name} is not stored contiguously; prepare it again")
+        dataset_extent(d, os.fstat(self._fd).st_size)
+        return (offset or 0), n, d.dtype
+
+    def _check_size(self):
+        """Every split lies inside the file as it is now (reading a memory map past the end of its file dies of
+        SIGBUS). One fstat: cheap enough for every minibatch."""
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            raise CorpusError(f"cannot read corpus {self.path}: {exc.strerror or exc}") from None
+        for name, (offset, n, dtype) in self._layout.items():
+            if n and offset + n * dtype.itemsize > size:
+                raise CorpusError(f"{self.path} is truncated (split {name} runs past the end of the file, "
+                                  f"{offset + n * dtype.itemsize:,} > {size:,} bytes)")
 
     def split(self, name):
-        """(M,) read-only memory-mapped token ids of split `name` ('train', 'val' or 'test')."""
+        """(M,) read-only memory-mapped token ids of split `name` ('train', 'val' or 'test'). The first call checks
+        that every id is inside the vocabulary (one vectorised pass, `check_ids`); the checksums are checked by
+        `checker(name)`, which readers call before they use a range (BatchStream does)."""
         if name not in SPLITS:
             raise ConfigError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
         if name not in self._maps:
-            d = self._file[name]
-            n = d.shape[0]
-            offset = d.id.get_offset()
+            offset, n, dtype = self._layout[name]
             if n == 0:
-                arr = np.zeros(0, dtype=d.dtype)
-            elif offset is None or d.chunks is not None or d.compression:
-                raise CorpusError(f"{self.path}: split {name} is not stored contiguously; prepare it again")
+                arr = np.zeros(0, dtype=dtype)
             else:
-                if offset + n * d.dtype.itemsize > os.path.getsize(self.path):
-                    raise CorpusError(f"{self.path} is truncated (split {name} runs past the end of the file)")
-                arr = np.memmap(self.path, dtype=d.dtype, mode="r", offset=offset, shape=(n,))
+                self._check_size()
+                arr = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=(n,))
+                self._check_ids(name, arr)
             self._maps[name] = arr
         return self._maps[name]
+
+    ID_PASS = 1 << 24  # tokens per piece of the id pass
+
+    def _check_ids(self, name, arr):
+        """CorpusError naming the file and byte offset of the first id of split `name` outside the vocabulary.
+        Reads the whole split (numpy's max, ~20 GB/s from the page cache) and drops its pages from RSS after."""
+        offset, n, dtype = self._layout[name]
+        size = self.vocab.size
+        if size >= 1 << (8 * dtype.itemsize):  # every value of the dtype is an id
+            return
+        for a in range(0, n, self.ID_PASS):
+            piece = arr[a: a + self.ID_PASS]
+            if int(piece.max()) >= size:
+                i = a + int(np.argmax(piece >= size))
+                release_pages(arr)
+                raise CorpusError(f"{self.path} is damaged: token id {int(arr[i])} at byte offset "
+                                  f"{offset + i * dtype.itemsize} (split {name}, token {i}) is outside the "
+                                  f"vocabulary of {size} symbols; prepare it again")
+        release_pages(arr)
+
+    def checker(self, name):
+        """The ChunkCheck of split `name` (one per split and open corpus; it remembers the chunks checked)."""
+        if name not in self._checkers:
+            self._checkers[name] = ChunkCheck(self, name)
+        return self._checkers[name]
+
+    def verify(self):
+        """Check every chunk of every split (checksums, ids in range); raises CorpusError at the first bad one.
+        Returns {split: number of chunks checked}."""
+        counts = {}
+        for name in SPLITS:
+            check = self.checker(name)
+            for k in range(check.n_chunks):
+                self._check_size()
+                check.verify_chunk(k)
+                release_pages(self._maps.get(name))
+            counts[name] = check.n_chunks
+        return counts
 
     def release_pages(self):
         """Drop the pages of the split memory maps opened so far from this process's resident set (see
@@ -89,26 +219,83 @@ class Corpus:
         return sum(release_pages(arr) for arr in self._maps.values())
 
     def sizes(self):
-        return {name: int(self._file[name].shape[0]) for name in SPLITS}
+        return {name: int(self._layout[name][1]) for name in SPLITS}
 
     def info(self):
         """A JSON-friendly description of the corpus."""
         sizes = self.sizes()
         return {"path": os.path.abspath(self.path), "format_version": self.format_version,
                 "level": self.vocab.level, "vocab_size": self.vocab.size, "symbols": "".join(self.vocab.symbols),
-                "dtype": self._file["train"].dtype.name, "train_tokens": sizes["train"],
+                "dtype": self._layout["train"][2].name, "train_tokens": sizes["train"],
                 "val_tokens": sizes["val"], "test_tokens": sizes["test"], "total_tokens": sum(sizes.values()),
-                "sources": self.sources, "options": self.config, "created": self.created}
+                "sources": self.sources, "options": self.config, "created": self.created,
+                "checksums": self._checksums is not None}
 
     def close(self):
         self._maps.clear()
-        self._file.close()
+        self._checkers.clear()
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+class ChunkCheck:
+    """Called with the (R,) start positions and the length of the ranges a reader is about to read: checks that
+    the file still holds every split (its size, every call: a file truncated under a memory map would end the
+    process with SIGBUS) and, the first time a reader reaches a chunk of the split (CHECK_CHUNK tokens), every id
+    in it is inside the vocabulary and, format 2, its CRC-32. Raises CorpusError naming the file and byte offset."""
+
+    def __init__(self, corpus, name):
+        self.corpus, self.name = corpus, name
+        self.offset, self.n, self.dtype = corpus._layout[name]
+        self.chunk = corpus.chunk
+        self.sums = corpus._checksums[name] if corpus._checksums is not None else None
+        self.n_chunks = n_chunks(self.n, self.chunk)
+        self.done = np.zeros(self.n_chunks, dtype=bool)
+        self.all_done = self.n_chunks == 0
+        self.vocab_size = corpus.vocab.size
+        self.ids_fit = self.vocab_size >= 1 << (8 * self.dtype.itemsize)  # every value of the dtype is an id
+
+    def __call__(self, starts, length):
+        self.corpus._check_size()
+        if self.all_done:
+            return
+        starts = np.asarray(starts, dtype=np.int64)
+        first = starts // self.chunk
+        last = np.minimum(starts + max(int(length), 1) - 1, self.n - 1) // self.chunk
+        if self.done[first].all() and self.done[last].all() and (last - first).max(initial=0) <= 1:
+            return
+        for k in np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(first, last)])):
+            if not self.done[k]:
+                self.verify_chunk(int(k))
+
+    def verify_chunk(self, k):
+        """Check chunk k now (CorpusError if it is bad)."""
+        path, name = self.corpus.path, self.name
+        a, b = k * self.chunk, min((k + 1) * self.chunk, self.n)
+        seg = self.corpus.split(name)[a:b]
+        where = self.offset + a * self.dtype.itemsize  # byte offset of the chunk in the file
+        if not self.ids_fit:
+            top = int(seg.max()) if len(seg) else 0
+            if top >= self.vocab_size:
+                i = int(np.argmax(seg >= self.vocab_size))
+                raise CorpusError(f"{path} is damaged: token id {int(seg[i])} at byte offset "
+                                  f"{where + i * self.dtype.itemsize} (split {name}, token {a + i}) is outside "
+                                  f"the vocabulary of {self.vocab_size} symbols; prepare it again")
+        if self.sums is not None and zlib.crc32(seg) != int(self.sums[k]):
+            raise CorpusError(f"{path} is corrupt: checksum mismatch in split {name} between byte offsets {where} "
+                              f"and {where + (b - a) * self.dtype.itemsize} (tokens {a}..{b - 1}); prepare it "
+                              f"again")
+        self.done[k] = True
+        self.all_done = bool(self.done.all())
 
 
 def release_pages(array):

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 
@@ -220,8 +219,8 @@ def _decoded_chunks(path, chunk_size, codec, errors, norm, ascii_ok, wide):
     yield 0, _codepoints(norm(tail))
 
 
-def _spool_stdin(out_dir):
-    fd, path = tempfile.mkstemp(prefix=".fastrnn-stdin.", dir=out_dir)
-    with os.fdopen(fd, "wb") as f:
+def _spool_stdin(path):
+    """Copy standard input to a new file `path` (which the caller names and removes)."""
+    with open(path, "xb") as f:
         shutil.copyfileobj(sys.stdin.buffer, f, CHUNK_SIZE)
     return path
