@@ -39,7 +39,9 @@ LOG_NAME = "log.jsonl"
 DEFAULT_MAX_EPOCHS = 10.0  # used when no --max-steps/--max-epochs/--max-time is given
 RELEASE_EVERY = 1.0  # seconds between releases of the corpus pages read so far (keeps RSS flat on big corpora)
 SMOOTHING = 0.99  # train loss shown = exponential moving average, as min-char-rnn's smooth_loss
-HEALTHY_RISE = 1.2  # a checkpoint is healthy while the smoothed loss is within this factor of its lowest so far
+HEALTHY_RISE = 1.1  # a checkpoint is healthy while the smoothed loss is within this factor of its lowest so far,
+RECENT_RISE = 1.25  # and the loss of the last ~10 steps (RECENT_SMOOTHING) within this one
+RECENT_SMOOTHING = 0.9
 
 
 @dataclasses.dataclass
@@ -62,6 +64,7 @@ class RunState:
     rollbacks: int = 0
     run_id: str = ""  # made when the run starts; in every checkpoint and log row of the run ("" before fastrnn had it)
     low_loss: float = float("nan")  # the lowest smoothed loss so far (a checkpoint's health is judged against it)
+    recent_loss: float = float("nan")  # a faster moving average of the loss (RECENT_SMOOTHING), for the health
 
 
 RUNSTATE_FIELDS = {f.name for f in dataclasses.fields(RunState)}
@@ -378,8 +381,11 @@ class Run:
         if not (math.isfinite(loss) and math.isfinite(norm)):
             return loss, norm, h_next, f"loss became {loss:.4g} (gradient norm {norm:.4g}) at step " \
                                        f"{state.step + 1}", started
-        self.optimizer.update(model.flat, self.gflat, state.lr_scale * learning_rate(config, state.step, self.spe))
-        if not math.isfinite(float(model.flat.sum())):  # e.g. --lr inf: finite loss and gradients, NaN weights
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite weights are reported below, once
+            self.optimizer.update(model.flat, self.gflat,
+                                  state.lr_scale * learning_rate(config, state.step, self.spe))
+            total = float(model.flat.sum())
+        if not math.isfinite(total):  # e.g. --lr inf: finite loss and gradients, NaN weights
             return loss, norm, h_next, f"the parameters became non-finite in the update of step " \
                                        f"{state.step + 1} (learning rate too high)", started
         if math.isnan(state.smooth_loss):
@@ -388,6 +394,8 @@ class Run:
             state.smooth_loss = SMOOTHING * state.smooth_loss + (1 - SMOOTHING) * loss
         if math.isnan(state.first_loss):
             state.first_loss = loss
+        state.recent_loss = loss if math.isnan(state.recent_loss) else \
+            RECENT_SMOOTHING * state.recent_loss + (1 - RECENT_SMOOTHING) * loss
         if not state.smooth_loss >= state.low_loss:  # also when low_loss is still NaN
             state.low_loss = state.smooth_loss
         problem = None
@@ -405,7 +413,8 @@ class Run:
         trajectory; the log loses the rows past it."""
         config = self.config
         target = None
-        if config.on_divergence == "rollback" and self.state.rollbacks < config.max_rollbacks:
+        if config.on_divergence == "rollback" and self.state.rollbacks < config.max_rollbacks \
+                and math.isfinite(self.state.lr_scale * config.lr):  # halving an infinite rate cannot help
             target, newer = self.healthy_checkpoints()
         if target is None:
             raise DivergenceError(self.divergence_message(problem))
@@ -461,7 +470,9 @@ class Run:
                  else "no good checkpoint was written yet")
         if self.config.on_divergence == "rollback":
             hint = (f"gave up after {self.state.rollbacks} rollback(s) (--max-rollbacks)"
-                    if self.state.rollbacks >= self.config.max_rollbacks else "nothing healthy to roll back to")
+                    if self.state.rollbacks >= self.config.max_rollbacks
+                    else "no rollback can help an infinite --lr" if not math.isfinite(self.config.lr)
+                    else "nothing healthy to roll back to")
             return f"{problem}; {where}; {hint}; try a lower --lr or --max-grad-norm"
         return f"{problem}; {where}; try a lower --lr or --max-grad-norm, or --on-divergence rollback"
 
@@ -570,14 +581,16 @@ class Run:
         self.emit("checkpoint", {"step": self.state.step, "path": path})
 
     def is_healthy(self):
-        """The run is healthy: its smoothed loss is finite and within HEALTHY_RISE of its lowest so far (a
-        checkpoint written while the loss climbs is not a point to roll back to)."""
+        """The run is healthy: its smoothed loss is finite and within HEALTHY_RISE of its lowest so far, and the
+        loss of the last steps within RECENT_RISE of it (a checkpoint written while the loss climbs is not a
+        point to roll back to)."""
         state = self.state
         if math.isnan(state.smooth_loss):
             return True  # no step yet: the initial parameters
-        if not math.isfinite(state.smooth_loss):
+        if not (math.isfinite(state.smooth_loss) and math.isfinite(state.low_loss)):
             return False
-        return math.isnan(state.low_loss) or state.smooth_loss <= HEALTHY_RISE * state.low_loss
+        recent = state.smooth_loss if math.isnan(state.recent_loss) else state.recent_loss  # older checkpoints
+        return state.smooth_loss <= HEALTHY_RISE * state.low_loss and recent <= RECENT_RISE * state.low_loss
 
     def restore(self, ckpt):
         """Everything a checkpoint holds back into the run: parameters, optimizer buffers and step count, the
