@@ -77,9 +77,8 @@ class RunLock:
         self.created_dir = False
         self.fd = None
         try:
-            if not os.path.isdir(self.run_dir):
-                os.makedirs(self.run_dir)
-                self.created_dir = True
+            self.created_dir = not os.path.isdir(self.run_dir)
+            os.makedirs(self.run_dir, exist_ok=True)  # exist_ok: another process may be creating it too
             self._acquire()
         except OSError as exc:
             self._rmdir()

@@ -224,6 +224,9 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
         saved = None
         if resume:
             saved, warning = ckpt_io.load_for_resume(run_dir)
+            if not ckpt_io.is_finite(saved):
+                raise CheckpointError(f"{saved.path} holds non-finite values (NaN/inf: the run diverged); "
+                                      f"cannot resume from it")
             if warning:
                 emit("message", {"text": f"warning: {warning}"})
         else:
@@ -289,6 +292,7 @@ class Run:
                        "train_tokens": len(train_tokens),
                        "val_streams": self.val_stream.batch_size if self.val_stream else 0, "threads": self.threads,
                        "plan": self.plan.describe(), "resumed_from": self.state.step if saved else None,
+                       "run_id": self.state.run_id,
                        "max_steps": None if self.max_steps == math.inf else self.max_steps})
         # last, so that nothing in here can fail with the file open (train() closes it after the loop); a new
         # run's first write, so an old run (--force) goes first: nothing of it is lost before this point
