@@ -162,3 +162,9 @@ def test_sample_and_load_refuse_a_checkpoint_with_non_finite_parameters(small_co
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "non-finite parameters" in r.stderr
     with pytest.raises(CheckpointError, match="non-finite"):
         CharRNN.load(tmp_path / "nan.h5")
+    shutil.copy(tmp_path / "nan.h5", run / "checkpoint.h5")
+    before = (run / "checkpoint.h5").read_bytes()
+    r = subprocess.run([sys.executable, "-m", "fastrnn", "train", small_corpus, "-o", str(run), "--resume"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "non-finite values" in r.stderr, r.stderr
+    assert (run / "checkpoint.h5").read_bytes() == before
