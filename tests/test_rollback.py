@@ -168,3 +168,14 @@ def test_sample_and_load_refuse_a_checkpoint_with_non_finite_parameters(small_co
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "non-finite values" in r.stderr, r.stderr
     assert (run / "checkpoint.h5").read_bytes() == before
+
+
+def test_a_run_stuck_high_below_the_divergence_factor_rolls_back_too(small_corpus, tmp_path):
+    """With rollback, a smoothed loss that climbs and stays up (STUCK_STEPS above the healthy band) is a
+    divergence even below --divergence-factor: the default factor 5 alone lets this run end far above its start."""
+    messages = []
+    summary = train(small_corpus, tmp_path / "r", dict(DIVERGING, lr=30.0, max_steps=400, divergence_factor=5.0,
+                                                       on_divergence="rollback"),
+                    on_event=lambda kind, data: messages.append(data["text"]) if kind == "message" else None)
+    assert any("stayed above" in m and "rolled back" in m for m in messages), messages
+    assert summary["step"] == 400 and summary["loss"] < 0.6 * ckpt_io.load(tmp_path / "r").state["first_loss"]
