@@ -69,15 +69,18 @@ def finish_discard(run_dir):
 class RunLock:
     """An exclusive lock on a run directory for one process (creates the directory if needed).
 
-    release() removes the lock file, and the directory if this lock created it and it is empty."""
+    release() removes the lock file, and the directories this lock created if they are empty."""
 
     def __init__(self, run_dir):
         self.run_dir = os.fspath(run_dir)
         self.path = os.path.join(self.run_dir, LOCK_NAME)
-        self.created_dir = False
+        self.created = []  # the directories made for the run, innermost first
         self.fd = None
+        path = os.path.abspath(self.run_dir)
+        while not os.path.isdir(path) and os.path.dirname(path) != path:
+            self.created.append(path)
+            path = os.path.dirname(path)
         try:
-            self.created_dir = not os.path.isdir(self.run_dir)
             os.makedirs(self.run_dir, exist_ok=True)  # exist_ok: another process may be creating it too
             self._acquire()
         except OSError as exc:
@@ -123,11 +126,11 @@ class RunLock:
         self._rmdir()
 
     def _rmdir(self):
-        if self.created_dir:
+        for path in self.created:
             try:
-                os.rmdir(self.run_dir)  # only if still empty
+                os.rmdir(path)  # only if still empty
             except OSError:
-                pass
+                return
 
     def __enter__(self):
         return self

@@ -231,6 +231,10 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
                                       f"cannot resume from it")
             if warning:
                 emit("message", {"text": f"warning: {warning}"})
+            if not saved.state.get("healthy", True):
+                emit("message", {"text": f"warning: {saved.path} was written while the loss was climbing (not "
+                                         f"healthy); {ckpt_io.LAST_GOOD_NAME}, if present, is the last healthy "
+                                         f"checkpoint"})
         else:
             existing = rundir.run_files(run_dir)
             if existing and not force:
