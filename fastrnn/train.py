@@ -221,32 +221,34 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
     run_dir = os.fspath(run_dir)
     if resume and not os.path.isdir(run_dir):
         raise CheckpointError(f"nothing to resume: {run_dir} does not exist")
-    with rundir.RunLock(run_dir):
-        rundir.finish_discard(run_dir)  # a --force that a kill interrupted
-        saved = None
-        if resume:
-            saved, warning = ckpt_io.load_for_resume(run_dir)
-            if not ckpt_io.is_finite(saved):
-                raise CheckpointError(f"{saved.path} holds non-finite values (NaN/inf: the run diverged); "
-                                      f"cannot resume from it")
-            if warning:
-                emit("message", {"text": f"warning: {warning}"})
-            if not saved.state.get("healthy", True):
-                emit("message", {"text": f"warning: {saved.path} was written while the loss was climbing (not "
-                                         f"healthy); {ckpt_io.LAST_GOOD_NAME}, if present, is the last healthy "
-                                         f"checkpoint"})
-        else:
-            existing = rundir.run_files(run_dir)
-            if existing and not force:
-                raise ConfigError(f"{run_dir} already holds a run ({', '.join(existing)}); add --resume to "
-                                  f"continue it or --force to start over")
-        config = resolve_config(dict(overrides or {}), saved.config if saved else None, allow_change)
-        with open_corpus(corpus_path) as corpus:
-            run = Run(config, corpus, corpus_path, run_dir, saved, emit)
-            try:
-                return run.loop()
-            finally:
-                run.log.close()
+    with rundir.RunLock(run_dir):  # released on return or error, and by the OS on kill -9
+        return _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit)
+
+
+def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit):
+    """train(), with the run directory's lock held."""
+    rundir.finish_discard(run_dir)  # a --force that a kill interrupted
+    saved = None
+    if resume:
+        saved, warning = ckpt_io.load_for_resume(run_dir)
+        if not ckpt_io.is_finite(saved):
+            raise CheckpointError(f"{saved.path} holds non-finite values (NaN/inf: the run diverged); cannot "
+                                  f"resume from it")
+        if warning:
+            emit("message", {"text": f"warning: {warning}"})
+        if not saved.state.get("healthy", True):
+            emit("message", {"text": f"warning: {saved.path} was written while the loss was climbing (not "
+                                     f"healthy); {ckpt_io.LAST_GOOD_NAME}, if present, is the last healthy checkpoint"})
+    elif rundir.run_files(run_dir) and not force:
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(rundir.run_files(run_dir))}); add --resume "
+                          f"to continue it or --force to start over")
+    config = resolve_config(dict(overrides or {}), saved.config if saved else None, allow_change)
+    with open_corpus(corpus_path) as corpus:
+        run = Run(config, corpus, corpus_path, run_dir, saved, emit)
+        try:
+            return run.loop()
+        finally:
+            run.log.close()
 
 
 class Run:
