@@ -83,8 +83,11 @@ def remove_stale_temps(directory):
 
 
 def save(path, ckpt):
-    """Write `ckpt` to `path` atomically (temp file, flush, fsync, rename, fsync of the directory)."""
+    """Write `ckpt` to `path` atomically (temp file, flush, fsync, rename, fsync of the directory). A checkpoint
+    whose parameters or optimizer state are not finite is never written (CheckpointError)."""
     path = os.fspath(path)
+    if not is_finite(ckpt):
+        raise CheckpointError(f"not writing {path}: its parameters or optimizer state are not finite (NaN/inf)")
     directory = os.path.dirname(os.path.abspath(path))
     attrs_json = {
         "config": json.dumps(ckpt.config, sort_keys=True),

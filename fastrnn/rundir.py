@@ -14,6 +14,7 @@ import fcntl
 import os
 import re
 import shutil
+import time
 
 from fastrnn.errors import ConfigError
 
@@ -96,6 +97,11 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read_pid(fd)
+                for _ in range(10):  # the holder writes its PID just after taking the lock
+                    if holder:
+                        break
+                    time.sleep(0.02)
+                    holder = _read_pid(fd)
                 os.close(fd)
                 who = f"PID {holder}" if holder else "another process"
                 raise ConfigError(f"{self.run_dir} is in use by another fastrnn train ({who}); wait for it to "

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pytest
 
@@ -152,10 +153,21 @@ def test_no_checkpoint_with_non_finite_values_is_written(small_corpus, tmp_path)
 def test_sample_and_load_refuse_a_checkpoint_with_non_finite_parameters(small_corpus, tmp_path):
     run = tmp_path / "r"
     train(small_corpus, run, dict(hidden_size=8, batch_size=4, seq_len=10, backend="numpy", max_steps=2))
-    ckpt = ckpt_io.load(run)
-    ckpt.params = ckpt.params.copy()
-    ckpt.params[3] = np.nan
-    ckpt_io.save(tmp_path / "nan.h5", ckpt)  # as an older fastrnn could write it
+    with pytest.raises(CheckpointError, match="not finite"):  # fastrnn never writes one ...
+        ckpt = ckpt_io.load(run)
+        ckpt.params = ckpt.params.copy()
+        ckpt.params[3] = np.nan
+        ckpt_io.save(tmp_path / "nan.h5", ckpt)
+    assert not (tmp_path / "nan.h5").exists()
+    shutil.copy(run / "checkpoint.h5", tmp_path / "nan.h5")  # ... but an older one could have: make it by hand
+    with h5py.File(tmp_path / "nan.h5", "r+") as f:
+        f["params"][3] = np.nan
+        attrs = {key: f.attrs[key] for key in ("config", "vocab", "state")}
+        arrays = {"params": f["params"][()], "hidden": f["hidden"][()]}
+        arrays.update({f"optimizer/{k}": f["optimizer"][k][()] for k in f["optimizer"]})
+        f.attrs["checksum"] = ckpt_io._digest({k: v.decode() if isinstance(v, bytes) else str(v)
+                                               for k, v in attrs.items()}, arrays)
+    assert np.isnan(ckpt_io.load(tmp_path / "nan.h5").params[3])  # a valid file, checksum and all
     r = subprocess.run([sys.executable, "-m", "fastrnn", "sample", str(tmp_path / "nan.h5"), "--length", "20"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 1 and r.stdout == ""
