@@ -438,13 +438,13 @@ class Run:
         scale, rollbacks, elapsed = self.state.lr_scale / 2, self.state.rollbacks + 1, self.state.elapsed
         self.restore(target)
         self.state.lr_scale, self.state.rollbacks, self.state.elapsed = scale, rollbacks, elapsed
-        for path in newer:
+        for path in newer:  # first, so that keep_history in save() prunes among this trajectory's only
             try:
                 os.unlink(path)
             except OSError:
                 pass
+        self.save()  # checkpoint.h5 at the rollback point: a kill from here on resumes there
         self.log.truncate_after(self.state.step)
-        self.save()
         self.emit("message", {"text": f"divergence: {problem}; rolled back to the last healthy checkpoint (step "
                                       f"{self.state.step}, {os.path.basename(target.path)}) and halved the "
                                       f"learning rate (now {scale:g}x --lr; rollback {rollbacks} of "
