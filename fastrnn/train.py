@@ -42,7 +42,8 @@ SMOOTHING = 0.99  # train loss shown = exponential moving average, as min-char-r
 HEALTHY_RISE = 1.1  # a checkpoint is healthy while the smoothed loss is within this factor of its lowest so far,
 RECENT_RISE = 1.25  # and the loss of the last ~10 steps (RECENT_SMOOTHING) within this one
 RECENT_SMOOTHING = 0.9
-STUCK_STEPS = 100  # with --on-divergence rollback: this many steps in a row above HEALTHY_RISE is a divergence too
+STUCK_RISE, STUCK_STEPS = 1.5, 100  # with --on-divergence rollback, a smoothed loss above STUCK_RISE x its lowest
+# for STUCK_STEPS steps in a row is a divergence too (well above the noise of the smoothed loss of tiny batches)
 
 
 @dataclasses.dataclass
@@ -66,7 +67,7 @@ class RunState:
     run_id: str = ""  # made when the run starts; in every checkpoint and log row of the run ("" before fastrnn had it)
     low_loss: float = float("nan")  # the lowest smoothed loss so far (a checkpoint's health is judged against it)
     recent_loss: float = float("nan")  # a faster moving average of the loss (RECENT_SMOOTHING), for the health
-    unhealthy_steps: int = 0  # steps in a row with the smoothed loss above HEALTHY_RISE x low_loss
+    stuck_steps: int = 0  # steps in a row with the smoothed loss above STUCK_RISE x low_loss
 
 
 RUNSTATE_FIELDS = {f.name for f in dataclasses.fields(RunState)}
@@ -410,14 +411,14 @@ class Run:
             RECENT_SMOOTHING * state.recent_loss + (1 - RECENT_SMOOTHING) * loss
         if not state.smooth_loss >= state.low_loss:  # also when low_loss is still NaN
             state.low_loss = state.smooth_loss
-        state.unhealthy_steps = state.unhealthy_steps + 1 if state.smooth_loss > HEALTHY_RISE * state.low_loss else 0
+        state.stuck_steps = state.stuck_steps + 1 if state.smooth_loss > STUCK_RISE * state.low_loss else 0
         problem = None
         if config.divergence_factor and state.smooth_loss > config.divergence_factor * state.first_loss:
             problem = (f"smoothed loss {state.smooth_loss:.4f} exceeds {config.divergence_factor}x the starting "
                        f"loss {state.first_loss:.4f} at step {state.step + 1}")
         elif config.divergence_factor and config.on_divergence == "rollback" \
-                and state.unhealthy_steps >= STUCK_STEPS:  # climbed and stayed up, below the factor
-            problem = (f"smoothed loss {state.smooth_loss:.4f} stayed above {HEALTHY_RISE}x its lowest "
+                and state.stuck_steps >= STUCK_STEPS:  # climbed and stayed up, below the factor
+            problem = (f"smoothed loss {state.smooth_loss:.4f} stayed above {STUCK_RISE}x its lowest "
                        f"({state.low_loss:.4f}) for {STUCK_STEPS} steps at step {state.step + 1}")
         return loss, norm, h_next, problem, started
 

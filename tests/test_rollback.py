@@ -183,8 +183,9 @@ def test_sample_and_load_refuse_a_checkpoint_with_non_finite_parameters(small_co
 
 
 def test_a_run_stuck_high_below_the_divergence_factor_rolls_back_too(small_corpus, tmp_path):
-    """With rollback, a smoothed loss that climbs and stays up (STUCK_STEPS above the healthy band) is a
-    divergence even below --divergence-factor: the default factor 5 alone lets this run end far above its start."""
+    """With rollback, a smoothed loss that climbs and stays up (STUCK_STEPS steps above STUCK_RISE x its lowest)
+    is a divergence even below --divergence-factor: the default factor 5 alone lets this run end far above its
+    start."""
     messages = []
     summary = train(small_corpus, tmp_path / "r", dict(DIVERGING, lr=30.0, max_steps=400, divergence_factor=5.0,
                                                        on_divergence="rollback"),
