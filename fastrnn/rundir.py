@@ -47,10 +47,10 @@ def _fsync_dir(path):
 def discard_run(run_dir):
     """Remove the run in `run_dir` (its files and temporary files), atomically as seen by later sessions."""
     trash = os.path.join(run_dir, DISCARD_NAME)
-    names = [n for n in os.listdir(run_dir) if _RUN_FILE.match(n) or _TEMP_FILE.match(n)]
-    if not names and not os.path.isdir(trash):
-        return
     try:
+        names = [n for n in os.listdir(run_dir) if _RUN_FILE.match(n) or _TEMP_FILE.match(n)]
+        if not names and not os.path.isdir(trash):
+            return
         os.makedirs(trash, exist_ok=True)
         _fsync_dir(run_dir)  # the commit: the old run is gone once this directory exists
         for name in names:
@@ -84,8 +84,10 @@ class RunLock:
         try:
             os.makedirs(self.run_dir, exist_ok=True)  # exist_ok: another process may be creating it too
             self._acquire()
-        except OSError as exc:
+        except (OSError, ConfigError) as exc:
             self._rmdir()
+            if isinstance(exc, ConfigError):
+                raise
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise ConfigError(f"run directory {self.run_dir} is not writable") from exc
             raise ConfigError(f"cannot use run directory {self.run_dir}: {exc.strerror or exc}") from exc
@@ -106,6 +108,9 @@ class RunLock:
                 who = f"PID {holder}" if holder else "another process"
                 raise ConfigError(f"{self.run_dir} is in use by another fastrnn train ({who}); wait for it to "
                                   f"finish or stop it first") from None
+            except OSError as exc:  # a filesystem without locks: refuse rather than risk two writers
+                os.close(fd)
+                raise ConfigError(f"cannot lock run directory {self.run_dir}: {exc.strerror or exc}") from exc
             except BaseException:
                 os.close(fd)
                 raise
@@ -116,8 +121,12 @@ class RunLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            os.close(fd)  # never a lock left held by a failed start
+            raise
         self.fd = fd
 
     def release(self):

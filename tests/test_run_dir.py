@@ -188,3 +188,23 @@ def test_log_rows_carry_the_run_id_and_resume_drops_rows_of_other_runs(small_cor
     # a new run gets a new id
     train(small_corpus, run, dict(SMALL, max_steps=1), force=True)
     assert run_ids(run) - {run_id} == run_ids(run)
+
+
+def test_the_lock_goes_with_the_session_whatever_ends_it(small_corpus, tmp_path):
+    from fastrnn import rundir
+    from fastrnn.errors import ConfigError, CorpusError, DivergenceError
+
+    run = tmp_path / "a" / "b" / "r"
+    with pytest.raises(CorpusError):
+        train(tmp_path / "missing.h5", run, dict(SMALL, max_steps=1))
+    assert not (tmp_path / "a").exists()  # the directories made for the failed start are gone
+    with pytest.raises(DivergenceError):
+        train(small_corpus, run, dict(SMALL, max_steps=3, optimizer="sgd", lr=float("inf")))
+    train(small_corpus, run, dict(SMALL, max_steps=1), force=True)  # not refused: the lock was released
+    assert not (run / rundir.LOCK_NAME).exists()
+    with rundir.RunLock(run):  # held in this process: a train() here is refused too, and changes nothing
+        before = files(run)
+        with pytest.raises(ConfigError, match=f"PID {os.getpid()}"):
+            train(small_corpus, run, {"max_steps": 2}, resume=True)
+        assert {k: v for k, v in files(run).items() if k != rundir.LOCK_NAME} == \
+            {k: v for k, v in before.items() if k != rundir.LOCK_NAME}
