@@ -158,10 +158,11 @@ class RunLog:
     already written); rows past a step, and rows of another run (another run_id), are dropped when a run resumes
     or rolls back to it."""
 
-    def __init__(self, path, run_id, keep_until=None):
+    def __init__(self, path, run_id, keep_until=None, legacy=False):
         """keep_until: None to start a new log (an old one is removed), else the step whose rows are kept.
+        legacy: rows without a run id are this run's (it began before fastrnn had run ids).
         self.foreign: the number of rows of other runs dropped."""
-        self.path, self.run_id, self.foreign = path, run_id, 0
+        self.path, self.run_id, self.legacy, self.foreign = path, run_id, legacy, 0
         if keep_until is None:
             if os.path.exists(path):
                 os.unlink(path)
@@ -190,7 +191,7 @@ class RunLog:
                 row = json.loads(line)
             except ValueError:
                 continue  # a row cut by a crash
-            if not isinstance(row, dict) or row.get("run_id", "") != self.run_id:
+            if not isinstance(row, dict) or row.get("run_id", self.run_id if self.legacy else "") != self.run_id:
                 foreign += 1
             elif row.get("step", 0) <= step:
                 keep.append(line if line.endswith("\n") else line + "\n")
@@ -286,6 +287,10 @@ class Run:
             self.h = self.model.zero_state(config.batch_size)  # (N, S)
         else:
             self.restore(saved)
+        # a run from before run ids gets one now; its checkpoints and rows without an id are its own
+        self.legacy_id = not self.state.run_id
+        if self.legacy_id:
+            self.state.run_id = uuid.uuid4().hex[:16]
         # whether checkpoint.h5 on disk is healthy (then it is kept as last-good.h5 before an unhealthy one)
         self.ckpt_healthy = saved is not None and saved.path == self.ckpt_path and ckpt_io.is_healthy(saved)
         # the kernel paths of the training step and of evaluation, decided once for the run (kernels.dispatch)
@@ -308,7 +313,7 @@ class Run:
         if saved is None:
             rundir.discard_run(run_dir)
         self.log = RunLog(os.path.join(run_dir, LOG_NAME), self.state.run_id,
-                          None if saved is None else self.state.step)
+                          None if saved is None else self.state.step, legacy=self.legacy_id)
         if self.log.foreign:
             emit("message", {"text": f"warning: dropped {self.log.foreign} row(s) of {LOG_NAME} that are not "
                                      f"this run's (another run id)"})
@@ -437,8 +442,10 @@ class Run:
         if target is None:
             raise DivergenceError(self.divergence_message(problem))
         scale, rollbacks, elapsed = self.state.lr_scale / 2, self.state.rollbacks + 1, self.state.elapsed
+        run_id = self.state.run_id
         self.restore(target)
         self.state.lr_scale, self.state.rollbacks, self.state.elapsed = scale, rollbacks, elapsed
+        self.state.run_id = run_id  # a legacy target has none
         for path in newer:  # first, so that keep_history in save() prunes among this trajectory's only
             try:
                 os.unlink(path)
@@ -469,7 +476,7 @@ class Run:
                 _check_resumable(ckpt, self.config, self.vocab, self.train_tokens, self.corpus_path)
             except CheckpointError:
                 continue
-            if ckpt.state.get("run_id", "") != self.state.run_id:
+            if ckpt.state.get("run_id", self.state.run_id if self.legacy_id else "") != self.state.run_id:
                 continue
             found.append(ckpt)
         good = [c for c in found if ckpt_io.is_healthy(c) and c.state.get("step", -1) <= self.state.step]

@@ -208,3 +208,20 @@ def test_the_lock_goes_with_the_session_whatever_ends_it(small_corpus, tmp_path)
             train(small_corpus, run, {"max_steps": 2}, resume=True)
         assert {k: v for k, v in files(run).items() if k != rundir.LOCK_NAME} == \
             {k: v for k, v in before.items() if k != rundir.LOCK_NAME}
+
+
+def test_a_run_from_before_run_ids_keeps_its_rows_and_gets_an_id(small_corpus, tmp_path):
+    run = tmp_path / "r"
+    train(small_corpus, run, dict(SMALL, max_steps=3, log_every=1))
+    ckpt = ckpt_io.load(run)  # make it as an older fastrnn wrote it: no run id anywhere
+    del ckpt.state["run_id"]
+    ckpt_io.save(run / "checkpoint.h5", ckpt)
+    rows = [{k: v for k, v in row.items() if k != "run_id"} for row in log_rows(run)]
+    (run / "log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    messages = []
+    train(small_corpus, run, {"max_steps": 5}, resume=True,
+          on_event=lambda kind, data: messages.append(data["text"]) if kind == "message" else None)
+    assert not [m for m in messages if "dropped" in m]
+    run_id = ckpt_io.load(run).state["run_id"]
+    assert run_id and [row["step"] for row in log_rows(run)] == [1, 2, 3, 4, 5]
+    assert [row.get("run_id") for row in log_rows(run)] == [None] * 3 + [run_id] * 2
