@@ -115,12 +115,10 @@ def test_rollback_targets_a_healthy_checkpoint_of_this_run_only(small_corpus, tm
     assert [t["step"] for t in targets] == [step for step, _ in rolled]
     for t in targets:
         assert t["step"] == 0 or t["smooth_loss"] <= 1.1 * t["first_loss"], t
-    logs = [d for k, d in events if k == "log"]
     for i, (kind, data) in enumerate(events):
         if kind == "message" and "rolled back" in data["text"]:
             nxt = next(d for k, d in events[i:] if k == "log")
-            assert nxt["chars_per_sec"] > 10 * 16 * 25 * 10 / 1.0, nxt  # 10 steps in well under 1 s
-    assert logs
+            assert nxt["chars_per_sec"] > 2 * 10 * 16 * 25 / 1.0, nxt  # 10 steps, not 1 s of reload: < 0.5 s
     best = ckpt_io.load(run / "best.h5")
     assert best.state["run_id"] == run_id and best.state["step"] == final.state["best_step"]
 
