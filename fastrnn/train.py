@@ -325,7 +325,8 @@ class Run:
         self.last_release, self.first_step = self.window_start, True
         if self.state.step == 0 and config.on_divergence == "rollback":
             self.save()  # the initial parameters: a healthy point to roll back to before the first checkpoint
-        with StopFlag() as stop:
+        # overflow/NaN warnings of the numpy backend would add lines to the one a divergence ends with
+        with StopFlag() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while True:
                 # limits: the step, epoch and time limits end the run before the next step
                 stop_reason = self.limit_reached()
@@ -399,11 +400,9 @@ class Run:
         if not (math.isfinite(loss) and math.isfinite(norm)):
             return loss, norm, h_next, f"loss became {loss:.4g} (gradient norm {norm:.4g}) at step " \
                                        f"{state.step + 1}", started
-        with np.errstate(invalid="ignore", over="ignore"):  # non-finite weights are reported below, once
-            self.optimizer.update(model.flat, self.gflat,
-                                  state.lr_scale * learning_rate(config, state.step, self.spe))
-            total = float(model.flat.sum())
-        if not math.isfinite(total):  # e.g. --lr inf: finite loss and gradients, NaN weights
+        self.optimizer.update(model.flat, self.gflat, state.lr_scale * learning_rate(config, state.step, self.spe))
+        total = float(model.flat.sum())  # fast; a float32 overflow of the sum is told apart below
+        if not math.isfinite(total) and not np.all(np.isfinite(model.flat)):  # e.g. --lr inf: NaN weights
             return loss, norm, h_next, f"the parameters became non-finite in the update of step " \
                                        f"{state.step + 1} (learning rate too high)", started
         if math.isnan(state.smooth_loss):

@@ -123,29 +123,46 @@ def test_rollback_targets_a_healthy_checkpoint_of_this_run_only(small_corpus, tm
     assert best.state["run_id"] == run_id and best.state["step"] == final.state["best_step"]
 
 
-def test_no_checkpoint_with_non_finite_values_is_written(small_corpus, tmp_path):
+def test_no_checkpoint_with_non_finite_values_is_written(small_corpus, tmp_path, monkeypatch):
+    from fastrnn.optim import Optimizer
+
     run = tmp_path / "r"
     opts = dict(hidden_size=8, batch_size=4, seq_len=10, backend="numpy", threads=1, eval_every=1,
                 checkpoint_every=1, keep_checkpoints=3, optimizer="sgd", lr=0.1)
     train(small_corpus, run, dict(opts, max_steps=3))
     good = ckpt_io.load(run)
-    for on_divergence in ("stop", "rollback"):
-        with pytest.raises(DivergenceError, match="non-finite") as info:
-            train(small_corpus, run, {"max_steps": 20, "lr": math.inf, "on_divergence": on_divergence},
-                  resume=True, allow_change=True)
-        assert f"last good checkpoint is step 3 in {run / 'checkpoint.h5'}" in str(info.value)
-        for name in os.listdir(run):
-            if name.endswith(".h5"):
-                ckpt = ckpt_io.load(run / name)
-                assert ckpt_io.is_finite(ckpt) and ckpt.state["step"] <= 3, name
-        np.testing.assert_array_equal(ckpt_io.load(run).params, good.params)
+    update, poisoned = Optimizer.update, []
+
+    def poisoning_update(self, p, g, lr):  # an update that makes a weight NaN (as --lr inf does) once
+        update(self, p, g, lr)
+        if not poisoned:
+            p[7] = np.nan
+            poisoned.append(True)
+
+    monkeypatch.setattr(Optimizer, "update", poisoning_update)
+    with pytest.raises(DivergenceError, match="non-finite") as info:
+        train(small_corpus, run, {"max_steps": 20}, resume=True)
+    assert f"last good checkpoint is step 3 in {run / 'checkpoint.h5'}" in str(info.value)
+    for name in os.listdir(run):
+        if name.endswith(".h5"):
+            ckpt = ckpt_io.load(run / name)
+            assert ckpt_io.is_finite(ckpt) and ckpt.state["step"] <= 3, name
+    np.testing.assert_array_equal(ckpt_io.load(run).params, good.params)
+    poisoned.clear()  # with rollback: back to step 3, and the run goes on with finite weights
+    summary = train(small_corpus, run, {"max_steps": 8, "on_divergence": "rollback"}, resume=True)
+    assert summary["step"] == 8 and ckpt_io.load(run).state["rollbacks"] == 1
+    assert all(ckpt_io.is_finite(ckpt_io.load(run / n)) for n in os.listdir(run) if n.endswith(".h5"))
+    monkeypatch.undo()
+    # through the command line: an absurd rate, no warnings, one line, exit 3, no checkpoint at all
     r = subprocess.run([sys.executable, "-m", "fastrnn", "train", small_corpus, "-o", str(tmp_path / "new"),
-                        "--hidden-size", "8", "--backend", "numpy", "--lr", "inf", "--checkpoint-every", "1",
-                        "--max-steps", "5"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert r.returncode == 3
-    lines = r.stderr.strip().splitlines()
-    assert lines[-1].startswith("fastrnn: error: the parameters became non-finite") and "Warning" not in r.stderr
-    assert not [n for n in os.listdir(tmp_path / "new") if n.endswith(".h5")]
+                        "--hidden-size", "8", "--backend", "numpy", "--lr", "1e38", "--clip", "0",
+                        "--divergence-factor", "0", "--checkpoint-every", "1", "--max-steps", "5"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("fastrnn: error:") and "Warning" not in r.stderr
+    for name in os.listdir(tmp_path / "new"):
+        if name.endswith(".h5"):
+            assert ckpt_io.is_finite(ckpt_io.load(tmp_path / "new" / name)), name
 
 
 def test_sample_and_load_refuse_a_checkpoint_with_non_finite_parameters(small_corpus, tmp_path):
