@@ -21,6 +21,7 @@ from fastrnn.errors import ConfigError
 LOCK_NAME = ".fastrnn.lock"
 DISCARD_NAME = ".fastrnn-discarded"
 _RUN_FILE = re.compile(r"^(checkpoint\.h5|best\.h5|last-good\.h5|log\.jsonl|checkpoint-\d+\.h5)$")
+_DERIVED_FILE = {"loss.png"}  # `fastrnn plot RUN_DIR`'s default output: goes with the run it plots
 _TEMP_FILE = re.compile(r"^(\.checkpoint-.*\.h5\.tmp|(log\.jsonl|last-good\.h5|checkpoint-\d+\.h5)\.tmp)$")
 
 
@@ -45,10 +46,11 @@ def _fsync_dir(path):
 
 
 def discard_run(run_dir):
-    """Remove the run in `run_dir` (its files and temporary files), atomically as seen by later sessions."""
+    """Remove the run in `run_dir` (its files, temporary files and loss.png plot), atomically as seen by later
+    sessions."""
     trash = os.path.join(run_dir, DISCARD_NAME)
     try:
-        names = [n for n in os.listdir(run_dir) if _RUN_FILE.match(n) or _TEMP_FILE.match(n)]
+        names = [n for n in os.listdir(run_dir) if _RUN_FILE.match(n) or _TEMP_FILE.match(n) or n in _DERIVED_FILE]
         if not names and not os.path.isdir(trash):
             return
         os.makedirs(trash, exist_ok=True)

@@ -112,6 +112,8 @@ def test_a_new_run_never_overwrites_any_file_of_an_old_one(small_corpus, tmp_pat
 def test_force_killed_before_its_first_checkpoint_leaves_only_the_new_run(small_corpus, tmp_path):
     run = tmp_path / "r"
     train(small_corpus, run, dict(SMALL, max_steps=6, eval_every=3, checkpoint_every=2, keep_checkpoints=3))
+    (run / "loss.png").write_bytes(b"the old run's plot")  # as `fastrnn plot RUN_DIR` writes it
+    (run / "notes.txt").write_text("mine")  # not the run's: kept
     old = ckpt_io.load(run).state["run_id"]
     p = subprocess.Popen(train_cmd(small_corpus, run, "--force", "--max-steps", "1000000", "--checkpoint-every", "0",
                                    "--log-every", "1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -122,7 +124,7 @@ def test_force_killed_before_its_first_checkpoint_leaves_only_the_new_run(small_
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)
-    assert sorted(n for n in os.listdir(run) if not n.startswith(".")) == ["log.jsonl"]
+    assert sorted(n for n in os.listdir(run) if not n.startswith(".")) == ["log.jsonl", "notes.txt"]
     (new,) = run_ids(run)
     assert new != old
     one_line_error(run_cli("train", small_corpus, "-o", run, "--resume"), "not found")  # nothing of the old run
