@@ -24,6 +24,9 @@ from fastrnn.model import Model, get_backend
 def load_model(path):
     """Load a trained model from a checkpoint file or run directory. Returns (Model, Vocab, Checkpoint)."""
     ckpt = ckpt_io.load(path)
+    if not np.all(np.isfinite(ckpt.params)):
+        raise CheckpointError(f"{ckpt.path} holds non-finite parameters (NaN/inf: the run diverged); use an "
+                              f"earlier checkpoint")
     try:
         config = TrainConfig.from_dict(ckpt.config)
         vocab = Vocab.from_dict(ckpt.vocab)

@@ -3,7 +3,8 @@
 Layout of checkpoint.h5:
 
     attrs  fastrnn_checkpoint = 1, format_version, config (JSON), vocab (JSON), state (JSON: step, epoch, index,
-           rng state, smoothed loss, best val loss, ...), checksum (sha256 of all of the above and every dataset)
+           rng state, smoothed loss, best val loss, run_id, healthy, ...), checksum (sha256 of all of the above
+           and every dataset)
     params              (P,)    the flat parameter buffer (fastrnn.params layout)
     optimizer/<name>    (P,)    optimizer state buffers, same layout
     hidden              (N, H)  the carried hidden state
@@ -29,6 +30,7 @@ from fastrnn.h5safe import check_global_heaps, dataset_extent, int_attr, str_att
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.h5"
 BEST_NAME = "best.h5"
+LAST_GOOD_NAME = "last-good.h5"  # the last healthy checkpoint.h5, kept while the run is not healthy
 HISTORY_PATTERN = re.compile(r"^checkpoint-(\d+)\.h5$")
 # what reading a damaged HDF5 file, its attributes or their JSON can raise (UnicodeError is a ValueError)
 _DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, ArithmeticError,
@@ -85,8 +87,11 @@ def remove_stale_temps(directory):
 
 
 def save(path, ckpt):
-    """Write `ckpt` to `path` atomically (temp file, flush, fsync, rename, fsync of the directory)."""
+    """Write `ckpt` to `path` atomically (temp file, flush, fsync, rename, fsync of the directory). A checkpoint
+    whose parameters or optimizer state are not finite is never written (CheckpointError)."""
     path = os.fspath(path)
+    if not is_finite(ckpt):
+        raise CheckpointError(f"not writing {path}: its parameters or optimizer state are not finite (NaN/inf)")
     directory = os.path.dirname(os.path.abspath(path))
     attrs_json = {
         "config": json.dumps(ckpt.config, sort_keys=True),
@@ -175,6 +180,18 @@ def _check_extents(path, datasets):
     check_global_heaps(path, [e for e in (dataset_extent(d, size) for d in datasets) if e[0] is not None])
 
 
+def is_finite(ckpt):
+    """Every parameter and optimizer value of the checkpoint is finite (no NaN/inf)."""
+    return bool(np.all(np.isfinite(ckpt.params))) and all(bool(np.all(np.isfinite(v)))
+                                                          for v in ckpt.optimizer.values())
+
+
+def is_healthy(ckpt):
+    """Written while its run was healthy (state "healthy", absent in older checkpoints) and finite: a point
+    a divergence rollback may return to."""
+    return bool(ckpt.state.get("healthy", True)) and is_finite(ckpt)
+
+
 def history(run_dir):
     """The numbered checkpoints kept by --keep-checkpoints: list of (step, path), newest first."""
     found = []
@@ -188,8 +205,22 @@ def history(run_dir):
 def keep_history(run_dir, step, keep):
     """After checkpoint.h5 was written at `step`: keep it also as checkpoint-<step>.h5 (a hard link, or a copy
     where links are not supported) and delete numbered checkpoints beyond the newest `keep`."""
-    src = os.path.join(run_dir, CHECKPOINT_NAME)
     dst = os.path.join(run_dir, f"checkpoint-{step:08d}.h5")
+    _link_or_copy(os.path.join(run_dir, CHECKPOINT_NAME), dst)
+    for _, path in history(run_dir)[keep:]:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def keep_last_good(run_dir):
+    """Before a checkpoint of an unhealthy run replaces a healthy checkpoint.h5: keep that as last-good.h5."""
+    _link_or_copy(os.path.join(run_dir, CHECKPOINT_NAME), os.path.join(run_dir, LAST_GOOD_NAME))
+
+
+def _link_or_copy(src, dst):
+    """`src` also as `dst`, atomically: a hard link (a copy where links are not supported) renamed over it."""
     tmp = dst + ".tmp"
     try:
         if os.path.exists(tmp):
@@ -201,11 +232,6 @@ def keep_history(run_dir, step, keep):
         os.replace(tmp, dst)
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {dst}: {exc.strerror or exc}") from exc
-    for _, path in history(run_dir)[keep:]:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 def load_for_resume(run_dir):

@@ -19,11 +19,13 @@ import os
 import signal
 import threading
 import time
+import uuid
 
 import numpy as np
 import psutil
 
 from fastrnn import checkpoint as ckpt_io
+from fastrnn import rundir
 from fastrnn.config import DEFAULT_LR, RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW, TrainConfig
 from fastrnn.corpus import BatchStream, Vocab, open_corpus
 from fastrnn.dropout import make_masks
@@ -37,6 +39,11 @@ LOG_NAME = "log.jsonl"
 DEFAULT_MAX_EPOCHS = 10.0  # used when no --max-steps/--max-epochs/--max-time is given
 RELEASE_EVERY = 1.0  # seconds between releases of the corpus pages read so far (keeps RSS flat on big corpora)
 SMOOTHING = 0.99  # train loss shown = exponential moving average, as min-char-rnn's smooth_loss
+HEALTHY_RISE = 1.1  # a checkpoint is healthy while the smoothed loss is within this factor of its lowest so far,
+RECENT_RISE = 1.25  # and the loss of the last ~10 steps (RECENT_SMOOTHING) within this one
+RECENT_SMOOTHING = 0.9
+STUCK_RISE, STUCK_STEPS = 1.5, 100  # with --on-divergence rollback, a smoothed loss above STUCK_RISE x its lowest
+# for STUCK_STEPS steps in a row is a divergence too (well above the noise of the smoothed loss of tiny batches)
 
 
 @dataclasses.dataclass
@@ -57,6 +64,10 @@ class RunState:
     vocab_size: int = 0
     lr_scale: float = 1.0  # halved by each divergence rollback
     rollbacks: int = 0
+    run_id: str = ""  # made when the run starts; in every checkpoint and log row of the run ("" before fastrnn had it)
+    low_loss: float = float("nan")  # the lowest smoothed loss so far (a checkpoint's health is judged against it)
+    recent_loss: float = float("nan")  # a faster moving average of the loss (RECENT_SMOOTHING), for the health
+    stuck_steps: int = 0  # steps in a row with the smoothed loss above STUCK_RISE x low_loss
 
 
 RUNSTATE_FIELDS = {f.name for f in dataclasses.fields(RunState)}
@@ -144,16 +155,19 @@ def _eval_stream(tokens, config, check=None):
 
 class RunLog:
     """RUN_DIR/log.jsonl, held open for the run: one JSON row a line, flushed as written (a crash loses no row
-    already written); rows past a step are dropped when a run resumes or rolls back to it."""
+    already written); rows past a step, and rows of another run (another run_id), are dropped when a run resumes
+    or rolls back to it."""
 
-    def __init__(self, path, keep_until=None):
-        """keep_until: None to start a new log (an old one is removed), else the step whose rows are kept."""
-        self.path = path
+    def __init__(self, path, run_id, keep_until=None, legacy=False):
+        """keep_until: None to start a new log (an old one is removed), else the step whose rows are kept.
+        legacy: rows without a run id are this run's (it began before fastrnn had run ids).
+        self.foreign: the number of rows of other runs dropped."""
+        self.path, self.run_id, self.legacy, self.foreign = path, run_id, legacy, 0
         if keep_until is None:
             if os.path.exists(path):
                 os.unlink(path)
         else:
-            self._truncate(keep_until)
+            self.foreign = self._truncate(keep_until)
         self.file = open(path, "a")
 
     def write(self, row):
@@ -168,20 +182,24 @@ class RunLog:
 
     def _truncate(self, step):
         if not os.path.exists(self.path):
-            return
+            return 0
         with open(self.path) as f:
             rows = [line for line in f if line.strip()]
-        keep = []
+        keep, foreign = [], 0
         for line in rows:
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
+                row = json.loads(line)
             except ValueError:
-                pass  # a row cut by a crash
+                continue  # a row cut by a crash
+            if not isinstance(row, dict) or row.get("run_id", self.run_id if self.legacy else "") != self.run_id:
+                foreign += 1
+            elif row.get("step", 0) <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(keep)
         os.replace(tmp, self.path)
+        return foreign
 
     def close(self):
         self.file.close()
@@ -197,18 +215,35 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
     """Train a model on CORPUS.h5 into `run_dir`. Returns a summary dict (also sent as the 'end' event).
 
     resume: continue from run_dir/checkpoint.h5 exactly where it stopped.
-    force: start a new run even if run_dir holds one (its checkpoint is replaced at the first save).
+    force: start a new run even if run_dir holds one (the old run's files are removed before the new run writes).
+
+    The session holds an exclusive lock on run_dir (rundir.RunLock): a second writer is refused.
     """
     emit = on_event or (lambda kind, data: None)
     run_dir = os.fspath(run_dir)
-    ckpt_path = os.path.join(run_dir, ckpt_io.CHECKPOINT_NAME)
+    if resume and not os.path.isdir(run_dir):
+        raise CheckpointError(f"nothing to resume: {run_dir} does not exist")
+    with rundir.RunLock(run_dir):  # released on return or error, and by the OS on kill -9
+        return _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit)
+
+
+def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit):
+    """train(), with the run directory's lock held."""
+    rundir.finish_discard(run_dir)  # a --force that a kill interrupted
     saved = None
     if resume:
         saved, warning = ckpt_io.load_for_resume(run_dir)
+        if not ckpt_io.is_finite(saved):
+            raise CheckpointError(f"{saved.path} holds non-finite values (NaN/inf: the run diverged); cannot "
+                                  f"resume from it")
         if warning:
             emit("message", {"text": f"warning: {warning}"})
-    elif os.path.exists(ckpt_path) and not force:
-        raise ConfigError(f"{run_dir} already holds a run; add --resume to continue it or --force to start over")
+        if not saved.state.get("healthy", True):
+            emit("message", {"text": f"warning: {saved.path} was written while the loss was climbing (not "
+                                     f"healthy); {ckpt_io.LAST_GOOD_NAME}, if present, is the last healthy checkpoint"})
+    elif rundir.run_files(run_dir) and not force:
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(rundir.run_files(run_dir))}); add --resume "
+                          f"to continue it or --force to start over")
     config = resolve_config(dict(overrides or {}), saved.config if saved else None, allow_change)
     with open_corpus(corpus_path) as corpus:
         run = Run(config, corpus, corpus_path, run_dir, saved, emit)
@@ -226,6 +261,7 @@ class Run:
         self.ckpt_path = os.path.join(run_dir, ckpt_io.CHECKPOINT_NAME)
         self.vocab = corpus.vocab
         train_tokens = corpus.split("train")
+        self.train_tokens, self.corpus_path = train_tokens, corpus_path
         self.stream = BatchStream(train_tokens, config.batch_size, config.seq_len, name="train",
                                   check=corpus.checker("train"))
         self.val_stream = _eval_stream(corpus.split("val"), config, corpus.checker("val"))
@@ -247,10 +283,17 @@ class Run:
         self.rng = np.random.default_rng(config.seed)
         if saved is None:
             self.model.init(self.rng, config.init_scale, config.init)
-            self.state = RunState(train_tokens=len(train_tokens), vocab_size=self.vocab.size)
+            self.state = RunState(train_tokens=len(train_tokens), vocab_size=self.vocab.size,
+                                  run_id=uuid.uuid4().hex[:16])
             self.h = self.model.zero_state(config.batch_size)  # (N, S)
         else:
             self.restore(saved)
+        # a run from before run ids gets one now; its checkpoints and rows without an id are its own
+        self.legacy_id = not self.state.run_id
+        if self.legacy_id:
+            self.state.run_id = uuid.uuid4().hex[:16]
+        # whether checkpoint.h5 on disk is healthy (then it is kept as last-good.h5 before an unhealthy one)
+        self.ckpt_healthy = saved is not None and saved.path == self.ckpt_path and ckpt_io.is_healthy(saved)
         # the kernel paths of the training step and of evaluation, decided once for the run (kernels.dispatch)
         self.plan = self.backend.plan_for(self.model.P, config.batch_size, config.seq_len, config.dropout > 0,
                                           self.threads)
@@ -264,16 +307,27 @@ class Run:
                        "train_tokens": len(train_tokens),
                        "val_streams": self.val_stream.batch_size if self.val_stream else 0, "threads": self.threads,
                        "plan": self.plan.describe(), "resumed_from": self.state.step if saved else None,
+                       "run_id": self.state.run_id,
                        "max_steps": None if self.max_steps == math.inf else self.max_steps})
-        # last, so that nothing in here can fail with the file open (train() closes it after the loop)
-        self.log = RunLog(os.path.join(run_dir, LOG_NAME), None if saved is None else self.state.step)
+        # last, so that nothing in here can fail with the file open (train() closes it after the loop); a new
+        # run's first write, so an old run (--force) goes first: nothing of it is lost before this point
+        if saved is None:
+            rundir.discard_run(run_dir)
+        self.log = RunLog(os.path.join(run_dir, LOG_NAME), self.state.run_id,
+                          None if saved is None else self.state.step, legacy=self.legacy_id)
+        if self.log.foreign:
+            emit("message", {"text": f"warning: dropped {self.log.foreign} row(s) of {LOG_NAME} that are not "
+                                     f"this run's (another run id)"})
 
     def loop(self):
         config, stop_reason, val_loss = self.config, None, None
         self.session_start, self.elapsed_at_start = time.perf_counter(), self.state.elapsed
         self.window_start, self.window_steps = time.perf_counter(), 0
         self.last_release, self.first_step = self.window_start, True
-        with StopFlag() as stop:
+        if self.state.step == 0 and config.on_divergence == "rollback":
+            self.save()  # the initial parameters: a healthy point to roll back to before the first checkpoint
+        # overflow/NaN warnings of the numpy backend would add lines to the one a divergence ends with
+        with StopFlag() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while True:
                 # limits: the step, epoch and time limits end the run before the next step
                 stop_reason = self.limit_reached()
@@ -287,12 +341,16 @@ class Run:
                     continue
                 # advance: the carried state, the counters, the corpus pages read, the compile time
                 now = self.advance(h_next, started)
-                # evaluate and sample at their intervals
-                val_loss = self.maybe_evaluate()
-                self.maybe_sample()
-                # log a progress row, write a checkpoint at their intervals
-                self.maybe_log(loss, norm, val_loss, now)
-                self.maybe_checkpoint()
+                try:
+                    # evaluate and sample at their intervals
+                    val_loss = self.maybe_evaluate()
+                    self.maybe_sample()
+                    # log a progress row, write a checkpoint at their intervals
+                    self.maybe_log(loss, norm, val_loss, now)
+                    self.maybe_checkpoint()
+                except _NonFinite as exc:  # a checkpoint that would have held NaN/inf was not written
+                    self.recover(str(exc))
+                    continue
                 # early stop and signals end the run after a whole step
                 if (config.early_stop_patience and val_loss is not None
                         and self.state.evals_since_best >= config.early_stop_patience):
@@ -302,9 +360,12 @@ class Run:
                     stop_reason = "signal"
                     break
             # finish: a last evaluation (unless interrupted) and checkpoint
-            if stop_reason != "signal" and self.val_stream is not None and val_loss is None:
-                val_loss = self.validate()
-            self.save()
+            try:
+                if stop_reason != "signal" and self.val_stream is not None and val_loss is None:
+                    val_loss = self.validate()
+                self.save()
+            except _NonFinite as exc:
+                raise DivergenceError(self.divergence_message(str(exc))) from None
             signum = stop.signum
         state = self.state
         summary = {"step": state.step, "epoch": state.epoch + state.index / self.spe, "stop_reason": stop_reason,
@@ -341,34 +402,104 @@ class Run:
             return loss, norm, h_next, f"loss became {loss:.4g} (gradient norm {norm:.4g}) at step " \
                                        f"{state.step + 1}", started
         self.optimizer.update(model.flat, self.gflat, state.lr_scale * learning_rate(config, state.step, self.spe))
+        total = float(model.flat.sum())  # fast; a float32 overflow of the sum is told apart below
+        if not math.isfinite(total) and not np.all(np.isfinite(model.flat)):  # e.g. --lr inf: NaN weights
+            return loss, norm, h_next, f"the parameters became non-finite in the update of step " \
+                                       f"{state.step + 1} (learning rate too high)", started
         if math.isnan(state.smooth_loss):
-            state.first_loss = state.smooth_loss = loss
+            state.smooth_loss = loss
         else:
             state.smooth_loss = SMOOTHING * state.smooth_loss + (1 - SMOOTHING) * loss
+        if math.isnan(state.first_loss):
+            state.first_loss = loss
+        state.recent_loss = loss if math.isnan(state.recent_loss) else \
+            RECENT_SMOOTHING * state.recent_loss + (1 - RECENT_SMOOTHING) * loss
+        if not state.smooth_loss >= state.low_loss:  # also when low_loss is still NaN
+            state.low_loss = state.smooth_loss
+        state.stuck_steps = state.stuck_steps + 1 if state.smooth_loss > STUCK_RISE * state.low_loss else 0
         problem = None
         if config.divergence_factor and state.smooth_loss > config.divergence_factor * state.first_loss:
             problem = (f"smoothed loss {state.smooth_loss:.4f} exceeds {config.divergence_factor}x the starting "
                        f"loss {state.first_loss:.4f} at step {state.step + 1}")
+        elif config.divergence_factor and config.on_divergence == "rollback" \
+                and state.stuck_steps >= STUCK_STEPS:  # climbed and stayed up, below the factor
+            problem = (f"smoothed loss {state.smooth_loss:.4f} stayed above {STUCK_RISE}x its lowest "
+                       f"({state.low_loss:.4f}) for {STUCK_STEPS} steps at step {state.step + 1}")
         return loss, norm, h_next, problem, started
 
     def recover(self, problem):
-        """Roll back to the last checkpoint with half the learning rate (--on-divergence rollback, while
-        rollbacks are left), else raise DivergenceError."""
+        """Roll back to the newest healthy checkpoint of this run with half the learning rate (--on-divergence
+        rollback, while rollbacks are left), else raise DivergenceError.
+
+        The numbered checkpoints and best.h5 of the abandoned trajectory (past the rollback point) are removed,
+        and checkpoint.h5 is rewritten at the rollback point (with the lowered rate), so the directory holds one
+        trajectory; the log loses the rows past it."""
         config = self.config
+        target = None
         if config.on_divergence == "rollback" and self.state.rollbacks < config.max_rollbacks \
-                and os.path.exists(self.ckpt_path):
-            scale, rollbacks, elapsed = self.state.lr_scale / 2, self.state.rollbacks + 1, self.state.elapsed
-            self.restore(ckpt_io.load(self.ckpt_path))
-            self.state.lr_scale, self.state.rollbacks, self.state.elapsed = scale, rollbacks, elapsed
-            self.log.truncate_after(self.state.step)
-            self.emit("message", {"text": f"divergence: {problem}; rolled back to the checkpoint at step "
-                                          f"{self.state.step} and halved the learning rate (now {scale:g}x --lr; "
-                                          f"rollback {rollbacks} of {config.max_rollbacks})"})
-            return
-        raise DivergenceError(
-            problem + "; " + (f"the last good checkpoint is step {saved_step(self.ckpt_path)} in {self.ckpt_path}"
-                              if os.path.exists(self.ckpt_path) else "no checkpoint was written yet")
-            + "; try a lower --lr or --max-grad-norm, or --on-divergence rollback")
+                and math.isfinite(self.state.lr_scale * config.lr):  # halving an infinite rate cannot help
+            target, newer = self.healthy_checkpoints()
+        if target is None:
+            raise DivergenceError(self.divergence_message(problem))
+        scale, rollbacks, elapsed = self.state.lr_scale / 2, self.state.rollbacks + 1, self.state.elapsed
+        run_id = self.state.run_id
+        self.restore(target)
+        self.state.lr_scale, self.state.rollbacks, self.state.elapsed = scale, rollbacks, elapsed
+        self.state.run_id = run_id  # a legacy target has none
+        for path in newer:  # first, so that keep_history in save() prunes among this trajectory's only
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.save()  # checkpoint.h5 at the rollback point: a kill from here on resumes there
+        self.log.truncate_after(self.state.step)
+        self.emit("message", {"text": f"divergence: {problem}; rolled back to the last healthy checkpoint (step "
+                                      f"{self.state.step}, {os.path.basename(target.path)}) and halved the "
+                                      f"learning rate (now {scale:g}x --lr; rollback {rollbacks} of "
+                                      f"{config.max_rollbacks})"})
+        self.window_start, self.window_steps = time.perf_counter(), 0  # the reload is not in chars/s
+
+    def healthy_checkpoints(self):
+        """(the newest healthy checkpoint of this run at or before the current step, or None; the paths of this
+        run's checkpoints past it, besides checkpoint.h5). Candidates: checkpoint.h5, last-good.h5, best.h5 and
+        the numbered history; a checkpoint of another run (another run id), one that does not fit this run, or
+        one that cannot be read is skipped."""
+        paths = [self.ckpt_path] + [os.path.join(self.run_dir, name)
+                                    for name in (ckpt_io.LAST_GOOD_NAME, ckpt_io.BEST_NAME)]
+        paths += [path for _, path in ckpt_io.history(self.run_dir)]
+        found = []
+        for path in paths:
+            if not os.path.exists(path):
+                continue
+            try:
+                ckpt = ckpt_io.load(path)
+                _check_resumable(ckpt, self.config, self.vocab, self.train_tokens, self.corpus_path)
+            except CheckpointError:
+                continue
+            if ckpt.state.get("run_id", self.state.run_id if self.legacy_id else "") != self.state.run_id:
+                continue
+            found.append(ckpt)
+        good = [c for c in found if ckpt_io.is_healthy(c) and c.state.get("step", -1) <= self.state.step]
+        target = max(good, key=lambda c: c.state["step"], default=None)
+        if target is None:
+            return None, []
+        step = target.state["step"]
+        newer = {c.path for c in found if c.state.get("step", -1) > step and c.path != self.ckpt_path}
+        newer.update(path for s, path in ckpt_io.history(self.run_dir) if s > step)  # also unreadable ones
+        return target, sorted(newer)
+
+    def divergence_message(self, problem):
+        """The DivergenceError text: the problem, where the last good checkpoint is, what to try."""
+        target, _ = self.healthy_checkpoints()
+        where = (f"the last good checkpoint is step {target.state['step']} in {target.path}" if target is not None
+                 else "no good checkpoint was written yet")
+        if self.config.on_divergence == "rollback":
+            hint = (f"gave up after {self.state.rollbacks} rollback(s) (--max-rollbacks)"
+                    if self.state.rollbacks >= self.config.max_rollbacks
+                    else "no rollback can help an infinite --lr" if not math.isfinite(self.config.lr)
+                    else "nothing healthy to roll back to")
+            return f"{problem}; {where}; {hint}; try a lower --lr or --max-grad-norm"
+        return f"{problem}; {where}; try a lower --lr or --max-grad-norm, or --on-divergence rollback"
 
     def advance(self, h_next, started):
         """After a good step: carry the state, count the step, release the corpus pages read (every
@@ -412,7 +543,7 @@ class Run:
         seconds = now - self.window_start
         steps = self.window_steps
         cps = steps * config.batch_size * config.seq_len / seconds if steps and seconds > 0 else None
-        row = {"step": state.step, "epoch": round(state.epoch + state.index / self.spe, 4),
+        row = {"run_id": state.run_id, "step": state.step, "epoch": round(state.epoch + state.index / self.spe, 4),
                "loss": state.smooth_loss, "batch_loss": loss,
                "lr": state.lr_scale * learning_rate(config, state.step - 1, self.spe),
                "grad_norm": norm, "chars_per_sec": cps,
@@ -444,15 +575,47 @@ class Run:
         return val
 
     def save(self, path=None):
-        """A checkpoint of everything a resumed run needs (RUN_DIR/checkpoint.h5 unless `path`)."""
+        """A checkpoint of everything a resumed run needs (RUN_DIR/checkpoint.h5 unless `path`), with whether
+        the run is healthy now. Parameters, optimizer buffers or carried state that are not finite are never
+        written (raises _NonFinite)."""
         path = path or self.ckpt_path
+        arrays = {"parameters": self.model.flat, "carried hidden state": self.h}
+        arrays.update({f"optimizer buffer {name}": buf for name, buf in self.optimizer.state.items()})
+        bad = [name for name, a in arrays.items() if not np.all(np.isfinite(a))]
+        if bad:
+            raise _NonFinite(f"the {', '.join(bad)} became non-finite by step {self.state.step}; that checkpoint "
+                             f"was not written")
         self.state.rng = self.rng.bit_generator.state
+        state = _jsonable(dataclasses.asdict(self.state))
+        state["healthy"] = healthy = self.is_healthy()
+        if path == self.ckpt_path and not healthy and self.ckpt_healthy and os.path.exists(path):
+            ckpt_io.keep_last_good(self.run_dir)
         ckpt_io.save(path, ckpt_io.Checkpoint(
             config=self.config.to_dict(), vocab=self.vocab.to_dict(), params=self.model.flat,
-            optimizer=self.optimizer.state, hidden=self.h, state=_jsonable(dataclasses.asdict(self.state))))
+            optimizer=self.optimizer.state, hidden=self.h, state=state))
+        if path == self.ckpt_path:
+            self.ckpt_healthy = healthy
+            last_good = os.path.join(self.run_dir, ckpt_io.LAST_GOOD_NAME)
+            if healthy and os.path.exists(last_good):
+                try:
+                    os.unlink(last_good)  # older than this healthy checkpoint
+                except OSError:
+                    pass
         if path == self.ckpt_path and self.config.keep_checkpoints > 1:
             ckpt_io.keep_history(self.run_dir, self.state.step, self.config.keep_checkpoints)
         self.emit("checkpoint", {"step": self.state.step, "path": path})
+
+    def is_healthy(self):
+        """The run is healthy: its smoothed loss is finite and within HEALTHY_RISE of its lowest so far, and the
+        loss of the last steps within RECENT_RISE of it (a checkpoint written while the loss climbs is not a
+        point to roll back to)."""
+        state = self.state
+        if math.isnan(state.smooth_loss):
+            return True  # no step yet: the initial parameters
+        if not (math.isfinite(state.smooth_loss) and math.isfinite(state.low_loss)):
+            return False
+        recent = state.smooth_loss if math.isnan(state.recent_loss) else state.recent_loss  # older checkpoints
+        return state.smooth_loss <= HEALTHY_RISE * state.low_loss and recent <= RECENT_RISE * state.low_loss
 
     def restore(self, ckpt):
         """Everything a checkpoint holds back into the run: parameters, optimizer buffers and step count, the
@@ -464,6 +627,10 @@ class Run:
         self.optimizer.t = self.state.step
         self.rng.bit_generator.state = self.state.rng
         self.h = ckpt.hidden.astype(self.model.dtype, copy=True)
+
+
+class _NonFinite(Exception):
+    """Inside the loop: the state is not finite, so no checkpoint was written (a divergence problem)."""
 
 
 def _check_resumable(saved, config, vocab, train_tokens, corpus_path):
@@ -480,13 +647,6 @@ def _check_resumable(saved, config, vocab, train_tokens, corpus_path):
         raise CheckpointError(f"the corpus {corpus_path} is not the one this run was trained on "
                               f"(train split {len(train_tokens)} tokens, the run had "
                               f"{saved.state.get('train_tokens')})")
-
-
-def saved_step(path):
-    try:
-        return ckpt_io.load(path).state.get("step")
-    except CheckpointError:
-        return "?"
 
 
 def _eta(config, state, max_steps, seconds_per_step):

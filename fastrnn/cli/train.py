@@ -81,8 +81,8 @@ def _train_options(f):
         click.option("--early-stop-patience", type=click.IntRange(min=0), default=D.early_stop_patience,
                      help="Stop after this many evaluations without a better validation loss (0: off)."),
         click.option("--on-divergence", type=click.Choice(ON_DIVERGENCE), default=D.on_divergence,
-                     help="On a NaN/inf or exploding loss: stop, or reload the last checkpoint and halve the "
-                          "learning rate."),
+                     help="On a NaN/inf or exploding loss: stop, or reload the last healthy checkpoint and "
+                          "halve the learning rate."),
         click.option("--max-rollbacks", type=click.IntRange(min=0), default=D.max_rollbacks,
                      help="With --on-divergence rollback: stop after this many rollbacks."),
         click.option("--divergence-factor", type=click.FloatRange(min=0), default=D.divergence_factor,
@@ -104,7 +104,8 @@ CONFIG_FIELDS = {f for f in TrainConfig.__dataclass_fields__}
 @click.option("--resume", is_flag=True, help="Continue the run in --output exactly where it stopped.")
 @click.option("--allow-change", is_flag=True,
               help="With --resume: allow changing --lr, its schedule, --clip, --max-grad-norm and --momentum.")
-@click.option("--force", is_flag=True, help="Start a new run even if --output holds one.")
+@click.option("--force", is_flag=True, help="Start a new run even if --output holds one (its files are removed "
+              "first).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.pass_context
 def train(ctx, corpus, run_dir, resume, allow_change, force, quiet, **options):

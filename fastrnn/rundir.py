@@ -1,0 +1,166 @@
+"""The run directory of `fastrnn train`: one owner at a time, and one run's files.
+
+- `RunLock`: an exclusive `fcntl.flock` on RUN_DIR/.fastrnn.lock, held for the whole session of a run (the OS
+  releases it when the process dies, even by kill -9). A second writer is refused with the holder's PID.
+- `run_files`: the files a run writes; a directory holding any of them holds a run.
+- `discard_run`: --force's removal of an old run. It first creates RUN_DIR/.fastrnn-discarded (one atomic
+  mkdir: from then on the old run is gone), moves the old run's files into it and removes it. The new run writes
+  nothing before that directory is gone, and the next session finishes a removal a kill interrupted
+  (`finish_discard`), so a kill at any moment leaves the files of one run only.
+"""
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+import time
+
+from fastrnn.errors import ConfigError
+
+LOCK_NAME = ".fastrnn.lock"
+DISCARD_NAME = ".fastrnn-discarded"
+_RUN_FILE = re.compile(r"^(checkpoint\.h5|best\.h5|last-good\.h5|log\.jsonl|checkpoint-\d+\.h5)$")
+_DERIVED_FILE = {"loss.png"}  # `fastrnn plot RUN_DIR`'s default output: goes with the run it plots
+_TEMP_FILE = re.compile(r"^(\.checkpoint-.*\.h5\.tmp|(log\.jsonl|last-good\.h5|checkpoint-\d+\.h5)\.tmp)$")
+
+
+def run_files(run_dir):
+    """The names of the files of a run in `run_dir` (checkpoints, best.h5, log.jsonl), sorted."""
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return []
+    return sorted(n for n in names if _RUN_FILE.match(n))
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def discard_run(run_dir):
+    """Remove the run in `run_dir` (its files, temporary files and loss.png plot), atomically as seen by later
+    sessions."""
+    trash = os.path.join(run_dir, DISCARD_NAME)
+    try:
+        names = [n for n in os.listdir(run_dir) if _RUN_FILE.match(n) or _TEMP_FILE.match(n) or n in _DERIVED_FILE]
+        if not names and not os.path.isdir(trash):
+            return
+        os.makedirs(trash, exist_ok=True)
+        _fsync_dir(run_dir)  # the commit: the old run is gone once this directory exists
+        for name in names:
+            os.replace(os.path.join(run_dir, name), os.path.join(trash, name))
+        _fsync_dir(run_dir)
+        shutil.rmtree(trash)
+    except OSError as exc:
+        raise ConfigError(f"cannot remove the old run in {run_dir}: {exc.strerror or exc}") from exc
+
+
+def finish_discard(run_dir):
+    """Complete a --force removal that a kill interrupted (every run file left is the old run's)."""
+    if os.path.isdir(os.path.join(run_dir, DISCARD_NAME)):
+        discard_run(run_dir)
+
+
+class RunLock:
+    """An exclusive lock on a run directory for one process (creates the directory if needed).
+
+    release() removes the lock file, and the directories this lock created if they are empty."""
+
+    def __init__(self, run_dir):
+        self.run_dir = os.fspath(run_dir)
+        self.path = os.path.join(self.run_dir, LOCK_NAME)
+        self.created = []  # the directories made for the run, innermost first
+        self.fd = None
+        path = os.path.abspath(self.run_dir)
+        while not os.path.isdir(path) and os.path.dirname(path) != path:
+            self.created.append(path)
+            path = os.path.dirname(path)
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)  # exist_ok: another process may be creating it too
+            self._acquire()
+        except (OSError, ConfigError) as exc:
+            self._rmdir()
+            if isinstance(exc, ConfigError):
+                raise
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise ConfigError(f"run directory {self.run_dir} is not writable") from exc
+            raise ConfigError(f"cannot use run directory {self.run_dir}: {exc.strerror or exc}") from exc
+
+    def _acquire(self):
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                for _ in range(10):  # the holder writes its PID just after taking the lock
+                    if holder:
+                        break
+                    time.sleep(0.02)
+                    holder = _read_pid(fd)
+                os.close(fd)
+                who = f"PID {holder}" if holder else "another process"
+                raise ConfigError(f"{self.run_dir} is in use by another fastrnn train ({who}); wait for it to "
+                                  f"finish or stop it first") from None
+            except OSError as exc:  # a filesystem without locks: refuse rather than risk two writers
+                os.close(fd)
+                raise ConfigError(f"cannot lock run directory {self.run_dir}: {exc.strerror or exc}") from exc
+            except BaseException:
+                os.close(fd)
+                raise
+            try:  # the holder we waited for may have removed the file: then lock the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            os.close(fd)  # never a lock left held by a failed start
+            raise
+        self.fd = fd
+
+    def release(self):
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still holding it (see _acquire)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        self._rmdir()
+
+    def _rmdir(self):
+        for path in self.created:
+            try:
+                os.rmdir(path)  # only if still empty
+            except OSError:
+                return
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def _read_pid(fd):
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except OSError:
+        return None
+    return text if text.isdigit() else None
+
