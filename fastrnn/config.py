@@ -5,6 +5,8 @@ fields that define the model or the data stream (see RESUME_CHANGEABLE).
 """
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from fastrnn.errors import ConfigError
@@ -78,6 +80,12 @@ class TrainConfig:
 
     def validate(self):
         """Raise ConfigError for options that cannot work."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Real) and not math.isfinite(value):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
+            raise ConfigError(f"--seed must be an integer >= 0, got {self.seed}")
         positive = ["hidden_size", "seq_len", "batch_size"]
         for name in positive:
             if getattr(self, name) <= 0:

@@ -7,6 +7,7 @@ import time
 import click
 
 from fastrnn import corpus as corpus_lib
+from fastrnn.cli.types import Finite
 
 
 class _Progress:
@@ -37,8 +38,8 @@ class _Progress:
 @click.option("-o", "--output", required=True, type=click.Path(), help="The corpus file to write (HDF5).")
 @click.option("--level", type=click.Choice(corpus_lib.LEVELS), default="char",
               help="Tokens are Unicode characters, or raw bytes.")
-@click.option("--val-frac", type=float, default=0.05, help="Fraction of the corpus (from its end) for validation.")
-@click.option("--test-frac", type=float, default=0.05, help="Fraction of the corpus (at its very end) for test.")
+@click.option("--val-frac", type=Finite(), default=0.05, help="Fraction of the corpus (from its end) for validation.")
+@click.option("--test-frac", type=Finite(), default=0.05, help="Fraction of the corpus (at its very end) for test.")
 @click.option("--lowercase", is_flag=True, help="Lowercase the text.")
 @click.option("--letters-only", is_flag=True,
               help="Keep letters only: every run of other characters becomes one space.")

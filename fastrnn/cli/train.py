@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from fastrnn.cli.types import SEED, Finite
 from fastrnn.errors import ConfigError
 from fastrnn.config import BACKENDS, DTYPES, INITS, MODELS, ON_DIVERGENCE, OPTIMIZERS, TrainConfig
 
@@ -23,7 +24,7 @@ def _train_options(f):
                      help="Stacked layers L; layer l reads the output of layer l-1."),
         click.option("--hidden-size", type=click.IntRange(min=1), default=D.hidden_size,
                      help="Hidden units H per layer."),
-        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=D.dropout,
+        click.option("--dropout", type=Finite(0, 1, max_open=True), default=D.dropout,
                      help="Inverted dropout on every layer's output during training (0: off)."),
         click.option("--init", type=click.Choice(INITS), default=D.init,
                      help="Weight initialisation: normal (N(0, init-scale^2)), xavier, orthogonal (recurrent "
@@ -33,31 +34,31 @@ def _train_options(f):
         click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size,
                      help="Parallel streams per minibatch N."),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+        click.option("--lr", type=Finite(min=0, min_open=True), default=None,
                      help="Learning rate [default: 0.1 for sgd and adagrad, 0.002 for rmsprop and adam]."),
-        click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=D.lr_decay,
+        click.option("--lr-decay", type=Finite(0, 1, min_open=True), default=D.lr_decay,
                      help="Multiply the learning rate by this every --lr-decay-every steps (1: constant)."),
         click.option("--lr-decay-every", type=click.IntRange(min=0), default=D.lr_decay_every,
                      help="Steps between learning-rate decays (0: one epoch)."),
         click.option("--lr-decay-after", type=click.IntRange(min=0), default=D.lr_decay_after,
                      help="Steps before the first learning-rate decay."),
-        click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=D.momentum,
+        click.option("--momentum", type=Finite(0, 1, max_open=True), default=D.momentum,
                      help="SGD momentum."),
-        click.option("--clip", type=click.FloatRange(min=0), default=D.clip,
+        click.option("--clip", type=Finite(min=0), default=D.clip,
                      help="Clip each gradient element to [-clip, clip] (0: off)."),
-        click.option("--max-grad-norm", type=click.FloatRange(min=0), default=D.max_grad_norm,
+        click.option("--max-grad-norm", type=Finite(min=0), default=D.max_grad_norm,
                      help="Rescale gradients whose global L2 norm exceeds this (0: off)."),
-        click.option("--init-scale", type=click.FloatRange(min=0, min_open=True), default=D.init_scale,
+        click.option("--init-scale", type=Finite(min=0, min_open=True), default=D.init_scale,
                      help="Standard deviation of the initial weights with --init normal."),
         click.option("--reset-hidden/--carry-hidden", default=D.reset_hidden,
                      help="Reset the hidden state every minibatch, or carry it (truncated BPTT)."),
         click.option("--max-steps", type=click.IntRange(min=0), default=D.max_steps, help="Stop after this many "
                      "updates (0: no limit). With no step, epoch or time limit a run stops after 10 epochs."),
-        click.option("--max-epochs", type=click.FloatRange(min=0), default=D.max_epochs,
+        click.option("--max-epochs", type=Finite(min=0), default=D.max_epochs,
                      help="Stop after this many passes over the training split (0: no limit)."),
-        click.option("--max-time", type=click.FloatRange(min=0), default=D.max_time,
+        click.option("--max-time", type=Finite(min=0), default=D.max_time,
                      help="Stop after this many seconds of training (0: no limit)."),
-        click.option("--seed", type=int, default=D.seed, help="Random seed (initialisation, samples)."),
+        click.option("--seed", type=SEED, default=D.seed, help="Random seed (initialisation, samples)."),
         click.option("--dtype", type=click.Choice(DTYPES), default=D.dtype),
         click.option("--backend", type=click.Choice(BACKENDS), default=D.backend,
                      help="numba kernels, or the pure-NumPy reference."),
@@ -85,7 +86,7 @@ def _train_options(f):
                           "learning rate."),
         click.option("--max-rollbacks", type=click.IntRange(min=0), default=D.max_rollbacks,
                      help="With --on-divergence rollback: stop after this many rollbacks."),
-        click.option("--divergence-factor", type=click.FloatRange(min=0), default=D.divergence_factor,
+        click.option("--divergence-factor", type=Finite(min=0), default=D.divergence_factor,
                      help="Stop if the smoothed loss exceeds this multiple of the starting loss (0: off)."),
     ]
     for option in reversed(options):
@@ -191,18 +192,18 @@ def _duration(seconds):
 @click.argument("checkpoint", type=click.Path())
 @click.option("--prime", default="", help="Text to warm the hidden state with; printed before the sample.")
 @click.option("--length", type=click.IntRange(min=0), default=500, help="Characters to generate.")
-@click.option("--temperature", type=float, default=1.0,
+@click.option("--temperature", type=Finite(), default=1.0,
               help="Divide logits by this before the softmax: < 1 is more conservative, > 1 more varied.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, help="Sample only among the k most probable "
               "characters (0: all).")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+@click.option("--top-p", type=Finite(0, 1, min_open=True), default=1.0,
               help="Sample only among the most probable characters whose probabilities add up to p.")
 @click.option("--greedy", is_flag=True, help="Always take the most probable character (argmax).")
 @click.option("--beam-width", type=click.IntRange(min=0), default=0,
               help="Beam search with this many beams: the most probable continuation of --length (0: sample).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, help="Independent samples to print.")
 @click.option("--stop-at", default="", help="Stop a sample once it has produced this text.")
-@click.option("--seed", type=int, default=None, help="Random seed (default: a fresh one each time).")
+@click.option("--seed", type=SEED, default=None, help="Random seed (default: a fresh one each time).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="numba")
 def sample(checkpoint, prime, length, temperature, top_k, top_p, greedy, beam_width, num_samples, stop_at, seed,
            backend):
