@@ -8,6 +8,7 @@ import click
 
 from fastrnn import corpus as corpus_lib
 from fastrnn.cli.types import Finite
+from fastrnn.corpus.inputs import text_codec
 
 
 class _Progress:
@@ -55,6 +56,7 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
     input; they are concatenated in order. The corpus is read twice in bounded chunks, so memory stays flat
     however large it is, and written to a temporary file renamed into place at the end.
     """
+    text_codec(encoding)  # an unknown or non-text encoding: one line before anything is read
     progress = _Progress(not quiet and sys.stderr.isatty())
     start = time.perf_counter()
     try:

@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 
 from fastrnn.corpus.vocab import _codepoints
-from fastrnn.errors import CorpusError
+from fastrnn.errors import ConfigError, CorpusError
 
 CHUNK_SIZE = 4 << 20  # bytes of input per chunk
 ERRORS = ("strict", "replace", "ignore")
@@ -49,6 +49,19 @@ def expand_inputs(inputs):
         else:
             files.append(item)
     return files
+
+
+def text_codec(encoding):
+    """The codecs name of `encoding`, a text encoding (bytes to str). Raises ConfigError for a name Python does
+    not know and for codecs it has that do not decode bytes to text (rot13, base64, zlib, hex, undefined...)."""
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, ValueError):  # ValueError: a name with a NUL or an undecodable byte
+        raise ConfigError(f"unknown encoding {encoding!r}") from None
+    if not getattr(info, "_is_text_encoding", True) or info.name == "undefined":
+        raise ConfigError(f"--encoding {encoding} is not a text encoding (it does not decode bytes to text); use "
+                          f"one such as utf-8, utf-16, latin-1 or cp1252")
+    return info.name
 
 
 def _looks_text(path):
@@ -113,7 +126,7 @@ def _code_chunks(files, *, level, encoding, errors, lowercase, letters_only, chu
     """
     total = sum(os.path.getsize(f) for f in files)
     done = 0
-    codec = codecs.lookup(encoding).name
+    codec = text_codec(encoding)
     wide = codec.startswith(("utf-16", "utf-32"))
     plain = not lowercase and not letters_only
     for path in files:
@@ -209,6 +222,8 @@ def _decoded_chunks(path, chunk_size, codec, errors, norm, ascii_ok, wide):
             text = decoder.decode(data)
         except UnicodeDecodeError as exc:
             raise _invalid(path, codec, exc.reason, offset - pending + exc.start) from None
+        except ValueError as exc:  # the codec's own refusal (UnicodeError, binascii.Error), without an offset
+            raise _undecodable(path, codec, exc, offset - pending) from None
         if wide and "\x00" in text:
             raise CorpusError(f"{path} looks like a binary file: NUL character near byte offset {offset}")
         yield len(data), _codepoints(norm(text))
@@ -217,7 +232,17 @@ def _decoded_chunks(path, chunk_size, codec, errors, norm, ascii_ok, wide):
         tail = decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
         raise _invalid(path, codec, exc.reason, os.path.getsize(path) - pending + exc.start) from None
+    except ValueError as exc:
+        raise _undecodable(path, codec, exc, os.path.getsize(path) - pending) from None
     yield 0, _codepoints(norm(tail))
+
+
+def _undecodable(path, codec, exc, offset):
+    """The CorpusError for a decoder that refuses its input as a whole (no position of a bad byte)."""
+    hint = "--encoding"
+    if codec in ("utf-16", "utf-32"):
+        hint = f"--encoding {codec}-le or {codec}-be for a file without a byte-order mark"
+    return CorpusError(f"{path} is not valid {codec} text: {exc} (in the bytes from offset {offset}; use {hint})")
 
 
 def _spool_stdin(out_dir):
