@@ -91,7 +91,13 @@ def save(path, ckpt):
     }
     arrays = {"params": ckpt.params, "hidden": ckpt.hidden}
     arrays.update({f"optimizer/{k}": v for k, v in ckpt.optimizer.items()})
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".h5.tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".h5.tmp", dir=directory)
+    except OSError as exc:  # the directory is read-only, full, or gone (deleted while the run went on)
+        reason = exc.strerror or exc
+        if not os.path.isdir(directory):
+            reason = f"the directory {directory} no longer exists"
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             with h5py.File(fh, "w") as f:

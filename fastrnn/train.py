@@ -27,7 +27,7 @@ from fastrnn import checkpoint as ckpt_io
 from fastrnn.config import DEFAULT_LR, RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW, TrainConfig
 from fastrnn.corpus import BatchStream, Vocab, open_corpus
 from fastrnn.dropout import make_masks
-from fastrnn.errors import CheckpointError, ConfigError, DivergenceError
+from fastrnn.errors import CheckpointError, ConfigError, DivergenceError, FileError, Interrupted, os_reason
 from fastrnn.model import Model, get_backend
 from fastrnn.params import Layout, model_shapes
 from fastrnn.optim import Optimizer, learning_rate
@@ -71,7 +71,7 @@ class StopFlag:
 
     def _handler(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         self.signum = signum
 
     def __enter__(self):
@@ -154,11 +154,20 @@ class RunLog:
                 os.unlink(path)
         else:
             self._truncate(keep_until)
-        self.file = open(path, "a")
+        try:
+            self.file = open(path, "a")
+        except OSError as exc:
+            raise FileError(f"cannot write {path}: {os_reason(exc)}") from exc
 
     def write(self, row):
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as exc:  # a full disk, the run directory gone, an I/O error: the run stops here
+            ckpt = os.path.join(os.path.dirname(self.path), ckpt_io.CHECKPOINT_NAME)
+            tail = (f"the last checkpoint, step {saved_step(ckpt)} in {ckpt}, is intact; resume with --resume"
+                    if os.path.exists(ckpt) else "no checkpoint was written yet")
+            raise FileError(f"cannot write {self.path}: {os_reason(exc)}; the run stopped; {tail}") from exc
 
     def truncate_after(self, step):
         """Drop the rows past `step`, atomically (a new file renamed over the old, the handle moved to it)."""
@@ -169,22 +178,33 @@ class RunLog:
     def _truncate(self, step):
         if not os.path.exists(self.path):
             return
-        with open(self.path) as f:
+        with open(self.path, "rb") as f:
             rows = [line for line in f if line.strip()]
         keep = []
         for line in rows:
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
+                row = json.loads(line)
             except ValueError:
-                pass  # a row cut by a crash
+                continue  # a row cut by a crash, or damaged
+            if isinstance(row, dict) and isinstance(row.get("step", 0), int) and row.get("step", 0) <= step:
+                keep.append(line.rstrip(b"\r\n") + b"\n")
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                f.writelines(keep)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # the old log is left as it was
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise FileError(f"cannot rewrite {self.path}: {os_reason(exc)}") from exc
 
     def close(self):
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the failed write has been reported (FileError); its buffered row is lost
+            pass
 
 
 def _set_threads(n):
@@ -233,7 +253,10 @@ class Run:
                               "(prepare the corpus with --val-frac > 0)")
         if saved is not None:
             _check_resumable(saved, config, self.vocab, train_tokens, corpus_path)
-        os.makedirs(run_dir, exist_ok=True)
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+        except OSError as exc:  # read-only, under a regular file, in /proc, ...
+            raise FileError(f"cannot create run directory {run_dir}: {os_reason(exc)}") from exc
         if not os.access(run_dir, os.W_OK):
             raise ConfigError(f"run directory {run_dir} is not writable")
         ckpt_io.remove_stale_temps(run_dir)

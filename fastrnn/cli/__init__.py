@@ -4,28 +4,77 @@ Only this package prints. Library code raises `fastrnn.errors.FastrnnError` subc
 into a single line `fastrnn: error: ...` on stderr and a non-zero exit status, never a traceback.
 """
 
+import errno
+import signal
 import sys
+import threading
 
-import click
 
-from fastrnn import __version__
-from fastrnn.errors import FastrnnError
+def _interrupted_at_start():
+    sys.stderr.write("fastrnn: interrupted while starting; nothing was done\n")
+    sys.exit(130)
+
+
+try:  # Ctrl-C while the modules load: one line, not a traceback
+    import click
+
+    from fastrnn import __version__
+    from fastrnn.errors import FastrnnError, Interrupted, os_reason
+except KeyboardInterrupt:
+    _interrupted_at_start()
+
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number
+
+
+def _terminate(signum, frame):
+    raise Interrupted(signum)
 
 
 class FastrnnGroup(click.Group):
     """A click group that reports user errors as one line on stderr."""
 
     def invoke(self, ctx):
+        # SIGTERM stops a command as Ctrl-C does (its clean-up runs), then exits 143; `train` stops at a step
+        old = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+            else None
         try:
             return super().invoke(ctx)
         except FastrnnError as exc:
             click.echo(f"fastrnn: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:
+            click.echo("\nfastrnn: interrupted", err=True)
+            sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
+        except MemoryError:
+            click.echo("fastrnn: error: not enough memory for this (try a smaller model, batch or input)", err=True)
+            sys.exit(1)
+        except OSError as exc:  # a file that cannot be read or written, caught nowhere closer
+            if exc.errno == errno.EPIPE:  # the reader of stdout went away (`fastrnn sample ... | head`)
+                _silence_stdout()
+                sys.exit(141)
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"fastrnn: error: {where}{os_reason(exc)}", err=True)
+            sys.exit(1)
         except click.UsageError as exc:  # bad options: one line too, with where to look
             where = f"fastrnn {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else "fastrnn --help"
             message = " ".join(exc.format_message().split())
             click.echo(f"fastrnn: error: {message} (see {where})", err=True)
             sys.exit(exc.exit_code)
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+
+
+def _silence_stdout():
+    """After EPIPE: point stdout at /dev/null so that Python's final flush does not complain."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 @click.group(cls=FastrnnGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -49,4 +98,7 @@ def _register():
             main.add_command(command)
 
 
-_register()
+try:
+    _register()
+except KeyboardInterrupt:
+    _interrupted_at_start()

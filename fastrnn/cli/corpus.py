@@ -1,6 +1,7 @@
 """`fastrnn prepare` and `fastrnn info`: thin commands over fastrnn.corpus."""
 
 import json
+import os
 import sys
 import time
 
@@ -9,6 +10,7 @@ import click
 from fastrnn import corpus as corpus_lib
 from fastrnn.cli.types import Finite
 from fastrnn.corpus.inputs import text_codec
+from fastrnn.errors import CorpusError, os_reason
 
 
 class _Progress:
@@ -63,6 +65,9 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
         info = corpus_lib.prepare(list(inputs), output, level=level, val_frac=val_frac, test_frac=test_frac,
                                   lowercase=lowercase, letters_only=letters_only, encoding=encoding, errors=errors,
                                   force=force, progress=progress)
+    except OSError as exc:  # reading the inputs has its own errors: this is the output (full, read-only, ...)
+        unchanged = "left as it was" if os.path.exists(output) else "not written"
+        raise CorpusError(f"cannot write {output}: {os_reason(exc)}; {output} is {unchanged}") from exc
     finally:
         progress.done()
     seconds = time.perf_counter() - start

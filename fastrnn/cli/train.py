@@ -125,10 +125,10 @@ def train(ctx, corpus, run_dir, resume, allow_change, force, quiet, **options):
     try:
         summary = run_training(corpus, run_dir, overrides, resume=resume, allow_change=allow_change, force=force,
                                on_event=printer)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a second signal: stopped at once, by SIGINT (130) or SIGTERM (143)
         click.echo("\nfastrnn: interrupted; the last checkpoint written is intact. Resume with the same command "
                    "and --resume.", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
     if summary["signal"] is not None:
         click.echo(f"fastrnn: stopped by signal at step {summary['step']}; checkpoint written to "
                    f"{summary['checkpoint']}. Resume with the same command and --resume.", err=True)

@@ -5,7 +5,6 @@ errors that name the file and byte offset of bad input."""
 import codecs
 import os
 import re
-import shutil
 import sys
 import tempfile
 
@@ -68,8 +67,13 @@ def _looks_text(path):
     try:
         with open(path, "rb") as f:
             return b"\x00" not in f.read(8192)
-    except OSError:
-        return False
+    except OSError as exc:  # a file of the directory that cannot be read is not silently left out
+        raise _read_error(path, exc, 0) from exc
+
+
+def _read_error(path, exc, offset):
+    """The CorpusError for an input whose open or read failed (permissions, an I/O error, a vanished file)."""
+    return CorpusError(f"cannot read input {path}: {exc.strerror or exc} (at byte offset {offset})")
 
 
 class _Normalizer:
@@ -104,11 +108,18 @@ class _Normalizer:
 
 
 def _read_chunks(path, chunk_size):
-    """Yield (offset, bytes) chunks of a file."""
-    with open(path, "rb") as f:
-        offset = 0
+    """Yield (offset, bytes) chunks of a file. Raises CorpusError if it cannot be read."""
+    offset = 0
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise _read_error(path, exc, offset) from exc
+    with f:
         while True:
-            data = f.read(chunk_size)
+            try:
+                data = f.read(chunk_size)
+            except OSError as exc:
+                raise _read_error(path, exc, offset) from exc
             if not data:
                 return
             yield offset, data
@@ -171,9 +182,16 @@ def _utf8_chunks(path, chunk_size, utf8_op):
     view = memoryview(buf)
     pending = 0  # bytes carried at buf[:pending]
     offset = 0  # file offset of buf[pending]
-    with open(path, "rb", buffering=0) as f:
+    try:
+        f = open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise _read_error(path, exc, offset) from exc
+    with f:
         while True:
-            n = f.readinto(view[pending: pending + chunk_size])
+            try:
+                n = f.readinto(view[pending: pending + chunk_size])
+            except OSError as exc:
+                raise _read_error(path, exc, offset) from exc
             if not n:
                 break
             end = pending + n
@@ -246,7 +264,27 @@ def _undecodable(path, codec, exc, offset):
 
 
 def _spool_stdin(out_dir):
-    fd, path = tempfile.mkstemp(prefix=".fastrnn-stdin.", dir=out_dir)
-    with os.fdopen(fd, "wb") as f:
-        shutil.copyfileobj(sys.stdin.buffer, f, CHUNK_SIZE)
+    """Standard input copied to a temporary file in out_dir (removed again if the copy fails)."""
+    try:
+        fd, path = tempfile.mkstemp(prefix=".fastrnn-stdin.", dir=out_dir)
+    except OSError as exc:
+        raise CorpusError(f"cannot spool standard input into {out_dir}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            while True:
+                try:
+                    data = sys.stdin.buffer.read(CHUNK_SIZE)
+                except OSError as exc:
+                    raise CorpusError(f"cannot read standard input: {exc.strerror or exc}") from exc
+                if not data:
+                    break
+                f.write(data)
+    except BaseException as exc:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):  # a full disk
+            raise CorpusError(f"cannot spool standard input into {out_dir}: {exc.strerror or exc}") from exc
+        raise
     return path
