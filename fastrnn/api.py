@@ -52,7 +52,7 @@ def _check_data(data, text):
             raise ConfigError(f"fit() takes a path, a list of paths or text=, not {type(path).__name__}")
         if not os.path.exists(path):
             shown = os.fspath(path)
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            shown = shown if len(shown) <= 60 else "..." + shown[-57:]
             raise CorpusError(f"fit(): {shown!r} is not a file or directory (for literal text, use fit(text=...))")
 
 

@@ -94,10 +94,7 @@ def save(path, ckpt):
     try:
         fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".h5.tmp", dir=directory)
     except OSError as exc:  # the directory is read-only, full, or gone (deleted while the run went on)
-        reason = exc.strerror or exc
-        if not os.path.isdir(directory):
-            reason = f"the directory {directory} no longer exists"
-        raise CheckpointError(f"cannot write checkpoint {path}: {reason}") from exc
+        raise CheckpointError(f"cannot write checkpoint {path}: {_write_failure(exc, directory)}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             with h5py.File(fh, "w") as f:
@@ -117,7 +114,7 @@ def save(path, ckpt):
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
+            raise CheckpointError(f"cannot write checkpoint {path}: {_write_failure(exc, directory)}") from exc
         raise
     try:
         dfd = os.open(directory, os.O_RDONLY)
@@ -127,6 +124,12 @@ def save(path, ckpt):
             os.close(dfd)
     except OSError:
         pass
+
+
+def _write_failure(exc, directory):
+    if not os.path.isdir(directory):
+        return f"the directory {directory} no longer exists"
+    return exc.strerror or exc
 
 
 def load(path):

@@ -1,10 +1,12 @@
 """`fastrnn train` and `fastrnn sample`: thin commands over fastrnn.train and fastrnn.sample."""
 
+import os
 import signal
 import sys
 
 import click
 
+from fastrnn.checkpoint import CHECKPOINT_NAME
 from fastrnn.cli.types import SEED, Finite
 from fastrnn.errors import ConfigError
 from fastrnn.config import BACKENDS, DTYPES, INITS, MODELS, ON_DIVERGENCE, OPTIMIZERS, TrainConfig
@@ -126,8 +128,11 @@ def train(ctx, corpus, run_dir, resume, allow_change, force, quiet, **options):
         summary = run_training(corpus, run_dir, overrides, resume=resume, allow_change=allow_change, force=force,
                                on_event=printer)
     except KeyboardInterrupt as exc:  # a second signal: stopped at once, by SIGINT (130) or SIGTERM (143)
-        click.echo("\nfastrnn: interrupted; the last checkpoint written is intact. Resume with the same command "
-                   "and --resume.", err=True)
+        if os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)):
+            click.echo("\nfastrnn: interrupted; the last checkpoint written is intact. Resume with the same "
+                       "command and --resume.", err=True)
+        else:
+            click.echo("\nfastrnn: interrupted before the first checkpoint; nothing to resume.", err=True)
         sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
     if summary["signal"] is not None:
         click.echo(f"fastrnn: stopped by signal at step {summary['step']}; checkpoint written to "
