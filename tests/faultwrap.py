@@ -5,7 +5,8 @@
     FAULT=eio:NAME:N      reads of files opened by open() whose name is NAME fail with EIO after N bytes
     FAULT=pwrite:N        os.pwrite fails with ENOSPC once N bytes are written (prepare's id writer)
     FAULT=sigint-import:MODULE
-                          SIGINT arrives while MODULE is being imported (Ctrl-C during start-up)
+                          SIGINT arrives while MODULE is being imported (Ctrl-C during start-up); likewise
+    FAULT=sigterm-import:MODULE
 
     python tests/faultwrap.py train corpus.h5 -o run ...
 """
@@ -111,14 +112,14 @@ elif KIND == "pwrite":
         return _pwrite(fd, data, offset)
 
     os.pwrite = _faulty_pwrite
-elif KIND == "sigint-import":
+elif KIND in ("sigint-import", "sigterm-import"):
     class _Interrupter:
-        """A meta path finder that sends SIGINT to this process when MODULE is first imported."""
+        """A meta path finder that sends the signal to this process when MODULE is first imported."""
 
         def find_spec(self, name, path=None, target=None):
             if name == ARGS[0]:
                 sys.meta_path.remove(self)
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT if KIND == "sigint-import" else signal.SIGTERM)
             return None
 
     sys.meta_path.insert(0, _Interrupter())

@@ -9,19 +9,7 @@ import signal
 import sys
 import threading
 
-
-def _interrupted_at_start():
-    sys.stderr.write("fastrnn: interrupted while starting; nothing was done\n")
-    sys.exit(130)
-
-
-try:  # Ctrl-C while the modules load: one line, not a traceback
-    import click
-
-    from fastrnn import __version__
-    from fastrnn.errors import FastrnnError, Interrupted, os_reason
-except KeyboardInterrupt:
-    _interrupted_at_start()
+from fastrnn.errors import Interrupted  # light, and first: the signals below need it
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number
 
@@ -30,8 +18,32 @@ def _terminate(signum, frame):
     raise Interrupted(signum)
 
 
+def _interrupted_at_start(exc):
+    sys.stderr.write("fastrnn: interrupted while starting; nothing was done\n")
+    sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
+
+
+# SIGTERM while starting ends as Ctrl-C does: one line and exit 143 (each command keeps this; `train` stops at a step)
+if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _terminate)
+
+try:  # Ctrl-C while the modules load: one line, not a traceback
+    import click
+
+    from fastrnn import __version__
+    from fastrnn.errors import FastrnnError, os_reason
+except KeyboardInterrupt as exc:
+    _interrupted_at_start(exc)
+
+
 class FastrnnGroup(click.Group):
     """A click group that reports user errors as one line on stderr."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt as exc:  # while the options are parsed
+            _interrupted_at_start(exc)
 
     def invoke(self, ctx):
         # SIGTERM stops a command as Ctrl-C does (its clean-up runs), then exits 143; `train` stops at a step
@@ -100,5 +112,5 @@ def _register():
 
 try:
     _register()
-except KeyboardInterrupt:
-    _interrupted_at_start()
+except KeyboardInterrupt as exc:
+    _interrupted_at_start(exc)
