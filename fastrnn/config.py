@@ -10,7 +10,7 @@ import numbers
 from dataclasses import dataclass, field
 
 from fastrnn.errors import ConfigError
-from fastrnn.params import CELLS
+from fastrnn.params import CELLS, GATES
 
 OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
 DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3}
@@ -128,7 +128,22 @@ class TrainConfig:
             raise ConfigError(f"--log-every must be positive, got {self.log_every}")
         if self.sample_length <= 0:
             raise ConfigError(f"--sample-length must be positive, got {self.sample_length}")
+        self._check_fits_in_memory()
         return self
+
+    def _check_fits_in_memory(self):
+        """A model far too large for this machine is an error here, not a failed allocation (or an endless loop
+        over 10**20 layers) later: its parameters, gradients and optimizer buffers, without the vocabulary's."""
+        import psutil
+
+        size = self.num_layers * GATES[self.model] * self.hidden_size * (2 * self.hidden_size + 1)
+        copies = 2 + (2 if self.optimizer == "adam" else 1)
+        need = size * copies * (4 if self.dtype == "float32" else 8)
+        have = psutil.virtual_memory().total + psutil.swap_memory().total
+        if need > have:
+            raise ConfigError(f"a {self.model} of {self.num_layers} layer(s) of {self.hidden_size} units needs at "
+                              f"least {need / 2**30:,.0f} GB of memory for its parameters, gradients and optimizer "
+                              f"state; this machine has {have / 2**30:,.0f} GB")
 
 
 # Fields a resumed run may change freely. Everything else defines the model, the data stream or the numerics and

@@ -51,6 +51,7 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=
     first input is a newline if the vocabulary has one, else the first symbol, and it is not part of the output.
     """
     check_options(temperature, top_k, top_p, length)
+    top_k = min(top_k, vocab.size)  # k beyond the vocabulary keeps every symbol (and fits the kernels' integers)
     rng = rng if rng is not None else np.random.default_rng()
     h, logits = _start(backend, P, vocab, prime, dtype)
     yield from backend.generate(P, h, logits, length, temperature, top_k, top_p, greedy, rng)
