@@ -127,6 +127,15 @@ def test_other_options_refuse_what_a_run_cannot_use(small_corpus, run_dir, tmp_p
     assert listing(tmp_path) == ["in.txt"]
 
 
+def test_sizes_beyond_the_machine_and_the_vocabulary(small_corpus, run_dir, tmp_path):
+    for option, value in [("--hidden-size", 10**20), ("--num-layers", 10**20), ("--hidden-size", 10**7)]:
+        r = cli("train", small_corpus, "-o", tmp_path / "new", option, value)
+        one_line(r, 1, "GB of memory")
+    assert listing(tmp_path) == []
+    r = cli("sample", run_dir, "--top-k", 10**20, "--length", 20, "--seed", 1)
+    assert r.exit_code == 0 and r.stdout == cli("sample", run_dir, "--length", 20, "--seed", 1).stdout
+
+
 def test_the_api_refuses_non_finite_options_too(small_corpus, tmp_path):
     for name in ("max_time", "clip", "init_scale", "max_epochs", "lr"):
         with pytest.raises(ConfigError, match="finite"):
