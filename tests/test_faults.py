@@ -176,6 +176,7 @@ def test_outputs_where_nothing_can_be_written(small_corpus, tmp_path):
     for args, fragment in [
         (["prepare", tmp_path / "file", "-o", "/proc/fastrnn-test.h5"], "cannot write /proc/fastrnn-test.h5"),
         (["prepare", "-", "-o", "/proc/fastrnn-test.h5"], "cannot spool standard input"),
+        (["prepare", tmp_path / "file", "-o", tmp_path / "file" / "o.h5"], "file is not a directory"),
         (["train", small_corpus, "-o", tmp_path / "file" / "run", *SMALL], "Not a directory"),
         (["train", small_corpus, "-o", "/proc/fastrnn-test-run", *SMALL], "cannot create run directory"),
         (["plot", tmp_path, "-o", tmp_path / "missing" / "loss.png"], "does not exist"),

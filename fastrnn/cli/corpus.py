@@ -59,6 +59,9 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
     however large it is, and written to a temporary file renamed into place at the end.
     """
     text_codec(encoding)  # an unknown or non-text encoding: one line before anything is read
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CorpusError(f"cannot write {output}: {out_dir} is not a directory")
     progress = _Progress(not quiet and sys.stderr.isatty())
     start = time.perf_counter()
     try:
