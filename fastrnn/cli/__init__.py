@@ -39,6 +39,16 @@ except KeyboardInterrupt as exc:
 class FastrnnGroup(click.Group):
     """A click group that reports user errors as one line on stderr."""
 
+    def main(self, args=None, *rest, **kwargs):
+        try:
+            return super().main(args, *rest, **kwargs)
+        finally:
+            # the program (not a caller passing args) ends here: a signal during the interpreter's shutdown must
+            # not turn a finished command into a traceback or another exit status
+            if args is None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
     def make_context(self, *args, **kwargs):
         try:
             return super().make_context(*args, **kwargs)
