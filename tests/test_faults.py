@@ -324,6 +324,15 @@ def test_a_closed_stdout_is_not_an_error(run_dir):
     assert p.returncode == 141 and err == b"", err
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_stdout_is_one_line(run_dir):
+    for args in (["sample", run_dir, "--length", "5000"], ["--help"]):
+        with open("/dev/full", "w") as full:
+            p = subprocess.run([sys.executable, "-m", "fastrnn", *map(str, args)], stdout=full,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60)
+        one_line(p, 1, "No space left on device")
+
+
 def test_fit_takes_paths_and_text_only_by_keyword(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = CharRNN(hidden_size=8, seq_len=10, batch_size=4, eval_every=0, backend="numpy")

@@ -54,6 +54,8 @@ class FastrnnGroup(click.Group):
             return super().make_context(*args, **kwargs)
         except KeyboardInterrupt as exc:  # while the options are parsed
             _interrupted_at_start(exc)
+        except OSError as exc:  # --help or --version into a full or closed stdout
+            _os_error_exit(exc)
 
     def invoke(self, ctx):
         # SIGTERM stops a command as Ctrl-C does (its clean-up runs), then exits 143; `train` stops at a step
@@ -71,12 +73,7 @@ class FastrnnGroup(click.Group):
             click.echo("fastrnn: error: not enough memory for this (try a smaller model, batch or input)", err=True)
             sys.exit(1)
         except OSError as exc:  # a file that cannot be read or written, caught nowhere closer
-            if exc.errno == errno.EPIPE:  # the reader of stdout went away (`fastrnn sample ... | head`)
-                _silence_stdout()
-                sys.exit(141)
-            where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"fastrnn: error: {where}{os_reason(exc)}", err=True)
-            sys.exit(1)
+            _os_error_exit(exc)
         except click.UsageError as exc:  # bad options: one line too, with where to look
             where = f"fastrnn {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else "fastrnn --help"
             message = " ".join(exc.format_message().split())
@@ -85,6 +82,16 @@ class FastrnnGroup(click.Group):
         finally:
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
+
+
+def _os_error_exit(exc):
+    if exc.errno == errno.EPIPE:  # the reader of stdout went away (`fastrnn sample ... | head`)
+        _silence_stdout()
+        sys.exit(141)
+    where = f"{exc.filename}: " if exc.filename else ""
+    click.echo(f"fastrnn: error: {where}{os_reason(exc)}", err=True)
+    _silence_stdout()  # what is left in its buffer cannot be written either
+    sys.exit(1)
 
 
 def _silence_stdout():
