@@ -28,6 +28,7 @@ import click
 
 from benchmarks import options
 from benchmarks.common import machine_info, write_json
+from fastrnn.cli.types import Finite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -91,7 +92,7 @@ def bench_file(path, repeats, naive_max_bytes, tmpdir, naive=True):
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @options.json_output("Write machine and rows to this JSON file.")
 @options.repeats(3, "Runs per contender and file, the median taken (1 for files of 100 MB or more).")
-@click.option("--naive-max-mb", type=click.FloatRange(min=0, min_open=True), default=200.0,
+@click.option("--naive-max-mb", type=Finite(min=0, min_open=True), default=200.0,
               help="The naive contender reads at most this many MB of each file (a prefix).")
 @click.option("--naive/--no-naive", default=True, help="Time the naive contender too (--no-naive: fastrnn only).")
 @options.catch_user_errors

@@ -50,6 +50,7 @@ import numpy as np
 from benchmarks import common, options
 from benchmarks.seed_style import SeedRNN
 from fastrnn import reference
+from fastrnn.cli.types import Finite
 from fastrnn.model import Model
 
 V = 65  # vocabulary (tiny Shakespeare)
@@ -325,7 +326,7 @@ def _models(ctx, param, value):
 @click.option("--seq-len", type=click.IntRange(min=1), default=SEQ_LEN, help="Time steps per minibatch T.")
 @click.option("--repeats", type=click.IntRange(min=1), default=None, show_default="7, --quick 5; seed at most 3",
               help="Timed repeats per row; the median is reported.")
-@click.option("--min-seconds", type=click.FloatRange(min=0), default=None, show_default="0.5, --quick 0.3",
+@click.option("--min-seconds", type=Finite(min=0), default=None, show_default="0.5, --quick 0.3",
               help="Minimum length of one timed repeat, in seconds.")
 @click.option("--contenders", type=options.CommaList(str, CONTENDERS), default=",".join(CONTENDERS),
               help="Contenders to time, comma-separated.")

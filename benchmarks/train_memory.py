@@ -24,6 +24,7 @@ import click
 
 from benchmarks import options
 from benchmarks.common import machine_info, sample_rss, write_json
+from fastrnn.cli.types import Finite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(ROOT, "fastrnn", "data", "tinyshakespeare.txt")
@@ -65,7 +66,7 @@ def startup_seconds(corpus, tmpdir, cache_dir):
                  "/tmp/gut.h5 and /tmp/linux.h5 when present].")
 @click.argument("corpora", nargs=-1, type=click.Path(exists=True, dir_okay=False, resolve_path=True))
 @click.option("--steps", type=click.IntRange(min=1), default=300, help="Training steps of each memory run.")
-@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=0.1,
+@click.option("--interval", type=Finite(min=0, min_open=True), default=0.1,
               help="Seconds between RSS samples.")
 @options.json_output("Write machine, model options, rows and start-up times to this JSON file.")
 @options.catch_user_errors

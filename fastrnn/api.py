@@ -2,7 +2,8 @@
 
     from fastrnn import CharRNN
     model = CharRNN(hidden_size=256)
-    model.fit("input.txt", max_steps=2000)        # a text file, a list of files, a prepared .h5, or a str of text
+    model.fit("input.txt", max_steps=2000)        # a text file or directory, a list of them, a prepared .h5,
+                                                  # or fit(text="...") for a string of text (a str is a path)
     print(model.generate("ROMEO:", length=300, temperature=0.8, seed=1))
     model.evaluate("Some held-out text.")         # {'loss': nats/char, 'bpc': bits/char, 'chars': n}
     model.save("romeo.h5");  model = CharRNN.load("romeo.h5")
@@ -37,6 +38,26 @@ def load_model(path):
     return model, vocab, ckpt
 
 
+def _check_data(data, text):
+    """fit()'s data: paths that exist, or text= a str; exactly one of them (ConfigError, CorpusError)."""
+    if (data is None) == (text is None):
+        raise ConfigError("fit() takes either data (a path or a list of paths) or text= (a string of text)")
+    if text is not None:
+        if not isinstance(text, str):
+            raise ConfigError(f"fit(text=...) takes a str, not {type(text).__name__}")
+        return
+    paths = data if isinstance(data, (list, tuple)) else [data]
+    if not paths:
+        raise ConfigError("fit() got an empty list of paths")
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"fit() takes a path, a list of paths or text=, not {type(path).__name__}")
+        if not os.path.exists(path):
+            shown = os.fspath(path)
+            shown = shown if len(shown) <= 60 else "..." + shown[-57:]
+            raise CorpusError(f"fit(): {shown!r} is not a file or directory (for literal text, use fit(text=...))")
+
+
 class CharRNN:
     """A character-level RNN language model: train, generate, evaluate, save and load.
 
@@ -53,17 +74,19 @@ class CharRNN:
 
     # ----------------------------------------------------------------------------------------------- training
 
-    def fit(self, data, run_dir=None, resume=False, on_event=None, **options):
-        """Train on `data`: a prepared corpus (.h5), a text file or directory, a list of those, or a string of
-        text. Options override the constructor's. Checkpoints and log.jsonl go to run_dir (a temporary directory
-        if None). Returns self."""
+    def fit(self, data=None, run_dir=None, resume=False, on_event=None, *, text=None, **options):
+        """Train on `data`, a path: a prepared corpus (.h5), a text file or directory, or a list of those; or on
+        `text=`, a string of literal text (a str given as `data` is always a path, so a mistyped file name is an
+        error, never a corpus). Options override the constructor's. Checkpoints and log.jsonl go to run_dir (a
+        temporary directory if None). Returns self."""
         from fastrnn.corpus import prepare
         from fastrnn.train import train
 
+        _check_data(data, text)
         opts = dict(self.options, **options)
         work = tempfile.mkdtemp(prefix="fastrnn-")
         try:
-            corpus = self._corpus_path(data, work, prepare)
+            corpus = self._corpus_path(data, text, work, prepare)
             run_dir = run_dir or os.path.join(work, "run")
             events = []
 
@@ -83,26 +106,22 @@ class CharRNN:
             shutil.rmtree(work, ignore_errors=True)
 
     @staticmethod
-    def _corpus_path(data, work, prepare):
-        if isinstance(data, (list, tuple)):
-            out = os.path.join(work, "corpus.h5")
-            prepare([os.fspath(d) for d in data], out)
-            return out
-        if isinstance(data, os.PathLike) or (isinstance(data, str) and os.path.exists(data)):
-            data = os.fspath(data)
-            if data.endswith(".h5"):
-                return data
-            out = os.path.join(work, "corpus.h5")
-            prepare([data], out)
-            return out
-        if isinstance(data, str):
+    def _corpus_path(data, text, work, prepare):
+        out = os.path.join(work, "corpus.h5")
+        if text is not None:
             src = os.path.join(work, "text.txt")
             with open(src, "w", encoding="utf-8") as f:
-                f.write(data)
-            out = os.path.join(work, "corpus.h5")
+                f.write(text)
             prepare([src], out)
             return out
-        raise ConfigError(f"fit() takes a path, a list of paths or a string of text, not {type(data).__name__}")
+        if isinstance(data, (list, tuple)):
+            prepare([os.fspath(d) for d in data], out)
+            return out
+        data = os.fspath(data)
+        if data.endswith(".h5"):
+            return data
+        prepare([data], out)
+        return out
 
     # ---------------------------------------------------------------------------------------------- inference
 

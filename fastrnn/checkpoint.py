@@ -19,7 +19,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 
 import h5py
 import numpy as np
@@ -100,7 +102,43 @@ def save(path, ckpt):
     }
     arrays = {"params": ckpt.params, "hidden": ckpt.hidden}
     arrays.update({f"optimizer/{k}": v for k, v in ckpt.optimizer.items()})
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".h5.tmp", dir=directory)
+    # Ctrl-C and SIGTERM wait until the file is written (milliseconds): a second signal then stops the run after the
+    # checkpoint, never inside HDF5 (which would leave a half-closed file for the interpreter's shutdown)
+    # (a mask would not do: the signal goes to whichever thread, a BLAS worker say, and Python runs its handler in
+    # the main thread anyway; the handlers are swapped for ones that note the signal, replayed after the write)
+    with _DeferSignals():
+        _write(path, directory, attrs_json, arrays)
+
+
+class _DeferSignals:
+    """SIGINT and SIGTERM noted while the block runs (main thread only), then handed to the handlers they had."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.pending, self.old = [], {}
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.old[s] = signal.signal(s, lambda signum, frame: self.pending.append(signum))
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+        for signum in self.pending[:2]:  # in order: a first stops the run at the step, a second at once
+            handler = self.old[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
+        return False
+
+
+def _write(path, directory, attrs_json, arrays):
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".h5.tmp", dir=directory)
+    except OSError as exc:  # the directory is read-only, full, or gone (deleted while the run went on)
+        raise CheckpointError(f"cannot write checkpoint {path}: {_write_failure(exc, directory)}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             with h5py.File(fh, "w") as f:
@@ -120,7 +158,7 @@ def save(path, ckpt):
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
+            raise CheckpointError(f"cannot write checkpoint {path}: {_write_failure(exc, directory)}") from exc
         raise
     try:
         dfd = os.open(directory, os.O_RDONLY)
@@ -130,6 +168,12 @@ def save(path, ckpt):
             os.close(dfd)
     except OSError:
         pass
+
+
+def _write_failure(exc, directory):
+    if not os.path.isdir(directory):
+        return f"the directory {directory} no longer exists"
+    return exc.strerror or exc
 
 
 def load(path):

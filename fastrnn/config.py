@@ -5,10 +5,12 @@ fields that define the model or the data stream (see RESUME_CHANGEABLE).
 """
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from fastrnn.errors import ConfigError
-from fastrnn.params import CELLS
+from fastrnn.params import CELLS, GATES
 
 OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
 DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3}
@@ -78,6 +80,12 @@ class TrainConfig:
 
     def validate(self):
         """Raise ConfigError for options that cannot work."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Real) and not math.isfinite(value):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
+            raise ConfigError(f"--seed must be an integer >= 0, got {self.seed}")
         positive = ["hidden_size", "seq_len", "batch_size"]
         for name in positive:
             if getattr(self, name) <= 0:
@@ -120,7 +128,22 @@ class TrainConfig:
             raise ConfigError(f"--log-every must be positive, got {self.log_every}")
         if self.sample_length <= 0:
             raise ConfigError(f"--sample-length must be positive, got {self.sample_length}")
+        self._check_fits_in_memory()
         return self
+
+    def _check_fits_in_memory(self):
+        """A model far too large for this machine is an error here, not a failed allocation (or an endless loop
+        over 10**20 layers) later: its parameters, gradients and optimizer buffers, without the vocabulary's."""
+        import psutil
+
+        size = self.num_layers * GATES[self.model] * self.hidden_size * (2 * self.hidden_size + 1)
+        copies = 2 + (2 if self.optimizer == "adam" else 1)
+        need = size * copies * (4 if self.dtype == "float32" else 8)
+        have = psutil.virtual_memory().total + psutil.swap_memory().total
+        if need > have:
+            raise ConfigError(f"a {self.model} of {self.num_layers} layer(s) of {self.hidden_size} units needs at "
+                              f"least {need / 2**30:,.0f} GB of memory for its parameters, gradients and optimizer "
+                              f"state; this machine has {have / 2**30:,.0f} GB")
 
 
 # Fields a resumed run may change freely. Everything else defines the model, the data stream or the numerics and

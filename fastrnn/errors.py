@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI turns each into one line on stderr and a non-zero exit."""
 
+import signal
+
 
 class FastrnnError(Exception):
     """Base class: a problem with the user's input, files or options (not a bug)."""
@@ -15,6 +17,11 @@ class CheckpointError(FastrnnError):
     """A checkpoint that is missing, corrupt, or does not fit the request."""
 
 
+class FileError(FastrnnError):
+    """A file or directory that cannot be read or written: permissions, a full disk, an I/O error, a directory
+    that went away."""
+
+
 class ConfigError(FastrnnError):
     """Options that do not fit together or with the data."""
 
@@ -27,3 +34,17 @@ class DivergenceError(FastrnnError):
     """Training produced a NaN/inf or exploding loss."""
 
     exit_code = 3
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM where the work cannot wait for a clean stop (a second signal, or start-up): stop at once.
+    The CLI exits with 128 + signum (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def os_reason(exc):
+    """The reason an OSError gives, without Python's decoration: 'No space left on device'."""
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -33,12 +33,14 @@ def read_log(run_dir):
     if not os.path.exists(path):
         raise ConfigError(f"no training log at {path}")
     rows = []
-    with open(path) as f:
+    with open(path, "rb") as f:
         for line in f:
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
-                pass
+                continue  # a row cut by a crash, or damaged
+            if isinstance(row, dict) and all(isinstance(row.get(k), (int, float)) for k in ("step", "loss")):
+                rows.append(row)
     if not rows:
         raise ConfigError(f"the training log {path} is empty")
     return rows

@@ -83,8 +83,10 @@ class RunLock:
         while not os.path.isdir(path) and os.path.dirname(path) != path:
             self.created.append(path)
             path = os.path.dirname(path)
+        what = "create"
         try:
             os.makedirs(self.run_dir, exist_ok=True)  # exist_ok: another process may be creating it too
+            what = "use"
             self._acquire()
         except (OSError, ConfigError) as exc:
             self._rmdir()
@@ -92,7 +94,7 @@ class RunLock:
                 raise
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise ConfigError(f"run directory {self.run_dir} is not writable") from exc
-            raise ConfigError(f"cannot use run directory {self.run_dir}: {exc.strerror or exc}") from exc
+            raise ConfigError(f"cannot {what} run directory {self.run_dir}: {exc.strerror or exc}") from exc
 
     def _acquire(self):
         while True:

@@ -95,6 +95,7 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=
     first input is a newline if the vocabulary has one, else the first symbol, and it is not part of the output.
     """
     check_options(temperature, top_k, top_p, length)
+    top_k = min(top_k, vocab.size)  # k beyond the vocabulary keeps every symbol (and fits the kernels' integers)
     rng = rng if rng is not None else np.random.default_rng()
     h, logits = _start(backend, P, vocab, prime, dtype)
     yield from backend.generate(P, h, logits, length, temperature, top_k, top_p, greedy, rng)
@@ -117,6 +118,7 @@ def generate_many(backend, P, vocab, *, count, prime="", length=200, temperature
     if count < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {count}")
     check_options(temperature, top_k, top_p, length)
+    top_k = min(top_k, vocab.size)  # k beyond the vocabulary keeps every symbol (and fits the kernels' integers)
     rngs = [np.random.default_rng(s) for s in stream_seeds(seed, count)]
     h, logits = _start(backend, P, vocab, prime, dtype)
     h, logits = np.repeat(h, count, axis=0), np.repeat(logits, count, axis=0)  # (count, S), (count, V)

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from fastrnn import rundir
 from fastrnn.config import DEFAULT_LR, RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW, TrainConfig
 from fastrnn.corpus import BatchStream, Vocab, open_corpus
 from fastrnn.dropout import make_masks
-from fastrnn.errors import CheckpointError, ConfigError, DivergenceError
+from fastrnn.errors import CheckpointError, ConfigError, DivergenceError, FileError, Interrupted, os_reason
 from fastrnn.model import Model, get_backend
 from fastrnn.params import Layout, model_shapes
 from fastrnn.optim import Optimizer, learning_rate
@@ -78,22 +79,37 @@ class StopFlag:
 
     def __init__(self):
         self.signum = None
+        self.second = None  # the second signal, once it came
         self._old = {}
+        self._hook = None
 
     def _handler(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            self.second = signum
+            raise Interrupted(signum)
         self.signum = signum
+
+    def _unraisable(self, unraisable):
+        """A second signal that landed in a finalizer is swallowed there: `check` raises it at the next step."""
+        if not isinstance(unraisable.exc_value, Interrupted):
+            self._hook(unraisable)
+
+    def check(self):
+        if self.second is not None:
+            raise Interrupted(self.second)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self._old[s] = signal.signal(s, self._handler)
+            self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
     def __exit__(self, *exc):
         for s, old in self._old.items():
             signal.signal(s, old)
+        if self._hook is not None:
+            sys.unraisablehook = self._hook
         return False
 
 
@@ -168,11 +184,20 @@ class RunLog:
                 os.unlink(path)
         else:
             self.foreign = self._truncate(keep_until)
-        self.file = open(path, "a")
+        try:
+            self.file = open(path, "a")
+        except OSError as exc:
+            raise FileError(f"cannot write {path}: {os_reason(exc)}") from exc
 
     def write(self, row):
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as exc:  # a full disk, the run directory gone, an I/O error: the run stops here
+            ckpt = os.path.join(os.path.dirname(self.path), ckpt_io.CHECKPOINT_NAME)
+            tail = (f"the last checkpoint, step {saved_step(ckpt)} in {ckpt}, is intact; resume with --resume"
+                    if os.path.exists(ckpt) else "no checkpoint was written yet")
+            raise FileError(f"cannot write {self.path}: {os_reason(exc)}; the run stopped; {tail}") from exc
 
     def truncate_after(self, step):
         """Drop the rows past `step`, atomically (a new file renamed over the old, the handle moved to it)."""
@@ -183,26 +208,36 @@ class RunLog:
     def _truncate(self, step):
         if not os.path.exists(self.path):
             return 0
-        with open(self.path) as f:
+        with open(self.path, "rb") as f:
             rows = [line for line in f if line.strip()]
         keep, foreign = [], 0
         for line in rows:
             try:
                 row = json.loads(line)
             except ValueError:
-                continue  # a row cut by a crash
+                continue  # a row cut by a crash, or damaged
             if not isinstance(row, dict) or row.get("run_id", self.run_id if self.legacy else "") != self.run_id:
                 foreign += 1
-            elif row.get("step", 0) <= step:
-                keep.append(line if line.endswith("\n") else line + "\n")
+            elif isinstance(row.get("step", 0), int) and row.get("step", 0) <= step:
+                keep.append(line.rstrip(b"\r\n") + b"\n")
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                f.writelines(keep)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # the old log is left as it was
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise FileError(f"cannot rewrite {self.path}: {os_reason(exc)}") from exc
         return foreign
 
     def close(self):
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the failed write has been reported (FileError); its buffered row is lost
+            pass
 
 
 def _set_threads(n):
@@ -270,7 +305,10 @@ class Run:
                               "(prepare the corpus with --val-frac > 0)")
         if saved is not None:
             _check_resumable(saved, config, self.vocab, train_tokens, corpus_path)
-        os.makedirs(run_dir, exist_ok=True)
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+        except OSError as exc:  # read-only, under a regular file, in /proc, ...
+            raise FileError(f"cannot create run directory {run_dir}: {os_reason(exc)}") from exc
         if not os.access(run_dir, os.W_OK):
             raise ConfigError(f"run directory {run_dir} is not writable")
         ckpt_io.remove_stale_temps(run_dir)
@@ -356,6 +394,7 @@ class Run:
                         and self.state.evals_since_best >= config.early_stop_patience):
                     stop_reason = "early_stop"
                     break
+                stop.check()  # a second signal swallowed by a finalizer
                 if stop.signum is not None:
                     stop_reason = "signal"
                     break
@@ -647,6 +686,13 @@ def _check_resumable(saved, config, vocab, train_tokens, corpus_path):
         raise CheckpointError(f"the corpus {corpus_path} is not the one this run was trained on "
                               f"(train split {len(train_tokens)} tokens, the run had "
                               f"{saved.state.get('train_tokens')})")
+
+
+def saved_step(path):
+    try:
+        return ckpt_io.load(path).state.get("step")
+    except CheckpointError:
+        return "?"
 
 
 def _eta(config, state, max_steps, seconds_per_step):

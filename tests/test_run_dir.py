@@ -201,7 +201,7 @@ def test_the_lock_goes_with_the_session_whatever_ends_it(small_corpus, tmp_path)
         train(tmp_path / "missing.h5", run, dict(SMALL, max_steps=1))
     assert not (tmp_path / "a").exists()  # the directories made for the failed start are gone
     with pytest.raises(DivergenceError):
-        train(small_corpus, run, dict(SMALL, max_steps=3, optimizer="sgd", lr=float("inf")))
+        train(small_corpus, run, dict(SMALL, max_steps=3, optimizer="sgd", lr=1e38))
     train(small_corpus, run, dict(SMALL, max_steps=1), force=True)  # not refused: the lock was released
     assert not (run / rundir.LOCK_NAME).exists()
     with rundir.RunLock(run):  # held in this process: a train() here is refused too, and changes nothing

@@ -15,7 +15,7 @@ from conftest import make_text
 def fitted(tmp_path_factory):
     run = tmp_path_factory.mktemp("api") / "run"
     model = CharRNN(hidden_size=32, seq_len=20, batch_size=8, backend="numpy", eval_every=0, log_every=10)
-    model.fit(make_text(20_000), run_dir=str(run), max_steps=150)
+    model.fit(text=make_text(20_000), run_dir=str(run), max_steps=150)
     return model
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from benchmarks import options
 from fastrnn.api import load_model
+from fastrnn.cli.types import SEED, Finite
 from fastrnn.corpus import open_corpus, prepare
 from fastrnn.errors import VocabError
 from fastrnn.plots import gradient_through_time, plot_gradients, plot_losses
@@ -65,10 +66,10 @@ def gradient_text(corpus):
 @click.option("--num-layers", type=click.IntRange(min=1), default=1, help="Layers L of every model.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Sequences per minibatch N.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=50, help="Time steps per minibatch T.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, help="Learning rate.")
+@click.option("--lr", type=Finite(min=0, min_open=True), default=2e-3, help="Learning rate.")
 @click.option("--eval-every", type=click.IntRange(min=0), default=250, help="Steps between validation passes.")
 @click.option("--backend", type=click.Choice(["numba", "numpy"]), default="numba", help="Backend of every run.")
-@click.option("--seed", type=int, default=0, help="Random seed (initialization and minibatch order).")
+@click.option("--seed", type=SEED, default=0, help="Random seed (initialization and minibatch order).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Threads for each run (0: all cores).")
 @options.catch_user_errors
 def main(**kwargs):

@@ -13,6 +13,7 @@ import click
 
 from benchmarks import options
 from benchmarks.common import sample_rss
+from fastrnn.cli.types import Finite
 
 
 def write_csv(path, samples):
@@ -46,7 +47,7 @@ def write_plot(path, samples, title):
               help="CSV output (seconds,rss_mb).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="PNG output (needs matplotlib).")
-@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=0.2,
+@click.option("--interval", type=Finite(min=0, min_open=True), default=0.2,
               help="Seconds between samples.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @options.catch_user_errors

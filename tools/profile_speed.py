@@ -25,6 +25,7 @@ import click
 import numpy as np
 
 from benchmarks import common, options
+from fastrnn.cli.types import Finite
 from fastrnn.config import DEFAULT_LR, TrainConfig
 from fastrnn.corpus import BatchStream, open_corpus
 from fastrnn.dropout import make_masks
@@ -107,7 +108,7 @@ def parse_train_command(tokens):
 @click.option("--hidden-size", "--hidden", type=click.IntRange(min=1), default=512, help="Hidden size H.")
 @click.option("--batch-size", "--batch", type=click.IntRange(min=1), default=64, help="Sequences per minibatch N.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=50, help="Time steps per minibatch T.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, help="Dropout (masks drawn).")
+@click.option("--dropout", type=Finite(0, 1, max_open=True), default=0.0, help="Dropout (masks drawn).")
 @options.dtype("float32")
 @click.option("--threads", type=click.IntRange(min=0), default=2, help="Threads (0: all cores).")
 @click.option("--backend", type=click.Choice(["numba", "numpy"]), default="numba", help="Backend.")

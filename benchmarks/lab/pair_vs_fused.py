@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from benchmarks import common, options
+from fastrnn.cli.types import Finite
 
 
 def parse_shapes(text):
@@ -67,7 +68,7 @@ def measure(N, H, repeats, seconds, T=50, V=65):
 @click.option("--shapes", default="1:96,1:128,2:128,1:256,2:256,1:512", callback=lambda c, p, v: parse_shapes(v),
               help="N:H pairs (sequences per batch : hidden size), comma-separated.")
 @options.repeats(9)
-@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=0.1,
+@click.option("--seconds", type=Finite(min=0, min_open=True), default=0.1,
               help="About this long per timed repeat of each contender.")
 @options.json_output()
 @options.catch_user_errors

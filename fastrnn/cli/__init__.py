@@ -4,28 +4,112 @@ Only this package prints. Library code raises `fastrnn.errors.FastrnnError` subc
 into a single line `fastrnn: error: ...` on stderr and a non-zero exit status, never a traceback.
 """
 
+import errno
+import signal
 import sys
+import threading
 
-import click
+from fastrnn.errors import Interrupted  # light, and first: the signals below need it
 
-from fastrnn import __version__
-from fastrnn.errors import FastrnnError
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number
+
+
+def _terminate(signum, frame):
+    raise Interrupted(signum)
+
+
+def _interrupted_at_start(exc):
+    sys.stderr.write("fastrnn: interrupted while starting; nothing was done\n")
+    sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
+
+
+# SIGTERM while starting ends as Ctrl-C does: one line and exit 143 (each command keeps this; `train` stops at a step)
+if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _terminate)
+
+try:  # Ctrl-C while the modules load: one line, not a traceback
+    import click
+
+    from fastrnn import __version__
+    from fastrnn.errors import FastrnnError, os_reason
+except KeyboardInterrupt as exc:
+    _interrupted_at_start(exc)
 
 
 class FastrnnGroup(click.Group):
     """A click group that reports user errors as one line on stderr."""
 
+    def main(self, args=None, *rest, **kwargs):
+        try:
+            return super().main(args, *rest, **kwargs)
+        finally:
+            # the program (not a caller passing args) ends here: a signal during the interpreter's shutdown must
+            # not turn a finished command into a traceback or another exit status
+            if args is None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                # nor may a finalizer that fails on the way out (an h5py object whose operation a second signal
+                # interrupted): the command's own message and status have been given
+                sys.unraisablehook = lambda unraisable: None
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt as exc:  # while the options are parsed
+            _interrupted_at_start(exc)
+        except OSError as exc:  # --help or --version into a full or closed stdout
+            _os_error_exit(exc)
+
     def invoke(self, ctx):
+        # SIGTERM stops a command as Ctrl-C does (its clean-up runs), then exits 143; `train` stops at a step
+        old = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+            else None
         try:
             return super().invoke(ctx)
         except FastrnnError as exc:
             click.echo(f"fastrnn: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:
+            # what the interrupted code held is freed on the way out; a finalizer failing then (an h5py object whose
+            # operation the signal cut short) is no news to the user
+            sys.unraisablehook = lambda unraisable: None
+            click.echo("\nfastrnn: interrupted", err=True)
+            sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
+        except MemoryError:
+            click.echo("fastrnn: error: not enough memory for this (try a smaller model, batch or input)", err=True)
+            sys.exit(1)
+        except OSError as exc:  # a file that cannot be read or written, caught nowhere closer
+            _os_error_exit(exc)
         except click.UsageError as exc:  # bad options: one line too, with where to look
             where = f"fastrnn {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else "fastrnn --help"
             message = " ".join(exc.format_message().split())
             click.echo(f"fastrnn: error: {message} (see {where})", err=True)
             sys.exit(exc.exit_code)
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+
+
+def _os_error_exit(exc):
+    if exc.errno == errno.EPIPE:  # the reader of stdout went away (`fastrnn sample ... | head`)
+        _silence_stdout()
+        sys.exit(141)
+    where = f"{exc.filename}: " if exc.filename else ""
+    click.echo(f"fastrnn: error: {where}{os_reason(exc)}", err=True)
+    _silence_stdout()  # what is left in its buffer cannot be written either
+    sys.exit(1)
+
+
+def _silence_stdout():
+    """After EPIPE: point stdout at /dev/null so that Python's final flush does not complain."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 @click.group(cls=FastrnnGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -49,4 +133,7 @@ def _register():
             main.add_command(command)
 
 
-_register()
+try:
+    _register()
+except KeyboardInterrupt as exc:
+    _interrupted_at_start(exc)

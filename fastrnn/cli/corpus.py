@@ -1,6 +1,7 @@
 """`fastrnn prepare` and `fastrnn info`: thin commands over fastrnn.corpus."""
 
 import json
+import os
 import signal
 import sys
 import time
@@ -8,8 +9,10 @@ import time
 import click
 
 from fastrnn import corpus as corpus_lib
+from fastrnn.cli.types import Finite
 from fastrnn.corpus.build import PrepareInterrupted
-from fastrnn.errors import ConfigError
+from fastrnn.corpus.inputs import text_codec
+from fastrnn.errors import ConfigError, CorpusError, os_reason
 
 
 class _Progress:
@@ -40,8 +43,8 @@ class _Progress:
 @click.option("-o", "--output", required=True, type=click.Path(), help="The corpus file to write (HDF5).")
 @click.option("--level", type=click.Choice(corpus_lib.LEVELS), default="char",
               help="Tokens are Unicode characters, or raw bytes.")
-@click.option("--val-frac", type=float, default=0.05, help="Fraction of the corpus (from its end) for validation.")
-@click.option("--test-frac", type=float, default=0.05, help="Fraction of the corpus (at its very end) for test.")
+@click.option("--val-frac", type=Finite(), default=0.05, help="Fraction of the corpus (from its end) for validation.")
+@click.option("--test-frac", type=Finite(), default=0.05, help="Fraction of the corpus (at its very end) for test.")
 @click.option("--lowercase", is_flag=True, help="Lowercase the text.")
 @click.option("--letters-only", is_flag=True,
               help="Keep letters only: every run of other characters becomes one space.")
@@ -57,6 +60,10 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
     input; they are concatenated in order. The corpus is read twice in bounded chunks, so memory stays flat
     however large it is, and written to a temporary file renamed into place at the end.
     """
+    text_codec(encoding)  # an unknown or non-text encoding: one line before anything is read
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CorpusError(f"cannot write {output}: {out_dir} is not a directory")
     progress = _Progress(not quiet and sys.stderr.isatty())
     start = time.perf_counter()
     try:
@@ -65,6 +72,9 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
                                   force=force, progress=progress)
     except KeyboardInterrupt:  # Ctrl-C: prepare removed its temporary files on the way out
         raise PrepareInterrupted(signal.SIGINT, output) from None
+    except OSError as exc:  # reading the inputs has its own errors: this is the output (full, read-only, ...)
+        unchanged = "left as it was" if os.path.exists(output) else "not written"
+        raise CorpusError(f"cannot write {output}: {os_reason(exc)}; {output} is {unchanged}") from exc
     finally:
         progress.done()
     seconds = time.perf_counter() - start

@@ -4,7 +4,16 @@ import os
 
 import click
 
+from fastrnn.errors import ConfigError
 from fastrnn.plots import FEATURES
+
+
+def _check_output(path):
+    """The PNG's directory exists (checked before any work, so a typo costs nothing)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise ConfigError(f"cannot write {path}: the directory {directory} {what}")
 
 
 @click.command()
@@ -15,7 +24,10 @@ def plot(run_dirs, output):
     """Training and validation loss against steps and wall time, and chars/s, for one or more runs."""
     from fastrnn.plots import plot_losses
 
-    out = output or os.path.join(run_dirs[0], "loss.png")
+    if output is not None:
+        _check_output(output)
+    first = run_dirs[0] if os.path.isdir(run_dirs[0]) else os.path.dirname(run_dirs[0])  # a dir or a log file
+    out = output or os.path.join(first, "loss.png")
     plot_losses([(os.path.basename(os.path.normpath(d)), d) for d in run_dirs], out)
     click.echo(out)
 
@@ -35,6 +47,9 @@ def plot_hidden_cmd(checkpoint, text, feature, units, top, layer, output):
     from fastrnn.api import load_model
     from fastrnn.plots import plot_hidden
 
+    _check_output(output)
+    if not text:
+        raise ConfigError("--text must not be empty")
     if feature == "auto":
         feature = "quote" if '"' in text else "line_position" if "\n" in text.rstrip("\n") else "vowel"
     model, vocab, _ = load_model(checkpoint)
@@ -56,6 +71,7 @@ def plot_gradients_cmd(checkpoints, text, output):
     from fastrnn.api import load_model
     from fastrnn.plots import plot_gradients
 
+    _check_output(output)
     models = []
     for path in checkpoints:
         model, vocab, ckpt = load_model(path)

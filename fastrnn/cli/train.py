@@ -1,10 +1,13 @@
 """`fastrnn train` and `fastrnn sample`: thin commands over fastrnn.train and fastrnn.sample."""
 
+import os
 import signal
 import sys
 
 import click
 
+from fastrnn.checkpoint import CHECKPOINT_NAME
+from fastrnn.cli.types import SEED, Finite
 from fastrnn.errors import ConfigError
 from fastrnn.config import BACKENDS, DTYPES, INITS, MODELS, ON_DIVERGENCE, OPTIMIZERS, TrainConfig
 
@@ -23,7 +26,7 @@ def _train_options(f):
                      help="Stacked layers L; layer l reads the output of layer l-1."),
         click.option("--hidden-size", type=click.IntRange(min=1), default=D.hidden_size,
                      help="Hidden units H per layer."),
-        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=D.dropout,
+        click.option("--dropout", type=Finite(0, 1, max_open=True), default=D.dropout,
                      help="Inverted dropout on every layer's output during training (0: off)."),
         click.option("--init", type=click.Choice(INITS), default=D.init,
                      help="Weight initialisation: normal (N(0, init-scale^2)), xavier, orthogonal (recurrent "
@@ -33,31 +36,31 @@ def _train_options(f):
         click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size,
                      help="Parallel streams per minibatch N."),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+        click.option("--lr", type=Finite(min=0, min_open=True), default=None,
                      help="Learning rate [default: 0.1 for sgd and adagrad, 0.002 for rmsprop and adam]."),
-        click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=D.lr_decay,
+        click.option("--lr-decay", type=Finite(0, 1, min_open=True), default=D.lr_decay,
                      help="Multiply the learning rate by this every --lr-decay-every steps (1: constant)."),
         click.option("--lr-decay-every", type=click.IntRange(min=0), default=D.lr_decay_every,
                      help="Steps between learning-rate decays (0: one epoch)."),
         click.option("--lr-decay-after", type=click.IntRange(min=0), default=D.lr_decay_after,
                      help="Steps before the first learning-rate decay."),
-        click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=D.momentum,
+        click.option("--momentum", type=Finite(0, 1, max_open=True), default=D.momentum,
                      help="SGD momentum."),
-        click.option("--clip", type=click.FloatRange(min=0), default=D.clip,
+        click.option("--clip", type=Finite(min=0), default=D.clip,
                      help="Clip each gradient element to [-clip, clip] (0: off)."),
-        click.option("--max-grad-norm", type=click.FloatRange(min=0), default=D.max_grad_norm,
+        click.option("--max-grad-norm", type=Finite(min=0), default=D.max_grad_norm,
                      help="Rescale gradients whose global L2 norm exceeds this (0: off)."),
-        click.option("--init-scale", type=click.FloatRange(min=0, min_open=True), default=D.init_scale,
+        click.option("--init-scale", type=Finite(min=0, min_open=True), default=D.init_scale,
                      help="Standard deviation of the initial weights with --init normal."),
         click.option("--reset-hidden/--carry-hidden", default=D.reset_hidden,
                      help="Reset the hidden state every minibatch, or carry it (truncated BPTT)."),
         click.option("--max-steps", type=click.IntRange(min=0), default=D.max_steps, help="Stop after this many "
                      "updates (0: no limit). With no step, epoch or time limit a run stops after 10 epochs."),
-        click.option("--max-epochs", type=click.FloatRange(min=0), default=D.max_epochs,
+        click.option("--max-epochs", type=Finite(min=0), default=D.max_epochs,
                      help="Stop after this many passes over the training split (0: no limit)."),
-        click.option("--max-time", type=click.FloatRange(min=0), default=D.max_time,
+        click.option("--max-time", type=Finite(min=0), default=D.max_time,
                      help="Stop after this many seconds of training (0: no limit)."),
-        click.option("--seed", type=int, default=D.seed, help="Random seed (initialisation, samples)."),
+        click.option("--seed", type=SEED, default=D.seed, help="Random seed (initialisation, samples)."),
         click.option("--dtype", type=click.Choice(DTYPES), default=D.dtype),
         click.option("--backend", type=click.Choice(BACKENDS), default=D.backend,
                      help="numba kernels, or the pure-NumPy reference."),
@@ -85,7 +88,7 @@ def _train_options(f):
                           "halve the learning rate."),
         click.option("--max-rollbacks", type=click.IntRange(min=0), default=D.max_rollbacks,
                      help="With --on-divergence rollback: stop after this many rollbacks."),
-        click.option("--divergence-factor", type=click.FloatRange(min=0), default=D.divergence_factor,
+        click.option("--divergence-factor", type=Finite(min=0), default=D.divergence_factor,
                      help="Stop if the smoothed loss exceeds this multiple of the starting loss (0: off)."),
     ]
     for option in reversed(options):
@@ -125,10 +128,14 @@ def train(ctx, corpus, run_dir, resume, allow_change, force, quiet, **options):
     try:
         summary = run_training(corpus, run_dir, overrides, resume=resume, allow_change=allow_change, force=force,
                                on_event=printer)
-    except KeyboardInterrupt:
-        click.echo("\nfastrnn: interrupted; the last checkpoint written is intact. Resume with the same command "
-                   "and --resume.", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # a second signal: stopped at once, by SIGINT (130) or SIGTERM (143)
+        sys.unraisablehook = lambda unraisable: None  # a finalizer of what the signal cut short may fail: no news
+        if os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)):
+            click.echo("\nfastrnn: interrupted; the last checkpoint written is intact. Resume with the same "
+                       "command and --resume.", err=True)
+        else:
+            click.echo("\nfastrnn: interrupted before the first checkpoint; nothing to resume.", err=True)
+        sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
     if summary["signal"] is not None:
         click.echo(f"fastrnn: stopped by signal at step {summary['step']}; checkpoint written to "
                    f"{summary['checkpoint']}. Resume with the same command and --resume.", err=True)
@@ -195,11 +202,11 @@ def _duration(seconds):
 @click.option("--prime-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Read the prime from this UTF-8 file (as it is: no escapes); instead of --prime.")
 @click.option("--length", type=click.IntRange(min=0), default=500, help="Characters to generate.")
-@click.option("--temperature", type=float, default=1.0,
+@click.option("--temperature", type=Finite(), default=1.0,
               help="Divide logits by this before the softmax: < 1 is more conservative, > 1 more varied.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, help="Sample only among the k most probable "
               "characters (0: all).")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+@click.option("--top-p", type=Finite(0, 1, min_open=True), default=1.0,
               help="Sample only among the most probable characters whose probabilities add up to p.")
 @click.option("--greedy", is_flag=True, help="Always take the most probable character (argmax).")
 @click.option("--beam-width", type=click.IntRange(min=0), default=0,
@@ -211,7 +218,7 @@ def _duration(seconds):
 @click.option("--top-n-probs", type=click.IntRange(min=0), default=0,
               help="Print the N most probable next characters after the prime, with their probabilities (at "
                    "--temperature), instead of sampling.")
-@click.option("--seed", type=int, default=None, help="Random seed (default: a fresh one each time).")
+@click.option("--seed", type=SEED, default=None, help="Random seed (default: a fresh one each time).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="numba")
 def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, greedy, beam_width, num_samples,
            stop_at, top_n_probs, seed, backend):

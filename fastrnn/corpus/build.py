@@ -306,8 +306,8 @@ class _OutputLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise CorpusError(f"cannot create the lock file {self.path} for {self.output}: "
-                                  f"{exc.strerror or exc}") from None
+                raise CorpusError(f"cannot write {self.output}: cannot create its lock file {self.path} "
+                                  f"({exc.strerror or exc})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -5,13 +5,12 @@ errors that name the file and byte offset of bad input."""
 import codecs
 import os
 import re
-import shutil
 import sys
 
 import numpy as np
 
 from fastrnn.corpus.vocab import _codepoints
-from fastrnn.errors import CorpusError
+from fastrnn.errors import ConfigError, CorpusError
 
 CHUNK_SIZE = 4 << 20  # bytes of input per chunk
 ERRORS = ("strict", "replace", "ignore")
@@ -50,12 +49,30 @@ def expand_inputs(inputs):
     return files
 
 
+def text_codec(encoding):
+    """The codecs name of `encoding`, a text encoding (bytes to str). Raises ConfigError for a name Python does
+    not know and for codecs it has that do not decode bytes to text (rot13, base64, zlib, hex, undefined...)."""
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, ValueError):  # ValueError: a name with a NUL or an undecodable byte
+        raise ConfigError(f"unknown encoding {encoding!r}") from None
+    if not getattr(info, "_is_text_encoding", True) or info.name == "undefined":
+        raise ConfigError(f"--encoding {encoding} is not a text encoding (it does not decode bytes to text); use "
+                          f"one such as utf-8, utf-16, latin-1 or cp1252")
+    return info.name
+
+
 def _looks_text(path):
     try:
         with open(path, "rb") as f:
             return b"\x00" not in f.read(8192)
-    except OSError:
-        return False
+    except OSError as exc:  # a file of the directory that cannot be read is not silently left out
+        raise _read_error(path, exc, 0) from exc
+
+
+def _read_error(path, exc, offset):
+    """The CorpusError for an input whose open or read failed (permissions, an I/O error, a vanished file)."""
+    return CorpusError(f"cannot read input {path}: {exc.strerror or exc} (at byte offset {offset})")
 
 
 class _Normalizer:
@@ -90,11 +107,18 @@ class _Normalizer:
 
 
 def _read_chunks(path, chunk_size):
-    """Yield (offset, bytes) chunks of a file."""
-    with open(path, "rb") as f:
-        offset = 0
+    """Yield (offset, bytes) chunks of a file. Raises CorpusError if it cannot be read."""
+    offset = 0
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise _read_error(path, exc, offset) from exc
+    with f:
         while True:
-            data = f.read(chunk_size)
+            try:
+                data = f.read(chunk_size)
+            except OSError as exc:
+                raise _read_error(path, exc, offset) from exc
             if not data:
                 return
             yield offset, data
@@ -112,7 +136,7 @@ def _code_chunks(files, *, level, encoding, errors, lowercase, letters_only, chu
     """
     total = sum(os.path.getsize(f) for f in files)
     done = 0
-    codec = codecs.lookup(encoding).name
+    codec = text_codec(encoding)
     wide = codec.startswith(("utf-16", "utf-32"))
     plain = not lowercase and not letters_only
     for path in files:
@@ -157,9 +181,16 @@ def _utf8_chunks(path, chunk_size, utf8_op):
     view = memoryview(buf)
     pending = 0  # bytes carried at buf[:pending]
     offset = 0  # file offset of buf[pending]
-    with open(path, "rb", buffering=0) as f:
+    try:
+        f = open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise _read_error(path, exc, offset) from exc
+    with f:
         while True:
-            n = f.readinto(view[pending: pending + chunk_size])
+            try:
+                n = f.readinto(view[pending: pending + chunk_size])
+            except OSError as exc:
+                raise _read_error(path, exc, offset) from exc
             if not n:
                 break
             end = pending + n
@@ -208,6 +239,8 @@ def _decoded_chunks(path, chunk_size, codec, errors, norm, ascii_ok, wide):
             text = decoder.decode(data)
         except UnicodeDecodeError as exc:
             raise _invalid(path, codec, exc.reason, offset - pending + exc.start) from None
+        except ValueError as exc:  # the codec's own refusal (UnicodeError, binascii.Error), without an offset
+            raise _undecodable(path, codec, exc, offset - pending) from None
         if wide and "\x00" in text:
             raise CorpusError(f"{path} looks like a binary file: NUL character near byte offset {offset}")
         yield len(data), _codepoints(norm(text))
@@ -216,11 +249,36 @@ def _decoded_chunks(path, chunk_size, codec, errors, norm, ascii_ok, wide):
         tail = decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
         raise _invalid(path, codec, exc.reason, os.path.getsize(path) - pending + exc.start) from None
+    except ValueError as exc:
+        raise _undecodable(path, codec, exc, os.path.getsize(path) - pending) from None
     yield 0, _codepoints(norm(tail))
+
+
+def _undecodable(path, codec, exc, offset):
+    """The CorpusError for a decoder that refuses its input as a whole (no position of a bad byte)."""
+    hint = "--encoding"
+    if codec in ("utf-16", "utf-32"):
+        hint = f"--encoding {codec}-le or {codec}-be for a file without a byte-order mark"
+    return CorpusError(f"{path} is not valid {codec} text: {exc} (in the bytes from offset {offset}; use {hint})")
 
 
 def _spool_stdin(path):
     """Copy standard input to a new file `path` (which the caller names and removes)."""
-    with open(path, "xb") as f:
-        shutil.copyfileobj(sys.stdin.buffer, f, CHUNK_SIZE)
+    where = os.path.dirname(os.path.abspath(path))
+    try:
+        f = open(path, "xb")
+    except OSError as exc:
+        raise CorpusError(f"cannot spool standard input into {where}: {exc.strerror or exc}") from exc
+    with f:
+        while True:
+            try:
+                data = sys.stdin.buffer.read(CHUNK_SIZE)
+            except OSError as exc:
+                raise CorpusError(f"cannot read standard input: {exc.strerror or exc}") from exc
+            if not data:
+                break
+            try:
+                f.write(data)
+            except OSError as exc:  # a full disk
+                raise CorpusError(f"cannot spool standard input into {where}: {exc.strerror or exc}") from exc
     return path
