@@ -126,8 +126,8 @@ class TrainConfig:
             raise ConfigError(f"--max-rollbacks must be >= 0, got {self.max_rollbacks}")
         if self.log_every <= 0:
             raise ConfigError(f"--log-every must be positive, got {self.log_every}")
-        if self.sample_length <= 0:
-            raise ConfigError(f"--sample-length must be positive, got {self.sample_length}")
+        if not 0 < self.sample_length <= 1_000_000:  # a sample is held in memory to be printed
+            raise ConfigError(f"--sample-length must be in [1, 1000000], got {self.sample_length}")
         self._check_fits_in_memory()
         return self
 

@@ -164,3 +164,10 @@ def test_signal_checkpoints_and_resumes(small_corpus, tmp_path, signum, status):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert ckpt_io.load(run_dir).state["step"] == step + 2
+
+
+def test_sample_length_during_training_is_bounded(small_corpus, tmp_path):
+    """A sample printed during training is held in memory whole: --sample-length 1e20 once filled 24 GB."""
+    r = run("train", small_corpus, "-o", tmp_path / "run", *SMALL, "--max-steps", "2", "--sample-every", "1",
+            "--sample-length", "100000000000000000000")
+    assert r.exit_code == 2 and "--sample-length" in r.stderr and not (tmp_path / "run").exists()

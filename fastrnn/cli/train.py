@@ -75,7 +75,7 @@ def _train_options(f):
                           "may want a cap)."),
         click.option("--sample-every", type=click.IntRange(min=0), default=D.sample_every,
                      help="Steps between printed samples (0: never)."),
-        click.option("--sample-length", type=click.IntRange(min=1), default=D.sample_length,
+        click.option("--sample-length", type=click.IntRange(1, 1_000_000), default=D.sample_length,
                      help="Characters per sample printed during training."),
         click.option("--checkpoint-every", type=click.IntRange(min=0), default=D.checkpoint_every,
                      help="Steps between checkpoints (one is always written at the end)."),
