@@ -343,9 +343,19 @@ def readme_block(results, page_link):
                 and isinstance(d.get("machine"), dict)), "")
     if not rows:
         return f"No throughput targets in the results; see [{page_link}]({page_link}).\n"
-    return (f"Training throughput targets of the numba kernels (`python -m benchmarks.throughput --quick`; {cpu}, "
-            f"{date}):\n\n" + md_table(rows, TARGETS) +
-            f"\n\nAll the results, the machine and the method: [{page_link}]({page_link}).\n")
+    text = (f"Training throughput targets of the numba kernels (`python -m benchmarks.throughput --quick`; {cpu}, "
+            f"{date}):\n\n" + md_table(rows, TARGETS) + "\n")
+    for kind, _, d in results:
+        if kind == "pytorch":
+            text += ("\nAgainst PyTorch " + str(d.get("torch", "")) + " on the same machine (`python -m "
+                     "benchmarks.pytorch`; training chars/s, float32 unless named, T = 50; `fastrnn x` is fastrnn's "
+                     "rate over the row's):\n\n" + md_table(d["rows"], PYTORCH) + "\n")
+        elif kind == "time_to_quality" and d.get("best"):
+            b = d["best"]
+            text += (f"\nIn {d.get('budget_s', '-'):g} s of training on {d.get('corpus', '-')} (`python -m "
+                     f"benchmarks.time_to_quality`), the best validation loss was {b['val_bpc']:.3f} bits/char, "
+                     f"by {b['model']} x {b['layers']} H{b['hidden']} ({b['backend']}).\n")
+    return text + f"\nAll the results, the machine and the method: [{page_link}]({page_link}).\n"
 
 
 def rewrite_readme(readme, block):
