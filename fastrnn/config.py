@@ -34,6 +34,7 @@ class TrainConfig:
     seq_len: int = 50  # T: time steps per minibatch (truncated BPTT length)
     batch_size: int = 32  # N: parallel streams over the training split
     reset_hidden: bool = False  # reset the hidden state every minibatch (seed 000) instead of carrying it
+    shuffle: bool = False  # windows of seq_len + 1 in an order drawn per epoch (no carried state), not streams
     # optimizer
     optimizer: str = "adam"  # sgd | adagrad | rmsprop | adam
     lr: float = 2e-3  # learning rate (the CLI's default depends on the optimizer: DEFAULT_LR)
@@ -110,6 +111,11 @@ class TrainConfig:
             raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        for name in ("beta1", "beta2", "rmsprop_decay"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ConfigError(f"--eps must be positive, got {self.eps}")
         if self.clip < 0 or self.max_grad_norm < 0:
             raise ConfigError("--clip and --max-grad-norm must be >= 0")
         if self.init_scale <= 0:

@@ -298,7 +298,7 @@ class Run:
         train_tokens = corpus.split("train")
         self.train_tokens, self.corpus_path = train_tokens, corpus_path
         self.stream = BatchStream(train_tokens, config.batch_size, config.seq_len, name="train",
-                                  check=corpus.checker("train"))
+                                  shuffle=config.shuffle, seed=config.seed, check=corpus.checker("train"))
         self.val_stream = _eval_stream(corpus.split("val"), config, corpus.checker("val"))
         if self.val_stream is None and config.early_stop_patience:
             raise ConfigError("--early-stop-patience needs a validation split of at least seq_len + 1 tokens "
@@ -429,7 +429,7 @@ class Run:
         """One minibatch: returns (loss, gradient norm, the new carried state, a problem or None, start time).
         The update is skipped when the loss or the norm is not finite."""
         config, state, model = self.config, self.state, self.model
-        if state.index == 0 or config.reset_hidden:
+        if state.index == 0 or config.reset_hidden or not self.stream.carries_state:
             self.h[...] = 0  # a new epoch starts every stream afresh
         x, y = self.stream.batch(state.epoch, state.index)
         started = time.perf_counter()

@@ -171,3 +171,42 @@ def test_sample_length_during_training_is_bounded(small_corpus, tmp_path):
     r = run("train", small_corpus, "-o", tmp_path / "run", *SMALL, "--max-steps", "2", "--sample-every", "1",
             "--sample-length", "100000000000000000000")
     assert r.exit_code == 2 and "--sample-length" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_shuffle_and_optimizer_settings_reach_the_run_and_resume_exactly(small_corpus, tmp_path):
+    """--shuffle trains on windows in a per-epoch order (other numbers than streams) and resumes bit for bit;
+    --beta1/--beta2/--eps (adam) and --rmsprop-decay (rmsprop) change the numbers."""
+    import numpy as np
+
+    def params(d):
+        return np.array(ckpt_io.load(d).params)
+
+    args = [*SMALL, "--eval-every", "0"]
+    assert run("train", small_corpus, "-o", tmp_path / "plain", *args, "--max-steps", "6").exit_code == 0
+    r = run("train", small_corpus, "-o", tmp_path / "shuf", *args, "--max-steps", "6", "--shuffle")
+    assert r.exit_code == 0, r.output
+    assert not np.array_equal(params(tmp_path / "shuf"), params(tmp_path / "plain"))
+    assert run("train", small_corpus, "-o", tmp_path / "half", *args, "--max-steps", "3", "--shuffle").exit_code == 0
+    r = run("train", small_corpus, "-o", tmp_path / "half", *args, "--max-steps", "6", "--shuffle", "--resume")
+    assert r.exit_code == 0, r.output
+    assert params(tmp_path / "half").tobytes() == params(tmp_path / "shuf").tobytes()
+    for i, extra in enumerate([["--beta1", "0.5"], ["--beta2", "0.9"], ["--eps", "1e-3"]]):
+        assert run("train", small_corpus, "-o", tmp_path / f"b{i}", *args, "--max-steps", "6", *extra).exit_code == 0
+        assert not np.array_equal(params(tmp_path / f"b{i}"), params(tmp_path / "plain")), extra
+    rms = [run("train", small_corpus, "-o", tmp_path / f"r{i}", *args, "--max-steps", "6", "--optimizer", "rmsprop",
+               *extra) for i, extra in enumerate([[], ["--rmsprop-decay", "0.5"]])]
+    assert all(r.exit_code == 0 for r in rms)
+    assert not np.array_equal(params(tmp_path / "r0"), params(tmp_path / "r1"))
+
+
+def test_options_without_effect_are_refused(small_corpus, trained, tmp_path):
+    out = tmp_path / "run"
+    one_line_error(run("train", small_corpus, "-o", out, "--momentum", "0.9"), "--momentum", "adam", "sgd")
+    one_line_error(run("train", small_corpus, "-o", out, "--optimizer", "sgd", "--beta1", "0.5"), "--beta1")
+    one_line_error(run("train", small_corpus, "-o", out, "--rmsprop-decay", "0.9"), "--rmsprop-decay")
+    one_line_error(run("train", small_corpus, "-o", out, "--optimizer", "sgd", "--eps", "1e-6"), "--eps")
+    one_line_error(run("train", small_corpus, "-o", out, "--shuffle", "--carry-hidden"), "--shuffle")
+    one_line_error(run("train", small_corpus, "-o", out, "--beta2", "1"), "--beta2")
+    assert not out.exists()
+    one_line_error(run("sample", trained, "--beam-width", "3", "--top-k", "5"), "--top-k", "--beam-width")
+    one_line_error(run("sample", trained, "--beam-width", "3", "--greedy", "--temperature", "0.5"), "--greedy")

@@ -45,7 +45,16 @@ def _train_options(f):
         click.option("--lr-decay-after", type=click.IntRange(min=0), default=D.lr_decay_after,
                      help="Steps before the first learning-rate decay."),
         click.option("--momentum", type=Finite(0, 1, max_open=True), default=D.momentum,
-                     help="SGD momentum."),
+                     help="SGD momentum (sgd only)."),
+        click.option("--beta1", type=Finite(0, 1, max_open=True), default=D.beta1,
+                     help="Adam's decay of the gradient's running mean (adam only)."),
+        click.option("--beta2", type=Finite(0, 1, max_open=True), default=D.beta2,
+                     help="Adam's decay of the squared gradient's running mean (adam only)."),
+        click.option("--rmsprop-decay", type=Finite(0, 1, max_open=True), default=D.rmsprop_decay,
+                     help="RMSprop's decay of the squared gradient's running mean (char-rnn's -decay_rate; "
+                          "rmsprop only)."),
+        click.option("--eps", type=Finite(min=0, min_open=True), default=D.eps,
+                     help="The epsilon of adagrad, rmsprop and adam's denominators."),
         click.option("--clip", type=Finite(min=0), default=D.clip,
                      help="Clip each gradient element to [-clip, clip] (0: off)."),
         click.option("--max-grad-norm", type=Finite(min=0), default=D.max_grad_norm,
@@ -54,6 +63,9 @@ def _train_options(f):
                      help="Standard deviation of the initial weights with --init normal."),
         click.option("--reset-hidden/--carry-hidden", default=D.reset_hidden,
                      help="Reset the hidden state every minibatch, or carry it (truncated BPTT)."),
+        click.option("--shuffle/--no-shuffle", default=D.shuffle,
+                     help="Minibatches of windows of --seq-len + 1 characters in an order drawn each epoch (no "
+                          "state carried between minibatches), instead of contiguous streams."),
         click.option("--max-steps", type=click.IntRange(min=0), default=D.max_steps, help="Stop after this many "
                      "updates (0: no limit). With no step, epoch or time limit a run stops after 10 epochs."),
         click.option("--max-epochs", type=Finite(min=0), default=D.max_epochs,
@@ -124,6 +136,15 @@ def train(ctx, corpus, run_dir, resume, allow_change, force, quiet, **options):
     overrides = {name: value for name, value in options.items()
                  if name in CONFIG_FIELDS and value is not None
                  and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    if not resume:  # options that would do nothing with this optimizer are refused, not silently ignored
+        optimizer = overrides.get("optimizer", TrainConfig.optimizer)
+        for name, applies in (("momentum", ("sgd",)), ("beta1", ("adam",)), ("beta2", ("adam",)),
+                              ("rmsprop_decay", ("rmsprop",)), ("eps", ("adagrad", "rmsprop", "adam"))):
+            if name in overrides and optimizer not in applies:
+                raise ConfigError(f"--{name.replace('_', '-')} has no effect with --optimizer {optimizer} "
+                                  f"(it applies to {' and '.join(applies)})")
+        if overrides.get("shuffle") and overrides.get("reset_hidden") is False:
+            raise ConfigError("--shuffle draws windows that carry no state; it cannot be used with --carry-hidden")
     printer = _Printer(quiet)
     try:
         summary = run_training(corpus, run_dir, overrides, resume=resume, allow_change=allow_change, force=force,
@@ -253,6 +274,12 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
             out.write(f"{p:.6f}  {symbol!r}\n")
         return
     if beam_width:
+        ignored = [name for name, value, default in (("--top-k", top_k, 0), ("--top-p", top_p, 1.0),
+                                                      ("--greedy", greedy, False), ("--temperature", temperature, 1.0))
+                   if value != default]
+        if ignored:
+            raise ConfigError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
+                              f"--beam-width (beam search keeps the most probable continuations)")
         if num_samples > 1:
             raise ConfigError("--num-samples with --beam-width would print the same beam several times; "
                               "beam search gives one result")
