@@ -45,3 +45,22 @@ def shakespeare_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("shakespeare") / "tiny.h5"
     prepare([BUNDLED], str(out))
     return str(out)
+
+
+def write_nonfinite_checkpoint(src, dst):
+    """A copy of checkpoint `src` at `dst` with one parameter NaN and a valid checksum: fastrnn never writes such
+    a file, but an older version could have (made by hand, past checkpoint.save's refusal)."""
+    import shutil
+
+    import h5py
+
+    from fastrnn import checkpoint as ckpt_io
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        f["params"][3] = np.nan
+        attrs = {key: f.attrs[key] for key in ("config", "vocab", "state")}
+        arrays = {"params": f["params"][()], "hidden": f["hidden"][()]}
+        arrays.update({f"optimizer/{k}": f["optimizer"][k][()] for k in f["optimizer"]})
+        f.attrs["checksum"] = ckpt_io._digest({k: v.decode() if isinstance(v, bytes) else str(v)
+                                               for k, v in attrs.items()}, arrays)

@@ -113,21 +113,10 @@ def test_bad_inputs_are_one_line(trained, small_corpus, tmp_path):
 
 def test_a_checkpoint_with_non_finite_parameters_is_refused(trained, small_corpus, tmp_path):
     """fastrnn never writes such a checkpoint, but an older one could hold one: make it by hand."""
-    import shutil
-
-    import h5py
-
-    from fastrnn import checkpoint as ckpt_io
+    from conftest import write_nonfinite_checkpoint
 
     bad = tmp_path / "nan.h5"
-    shutil.copy(trained / "checkpoint.h5", bad)
-    with h5py.File(bad, "r+") as f:
-        f["params"][3] = np.nan
-        attrs = {key: f.attrs[key] for key in ("config", "vocab", "state")}
-        arrays = {"params": f["params"][()], "hidden": f["hidden"][()]}
-        arrays.update({f"optimizer/{k}": f["optimizer"][k][()] for k in f["optimizer"]})
-        f.attrs["checksum"] = ckpt_io._digest({k: v.decode() if isinstance(v, bytes) else str(v)
-                                               for k, v in attrs.items()}, arrays)
+    write_nonfinite_checkpoint(trained / "checkpoint.h5", bad)
     one_line_error(run("eval", bad, small_corpus), "non-finite")
     one_line_error(run("export", bad, "-o", tmp_path / "m.npz"), "non-finite")
     assert not (tmp_path / "m.npz").exists()

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 
@@ -19,6 +18,8 @@ from fastrnn import checkpoint as ckpt_io
 from fastrnn.api import CharRNN
 from fastrnn.errors import CheckpointError, DivergenceError
 from fastrnn.train import Run, train
+
+from conftest import write_nonfinite_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # plain SGD far above its stable rate, no clipping: the loss blows up within ~30 steps
@@ -174,14 +175,7 @@ def test_sample_and_load_refuse_a_checkpoint_with_non_finite_parameters(small_co
         ckpt.params[3] = np.nan
         ckpt_io.save(tmp_path / "nan.h5", ckpt)
     assert not (tmp_path / "nan.h5").exists()
-    shutil.copy(run / "checkpoint.h5", tmp_path / "nan.h5")  # ... but an older one could have: make it by hand
-    with h5py.File(tmp_path / "nan.h5", "r+") as f:
-        f["params"][3] = np.nan
-        attrs = {key: f.attrs[key] for key in ("config", "vocab", "state")}
-        arrays = {"params": f["params"][()], "hidden": f["hidden"][()]}
-        arrays.update({f"optimizer/{k}": f["optimizer"][k][()] for k in f["optimizer"]})
-        f.attrs["checksum"] = ckpt_io._digest({k: v.decode() if isinstance(v, bytes) else str(v)
-                                               for k, v in attrs.items()}, arrays)
+    write_nonfinite_checkpoint(run / "checkpoint.h5", tmp_path / "nan.h5")  # ... but an older one could have
     r = subprocess.run([sys.executable, "-m", "fastrnn", "sample", str(tmp_path / "nan.h5"), "--length", "20"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 1 and r.stdout == ""

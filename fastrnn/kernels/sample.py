@@ -29,6 +29,7 @@ from numba import prange
 
 from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.lstm import lstm_cell
+from fastrnn.kernels.rnn import matmul_small
 
 CELL_CODES = {"rnn": 0, "lstm": 1, "gru": 2}  # the `cell` argument of sample_chunk
 RNN, LSTM, GRU = CELL_CODES["rnn"], CELL_CODES["lstm"], CELL_CODES["gru"]
@@ -107,7 +108,8 @@ def _cell_update(h, c, g, xa, a, cell):
 @kernel
 def matmul_rows(out, a, W):
     """out: (R, M) = a: (R, K) @ W: (K, M), four rows of out at a time: per four rows of W (rank-1 updates
-    vectorized over the columns), each weight loaded once for four rows; the rows left over one at a time.
+    vectorized over the columns), each weight loaded once for four rows; the rows left over one at a time by
+    rnn.matmul_small.
 
     Every output element is the same sum, in the same order and as the same expression, whichever way its row is
     computed, so a row computed among R rows has the bits it has alone (a sample drawn among many equals the one
@@ -144,20 +146,7 @@ def matmul_rows(out, a, W):
                 o1[j] += b1 * x
                 o2[j] += b2 * x
                 o3[j] += b3 * x
-    for n in range(R4, R):
-        o = out[n]
-        for j in range(M):
-            o[j] = 0
-        for k in range(0, K4, 4):
-            a0, a1, a2, a3 = a[n, k], a[n, k + 1], a[n, k + 2], a[n, k + 3]
-            w0, w1, w2, w3 = W[k], W[k + 1], W[k + 2], W[k + 3]
-            for j in range(M):
-                o[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]
-        for k in range(K4, K):
-            ak = a[n, k]
-            wk = W[k]
-            for j in range(M):
-                o[j] += ak * wk[j]
+    matmul_small(out[R4:], a[R4:], W)  # the rows left over one at a time: the same expression as above
 
 
 @kernel
