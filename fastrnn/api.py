@@ -141,12 +141,17 @@ class CharRNN:
         be = self._backend()
         if beam_width:
             ids, _ = gen.beam_search(be, self.model.P, self.vocab, prime=prime, length=length,
-                                     beam_width=beam_width, dtype=self.model.dtype)
+                                     beam_width=beam_width, dtype=self.model.dtype, warmup=self._warmup())
         else:
             ids = list(gen.generate(be, self.model.P, self.vocab, prime=prime, length=length,
                                     temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                                    rng=np.random.default_rng(seed), dtype=self.model.dtype))
+                                    rng=np.random.default_rng(seed), dtype=self.model.dtype, warmup=self._warmup()))
         return prime + "".join(gen.decode_stream(self.vocab, ids))
+
+    def _warmup(self):
+        """The ids an unprimed sample is warmed on (the checkpoint's start of the val split), or None."""
+        ckpt = getattr(self, "_ckpt", None)
+        return None if ckpt is None else ckpt.state.get("warmup")
 
     def next_probs(self, prime="", k=None, temperature=1.0):
         """The probabilities of the character after `prime`: [(character, p), ...], most probable first (the `k`
@@ -154,7 +159,8 @@ class CharRNN:
         from fastrnn import sample as gen
 
         self._require()
-        return gen.next_probs(self._backend(), self.model.P, self.vocab, prime, k, temperature, self.model.dtype)
+        return gen.next_probs(self._backend(), self.model.P, self.vocab, prime, k, temperature, self.model.dtype,
+                              self._warmup())
 
     def generate_many(self, count, prime="", length=200, temperature=1.0, seed=None, top_k=0, top_p=1.0,
                       greedy=False):
@@ -167,7 +173,7 @@ class CharRNN:
         pieces = [[prime] for _ in range(count)]
         for block in gen.generate_many(self._backend(), self.model.P, self.vocab, count=count, prime=prime,
                                        length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-                                       greedy=greedy, seed=seed, dtype=self.model.dtype):
+                                       greedy=greedy, seed=seed, dtype=self.model.dtype, warmup=self._warmup()):
             for i, stream in enumerate(streams):
                 pieces[i].append(stream.feed(block[i]))
         return ["".join(p) + stream.finish() for p, stream in zip(pieces, streams)]

@@ -49,10 +49,10 @@ def unescape(text, name="--prime"):
     return "".join(out)
 
 
-def next_probs(backend, P, vocab, prime="", k=None, temperature=1.0, dtype=np.float32):
+def next_probs(backend, P, vocab, prime="", k=None, temperature=1.0, dtype=np.float32, warmup=None):
     """The probabilities of the next character after `prime`: [(symbol, p), ...] most probable first, the `k`
     first (all if k is None)."""
-    h, logits = _start(backend, P, vocab, prime, dtype)
+    h, logits = _start(backend, P, vocab, prime, dtype, warmup)
     p = probabilities(logits[0], temperature)
     order = np.argsort(-p, kind="stable")[: (k if k else p.size)]
     return [(vocab.symbols[i], float(p[i])) for i in order]
@@ -69,10 +69,15 @@ def check_options(temperature=1.0, top_k=0, top_p=1.0, length=0):
         raise ConfigError(f"--length must be >= 0, got {length}")
 
 
-def _start(backend, P, vocab, prime, dtype):
-    """Hidden state and logits after warming on the prime (or on a newline if the prime is empty)."""
+def _start(backend, P, vocab, prime, dtype, warmup=None):
+    """Hidden state and logits after warming on the prime. With an empty prime: on `warmup` (token ids of real
+    text, e.g. a checkpoint's state['warmup'], not printed) if given, else on a newline."""
     if prime:
         ids = vocab.encode(prime)
+    elif warmup is not None and len(warmup):
+        ids = np.asarray(warmup, dtype=np.int32)
+        if ids.min() < 0 or ids.max() >= vocab.size:
+            raise ConfigError("the checkpoint's warm-up text does not fit its vocabulary")
     else:
         try:
             ids = vocab.encode("\n")[:1]
@@ -87,17 +92,18 @@ def _start(backend, P, vocab, prime, dtype):
 
 
 def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=0, top_p=1.0, greedy=False,
-             rng=None, dtype=np.float32):
+             rng=None, dtype=np.float32, warmup=None):
     """Yield `length` generated token ids, one at a time.
 
     The hidden state starts at zero and is warmed on every character of `prime` (as seed 000 does); the
     distribution after the last prime character gives the first generated character. With an empty prime the
-    first input is a newline if the vocabulary has one, else the first symbol, and it is not part of the output.
+    state is warmed on `warmup` (ids of real text; a checkpoint keeps the start of its val split as
+    state['warmup']) if given, else on a newline (or the first symbol); neither is part of the output.
     """
     check_options(temperature, top_k, top_p, length)
     top_k = min(top_k, vocab.size)  # k beyond the vocabulary keeps every symbol (and fits the kernels' integers)
     rng = rng if rng is not None else np.random.default_rng()
-    h, logits = _start(backend, P, vocab, prime, dtype)
+    h, logits = _start(backend, P, vocab, prime, dtype, warmup)
     yield from backend.generate(P, h, logits, length, temperature, top_k, top_p, greedy, rng)
 
 
@@ -110,7 +116,7 @@ def stream_seeds(seed, count):
 
 
 def generate_many(backend, P, vocab, *, count, prime="", length=200, temperature=1.0, top_k=0, top_p=1.0,
-                  greedy=False, seed=None, dtype=np.float32, threads=None, chunk=64):
+                  greedy=False, seed=None, dtype=np.float32, threads=None, chunk=64, warmup=None):
     """Yield (count, n) arrays of token ids, `length` per sample in all, for `count` samples drawn together: every
     weight is read once per character for all the samples a thread runs. Sample i draws from
     np.random.default_rng(stream_seeds(seed, count)[i]) and equals generate(..., rng=np.random.default_rng(seed + i))
@@ -120,7 +126,7 @@ def generate_many(backend, P, vocab, *, count, prime="", length=200, temperature
     check_options(temperature, top_k, top_p, length)
     top_k = min(top_k, vocab.size)  # k beyond the vocabulary keeps every symbol (and fits the kernels' integers)
     rngs = [np.random.default_rng(s) for s in stream_seeds(seed, count)]
-    h, logits = _start(backend, P, vocab, prime, dtype)
+    h, logits = _start(backend, P, vocab, prime, dtype, warmup)
     h, logits = np.repeat(h, count, axis=0), np.repeat(logits, count, axis=0)  # (count, S), (count, V)
     yield from backend.generate_streams(P, h, logits, length, temperature, top_k, top_p, greedy, rngs, chunk,
                                         threads)
@@ -156,7 +162,7 @@ class TextStream:
         return self.feed(np.zeros(0, dtype=np.int32), final=True)
 
 
-def beam_search(backend, P, vocab, *, prime="", length=200, beam_width=5, dtype=np.float32):
+def beam_search(backend, P, vocab, *, prime="", length=200, beam_width=5, dtype=np.float32, warmup=None):
     """The most probable continuation of `length` symbols found by beam search.
 
     Keeps the `beam_width` best partial sequences by total log-probability; each step expands every beam by
@@ -165,7 +171,7 @@ def beam_search(backend, P, vocab, *, prime="", length=200, beam_width=5, dtype=
     if beam_width < 1:
         raise ConfigError(f"--beam-width must be >= 1, got {beam_width}")
     check_options(length=length)
-    h, logits = _start(backend, P, vocab, prime, dtype)
+    h, logits = _start(backend, P, vocab, prime, dtype, warmup)
     V = logits.shape[1]
     scores = np.zeros(1)  # (B,) total log-probabilities
     seqs = np.zeros((1, 0), dtype=np.int32)  # (B, t)

@@ -41,6 +41,7 @@ class Generator:
             raise FastrnnError(f"{ckpt.path} holds non-finite parameters (a diverged run); nothing to serve")
         self.backend = get_backend(backend)
         self.path = ckpt.path
+        self.warmup = ckpt.state.get("warmup")  # an unprimed sample starts from a state warmed on real text
         self.max_length, self.max_body = int(max_length), int(max_body)
         self.lock = threading.Lock()  # one generation at a time
         self.slots = threading.BoundedSemaphore(int(max_pending) + 1)  # running + waiting
@@ -94,7 +95,7 @@ class Generator:
         for block in gen.generate_many(self.backend, self.model.P, self.vocab, count=1, prime=opts["prime"],
                                        length=opts["length"], temperature=float(opts["temperature"]),
                                        top_k=opts["top_k"], top_p=float(opts["top_p"]), seed=opts["seed"],
-                                       dtype=self.model.dtype):
+                                       dtype=self.model.dtype, warmup=self.warmup):
             piece = stream.feed(block[0])
             if piece:
                 yield piece

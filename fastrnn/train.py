@@ -38,6 +38,7 @@ from fastrnn.sample import generate
 
 LOG_NAME = "log.jsonl"
 DEFAULT_MAX_EPOCHS = 10.0  # used when no --max-steps/--max-epochs/--max-time is given
+WARMUP_CHARS = 100  # characters of real text an unprimed sample is warmed on
 RELEASE_EVERY = 1.0  # seconds between releases of the corpus pages read so far (keeps RSS flat on big corpora)
 SMOOTHING = 0.99  # train loss shown = exponential moving average, as min-char-rnn's smooth_loss
 HEALTHY_RISE = 1.1  # a checkpoint is healthy while the smoothed loss is within this factor of its lowest so far,
@@ -300,6 +301,10 @@ class Run:
         self.stream = BatchStream(train_tokens, config.batch_size, config.seq_len, name="train",
                                   shuffle=config.shuffle, seed=config.seed, check=corpus.checker("train"))
         self.val_stream = _eval_stream(corpus.split("val"), config, corpus.checker("val"))
+        # unprimed samples start from a state warmed on real text (the start of the val split, else of train), not
+        # from a zero state fed a newline, which training never sees; kept in every checkpoint for `fastrnn sample`
+        warm = corpus.split("val") if len(corpus.split("val")) >= 2 else train_tokens
+        self.warmup = [int(t) for t in np.asarray(warm[:WARMUP_CHARS])]
         if self.val_stream is None and config.early_stop_patience:
             raise ConfigError("--early-stop-patience needs a validation split of at least seq_len + 1 tokens "
                               "(prepare the corpus with --val-frac > 0)")
@@ -571,7 +576,7 @@ class Run:
         if self.config.sample_every and self.state.step % self.config.sample_every == 0:
             srng = np.random.default_rng([self.config.seed, self.state.step])
             ids = list(generate(self.backend, self.model.P, self.vocab, length=self.config.sample_length, rng=srng,
-                                dtype=self.model.dtype))
+                                dtype=self.model.dtype, warmup=self.warmup))
             self.emit("sample", {"step": self.state.step, "text": self.vocab.decode(np.array(ids, dtype=np.int32))})
 
     def maybe_log(self, loss, norm, val_loss, now):
@@ -627,6 +632,7 @@ class Run:
         self.state.rng = self.rng.bit_generator.state
         state = _jsonable(dataclasses.asdict(self.state))
         state["healthy"] = healthy = self.is_healthy()
+        state["warmup"] = self.warmup
         if path == self.ckpt_path and not healthy and self.ckpt_healthy and os.path.exists(path):
             ckpt_io.keep_last_good(self.run_dir)
         ckpt_io.save(path, ckpt_io.Checkpoint(

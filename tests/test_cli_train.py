@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -210,3 +211,23 @@ def test_options_without_effect_are_refused(small_corpus, trained, tmp_path):
     assert not out.exists()
     one_line_error(run("sample", trained, "--beam-width", "3", "--top-k", "5"), "--top-k", "--beam-width")
     one_line_error(run("sample", trained, "--beam-width", "3", "--greedy", "--temperature", "0.5"), "--greedy")
+
+
+def test_an_unprimed_sample_starts_from_a_state_warmed_on_real_text(trained, small_corpus):
+    """The checkpoint keeps the start of the val split; an unprimed sample is the sample primed (silently) with
+    it, in the CLI, the API and during training, instead of a zero state fed a newline."""
+    from fastrnn.api import CharRNN
+    from fastrnn.corpus import open_corpus
+
+    state = ckpt_io.load(trained).state
+    with open_corpus(small_corpus) as corpus:
+        assert state["warmup"] == [int(t) for t in corpus.split("val")[:100]]
+        warm = corpus.vocab.decode(np.array(state["warmup"], dtype=np.int32))
+    unprimed = run("sample", trained, "--length", "60", "--seed", "3")
+    primed = run("sample", trained, "--prime", warm.replace("\\", "\\\\"), "--length", "60", "--seed", "3")
+    assert unprimed.exit_code == 0 and primed.exit_code == 0
+    assert unprimed.stdout == primed.stdout[len(warm):]
+    model = CharRNN.load(trained)
+    assert model.generate("", 60, seed=3) + "\n" == unprimed.stdout
+    assert run("sample", trained, "--top-n-probs", "3").stdout == \
+        run("sample", trained, "--prime", warm.replace("\\", "\\\\"), "--top-n-probs", "3").stdout

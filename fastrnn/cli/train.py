@@ -265,12 +265,13 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
         bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
         if bad is not None:
             raise ConfigError(f"{name} is not valid UTF-8 text (undecodable byte at character {bad})")
-    model, vocab, _ = load_model(checkpoint)
+    model, vocab, ckpt = load_model(checkpoint)
     vocab.encode(prime)  # unknown prime characters: a clear error before any output
     be = get_backend(backend)
     out = sys.stdout
+    warmup = ckpt.state.get("warmup")  # an unprimed sample starts from a state warmed on real text
     if top_n_probs:
-        for symbol, p in gen.next_probs(be, model.P, vocab, prime, top_n_probs, temperature, model.dtype):
+        for symbol, p in gen.next_probs(be, model.P, vocab, prime, top_n_probs, temperature, model.dtype, warmup):
             out.write(f"{p:.6f}  {symbol!r}\n")
         return
     if beam_width:
@@ -284,7 +285,7 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
             raise ConfigError("--num-samples with --beam-width would print the same beam several times; "
                               "beam search gives one result")
         ids, _ = gen.beam_search(be, model.P, vocab, prime=prime, length=length, beam_width=beam_width,
-                                 dtype=model.dtype)
+                                 dtype=model.dtype, warmup=warmup)
         text = gen.TextStream(vocab, stop_at)
         out.write(prime + text.feed(ids) + text.finish() + "\n")
         return
@@ -295,7 +296,7 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
     out.write(prime)
     for block in gen.generate_many(be, model.P, vocab, count=num_samples, prime=prime, length=length,
                                    temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed,
-                                   dtype=model.dtype):
+                                   dtype=model.dtype, warmup=warmup):
         for i, stream in enumerate(streams):
             piece = stream.feed(block[i])
             if i == 0:
