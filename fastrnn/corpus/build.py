@@ -357,27 +357,38 @@ class _Signals:
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, output):
-        self.output, self.saved, self.committed = output, None, False
+        self.output, self.saved, self.committed, self.pending, self._hook = output, None, False, None, None
 
     def _handler(self, signum, frame):
         for s in self.SIGNALS:
             signal.signal(s, signal.SIG_IGN)
         if not self.committed:
-            raise KeyboardInterrupt if signum == signal.SIGINT else PrepareInterrupted(signum, self.output)
+            self.pending = KeyboardInterrupt() if signum == signal.SIGINT else PrepareInterrupted(signum, self.output)
+            raise self.pending
+
+    def _unraisable(self, unraisable):
+        """The exception raised in a finalizer (the signal landed there) is swallowed: `commit` raises it again."""
+        if unraisable.exc_value is not self.pending:
+            self._hook(unraisable)
 
     def commit(self):
+        if self.pending is not None:  # a signal whose exception a finalizer swallowed: stop now, before the rename
+            raise self.pending
         self.committed = True
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self.saved = {s: signal.signal(s, self._handler) for s in self.SIGNALS
                           if signal.getsignal(s) is not signal.SIG_IGN}
+            self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
     def __exit__(self, *exc):
         if self.saved:
             for s, handler in self.saved.items():
                 signal.signal(s, handler)
+        if self._hook is not None:
+            sys.unraisablehook = self._hook
 
 
 def _names(inputs):
