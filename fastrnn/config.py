@@ -17,6 +17,7 @@ DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3}
 BACKENDS = ("numba", "numpy")
 DTYPES = ("float32", "float64")
 ON_DIVERGENCE = ("stop", "rollback")
+LR_SCHEDULES = ("step", "cosine")
 MODELS = CELLS
 INITS = ("auto", "normal", "xavier", "orthogonal")  # see fastrnn.model.Model.init
 
@@ -41,6 +42,8 @@ class TrainConfig:
     lr_decay: float = 1.0  # multiply lr by this every lr_decay_every steps (1.0: constant)
     lr_decay_every: int = 0  # steps between decays; 0 means one epoch
     lr_decay_after: int = 0  # steps before the first decay
+    lr_schedule: str = "step"  # step (lr_decay every lr_decay_every steps) | cosine (to 0 at the step limit)
+    warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr over this many first updates
     momentum: float = 0.0  # sgd momentum
     rmsprop_decay: float = 0.95
     beta1: float = 0.9
@@ -114,6 +117,11 @@ class TrainConfig:
         for name in ("beta1", "beta2", "rmsprop_decay"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and self.max_time and not (self.max_steps or self.max_epochs):
+            raise ConfigError("--lr-schedule cosine decays to 0 at the run's last step: give --max-steps or "
+                              "--max-epochs (a --max-time run has no known last step)")
         if not self.eps > 0:
             raise ConfigError(f"--eps must be positive, got {self.eps}")
         if self.clip < 0 or self.max_grad_norm < 0:
@@ -121,7 +129,8 @@ class TrainConfig:
         if self.init_scale <= 0:
             raise ConfigError(f"--init-scale must be positive, got {self.init_scale}")
         for name in ("max_steps", "max_epochs", "max_time", "eval_every", "sample_every", "checkpoint_every",
-                     "early_stop_patience", "lr_decay_every", "lr_decay_after", "threads", "divergence_factor",
+                     "early_stop_patience", "lr_decay_every", "lr_decay_after", "warmup_steps", "threads",
+                     "divergence_factor",
                      "eval_tokens",
                      "keep_checkpoints"):
             if getattr(self, name) < 0:
@@ -160,5 +169,5 @@ RESUME_CHANGEABLE = {
     "eval_tokens",
     "max_rollbacks",
 }
-RESUME_CHANGEABLE_WITH_ALLOW = {"lr", "lr_decay", "lr_decay_every", "lr_decay_after", "clip", "max_grad_norm",
-                                "momentum"}
+RESUME_CHANGEABLE_WITH_ALLOW = {"lr", "lr_decay", "lr_decay_every", "lr_decay_after", "lr_schedule", "warmup_steps",
+                                "clip", "max_grad_norm", "momentum"}

@@ -4,6 +4,8 @@ The math lives in the backend (`fastrnn.reference` or `fastrnn.kernels`): each u
 flat buffers. This module only owns the state buffers and picks the call.
 """
 
+import math
+
 import numpy as np
 
 STATE_NAMES = {"sgd": ("vel",), "adagrad": ("mem",), "rmsprop": ("ms",), "adam": ("m", "v")}
@@ -33,9 +35,19 @@ class Optimizer:
             b.adam_update(p, g, s["m"], s["v"], lr, c.beta1, c.beta2, c.eps, self.t)
 
 
-def learning_rate(config, step, steps_per_epoch):
-    """Learning rate for update number `step` (0-based): step decay by lr_decay every lr_decay_every steps
-    (default: one epoch) after lr_decay_after steps, as char-rnn's learning_rate_decay."""
+def learning_rate(config, step, steps_per_epoch, total_steps=None):
+    """Learning rate for update number `step` (0-based).
+
+    The first warmup_steps updates ramp it linearly up to lr (update i at lr * (i + 1) / warmup_steps). Then, with
+    lr_schedule 'step': decay by lr_decay every lr_decay_every steps (default: one epoch) after lr_decay_after
+    steps, as char-rnn's learning_rate_decay; with 'cosine': lr * (1 + cos(pi * t)) / 2, t going from 0 after the
+    warmup to 1 at update `total_steps` (the run's step limit)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        span = max(1, (total_steps or 0) - config.warmup_steps)
+        t = min(1.0, (step - config.warmup_steps) / span)
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * t))
     if config.lr_decay == 1.0 or step < config.lr_decay_after:
         return config.lr
     every = config.lr_decay_every or steps_per_epoch

@@ -346,6 +346,7 @@ class Run:
         self.max_steps = config.max_steps or math.inf
         if config.max_epochs:
             self.max_steps = min(self.max_steps, math.ceil(config.max_epochs * self.spe))
+        self.total_steps = None if self.max_steps == math.inf else self.max_steps  # where a cosine schedule ends
         emit("start", {"config": config.to_dict(), "model": self.model.describe(), "steps_per_epoch": self.spe,
                        "train_tokens": len(train_tokens),
                        "val_streams": self.val_stream.batch_size if self.val_stream else 0, "threads": self.threads,
@@ -445,7 +446,8 @@ class Run:
         if not (math.isfinite(loss) and math.isfinite(norm)):
             return loss, norm, h_next, f"loss became {loss:.4g} (gradient norm {norm:.4g}) at step " \
                                        f"{state.step + 1}", started
-        self.optimizer.update(model.flat, self.gflat, state.lr_scale * learning_rate(config, state.step, self.spe))
+        lr = state.lr_scale * learning_rate(config, state.step, self.spe, self.total_steps)
+        self.optimizer.update(model.flat, self.gflat, lr)
         total = float(model.flat.sum())  # fast; a float32 overflow of the sum is told apart below
         if not math.isfinite(total) and not np.all(np.isfinite(model.flat)):  # e.g. --lr inf: NaN weights
             return loss, norm, h_next, f"the parameters became non-finite in the update of step " \
@@ -589,7 +591,7 @@ class Run:
         cps = steps * config.batch_size * config.seq_len / seconds if steps and seconds > 0 else None
         row = {"run_id": state.run_id, "step": state.step, "epoch": round(state.epoch + state.index / self.spe, 4),
                "loss": state.smooth_loss, "batch_loss": loss,
-               "lr": state.lr_scale * learning_rate(config, state.step - 1, self.spe),
+               "lr": state.lr_scale * learning_rate(config, state.step - 1, self.spe, self.total_steps),
                "grad_norm": norm, "chars_per_sec": cps,
                "rss_mb": psutil.Process().memory_info().rss / 2**20, "elapsed": state.elapsed}
         if val_loss is not None:

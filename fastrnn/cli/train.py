@@ -9,7 +9,8 @@ import click
 from fastrnn.checkpoint import CHECKPOINT_NAME
 from fastrnn.cli.types import SEED, Finite
 from fastrnn.errors import ConfigError
-from fastrnn.config import BACKENDS, DTYPES, INITS, MODELS, ON_DIVERGENCE, OPTIMIZERS, TrainConfig
+from fastrnn.config import (BACKENDS, DTYPES, INITS, LR_SCHEDULES, MODELS, ON_DIVERGENCE, OPTIMIZERS,
+                            TrainConfig)
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # stopped by a signal, checkpoint written
 
@@ -44,6 +45,11 @@ def _train_options(f):
                      help="Steps between learning-rate decays (0: one epoch)."),
         click.option("--lr-decay-after", type=click.IntRange(min=0), default=D.lr_decay_after,
                      help="Steps before the first learning-rate decay."),
+        click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=D.lr_schedule,
+                     help="step: --lr-decay every --lr-decay-every steps; cosine: from --lr after the warmup down "
+                          "to 0 at the step limit (--max-steps or --max-epochs)."),
+        click.option("--warmup-steps", type=click.IntRange(min=0), default=D.warmup_steps,
+                     help="Ramp the learning rate linearly up to --lr over this many first updates."),
         click.option("--momentum", type=Finite(0, 1, max_open=True), default=D.momentum,
                      help="SGD momentum (sgd only)."),
         click.option("--beta1", type=Finite(0, 1, max_open=True), default=D.beta1,
