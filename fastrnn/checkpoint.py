@@ -160,12 +160,17 @@ def _write(path, directory, attrs_json, arrays):
         if isinstance(exc, OSError):
             raise CheckpointError(f"cannot write checkpoint {path}: {_write_failure(exc, directory)}") from exc
         raise
+    fsync_dir(directory)
+
+
+def fsync_dir(path):
+    """Make the renames and creations in directory `path` durable (best effort: not every filesystem can)."""
     try:
-        dfd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
-            os.fsync(dfd)
+            os.fsync(fd)
         finally:
-            os.close(dfd)
+            os.close(fd)
     except OSError:
         pass
 

@@ -120,7 +120,7 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.lr_schedule == "cosine" and self.max_time and not (self.max_steps or self.max_epochs):
-            raise ConfigError("--lr-schedule cosine decays to 0 at the run's last step: give --max-steps or "
+            raise ConfigError("--lr-schedule cosine decays to 0 at the step limit: give --max-steps or "
                               "--max-epochs (a --max-time run has no known last step)")
         if not self.eps > 0:
             raise ConfigError(f"--eps must be positive, got {self.eps}")

@@ -16,6 +16,7 @@ import re
 import shutil
 import time
 
+from fastrnn.checkpoint import fsync_dir
 from fastrnn.errors import ConfigError
 
 LOCK_NAME = ".fastrnn.lock"
@@ -34,17 +35,6 @@ def run_files(run_dir):
     return sorted(n for n in names if _RUN_FILE.match(n))
 
 
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def discard_run(run_dir):
     """Remove the run in `run_dir` (its files, temporary files and loss.png plot), atomically as seen by later
     sessions."""
@@ -54,10 +44,10 @@ def discard_run(run_dir):
         if not names and not os.path.isdir(trash):
             return
         os.makedirs(trash, exist_ok=True)
-        _fsync_dir(run_dir)  # the commit: the old run is gone once this directory exists
+        fsync_dir(run_dir)  # the commit: the old run is gone once this directory exists
         for name in names:
             os.replace(os.path.join(run_dir, name), os.path.join(trash, name))
-        _fsync_dir(run_dir)
+        fsync_dir(run_dir)
         shutil.rmtree(trash)
     except OSError as exc:
         raise ConfigError(f"cannot remove the old run in {run_dir}: {exc.strerror or exc}") from exc
