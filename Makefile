@@ -14,13 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,plot]'
 	touch $@
 
-# Prepare the bundled tiny Shakespeare, train a small model for about two minutes, print a sample.
+# Prepare the bundled tiny Shakespeare, train a small model for about two minutes, print a sample of the model at
+# its best validation loss (best.h5; train's last lines name its loss and step).
 run: setup
 	mkdir -p runs
 	$(BIN)/fastrnn prepare fastrnn/data/tinyshakespeare.txt --output runs/tinyshakespeare.h5 --force
 	$(BIN)/fastrnn train runs/tinyshakespeare.h5 --output $(RUN) --force --hidden-size 256 --batch-size 32 \
 		--seq-len 50 --max-time 120 --eval-every 200 --log-every 50
-	$(BIN)/fastrnn sample $(RUN) --prime "ROMEO:" --length 600 --temperature 0.8 --seed 1
+	$(BIN)/fastrnn sample $(RUN)/best.h5 --prime "ROMEO:" --length 600 --temperature 0.8 --seed 1
 
 test: setup
 	$(BIN)/python -m pytest -q tests

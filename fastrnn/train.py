@@ -368,6 +368,8 @@ class Run:
         self.session_start, self.elapsed_at_start = time.perf_counter(), self.state.elapsed
         self.window_start, self.window_steps = time.perf_counter(), 0
         self.last_release, self.first_step = self.window_start, True
+        # the last step with a progress row, that row, and the last step's (loss, norm)
+        self.logged_step, self.last_row, last = self.state.step, None, None
         if self.state.step == 0 and config.on_divergence == "rollback":
             self.save()  # the initial parameters: a healthy point to roll back to before the first checkpoint
         # overflow/NaN warnings of the numpy backend would add lines to the one a divergence ends with
@@ -385,6 +387,7 @@ class Run:
                     continue
                 # advance: the carried state, the counters, the corpus pages read, the compile time
                 now = self.advance(h_next, started)
+                last = (loss, norm)
                 try:
                     # evaluate and sample at their intervals
                     val_loss = self.maybe_evaluate()
@@ -406,8 +409,15 @@ class Run:
                     break
             # finish: a last evaluation (unless interrupted) and checkpoint
             try:
+                final_val = None
                 if stop_reason != "signal" and self.val_stream is not None and val_loss is None:
-                    val_loss = self.validate()
+                    val_loss = final_val = self.validate()
+                # the last step and the final evaluation always reach log.jsonl (for plots and `info`)
+                if last is not None and self.state.step != self.logged_step:
+                    self.write_log_row(*last, final_val, time.perf_counter())
+                elif final_val is not None and self.last_row is not None:  # the last row gains its val loss
+                    self.log.truncate_after(self.state.step - 1)
+                    self.log.write(dict(self.last_row, val_loss=final_val))
                 self.save()
             except _NonFinite as exc:
                 raise DivergenceError(self.divergence_message(str(exc))) from None
@@ -415,7 +425,10 @@ class Run:
         state = self.state
         summary = {"step": state.step, "epoch": state.epoch + state.index / self.spe, "stop_reason": stop_reason,
                    "loss": state.smooth_loss, "val_loss": val_loss, "best_val": state.best_val
-                   if math.isfinite(state.best_val) else None, "checkpoint": self.ckpt_path,
+                   if math.isfinite(state.best_val) else None, "best_step": state.best_step if
+                   math.isfinite(state.best_val) else None, "best_checkpoint": os.path.join(
+                       self.run_dir, ckpt_io.BEST_NAME) if math.isfinite(state.best_val) else None,
+                   "checkpoint": self.ckpt_path,
                    "elapsed": state.elapsed, "signal": signum}
         self.emit("end", summary)
         return summary
@@ -586,6 +599,10 @@ class Run:
         config, state = self.config, self.state
         if state.step % config.log_every != 0 and val_loss is None:
             return
+        self.write_log_row(loss, norm, val_loss, now)
+
+    def write_log_row(self, loss, norm, val_loss, now):
+        config, state = self.config, self.state
         seconds = now - self.window_start
         steps = self.window_steps
         cps = steps * config.batch_size * config.seq_len / seconds if steps and seconds > 0 else None
@@ -598,8 +615,9 @@ class Run:
             row["val_loss"] = val_loss
         row["eta"] = _eta(config, state, self.max_steps, seconds / steps if steps else None)
         self.log.write(row)
+        self.last_row = row
         self.emit("log", dict(row, max_steps=None if self.max_steps == math.inf else self.max_steps))
-        self.window_start, self.window_steps = time.perf_counter(), 0
+        self.window_start, self.window_steps, self.logged_step = time.perf_counter(), 0, state.step
 
     def maybe_checkpoint(self):
         if self.config.checkpoint_every and self.state.step % self.config.checkpoint_every == 0:

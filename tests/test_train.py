@@ -245,3 +245,24 @@ def test_resume_and_rollback_restore_the_same_fields(small_corpus, tmp_path, mon
     assert resumed["optimizer"].keys() == rolled_back["optimizer"].keys()
     for name in resumed["optimizer"]:
         np.testing.assert_array_equal(resumed["optimizer"][name], rolled_back["optimizer"][name])
+
+
+def test_last_step_and_final_evaluation_always_reach_the_log(small_corpus, tmp_path):
+    # 7 steps, a row every 5: the last step (7) and the final evaluation are still logged
+    summary = train(small_corpus, tmp_path / "a", dict(SMALL, max_steps=7, log_every=5))
+    rows = log_rows(tmp_path / "a")
+    assert [r["step"] for r in rows] == [5, 7]
+    assert "val_loss" not in rows[0] and rows[1]["val_loss"] == pytest.approx(summary["val_loss"])
+    # the last step already has a row: it gains the final val loss, no second row for the step
+    train(small_corpus, tmp_path / "b", dict(SMALL, max_steps=6, log_every=3))
+    rows = log_rows(tmp_path / "b")
+    assert [r["step"] for r in rows] == [3, 6] and "val_loss" in rows[1] and "val_loss" not in rows[0]
+
+
+def test_summary_names_the_best_checkpoint(small_corpus, tmp_path):
+    summary = train(small_corpus, tmp_path / "r", dict(SMALL, max_steps=6, eval_every=2, log_every=2))
+    rows = [r for r in log_rows(tmp_path / "r") if "val_loss" in r]
+    best = min(rows, key=lambda r: r["val_loss"])
+    assert summary["best_step"] == best["step"] and summary["best_val"] == pytest.approx(best["val_loss"])
+    assert summary["best_checkpoint"] == os.path.join(tmp_path / "r", ckpt_io.BEST_NAME)
+    assert ckpt_io.load(summary["best_checkpoint"]).state["step"] == best["step"]

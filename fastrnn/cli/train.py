@@ -181,6 +181,9 @@ class _Printer:
             val = f", val loss {data['val_loss']:.4f}" if data.get("val_loss") is not None else ""
             click.echo(f"done: step {data['step']}, epoch {data['epoch']:.2f}, train loss {data['loss']:.4f}{val} "
                        f"({data['stop_reason']}); checkpoint {data['checkpoint']}", err=True)
+            if data.get("best_val") is not None:
+                click.echo(f"best: val loss {data['best_val']:.4f} at step {data['best_step']}; "
+                           f"{data['best_checkpoint']}", err=True)
             return
         if self.quiet:
             return
