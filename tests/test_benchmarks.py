@@ -389,3 +389,22 @@ def test_report_picks_the_newest_dated_folder(tmp_path):
         (tmp_path / name).mkdir()
     assert report.newest_results(str(tmp_path)).endswith("2026-01-02")
     assert report.kind_of("train_memory_big.json") == "train_memory" and report.kind_of("x.json") is None
+
+
+def test_init_choice_measures_and_names_the_best_init(tmp_path):
+    from click.testing import CliRunner
+
+    from benchmarks import init_choice
+    from tests.conftest import make_text
+
+    src = tmp_path / "small.txt"
+    src.write_text(make_text(20_000))
+    out = tmp_path / "init.json"
+    result = CliRunner().invoke(init_choice.main, ["--cells", "rnn", "--inits", "normal,xavier", "--steps", "3",
+                                                   "--seeds", "0,1", "--corpus", str(src), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert [(r["init"], r["seeds"]) for r in data["rows"]] == [("normal", 2), ("xavier", 2)]
+    assert len(data["runs"]) == 4 and all(np.isfinite(r["val_loss"]) for r in data["runs"])
+    means = {r["init"]: r["val_mean"] for r in data["rows"]}
+    assert data["best"]["rnn"] == min(means, key=means.get)
