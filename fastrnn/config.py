@@ -29,7 +29,7 @@ class TrainConfig:
     num_layers: int = 1  # L stacked layers; layer l reads the output of layer l-1
     hidden_size: int = 128  # H, per layer
     dropout: float = 0.0  # inverted dropout on each layer's output during training (0: off)
-    init: str = "auto"  # normal | xavier | orthogonal | auto (normal for rnn, xavier for lstm and gru)
+    init: str = "auto"  # normal | xavier | orthogonal | auto (xavier for every cell)
     init_scale: float = 0.01  # with init normal: weights ~ N(0, init_scale^2), as min-char-rnn; biases 0
     # data
     seq_len: int = 50  # T: time steps per minibatch (truncated BPTT length)

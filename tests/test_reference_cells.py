@@ -130,8 +130,14 @@ def test_lstm_forget_bias_and_inits():
     for k in range(3):
         block = o.P["Whh"][:, 4 * k:4 * (k + 1)]
         np.testing.assert_allclose(block.T @ block, np.eye(4), atol=1e-12)
-    n = Model(10, 4, "float64", "rnn", 1).init(np.random.default_rng(1), 0.01)
+    n = Model(10, 4, "float64", "rnn", 1).init(np.random.default_rng(1), 0.01, "normal")
     assert 0.005 < n.P["Whh"].std() < 0.02
+    # auto is xavier for every cell (benchmarks/init_choice.py measured it best for rnn)
+    for cell in ("rnn", "lstm", "gru"):
+        auto = Model(10, 4, "float64", cell, 1).init(np.random.default_rng(2), 0.01)
+        xavier = Model(10, 4, "float64", cell, 1).init(np.random.default_rng(2), 0.01, "xavier")
+        np.testing.assert_array_equal(auto.flat, xavier.flat)
+        assert auto.P["Whh"].std() > 0.1
 
 
 def test_dropout_masks_reproducible():
