@@ -74,16 +74,28 @@ class CharRNN:
 
     # ----------------------------------------------------------------------------------------------- training
 
-    def fit(self, data=None, run_dir=None, resume=False, on_event=None, *, text=None, **options):
+    def fit(self, data=None, run_dir=None, resume=False, on_event=None, *, text=None, init_from=None,
+            unknown="error", **options):
         """Train on `data`, a path: a prepared corpus (.h5), a text file or directory, or a list of those; or on
         `text=`, a string of literal text (a str given as `data` is always a path, so a mistyped file name is an
         error, never a corpus). Options override the constructor's. Checkpoints and log.jsonl go to run_dir (a
-        temporary directory if None). Returns self."""
+        temporary directory if None). Returns self.
+
+        init_from: fine-tune, starting from this checkpoint or run directory (as `fastrnn train --init-from`);
+        text is then tokenized with its vocabulary, symbols outside it an error or, unknown='skip', left out."""
+        import functools
+
         from fastrnn.corpus import prepare
         from fastrnn.train import train
 
         _check_data(data, text)
         opts = dict(self.options, **options)
+        if init_from is not None:
+            from fastrnn.runinfo import vocab_of
+
+            vocab = vocab_of(init_from)
+            prepare = functools.partial(prepare, vocab=vocab, vocab_from=os.fspath(init_from), unknown=unknown,
+                                        level=vocab.level)
         work = tempfile.mkdtemp(prefix="fastrnn-")
         try:
             corpus = self._corpus_path(data, text, work, prepare)
@@ -96,7 +108,8 @@ class CharRNN:
                 if on_event:
                     on_event(kind, payload)
 
-            summary = train(corpus, run_dir, opts, resume=resume, force=not resume, on_event=record)
+            summary = train(corpus, run_dir, opts, resume=resume, force=not resume, on_event=record,
+                            init_from=init_from)
             self.history = events
             self.model, self.vocab, ckpt = load_model(summary["checkpoint"])
             self._ckpt = ckpt

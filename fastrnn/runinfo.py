@@ -21,6 +21,22 @@ def is_run(path):
         return False
 
 
+def vocab_of(path):
+    """The Vocab of a corpus file, a run directory or a checkpoint (CorpusError / CheckpointError otherwise)."""
+    from fastrnn.corpus import Vocab, open_corpus
+    from fastrnn.errors import CorpusError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CorpusError(f"{path} does not exist (give a corpus file, a run directory or a checkpoint)")
+    if is_run(path):
+        return Vocab.from_dict(ckpt_io.load(path).vocab)
+    if os.path.isdir(path):
+        raise CorpusError(f"{path} is a directory without {ckpt_io.CHECKPOINT_NAME}: not a run directory")
+    with open_corpus(path) as c:
+        return c.vocab
+
+
 def describe(path):
     """A JSON-friendly description of a run directory or checkpoint file (CheckpointError if it has none)."""
     path = os.fspath(path)
@@ -47,7 +63,7 @@ def describe(path):
         "files": [],
     }
     for key in ("corpus", "init_from", "run_id"):
-        if state.get(key) is not None:
+        if state.get(key):
             out["training"][key] = state[key]
     if os.path.isdir(run_dir):
         for name in sorted(os.listdir(run_dir)):

@@ -70,6 +70,8 @@ class RunState:
     low_loss: float = float("nan")  # the lowest smoothed loss so far (a checkpoint's health is judged against it)
     recent_loss: float = float("nan")  # a faster moving average of the loss (RECENT_SMOOTHING), for the health
     stuck_steps: int = 0  # steps in a row with the smoothed loss above STUCK_RISE x low_loss
+    corpus: str = ""  # the corpus file the run was started on (absolute path)
+    init_from: str = ""  # the checkpoint a fine-tuning run (--init-from) took its parameters from, and its step
 
 
 RUNSTATE_FIELDS = {f.name for f in dataclasses.fields(RunState)}
@@ -247,10 +249,17 @@ def _set_threads(n):
     return set_threads(n or os.cpu_count() or 1)
 
 
-def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=False, force=False, on_event=None):
+ARCHITECTURE = ("model", "num_layers", "hidden_size")  # what --init-from takes from its checkpoint
+
+
+def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=False, force=False, on_event=None,
+          init_from=None):
     """Train a model on CORPUS.h5 into `run_dir`. Returns a summary dict (also sent as the 'end' event).
 
     resume: continue from run_dir/checkpoint.h5 exactly where it stopped.
+    init_from: a checkpoint or run directory whose parameters a new run starts from (fine-tuning): its
+    architecture, a fresh optimizer state and step count, any learning rate and schedule; the corpus must have
+    the checkpoint's vocabulary (prepare it with --vocab-from).
     force: start a new run even if run_dir holds one (the old run's files are removed before the new run writes).
 
     The session holds an exclusive lock on run_dir (rundir.RunLock): a second writer is refused.
@@ -260,13 +269,41 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
     if resume and not os.path.isdir(run_dir):
         raise CheckpointError(f"nothing to resume: {run_dir} does not exist")
     with rundir.RunLock(run_dir):  # released on return or error, and by the OS on kill -9
-        return _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit)
+        return _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from)
 
 
-def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit):
+def _parent(init_from, overrides, resume):
+    """The checkpoint --init-from names, and the overrides with its architecture (ConfigError where the options
+    given contradict it or do nothing with it)."""
+    if resume:
+        raise ConfigError("--init-from starts a new run; --resume continues one (a resumed run remembers where it "
+                          "was initialised from): leave --init-from out")
+    parent = ckpt_io.load(init_from)
+    if not ckpt_io.is_finite(parent):
+        raise CheckpointError(f"{parent.path} holds non-finite values (NaN/inf: the run diverged); cannot start "
+                              f"from it")
+    overrides = dict(overrides)
+    for name in ARCHITECTURE:
+        value = parent.config.get(name)
+        if name in overrides and overrides[name] != value:
+            raise ConfigError(f"--{name.replace('_', '-')} {overrides[name]} conflicts with --init-from {init_from} "
+                              f"({value}); a fine-tuned model keeps the architecture of its checkpoint")
+        overrides[name] = value
+    if parent.config.get("dtype"):
+        overrides.setdefault("dtype", parent.config["dtype"])  # the checkpoint's precision unless told otherwise
+    for name in ("init", "init_scale"):
+        if name in overrides:
+            raise ConfigError(f"--{name.replace('_', '-')} has no effect with --init-from (the parameters come "
+                              f"from {init_from})")
+    return parent, overrides
+
+
+def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from=None):
     """train(), with the run directory's lock held."""
     rundir.finish_discard(run_dir)  # a --force that a kill interrupted
-    saved = None
+    saved = parent = None
+    if init_from is not None:
+        parent, overrides = _parent(init_from, overrides or {}, resume)
     if resume:
         saved, warning = ckpt_io.load_for_resume(run_dir)
         if not ckpt_io.is_finite(saved):
@@ -282,7 +319,7 @@ def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, 
                           f"to continue it or --force to start over")
     config = resolve_config(dict(overrides or {}), saved.config if saved else None, allow_change)
     with open_corpus(corpus_path) as corpus:
-        run = Run(config, corpus, corpus_path, run_dir, saved, emit)
+        run = Run(config, corpus, corpus_path, run_dir, saved, emit, parent)
         try:
             return run.loop()
         finally:
@@ -292,7 +329,7 @@ def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, 
 class Run:
     """One session of a run: the model, optimizer, data and counters, and the phases of the training loop."""
 
-    def __init__(self, config, corpus, corpus_path, run_dir, saved, emit):
+    def __init__(self, config, corpus, corpus_path, run_dir, saved, emit, parent=None):
         self.config, self.corpus, self.run_dir, self.emit = config, corpus, run_dir, emit
         self.ckpt_path = os.path.join(run_dir, ckpt_io.CHECKPOINT_NAME)
         self.vocab = corpus.vocab
@@ -310,6 +347,11 @@ class Run:
                               "(prepare the corpus with --val-frac > 0)")
         if saved is not None:
             _check_resumable(saved, config, self.vocab, train_tokens, corpus_path)
+        if parent is not None and Vocab.from_dict(parent.vocab) != self.vocab:
+            theirs = Vocab.from_dict(parent.vocab)
+            raise CheckpointError(f"the vocabulary of {corpus_path} ({self.vocab.size} symbols) is not the one of "
+                                  f"{parent.path} ({theirs.size} symbols); prepare the corpus with --vocab-from "
+                                  f"{parent.path}")
         try:
             os.makedirs(run_dir, exist_ok=True)
         except OSError as exc:  # read-only, under a regular file, in /proc, ...
@@ -327,7 +369,10 @@ class Run:
         if saved is None:
             self.model.init(self.rng, config.init_scale, config.init)
             self.state = RunState(train_tokens=len(train_tokens), vocab_size=self.vocab.size,
-                                  run_id=uuid.uuid4().hex[:16])
+                                  run_id=uuid.uuid4().hex[:16], corpus=os.path.abspath(corpus_path))
+            if parent is not None:  # the same draws as a run from scratch were made: the rest of the run's
+                self.model.load_flat(parent.params.astype(self.model.dtype))  # random numbers do not depend on it
+                self.state.init_from = f"{os.path.abspath(parent.path)} at step {parent.state.get('step')}"
             self.h = self.model.zero_state(config.batch_size)  # (N, S)
         else:
             self.restore(saved)
@@ -351,7 +396,7 @@ class Run:
                        "train_tokens": len(train_tokens),
                        "val_streams": self.val_stream.batch_size if self.val_stream else 0, "threads": self.threads,
                        "plan": self.plan.describe(), "resumed_from": self.state.step if saved else None,
-                       "run_id": self.state.run_id,
+                       "run_id": self.state.run_id, "init_from": self.state.init_from or None,
                        "max_steps": None if self.max_steps == math.inf else self.max_steps})
         # last, so that nothing in here can fail with the file open (train() closes it after the loop); a new
         # run's first write, so an old run (--force) goes first: nothing of it is lost before this point

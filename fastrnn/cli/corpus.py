@@ -51,9 +51,18 @@ class _Progress:
 @click.option("--encoding", default="utf-8", help="Text encoding of the inputs.")
 @click.option("--errors", type=click.Choice(corpus_lib.ERRORS), default="strict",
               help="What to do with bytes that are not valid in --encoding.")
+@click.option("--vocab-from", type=click.Path(), default=None,
+              help="Use exactly the vocabulary (ids identical) of this corpus, run directory or checkpoint, to "
+                   "fine-tune a model on the new text (train --init-from).")
+@click.option("--unknown", type=click.Choice(corpus_lib.UNKNOWN), default="error", show_default=True,
+              help="With --vocab-from: what to do with symbols outside that vocabulary (error names the first).")
+@click.option("--replace-with", default=None, help="With --unknown replace: the symbol of the vocabulary that "
+              "stands in for those outside it (escapes as in sample --prime: \\n, \\t, \\uHHHH).")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line.")
-def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only, encoding, errors, force, quiet):
+@click.pass_context
+def prepare(ctx, inputs, output, level, val_frac, test_frac, lowercase, letters_only, encoding, errors, vocab_from,
+            unknown, replace_with, force, quiet):
     """Tokenize text files into a corpus file for training.
 
     INPUTS are text files, directories of text files (read recursively, in name order) or - for standard
@@ -61,6 +70,20 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
     however large it is, and written to a temporary file renamed into place at the end.
     """
     text_codec(encoding)  # an unknown or non-text encoding: one line before anything is read
+    vocab = None
+    if vocab_from is not None:
+        from fastrnn.runinfo import vocab_of
+
+        vocab = vocab_of(vocab_from)
+        if ctx.get_parameter_source("level") == click.core.ParameterSource.DEFAULT:
+            level = vocab.level
+    elif unknown != "error" or replace_with is not None:
+        raise ConfigError("--unknown and --replace-with apply to symbols outside a given vocabulary; use them with "
+                          "--vocab-from")
+    if replace_with is not None:
+        from fastrnn.sample import unescape
+
+        replace_with = unescape(replace_with, "--replace-with")
     out_dir = os.path.dirname(os.path.abspath(output))
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise CorpusError(f"cannot write {output}: {out_dir} is not a directory")
@@ -69,7 +92,8 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
     try:
         info = corpus_lib.prepare(list(inputs), output, level=level, val_frac=val_frac, test_frac=test_frac,
                                   lowercase=lowercase, letters_only=letters_only, encoding=encoding, errors=errors,
-                                  force=force, progress=progress)
+                                  force=force, progress=progress, vocab=vocab, vocab_from=vocab_from,
+                                  unknown=unknown, replace_with=replace_with)
     except KeyboardInterrupt:  # Ctrl-C: prepare removed its temporary files on the way out
         raise PrepareInterrupted(signal.SIGINT, output) from None
     except OSError as exc:  # reading the inputs has its own errors: this is the output (full, read-only, ...)
@@ -82,6 +106,11 @@ def prepare(inputs, output, level, val_frac, test_frac, lowercase, letters_only,
     click.echo(f"wrote {output}: {info['total_tokens']:,} tokens (train {info['train_tokens']:,}, val "
                f"{info['val_tokens']:,}, test {info['test_tokens']:,}), {info['vocab_size']} symbols, "
                f"{info['dtype']}, {mb:.1f} MB in {seconds:.1f}s")
+    opts = info["options"]
+    if vocab_from is not None:
+        note = {"skipped": "left out", "replaced": f"replaced by {replace_with!r}"}
+        changed = [f"{opts[k]:,} symbols outside it {v}" for k, v in note.items() if opts.get(k)]
+        click.echo(f"vocabulary of {vocab_from}" + (f"; {', '.join(changed)}" if changed else ""))
 
 
 @click.command()

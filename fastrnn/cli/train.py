@@ -123,13 +123,17 @@ CONFIG_FIELDS = {f for f in TrainConfig.__dataclass_fields__}
               help="Run directory: checkpoint.h5 and log.jsonl go here.")
 @_train_options
 @click.option("--resume", is_flag=True, help="Continue the run in --output exactly where it stopped.")
+@click.option("--init-from", type=click.Path(), default=None,
+              help="Start a new run from the parameters of this checkpoint (a run directory: its checkpoint.h5; "
+                   "name RUN/best.h5 for the best): its architecture and precision, a fresh optimizer and step "
+                   "count. CORPUS must have its vocabulary (prepare --vocab-from).")
 @click.option("--allow-change", is_flag=True,
               help="With --resume: allow changing --lr, its schedule, --clip, --max-grad-norm and --momentum.")
 @click.option("--force", is_flag=True, help="Start a new run even if --output holds one (its files are removed "
               "first).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.pass_context
-def train(ctx, corpus, run_dir, resume, allow_change, force, quiet, **options):
+def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, **options):
     """Train a character-level RNN on CORPUS (made by `fastrnn prepare`).
 
     Progress goes to stderr and RUN_DIR/log.jsonl; checkpoints to RUN_DIR/checkpoint.h5. Ctrl-C or SIGTERM
@@ -154,7 +158,7 @@ def train(ctx, corpus, run_dir, resume, allow_change, force, quiet, **options):
     printer = _Printer(quiet)
     try:
         summary = run_training(corpus, run_dir, overrides, resume=resume, allow_change=allow_change, force=force,
-                               on_event=printer)
+                               on_event=printer, init_from=init_from)
     except KeyboardInterrupt as exc:  # a second signal: stopped at once, by SIGINT (130) or SIGTERM (143)
         sys.unraisablehook = lambda unraisable: None  # a finalizer of what the signal cut short may fail: no news
         if os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)):
@@ -199,6 +203,8 @@ class _Printer:
                        f"{data['steps_per_epoch']} steps/epoch of {c['batch_size']}x{c['seq_len']}{resumed}",
                        err=True)
             click.echo(f"kernels: {data['plan']}", err=True)
+            if data.get("init_from") and data["resumed_from"] is None:
+                click.echo(f"initialised from {data['init_from']}", err=True)
         elif kind == "compiled":
             click.echo(f"first step took {data['seconds']:.2f} s (includes JIT compilation)", err=True)
         elif kind == "eval":

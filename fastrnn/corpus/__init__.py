@@ -11,10 +11,10 @@ none of them. The names below are the public API.
 """
 
 from fastrnn.corpus.batches import BatchStream
-from fastrnn.corpus.build import prepare
+from fastrnn.corpus.build import UNKNOWN, prepare
 from fastrnn.corpus.dataset import FORMAT_VERSION, SPLITS, Corpus, info, open_corpus, release_pages
 from fastrnn.corpus.inputs import CHUNK_SIZE, ERRORS, expand_inputs
 from fastrnn.corpus.vocab import LEVELS, Vocab, token_dtype
 
-__all__ = ["BatchStream", "CHUNK_SIZE", "Corpus", "ERRORS", "FORMAT_VERSION", "LEVELS", "SPLITS", "Vocab",
+__all__ = ["BatchStream", "CHUNK_SIZE", "Corpus", "ERRORS", "FORMAT_VERSION", "LEVELS", "SPLITS", "UNKNOWN", "Vocab",
            "expand_inputs", "info", "open_corpus", "prepare", "release_pages", "token_dtype"]

@@ -28,7 +28,7 @@ import numpy as np
 from fastrnn.corpus.dataset import CHECK_CHUNK, FORMAT_VERSION, SPLITS, info, meta_digest, n_chunks
 from fastrnn.corpus.inputs import CHUNK_SIZE, ERRORS, _code_chunks, _spool_stdin, expand_inputs
 from fastrnn.corpus.vocab import LEVELS, Vocab
-from fastrnn.errors import ConfigError, CorpusError
+from fastrnn.errors import ConfigError, CorpusError, VocabError
 
 
 class PrepareInterrupted(CorpusError):
@@ -40,12 +40,19 @@ class PrepareInterrupted(CorpusError):
         self.exit_code = 128 + signum
 
 
+UNKNOWN = ("error", "skip", "replace")
+
+
 def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowercase=False, letters_only=False,
             encoding="utf-8", errors="strict", force=False, chunk_size=CHUNK_SIZE, progress=None,
-            check_chunk=CHECK_CHUNK):
+            check_chunk=CHECK_CHUNK, vocab=None, vocab_from=None, unknown="error", replace_with=None):
     """Tokenize text files into CORPUS.h5 at `output`. Returns the info dict of the written corpus.
 
     inputs: paths of files or directories, or '-' for standard input, read in order and concatenated.
+    vocab: a Vocab to tokenize with instead of the symbols that occur (fine-tuning: ids identical to those of the
+    corpus or model it came from, named by `vocab_from` in errors and in the corpus's options). A symbol outside
+    it is a VocabError naming the first one and its position (unknown='error'), is left out ('skip') or becomes
+    `replace_with`, a symbol of the vocabulary ('replace').
     The file is written to a temporary name beside `output` and renamed at the end: an interrupted or failed
     prepare leaves no partial output and never touches an existing file (which is refused unless force=True).
     progress: optional callable(phase, bytes_done, bytes_total).
@@ -65,6 +72,10 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
         raise ConfigError("--letters-only works on characters; use it with --level char")
     if chunk_size < 16:
         raise ConfigError("chunk size must be at least 16 bytes")
+    fixed = _FixedVocab(vocab, vocab_from, level, unknown, replace_with) if vocab is not None else None
+    if vocab is None and (unknown != "error" or replace_with is not None):
+        raise ConfigError("--unknown and --replace-with choose what happens to symbols outside a given "
+                          "vocabulary; use them with --vocab-from")
     if check_chunk < 1:
         raise ConfigError("the checksum chunk must be at least 1 token")
     try:
@@ -82,12 +93,108 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
         _remove_stale_temps(output)
         _write(inputs, output, out_dir, signals, level=level, val_frac=val_frac, test_frac=test_frac,
                lowercase=lowercase, letters_only=letters_only, encoding=encoding, errors=errors,
-               chunk_size=chunk_size, progress=progress, check_chunk=check_chunk)
+               chunk_size=chunk_size, progress=progress, check_chunk=check_chunk, fixed=fixed)
     return info(output)
 
 
+class _FixedVocab:
+    """A vocabulary given to prepare (--vocab-from) and what to do with the symbols outside it."""
+
+    def __init__(self, vocab, source, level, unknown, replace_with):
+        if unknown not in UNKNOWN:
+            raise ConfigError(f"--unknown must be one of {', '.join(UNKNOWN)}, not {unknown!r}")
+        self.vocab, self.source, self.unknown = vocab, source or "the given vocabulary", unknown
+        if vocab.level != level:
+            raise ConfigError(f"{self.source} has a {vocab.level}-level vocabulary; prepare with --level "
+                              f"{vocab.level} (or leave --level out)")
+        self.replace_id = None
+        if unknown == "replace":
+            if replace_with is None or len(replace_with) != 1:
+                raise ConfigError("--unknown replace needs --replace-with, one symbol of the vocabulary")
+            code = ord(replace_with)
+            where = np.flatnonzero(vocab.codes == code)
+            if not where.size:
+                raise ConfigError(f"--replace-with {_show_code(code, level)} is not in the vocabulary of "
+                                  f"{self.source} ({vocab.size} symbols)")
+            self.replace_id = int(where[0])
+        elif replace_with is not None:
+            raise ConfigError("--replace-with applies to --unknown replace")
+
+    def outside(self, counts):
+        """(K,) int64 codes that occur (counts > 0) and are not in the vocabulary."""
+        return np.setdiff1d(np.flatnonzero(counts), self.vocab.codes)
+
+    def lut(self, size, dtype, outside):
+        """code -> id over `size` codes: the vocabulary's ids, `outside` codes replaced (or -1 when skipped)."""
+        lut = np.full(size, -1, dtype=dtype)
+        lut[self.vocab.codes[self.vocab.codes < size]] = np.arange(self.vocab.size)[self.vocab.codes < size]
+        if self.replace_id is not None:
+            lut[outside] = self.replace_id
+        return lut
+
+
+def _show_code(code, level):
+    return f"byte 0x{code:02X}" if level == "byte" else f"character {chr(code)!r} (U+{code:04X})"
+
+
+class _Found(Exception):
+    """The first symbol outside a given vocabulary: code, and its position in its file."""
+
+    def __init__(self, code, position):
+        super().__init__(code, position)
+        self.code, self.position = code, position
+
+
+def _first_outside(files, names, lut, fixed, opts):
+    """The VocabError for the first symbol of the inputs outside the vocabulary (lut: code -> id, -1 outside)."""
+    from fastrnn.textscan import utf8_check_map
+
+    unit = "byte" if fixed.vocab.level == "byte" else "character"
+    for path, name in zip(files, names):
+        pos = 0
+
+        def check(ids, n):
+            bad = np.flatnonzero(ids[:n] < 0)
+            if bad.size:
+                raise _Found(None, pos + int(bad[0]))
+
+        def scan_utf8(data):
+            nonlocal pos
+            ids = np.empty(len(data), dtype=np.int32)
+            n, consumed, status = utf8_check_map(data, lut, ids)
+            try:
+                check(ids, n)
+            except _Found as found:
+                found.code = _code_at(data, found.position - pos)
+                raise
+            pos += n
+            return consumed, status
+
+        try:
+            for codes in _code_chunks([path], phase="", utf8_op=scan_utf8, **dict(opts, progress=None)):
+                ids = lut[codes]  # the counts, hence lut, cover every code of the level
+                try:
+                    check(ids, len(ids))
+                except _Found as found:
+                    found.code = int(codes[found.position - pos])
+                    raise
+                pos += len(codes)
+        except _Found as found:
+            raise VocabError(f"{_show_code(found.code, fixed.vocab.level)} at {unit} {found.position:,} of {name} "
+                             f"is not in the vocabulary of {fixed.source} ({fixed.vocab.size} symbols); use "
+                             f"--unknown skip to leave such symbols out, or --unknown replace --replace-with "
+                             f"SYMBOL") from None
+    raise CorpusError("a symbol outside the vocabulary was counted but not found again; an input changed while "
+                      "it was being read")
+
+
+def _code_at(data, index):
+    """The code point of the index-th character of the valid UTF-8 bytes `data`."""
+    return ord(bytes(data).decode("utf-8", errors="ignore")[index])
+
+
 def _write(inputs, output, out_dir, signals, *, level, val_frac, test_frac, lowercase, letters_only, encoding,
-           errors, chunk_size, progress, check_chunk):
+           errors, chunk_size, progress, check_chunk, fixed):
     """prepare's two passes, under its lock; every temporary file is removed on every way out."""
     restore_malloc = _limit_malloc_retention()
     spool = None
@@ -123,14 +230,32 @@ def _write(inputs, output, out_dir, signals, *, level, val_frac, test_frac, lowe
             total += len(codes)
         if total == 0:
             raise CorpusError(f"the corpus is empty ({', '.join(_names(inputs))})")
+        skip = None  # with a given vocabulary and --unknown skip: the codes left out, when there are any
+        if fixed is None:
+            vocab = Vocab(np.flatnonzero(counts), level)
+            dtype = vocab.dtype
+            lut = np.zeros(len(counts), dtype=dtype)  # code -> id
+            lut[vocab.codes] = np.arange(vocab.size, dtype=dtype)
+            outside = 0
+        else:
+            vocab, dtype = fixed.vocab, fixed.vocab.dtype
+            codes_out = fixed.outside(counts)
+            outside = int(counts[codes_out].sum())
+            if outside and fixed.unknown == "error":
+                names = ["stdin" if p == spool else p for p in files]
+                raise _first_outside(files, names, fixed.lut(len(counts), np.int32, codes_out), fixed, opts)
+            if outside and fixed.unknown == "skip":
+                skip = codes_out
+                total -= outside
+                lut = fixed.lut(len(counts), np.int32, codes_out)  # -1: left out
+            else:
+                lut = fixed.lut(len(counts), np.int64, codes_out).astype(dtype)
+            if total == 0:
+                raise CorpusError(f"every symbol of the inputs is outside the vocabulary of {fixed.source}")
         if total < 2:
             raise CorpusError("the corpus has a single symbol; it needs at least two to learn from")
-        vocab = Vocab(np.flatnonzero(counts), level)
         n_val, n_test = int(total * val_frac), int(total * test_frac)
         sizes = {"train": total - n_val - n_test, "val": n_val, "test": n_test}
-        dtype = vocab.dtype
-        lut = np.zeros(len(counts), dtype=dtype)  # code -> id
-        lut[vocab.codes] = np.arange(vocab.size, dtype=dtype)
 
         # pass 2: ids into the splits
         tmp = _temp_name(output, "prepare")
@@ -144,6 +269,10 @@ def _write(inputs, output, out_dir, signals, *, level, val_frac, test_frac, lowe
                                for name in SPLITS]
                 config = {"level": level, "val_frac": val_frac, "test_frac": test_frac, "lowercase": lowercase,
                           "letters_only": letters_only, "encoding": encoding, "errors": errors}
+                if fixed is not None:
+                    config.update(vocab_from=fixed.source, unknown=fixed.unknown)
+                    if outside:
+                        config["skipped" if fixed.unknown == "skip" else "replaced"] = outside
                 sources = [{"path": "<stdin>" if p == spool else os.path.abspath(p), "bytes": os.path.getsize(p)}
                            for p in files]
                 f.attrs["fastrnn_corpus"] = 1
@@ -162,22 +291,37 @@ def _write(inputs, output, out_dir, signals, *, level, val_frac, test_frac, lowe
                 pos = 0
                 ids = writer.buffer()
 
-                def write_utf8(data):
+                wide = np.empty(chunk_size + 4, dtype=np.int32) if skip is not None else None
+
+                def put(n):
+                    """Queue the n ids in `ids` (with --unknown skip: in `wide`, -1 for those left out)."""
                     nonlocal pos, ids
-                    n, consumed, status = utf8_check_map(data, lut, ids)
+                    if skip is not None:
+                        kept = wide[:n][wide[:n] >= 0]
+                        n = len(kept)
+                        if len(ids) < n:
+                            ids = np.empty(n, dtype=dtype)
+                        ids[:n] = kept
                     if n:
                         writer.write(pos, ids, n)
                         pos += n
                         ids = writer.buffer()
+
+                def write_utf8(data):
+                    n, consumed, status = utf8_check_map(data, lut, ids if skip is None else wide)
+                    put(n)
                     return consumed, status
 
                 for codes in _code_chunks(files, phase="write", utf8_op=write_utf8, **opts):
-                    if len(codes) > len(ids):  # lowercasing can lengthen text
-                        ids = np.empty(len(codes), dtype=dtype)
-                    map_codes(codes, lut, ids)
-                    writer.write(pos, ids, len(codes))
-                    pos += len(codes)
-                    ids = writer.buffer()
+                    if skip is None:
+                        if len(codes) > len(ids):  # lowercasing can lengthen text
+                            ids = np.empty(len(codes), dtype=dtype)
+                        map_codes(codes, lut, ids)
+                    elif len(codes) > len(wide):
+                        wide = np.empty(len(codes), dtype=np.int32)
+                    if skip is not None:
+                        map_codes(codes, lut, wide)
+                    put(len(codes))
                 if pos != total:
                     raise CorpusError("an input changed while it was being read; run prepare again")
                 writer.finish()  # all written, with the chunks' checksums, and on disk (fsync)
