@@ -39,7 +39,7 @@ class _Progress:
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True))
+@click.argument("inputs", nargs=-1, type=click.Path(allow_dash=True))
 @click.option("-o", "--output", required=True, type=click.Path(), help="The corpus file to write (HDF5).")
 @click.option("--level", type=click.Choice(corpus_lib.LEVELS), default="char",
               help="Tokens are Unicode characters, or raw bytes.")
@@ -58,17 +58,25 @@ class _Progress:
               help="With --vocab-from: what to do with symbols outside that vocabulary (error names the first).")
 @click.option("--replace-with", default=None, help="With --unknown replace: the symbol of the vocabulary that "
               "stands in for those outside it (escapes as in sample --prime: \\n, \\t, \\uHHHH).")
+@click.option("--from-torch-rnn", nargs=2, type=click.Path(), default=None, metavar="NAME.h5 NAME.json",
+              help="Convert a corpus made by torch-rnn's scripts/preprocess.py (its splits kept) instead of "
+                   "reading text INPUTS.")
 @click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line.")
 @click.pass_context
 def prepare(ctx, inputs, output, level, val_frac, test_frac, lowercase, letters_only, encoding, errors, vocab_from,
-            unknown, replace_with, force, quiet):
+            unknown, replace_with, from_torch_rnn, force, quiet):
     """Tokenize text files into a corpus file for training.
 
     INPUTS are text files, directories of text files (read recursively, in name order) or - for standard
     input; they are concatenated in order. The corpus is read twice in bounded chunks, so memory stays flat
     however large it is, and written to a temporary file renamed into place at the end.
     """
+    if from_torch_rnn:
+        return _from_torch_rnn(ctx, inputs, from_torch_rnn, output, force, quiet)
+    if not inputs:
+        raise ConfigError("give the text files to prepare (or - for standard input), or --from-torch-rnn NAME.h5 "
+                          "NAME.json")
     text_codec(encoding)  # an unknown or non-text encoding: one line before anything is read
     vocab = None
     if vocab_from is not None:
@@ -111,6 +119,36 @@ def prepare(ctx, inputs, output, level, val_frac, test_frac, lowercase, letters_
         note = {"skipped": "left out", "replaced": f"replaced by {replace_with!r}"}
         changed = [f"{opts[k]:,} symbols outside it {v}" for k, v in note.items() if opts.get(k)]
         click.echo(f"vocabulary of {vocab_from}" + (f"; {', '.join(changed)}" if changed else ""))
+
+
+def _from_torch_rnn(ctx, inputs, paths, output, force, quiet):
+    """prepare --from-torch-rnn: the conversion, with its own progress line and summary."""
+    from fastrnn.corpus.torchrnn import import_torch_rnn
+
+    if inputs:
+        raise ConfigError("--from-torch-rnn converts a torch-rnn corpus; give no text INPUTS with it")
+    given = [name for name in ("level", "val_frac", "test_frac", "lowercase", "letters_only", "encoding", "errors",
+                               "vocab_from", "unknown", "replace_with")
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    if given:
+        raise ConfigError(f"--{given[0].replace('_', '-')} has no effect with --from-torch-rnn (the torch-rnn file "
+                          f"has its splits and tokens already)")
+    progress = _Progress(not quiet and sys.stderr.isatty())
+    start = time.perf_counter()
+    try:
+        info = import_torch_rnn(paths[0], paths[1], output, force=force,
+                                progress=progress)
+    except KeyboardInterrupt:
+        raise PrepareInterrupted(signal.SIGINT, output) from None
+    except OSError as exc:
+        unchanged = "left as it was" if os.path.exists(output) else "not written"
+        raise CorpusError(f"cannot write {output}: {os_reason(exc)}; {output} is {unchanged}") from exc
+    finally:
+        progress.done()
+    click.echo(f"wrote {output}: {info['total_tokens']:,} tokens (train {info['train_tokens']:,}, val "
+               f"{info['val_tokens']:,}, test {info['test_tokens']:,}), {info['vocab_size']} symbols "
+               f"({info['level']} level), {info['dtype']}, from torch-rnn's {paths[0]} in "
+               f"{time.perf_counter() - start:.1f}s")
 
 
 @click.command()

@@ -86,7 +86,11 @@ class Corpus:
             if "fastrnn_checkpoint" in f.attrs:
                 raise CorpusError(f"{path} is a fastrnn checkpoint, not a corpus")
             if "fastrnn_corpus" not in f.attrs:
-                raise CorpusError(f"{path} is an HDF5 file but not a fastrnn corpus")
+                hint = ""
+                if all(name in f for name in SPLITS):  # torch-rnn's preprocess.py writes these and nothing else
+                    hint = (f"; if torch-rnn's preprocess.py made it, convert it with: fastrnn prepare "
+                            f"--from-torch-rnn {path} NAME.json --output CORPUS.h5")
+                raise CorpusError(f"{path} is an HDF5 file but not a fastrnn corpus{hint}")
             version = int_attr(f, "format_version")
             if version > FORMAT_VERSION:
                 raise CorpusError(f"{path} has corpus format {version}; this fastrnn reads up to {FORMAT_VERSION}")
