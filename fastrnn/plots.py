@@ -227,8 +227,9 @@ def plot_gradients(models, text, out):
         norms = gradient_through_time(P, vocab, text)
         back = np.arange(norms.size)[::-1]  # steps back from the predicted character
         ax.semilogy(back, np.maximum(norms, 1e-300), marker=".", label=label)
+    shown = text if len(text) <= 60 else "..." + text[-57:]
     ax.set(xlabel="time steps back from the predicted character", ylabel="|dL/dh_t| (log scale)",
-           title="Gradient magnitude through time")
+           title=f"Gradient magnitude through time\ntext: {shown!r}")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()

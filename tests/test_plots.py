@@ -56,3 +56,17 @@ def test_plot_errors(run_dir, tmp_path):
     assert r.exit_code == 1 and r.stderr.startswith("fastrnn: error:") and len(r.stderr.splitlines()) == 1
     r = CliRunner().invoke(main, ["plot-hidden", str(run_dir), "--text", "Zebra \u00e9"])
     assert r.exit_code == 1 and "not in the vocabulary" in r.stderr
+
+
+def test_every_picture_goes_beside_its_run_by_default(run_dir, tmp_path, monkeypatch):
+    """One convention: loss.png, hidden.png and gradients.png in the (first) run directory given, wherever the
+    command runs; the path is printed."""
+    monkeypatch.chdir(tmp_path)
+    for args, name in ((["plot", str(run_dir / "log.jsonl")], "loss.png"),
+                       (["plot-hidden", str(run_dir / "checkpoint.h5"), "--text", "The cat."], "hidden.png"),
+                       (["plot-gradients", str(run_dir), "--text", "The cat sat."], "gradients.png")):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+        assert r.stdout.strip() == str(run_dir / name) and png_size(run_dir / name)
+    assert not list(tmp_path.glob("*.png"))
+    assert "text (12 characters, the last one predicted): 'The cat sat.'" in r.stderr

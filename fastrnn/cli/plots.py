@@ -16,6 +16,13 @@ def _check_output(path):
         raise ConfigError(f"cannot write {path}: the directory {directory} {what}")
 
 
+def _beside(path, name):
+    """The default output of a picture of `path` (a run directory, or a file in one: a checkpoint or log.jsonl):
+    `name` in that directory, as for every plot command."""
+    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return os.path.join(directory, name)
+
+
 @click.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
@@ -26,8 +33,7 @@ def plot(run_dirs, output):
 
     if output is not None:
         _check_output(output)
-    first = run_dirs[0] if os.path.isdir(run_dirs[0]) else os.path.dirname(run_dirs[0])  # a dir or a log file
-    out = output or os.path.join(first, "loss.png")
+    out = output or _beside(run_dirs[0], "loss.png")
     plot_losses([(os.path.basename(os.path.normpath(d)), d) for d in run_dirs], out)
     click.echo(out)
 
@@ -41,12 +47,14 @@ def plot(run_dirs, output):
 @click.option("--units", type=click.IntRange(min=1), default=64, help="Hidden units shown in the heatmap.")
 @click.option("--top", type=click.IntRange(min=1), default=5, help="Most correlated units to show.")
 @click.option("--layer", type=int, default=-1, help="Layer whose h to show (0 is the bottom; -1 the top).")
-@click.option("-o", "--output", default="hidden.png", type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="PNG to write [default: hidden.png beside the checkpoint, in its run directory].")
 def plot_hidden_cmd(checkpoint, text, feature, units, top, layer, output):
     """Heatmap of hidden-unit activations per character, and the units most correlated with a feature."""
     from fastrnn.api import load_model
     from fastrnn.plots import plot_hidden
 
+    output = output or _beside(checkpoint, "hidden.png")
     _check_output(output)
     if not text:
         raise ConfigError("--text must not be empty")
@@ -65,12 +73,14 @@ def plot_hidden_cmd(checkpoint, text, feature, units, top, layer, output):
 @click.option("--text", default=None,
               help="The loss of predicting this text's last character is differentiated through time "
                    "[default: 80 characters sampled from the first model, seed 0].")
-@click.option("-o", "--output", default="gradients.png", type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="PNG to write [default: gradients.png beside the first checkpoint, in its run directory].")
 def plot_gradients_cmd(checkpoints, text, output):
     """Gradient magnitude |dL/dh_t| through time steps (log scale); several checkpoints side by side."""
     from fastrnn.api import load_model
     from fastrnn.plots import plot_gradients
 
+    output = output or _beside(checkpoints[0], "gradients.png")
     _check_output(output)
     models = []
     for path in checkpoints:
@@ -89,6 +99,7 @@ def plot_gradients_cmd(checkpoints, text, output):
         text = vocab.decode(np.array(ids, dtype=np.int32))
     plot_gradients(models, text, output)
     click.echo(output)
+    click.echo(f"text ({len(text)} characters, the last one predicted): {text!r}", err=True)
 
 
 COMMANDS = [plot, plot_hidden_cmd, plot_gradients_cmd]
