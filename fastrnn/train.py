@@ -413,6 +413,7 @@ class Run:
         self.session_start, self.elapsed_at_start = time.perf_counter(), self.state.elapsed
         self.window_start, self.window_steps = time.perf_counter(), 0
         self.last_release, self.first_step = self.window_start, True
+        announced = False  # the "compiling" event was emitted: once, also if the first step is rolled back
         # the last step with a progress row, that row, and the last step's (loss, norm)
         self.logged_step, self.last_row, last = self.state.step, None, None
         if self.state.step == 0 and config.on_divergence == "rollback":
@@ -424,6 +425,9 @@ class Run:
                 stop_reason = self.limit_reached()
                 if stop_reason:
                     break
+                if not announced:  # the first step compiles the kernels: seconds of silence, said beforehand
+                    self.emit("compiling", {})
+                    announced = True
                 # step: forward, backward, clip and update; a non-finite or diverging loss is a problem
                 loss, norm, h_next, problem, started = self.train_step()
                 # divergence: roll back to the last checkpoint, or stop with the reason

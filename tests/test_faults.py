@@ -279,8 +279,11 @@ def test_a_second_sigterm_exits_143_and_the_run_resumes(small_corpus, tmp_path):
            "--eval-every", "0", "--backend", "numpy", "--threads", "1"]  # steps slow enough for two signals
     p = subprocess.Popen(cmd + ["--max-steps", "100000"], stderr=subprocess.PIPE, text=True, cwd=ROOT)
     for line in p.stderr:
-        if line.startswith("step 2"):  # the checkpoint of step 1 is written
+        if line.startswith("step "):  # the first progress row (the next comes 10 s later through a pipe)
             break
+    deadline = time.monotonic() + 60
+    while not (run / "checkpoint.h5").exists() and time.monotonic() < deadline:  # step 1's checkpoint
+        time.sleep(0.01)
     p.send_signal(signal.SIGTERM)
     time.sleep(0.005)  # two signals at once would be one
     p.send_signal(signal.SIGTERM)

@@ -11,6 +11,7 @@ from fastrnn.cli.types import SEED, Finite
 from fastrnn.errors import ConfigError
 from fastrnn.config import (BACKENDS, DTYPES, INITS, LR_SCHEDULES, MODELS, ON_DIVERGENCE, OPTIMIZERS,
                             TrainConfig)
+from fastrnn.progress import Printer
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # stopped by a signal, checkpoint written
 
@@ -85,7 +86,7 @@ def _train_options(f):
         click.option("--threads", type=click.IntRange(min=0), default=D.threads,
                      help="Threads for kernels and BLAS (0: all cores)."),
         click.option("--log-every", type=click.IntRange(min=1), default=D.log_every,
-                     help="Steps between progress lines and log.jsonl rows."),
+                     help="Steps between log.jsonl rows (the progress shown on stderr follows them)."),
         click.option("--eval-every", type=click.IntRange(min=0), default=D.eval_every,
                      help="Steps between validation passes over the whole val split (0: only at the end)."),
         click.option("--eval-tokens", type=click.IntRange(min=0), default=D.eval_tokens,
@@ -155,10 +156,10 @@ def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, *
                                   f"(it applies to {' and '.join(applies)})")
         if overrides.get("shuffle") and overrides.get("reset_hidden") is False:
             raise ConfigError("--shuffle draws windows that carry no state; it cannot be used with --carry-hidden")
-    printer = _Printer(quiet)
     try:
-        summary = run_training(corpus, run_dir, overrides, resume=resume, allow_change=allow_change, force=force,
-                               on_event=printer, init_from=init_from)
+        with Printer(quiet) as printer:  # an error or an interrupt is told on a line of its own
+            summary = run_training(corpus, run_dir, overrides, resume=resume, allow_change=allow_change,
+                                   force=force, on_event=printer, init_from=init_from)
     except KeyboardInterrupt as exc:  # a second signal: stopped at once, by SIGINT (130) or SIGTERM (143)
         sys.unraisablehook = lambda unraisable: None  # a finalizer of what the signal cut short may fail: no news
         if os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)):
@@ -171,64 +172,6 @@ def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, *
         click.echo(f"fastrnn: stopped by signal at step {summary['step']}; checkpoint written to "
                    f"{summary['checkpoint']}. Resume with the same command and --resume.", err=True)
         sys.exit(EXIT_SIGNAL.get(summary["signal"], 130))
-
-
-class _Printer:
-    """Turns training events into terminal lines (stderr for progress, stdout for samples)."""
-
-    def __init__(self, quiet):
-        self.quiet = quiet
-        self.last_val = None
-
-    def __call__(self, kind, data):
-        if kind == "end":
-            val = f", val loss {data['val_loss']:.4f}" if data.get("val_loss") is not None else ""
-            click.echo(f"done: step {data['step']}, epoch {data['epoch']:.2f}, train loss {data['loss']:.4f}{val} "
-                       f"({data['stop_reason']}); checkpoint {data['checkpoint']}", err=True)
-            if data.get("best_val") is not None:
-                click.echo(f"best: val loss {data['best_val']:.4f} at step {data['best_step']}; "
-                           f"{data['best_checkpoint']}", err=True)
-            return
-        if self.quiet:
-            return
-        if kind == "start":
-            m, c = data["model"], data["config"]
-            resumed = f", resumed at step {data['resumed_from']}" if data["resumed_from"] is not None else ""
-            layers = f" L={m['num_layers']}" if m.get("num_layers", 1) > 1 else ""
-            drop = f" dropout {c['dropout']:g}" if c.get("dropout") else ""
-            threads = f"{data['threads']} thread{'s' if data['threads'] != 1 else ''}"
-            click.echo(f"model {m['model']}{layers} H={m['hidden_size']}{drop} V={m['vocab_size']} ({m['parameters']:,} "
-                       f"parameters, {m['dtype']}), {c['backend']} backend, {threads}, "
-                       f"{c['optimizer']} lr {c['lr']:g}; {data['train_tokens']:,} training chars, "
-                       f"{data['steps_per_epoch']} steps/epoch of {c['batch_size']}x{c['seq_len']}{resumed}",
-                       err=True)
-            click.echo(f"kernels: {data['plan']}", err=True)
-            if data.get("init_from") and data["resumed_from"] is None:
-                click.echo(f"initialised from {data['init_from']}", err=True)
-        elif kind == "compiled":
-            click.echo(f"first step took {data['seconds']:.2f} s (includes JIT compilation)", err=True)
-        elif kind == "eval":
-            self.last_val = data["val_loss"]
-        elif kind == "log":
-            total = f"/{data['max_steps']}" if data.get("max_steps") else ""
-            val = f" | val {self.last_val:.4f}" if self.last_val is not None else ""
-            cps = f"{data['chars_per_sec'] / 1000:.1f}k chars/s" if data["chars_per_sec"] else "- chars/s"
-            eta = f" | ETA {_duration(data['eta'])}" if data.get("eta") is not None else ""
-            click.echo(f"step {data['step']}{total} | epoch {data['epoch']:.2f} | loss {data['loss']:.4f}{val} | "
-                       f"{cps} | {data['rss_mb']:.0f} MB{eta}", err=True)
-        elif kind == "sample":
-            click.echo(f"--- sample at step {data['step']} ---\n{data['text']}\n---", err=True)
-        elif kind == "message":
-            click.echo(data["text"], err=True)
-
-
-def _duration(seconds):
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 @click.command()
