@@ -12,6 +12,7 @@
     end         the summary (also returned)
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,10 +28,12 @@ import psutil
 
 from fastrnn import checkpoint as ckpt_io
 from fastrnn import rundir
+from fastrnn.distributed import SINGLE, digest
 from fastrnn.config import DEFAULT_LR, RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW, TrainConfig
 from fastrnn.corpus import BatchStream, Vocab, open_corpus
 from fastrnn.dropout import make_masks
-from fastrnn.errors import CheckpointError, ConfigError, DivergenceError, FileError, Interrupted, os_reason
+from fastrnn.errors import (CheckpointError, ConfigError, DivergenceError, FastrnnError, FileError, Interrupted,
+                            os_reason)
 from fastrnn.model import Model, get_backend
 from fastrnn.params import Layout, model_shapes
 from fastrnn.optim import Optimizer, learning_rate
@@ -72,6 +75,7 @@ class RunState:
     stuck_steps: int = 0  # steps in a row with the smoothed loss above STUCK_RISE x low_loss
     corpus: str = ""  # the corpus file the run was started on (absolute path)
     init_from: str = ""  # the checkpoint a fine-tuning run (--init-from) took its parameters from, and its step
+    ranks: int = 1  # the MPI ranks of the session that wrote the checkpoint (data-parallel training)
 
 
 RUNSTATE_FIELDS = {f.name for f in dataclasses.fields(RunState)}
@@ -149,27 +153,49 @@ def resolve_config(overrides, saved=None, allow_change=False):
     return config.validate()
 
 
-def evaluate(backend, model, stream, plan=None):
+def evaluate(backend, model, stream, plan=None, comm=SINGLE):
     """Mean loss in nats/char over the whole split of `stream`, hidden state carried from zero; plan: the
-    backend's plan for the stream's shape (None: made by the backend)."""
-    h = model.zero_state(stream.batch_size)
+    backend's plan for the stream's shape (None: made by the backend). With several ranks each scores its block
+    of the streams (`stream.rows`) and the sums are reduced: every rank returns the loss of all the streams."""
+    lo, hi = comm.rows(stream.batch_size)
+    h = model.zero_state(hi - lo)
     total = 0.0
-    for index in range(stream.steps_per_epoch):
+    for index in range(stream.steps_per_epoch if hi > lo else 0):
         x, y = stream.batch(0, index)
         loss, h = backend.forward_loss(model.P, x, y, h, plan=plan)
         total += loss
-    return total / stream.steps_per_epoch
+    if comm.size == 1:
+        return total / stream.steps_per_epoch
+    share = np.array([total * (hi - lo) / stream.batch_size])
+    comm.allreduce(share)
+    return float(share[0]) / stream.steps_per_epoch
 
 
-def _eval_stream(tokens, config, check=None):
+def _eval_stream(tokens, config, check=None, comm=SINGLE):
     """A batch stream over the val split (its first --eval-tokens tokens if set): the training batch size, or
-    fewer streams if the split is small."""
+    fewer streams if the split is small (this rank's block of them)."""
     if config.eval_tokens:
         tokens = tokens[: config.eval_tokens]
     n = min(config.batch_size, (len(tokens) - 1) // config.seq_len)
     if n <= 0:
         return None
-    return BatchStream(tokens, n, config.seq_len, name="val", check=check)
+    return BatchStream(tokens, n, config.seq_len, name="val", check=check, rows=comm.rows(n) if comm.size > 1
+                       else None)
+
+
+class _NoLog:
+    """The log of a rank other than 0: rank 0 alone writes log.jsonl."""
+
+    foreign = 0
+
+    def write(self, row):
+        pass
+
+    def truncate_after(self, step):
+        pass
+
+    def close(self):
+        pass
 
 
 class RunLog:
@@ -253,7 +279,7 @@ ARCHITECTURE = ("model", "num_layers", "hidden_size")  # what --init-from takes 
 
 
 def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=False, force=False, on_event=None,
-          init_from=None):
+          init_from=None, comm=SINGLE):
     """Train a model on CORPUS.h5 into `run_dir`. Returns a summary dict (also sent as the 'end' event).
 
     resume: continue from run_dir/checkpoint.h5 exactly where it stopped.
@@ -262,14 +288,24 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
     the checkpoint's vocabulary (prepare it with --vocab-from).
     force: start a new run even if run_dir holds one (the old run's files are removed before the new run writes).
 
+    comm: fastrnn.distributed.SINGLE, or the MPIWorld of a data-parallel run (every rank calls train() alike;
+    rank 0 alone writes the run directory and emits events).
+
     The session holds an exclusive lock on run_dir (rundir.RunLock): a second writer is refused.
     """
-    emit = on_event or (lambda kind, data: None)
+    emit = on_event if on_event is not None and comm.is_root else (lambda kind, data: None)
     run_dir = os.fspath(run_dir)
-    if resume and not os.path.isdir(run_dir):
-        raise CheckpointError(f"nothing to resume: {run_dir} does not exist")
-    with rundir.RunLock(run_dir):  # released on return or error, and by the OS on kill -9
-        return _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from)
+    with contextlib.ExitStack() as held:
+        failure = None
+        try:
+            if resume and not os.path.isdir(run_dir):
+                raise CheckpointError(f"nothing to resume: {run_dir} does not exist")
+            if comm.is_root:  # released on return or error, and by the OS on kill -9
+                held.enter_context(rundir.RunLock(run_dir))
+        except FastrnnError as exc:
+            failure = exc
+        comm.first_error(failure)
+        return _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from, comm)
 
 
 def _parent(init_from, overrides, resume):
@@ -298,8 +334,35 @@ def _parent(init_from, overrides, resume):
     return parent, overrides
 
 
-def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from=None):
-    """train(), with the run directory's lock held."""
+def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from=None, comm=SINGLE):
+    """train(), with the run directory's lock held (by rank 0)."""
+    failure = saved = parent = config = None
+    try:
+        saved, parent, config = _session_inputs(corpus_path, run_dir, overrides, resume, allow_change, force, emit,
+                                                init_from, comm)
+    except FastrnnError as exc:
+        failure = exc
+    comm.first_error(failure)  # rank 0 read the run directory; every rank gets what it found
+    if comm.size > 1:
+        saved, parent, config = comm.bcast((saved, parent, config))
+    with open_corpus(corpus_path) as corpus:
+        run = None
+        try:
+            run = Run(config, corpus, corpus_path, run_dir, saved, emit, parent, comm)
+        except FastrnnError as exc:
+            failure = exc
+        comm.first_error(failure)  # a rank that cannot start stops them all, with its reason
+        try:
+            return run.loop()
+        finally:
+            run.log.close()
+
+
+def _session_inputs(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from, comm):
+    """(the checkpoint resumed from or None, the --init-from checkpoint or None, the configuration), read by rank 0
+    (None elsewhere: broadcast by the caller)."""
+    if not comm.is_root:
+        return None, None, None
     rundir.finish_discard(run_dir)  # a --force that a kill interrupted
     saved = parent = None
     if init_from is not None:
@@ -318,26 +381,28 @@ def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, 
         raise ConfigError(f"{run_dir} already holds a run ({', '.join(rundir.run_files(run_dir))}); add --resume "
                           f"to continue it or --force to start over")
     config = resolve_config(dict(overrides or {}), saved.config if saved else None, allow_change)
-    with open_corpus(corpus_path) as corpus:
-        run = Run(config, corpus, corpus_path, run_dir, saved, emit, parent)
-        try:
-            return run.loop()
-        finally:
-            run.log.close()
+    return saved, parent, config
 
 
 class Run:
     """One session of a run: the model, optimizer, data and counters, and the phases of the training loop."""
 
-    def __init__(self, config, corpus, corpus_path, run_dir, saved, emit, parent=None):
-        self.config, self.corpus, self.run_dir, self.emit = config, corpus, run_dir, emit
+    def __init__(self, config, corpus, corpus_path, run_dir, saved, emit, parent=None, comm=SINGLE):
+        self.config, self.corpus, self.run_dir, self.emit, self.comm = config, corpus, run_dir, emit, comm
         self.ckpt_path = os.path.join(run_dir, ckpt_io.CHECKPOINT_NAME)
         self.vocab = corpus.vocab
         train_tokens = corpus.split("train")
         self.train_tokens, self.corpus_path = train_tokens, corpus_path
+        if comm.size > 1:  # every rank must read the same corpus, and have streams to train on
+            comm.check_same("the corpus they opened (its size and metadata checksum)", corpus.fingerprint())
+            if config.batch_size < comm.size:
+                raise ConfigError(f"--batch-size {config.batch_size} is smaller than the {comm.size} ranks; each "
+                                  f"rank needs at least one stream")
+        self.rows = comm.rows(config.batch_size)  # (lo, hi): this rank's block of the N streams
         self.stream = BatchStream(train_tokens, config.batch_size, config.seq_len, name="train",
-                                  shuffle=config.shuffle, seed=config.seed, check=corpus.checker("train"))
-        self.val_stream = _eval_stream(corpus.split("val"), config, corpus.checker("val"))
+                                  shuffle=config.shuffle, seed=config.seed, check=corpus.checker("train"),
+                                  rows=self.rows if comm.size > 1 else None)
+        self.val_stream = _eval_stream(corpus.split("val"), config, corpus.checker("val"), comm)
         # unprimed samples start from a state warmed on real text (the start of the val split, else of train), not
         # from a zero state fed a newline, which training never sees; kept in every checkpoint for `fastrnn sample`
         warm = corpus.split("val") if len(corpus.split("val")) >= 2 else train_tokens
@@ -352,41 +417,48 @@ class Run:
             raise CheckpointError(f"the vocabulary of {corpus_path} ({self.vocab.size} symbols) is not the one of "
                                   f"{parent.path} ({theirs.size} symbols); prepare the corpus with --vocab-from "
                                   f"{parent.path}")
-        try:
-            os.makedirs(run_dir, exist_ok=True)
-        except OSError as exc:  # read-only, under a regular file, in /proc, ...
-            raise FileError(f"cannot create run directory {run_dir}: {os_reason(exc)}") from exc
-        if not os.access(run_dir, os.W_OK):
-            raise ConfigError(f"run directory {run_dir} is not writable")
-        ckpt_io.remove_stale_temps(run_dir)
-        self.threads = _set_threads(config.threads)
+        if comm.is_root:
+            try:
+                os.makedirs(run_dir, exist_ok=True)
+            except OSError as exc:  # read-only, under a regular file, in /proc, ...
+                raise FileError(f"cannot create run directory {run_dir}: {os_reason(exc)}") from exc
+            if not os.access(run_dir, os.W_OK):
+                raise ConfigError(f"run directory {run_dir} is not writable")
+            ckpt_io.remove_stale_temps(run_dir)
+        # several ranks on one machine share its cores (never oversubscribed unless --threads says so)
+        self.threads = _set_threads(config.threads or (comm.default_threads() if comm.size > 1 else 0))
         self.backend = get_backend(config.backend)
         self.model = Model(self.vocab.size, config.hidden_size, config.dtype, config.model, config.num_layers)
         self.optimizer = Optimizer(config, self.model.layout.size, self.model.dtype, self.backend)
-        self.gflat = self.model.layout.zeros(self.model.dtype)  # (P,) gradients, same layout as the parameters
+        # (P + 2,): the gradients (P,), same layout as the parameters, then two slots summed with them over the
+        # ranks: this rank's share of the loss, and 1 if this rank failed to read its rows
+        self.gbuf = np.zeros(self.model.layout.size + 2, dtype=self.model.dtype)
+        self.gflat = self.gbuf[:-2]
         self.G = self.model.layout.views(self.gflat)
         self.rng = np.random.default_rng(config.seed)
         if saved is None:
             self.model.init(self.rng, config.init_scale, config.init)
             self.state = RunState(train_tokens=len(train_tokens), vocab_size=self.vocab.size,
-                                  run_id=uuid.uuid4().hex[:16], corpus=os.path.abspath(corpus_path))
+                                  run_id=comm.bcast(uuid.uuid4().hex[:16]), corpus=os.path.abspath(corpus_path))
             if parent is not None:  # the same draws as a run from scratch were made: the rest of the run's
                 self.model.load_flat(parent.params.astype(self.model.dtype))  # random numbers do not depend on it
                 self.state.init_from = f"{os.path.abspath(parent.path)} at step {parent.state.get('step')}"
-            self.h = self.model.zero_state(config.batch_size)  # (N, S)
+            self.h = self.model.zero_state(self.rows[1] - self.rows[0])  # (N, S): this rank's streams
         else:
             self.restore(saved)
         # a run from before run ids gets one now; its checkpoints and rows without an id are its own
         self.legacy_id = not self.state.run_id
         if self.legacy_id:
-            self.state.run_id = uuid.uuid4().hex[:16]
+            self.state.run_id = comm.bcast(uuid.uuid4().hex[:16])
+        self.state.ranks = comm.size
         # whether checkpoint.h5 on disk is healthy (then it is kept as last-good.h5 before an unhealthy one)
         self.ckpt_healthy = saved is not None and saved.path == self.ckpt_path and ckpt_io.is_healthy(saved)
         # the kernel paths of the training step and of evaluation, decided once for the run (kernels.dispatch)
-        self.plan = self.backend.plan_for(self.model.P, config.batch_size, config.seq_len, config.dropout > 0,
-                                          self.threads)
-        self.eval_plan = None if self.val_stream is None else self.backend.plan_for(
-            self.model.P, self.val_stream.batch_size, config.seq_len, False, self.threads)
+        self.plan = self.backend.plan_for(self.model.P, self.rows[1] - self.rows[0], config.seq_len,
+                                          config.dropout > 0, self.threads)
+        val_rows = None if self.val_stream is None else comm.rows(self.val_stream.batch_size)
+        self.eval_plan = None if val_rows is None or val_rows[1] == val_rows[0] else self.backend.plan_for(
+            self.model.P, val_rows[1] - val_rows[0], config.seq_len, False, self.threads)
         self.spe = self.stream.steps_per_epoch
         self.max_steps = config.max_steps or math.inf
         if config.max_epochs:
@@ -396,14 +468,15 @@ class Run:
                        "train_tokens": len(train_tokens),
                        "val_streams": self.val_stream.batch_size if self.val_stream else 0, "threads": self.threads,
                        "plan": self.plan.describe(), "resumed_from": self.state.step if saved else None,
-                       "run_id": self.state.run_id, "init_from": self.state.init_from or None,
+                       "run_id": self.state.run_id, "init_from": self.state.init_from or None, "ranks": comm.size,
                        "max_steps": None if self.max_steps == math.inf else self.max_steps})
         # last, so that nothing in here can fail with the file open (train() closes it after the loop); a new
         # run's first write, so an old run (--force) goes first: nothing of it is lost before this point
-        if saved is None:
+        if saved is None and comm.is_root:
             rundir.discard_run(run_dir)
         self.log = RunLog(os.path.join(run_dir, LOG_NAME), self.state.run_id,
-                          None if saved is None else self.state.step, legacy=self.legacy_id)
+                          None if saved is None else self.state.step, legacy=self.legacy_id) if comm.is_root \
+            else _NoLog()
         if self.log.foreign:
             emit("message", {"text": f"warning: dropped {self.log.foreign} row(s) of {LOG_NAME} that are not "
                                      f"this run's (another run id)"})
@@ -416,6 +489,7 @@ class Run:
         announced = False  # the "compiling" event was emitted: once, also if the first step is rolled back
         # the last step with a progress row, that row, and the last step's (loss, norm)
         self.logged_step, self.last_row, last = self.state.step, None, None
+        self.signum = None  # the signal the ranks agreed to stop at (several ranks)
         if self.state.step == 0 and config.on_divergence == "rollback":
             self.save()  # the initial parameters: a healthy point to roll back to before the first checkpoint
         # overflow/NaN warnings of the numpy backend would add lines to the one a divergence ends with
@@ -453,7 +527,7 @@ class Run:
                     stop_reason = "early_stop"
                     break
                 stop.check()  # a second signal swallowed by a finalizer
-                if stop.signum is not None:
+                if self.agree_signal(stop) is not None:
                     stop_reason = "signal"
                     break
             # finish: a last evaluation (unless interrupted) and checkpoint
@@ -470,7 +544,7 @@ class Run:
                 self.save()
             except _NonFinite as exc:
                 raise DivergenceError(self.divergence_message(str(exc))) from None
-            signum = stop.signum
+            signum = self.signum if self.comm.size > 1 else stop.signum
         state = self.state
         summary = {"step": state.step, "epoch": state.epoch + state.index / self.spe, "stop_reason": stop_reason,
                    "loss": state.smooth_loss, "val_loss": val_loss, "best_val": state.best_val
@@ -493,17 +567,58 @@ class Run:
             return "max_time"
         return None
 
+    def agree_signal(self, stop):
+        """The signal that stops the run at this step boundary (or None): this process's, or, with several ranks,
+        the one any rank received; the ranks also agree on the elapsed time (the slowest clock), so that
+        --max-time ends them all at the same step."""
+        if self.comm.size == 1:
+            return stop.signum
+        signum, elapsed = self.comm.agree([stop.signum or 0, self.state.elapsed])
+        self.state.elapsed = float(elapsed)
+        self.signum = int(signum) or None
+        return self.signum
+
     def train_step(self):
         """One minibatch: returns (loss, gradient norm, the new carried state, a problem or None, start time).
-        The update is skipped when the loss or the norm is not finite."""
-        config, state, model = self.config, self.state, self.model
+        The update is skipped when the loss or the norm is not finite.
+
+        With several ranks each computes its block of the streams, its loss and gradients scaled by its share of
+        the batch, and one Allreduce sums them (with the loss, and whether any rank failed to read its rows), so
+        every rank clips and updates alike."""
+        config, state, model, comm = self.config, self.state, self.model, self.comm
         if state.index == 0 or config.reset_hidden or not self.stream.carries_state:
             self.h[...] = 0  # a new epoch starts every stream afresh
-        x, y = self.stream.batch(state.epoch, state.index)
+        failure = None
+        try:
+            x, y = self.stream.batch(state.epoch, state.index)
+        except FastrnnError as exc:  # a damaged corpus: with several ranks, every rank stops at this step
+            if comm.size == 1:
+                raise
+            failure = exc
         started = time.perf_counter()
+        # the masks of the whole batch, this rank's rows taken: the same numbers whatever the number of ranks
         masks = make_masks(self.rng, config.dropout, model.num_layers, config.seq_len, config.batch_size,
                            model.hidden_size, model.dtype)  # (L, T, N, H) or None
-        loss, h_next = self.backend.forward_backward(model.P, self.G, x, y, self.h, masks, plan=self.plan)
+        if comm.size == 1:
+            loss, h_next = self.backend.forward_backward(model.P, self.G, x, y, self.h, masks, plan=self.plan)
+        else:
+            lo, hi = self.rows
+            if failure is None:
+                if masks is not None:
+                    masks = np.ascontiguousarray(masks[:, :, lo:hi])
+                loss, h_next = self.backend.forward_backward(model.P, self.G, x, y, self.h, masks,
+                                                             plan=self.plan)
+                share = model.dtype.type((hi - lo) / config.batch_size)
+                self.gflat *= share
+                self.gbuf[-2:] = loss * share, 0
+            else:
+                h_next = self.h
+                self.gbuf[:] = 0
+                self.gbuf[-1] = 1
+            comm.allreduce(self.gbuf)
+            if self.gbuf[-1]:
+                comm.first_error(failure)
+            loss = float(self.gbuf[-2])
         norm = self.backend.clip_gradients(self.gflat, config.clip, config.max_grad_norm)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             return loss, norm, h_next, f"loss became {loss:.4g} (gradient norm {norm:.4g}) at step " \
@@ -546,7 +661,8 @@ class Run:
         target = None
         if config.on_divergence == "rollback" and self.state.rollbacks < config.max_rollbacks \
                 and math.isfinite(self.state.lr_scale * config.lr):  # halving an infinite rate cannot help
-            target, newer = self.healthy_checkpoints()
+            # rank 0 reads the run directory; every rank rolls back to what it found
+            target, newer = self.comm.bcast(self.healthy_checkpoints() if self.comm.is_root else None)
         if target is None:
             raise DivergenceError(self.divergence_message(problem))
         scale, rollbacks, elapsed = self.state.lr_scale / 2, self.state.rollbacks + 1, self.state.elapsed
@@ -554,8 +670,8 @@ class Run:
         self.restore(target)
         self.state.lr_scale, self.state.rollbacks, self.state.elapsed = scale, rollbacks, elapsed
         self.state.run_id = run_id  # a legacy target has none
-        for path in newer:  # first, so that keep_history in save() prunes among this trajectory's only
-            try:
+        for path in newer if self.comm.is_root else ():  # first, so that keep_history in save() prunes among
+            try:  # this trajectory's only
                 os.unlink(path)
             except OSError:
                 pass
@@ -597,8 +713,9 @@ class Run:
         return target, sorted(newer)
 
     def divergence_message(self, problem):
-        """The DivergenceError text: the problem, where the last good checkpoint is, what to try."""
-        target, _ = self.healthy_checkpoints()
+        """The DivergenceError text: the problem, where the last good checkpoint is, what to try (rank 0's: the
+        other ranks stop without a word)."""
+        target, _ = self.healthy_checkpoints() if self.comm.is_root else (None, [])
         where = (f"the last good checkpoint is step {target.state['step']} in {target.path}" if target is not None
                  else "no good checkpoint was written yet")
         if self.config.on_divergence == "rollback":
@@ -637,7 +754,7 @@ class Run:
         return None
 
     def maybe_sample(self):
-        if self.config.sample_every and self.state.step % self.config.sample_every == 0:
+        if self.comm.is_root and self.config.sample_every and self.state.step % self.config.sample_every == 0:
             srng = np.random.default_rng([self.config.seed, self.state.step])
             ids = list(generate(self.backend, self.model.P, self.vocab, length=self.config.sample_length, rng=srng,
                                 dtype=self.model.dtype, warmup=self.warmup))
@@ -677,7 +794,7 @@ class Run:
     def validate(self):
         """The validation loss; keeps best.h5 and the early-stop count."""
         state = self.state
-        val = evaluate(self.backend, self.model, self.val_stream, self.eval_plan)
+        val = evaluate(self.backend, self.model, self.val_stream, self.eval_plan, self.comm)
         self.corpus.release_pages()
         if val < state.best_val:
             state.best_val, state.best_step, state.evals_since_best = val, state.step, 0
@@ -691,13 +808,21 @@ class Run:
         """A checkpoint of everything a resumed run needs (RUN_DIR/checkpoint.h5 unless `path`), with whether
         the run is healthy now. Parameters, optimizer buffers or carried state that are not finite are never
         written (raises _NonFinite)."""
-        path = path or self.ckpt_path
+        path, comm = path or self.ckpt_path, self.comm
         arrays = {"parameters": self.model.flat, "carried hidden state": self.h}
         arrays.update({f"optimizer buffer {name}": buf for name, buf in self.optimizer.state.items()})
         bad = [name for name, a in arrays.items() if not np.all(np.isfinite(a))]
+        if comm.size > 1 and comm.agree([bool(bad)])[0] and not bad:  # another rank's carried state
+            bad = ["carried hidden state"]
         if bad:
             raise _NonFinite(f"the {', '.join(bad)} became non-finite by step {self.state.step}; that checkpoint "
                              f"was not written")
+        hidden = self.h
+        if comm.size > 1:  # the checkpoint holds all N streams, whatever the number of ranks
+            comm.check_same("the parameters (a checksum)", digest([self.model.flat]))
+            hidden = comm.gather_rows(self.h, self.config.batch_size)
+            if not comm.is_root:
+                return
         self.state.rng = self.rng.bit_generator.state
         state = _jsonable(dataclasses.asdict(self.state))
         state["healthy"] = healthy = self.is_healthy()
@@ -706,7 +831,7 @@ class Run:
             ckpt_io.keep_last_good(self.run_dir)
         ckpt_io.save(path, ckpt_io.Checkpoint(
             config=self.config.to_dict(), vocab=self.vocab.to_dict(), params=self.model.flat,
-            optimizer=self.optimizer.state, hidden=self.h, state=state))
+            optimizer=self.optimizer.state, hidden=hidden, state=state))
         if path == self.ckpt_path:
             self.ckpt_healthy = healthy
             last_good = os.path.join(self.run_dir, ckpt_io.LAST_GOOD_NAME)
@@ -740,7 +865,8 @@ class Run:
         self.state = RunState(**{k: v for k, v in ckpt.state.items() if k in RUNSTATE_FIELDS})
         self.optimizer.t = self.state.step
         self.rng.bit_generator.state = self.state.rng
-        self.h = ckpt.hidden.astype(self.model.dtype, copy=True)
+        lo, hi = self.rows
+        self.h = ckpt.hidden[lo:hi].astype(self.model.dtype, copy=True)  # this rank's streams
 
 
 class _NonFinite(Exception):

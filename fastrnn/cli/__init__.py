@@ -67,7 +67,8 @@ class FastrnnGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FastrnnError as exc:
-            click.echo(f"fastrnn: error: {exc}", err=True)
+            if not getattr(exc, "silent", False):  # silent: another process of an MPI job says it
+                click.echo(f"fastrnn: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             # what the interrupted code held is freed on the way out; a finalizer failing then (an h5py object whose

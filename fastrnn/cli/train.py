@@ -156,6 +156,14 @@ def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, *
                                   f"(it applies to {' and '.join(applies)})")
         if overrides.get("shuffle") and overrides.get("reset_hidden") is False:
             raise ConfigError("--shuffle draws windows that carry no state; it cannot be used with --carry-hidden")
+    from fastrnn import distributed
+
+    comm = distributed.world()  # SINGLE (mpi4py not imported) unless an MPI launcher started several processes
+    if comm.size > 1:
+        _train_rank(comm, quiet, run_dir, lambda on_event: run_training(
+            corpus, run_dir, overrides, resume=resume, allow_change=allow_change, force=force, on_event=on_event,
+            init_from=init_from, comm=comm))
+        return
     try:
         with Printer(quiet) as printer:  # an error or an interrupt is told on a line of its own
             summary = run_training(corpus, run_dir, overrides, resume=resume, allow_change=allow_change,
@@ -171,6 +179,44 @@ def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, *
     if summary["signal"] is not None:
         click.echo(f"fastrnn: stopped by signal at step {summary['step']}; checkpoint written to "
                    f"{summary['checkpoint']}. Resume with the same command and --resume.", err=True)
+        sys.exit(EXIT_SIGNAL.get(summary["signal"], 130))
+
+
+def _train_rank(comm, quiet, run_dir, run):
+    """One rank of `mpiexec -n K fastrnn train`. Rank 0 prints. An error every rank raised at the same step (a
+    decision the ranks shared: fastrnn.distributed) ends each rank with its status and rank 0's line; any other
+    error, on any rank, is printed by that rank and aborts the job, since the others would wait for it forever."""
+    import contextlib
+    import traceback
+
+    from fastrnn.distributed import DistributedError
+    from fastrnn.errors import DivergenceError, FastrnnError
+
+    try:
+        with Printer(quiet) if comm.is_root else contextlib.nullcontext() as printer:
+            summary = run(printer)
+    except (DistributedError, DivergenceError) as exc:  # shared: every rank stops here
+        if comm.is_root and not getattr(exc, "silent", False):
+            click.echo(f"fastrnn: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except FastrnnError as exc:  # this rank's alone (a file rank 0 could not write, ...)
+        click.echo(f"fastrnn: error: {exc}" + ("" if comm.is_root else f" (MPI rank {comm.rank})"), err=True)
+        sys.stderr.flush()
+        comm.abort(exc.exit_code)
+    except KeyboardInterrupt as exc:  # a second signal: this rank stops at once, and the launcher ends the others
+        if comm.is_root:
+            click.echo("\nfastrnn: interrupted; the last checkpoint written is intact. Resume with the same "
+                       "command and --resume.", err=True)
+        sys.stderr.flush()
+        os._exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
+    except Exception:  # a bug: its traceback, and no rank left waiting
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.abort(1)
+    if summary["signal"] is not None:
+        if comm.is_root:
+            click.echo(f"fastrnn: stopped by signal at step {summary['step']}; checkpoint written to "
+                       f"{summary['checkpoint']}. Resume with the same command and --resume.", err=True)
         sys.exit(EXIT_SIGNAL.get(summary["signal"], 130))
 
 

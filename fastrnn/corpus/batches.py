@@ -22,11 +22,15 @@ class BatchStream:
     check: optional callable(starts, length) called before a minibatch's tokens are read (the split's
     `Corpus.checker`: it checks the file's size, and each chunk of the split the first time it is reached, and
     raises CorpusError for a damaged one).
+
+    rows: optional (lo, hi): `batch` returns only rows lo..hi-1 of every minibatch of the N streams, and reads only
+    their tokens (a rank of data-parallel training, fastrnn.distributed); everything else is the N-stream layout.
     """
 
-    def __init__(self, tokens, batch_size, seq_len, *, shuffle=False, seed=0, name="train", check=None):
+    def __init__(self, tokens, batch_size, seq_len, *, shuffle=False, seed=0, name="train", check=None, rows=None):
         self.tokens = tokens  # (M,) memory map or array
         self.check = check
+        self.rows = None if rows is None else slice(int(rows[0]), int(rows[1]))
         self.batch_size, self.seq_len, self.shuffle, self.seed, self.name = int(batch_size), int(seq_len), \
             bool(shuffle), int(seed), name
         N, T, M = self.batch_size, self.seq_len, len(tokens)
@@ -62,8 +66,11 @@ class BatchStream:
         return self._perm[index * N: (index + 1) * N].astype(np.int64) * T
 
     def batch(self, epoch, index):
-        """(x, y): (N, T) int32 inputs and targets (targets are inputs shifted by one) of minibatch `index`."""
+        """(x, y): (N, T) int32 inputs and targets (targets are inputs shifted by one) of minibatch `index` (the
+        block of `rows` only, when given)."""
         starts = self.starts(epoch, index)  # (N,)
+        if self.rows is not None:
+            starts = starts[self.rows]
         if self.check is not None:
             self.check(starts, self.seq_len + 1)
         pos = starts[:, None] + self._offsets  # (N, T+1)

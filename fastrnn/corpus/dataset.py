@@ -222,6 +222,12 @@ class Corpus:
         `release_pages`); the maps stay valid. Returns the number of mapped bytes advised (0 where unsupported)."""
         return sum(release_pages(arr) for arr in self._maps.values())
 
+    def fingerprint(self):
+        """(file size, metadata checksum): equal for every process that opened this very corpus (the ranks of a
+        data-parallel run check it)."""
+        meta = str_attr(self._file, "meta_checksum") if "meta_checksum" in self._file.attrs else ""
+        return [int(os.fstat(self._fd).st_size), meta]
+
     def sizes(self):
         return {name: int(self._layout[name][1]) for name in SPLITS}
 

@@ -1,0 +1,188 @@
+"""Synchronous data-parallel training over MPI (mpi4py): one Allreduce of the flat gradient per step.
+
+`world()` says how this process was started. Alone (no MPI launcher, or a launcher of one process) it is `SINGLE`,
+whose collectives do nothing, and mpi4py is never imported. Under `mpiexec -n K` (or `srun`) it is an `MPIWorld`
+of K ranks: the global batch of N streams is split among them in contiguous blocks (`rows`), each rank computes
+the loss and gradients of its block scaled by its share of the batch, and the gradients are summed in place, so
+every rank applies the same update to the same parameters. Every decision that ends or changes the run (a signal,
+the time limit, an error on one rank) goes through `agree`, at a step boundary, so all ranks take it at the same
+step. Rank 0 alone writes files and prints.
+
+A launcher that started K > 1 processes is recognised from its environment (MPICH/Hydra and Intel MPI: PMI_SIZE;
+Open MPI: OMPI_COMM_WORLD_SIZE; MVAPICH: MV2_COMM_WORLD_SIZE; PMIx: PMIX_SIZE... is not exported by every launcher,
+so srun's SLURM_STEP_NUM_TASKS is read as well). Then mpi4py must be importable and must see that many processes;
+otherwise the run stops with one line (from the launcher's rank 0), never K independent runs in one directory.
+"""
+
+import os
+import zlib
+
+import numpy as np
+
+from fastrnn.errors import FastrnnError
+
+_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
+
+
+class DistributedError(FastrnnError):
+    """Ranks that cannot train together (a launcher mpi4py does not match, ranks that disagree). `silent`: this
+    rank exits without printing, another rank prints the line."""
+
+    def __init__(self, message, silent=False, exit_code=1):
+        super().__init__(message)
+        self.silent, self.exit_code = silent, exit_code
+
+
+def _env_int(environ, names):
+    for name in names:
+        try:
+            return int(environ[name])
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
+def launched_size(environ=os.environ):
+    """The number of processes an MPI launcher started with this one (1 when none did)."""
+    return _env_int(environ, _SIZE_VARS) or 1
+
+
+def world(environ=os.environ):
+    """SINGLE, or the MPIWorld of this process's MPI job (DistributedError when the launch cannot work)."""
+    n = launched_size(environ)
+    if n <= 1:
+        return SINGLE
+    silent = (_env_int(environ, _RANK_VARS) or 0) != 0  # one line from the job, not one per process
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise DistributedError(f"started by an MPI launcher as one of {n} processes, but mpi4py is not installed: "
+                               f"pip install 'fastrnn[mpi]' (or mpi4py built for this cluster's MPI)",
+                               silent) from None
+    size = MPI.COMM_WORLD.Get_size()
+    if size != n:
+        version = MPI.Get_library_version().strip().splitlines()[0]
+        raise DistributedError(f"the MPI launcher started {n} processes but mpi4py sees a world of {size}: this "
+                               f"mpiexec belongs to another MPI than mpi4py's ({version}); launch with that MPI's "
+                               f"mpiexec", silent)
+    return MPIWorld(MPI.COMM_WORLD)
+
+
+def block(n, size, rank):
+    """(lo, hi): the contiguous block of n items that `rank` of `size` takes (the first n % size take one more)."""
+    base, extra = divmod(int(n), int(size))
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def digest(arrays):
+    """A cheap fingerprint (CRC-32) of arrays' bytes: equal across ranks when they hold the same bits."""
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8), crc)
+    return crc
+
+
+class Single:
+    """One process: every collective is the identity."""
+
+    size, rank, is_root, local_size = 1, 0, True, 1
+
+    def rows(self, n):
+        return 0, int(n)
+
+    def allreduce(self, buf):
+        """Sum `buf` (a contiguous float array) over the ranks, in place."""
+
+    def agree(self, values):
+        """The element-wise maximum of `values` (float64) over the ranks."""
+        return np.asarray(values, dtype=np.float64)
+
+    def bcast(self, obj):
+        """Rank 0's `obj`, on every rank."""
+        return obj
+
+    def gather_rows(self, local, n):
+        """The (n, ...) array of every rank's rows (its block of `rows(n)`), on rank 0 (None elsewhere)."""
+        return local
+
+    def first_error(self, exc):
+        """The first rank's FastrnnError (or None) after a phase every rank ran: raised on every rank, printed by
+        one."""
+        if exc is not None:
+            raise exc
+
+    def check_same(self, what, value):
+        """Stop with one line unless every rank holds the same `value` (a str or int)."""
+
+    def abort(self, code=1):
+        raise SystemExit(code)
+
+
+SINGLE = Single()
+
+
+class MPIWorld(Single):
+    """The ranks of an MPI job (mpi4py's COMM_WORLD)."""
+
+    def __init__(self, comm):
+        from mpi4py import MPI
+
+        self.MPI, self.comm = MPI, comm
+        self.size, self.rank = comm.Get_size(), comm.Get_rank()
+        self.is_root = self.rank == 0
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks that share this machine's cores
+        self.local_size = node.Get_size()
+        node.Free()
+
+    def rows(self, n):
+        return block(n, self.size, self.rank)
+
+    def default_threads(self):
+        """Threads per rank when --threads is not given: this machine's cores shared among its ranks."""
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 1
+        return max(1, cores // self.local_size)
+
+    def allreduce(self, buf):
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+
+    def agree(self, values):
+        buf = np.array(values, dtype=np.float64)
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.MAX)
+        return buf
+
+    def bcast(self, obj):
+        return self.comm.bcast(obj, root=0)
+
+    def gather_rows(self, local, n):
+        local = np.ascontiguousarray(local)
+        counts = [(hi - lo) * int(np.prod(local.shape[1:], dtype=np.int64)) for lo, hi in
+                  (block(n, self.size, r) for r in range(self.size))]
+        out = np.empty((n,) + local.shape[1:], dtype=local.dtype) if self.is_root else None
+        self.comm.Gatherv(local, (out, counts) if self.is_root else None, root=0)
+        return out
+
+    def first_error(self, exc):
+        messages = self.comm.allgather(None if exc is None else (str(exc), getattr(exc, "exit_code", 1)))
+        failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+        if not failed:
+            return
+        rank, (message, code) = failed[0]
+        if exc is not None and rank == self.rank and self.is_root:
+            raise exc
+        suffix = "" if rank == 0 else f" (rank {rank})"
+        raise DistributedError(message + suffix, silent=not self.is_root, exit_code=code)
+
+    def check_same(self, what, value):
+        values = self.comm.allgather(value)
+        if any(v != values[0] for v in values):
+            differ = [r for r, v in enumerate(values) if v != values[0]]
+            raise DistributedError(f"the ranks disagree on {what}: rank {differ[0]} has {values[differ[0]]!r}, "
+                                   f"rank 0 {values[0]!r}", silent=not self.is_root)
+
+    def abort(self, code=1):
+        self.comm.Abort(code)
