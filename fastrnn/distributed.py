@@ -9,12 +9,13 @@ the time limit, an error on one rank) goes through `agree`, at a step boundary, 
 step. Rank 0 alone writes files and prints.
 
 A launcher that started K > 1 processes is recognised from its environment (MPICH/Hydra and Intel MPI: PMI_SIZE;
-Open MPI: OMPI_COMM_WORLD_SIZE; MVAPICH: MV2_COMM_WORLD_SIZE; PMIx: PMIX_SIZE... is not exported by every launcher,
-so srun's SLURM_STEP_NUM_TASKS is read as well). Then mpi4py must be importable and must see that many processes;
-otherwise the run stops with one line (from the launcher's rank 0), never K independent runs in one directory.
+Open MPI: OMPI_COMM_WORLD_SIZE; MVAPICH: MV2_COMM_WORLD_SIZE; SLURM's srun: SLURM_STEP_NUM_TASKS). Then mpi4py must
+be importable and must see that many processes; otherwise the run stops with one line (from the launcher's rank 0),
+never K independent runs writing one directory.
 """
 
 import os
+import warnings
 import zlib
 
 import numpy as np
@@ -55,7 +56,9 @@ def world(environ=os.environ):
         return SINGLE
     silent = (_env_int(environ, _RANK_VARS) or 0) != 0  # one line from the job, not one per process
     try:
-        from mpi4py import MPI
+        with warnings.catch_warnings():  # mpi4py's own warning of a foreign launcher: the error below says it
+            warnings.simplefilter("ignore", RuntimeWarning)
+            from mpi4py import MPI
     except ImportError:
         raise DistributedError(f"started by an MPI launcher as one of {n} processes, but mpi4py is not installed: "
                                f"pip install 'fastrnn[mpi]' (or mpi4py built for this cluster's MPI)",
@@ -172,10 +175,8 @@ class MPIWorld(Single):
         if not failed:
             return
         rank, (message, code) = failed[0]
-        if exc is not None and rank == self.rank and self.is_root:
-            raise exc
-        suffix = "" if rank == 0 else f" (rank {rank})"
-        raise DistributedError(message + suffix, silent=not self.is_root, exit_code=code)
+        suffix = "" if rank == 0 else f" (MPI rank {rank})"
+        raise DistributedError(message + suffix, silent=not self.is_root, exit_code=code) from exc
 
     def check_same(self, what, value):
         values = self.comm.allgather(value)

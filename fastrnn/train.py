@@ -345,9 +345,9 @@ def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, 
     comm.first_error(failure)  # rank 0 read the run directory; every rank gets what it found
     if comm.size > 1:
         saved, parent, config = comm.bcast((saved, parent, config))
-    with open_corpus(corpus_path) as corpus:
-        run = None
+    with contextlib.ExitStack() as opened:
         try:
+            corpus = opened.enter_context(open_corpus(corpus_path))
             run = Run(config, corpus, corpus_path, run_dir, saved, emit, parent, comm)
         except FastrnnError as exc:
             failure = exc
@@ -490,6 +490,7 @@ class Run:
         # the last step with a progress row, that row, and the last step's (loss, norm)
         self.logged_step, self.last_row, last = self.state.step, None, None
         self.signum = None  # the signal the ranks agreed to stop at (several ranks)
+        self.allreduce_seconds = 0.0  # in the gradient Allreduce since the last progress row (several ranks)
         if self.state.step == 0 and config.on_divergence == "rollback":
             self.save()  # the initial parameters: a healthy point to roll back to before the first checkpoint
         # overflow/NaN warnings of the numpy backend would add lines to the one a divergence ends with
@@ -615,7 +616,9 @@ class Run:
                 h_next = self.h
                 self.gbuf[:] = 0
                 self.gbuf[-1] = 1
+            t0 = time.perf_counter()
             comm.allreduce(self.gbuf)
+            self.allreduce_seconds += time.perf_counter() - t0
             if self.gbuf[-1]:
                 comm.first_error(failure)
             loss = float(self.gbuf[-2])
@@ -682,6 +685,7 @@ class Run:
                                       f"learning rate (now {scale:g}x --lr; rollback {rollbacks} of "
                                       f"{config.max_rollbacks})"})
         self.window_start, self.window_steps = time.perf_counter(), 0  # the reload is not in chars/s
+        self.allreduce_seconds = 0.0
 
     def healthy_checkpoints(self):
         """(the newest healthy checkpoint of this run at or before the current step, or None; the paths of this
@@ -745,6 +749,7 @@ class Run:
             self.first_step = False
             self.emit("compiled", {"seconds": now - started})
             self.window_start, self.window_steps = now, 0  # the first step (JIT compile) is not timed
+            self.allreduce_seconds = 0.0
         return now
 
     def maybe_evaluate(self):
@@ -779,11 +784,14 @@ class Run:
                "rss_mb": psutil.Process().memory_info().rss / 2**20, "elapsed": state.elapsed}
         if val_loss is not None:
             row["val_loss"] = val_loss
+        if self.comm.size > 1:  # rank 0's time in the gradient Allreduce, per step of the window
+            row["ranks"], row["allreduce_ms"] = self.comm.size, 1e3 * self.allreduce_seconds / max(steps, 1)
         row["eta"] = _eta(config, state, self.max_steps, seconds / steps if steps else None)
         self.log.write(row)
         self.last_row = row
         self.emit("log", dict(row, max_steps=None if self.max_steps == math.inf else self.max_steps))
         self.window_start, self.window_steps, self.logged_step = time.perf_counter(), 0, state.step
+        self.allreduce_seconds = 0.0
 
     def maybe_checkpoint(self):
         if self.config.checkpoint_every and self.state.step % self.config.checkpoint_every == 0:
