@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_ROOT = os.path.join(ROOT, "docs", "benchmarks")
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 KINDS = ("throughput", "time_to_quality", "sampling", "prepare", "train_memory", "profile_speed", "kernel_scratch",
-         "pytorch")
+         "pytorch", "distributed")
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -239,6 +239,26 @@ def train_memory_section(name, data):
     return lines
 
 
+DISTRIBUTED = [("model", "model", "s"), ("H", "hidden", "d"), ("N", "batch", "d"),
+               ("1 rank x 2 threads chars/s", "one_rank_chars_per_sec", ",.0f"),
+               ("2 ranks x 1 thread chars/s", "two_ranks_chars_per_sec", ",.0f"), ("ratio", "ratio", ".3f"),
+               ("Allreduce ms/step", "allreduce_ms", ".2f"), ("share of step", "allreduce_share", percent)]
+
+
+def distributed_section(name, data):
+    lines = [f"### {name}", "", f"Corpus {data.get('corpus', '-')}, {data.get('steps', '-')} steps a run, medians of "
+             f"{data.get('repeats', '-')} interleaved runs of each kind, float32, T = 50; sgemm at 2 threads "
+             f"{fmt(data.get('sgemm_gflops_2_threads'), '.1f')} GFLOP/s.", "", md_table(data["rows"], DISTRIBUTED), ""]
+    for model, m in (data.get("scaling") or {}).items():
+        lines += [f"Modelled efficiency of {model} over K machines (measured compute {1e3 * m['compute_s']:.1f} "
+                  f"ms/step at B = {data['rows'][0]['batch']} per machine, a ring Allreduce of "
+                  f"{m['gradient_bytes'] / 2**20:.1f} MiB):", "",
+                  md_table(m["rows"], [("link", "link", "s"), ("K", "K", "d"), ("Allreduce ms", "allreduce_ms", ".2f"),
+                                       ("efficiency", "efficiency", percent)]), ""]
+        lines += [f"- {link}: >= 90% up to K = {k}" for link, k in m["k_at_90pct"].items()] + [""]
+    return lines
+
+
 def profile_speed_section(name, data):
     c = data.get("config") or {}
     return [f"### {name}", "",
@@ -268,6 +288,9 @@ SECTIONS = {
                      "cache.", train_memory_section),
     "profile_speed": ("Training step by phase", "`python -m tools.profile_speed`: the training step timed by "
                       "phase, as training runs it.", profile_speed_section),
+    "distributed": ("Data-parallel training", "`python -m benchmarks.distributed`: `mpiexec -n 2` ranks x 1 "
+                    "thread against 1 rank x 2 threads, side by side, and a ring-Allreduce model of many machines.",
+                    distributed_section),
     "kernel_scratch": ("Kernel scratch", "`python -m benchmarks.kernel_scratch`: numba vs reference training "
                        "steps, side by side.",
                        lambda name, d: [f"### {name}", "", md_table(d["rows"], KERNEL_SCRATCH), ""]),

@@ -230,7 +230,7 @@ def test_bad_input_to_benchmarks_and_tools(tmp_path, args):
 
 
 COMMANDS = ["benchmarks.throughput", "benchmarks.sampling", "benchmarks.prepare", "benchmarks.plot",
-            "benchmarks.time_to_quality", "benchmarks.pytorch",
+            "benchmarks.time_to_quality", "benchmarks.pytorch", "benchmarks.distributed",
             "benchmarks.kernel_scratch", "benchmarks.train_memory", "benchmarks.report", "tools.profile_speed",
             "tools.profile_memory", "tools.compare_models"]
 
@@ -408,3 +408,21 @@ def test_init_choice_measures_and_names_the_best_init(tmp_path):
     assert len(data["runs"]) == 4 and all(np.isfinite(r["val_loss"]) for r in data["runs"])
     means = {r["init"]: r["val_mean"] for r in data["rows"]}
     assert data["best"]["rnn"] == min(means, key=means.get)
+
+
+def test_distributed_scaling_model():
+    """The ring Allreduce formula and the efficiency table: one machine costs nothing, the time grows toward
+    2 x bytes / bandwidth plus the latency terms, and the 90% limit is the largest K still at 90%."""
+    from benchmarks import distributed as d
+
+    assert d.ring_allreduce_seconds(1e6, 1, 10, 30e-6) == 0
+    two = d.ring_allreduce_seconds(1e6, 2, 10, 30e-6)
+    assert two == pytest.approx(1e6 / 1.25e9 + 2 * 30e-6)
+    assert d.ring_allreduce_seconds(1e6, 1024, 10, 0) == pytest.approx(2 * 1023 / 1024 * 1e6 / 1.25e9)
+    rows, limits = d.scaling(0.01, 1e6, [(10.0, 30e-6)])
+    eff = {r["K"]: r["efficiency"] for r in rows}
+    assert eff[1] == 1 and all(eff[a] > eff[b] for a, b in zip(d.KS, d.KS[1:]))
+    k = limits["10 Gb/s, 30 us"]
+    assert 0.01 / (0.01 + d.ring_allreduce_seconds(1e6, k, 10, 30e-6)) >= 0.9
+    assert 0.01 / (0.01 + d.ring_allreduce_seconds(1e6, 2 * k, 10, 30e-6)) < 0.9
+    assert [x for link in d.parse_links("10:30,100:3") for x in link] == pytest.approx([10, 30e-6, 100, 3e-6])
