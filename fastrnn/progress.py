@@ -19,7 +19,7 @@ LIVE_INTERVAL = 0.25  # seconds between redraws of the status line: readable, an
 ROW_INTERVAL = 10.0  # seconds between plain rows off a terminal
 ERASE = "\x1b[K"  # erase to the end of the line
 CLEAR = "\r" + ERASE  # the status line erased, the cursor at its start
-COMPILING = "compiling kernels (first step; cached for later runs)..."
+COMPILING = "first step: compiling the kernels unless numba's cache holds them (seconds, once)..."
 
 
 class Printer:
