@@ -29,7 +29,8 @@ test: setup
 bench: setup
 	$(BIN)/python -m benchmarks.throughput --quick
 
-# The quick set of every benchmark into docs/benchmarks/<today>/, then docs/benchmarks.md (and README's block) from it.
+# The quick set of every benchmark into docs/benchmarks/<today>/, then docs/benchmarks.md (and README's block) from the
+# newest result of each kind.
 RESULTS ?= docs/benchmarks/$(shell date +%F)
 bench-results: setup
 	mkdir -p $(RESULTS)
@@ -39,7 +40,7 @@ bench-results: setup
 	$(BIN)/python -m benchmarks.train_memory --steps 50 --json $(RESULTS)/train_memory.json
 	$(BIN)/python -m tools.profile_speed --hidden 128 --batch 1 --threads 2 --steps 10 \
 		--json $(RESULTS)/profile_speed_h128_n1.json
-	$(BIN)/python -m benchmarks.report --results $(RESULTS)
+	$(BIN)/python -m benchmarks.report
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -1,7 +1,11 @@
-"""Write docs/benchmarks.md, and the headline block of README.md, from one folder of benchmark results.
+"""Write docs/benchmarks.md, and the headline block of README.md, from benchmark results.
 
     python -m benchmarks.report [--results docs/benchmarks/2026-12-02] [--output docs/benchmarks.md]
                                 [--readme README.md] [--charts/--no-charts]
+
+Without --results, each kind of result comes from the newest docs/benchmarks/YYYY-MM-DD/ folder that holds one
+(benchmarks are rerun at different times; a section names the folder its files come from); with --results, from
+that folder alone.
 
 Runs from a checkout (benchmarks/ is not part of the installed package). `make bench-results` runs the quick set of
 every benchmark into docs/benchmarks/<today>/ and then this report.
@@ -40,6 +44,18 @@ def newest_results(root=RESULTS_ROOT):
     dated = sorted(d for d in os.listdir(root) if DATED.match(d) and os.path.isdir(os.path.join(root, d))) \
         if os.path.isdir(root) else []
     return os.path.join(root, dated[-1]) if dated else None
+
+
+def newest_of_each_kind(root=RESULTS_ROOT):
+    """[(kind, 'YYYY-MM-DD/file name', data)]: every kind's files from the newest dated folder that has that kind."""
+    dated = sorted((d for d in os.listdir(root) if DATED.match(d) and os.path.isdir(os.path.join(root, d))),
+                   reverse=True) if os.path.isdir(root) else []
+    out, seen = [], set()
+    for day in dated:
+        found = [(k, f"{day}/{name}", d) for k, name, d in load_results(os.path.join(root, day)) if k not in seen]
+        seen.update(k for k, _, _ in found)
+        out += found
+    return sorted(out, key=lambda r: (KINDS.index(r[0]), r[1]))
 
 
 def kind_of(filename):
@@ -401,7 +417,7 @@ def rewrite_readme(readme, block):
 @options.command(help=__doc__.split("\n\n")[0] + "\n\nRuns from a checkout (benchmarks/ is not part of the "
                  "installed package). Every number written comes from the JSON files of the results folder.")
 @click.option("--results", "folder", type=click.Path(exists=True, file_okay=False),
-              default=None, show_default="the newest docs/benchmarks/YYYY-MM-DD/",
+              default=None, show_default="each kind from the newest docs/benchmarks/YYYY-MM-DD/ holding it",
               help="The folder of benchmark JSON files to report.")
 @click.option("--output", type=click.Path(dir_okay=False), default=os.path.join(ROOT, "docs", "benchmarks.md"),
               show_default="docs/benchmarks.md of this checkout",
@@ -412,11 +428,11 @@ def rewrite_readme(readme, block):
 @click.option("--charts/--no-charts", default=True, help="Draw the PNG charts (needs matplotlib).")
 @options.catch_user_errors
 def main(folder, output, readme, charts):
-    folder = folder or newest_results()
-    if folder is None:
+    if folder is None and newest_results() is None:
         raise click.UsageError(f"no results folder: {RESULTS_ROOT}/YYYY-MM-DD/ is missing; give --results DIR "
                                "or run `make bench-results`")
-    results = load_results(folder)
+    results = load_results(folder) if folder else newest_of_each_kind()
+    folder = folder or RESULTS_ROOT
     if not results:
         raise click.ClickException(f"{folder} holds no benchmark JSON files ({', '.join(k + '*.json' for k in KINDS)})")
     out_dir = os.path.dirname(os.path.abspath(output))

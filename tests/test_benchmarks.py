@@ -230,7 +230,7 @@ def test_bad_input_to_benchmarks_and_tools(tmp_path, args):
 
 
 COMMANDS = ["benchmarks.throughput", "benchmarks.sampling", "benchmarks.prepare", "benchmarks.plot",
-            "benchmarks.time_to_quality", "benchmarks.pytorch", "benchmarks.distributed",
+            "benchmarks.time_to_quality", "benchmarks.pytorch", "benchmarks.distributed", "benchmarks.mkl_bf16",
             "benchmarks.kernel_scratch", "benchmarks.train_memory", "benchmarks.report", "tools.profile_speed",
             "tools.profile_memory", "tools.compare_models"]
 
@@ -388,6 +388,14 @@ def test_report_picks_the_newest_dated_folder(tmp_path):
     for name in ("2025-12-31", "2026-01-02", "not-a-date"):
         (tmp_path / name).mkdir()
     assert report.newest_results(str(tmp_path)).endswith("2026-01-02")
+    # each kind from the newest folder that has it
+    import json
+
+    for day, kind in (("2025-12-31", "sampling"), ("2025-12-31", "prepare"), ("2026-01-02", "prepare")):
+        (tmp_path / day / f"{kind}.json").write_text(json.dumps({"rows": [], "day": day}))
+    found = report.newest_of_each_kind(str(tmp_path))
+    assert [(k, name, d["day"]) for k, name, d in found] == [("sampling", "2025-12-31/sampling.json", "2025-12-31"),
+                                                            ("prepare", "2026-01-02/prepare.json", "2026-01-02")]
     assert report.kind_of("train_memory_big.json") == "train_memory" and report.kind_of("x.json") is None
 
 
