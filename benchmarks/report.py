@@ -331,7 +331,7 @@ def draw_charts(results, out_dir, stem):
             continue
         for model in sorted({f"{r.get('model', 'rnn')}" + (f":{r['layers']}" if r.get("layers", 1) != 1 else "")
                              for r in data["rows"]}):
-            png = f"{stem}_{os.path.splitext(name)[0]}_{model.replace(':', 'x')}.png"
+            png = f"{stem}_{os.path.splitext(os.path.basename(name))[0]}_{model.replace(':', 'x')}.png"
             plot(data, os.path.join(out_dir, png), model=model)
             written.append(png)
     return written, None
