@@ -275,17 +275,7 @@ def _write(inputs, output, out_dir, signals, *, level, val_frac, test_frac, lowe
                         config["skipped" if fixed.unknown == "skip" else "replaced"] = outside
                 sources = [{"path": "<stdin>" if p == spool else os.path.abspath(p), "bytes": os.path.getsize(p)}
                            for p in files]
-                f.attrs["fastrnn_corpus"] = 1
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["vocab"] = json.dumps(vocab.to_dict())
-                f.attrs["config"] = json.dumps(config)
-                f.attrs["sources"] = json.dumps(sources)
-                f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-                f.attrs["checksum_chunk"] = check_chunk
-                meta = {key: str(f.attrs[key]) for key in ("vocab", "config", "sources", "created")}
-                meta.update(format_version=str(FORMAT_VERSION), checksum_chunk=str(check_chunk))
-                f.attrs["meta_checksum"] = meta_digest(meta, {name: (np.dtype(dtype).name, sizes[name])
-                                                              for name in SPLITS})
+                write_attrs(f, vocab, config, sources, check_chunk, sizes)
             bounds = np.cumsum([0] + [sizes[name] for name in SPLITS])
             with _SplitWriter(tmp, offsets, bounds, dtype, chunk_size + 4, check_chunk, sum_offsets) as writer:
                 pos = 0
@@ -533,6 +523,21 @@ class _Signals:
                 signal.signal(s, handler)
         if self._hook is not None:
             sys.unraisablehook = self._hook
+
+
+def write_attrs(f, vocab, config, sources, check_chunk, sizes):
+    """The attributes of a corpus file (see fastrnn.corpus.dataset), with the checksum of them and of the splits'
+    names, dtypes and lengths (`sizes`: split -> tokens)."""
+    f.attrs["fastrnn_corpus"] = 1
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["vocab"] = json.dumps(vocab.to_dict())
+    f.attrs["config"] = json.dumps(config)
+    f.attrs["sources"] = json.dumps(sources)
+    f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    f.attrs["checksum_chunk"] = check_chunk
+    meta = {key: str(f.attrs[key]) for key in ("vocab", "config", "sources", "created")}
+    meta.update(format_version=str(FORMAT_VERSION), checksum_chunk=str(check_chunk))
+    f.attrs["meta_checksum"] = meta_digest(meta, {name: (np.dtype(vocab.dtype).name, sizes[name]) for name in SPLITS})
 
 
 def _names(inputs):

@@ -10,14 +10,13 @@ preprocess.py writes the tokens above 127 as "[N]": such a file becomes a byte-l
 import json
 import os
 import re
-import time
 
 import h5py
 import numpy as np
 
 from fastrnn.corpus.build import (_create_split, _OutputLock, _remove_stale_temps, _Signals, _SplitWriter,
-                                  _temp_name)
-from fastrnn.corpus.dataset import CHECK_CHUNK, FORMAT_VERSION, SPLITS, info, meta_digest, n_chunks
+                                  _temp_name, write_attrs)
+from fastrnn.corpus.dataset import CHECK_CHUNK, SPLITS, info, n_chunks
 from fastrnn.corpus.vocab import Vocab
 from fastrnn.errors import CorpusError
 
@@ -132,16 +131,7 @@ def _write(tmp, splits, sizes, vocab, lut, h5_path, json_path, chunk, check_chun
                   "lowercase": False, "letters_only": False, "encoding": "utf-8", "errors": "strict",
                   "from_torch_rnn": os.path.abspath(h5_path)}
         sources = [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in (h5_path, json_path)]
-        f.attrs["fastrnn_corpus"] = 1
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["vocab"] = json.dumps(vocab.to_dict())
-        f.attrs["config"] = json.dumps(config)
-        f.attrs["sources"] = json.dumps(sources)
-        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        f.attrs["checksum_chunk"] = check_chunk
-        meta = {key: str(f.attrs[key]) for key in ("vocab", "config", "sources", "created")}
-        meta.update(format_version=str(FORMAT_VERSION), checksum_chunk=str(check_chunk))
-        f.attrs["meta_checksum"] = meta_digest(meta, {name: (np.dtype(dtype).name, sizes[name]) for name in SPLITS})
+        write_attrs(f, vocab, config, sources, check_chunk, sizes)
     bounds = np.cumsum([0] + [sizes[name] for name in SPLITS])
     with _SplitWriter(tmp, offsets, bounds, dtype, chunk, check_chunk, sum_offsets) as writer:
         pos = 0
