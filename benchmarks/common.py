@@ -10,12 +10,36 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
 
-SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "fastrnn", "data", "tinyshakespeare.txt")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAKESPEARE = os.path.join(ROOT, "fastrnn", "data", "tinyshakespeare.txt")
+GUTENBERG = os.path.join(os.path.dirname(ROOT), "shared", "data", "gutenberg-novels.txt")  # ../shared beside the checkout
 VOCAB = 65  # symbols in tiny Shakespeare
+
+
+def fastrnn_cmd(*args):
+    """The command line of `fastrnn ARGS...` in this Python."""
+    return [sys.executable, "-m", "fastrnn", *[str(a) for a in args]]
+
+
+def default_corpus():
+    """The 11M-character Gutenberg novels where ../shared is beside the checkout, else the bundled tiny Shakespeare."""
+    return GUTENBERG if os.path.exists(GUTENBERG) else SHAKESPEARE
+
+
+def prepare_corpus(text, out):
+    """`fastrnn prepare TEXT --output OUT` in a subprocess; a ClickException with its error if it fails."""
+    import click
+
+    proc = subprocess.run(fastrnn_cmd("prepare", text, "--output", out), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise click.ClickException(f"fastrnn prepare failed: {proc.stderr.strip()}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

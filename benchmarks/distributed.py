@@ -30,16 +30,10 @@ import click
 
 from benchmarks import common, options
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GUTENBERG = os.path.join(os.path.dirname(ROOT), "shared", "data", "gutenberg-novels.txt")
-SHAKESPEARE = os.path.join(ROOT, "fastrnn", "data", "tinyshakespeare.txt")
+fastrnn_cmd = common.fastrnn_cmd
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 LINKS = "10:30,100:3"  # Gb/s : latency in microseconds
 KS = (1, 2, 4, 8, 16, 32, 64)
-
-
-def fastrnn_cmd(*args):
-    return [sys.executable, "-m", "fastrnn", *[str(a) for a in args]]
 
 
 def parse_links(text):
@@ -119,16 +113,13 @@ def main(corpus, models, hidden, batch_size, steps, repeats, links, plot_path, j
     if not os.path.exists(MPIEXEC):
         raise click.ClickException(f"no mpiexec beside {sys.executable}: pip install -e '.[mpi]'")
     links = parse_links(links)
-    corpus = corpus or (GUTENBERG if os.path.exists(GUTENBERG) else SHAKESPEARE)
+    corpus = corpus or common.default_corpus()
     machine = common.machine_info()
     peak = common.measure_peaks([2], dtypes=("float32",))["float32"]["2"]
     log_every = max(1, steps // 8)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fastrnn-dist-") as tmp:
-        corpus_h5 = os.path.join(tmp, "corpus.h5")
-        proc = subprocess.run(fastrnn_cmd("prepare", corpus, "--output", corpus_h5), capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise click.ClickException(f"fastrnn prepare failed: {proc.stderr.strip()}")
+        corpus_h5 = common.prepare_corpus(corpus, os.path.join(tmp, "corpus.h5"))
         from fastrnn.corpus import open_corpus
 
         with open_corpus(corpus_h5) as c:

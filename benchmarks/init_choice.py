@@ -22,9 +22,7 @@ import click
 
 from benchmarks import common
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GUTENBERG = os.path.join(os.path.dirname(ROOT), "shared", "data", "gutenberg-novels.txt")
-SHAKESPEARE = os.path.join(ROOT, "fastrnn", "data", "tinyshakespeare.txt")
+GUTENBERG, SHAKESPEARE = common.GUTENBERG, common.SHAKESPEARE
 
 
 def _csv(kind):

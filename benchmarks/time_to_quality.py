@@ -17,7 +17,6 @@ steps and characters trained, and chars/s. The summary names the model and backe
 import math
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -25,14 +24,8 @@ import click
 
 from benchmarks import common, options
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GUTENBERG = os.path.join(os.path.dirname(ROOT), "shared", "data", "gutenberg-novels.txt")
-SHAKESPEARE = os.path.join(ROOT, "fastrnn", "data", "tinyshakespeare.txt")
 MODELS = "rnn:1:512,lstm:1:512,gru:1:512,lstm:2:256,rnn:1:128"
-
-
-def fastrnn_cmd(*args):
-    return [sys.executable, "-m", "fastrnn", *[str(a) for a in args]]
+fastrnn_cmd = common.fastrnn_cmd
 
 
 def parse_models(text):
@@ -111,17 +104,13 @@ def _train(corpus_h5, run_dir, cell, layers, hidden, backend, limit, settings, b
 @options.catch_user_errors
 def main(corpus, budget, models, backends, batch_size, seq_len, eval_tokens, init, seed, threads, json_path):
     models = parse_models(models)
-    if corpus is None:
-        corpus = GUTENBERG if os.path.exists(GUTENBERG) else SHAKESPEARE
+    corpus = corpus or common.default_corpus()
     settings = dict(batch_size=batch_size, seq_len=seq_len, eval_tokens=eval_tokens, init=init, seed=seed,
                     threads=threads)
     machine = common.machine_info()
     rows = []
     with tempfile.TemporaryDirectory(prefix="fastrnn-ttq-") as tmp:
-        corpus_h5 = os.path.join(tmp, "corpus.h5")
-        proc = subprocess.run(fastrnn_cmd("prepare", corpus, "--output", corpus_h5), capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise click.ClickException(f"fastrnn prepare failed: {proc.stderr.strip()}")
+        corpus_h5 = common.prepare_corpus(corpus, os.path.join(tmp, "corpus.h5"))
         for cell, layers, hidden in models:
             for backend in backends:
                 print(f"{cell}:{layers}:{hidden} {backend}: training {budget:g} s ...", flush=True)

@@ -338,8 +338,8 @@ def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, 
     """train(), with the run directory's lock held (by rank 0)."""
     failure = saved = parent = config = None
     try:
-        saved, parent, config = _session_inputs(corpus_path, run_dir, overrides, resume, allow_change, force, emit,
-                                                init_from, comm)
+        saved, parent, config = _session_inputs(run_dir, overrides, resume, allow_change, force, emit, init_from,
+                                                comm)
     except FastrnnError as exc:
         failure = exc
     comm.first_error(failure)  # rank 0 read the run directory; every rank gets what it found
@@ -358,7 +358,7 @@ def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, 
             run.log.close()
 
 
-def _session_inputs(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from, comm):
+def _session_inputs(run_dir, overrides, resume, allow_change, force, emit, init_from, comm):
     """(the checkpoint resumed from or None, the --init-from checkpoint or None, the configuration), read by rank 0
     (None elsewhere: broadcast by the caller)."""
     if not comm.is_root:
