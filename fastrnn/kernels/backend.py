@@ -149,13 +149,18 @@ def sample_state(P, h):
 
 
 def sample_params(P):
-    """The arguments Wxh, Whh, bh (tuples over the layers), Why, by, cell (a code) of sample_streams."""
+    """The arguments Wx0, Wxp, Whp, bh (tuples over the layers), Whyp, by, cell (a code) of sample_streams: the
+    matrices it multiplies packed into tile panels once (tiles.pack)."""
     from fastrnn.kernels.sample import CELL_CODES
+    from fastrnn.kernels.tiles import no_pack, pack
 
     cell, L, _ = arch_of(P)
     names = [layer_names(l) for l in range(L)]
-    Wxh, Whh, bh = (tuple(np.ascontiguousarray(P[n[k]]) for n in names) for k in range(3))
-    return Wxh, Whh, bh, np.ascontiguousarray(P["Why"]), np.ascontiguousarray(P["by"]), CELL_CODES[cell]
+    Wx0 = np.ascontiguousarray(P[names[0][0]])
+    Wxp = tuple(no_pack(Wx0) if l == 0 else pack(np.ascontiguousarray(P[n[0]])) for l, n in enumerate(names))
+    Whp = tuple(pack(np.ascontiguousarray(P[n[1]])) for n in names)
+    bh = tuple(np.ascontiguousarray(P[n[2]]) for n in names)
+    return Wx0, Wxp, Whp, bh, pack(np.ascontiguousarray(P["Why"])), np.ascontiguousarray(P["by"]), CELL_CODES[cell]
 
 
 def generate_streams(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rngs=None,

@@ -10,7 +10,7 @@ per character for all the streams a thread runs):
         xa = Wxh[token] + bh (layer 0) or h_{l-1} @ Wxh_l + bh_l (above)      (G*H,)
         a = h_l @ Whh_l                                                       (G*H,)
         h_l (and c_l) = the cell's update from xa and a (`_cell_update`)
-    logits = h_{L-1} @ Why + by                             (the products as matmul_rows)
+    logits = h_{L-1} @ Why + by                             (the products by tiles.matmul_packed)
 
 with the uniform numbers u given in `uniforms` (drawn by the caller from each stream's numpy Generator, one per
 character, so a seed gives the same text as the NumPy path up to float rounding). Greedy takes the argmax instead.
@@ -29,7 +29,7 @@ from numba import prange
 
 from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.lstm import lstm_cell
-from fastrnn.kernels.rnn import matmul_small
+from fastrnn.kernels.tiles import matmul_packed
 
 CELL_CODES = {"rnn": 0, "lstm": 1, "gru": 2}  # the `cell` argument of sample_chunk
 RNN, LSTM, GRU = CELL_CODES["rnn"], CELL_CODES["lstm"], CELL_CODES["gru"]
@@ -106,55 +106,12 @@ def _cell_update(h, c, g, xa, a, cell):
 
 
 @kernel
-def matmul_rows(out, a, W):
-    """out: (R, M) = a: (R, K) @ W: (K, M), four rows of out at a time: per four rows of W (rank-1 updates
-    vectorized over the columns), each weight loaded once for four rows; the rows left over one at a time by
-    rnn.matmul_small.
-
-    Every output element is the same sum, in the same order and as the same expression, whichever way its row is
-    computed, so a row computed among R rows has the bits it has alone (a sample drawn among many equals the one
-    drawn alone; tests/test_sample.py checks it bit for bit)."""
-    R, K = a.shape
-    M = W.shape[1]
-    K4 = K - K % 4
-    R4 = R - R % 4
-    for n in range(0, R4, 4):
-        o0, o1, o2, o3 = out[n], out[n + 1], out[n + 2], out[n + 3]
-        for j in range(M):
-            o0[j] = 0
-            o1[j] = 0
-            o2[j] = 0
-            o3[j] = 0
-        for k in range(0, K4, 4):
-            w0, w1, w2, w3 = W[k], W[k + 1], W[k + 2], W[k + 3]
-            a00, a01, a02, a03 = a[n, k], a[n, k + 1], a[n, k + 2], a[n, k + 3]
-            a10, a11, a12, a13 = a[n + 1, k], a[n + 1, k + 1], a[n + 1, k + 2], a[n + 1, k + 3]
-            a20, a21, a22, a23 = a[n + 2, k], a[n + 2, k + 1], a[n + 2, k + 2], a[n + 2, k + 3]
-            a30, a31, a32, a33 = a[n + 3, k], a[n + 3, k + 1], a[n + 3, k + 2], a[n + 3, k + 3]
-            for j in range(M):
-                x0, x1, x2, x3 = w0[j], w1[j], w2[j], w3[j]
-                o0[j] += a00 * x0 + a01 * x1 + a02 * x2 + a03 * x3
-                o1[j] += a10 * x0 + a11 * x1 + a12 * x2 + a13 * x3
-                o2[j] += a20 * x0 + a21 * x1 + a22 * x2 + a23 * x3
-                o3[j] += a30 * x0 + a31 * x1 + a32 * x2 + a33 * x3
-        for k in range(K4, K):
-            wk = W[k]
-            b0, b1, b2, b3 = a[n, k], a[n + 1, k], a[n + 2, k], a[n + 3, k]
-            for j in range(M):
-                x = wk[j]
-                o0[j] += b0 * x
-                o1[j] += b1 * x
-                o2[j] += b2 * x
-                o3[j] += b3 * x
-    matmul_small(out[R4:], a[R4:], W)  # the rows left over one at a time: the same expression as above
-
-
-@kernel
-def _sample_rows(out, state, logits, uniforms, Wxh, Whh, bh, Why, by, cell, temperature, top_k, top_p, greedy):
+def _sample_rows(out, state, logits, uniforms, Wx0, Wxp, Whp, bh, Whyp, by, cell, temperature, top_k, top_p,
+                 greedy):
     """sample_streams for one group of R streams (all arrays already cut to the group's rows), on one thread."""
     R, L, K, H = state.shape
     n = out.shape[1]
-    GH = Whh[0].shape[1]
+    GH = Wx0.shape[1]
     V = logits.shape[1]
     z = np.empty(V, np.float64)  # (V,)
     xa = np.empty((R, GH), state.dtype)  # (R, G*H) input side
@@ -168,39 +125,40 @@ def _sample_rows(out, state, logits, uniforms, Wxh, Whh, bh, Why, by, cell, temp
             b = bh[l]
             if l == 0:
                 for r in range(R):
-                    wx = Wxh[0][out[r, i]]
+                    wx = Wx0[out[r, i]]
                     for j in range(GH):
                         xa[r, j] = wx[j] + b[j]
             else:
                 for r in range(R):
                     hin[r] = state[r, l - 1, 0]  # the new h of the layer below
-                matmul_rows(xa, hin, Wxh[l])
+                matmul_packed(xa, hin, Wxp[l])
                 for r in range(R):
                     for j in range(GH):
                         xa[r, j] += b[j]
             for r in range(R):
                 hin[r] = state[r, l, 0]
-            matmul_rows(a, hin, Whh[l])
+            matmul_packed(a, hin, Whp[l])
             for r in range(R):
                 _cell_update(state[r, l, 0], state[r, l, K - 1], g, xa[r], a[r], cell)
         for r in range(R):
             hin[r] = state[r, L - 1, 0]
-        matmul_rows(logits, hin, Why)
+        matmul_packed(logits, hin, Whyp)
         for r in range(R):
             for j in range(V):
                 logits[r, j] += by[j]
 
 
 @parallel_kernel
-def sample_streams(out, state, logits, uniforms, Wxh, Whh, bh, Why, by, cell, temperature, top_k, top_p, greedy,
-                   groups):
+def sample_streams(out, state, logits, uniforms, Wx0, Wxp, Whp, bh, Whyp, by, cell, temperature, top_k, top_p,
+                   greedy, groups):
     """Generate out.shape[1] tokens for each of B streams into out (B, n) int32, updating state and logits (B, V)
     in place.
 
     state: (B, L, K, H), each stream's carried state (1, S) of fastrnn.reference reshaped: state[b, l, 0] is layer
     l's h and, for an lstm (K = 2), state[b, l, 1] its c; uniforms: (B, n) float64 in [0, 1), one per character of
-    each stream; cell: a CELL_CODES value. Wxh, Whh, bh: tuples over the layers of Wxh (V, G*H) for layer 0,
-    (H, G*H) above; Whh (H, G*H); bh (G*H,). Why (H, V), by (V,).
+    each stream; cell: a CELL_CODES value. Wx0: layer 0's Wxh (V, G*H) (rows looked up); Wxp, Whp, bh: tuples over
+    the layers of tiles.pack(Wxh) ((H, G*H) above layer 0; an empty tiles.no_pack for layer 0), tiles.pack(Whh)
+    and bh (G*H,); Whyp: tiles.pack(Why (H, V)); by (V,). backend.sample_params makes them from a model.
 
     The streams are cut into `groups` contiguous groups, one per thread, each generating all n characters of its
     streams with no exchange between threads (each thread reads every weight once per character for its rows).
@@ -210,5 +168,5 @@ def sample_streams(out, state, logits, uniforms, Wxh, Whh, bh, Why, by, cell, te
     groups = max(1, min(groups, B))
     for q in prange(groups):
         r0, r1 = q * B // groups, (q + 1) * B // groups
-        _sample_rows(out[r0:r1], state[r0:r1], logits[r0:r1], uniforms[r0:r1], Wxh, Whh, bh, Why, by, cell,
+        _sample_rows(out[r0:r1], state[r0:r1], logits[r0:r1], uniforms[r0:r1], Wx0, Wxp, Whp, bh, Whyp, by, cell,
                      temperature, top_k, top_p, greedy)
