@@ -25,14 +25,22 @@ def fresh_cache(tmp_path, monkeypatch):
     dispatch._memory.clear()
 
 
-def fake_timings(monkeypatch, loops_seconds, blas_seconds):
+def fake_timings(monkeypatch, loops_seconds, blas_seconds, tiles_seconds=None, steps=None):
+    """Fake time_products (loops or BLAS) and time_step (tiles: tiles_seconds, else 1.0; steps receives the plans
+    timed). Returns the time_products calls."""
     calls = []
 
     def timed(N, H, G, dtype, threads, loops, reps):
         calls.append((N, H, G, loops))
         return loops_seconds if loops else blas_seconds
 
+    def step(p, reps):
+        if steps is not None:
+            steps.append(p)
+        return (tiles_seconds if tiles_seconds is not None else 2.0) if p.tiles else 1.0
+
     monkeypatch.setattr(dispatch, "time_products", timed)
+    monkeypatch.setattr(dispatch, "time_step", step)
     return calls
 
 
@@ -43,7 +51,7 @@ def test_the_measured_choice_is_the_faster_way_and_is_cached(fresh_cache, monkey
     assert p.measured and p.loops == loops_win and p.path == "layers"
     assert len(calls) == 2 * dispatch.REPEATS and {c[:3] for c in calls} == {(8, 64, 4)}
     saved = json.loads(open(dispatch.cache_path()).read())
-    assert saved == {"8x64x4:float32:2": loops_win}
+    assert saved == {"8x64x4:float32:2": loops_win, "tiles:lstm:1:8x50x64x65:0:float32:2": False}
     # another process (no memory of it) reads the file and measures nothing
     dispatch._plan.cache_clear()
     dispatch._memory.clear()
@@ -68,7 +76,8 @@ def test_an_unwritable_or_damaged_cache_is_ignored(fresh_cache, monkeypatch):
     with open(dispatch.cache_path(), "w") as f:
         f.write("{not json")
     assert dispatch.plan("gru", 2, 4, 10, 64, 30, True, 1, np.float64).loops
-    assert json.loads(open(dispatch.cache_path()).read()) == {"4x64x3:float64:1": True}  # rewritten whole
+    assert json.loads(open(dispatch.cache_path()).read()) == {"4x64x3:float64:1": True,  # rewritten whole
+                                                              "tiles:gru:2:4x10x64x30:1:float64:1": False}
     monkeypatch.setenv("FASTRNN_CACHE_DIR", "/proc/no-such-dir")  # cannot be written: measured, kept in memory
     dispatch._plan.cache_clear()
     assert dispatch.plan("gru", 2, 4, 10, 64, 30, True, 1, np.float64).measured
@@ -101,6 +110,30 @@ def test_others_busy_seconds_counts_other_processes_only():
     assert busy - others > 0.9
 
 
+@pytest.mark.parametrize("tiles_win", [True, False])
+def test_between_the_tiles_thresholds_whole_steps_are_measured(fresh_cache, monkeypatch, tiles_win):
+    steps = []
+    fake_timings(monkeypatch, 1.0, 2.0, 0.5 if tiles_win else 2.0, steps)
+    N = dispatch.TILES_MIN_ROWS * 2  # 2 threads: the fewest rows a thread that are measured
+    p = dispatch.plan("lstm", 1, N, 50, 64, 65, False, 2, np.float32)
+    assert p.measured and p.tiles == tiles_win and p.path == "layers"
+    assert len(steps) == 2 * dispatch.REPEATS and sorted({q.tiles for q in steps}) == [False, True]
+    assert all((q.N, q.T, q.H, q.cell, q.threads) == (N, 50, 64, "lstm", 2) for q in steps)
+    assert json.loads(open(dispatch.cache_path()).read())[f"tiles:lstm:1:{N}x50x64x65:0:float32:2"] == tiles_win
+    steps.clear()
+    few = dispatch.plan("lstm", 1, N - 2, 50, 64, 65, False, 2, np.float32)  # under TILES_MIN_ROWS a thread
+    many = dispatch.plan("lstm", 1, dispatch.TILES_ALWAYS * 2, 50, 64, 65, False, 2, np.float32)
+    assert not few.tiles and many.tiles and not steps
+    rnn = dispatch.plan("rnn", 1, 64, 50, 512, 65, False, 2, np.float32)
+    assert rnn.tiles and rnn.path == "layers"  # the tiles plan runs the one-layer rnn layer by layer
+
+
+def test_time_step_times_a_plan():
+    p = dispatch.plan("gru", 2, 8, 4, 16, 11, True, 1, np.float32, measure=False)
+    for q in (dispatch.variant(p, tiles=True), dispatch.variant(p, tiles=False)):
+        assert dispatch.time_step(q, 2) > 0
+
+
 def test_time_products_measures_both_ways():
     for loops in (True, False):
         assert dispatch.time_products(3, 16, 4, "float32", 1, loops, 5) > 0
@@ -111,7 +144,10 @@ def test_plans_name_their_path():
     assert p.path == "fused" and p.describe().startswith("fused step; recurrent products: hand loops")
     assert p.describe().endswith("; 2 threads")
     q = dispatch.plan("lstm", 2, 64, 50, 512, 65, True, 1, np.float32, measure=False)
-    assert q.describe() == "layer by layer; recurrent products: BLAS; position products: BLAS; 1 thread"
+    assert q.describe() == ("layer by layer; recurrent products: register tiles, a block of rows per thread; "
+                            "position products: BLAS; 1 thread")
+    r = dispatch.variant(q, tiles=False)
+    assert r.describe() == "layer by layer; recurrent products: BLAS; position products: BLAS; 1 thread"
     assert dispatch.plan("lstm", 2, 1, 1, 16, 65, False, 1, np.float32, measure=False).positions == "loops"
     assert p is dispatch.plan("rnn", 1, 1, 50, 128, 65, False, 2, np.float32, measure=False)  # one object
     assert ref.plan_for(None, 1, 1).describe() == "NumPy reference"

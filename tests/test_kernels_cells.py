@@ -36,8 +36,11 @@ def assert_close(got, want, dtype, what=""):
     np.testing.assert_allclose(got, want, rtol=0, atol=tol(dtype) * scale, err_msg=what)
 
 
-# (N, T, V, H, way): the per-step products as hand loops or BLAS (the plan made for the call, varied)
-SHAPES = [(3, 5, 7, 5, "loops"), (1, 1, 7, 5, "loops"), (4, 6, 11, 32, "blas"), (1, 3, 7, 32, "loops")]
+# (N, T, V, H, way): the per-step products as hand loops, BLAS or tiles with the rows split over the threads (the
+# plan made for the call, varied); the tiles shapes have row blocks of 4 and leftovers, and columns in whole
+# vectors and a scalar tail (H = 21: 21, 63 or 84 columns)
+SHAPES = [(3, 5, 7, 5, "loops"), (1, 1, 7, 5, "loops"), (4, 6, 11, 32, "blas"), (1, 3, 7, 32, "loops"),
+          (9, 5, 7, 21, "tiles"), (2, 3, 7, 16, "tiles")]
 CASES = [(cell, L, dropout) for cell in CELLS for L in (1, 2) for dropout in (0.0, 0.4)]
 
 
@@ -52,7 +55,9 @@ def ids(case):
 def test_forward_backward_and_loss_match_reference(cell, L, dropout, N, T, V, H, way, dtype):
     model, x, y, h0, masks = make_problem(cell, L, N, T, V, H, dtype, dropout=dropout)
     assert arch_of(model.P) == (cell, L, H) and (masks is None) == (dropout == 0)
-    plan = dispatch.variant(K.plan_for(model.P, N, T, masks is not None), loops=way == "loops")
+    plan = dispatch.variant(K.plan_for(model.P, N, T, masks is not None), loops=way == "loops",
+                            tiles=way == "tiles")
+    assert plan.tiles == (way == "tiles")
     views = model.layout.views
     g_ref, g_nb = model.layout.zeros(dtype), model.layout.zeros(dtype) + 7  # overwritten, not accumulated
     loss_ref, s_ref = ref.forward_backward(model.P, views(g_ref), x, y, h0, masks)

@@ -11,6 +11,9 @@ that computes the same product with NumPy: correct, slower.
 
     gemm(C, A, trans_a, B, trans_b, alpha, beta):  C = alpha * op(A) @ op(B) + beta * C
     gemm_serial(...): the same on one OpenBLAS thread (split into row blocks below OpenBLAS's threading threshold)
+    gemm_on(..., groups): gemm (groups <= 1), or C's columns in `groups` blocks, one per numba thread, each
+        block one OpenBLAS call made from that thread (for the tiles plan, which keeps OpenBLAS on one thread
+        with `one_thread()` so that its idle workers do not spin against numba's)
 
 A, B, C: 2D arrays of one float dtype with unit stride along rows (row-major; any row stride, so row blocks and
 views such as hs[t] work); op(X) = X.T if trans_X else X.
@@ -20,12 +23,14 @@ import ctypes
 import glob
 import os
 
+import contextlib
+
 import llvmlite.binding as ll
 import numpy as np
-from numba import types
+from numba import prange, types
 from numba.extending import overload
 
-from fastrnn.kernels.jit import OPTIONS, kernel
+from fastrnn.kernels.jit import OPTIONS, kernel, parallel_kernel
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 _SYMBOLS = {"s": "fastrnn_cblas_sgemm", "d": "fastrnn_cblas_dgemm"}
@@ -74,12 +79,21 @@ def _numpy_fallback(kind):
 
 
 LIBRARY = None  # the path of the BLAS library the kernels call (None: the NumPy fallback)
+_THREADS = None  # (get, set) of that library's thread count, ctypes functions, or None
 
 
 def _register():
-    global LIBRARY
+    global LIBRARY, _THREADS
     found = _find_numpy_cblas()
     LIBRARY = getattr(found[0], "_name", None) if found is not None else None
+    if found is not None:
+        suffix = "64_" if found[1]["s"].endswith("64_") else ""
+        prefix = "scipy_openblas" if found[1]["s"].startswith("scipy_") else "openblas"
+        names = (f"{prefix}_get_num_threads{suffix}", f"{prefix}_set_num_threads{suffix}")
+        if all(hasattr(found[0], n) for n in names):
+            get, put = (getattr(found[0], n) for n in names)
+            get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
+            _THREADS = (get, put)
     for kind, symbol in _SYMBOLS.items():
         if found is not None:
             fn = getattr(found[0], found[1][kind])
@@ -162,3 +176,44 @@ def _gemm_serial(C, A, trans_a, B, trans_b, alpha, beta):
 
 
 gemm_serial = kernel(_gemm_serial)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """OpenBLAS on one thread inside the block (the thread count before is restored after): two C calls, no
+    library scan (threadpoolctl's context manager takes about a millisecond)."""
+    if _THREADS is None:
+        yield
+        return
+    get, put = _THREADS
+    before = get()
+    put(1)
+    try:
+        yield
+    finally:
+        put(before)
+
+
+@parallel_kernel
+def gemm_split(C, A, trans_a, B, trans_b, alpha, beta, groups):
+    """gemm as `groups` blocks of C's columns (multiples of 16 wide), one per numba thread, each one OpenBLAS
+    call from that thread; each element is computed as in a single call on one thread."""
+    N = C.shape[1]
+    groups = max(1, min(groups, (N + 15) // 16))
+    for q in prange(groups):
+        c0 = 16 * ((q * N) // (16 * groups)) if q > 0 else 0
+        c1 = 16 * (((q + 1) * N) // (16 * groups)) if q < groups - 1 else N
+        if c1 > c0:
+            if trans_b:
+                gemm(C[:, c0:c1], A, trans_a, B[c0:c1], True, alpha, beta)
+            else:
+                gemm(C[:, c0:c1], A, trans_a, B[:, c0:c1], False, alpha, beta)
+
+
+@kernel
+def gemm_on(C, A, trans_a, B, trans_b, alpha, beta, groups):
+    """gemm (groups <= 1) or gemm_split over `groups` numba threads."""
+    if groups > 1:
+        gemm_split(C, A, trans_a, B, trans_b, alpha, beta, groups)
+    else:
+        gemm(C, A, trans_a, B, trans_b, alpha, beta)

@@ -10,6 +10,13 @@ process-wide state is read by a kernel. Its fields:
     loops      the per-step recurrent products (N, H) x (H, G*H) and their gradients as hand loops (True) or
                OpenBLAS calls (False). Hand loops read Whh once a step; OpenBLAS packs all of Whh at every call,
                which costs more than it saves for a few rows.
+    tiles      instead of either: the recurrences cut into one block of batch rows per thread, each thread
+               stepping its rows through all T steps with register-tile products (tiles.matmul_tiles, Whh read
+               in place, Whh.T copied once per call) and its own gate passes, no BLAS call and no exchange
+               between the threads inside a layer (the `_split` kernels of rnn.py, lstm.py, gru.py; always the
+               layers path), and the products over all positions split into column blocks over the same threads
+               with OpenBLAS held to one thread. Always from TILES_ALWAYS rows a thread; from TILES_MIN_ROWS up to
+               there chosen by measuring whole training steps both ways (`tiles_faster`); never below.
     positions  the products over all T*N positions (output layer, weight gradients, the input side of upper
                layers): "blas" (OpenBLAS on the plan's threads) or "loops" (hand loops, for a generation step of
                one or two rows on the layers path: 1.07x at a 2-layer lstm H128, 1.13x at H512, measured here).
@@ -23,8 +30,9 @@ choice (the same numbers from the same seed and thread count) without measuring 
 kept the cores busy is thrown away (BUSY_CORES) and the constant rule decides for that run; FASTRNN_CALIBRATE=0
 turns the measurement off altogether.
 
-Loops and BLAS round differently, so two plans give results that agree to rounding, not bit for bit; the
-plan is fixed for a run.
+Loops, BLAS and tiles round differently, so two plans give results that agree to rounding, not bit for bit; the
+plan is fixed for a run. (Tiles give the same bits at any thread count: each element is one chain of fused
+multiply-adds whatever rows share its tile.)
 
 A special path stays here only while a benchmark shows it pays on the machine the project runs on. The step for
 one to four sequences pipelined over two threads (one the recurrences, the other the output layer and the weight
@@ -43,7 +51,8 @@ import time
 import numpy as np
 
 from fastrnn.kernels.jit import kernel
-from fastrnn.kernels.rnn import recurrent_gradient, recurrent_product
+from fastrnn.kernels.rnn import BLAS, LOOPS, TILES, recurrent_gradient, recurrent_product
+from fastrnn.kernels.tiles import no_pack
 from fastrnn.params import GATES
 
 SMALL_ROWS = 2  # at most this many sequences: hand loops for the recurrent products at any H, and for the
@@ -56,6 +65,12 @@ MEASURE_BAND = 16  # the choice is measured for work within SMALL_WORK / MEASURE
 # (above, BLAS wins by far on every machine measured; below, loops)
 # (The fused path's position products once ran on one BLAS thread for one or two sequences of small H: 1.2-1.4x on
 # the Zen 3, 0.98-1.01x on the Xeon at H32-H96 N1-N2; dropped.)
+TILES_MIN_ROWS = 4  # sequences per thread below which the tiles plan is never taken (one row tile a thread)
+TILES_RULE_ROWS = 8  # between TILES_MIN_ROWS and TILES_ALWAYS a thread, tiles from here when not measured
+TILES_ALWAYS = 16  # sequences per thread from which the tiles plan is taken without measuring. Measured on the
+# 2-core Zen 4 (AVX-512, 1 MiB L2 a core), whole training steps, tiles over the other plan: 2 threads N16 1.18x
+# (rnn H128), 1.49x (lstm H128), 1.56x (gru H256); N64 H512 1.05x rnn, 1.31x lstm, 1.22x gru; 1 thread N16
+# 1.26-1.46x; but 2 threads lstm H128 N8 0.86x, rnn H128 N4 0.79x (against hand loops)
 CALIBRATE_ENV = "FASTRNN_CALIBRATE"
 PATHS = ("fused", "layers")
 POSITIONS = ("blas", "loops")
@@ -77,12 +92,18 @@ class Plan:
     path: str
     loops: bool
     positions: str
-    measured: bool = False  # whether `loops` was measured
+    measured: bool = False  # whether `loops` (or `tiles`) was measured
+    tiles: bool = False
+
+    @property
+    def how(self):
+        """The kernels' code for the recurrent products: rnn.TILES, LOOPS or BLAS."""
+        return TILES if self.tiles else LOOPS if self.loops else BLAS
 
     def __post_init__(self):
         if self.path not in PATHS or self.positions not in POSITIONS:
             raise ValueError(f"plan: unknown path {self.path!r} or positions {self.positions!r}")
-        fused = self.cell == "rnn" and self.layers == 1 and not self.dropout
+        fused = self.cell == "rnn" and self.layers == 1 and not self.dropout and not self.tiles
         if (self.path != "layers") != fused:
             raise ValueError(f"plan: path {self.path!r} cannot run {self.cell} x {self.layers} "
                              f"{'with' if self.dropout else 'without'} dropout")
@@ -92,7 +113,8 @@ class Plan:
     def describe(self):
         """One line for people: 'fused step; recurrent products: hand loops; position products: BLAS; 2 threads'."""
         path = {"fused": "fused step", "layers": "layer by layer"}[self.path]
-        rec = "hand loops" if self.loops else "BLAS"
+        rec = ("register tiles, a block of rows per thread" if self.tiles else
+               "hand loops" if self.loops else "BLAS")
         pos = {"blas": "BLAS", "loops": "hand loops"}[self.positions]
         return (f"{path}; recurrent products: {rec}; position products: {pos}; {self.threads} "
                 f"thread{'s' if self.threads != 1 else ''}{' (chosen by measurement)' if self.measured else ''}")
@@ -122,13 +144,22 @@ def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure):
             measured = loops is not None
         if loops is None:
             loops = work <= SMALL_WORK
-    fused = cell == "rnn" and layers == 1 and not dropout
+    tiles = False
+    per_thread = N / threads
+    if per_thread >= TILES_ALWAYS:
+        tiles = True
+    elif per_thread >= TILES_MIN_ROWS and T * N > SMALL_ROWS:
+        tiles = tiles_faster(cell, layers, N, T, H, V, dropout, threads, dtype, loops) if measure else None
+        measured = measured or tiles is not None
+        if tiles is None:
+            tiles = per_thread >= TILES_RULE_ROWS
+    fused = cell == "rnn" and layers == 1 and not dropout and not tiles
     if not fused:
         path = "layers"
         positions = "loops" if T * N <= SMALL_ROWS else "blas"
     else:
         positions, path = "blas", "fused"
-    return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, path, loops, positions, measured)
+    return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, path, loops, positions, measured, tiles)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,8 +174,8 @@ TARGET_FLOPS = 1e9  # about this much work per timing (~10 ms: the whole measure
 def _products(out, rec, h, W, d, loops, reps):
     """reps x (one step's forward product and its gradient): out = h @ W, rec = d @ W.T."""
     for _ in range(reps):
-        recurrent_product(out, h, W, loops)
-        recurrent_gradient(rec, d, W, loops)
+        recurrent_product(out, h, W, loops, no_pack(W))
+        recurrent_gradient(rec, d, W, loops, no_pack(W))
 
 
 def time_products(N, H, G, dtype, threads, loops, reps):
@@ -180,6 +211,60 @@ def loops_faster(N, H, G, dtype, threads):
             for loops in (True, False):
                 times[loops].append(time_products(N, H, G, dtype, threads, loops, reps))
         return statistics.median(times[True]) <= statistics.median(times[False])
+
+    return _measured(key, measure)
+
+
+def time_step(p, reps):
+    """Seconds for `reps` training steps (forward_backward) of a random model of plan p's shape run as p says, on
+    p.threads threads (after one untimed call, which also compiles)."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    from fastrnn import kernels as K
+    from fastrnn.dropout import make_masks
+    from fastrnn.model import Model
+
+    rng = np.random.default_rng(0)
+    model = Model(p.V, p.H, p.dtype, p.cell, p.layers).init(rng, 0.5, "xavier")
+    x, y = (rng.integers(0, p.V, size=(p.N, p.T)).astype(np.int32) for _ in range(2))
+    h0 = np.zeros((p.N, model.state_size), p.dtype)
+    masks = make_masks(rng, 0.5 if p.dropout else 0.0, p.layers, p.T, p.N, p.H, p.dtype)
+    G = model.layout.views(model.layout.zeros(p.dtype))
+    before = numba.get_num_threads()
+    with threadpool_limits(limits=p.threads, user_api="blas"):
+        numba.set_num_threads(min(p.threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            K.forward_backward(model.P, G, x, y, h0, masks, plan=p)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                K.forward_backward(model.P, G, x, y, h0, masks, plan=p)
+            return time.perf_counter() - t0
+        finally:
+            numba.set_num_threads(before)
+
+
+def tiles_faster(cell, layers, N, T, H, V, dropout, threads, dtype, loops):
+    """Whether the tiles plan beats the other (hand loops or BLAS as `loops`, fused or layer by layer) for whole
+    training steps at this shape on `threads` threads (time_step, both plans interleaved REPEATS times, medians
+    compared): measured once, then read from the cache; None if the cores were busy. (The per-step products
+    alone mislead here: at few rows a thread they favour tiles, whose per-call costs, packing Whh and starting
+    the threads for each layer, they leave out.)"""
+    key = f"tiles:{cell}:{layers}:{N}x{T}x{H}x{V}:{int(dropout)}:{dtype}:{threads}"
+    cache = _load_cache()
+    if key in cache:
+        return bool(cache[key])
+    fused = cell == "rnn" and layers == 1 and not dropout
+    other = Plan(cell, layers, N, T, H, V, dropout, threads, dtype, "fused" if fused else "layers", loops, "blas")
+    plans = {True: dataclasses.replace(other, path="layers", tiles=True), False: other}
+    reps = max(1, min(50, int(TARGET_FLOPS / (6 * N * T * H * GATES[cell] * H * layers))))
+
+    def measure():
+        times = {True: [], False: []}
+        for _ in range(REPEATS):
+            for tiles, p in plans.items():
+                times[tiles].append(time_step(p, reps))
+        return statistics.median(times[True]) < statistics.median(times[False])
 
     return _measured(key, measure)
 
@@ -272,12 +357,18 @@ def _save_cache(cache):
         pass
 
 
-def variant(p, *, loops=None, positions=None):
-    """The plan p with the recurrent products as hand loops or BLAS (`loops`) and/or the position products done
-    another way (`positions`; hand-loop position products exist on the layers path only): for tests and
-    benchmarks that compare the ways."""
+def variant(p, *, loops=None, positions=None, tiles=None):
+    """The plan p with the recurrent products as hand loops or BLAS (`loops`) or tiles (`tiles`), and/or the
+    position products done another way (`positions`; hand-loop position products exist on the layers path
+    only): for tests and benchmarks that compare the ways. The path follows: tiles run layer by layer, the
+    one-layer rnn without dropout and without tiles fused."""
+    if tiles is None:  # asking for loops or BLAS means not tiles
+        tiles = p.tiles if loops is None else False
     loops = p.loops if loops is None else bool(loops)
+    tiles = bool(tiles)
+    fused = p.cell == "rnn" and p.layers == 1 and not p.dropout and not tiles
+    path = "fused" if fused else "layers"
     positions = p.positions if positions is None else positions
-    if p.path != "layers" and positions == "loops":
+    if path != "layers" and positions == "loops":
         positions = "blas"
-    return dataclasses.replace(p, loops=loops, positions=positions, measured=False)
+    return dataclasses.replace(p, loops=loops, positions=positions, measured=False, tiles=tiles, path=path)

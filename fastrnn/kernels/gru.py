@@ -6,14 +6,18 @@ PyTorch's variant), so each step is one (N, H) x (H, 3H) product ha = h_{t-1} @ 
     h_t = n + z * (h_{t-1} - n)
 with sigmoid(a) = 1/2 + tanh(a/2)/2 (as the reference). The layer follows the general interface of rnn.py.
 Backward keeps two gradients of the pre-activations: dxa w.r.t. the input side (for dWxh, dbh and the input
-gradient) and dha w.r.t. the recurrent product (for dWhh and the recurrence), equal except in the n block.
+gradient) and dha w.r.t. the recurrent product (for dWhh and the recurrence), equal except in the n block. The `_split` kernels run the recurrence as blocks of rows, one per thread, with tile products (see
+rnn.py).
 """
+
+from numba import prange
 
 from fastrnn.kernels import mathfn
 from fastrnn.kernels.mathfn import cast_like
-from fastrnn.kernels.jit import kernel
-from fastrnn.kernels.rnn import apply_mask, input_side, recurrent_gradient, recurrent_product, \
-    weight_gradients
+from fastrnn.kernels.jit import kernel, parallel_kernel
+from fastrnn.kernels.rnn import TILES, apply_mask, input_side, recurrent_gradient, recurrent_product, \
+    row_block, weight_gradients
+from fastrnn.kernels.tiles import no_pack, pack
 
 
 @kernel
@@ -23,13 +27,33 @@ def gru_forward(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, loops, posi
     (only with a mask); tmp: (N, 3H) scratch; x: (N, T) int32 tokens (layer 0); inp: (T, N, H) or 0 rows
     (layer 0); Wxh: (V or H, 3H); Whh: (H, 3H); bh: (3H,); mask: (T, N, H) or 0 rows; loops, positions_loops: hand loops
     for the recurrent and the input-side products."""
-    T = gates.shape[0]
-    N, H = hs.shape[1], hs.shape[2]
-    lookup = inp.shape[0] == 0
     input_side(gates, inp, Wxh, positions_loops)
+    gru_steps(hs, gates, hn, tmp, x, Wxh, Whh, no_pack(Whh), bh, inp.shape[0] == 0, 0, hs.shape[1], loops)
+    apply_mask(out, hs, mask)
+
+
+@parallel_kernel
+def gru_forward_split(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, positions_loops, groups):
+    """gru_forward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+    N = hs.shape[1]
+    input_side(gates, inp, Wxh, positions_loops, groups)
+    lookup = inp.shape[0] == 0
+    Wp = pack(Whh)
+    for q in prange(groups):
+        r0, r1 = row_block(N, groups, q)
+        gru_steps(hs, gates, hn, tmp, x, Wxh, Whh, Wp, bh, lookup, r0, r1, TILES)
+    apply_mask(out, hs, mask)
+
+
+@kernel
+def gru_steps(hs, gates, hn, tmp, x, Wxh, Whh, Wp, bh, lookup, r0, r1, how):
+    """The T steps of gru_forward for the rows r0:r1 (all, or one thread's block; whole arrays and a row range,
+    see rnn.rnn_layer_steps); the input side is the row Wxh[x[n, t]] (lookup) or gates[t, n]."""
+    T = gates.shape[0]
+    H = hs.shape[2]
     for t in range(T):
-        recurrent_product(tmp, hs[t], Whh, loops)
-        for n in range(N):
+        recurrent_product(tmp[r0:r1], hs[t, r0:r1], Whh, how, Wp)
+        for n in range(r0, r1):
             # short passes that each write one array: LLVM vectorizes them (a fused pass writing several streams
             # needs too many runtime alias checks and stays scalar)
             src = Wxh[x[n, t]] if lookup else gates[t, n]
@@ -45,7 +69,6 @@ def gru_forward(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, loops, posi
             for j in range(H):
                 nn = g[2 * H + j]
                 h1[j] = nn + g[H + j] * (h0[j] - nn)
-    apply_mask(out, hs, mask)
 
 
 @kernel
@@ -55,16 +78,35 @@ def gru_backward(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, g
     dout: (T, N, H) in: gradient w.r.t. the layer's output (before the mask); out (above layer 0): gradient
     w.r.t. inp. dxa, dha: (T, N, 3H) scratch; rec, carry: (N, H) scratch; acc: (3H,) float64 scratch.
     """
+    gru_back_steps(dout, dxa, dha, rec, carry, hs, gates, hn, Whh, no_pack(Whh), mask, 0, hs.shape[1], loops)
+    weight_gradients(dWxh, dWhh, dbh, dout, dxa, dha, acc, x, inp, hs, Wxh)
+
+
+@parallel_kernel
+def gru_backward_split(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, gates, hn, Wxh, Whh, mask,
+                       groups):
+    """gru_backward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+    N = hs.shape[1]
+    WTp = pack(Whh.T)
+    for q in prange(groups):
+        r0, r1 = row_block(N, groups, q)
+        gru_back_steps(dout, dxa, dha, rec, carry, hs, gates, hn, Whh, WTp, mask, r0, r1, TILES)
+    weight_gradients(dWxh, dWhh, dbh, dout, dxa, dha, acc, x, inp, hs, Wxh, groups)
+
+
+@kernel
+def gru_back_steps(dout, dxa, dha, rec, carry, hs, gates, hn, Whh, WTp, mask, r0, r1, how):
+    """The backward recurrence of gru_backward for the rows r0:r1 (all, or one thread's block)."""
     T, N, H = dout.shape
     masked = mask.shape[0] > 0
     one = cast_like(1.0, Whh)
-    carry[:, :] = 0
+    carry[r0:r1] = 0
     for t in range(T - 1, -1, -1):
         if t < T - 1:
-            recurrent_gradient(rec, dha[t + 1], Whh, loops)
+            recurrent_gradient(rec[r0:r1], dha[t + 1, r0:r1], Whh, how, WTp)
         else:
-            rec[:, :] = 0
-        for n in range(N):
+            rec[r0:r1] = 0
+        for n in range(r0, r1):
             # short passes writing one array each (vectorized; see gru_forward)
             d, dh, cr, g, h0, hnt = dout[t, n], rec[n], carry[n], gates[t, n], hs[t, n], hn[t, n]
             dx, dr_h = dxa[t, n], dha[t, n]
@@ -90,4 +132,3 @@ def gru_backward(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, g
                 dr_h[2 * H + j] = dx[2 * H + j] * g[j]
             for j in range(H):  # the direct path to h_{t-1}
                 cr[j] = dh[j] * g[H + j]
-    weight_gradients(dWxh, dWhh, dbh, dout, dxa, dha, acc, x, inp, hs, Wxh)

@@ -8,14 +8,18 @@ with sigmoid(a) = 1/2 + tanh(a/2)/2 (as the reference; mathfn.tanh vectorizes in
 The layer follows the general interface of rnn.py (layer 0 reads tokens as a row lookup, layers above one
 (T*N, H) x (H, 4H) product over all positions; dropout masks on the output): one BLAS product per step for the
 recurrence, the bias, nonlinearities, cell update and mask fused into one pass around it; backward likewise, then
-the weight gradients as one product each over all T*N positions (rnn.weight_gradients).
+the weight gradients as one product each over all T*N positions (rnn.weight_gradients). The `_split` kernels run
+the recurrence as blocks of rows, one per thread, with tile products (see rnn.py).
 """
+
+from numba import prange
 
 from fastrnn.kernels import mathfn
 from fastrnn.kernels.mathfn import cast_like
-from fastrnn.kernels.jit import kernel
-from fastrnn.kernels.rnn import apply_mask, input_side, recurrent_gradient, recurrent_product, \
-    weight_gradients
+from fastrnn.kernels.jit import kernel, parallel_kernel
+from fastrnn.kernels.rnn import TILES, apply_mask, input_side, recurrent_gradient, recurrent_product, \
+    row_block, weight_gradients
+from fastrnn.kernels.tiles import no_pack, pack
 
 
 @kernel
@@ -25,13 +29,33 @@ def lstm_forward(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, loops, pos
     scratch; x: (N, T) int32 tokens (used by layer 0); inp: (T, N, H) the input from below, or 0 rows for
     layer 0; Wxh: (V or H, 4H); Whh: (H, 4H); bh: (4H,); mask: (T, N, H) or 0 rows; loops, positions_loops: hand loops
     for the recurrent and the input-side products."""
-    T = gates.shape[0]
-    N, H = hs.shape[1], hs.shape[2]
-    lookup = inp.shape[0] == 0
     input_side(gates, inp, Wxh, positions_loops)
+    lstm_steps(hs, cs, gates, tmp, x, Wxh, Whh, no_pack(Whh), bh, inp.shape[0] == 0, 0, hs.shape[1], loops)
+    apply_mask(out, hs, mask)
+
+
+@parallel_kernel
+def lstm_forward_split(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, positions_loops, groups):
+    """lstm_forward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+    N = hs.shape[1]
+    input_side(gates, inp, Wxh, positions_loops, groups)
+    lookup = inp.shape[0] == 0
+    Wp = pack(Whh)
+    for q in prange(groups):
+        r0, r1 = row_block(N, groups, q)
+        lstm_steps(hs, cs, gates, tmp, x, Wxh, Whh, Wp, bh, lookup, r0, r1, TILES)
+    apply_mask(out, hs, mask)
+
+
+@kernel
+def lstm_steps(hs, cs, gates, tmp, x, Wxh, Whh, Wp, bh, lookup, r0, r1, how):
+    """The T steps of lstm_forward for the rows r0:r1 (all, or one thread's block; whole arrays and a row range,
+    see rnn.rnn_layer_steps); the input side is the row Wxh[x[n, t]] (lookup) or gates[t, n]."""
+    T = gates.shape[0]
+    H = hs.shape[2]
     for t in range(T):
-        recurrent_product(tmp, hs[t], Whh, loops)
-        for n in range(N):
+        recurrent_product(tmp[r0:r1], hs[t, r0:r1], Whh, how, Wp)
+        for n in range(r0, r1):
             # short passes that each write one array: LLVM vectorizes them (one fused pass writing seven streams
             # needs too many runtime alias checks and stays scalar, ~5x slower)
             src = Wxh[x[n, t]] if lookup else gates[t, n]
@@ -39,7 +63,6 @@ def lstm_forward(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, loops, pos
             for j in range(4 * H):
                 a[j] = a[j] + src[j] + bh[j]
             lstm_cell(a, g, c0, c1, h1)
-    apply_mask(out, hs, mask)
 
 
 @kernel
@@ -65,16 +88,34 @@ def lstm_backward(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates
     w.r.t. inp. da: (T, N, 4H) scratch (gradient w.r.t. the pre-activations); rec: (N, H), dc: (N, H) scratch;
     acc: (4H,) float64 scratch; hs, cs, gates from lstm_forward.
     """
+    lstm_back_steps(dout, da, rec, dc, gates, cs, Whh, no_pack(Whh), mask, 0, hs.shape[1], loops)
+    weight_gradients(dWxh, dWhh, dbh, dout, da, da, acc, x, inp, hs, Wxh)
+
+
+@parallel_kernel
+def lstm_backward_split(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates, Wxh, Whh, mask, groups):
+    """lstm_backward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+    N = hs.shape[1]
+    WTp = pack(Whh.T)
+    for q in prange(groups):
+        r0, r1 = row_block(N, groups, q)
+        lstm_back_steps(dout, da, rec, dc, gates, cs, Whh, WTp, mask, r0, r1, TILES)
+    weight_gradients(dWxh, dWhh, dbh, dout, da, da, acc, x, inp, hs, Wxh, groups)
+
+
+@kernel
+def lstm_back_steps(dout, da, rec, dc, gates, cs, Whh, WTp, mask, r0, r1, how):
+    """The backward recurrence of lstm_backward for the rows r0:r1 (all, or one thread's block)."""
     T, N, H = dout.shape
     masked = mask.shape[0] > 0
     one = cast_like(1.0, Whh)
-    dc[:, :] = 0
+    dc[r0:r1] = 0
     for t in range(T - 1, -1, -1):
         if t < T - 1:
-            recurrent_gradient(rec, da[t + 1], Whh, loops)
+            recurrent_gradient(rec[r0:r1], da[t + 1, r0:r1], Whh, how, WTp)
         else:
-            rec[:, :] = 0
-        for n in range(N):
+            rec[r0:r1] = 0
+        for n in range(r0, r1):
             # short passes writing one array each (vectorized; see lstm_forward)
             d, dh, g, c0, c1, dcn, dan = dout[t, n], rec[n], gates[t, n], cs[t, n], cs[t + 1, n], dc[n], da[t, n]
             if masked:
@@ -102,5 +143,3 @@ def lstm_backward(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates
                 dan[3 * H + j] = dcn[j] * g[j] * (one - gg * gg)
             for j in range(H):  # dc_next = dc * f
                 dcn[j] = dcn[j] * g[H + j]
-    weight_gradients(dWxh, dWhh, dbh, dout, da, da, acc, x, inp, hs, Wxh)
-

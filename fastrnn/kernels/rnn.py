@@ -6,18 +6,25 @@ same buffer, hs[:-1] is the "previous state" of every position as one contiguous
 and hs[1:] is the layer's output.
 
 How the per-step recurrent products hs[t] @ Whh and dz[t+1] @ Whh.T run is the caller's dispatch.Plan, passed
-down as `loops`: hand loops, else BLAS through blas.gemm.
+down as `how` (or the bool `loops`, which means the same: True hand loops, False BLAS): LOOPS hand loops, BLAS
+blas.gemm, TILES tiles.matmul_tiles. With tiles the recurrences run as `*_split` kernels: the batch rows cut into
+one block per thread (the rows of a recurrence never meet), each thread stepping its block through all T steps
+with no exchange, the products over all positions (input side, weight gradients) on BLAS before and after.
 The input lookup, the bias and tanh are fused into one pass after the product; backward fuses the recurrence add
 and tanh' the same way, and the weight gradients over all T*N positions are one product each (dWhh) or one serial
 pass (dWxh, dbh).
 """
 
 import numpy as np
+from numba import prange
 
 from fastrnn.kernels import mathfn
-from fastrnn.kernels.blas import gemm
-from fastrnn.kernels.jit import kernel
+from fastrnn.kernels.blas import gemm, gemm_on
+from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.softmax_xent import column_sums
+from fastrnn.kernels.tiles import matmul_packed, no_pack, pack
+
+BLAS, LOOPS, TILES = 0, 1, 2  # how the per-step recurrent products run (dispatch.Plan.how)
 
 
 @kernel
@@ -73,7 +80,7 @@ def matmul_nt_small(out, a, W):
 def forward_step(hs, tmp, x, Wxh, Whh, bh, loops, t):
     """Time step t of rnn_forward: hs[t+1] = tanh(Wxh[x[:, t]] + hs[t] @ Whh + bh)."""
     N, H = hs.shape[1], hs.shape[2]
-    recurrent_product(tmp, hs[t], Whh, loops)
+    recurrent_product(tmp, hs[t], Whh, loops, no_pack(Whh))
     out = hs[t + 1]
     for n in range(N):
         wx = Wxh[x[n, t]]
@@ -164,34 +171,50 @@ def scatter_rows(dWxh, acc, dz, x, t0, t1):
 
 
 @kernel
-def recurrent_product(out, h, W, loops):
-    """out: (N, G*H) = h: (N, H) @ W: (H, G*H), hand loops if `loops`, else BLAS."""
-    if loops:
+def recurrent_product(out, h, W, how, Wp):
+    """out: (N, G*H) = h: (N, H) @ W: (H, G*H), as `how` says (LOOPS, BLAS or TILES; a bool: True LOOPS); Wp:
+    tiles.pack(W), read by TILES only (tiles.no_pack(W) otherwise)."""
+    if how == TILES:
+        matmul_packed(out, h, Wp)
+    elif how == LOOPS:
         matmul_small(out, h, W)
     else:
         gemm(out, h, False, W, False, 1.0, 0.0)
 
 
 @kernel
-def recurrent_gradient(out, d, W, loops):
-    """out: (N, H) = d: (N, G*H) @ W.T, W: (H, G*H), hand loops if `loops`, else BLAS."""
-    if loops:
+def recurrent_gradient(out, d, W, how, WTp):
+    """out: (N, H) = d: (N, G*H) @ W.T, W: (H, G*H), as `how` says; WTp: tiles.pack(W.T), read by TILES only
+    (tiles.no_pack(W) otherwise)."""
+    if how == TILES:
+        matmul_packed(out, d, WTp)
+    elif how == LOOPS:
         matmul_nt_small(out, d, W)
     else:
         gemm(out, d, False, W, True, 1.0, 0.0)
 
 
 @kernel
-def input_side(gates, inp, Wxh, loops):
+def row_block(N, groups, q):
+    """Rows [r0, r1) of block q of `groups` over N rows: contiguous, the inner boundaries on multiples of 4 (the
+    tiles' row count) where N allows."""
+    r0 = 4 * ((q * N) // (4 * groups)) if q > 0 else 0
+    r1 = 4 * (((q + 1) * N) // (4 * groups)) if q < groups - 1 else N
+    return r0, max(r0, r1)
+
+
+@kernel
+def input_side(gates, inp, Wxh, loops, groups=0):
     """gates: (T, N, G*H) = inp: (T, N, H) @ Wxh: (H, G*H) as one product over all positions (not for layer 0);
     hand loops if `loops` (a plan's positions "loops": a generation step of one or two rows, for which OpenBLAS's
-    sgemm would pack all of Wxh), else BLAS."""
+    sgemm would pack all of Wxh), else BLAS (over `groups` numba threads: blas.gemm_on)."""
     T, N, GH = gates.shape
     if inp.shape[0] > 0:
         if loops:
             matmul_small(gates.reshape(T * N, GH), inp.reshape(T * N, inp.shape[2]), Wxh)
         else:
-            gemm(gates.reshape(T * N, GH), inp.reshape(T * N, inp.shape[2]), False, Wxh, False, 1.0, 0.0)
+            gemm_on(gates.reshape(T * N, GH), inp.reshape(T * N, inp.shape[2]), False, Wxh, False, 1.0, 0.0,
+                    groups)
 
 
 @kernel
@@ -207,18 +230,19 @@ def apply_mask(out, hs, mask):
 
 
 @kernel
-def weight_gradients(dWxh, dWhh, dbh, dinp, dxa, dha, acc, x, inp, hs, Wxh):
+def weight_gradients(dWxh, dWhh, dbh, dinp, dxa, dha, acc, x, inp, hs, Wxh, groups=0):
     """The products over all T*N positions after a layer's backward recurrence; overwrites the gradients.
 
     dxa: (T, N, G*H) gradient w.r.t. the input side (pre-activations); dha: (T, N, G*H) w.r.t. the recurrent
     product (the same array except for a gru); hs: (T+1, N, H); acc: (G*H,) float64 scratch.
     dWhh = hs[:T].T @ dha; dbh = column sums of dxa; layer 0 (inp has 0 rows): dWxh rows scatter-added by token
-    (serial, in position order); above: dWxh = inp.T @ dxa and dinp: (T, N, H) = dxa @ Wxh.T.
+    (serial, in position order); above: dWxh = inp.T @ dxa and dinp: (T, N, H) = dxa @ Wxh.T. The products over
+    `groups` numba threads (blas.gemm_on).
     """
     T, N, GH = dxa.shape
     H = hs.shape[2]
     d2 = dxa.reshape(T * N, GH)
-    gemm(dWhh, hs[:T].reshape(T * N, H), True, dha.reshape(T * N, GH), False, 1.0, 0.0)
+    gemm_on(dWhh, hs[:T].reshape(T * N, H), True, dha.reshape(T * N, GH), False, 1.0, 0.0, groups)
     if inp.shape[0] == 0:  # dbh and the scatter-add of dWxh in one pass over the positions
         for j in range(GH):
             acc[j] = 0.0
@@ -229,8 +253,8 @@ def weight_gradients(dWxh, dWhh, dbh, dinp, dxa, dha, acc, x, inp, hs, Wxh):
     else:
         column_sums(dbh, d2, acc)
         i2 = inp.reshape(T * N, H)
-        gemm(dWxh, i2, True, d2, False, 1.0, 0.0)
-        gemm(dinp.reshape(T * N, H), d2, False, Wxh, True, 1.0, 0.0)
+        gemm_on(dWxh, i2, True, d2, False, 1.0, 0.0, groups)
+        gemm_on(dinp.reshape(T * N, H), d2, False, Wxh, True, 1.0, 0.0, groups)
 
 
 @kernel
@@ -241,19 +265,39 @@ def rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, tmp, loops, positions
     Wxh: (V or H, H); Whh: (H, H); bh: (H,); mask: (T, N, H) or 0 rows; tmp: (T, N, H) scratch for the input
     side (used above layer 0); loops, positions_loops: hand loops for the recurrent and the input-side products. The recurrent product of step t goes straight to hs[t+1], then tanh in place.
     """
-    T = hs.shape[0] - 1
-    N, H = hs.shape[1], hs.shape[2]
-    lookup = inp.shape[0] == 0
     input_side(tmp, inp, Wxh, positions_loops)
+    rnn_layer_steps(hs, x, tmp, Wxh, Whh, no_pack(Whh), bh, inp.shape[0] == 0, 0, hs.shape[1], loops)
+    apply_mask(out, hs, mask)
+
+
+@parallel_kernel
+def rnn_layer_forward_split(hs, out, x, inp, Wxh, Whh, bh, mask, tmp, positions_loops, groups):
+    """rnn_layer_forward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+    N = hs.shape[1]
+    input_side(tmp, inp, Wxh, positions_loops, groups)
+    lookup = inp.shape[0] == 0
+    Wp = pack(Whh)
+    for q in prange(groups):
+        r0, r1 = row_block(N, groups, q)
+        rnn_layer_steps(hs, x, tmp, Wxh, Whh, Wp, bh, lookup, r0, r1, TILES)
+    apply_mask(out, hs, mask)
+
+
+@kernel
+def rnn_layer_steps(hs, x, xin, Wxh, Whh, Wp, bh, lookup, r0, r1, how):
+    """The T steps of rnn_layer_forward for the rows r0:r1 (all, or one thread's block): the input side is the
+    row Wxh[x[n, t]] (lookup) or xin[t, n]. (Whole arrays and a row range, not row slices: a slice hs[:, r0:r1]
+    is a strided array to numba, and the passes over its rows would not vectorize.)"""
+    T = hs.shape[0] - 1
+    H = hs.shape[2]
     for t in range(T):
-        rec = hs[t + 1]  # the product goes to the output row, then tanh in place
-        recurrent_product(rec, hs[t], Whh, loops)
-        for n in range(N):
-            src = Wxh[x[n, t]] if lookup else tmp[t, n]
-            o = rec[n]
+        # the product goes to the output rows, then tanh in place
+        recurrent_product(hs[t + 1, r0:r1], hs[t, r0:r1], Whh, how, Wp)
+        for n in range(r0, r1):
+            src = Wxh[x[n, t]] if lookup else xin[t, n]
+            o = hs[t + 1, n]
             for j in range(H):
                 o[j] = mathfn.tanh(o[j] + src[j] + bh[j])
-    apply_mask(out, hs, mask)
 
 
 @kernel
@@ -263,14 +307,32 @@ def rnn_layer_backward(dWxh, dWhh, dbh, dout, dz, rec, acc, x, inp, hs, Wxh, Whh
     dout: (T, N, H) in: gradient w.r.t. the layer's output; out (above layer 0): gradient w.r.t. inp.
     dz: (T, N, H) scratch (gradient w.r.t. the pre-activations); rec: (N, H) scratch; acc: (H,) float64.
     """
+    rnn_layer_back_steps(dout, dz, rec, hs, Whh, no_pack(Whh), mask, 0, hs.shape[1], loops)
+    weight_gradients(dWxh, dWhh, dbh, dout, dz, dz, acc, x, inp, hs, Wxh)
+
+
+@parallel_kernel
+def rnn_layer_backward_split(dWxh, dWhh, dbh, dout, dz, rec, acc, x, inp, hs, Wxh, Whh, mask, groups):
+    """rnn_layer_backward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+    N = hs.shape[1]
+    WTp = pack(Whh.T)
+    for q in prange(groups):
+        r0, r1 = row_block(N, groups, q)
+        rnn_layer_back_steps(dout, dz, rec, hs, Whh, WTp, mask, r0, r1, TILES)
+    weight_gradients(dWxh, dWhh, dbh, dout, dz, dz, acc, x, inp, hs, Wxh, groups)
+
+
+@kernel
+def rnn_layer_back_steps(dout, dz, rec, hs, Whh, WTp, mask, r0, r1, how):
+    """The backward recurrence of rnn_layer_backward for the rows r0:r1 (all, or one thread's block)."""
     T, N, H = dz.shape
     masked = mask.shape[0] > 0
     for t in range(T - 1, -1, -1):
         if t < T - 1:
-            recurrent_gradient(rec, dz[t + 1], Whh, loops)
+            recurrent_gradient(rec[r0:r1], dz[t + 1, r0:r1], Whh, how, WTp)
         else:
-            rec[:, :] = 0
-        for n in range(N):
+            rec[r0:r1] = 0
+        for n in range(r0, r1):
             d, h, r, g = dout[t, n], hs[t + 1, n], rec[n], dz[t, n]
             if masked:
                 m = mask[t, n]
@@ -281,4 +343,3 @@ def rnn_layer_backward(dWxh, dWhh, dbh, dout, dz, rec, acc, x, inp, hs, Wxh, Whh
                 for j in range(H):
                     v = d[j] + r[j]
                     g[j] = v - v * h[j] * h[j]
-    weight_gradients(dWxh, dWhh, dbh, dout, dz, dz, acc, x, inp, hs, Wxh)

@@ -7,7 +7,7 @@ row t*N + n is sequence n at time t.
 import numpy as np
 
 from fastrnn.kernels import mathfn
-from fastrnn.kernels.blas import gemm
+from fastrnn.kernels.blas import gemm, gemm_on
 from fastrnn.kernels.jit import kernel
 
 
@@ -60,13 +60,13 @@ def softmax_xent(logits, rowloss, by, y, scale, grad):
 
 
 @kernel
-def affine_backward(dW, db, dx, dout, x, W, acc):
+def affine_backward(dW, db, dx, dout, x, W, acc, groups=0):
     """dW: (H, V) = x.T @ dout, db: (V,) = column sums of dout (overwritten); dx: (T*N, H) = dout @ W.T.
 
-    dout: (T*N, V); x: (T*N, H); W: (H, V); acc: (V,) float64 scratch.
+    dout: (T*N, V); x: (T*N, H); W: (H, V); acc: (V,) float64 scratch; groups: blas.gemm_on's.
     """
-    gemm(dW, x, True, dout, False, 1.0, 0.0)
-    gemm(dx, dout, False, W, True, 1.0, 0.0)
+    gemm_on(dW, x, True, dout, False, 1.0, 0.0, groups)
+    gemm_on(dx, dout, False, W, True, 1.0, 0.0, groups)
     column_sums(db, dout, acc)
 
 

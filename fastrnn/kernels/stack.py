@@ -11,31 +11,34 @@ the layers: tmp (N, G*H), rec and carry (N, H), da and (gru) dha (T, N, G*H), do
 flowing down), logits (T*N, V), acc, rowloss. Buffers are kept across calls of the same shape.
 """
 
+import contextlib
 import time
 
 import numpy as np
 
 from fastrnn.kernels import lm, workspace as scratch
-from fastrnn.kernels.blas import gemm
-from fastrnn.kernels.gru import gru_backward, gru_forward
+from fastrnn.kernels.blas import gemm_on, one_thread
+from fastrnn.kernels.gru import gru_backward, gru_backward_split, gru_forward, gru_forward_split
 from fastrnn.kernels.jit import kernel
-from fastrnn.kernels.lstm import lstm_backward, lstm_forward
-from fastrnn.kernels.rnn import matmul_small, rnn_layer_backward, rnn_layer_forward
+from fastrnn.kernels.lstm import lstm_backward, lstm_backward_split, lstm_forward, lstm_forward_split
+from fastrnn.kernels.rnn import matmul_small, rnn_layer_backward, rnn_layer_backward_split, rnn_layer_forward, \
+    rnn_layer_forward_split
 from fastrnn.kernels.softmax_xent import affine_backward, softmax_xent
 from fastrnn.kernels.workspace import Grads
 from fastrnn.params import GATES, arch_of, layer_names
 
 
 @kernel
-def output_layer(dWhy, dby, dtop, logits, rowloss, acc, top, y, Why, by, scale, grad):
+def output_layer(dWhy, dby, dtop, logits, rowloss, acc, top, y, Why, by, scale, grad, groups):
     """The output layer over all positions: logits = top @ Why + by, softmax cross-entropy (mean, returned) and,
-    if grad, dWhy, dby (overwritten) and dtop: (T, N, H) = dlogits @ Why.T. top: (T, N, H); y: (N, T) int32."""
+    if grad, dWhy, dby (overwritten) and dtop: (T, N, H) = dlogits @ Why.T. top: (T, N, H); y: (N, T) int32;
+    groups: blas.gemm_on's (the tiles plan's threads, else 0)."""
     T, N, H = top.shape
     top2 = top.reshape(T * N, H)
-    gemm(logits, top2, False, Why, False, 1.0, 0.0)
+    gemm_on(logits, top2, False, Why, False, 1.0, 0.0, groups)
     loss = softmax_xent(logits, rowloss, by, y, scale, grad)
     if grad:
-        affine_backward(dWhy, dby, dtop.reshape(T * N, H), logits, top2, Why, acc)
+        affine_backward(dWhy, dby, dtop.reshape(T * N, H), logits, top2, Why, acc, groups)
     return loss
 
 
@@ -85,6 +88,18 @@ def _masks(masks, L, T, N, H, dtype):
     return masks
 
 
+def _blas_threads(plan):
+    """The tiles plan keeps OpenBLAS on one thread for the call (its products are split over numba's threads);
+    the others leave it as set."""
+    return one_thread() if plan.tiles else contextlib.nullcontext()
+
+
+def _groups(plan, N):
+    """The thread blocks of the tiles plan (the recurrences' row blocks, the position products' column blocks), 0
+    for the other plans."""
+    return min(plan.threads, N) if plan.tiles else 0
+
+
 def _forward(cell, layers, ws, x, state, masks, plan):
     """All layers forward from the carried state (N, S). Returns (top: (T, N, H) the output layer's input,
     the new state (N, S))."""
@@ -92,6 +107,7 @@ def _forward(cell, layers, ws, x, state, masks, plan):
     H = layers[0][1].shape[0]
     K = 2 if cell == "lstm" else 1
     loops, pos_loops = plan.loops, plan.positions == "loops"
+    groups = _groups(plan, N)
     new_state = np.empty((N, len(layers) * K * H), ws["tmp"].dtype)
     inp = ws["none"]
     for l, (Wxh, Whh, bh) in enumerate(layers):
@@ -108,10 +124,19 @@ def _forward(cell, layers, ws, x, state, masks, plan):
         if cell == "lstm":
             cs = b["cs"]
             cs[0] = state[:, l * K * H + H:(l + 1) * K * H]
-            lstm_forward(hs, cs, b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, loops, pos_loops)
+            if groups:
+                lstm_forward_split(hs, cs, b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, pos_loops, groups)
+            else:
+                lstm_forward(hs, cs, b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, loops, pos_loops)
             new_state[:, l * K * H + H:(l + 1) * K * H] = cs[T]
         elif cell == "gru":
-            gru_forward(hs, b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, loops, pos_loops)
+            if groups:
+                gru_forward_split(hs, b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, pos_loops,
+                                  groups)
+            else:
+                gru_forward(hs, b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, loops, pos_loops)
+        elif groups:
+            rnn_layer_forward_split(hs, out, x, inp, Wxh, Whh, bh, mask, b["gates"], pos_loops, groups)
         else:
             rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, b["gates"], loops, pos_loops)
         new_state[:, l * K * H:l * K * H + H] = hs[T]
@@ -119,8 +144,10 @@ def _forward(cell, layers, ws, x, state, masks, plan):
     return inp, new_state
 
 
-def _backward(cell, layers, grads, ws, x, masks, loops):
+def _backward(cell, layers, grads, ws, x, masks, plan):
     """All layers backward from ws["dout"] (the gradient w.r.t. the top layer's output); writes grads."""
+    loops = plan.loops
+    groups = _groups(plan, x.shape[0])
     for l in range(len(layers) - 1, -1, -1):
         Wxh, Whh, bh = layers[l]
         dWxh, dWhh, dbh = grads[l]
@@ -132,14 +159,16 @@ def _backward(cell, layers, grads, ws, x, masks, loops):
             below = ws["layers"][l - 1]
             inp = below["hs"][1:] if masks is None else below["out"]
         if cell == "lstm":
-            lstm_backward(dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["carry"], ws["acc"], x, inp,
-                          b["hs"], b["cs"], b["gates"], Wxh, Whh, mask, loops)
+            args = (dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["carry"], ws["acc"], x, inp, b["hs"],
+                    b["cs"], b["gates"], Wxh, Whh, mask)
+            lstm_backward_split(*args, groups) if groups else lstm_backward(*args, loops)
         elif cell == "gru":
-            gru_backward(dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["dha"], ws["rec"], ws["carry"], ws["acc"], x,
-                         inp, b["hs"], b["gates"], b["hn"], Wxh, Whh, mask, loops)
+            args = (dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["dha"], ws["rec"], ws["carry"], ws["acc"], x, inp,
+                    b["hs"], b["gates"], b["hn"], Wxh, Whh, mask)
+            gru_backward_split(*args, groups) if groups else gru_backward(*args, loops)
         else:
-            rnn_layer_backward(dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["acc"], x, inp, b["hs"], Wxh,
-                               Whh, mask, loops)
+            args = (dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["acc"], x, inp, b["hs"], Wxh, Whh, mask)
+            rnn_layer_backward_split(*args, groups) if groups else rnn_layer_backward(*args, loops)
 
 
 def _prepare(P, x, y, masks):
@@ -168,13 +197,14 @@ def forward_backward(P, G, x, y, state, masks, plan, clock=None):
     T, N = x.shape[1], x.shape[0]
     grads = Grads(G, [k for l in range(L) for k in layer_names(l)] + ["Why", "by"], dtype)
     direct = grads.direct
-    t0 = time.perf_counter()
-    top, new_state = _forward(cell, layers, ws, x, state, masks, plan)
-    t1 = time.perf_counter()
-    loss = output_layer(direct[-2], direct[-1], ws["dout"], ws["logits"], ws["rowloss"], ws["acc"], top, y, Why,
-                        by, dtype.type(1.0 / (T * N)), True)
-    t2 = time.perf_counter()
-    _backward(cell, layers, [direct[3 * l:3 * l + 3] for l in range(L)], ws, x, masks, plan.loops)
+    with _blas_threads(plan):
+        t0 = time.perf_counter()
+        top, new_state = _forward(cell, layers, ws, x, state, masks, plan)
+        t1 = time.perf_counter()
+        loss = output_layer(direct[-2], direct[-1], ws["dout"], ws["logits"], ws["rowloss"], ws["acc"], top, y,
+                            Why, by, dtype.type(1.0 / (T * N)), True, _groups(plan, N))
+        t2 = time.perf_counter()
+        _backward(cell, layers, [direct[3 * l:3 * l + 3] for l in range(L)], ws, x, masks, plan)
     grads.copy_back()
     if clock is not None:
         clock.update(forward=t1 - t0, output=t2 - t1, backward=time.perf_counter() - t2)
@@ -185,9 +215,10 @@ def forward_loss(P, x, y, state, masks, plan):
     """Loss only (evaluation): returns (loss, new state (N, S))."""
     cell, L, dtype, layers, Why, by, x, y, masks, ws = _prepare(P, x, y, masks)
     T, N = x.shape[1], x.shape[0]
-    top, new_state = _forward(cell, layers, ws, x, state, masks, plan)
-    loss = output_layer(Why, by, ws["dout"], ws["logits"], ws["rowloss"], ws["acc"], top, y, Why, by,
-                        dtype.type(1.0 / (T * N)), False)
+    with _blas_threads(plan):
+        top, new_state = _forward(cell, layers, ws, x, state, masks, plan)
+        loss = output_layer(Why, by, ws["dout"], ws["logits"], ws["rowloss"], ws["acc"], top, y, Why, by,
+                            dtype.type(1.0 / (T * N)), False, _groups(plan, N))
     return float(loss), new_state
 
 
@@ -201,7 +232,8 @@ def step(P, state, token, plan):
     x = token.reshape(N, 1)
     lm.check_tokens(x, x, V)  # IndexError (one njit call: cheaper than two NumPy reductions at this size)
     ws = workspace(cell, L, 1, N, H, V, dtype)
-    top, new_state = _forward(cell, layers, ws, x, state, None, plan)
+    with _blas_threads(plan):
+        top, new_state = _forward(cell, layers, ws, x, state, None, plan)
     logits = np.empty((N, V), dtype)  # (N, V)
     output_step(logits, top[0], Why, by)
     return new_state, logits
