@@ -16,6 +16,7 @@ OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
 DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3}
 BACKENDS = ("numba", "numpy")
 DTYPES = ("float32", "float64")
+PRECISIONS = ("float32", "bf16")  # of the recurrent products (--precision); parameters and state stay --dtype
 ON_DIVERGENCE = ("stop", "rollback")
 LR_SCHEDULES = ("step", "cosine")
 MODELS = CELLS
@@ -58,6 +59,7 @@ class TrainConfig:
     # numerics and execution
     seed: int = 0
     dtype: str = "float32"
+    precision: str = "float32"  # bf16: the recurrent products in bf16 with float32 sums, where the CPU has it
     backend: str = "numba"
     threads: int = 0  # 0: all cores
     # monitoring
@@ -108,6 +110,11 @@ class TrainConfig:
             raise ConfigError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        if self.precision == "bf16" and (self.backend != "numba" or self.dtype != "float32"):
+            raise ConfigError("--precision bf16 needs --backend numba and --dtype float32 (float32 master weights "
+                              "with bf16 products)")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if not 0 < self.lr_decay <= 1:

@@ -321,6 +321,7 @@ class Plan:
     """The reference's plan: there is one path (the backends' common interface: plan_for, plan=)."""
 
     path = "reference"
+    precision = "float32"
 
     def describe(self):
         return "NumPy reference"
@@ -329,8 +330,8 @@ class Plan:
 PLAN = Plan()
 
 
-def plan_for(P, N, T, dropout=False, threads=None):
-    """The plan for calls of this shape: the reference has one path."""
+def plan_for(P, N, T, dropout=False, threads=None, precision="float32"):
+    """The plan for calls of this shape: the reference has one path (float32 or float64, never bf16)."""
     return PLAN
 
 

@@ -455,10 +455,11 @@ class Run:
         self.ckpt_healthy = saved is not None and saved.path == self.ckpt_path and ckpt_io.is_healthy(saved)
         # the kernel paths of the training step and of evaluation, decided once for the run (kernels.dispatch)
         self.plan = self.backend.plan_for(self.model.P, self.rows[1] - self.rows[0], config.seq_len,
-                                          config.dropout > 0, self.threads)
+                                          config.dropout > 0, self.threads, precision=config.precision)
         val_rows = None if self.val_stream is None else comm.rows(self.val_stream.batch_size)
         self.eval_plan = None if val_rows is None or val_rows[1] == val_rows[0] else self.backend.plan_for(
-            self.model.P, val_rows[1] - val_rows[0], config.seq_len, False, self.threads)
+            self.model.P, val_rows[1] - val_rows[0], config.seq_len, False, self.threads,
+            precision=config.precision)
         self.spe = self.stream.steps_per_epoch
         self.max_steps = config.max_steps or math.inf
         if config.max_epochs:
@@ -480,6 +481,11 @@ class Run:
         if self.log.foreign:
             emit("message", {"text": f"warning: dropped {self.log.foreign} row(s) of {LOG_NAME} that are not "
                                      f"this run's (another run id)"})
+        if config.precision == "bf16" and self.plan.precision != "bf16":
+            from fastrnn.kernels.dispatch import bf16_refusal
+
+            why = bf16_refusal(self.plan.N, self.plan.threads, self.plan.dtype) or "the plan has no bf16 path"
+            emit("message", {"text": f"--precision bf16: {why}; training in float32"})
 
     def loop(self):
         config, stop_reason, val_loss = self.config, None, None

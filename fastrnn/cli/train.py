@@ -9,7 +9,7 @@ import click
 from fastrnn.checkpoint import CHECKPOINT_NAME
 from fastrnn.cli.types import SEED, Finite
 from fastrnn.errors import ConfigError
-from fastrnn.config import (BACKENDS, DTYPES, INITS, LR_SCHEDULES, MODELS, ON_DIVERGENCE, OPTIMIZERS,
+from fastrnn.config import (BACKENDS, DTYPES, PRECISIONS, INITS, LR_SCHEDULES, MODELS, ON_DIVERGENCE, OPTIMIZERS,
                             TrainConfig)
 from fastrnn.progress import Printer
 
@@ -81,6 +81,9 @@ def _train_options(f):
                      help="Stop after this many seconds of training (0: no limit)."),
         click.option("--seed", type=SEED, default=D.seed, help="Random seed (initialisation, samples)."),
         click.option("--dtype", type=click.Choice(DTYPES), default=D.dtype),
+        click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision,
+                     help="bf16: the per-step recurrent products in bfloat16 with float32 sums (weights, optimizer "
+                          "and checkpoints stay float32), where the CPU has AVX512_BF16; else float32, said once."),
         click.option("--backend", type=click.Choice(BACKENDS), default=D.backend,
                      help="numba kernels, or the pure-NumPy reference."),
         click.option("--threads", type=click.IntRange(min=0), default=D.threads,
@@ -238,6 +241,9 @@ def _train_rank(comm, quiet, run_dir, run):
               help="Beam search with this many beams: the most probable continuation of --length (0: sample).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1,
               help="Independent samples to print, drawn together (sample i is the one --seed SEED+i draws alone).")
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Stream each sample into its own file DIR/sample-I.txt (I from 1) as it is generated, instead "
+                   "of printing it; DIR is made if missing, and existing sample files are never overwritten.")
 @click.option("--stop-at", default="", help="Stop a sample once it has produced this text (escapes as --prime: "
               "\\n\\n is a blank line).")
 @click.option("--top-n-probs", type=click.IntRange(min=0), default=0,
@@ -246,7 +252,7 @@ def _train_rank(comm, quiet, run_dir, run):
 @click.option("--seed", type=SEED, default=None, help="Random seed (default: a fresh one each time).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="numba")
 def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, greedy, beam_width, num_samples,
-           stop_at, top_n_probs, seed, backend):
+           output_dir, stop_at, top_n_probs, seed, backend):
     """Generate text from a trained model (a checkpoint file or a run directory), streamed to stdout."""
     from fastrnn.api import load_model
     from fastrnn.model import get_backend
@@ -269,6 +275,8 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
         bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
         if bad is not None:
             raise ConfigError(f"{name} is not valid UTF-8 text (undecodable byte at character {bad})")
+    if output_dir is not None and (beam_width or top_n_probs):
+        raise ConfigError("--output-dir streams sampled text; it does not go with --beam-width or --top-n-probs")
     model, vocab, ckpt = load_model(checkpoint)
     vocab.encode(prime)  # unknown prime characters: a clear error before any output
     be = get_backend(backend)
@@ -293,14 +301,17 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
         text = gen.TextStream(vocab, stop_at)
         out.write(prime + text.feed(ids) + text.finish() + "\n")
         return
+    draw = dict(count=num_samples, prime=prime, length=length, temperature=temperature, top_k=top_k, top_p=top_p,
+                greedy=greedy, seed=seed, dtype=model.dtype, warmup=warmup)
+    if output_dir is not None:
+        _samples_to_files(gen, be, model, vocab, output_dir, prime, stop_at, draw)
+        return
     # All samples are drawn together (every weight read once per character for all of them); the first is printed
     # as it is generated, the others, held in memory, follow it in order.
     streams = [gen.TextStream(vocab, stop_at) for _ in range(num_samples)]
     held = [[] for _ in range(num_samples)]
     out.write(prime)
-    for block in gen.generate_many(be, model.P, vocab, count=num_samples, prime=prime, length=length,
-                                   temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed,
-                                   dtype=model.dtype, warmup=warmup):
+    for block in gen.generate_many(be, model.P, vocab, **draw):
         for i, stream in enumerate(streams):
             piece = stream.feed(block[i])
             if i == 0:
@@ -314,6 +325,39 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
     for i in range(1, num_samples):
         out.write("\n" + prime + "".join(held[i]) + streams[i].finish() + "\n")
     out.flush()
+
+
+def _samples_to_files(gen, be, model, vocab, output_dir, prime, stop_at, draw):
+    """--output-dir: sample i (from 1) streamed into DIR/sample-i.txt as its characters come (each file flushed
+    after every block), all drawn together. The files are created exclusively: an existing one is an error
+    before anything is written."""
+    count = draw["count"]
+    names = [os.path.join(output_dir, f"sample-{i + 1:0{len(str(count))}d}.txt") for i in range(count)]
+    taken = [n for n in names if os.path.lexists(n)]
+    if taken:
+        raise ConfigError(f"{taken[0]} exists ({len(taken)} of the {count} sample files); choose another "
+                          f"--output-dir or remove them")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        files = [open(n, "x", encoding="utf-8", newline="") for n in names]
+    except OSError as exc:
+        raise ConfigError(f"cannot write samples into {output_dir}: {exc.strerror or exc}") from None
+    try:
+        streams = [gen.TextStream(vocab, stop_at) for _ in range(count)]
+        for f in files:
+            f.write(prime)
+        for block in gen.generate_many(be, model.P, vocab, **draw):
+            for f, stream, ids in zip(files, streams, block):
+                f.write(stream.feed(ids))
+                f.flush()
+            if all(stream.done for stream in streams):
+                break
+        for f, stream in zip(files, streams):
+            f.write(stream.finish() + "\n")
+    finally:
+        for f in files:
+            f.close()
+    click.echo(f"wrote {count} sample{'s' if count != 1 else ''} to {output_dir}", err=True)
 
 
 COMMANDS = [train, sample]

@@ -19,12 +19,13 @@ from fastrnn.params import GATES, arch_of, layer_names
 RNN_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 
 
-def plan_for(P, N, T, dropout=False, threads=None):
+def plan_for(P, N, T, dropout=False, threads=None, precision="float32"):
     """The dispatch.Plan for calls on N sequences of T steps of the model P (with dropout masks if `dropout`), on
-    `threads` threads (None: numba's current count)."""
+    `threads` threads (None: numba's current count), with bf16 recurrent products if precision is "bf16" and the
+    CPU and shape allow it (dispatch.plan)."""
     cell, L, H = arch_of(P)
     threads = numba.get_num_threads() if threads is None else threads
-    return dispatch.plan(cell, L, N, T, H, P["by"].shape[0], dropout, threads, P["Whh"].dtype)
+    return dispatch.plan(cell, L, N, T, H, P["by"].shape[0], dropout, threads, P["Whh"].dtype, precision=precision)
 
 
 def _check(plan, P, N, T, masks):

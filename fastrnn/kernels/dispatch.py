@@ -73,6 +73,7 @@ TILES_ALWAYS = 16  # sequences per thread from which the tiles plan is taken wit
 # 1.26-1.46x; but 2 threads lstm H128 N8 0.86x, rnn H128 N4 0.79x (against hand loops)
 CALIBRATE_ENV = "FASTRNN_CALIBRATE"
 PATHS = ("fused", "layers")
+PRECISIONS = ("float32", "bf16")
 POSITIONS = ("blas", "loops")
 
 
@@ -94,6 +95,7 @@ class Plan:
     positions: str
     measured: bool = False  # whether `loops` (or `tiles`) was measured
     tiles: bool = False
+    precision: str = "float32"  # "bf16": the tiles' recurrent products in bf16 with float32 sums (tiles.py)
 
     @property
     def how(self):
@@ -109,29 +111,52 @@ class Plan:
                              f"{'with' if self.dropout else 'without'} dropout")
         if self.positions == "loops" and self.path != "layers":
             raise ValueError("plan: hand-loop position products exist on the layers path only")
+        if self.precision not in PRECISIONS or (self.precision == "bf16" and not (self.tiles and
+                                                                                   self.dtype == "float32")):
+            raise ValueError(f"plan: precision {self.precision!r} (bf16 needs the tiles plan and float32)")
 
     def describe(self):
         """One line for people: 'fused step; recurrent products: hand loops; position products: BLAS; 2 threads'."""
         path = {"fused": "fused step", "layers": "layer by layer"}[self.path]
-        rec = ("register tiles, a block of rows per thread" if self.tiles else
+        rec = ("register tiles" + (" in bf16" if self.precision == "bf16" else "") + ", a block of rows per thread"
+               if self.tiles else
                "hand loops" if self.loops else "BLAS")
         pos = {"blas": "BLAS", "loops": "hand loops"}[self.positions]
         return (f"{path}; recurrent products: {rec}; position products: {pos}; {self.threads} "
                 f"thread{'s' if self.threads != 1 else ''}{' (chosen by measurement)' if self.measured else ''}")
 
 
-def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measure=None):
+def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measure=None, precision="float32"):
     """The Plan for a call on N sequences of T steps of a model (cell, layers, H, V), with or without dropout
     masks, on `threads` threads, in `dtype`. measure: measure the loops-or-BLAS choice where it is close (None:
-    unless FASTRNN_CALIBRATE=0). The same arguments give the same Plan object."""
+    unless FASTRNN_CALIBRATE=0). precision "bf16": bf16 recurrent products (the tiles plan whenever there are
+    TILES_MIN_ROWS sequences a thread) where the CPU has AVX512_BF16 and the dtype is float32; the plan's
+    `precision` says what was granted ("float32" otherwise: bf16_refusal says why). The same arguments give the
+    same Plan object."""
     if measure is None:
         measure = os.environ.get(CALIBRATE_ENV, "1") != "0"
+    if precision not in PRECISIONS:
+        raise ValueError(f"plan: unknown precision {precision!r}")
     return _plan(cell, int(layers), int(N), int(T), int(H), int(V), bool(dropout), max(1, int(threads)),
-                 np.dtype(dtype).name, bool(measure))
+                 np.dtype(dtype).name, bool(measure), precision)
+
+
+def bf16_refusal(N, threads, dtype):
+    """Why a bf16 plan cannot be had for this call (a sentence), or None if it can."""
+    from fastrnn.kernels.tiles import has_bf16
+
+    if not has_bf16():
+        return "this CPU has no AVX512_BF16"
+    if np.dtype(dtype).name != "float32":
+        return f"bf16 products need --dtype float32, not {np.dtype(dtype).name}"
+    if N < TILES_MIN_ROWS * max(1, int(threads)):
+        return (f"bf16 products need {TILES_MIN_ROWS} sequences a thread, and this call has {N} on "
+                f"{threads} thread{'s' if threads != 1 else ''}")
+    return None
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure):
+def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure, precision="float32"):
     G = GATES[cell]
     work = N * H * G * H
     measured = False
@@ -153,13 +178,19 @@ def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure):
         measured = measured or tiles is not None
         if tiles is None:
             tiles = per_thread >= TILES_RULE_ROWS
+    if precision == "bf16":
+        if bf16_refusal(N, threads, dtype) is None:
+            tiles = True
+        else:
+            precision = "float32"
     fused = cell == "rnn" and layers == 1 and not dropout and not tiles
     if not fused:
         path = "layers"
         positions = "loops" if T * N <= SMALL_ROWS else "blas"
     else:
         positions, path = "blas", "fused"
-    return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, path, loops, positions, measured, tiles)
+    return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, path, loops, positions, measured, tiles,
+                precision)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,7 +388,7 @@ def _save_cache(cache):
         pass
 
 
-def variant(p, *, loops=None, positions=None, tiles=None):
+def variant(p, *, loops=None, positions=None, tiles=None, precision=None):
     """The plan p with the recurrent products as hand loops or BLAS (`loops`) or tiles (`tiles`), and/or the
     position products done another way (`positions`; hand-loop position products exist on the layers path
     only): for tests and benchmarks that compare the ways. The path follows: tiles run layer by layer, the
@@ -371,4 +402,8 @@ def variant(p, *, loops=None, positions=None, tiles=None):
     positions = p.positions if positions is None else positions
     if path != "layers" and positions == "loops":
         positions = "blas"
-    return dataclasses.replace(p, loops=loops, positions=positions, measured=False, tiles=tiles, path=path)
+    precision = p.precision if precision is None else precision
+    if not tiles:
+        precision = "float32"
+    return dataclasses.replace(p, loops=loops, positions=positions, measured=False, tiles=tiles, path=path,
+                               precision=precision)

@@ -17,7 +17,7 @@ from fastrnn.kernels.mathfn import cast_like
 from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.rnn import TILES, apply_mask, input_side, recurrent_gradient, recurrent_product, \
     row_block, weight_gradients
-from fastrnn.kernels.tiles import no_pack, pack
+from fastrnn.kernels.tiles import no_pack
 
 
 @kernel
@@ -33,12 +33,12 @@ def gru_forward(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, loops, posi
 
 
 @parallel_kernel
-def gru_forward_split(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, bh, mask, positions_loops, groups):
-    """gru_forward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+def gru_forward_split(hs, gates, hn, out, tmp, x, inp, Wxh, Whh, Wp, bh, mask, positions_loops, groups):
+    """gru_forward with the recurrence as `groups` blocks of rows, one per thread, products by tiles over Wp (Whh
+    packed; rnn.rnn_layer_forward_split)."""
     N = hs.shape[1]
     input_side(gates, inp, Wxh, positions_loops, groups)
     lookup = inp.shape[0] == 0
-    Wp = pack(Whh)
     for q in prange(groups):
         r0, r1 = row_block(N, groups, q)
         gru_steps(hs, gates, hn, tmp, x, Wxh, Whh, Wp, bh, lookup, r0, r1, TILES)
@@ -83,11 +83,11 @@ def gru_backward(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, g
 
 
 @parallel_kernel
-def gru_backward_split(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, gates, hn, Wxh, Whh, mask,
-                       groups):
-    """gru_backward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+def gru_backward_split(dWxh, dWhh, dbh, dout, dxa, dha, rec, carry, acc, x, inp, hs, gates, hn, Wxh, Whh, WTp,
+                       mask, groups):
+    """gru_backward with the recurrence as `groups` blocks of rows, one per thread, products by tiles over WTp
+    (Whh.T packed)."""
     N = hs.shape[1]
-    WTp = pack(Whh.T)
     for q in prange(groups):
         r0, r1 = row_block(N, groups, q)
         gru_back_steps(dout, dxa, dha, rec, carry, hs, gates, hn, Whh, WTp, mask, r0, r1, TILES)

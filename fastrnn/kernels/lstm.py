@@ -19,7 +19,7 @@ from fastrnn.kernels.mathfn import cast_like
 from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.rnn import TILES, apply_mask, input_side, recurrent_gradient, recurrent_product, \
     row_block, weight_gradients
-from fastrnn.kernels.tiles import no_pack, pack
+from fastrnn.kernels.tiles import no_pack
 
 
 @kernel
@@ -35,12 +35,12 @@ def lstm_forward(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, loops, pos
 
 
 @parallel_kernel
-def lstm_forward_split(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, bh, mask, positions_loops, groups):
-    """lstm_forward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+def lstm_forward_split(hs, cs, gates, out, tmp, x, inp, Wxh, Whh, Wp, bh, mask, positions_loops, groups):
+    """lstm_forward with the recurrence as `groups` blocks of rows, one per thread, products by tiles over Wp
+    (Whh packed; rnn.rnn_layer_forward_split)."""
     N = hs.shape[1]
     input_side(gates, inp, Wxh, positions_loops, groups)
     lookup = inp.shape[0] == 0
-    Wp = pack(Whh)
     for q in prange(groups):
         r0, r1 = row_block(N, groups, q)
         lstm_steps(hs, cs, gates, tmp, x, Wxh, Whh, Wp, bh, lookup, r0, r1, TILES)
@@ -93,10 +93,11 @@ def lstm_backward(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates
 
 
 @parallel_kernel
-def lstm_backward_split(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates, Wxh, Whh, mask, groups):
-    """lstm_backward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+def lstm_backward_split(dWxh, dWhh, dbh, dout, da, rec, dc, acc, x, inp, hs, cs, gates, Wxh, Whh, WTp, mask,
+                        groups):
+    """lstm_backward with the recurrence as `groups` blocks of rows, one per thread, products by tiles over WTp
+    (Whh.T packed)."""
     N = hs.shape[1]
-    WTp = pack(Whh.T)
     for q in prange(groups):
         r0, r1 = row_block(N, groups, q)
         lstm_back_steps(dout, da, rec, dc, gates, cs, Whh, WTp, mask, r0, r1, TILES)

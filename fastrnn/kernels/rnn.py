@@ -22,7 +22,7 @@ from fastrnn.kernels import mathfn
 from fastrnn.kernels.blas import gemm, gemm_on
 from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.softmax_xent import column_sums
-from fastrnn.kernels.tiles import matmul_packed, no_pack, pack
+from fastrnn.kernels.tiles import no_pack, tile_product
 
 BLAS, LOOPS, TILES = 0, 1, 2  # how the per-step recurrent products run (dispatch.Plan.how)
 
@@ -173,9 +173,10 @@ def scatter_rows(dWxh, acc, dz, x, t0, t1):
 @kernel
 def recurrent_product(out, h, W, how, Wp):
     """out: (N, G*H) = h: (N, H) @ W: (H, G*H), as `how` says (LOOPS, BLAS or TILES; a bool: True LOOPS); Wp:
-    tiles.pack(W), read by TILES only (tiles.no_pack(W) otherwise)."""
+    W packed, read by TILES only: tiles.pack(W), or tiles.pack_bf16(W) for bf16 products (tiles.no_pack(W) for
+    the other ways)."""
     if how == TILES:
-        matmul_packed(out, h, Wp)
+        tile_product(out, h, Wp)
     elif how == LOOPS:
         matmul_small(out, h, W)
     else:
@@ -184,10 +185,10 @@ def recurrent_product(out, h, W, how, Wp):
 
 @kernel
 def recurrent_gradient(out, d, W, how, WTp):
-    """out: (N, H) = d: (N, G*H) @ W.T, W: (H, G*H), as `how` says; WTp: tiles.pack(W.T), read by TILES only
-    (tiles.no_pack(W) otherwise)."""
+    """out: (N, H) = d: (N, G*H) @ W.T, W: (H, G*H), as `how` says; WTp: W.T packed as recurrent_product's Wp,
+    read by TILES only."""
     if how == TILES:
-        matmul_packed(out, d, WTp)
+        tile_product(out, d, WTp)
     elif how == LOOPS:
         matmul_nt_small(out, d, W)
     else:
@@ -271,12 +272,12 @@ def rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, tmp, loops, positions
 
 
 @parallel_kernel
-def rnn_layer_forward_split(hs, out, x, inp, Wxh, Whh, bh, mask, tmp, positions_loops, groups):
-    """rnn_layer_forward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+def rnn_layer_forward_split(hs, out, x, inp, Wxh, Whh, Wp, bh, mask, tmp, positions_loops, groups):
+    """rnn_layer_forward with the recurrence as `groups` blocks of rows, one per thread, products by tiles over
+    Wp, Whh packed (tiles.pack, or pack_bf16 for bf16 products)."""
     N = hs.shape[1]
     input_side(tmp, inp, Wxh, positions_loops, groups)
     lookup = inp.shape[0] == 0
-    Wp = pack(Whh)
     for q in prange(groups):
         r0, r1 = row_block(N, groups, q)
         rnn_layer_steps(hs, x, tmp, Wxh, Whh, Wp, bh, lookup, r0, r1, TILES)
@@ -312,10 +313,10 @@ def rnn_layer_backward(dWxh, dWhh, dbh, dout, dz, rec, acc, x, inp, hs, Wxh, Whh
 
 
 @parallel_kernel
-def rnn_layer_backward_split(dWxh, dWhh, dbh, dout, dz, rec, acc, x, inp, hs, Wxh, Whh, mask, groups):
-    """rnn_layer_backward with the recurrence as `groups` blocks of rows, one per thread, products by tiles."""
+def rnn_layer_backward_split(dWxh, dWhh, dbh, dout, dz, rec, acc, x, inp, hs, Wxh, Whh, WTp, mask, groups):
+    """rnn_layer_backward with the recurrence as `groups` blocks of rows, one per thread, products by tiles over
+    WTp, Whh.T packed."""
     N = hs.shape[1]
-    WTp = pack(Whh.T)
     for q in prange(groups):
         r0, r1 = row_block(N, groups, q)
         rnn_layer_back_steps(dout, dz, rec, hs, Whh, WTp, mask, r0, r1, TILES)

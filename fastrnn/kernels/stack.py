@@ -24,6 +24,7 @@ from fastrnn.kernels.lstm import lstm_backward, lstm_backward_split, lstm_forwar
 from fastrnn.kernels.rnn import matmul_small, rnn_layer_backward, rnn_layer_backward_split, rnn_layer_forward, \
     rnn_layer_forward_split
 from fastrnn.kernels.softmax_xent import affine_backward, softmax_xent
+from fastrnn.kernels.tiles import pack, pack_bf16
 from fastrnn.kernels.workspace import Grads
 from fastrnn.params import GATES, arch_of, layer_names
 
@@ -94,6 +95,12 @@ def _blas_threads(plan):
     return one_thread() if plan.tiles else contextlib.nullcontext()
 
 
+def _packed(W, plan):
+    """W packed for the tiles plan's products: bf16 pairs (tiles.pack_bf16) at precision bf16, else tiles.pack
+    (once per call: W does not change within a minibatch)."""
+    return pack_bf16(W) if plan.precision == "bf16" else pack(W)
+
+
 def _groups(plan, N):
     """The thread blocks of the tiles plan (the recurrences' row blocks, the position products' column blocks), 0
     for the other plans."""
@@ -125,18 +132,20 @@ def _forward(cell, layers, ws, x, state, masks, plan):
             cs = b["cs"]
             cs[0] = state[:, l * K * H + H:(l + 1) * K * H]
             if groups:
-                lstm_forward_split(hs, cs, b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, pos_loops, groups)
+                lstm_forward_split(hs, cs, b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, _packed(Whh, plan), bh,
+                                   mask, pos_loops, groups)
             else:
                 lstm_forward(hs, cs, b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, loops, pos_loops)
             new_state[:, l * K * H + H:(l + 1) * K * H] = cs[T]
         elif cell == "gru":
             if groups:
-                gru_forward_split(hs, b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, pos_loops,
-                                  groups)
+                gru_forward_split(hs, b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, _packed(Whh, plan),
+                                  bh, mask, pos_loops, groups)
             else:
                 gru_forward(hs, b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, loops, pos_loops)
         elif groups:
-            rnn_layer_forward_split(hs, out, x, inp, Wxh, Whh, bh, mask, b["gates"], pos_loops, groups)
+            rnn_layer_forward_split(hs, out, x, inp, Wxh, Whh, _packed(Whh, plan), bh, mask, b["gates"], pos_loops,
+                                    groups)
         else:
             rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, b["gates"], loops, pos_loops)
         new_state[:, l * K * H:l * K * H + H] = hs[T]
@@ -158,17 +167,18 @@ def _backward(cell, layers, grads, ws, x, masks, plan):
         else:
             below = ws["layers"][l - 1]
             inp = below["hs"][1:] if masks is None else below["out"]
+        WTp = _packed(Whh.T, plan) if groups else None
         if cell == "lstm":
             args = (dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["carry"], ws["acc"], x, inp, b["hs"],
-                    b["cs"], b["gates"], Wxh, Whh, mask)
-            lstm_backward_split(*args, groups) if groups else lstm_backward(*args, loops)
+                    b["cs"], b["gates"], Wxh, Whh)
+            lstm_backward_split(*args, WTp, mask, groups) if groups else lstm_backward(*args, mask, loops)
         elif cell == "gru":
             args = (dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["dha"], ws["rec"], ws["carry"], ws["acc"], x, inp,
-                    b["hs"], b["gates"], b["hn"], Wxh, Whh, mask)
-            gru_backward_split(*args, groups) if groups else gru_backward(*args, loops)
+                    b["hs"], b["gates"], b["hn"], Wxh, Whh)
+            gru_backward_split(*args, WTp, mask, groups) if groups else gru_backward(*args, mask, loops)
         else:
-            args = (dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["acc"], x, inp, b["hs"], Wxh, Whh, mask)
-            rnn_layer_backward_split(*args, groups) if groups else rnn_layer_backward(*args, loops)
+            args = (dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["acc"], x, inp, b["hs"], Wxh, Whh)
+            rnn_layer_backward_split(*args, WTp, mask, groups) if groups else rnn_layer_backward(*args, mask, loops)
 
 
 def _prepare(P, x, y, masks):

@@ -201,3 +201,186 @@ def matmul_packed(out, a, Wp):
                     _scalar4(o, a, panel, r0, c)
                 for r in range(R4, R):
                     _scalar1(o, a, panel, r, c)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bf16 products with float32 sums (AVX512_BF16's vdpbf16ps): `--precision bf16`
+#
+# pack_bf16(W): W (K, M) float32 rounded to bfloat16 (to nearest even) and laid out as panels
+# (ceil(M / 64), ceil(K / 2), 64) of uint32, each holding the pair (W[2p, j], W[2p + 1, j]) (low half first),
+# zeros past M and past K. matmul_bf16(out, a, Wb) rounds a's rows to bf16 pairs the same way and accumulates
+# out = a @ W in float32 vectors with one vdpbf16ps per 16 columns and k-pair: per element the chain
+# s = s + a[2p] * W[2p] + a[2p+1] * W[2p+1] over the pairs, each product exact in float32, each pair's sum rounded
+# as the instruction does. Inputs carry bf16's 8 bits of mantissa (relative error 2^-9 each); the sums keep
+# float32's.
+
+
+def has_bf16():
+    """Whether this CPU runs AVX512_BF16 (vdpbf16ps), as LLVM sees the host."""
+    import llvmlite.binding as ll
+
+    features = ll.get_host_cpu_features()
+    return bool(features.get("avx512bf16", False)) and bool(features.get("avx512f", False))
+
+
+class _BFloat(ir.Type):
+    """LLVM's bfloat, which llvmlite's IR builder does not name."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+BF16_PANEL = 64  # float32 columns of a bf16 panel: 4 vectors of 16
+
+
+def _make_bf16_tile(R, C):
+    """An intrinsic tile(out, a2, Wb, r0, c0): out[r0:r0+R, c0:c0+16C] = a2 @ Wb over all k-pairs, a2 (rows, KP)
+    and Wb (KP, >= c0+16C) uint32 bf16 pairs, out float32; each array's rows contiguous."""
+
+    @intrinsic
+    def tile(typingctx, out, a2, Wb, r0, c0):
+        if not (isinstance(out, types.Array) and out.ndim == 2 and out.dtype == types.float32):
+            return None
+        if not all(isinstance(t, types.Array) and t.ndim == 2 and t.dtype == types.uint32 for t in (a2, Wb)):
+            return None
+        i64, i32, f32 = ir.IntType(64), ir.IntType(32), ir.FloatType()
+        vf, vi, vb = ir.VectorType(f32, 16), ir.VectorType(i32, 16), ir.VectorType(_BFloat(), 32)
+
+        def codegen(context, builder, signature, args):
+            out_v, a_v, W_v, r0_v, c0_v = args
+            r0_v = context.cast(builder, r0_v, signature.args[3], types.intp)
+            c0_v = context.cast(builder, c0_v, signature.args[4], types.intp)
+            ary = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], (out_v, a_v, W_v))]
+            ldo, lda, ldw = (builder.sdiv(cgutils.unpack_tuple(builder, x.strides, 2)[0], ir.Constant(i64, 4))
+                             for x in ary)
+            KP = cgutils.unpack_tuple(builder, ary[1].shape, 2)[1]
+            outp, ap, wp = (x.data for x in ary)
+            dp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vb, vb]),
+                                                "llvm.x86.avx512bf16.dpbf16ps.512")
+            zero = ir.Constant(vf, [ir.Constant(f32, 0.0)] * 16)
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(C)] for _ in range(R)]
+            undef = ir.Constant(vi, ir.Undefined)
+            splat = ir.Constant(vi, [0] * 16)
+            arow = [builder.gep(ap, [builder.mul(builder.add(r0_v, ir.Constant(i64, r)), lda)]) for r in range(R)]
+            wcol = builder.gep(wp, [c0_v])
+            with cgutils.for_range(builder, KP) as loop:
+                k = loop.index
+                wrow = builder.gep(wcol, [builder.mul(k, ldw)])
+                wv = [builder.bitcast(builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, c * 16)]),
+                                                                   vi.as_pointer()), align=4), vb)
+                      for c in range(C)]
+                for r in range(R):
+                    x = builder.load(builder.gep(arow[r], [k]))
+                    xv = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)), undef, splat)
+                    xb = builder.bitcast(xv, vb)
+                    for c in range(C):
+                        builder.store(builder.call(dp, [builder.load(accs[r][c]), xb, wv[c]]), accs[r][c])
+            for r in range(R):
+                orow = builder.gep(outp, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(i64, r)), ldo), c0_v)])
+                for c in range(C):
+                    dst = builder.bitcast(builder.gep(orow, [ir.Constant(i64, c * 16)]), vf.as_pointer())
+                    builder.store(builder.load(accs[r][c]), dst, align=4)
+            return context.get_dummy_value()
+
+        return types.void(out, a2, Wb, r0, c0), codegen
+
+    return tile
+
+
+_bf16_tile44, _bf16_tile14 = _make_bf16_tile(4, 4), _make_bf16_tile(1, 4)
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    """The bits of a float32 as a uint32."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@kernel
+def to_bf16(x):
+    """The bf16 bits (as uint32, in the low half) of float32 x, rounded to nearest even; NaN stays NaN."""
+    b = _f32_bits(x)
+    if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return (b >> np.uint32(16)) | np.uint32(0x40)
+    return (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+
+
+@kernel
+def pack_bf16(W):
+    """W (K, M) float32 as bf16 panels (ceil(M / 64), ceil(K / 2), 64) of uint32 pairs (see above)."""
+    K, M = W.shape
+    KP = (K + 1) // 2
+    nb = (M + BF16_PANEL - 1) // BF16_PANEL
+    out = np.zeros((nb, KP, BF16_PANEL), np.uint32)
+    for b in range(nb):
+        c0 = b * BF16_PANEL
+        for p in range(KP):
+            for j in range(c0, min(M, c0 + BF16_PANEL)):
+                lo = to_bf16(W[2 * p, j])
+                hi = to_bf16(W[2 * p + 1, j]) if 2 * p + 1 < K else np.uint32(0)
+                out[b, p, j - c0] = lo | (hi << np.uint32(16))
+    return out
+
+
+@kernel
+def bf16_rows(a2, a):
+    """a2 (R, ceil(K / 2)) uint32 = the rows of a (R, K) float32 as bf16 pairs (a zero after an odd K)."""
+    R, K = a.shape
+    KP = a2.shape[1]
+    for r in range(R):
+        for p in range(KP):
+            lo = to_bf16(a[r, 2 * p])
+            hi = to_bf16(a[r, 2 * p + 1]) if 2 * p + 1 < K else np.uint32(0)
+            a2[r, p] = lo | (hi << np.uint32(16))
+
+
+@kernel
+def matmul_bf16(out, a, Wb):
+    """out (R, M) float32 = a (R, K) float32 @ W, W given as pack_bf16(W) (M = out.shape[1]): bf16 products,
+    float32 sums (see above). A row's result does not depend on the other rows."""
+    R = a.shape[0]
+    M = out.shape[1]
+    a2 = np.empty((R, Wb.shape[1]), np.uint32)
+    bf16_rows(a2, a)
+    R4 = R - R % 4
+    tail = np.empty((max(R, 1), BF16_PANEL), np.float32)  # a narrower last panel is computed here, then copied
+    for b in range(Wb.shape[0]):
+        c0 = b * BF16_PANEL
+        width = min(BF16_PANEL, M - c0)
+        o = out[:, c0:c0 + width] if width == BF16_PANEL else tail
+        panel = Wb[b]
+        for r0 in range(0, R4, 4):
+            _bf16_tile44(o, a2, panel, r0, 0)
+        for r in range(R4, R):
+            _bf16_tile14(o, a2, panel, r, 0)
+        if width < BF16_PANEL:
+            for r in range(R):
+                for j in range(width):
+                    out[r, c0 + j] = tail[r, j]
+
+
+def tile_product(out, a, Wp):
+    """out = a @ W with W packed: tiles.pack(W) (matmul_packed) or pack_bf16(W) (matmul_bf16), by Wp's type."""
+    if Wp.dtype == np.uint32:
+        matmul_bf16(out, a, Wp)
+    else:
+        matmul_packed(out, a, Wp)
+
+
+@overload(tile_product, jit_options=OPTIONS)
+def _tile_product_overload(out, a, Wp):
+    if Wp.dtype == types.uint32:
+        return lambda out, a, Wp: matmul_bf16(out, a, Wp)
+    return lambda out, a, Wp: matmul_packed(out, a, Wp)
