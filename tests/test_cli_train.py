@@ -56,6 +56,25 @@ def test_num_samples_are_the_samples_of_consecutive_seeds(trained):
     one_line_error(run("sample", trained, "--beam-width", "3", "--num-samples", "2"), "--beam-width")
 
 
+def test_output_dir_streams_each_sample_into_its_own_file(trained, tmp_path):
+    """--output-dir DIR: sample i in DIR/sample-i.txt, the text --seed SEED+i-1 prints alone; existing sample files
+    are refused (one line, nothing changed)."""
+    out = tmp_path / "samples"
+    r = run("sample", trained, "--prime", "Th", "--length", "40", "--seed", "5", "--num-samples", "12",
+            "--output-dir", out)
+    assert r.exit_code == 0, r.output
+    assert r.stdout == "" and "wrote 12 samples to" in r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"sample-{i:02d}.txt" for i in range(1, 13)]
+    for i in (1, 12):
+        alone = run("sample", trained, "--prime", "Th", "--length", "40", "--seed", str(4 + i))
+        assert (out / f"sample-{i:02d}.txt").read_text() == alone.stdout
+    before = (out / "sample-01.txt").read_text()
+    one_line_error(run("sample", trained, "--length", "5", "--num-samples", "10", "--output-dir", out), "exists")
+    assert (out / "sample-01.txt").read_text() == before
+    one_line_error(run("sample", trained, "--beam-width", "2", "--output-dir", tmp_path / "b"), "--output-dir")
+
+
 def test_prime_and_stop_at_take_escapes_and_a_prime_file(trained, tmp_path):
     """--stop-at '\\n' stops at a newline (not at a backslash and an n); --prime 'Th\\x65' is the prime 'The';
     --prime-file reads the prime as it is; a bad escape is one line."""
