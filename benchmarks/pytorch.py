@@ -9,6 +9,8 @@ Runs from a checkout (benchmarks/ is not part of the installed package) and need
 Contenders, all float32 unless named, T = 50, V = 65, Adam with elementwise clipping at 5, the same text:
 
     fastrnn        benchmarks.throughput.BackendStep: the numba kernels' forward_backward + clip + adam
+    fastrnn-bf16   the same with --precision bf16 (bf16 recurrent products, float32 sums and weights), where the
+                   CPU has AVX512_BF16
     torch          nn.RNN/LSTM/GRU(batch_first=True) + nn.Linear, cross-entropy, backward, clip_grad_value_, Adam,
                    the hidden state carried (detached) from minibatch to minibatch, eager mode
     torch-bf16     the same under torch.autocast("cpu", dtype=torch.bfloat16) (where the CPU has AVX512_BF16 or AMX)
@@ -85,7 +87,8 @@ def cpu_has_bf16():
 @options.threads(2)
 @options.repeats(6)
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=0.5, help="Minimum length of a timed repeat.")
-@click.option("--bf16/--no-bf16", default=True, help="Add PyTorch bf16 autocast rows where the CPU has bf16.")
+@click.option("--bf16/--no-bf16", default=True, help="Add the bf16 rows (PyTorch's autocast, fastrnn's --precision "
+              "bf16) where the CPU has bf16.")
 @options.json_output("Write machine, peak, rows and ratios to this JSON file.")
 @options.catch_user_errors
 def main(configs, threads, repeats, min_seconds, bf16, json_path):
@@ -101,12 +104,18 @@ def main(configs, threads, repeats, min_seconds, bf16, json_path):
     machine = common.machine_info()
     peak = common.gemm_gflops("float32")
     use_bf16 = bf16 and cpu_has_bf16()
+    from fastrnn.kernels.tiles import has_bf16
+
+    fastrnn_bf16 = use_bf16 and has_bf16()
     rows = []
     for cell, layers, H, N in configs:
         fns = {"fastrnn": BackendStep(backend, H, N, T, "float32", model=cell, layers=layers),
                "torch": TorchStep(torch, cell, layers, H, N)}
         if use_bf16:
             fns["torch-bf16"] = TorchStep(torch, cell, layers, H, N, bf16=True)
+            if fastrnn_bf16:
+                fns["fastrnn-bf16"] = BackendStep(backend, H, N, T, "float32", model=cell, layers=layers,
+                                                  precision="bf16")
         for fn in fns.values():
             fn()  # compile, plan, allocate
         timed = common.time_interleaved(fns, {name: repeats for name in fns}, min_seconds)
@@ -114,10 +123,11 @@ def main(configs, threads, repeats, min_seconds, bf16, json_path):
         base = {name: N * T / timed[name][0] for name in fns}
         for name in fns:
             cps = base[name]
+            own = "fastrnn-bf16" if name.endswith("bf16") and "fastrnn-bf16" in base else "fastrnn"
             rows.append(dict(contender=name, model=cell, layers=layers, hidden=H, batch=N, seq_len=T,
                              threads=threads, chars_per_sec=cps, gflops=cps * flops / 1e9,
                              peak_fraction=cps * flops / 1e9 / peak, seconds=timed[name][0], repeats=repeats,
-                             fastrnn_vs=base["fastrnn"] / cps))
+                             fastrnn_vs=base["fastrnn"] / cps, fastrnn_same_precision_vs=base[own] / cps))
         print(f"{cell}:{layers} H{H} N{N}: " + ", ".join(f"{n} {base[n]:,.0f} chars/s" for n in fns), flush=True)
     print(common.format_table(rows, COLUMNS))
     print(f"sgemm peak: {peak:.1f} GFLOP/s at {threads} threads; bf16 rows: "
@@ -132,7 +142,7 @@ def main(configs, threads, repeats, min_seconds, bf16, json_path):
 COLUMNS = [("contender", "contender", "s"), ("model", "model", "s"), ("L", "layers", "d"), ("H", "hidden", "d"),
            ("N", "batch", "d"), ("thr", "threads", "d"), ("chars/s", "chars_per_sec", ",.0f"),
            ("GFLOP/s", "gflops", ".1f"), ("%peak", "peak_fraction", lambda v: f"{100 * v:.1f}"),
-           ("fastrnn x", "fastrnn_vs", ".2f")]
+           ("fastrnn x", "fastrnn_vs", ".2f"), ("same-precision fastrnn x", "fastrnn_same_precision_vs", ".2f")]
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_ROOT = os.path.join(ROOT, "docs", "benchmarks")
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 KINDS = ("throughput", "time_to_quality", "sampling", "prepare", "train_memory", "profile_speed", "kernel_scratch",
-         "pytorch", "distributed")
+         "pytorch", "bf16_quality", "distributed")
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -233,14 +233,15 @@ def time_to_quality_section(name, data):
 PYTORCH = [("contender", "contender", "s"), ("model", "model", "s"), ("L", "layers", "d"), ("H", "hidden", "d"),
            ("N", "batch", "d"), ("threads", "threads", "d"), ("chars/s", "chars_per_sec", ",.0f"),
            ("GFLOP/s", "gflops", ".1f"), ("% of sgemm peak", "peak_fraction", lambda v: f"{100 * v:.1f}"),
-           ("fastrnn x", "fastrnn_vs", ".2f")]
+           ("fastrnn x", "fastrnn_vs", ".2f"), ("fastrnn same precision x", "fastrnn_same_precision_vs", ".2f")]
 
 
 def pytorch_section(name, data):
     peak = next(iter((data.get("peaks") or {}).get("float32", {}).values()), None)
     return [f"### {name}", "", f"PyTorch {data.get('torch', '-')}, CPU, eager; sgemm peak in the same run "
-            f"{'-' if peak is None else format(peak, '.1f')} GFLOP/s; `fastrnn x` is fastrnn's chars/s over the "
-            f"row's (medians of interleaved repeats).", "", md_table(data["rows"], PYTORCH), ""]
+            f"{'-' if peak is None else format(peak, '.1f')} GFLOP/s; `fastrnn x` is fastrnn's float32 chars/s over "
+            f"the row's (medians of interleaved repeats), `fastrnn same precision x` the float32 or bf16 fastrnn "
+            f"row over it.", "", md_table(data["rows"], PYTORCH), ""]
 
 
 def train_memory_section(name, data):
@@ -284,6 +285,20 @@ def profile_speed_section(name, data):
             f"kernels: {data.get('plan', '-')}", "", md_table(data["rows"], PROFILE_SPEED), ""]
 
 
+BF16_QUALITY = [("model", "model", "s"), ("L", "layers", "d"), ("H", "hidden", "d"), ("precision", "precision", "s"),
+                ("granted", "granted", lambda v: "yes" if v else "no"), ("steps", "steps", ",d"),
+                ("chars/s", "chars_per_sec", ",.0f"), ("val nats/char", "val_loss", ".4f")]
+
+
+def bf16_quality_section(name, data):
+    t, st = data.get("target") or {}, data.get("settings") or {}
+    return [f"### {name}", "", f"Corpus {data.get('corpus', '-')}; batch {st.get('batch_size', '-')}, seq "
+            f"{st.get('seq_len', '-')}, Adam, seed {st.get('seed', '-')}, {st.get('threads', '-')} threads; val loss on "
+            f"the first {st.get('eval_tokens', '-')} val tokens.", "", md_table(data["rows"], BF16_QUALITY), "",
+            f"bf16 minus float32: {fmt(t.get('value'), '+.4f')} nats/char (target: within {t.get('threshold', '-')}; "
+            f"{'pass' if t.get('passed') else 'FAIL'}); bf16 speed {fmt(data.get('speedup'), '.2f')}x float32.", ""]
+
+
 SECTIONS = {
     "throughput": ("Training throughput", "`python -m benchmarks.throughput`: chars/s of a training step "
                    "(forward_backward + clip + Adam) of the numba kernels, the NumPy reference and a seed-style "
@@ -307,6 +322,9 @@ SECTIONS = {
     "distributed": ("Data-parallel training", "`python -m benchmarks.distributed`: `mpiexec -n 2` ranks x 1 "
                     "thread against 1 rank x 2 threads, side by side, and a ring-Allreduce model of many machines.",
                     distributed_section),
+    "bf16_quality": ("bf16 against float32", "`python -m benchmarks.bf16_quality`: the same model trained the "
+                     "same steps from the same seed with `--precision bf16` and in float32: the val loss reached "
+                     "and the chars/s.", bf16_quality_section),
     "kernel_scratch": ("Kernel scratch", "`python -m benchmarks.kernel_scratch`: numba vs reference training "
                        "steps, side by side.",
                        lambda name, d: [f"### {name}", "", md_table(d["rows"], KERNEL_SCRATCH), ""]),
@@ -388,7 +406,7 @@ def readme_block(results, page_link):
         if kind == "pytorch":
             text += ("\nAgainst PyTorch " + str(d.get("torch", "")) + " on the same machine (`python -m "
                      "benchmarks.pytorch`; training chars/s, float32 unless named, T = 50; `fastrnn x` is fastrnn's "
-                     "rate over the row's):\n\n" + md_table(d["rows"], PYTORCH) + "\n")
+                     "float32 rate over the row's, `same precision` fastrnn's in the row's precision):\n\n" + md_table(d["rows"], PYTORCH) + "\n")
         elif kind == "time_to_quality" and d.get("best"):
             b = d["best"]
             text += (f"\nIn {d.get('budget_s', '-'):g} s of training on {d.get('corpus', '-')} (`python -m "

@@ -84,7 +84,7 @@ def test_throughput_rows_dry_run(tmp_path):
     numba = next(r for r in result["rows"] if r["backend"] == "numba")
     assert numba["vs_numpy"] > 0 and numba["vs_seed"] > 0
     assert {"float32", "float64"} <= set(result["peaks"]) and "cpu" in result["machine"]
-    assert [t["passed"] for t in result["targets"]] == [None, None, None]  # no target rows were run
+    assert [t["passed"] for t in result["targets"]] == [None] * len(throughput.TARGETS)  # no target rows were run
     png = tmp_path / "t.png"
     invoke(plot.main, [path, "-o", png])
     assert png.stat().st_size > 0
@@ -92,9 +92,14 @@ def test_throughput_rows_dry_run(tmp_path):
 
 def test_targets_evaluate():
     rows = [dict(backend="numba", hidden=128, batch=1, dtype="float32", threads=2, vs_numpy=6.0),
-            dict(backend="numba", hidden=128, batch=32, dtype="float32", threads=2, vs_numpy=1.2)]
-    passed = [t["passed"] for t in throughput.evaluate_targets(rows)]
-    assert passed == [None, True, False]
+            dict(backend="numba", hidden=128, batch=32, dtype="float32", threads=2, vs_numpy=1.2),
+            dict(backend="numba", model="lstm", layers=1, hidden=512, batch=64, dtype="float32", threads=2,
+                 peak_fraction=0.85),
+            dict(backend="numba", model="gru", layers=1, hidden=512, batch=64, dtype="float32", threads=2,
+                 peak_fraction=0.7)]
+    passed = {t["name"]: t["passed"] for t in throughput.evaluate_targets(rows)}
+    assert passed == {"H512 N64 2thr f32": None, "lstm H512 N64 2thr f32": True, "lstm x2 H512 N64 2thr f32": None,
+                      "gru H512 N64 2thr f32": False, "H128 N1 2thr f32": True, "H128 N32 2thr f32": False}
 
 
 def test_seed_check_is_tight():
@@ -231,7 +236,8 @@ def test_bad_input_to_benchmarks_and_tools(tmp_path, args):
 
 COMMANDS = ["benchmarks.throughput", "benchmarks.sampling", "benchmarks.prepare", "benchmarks.plot",
             "benchmarks.time_to_quality", "benchmarks.pytorch", "benchmarks.distributed", "benchmarks.mkl_bf16",
-            "benchmarks.kernel_scratch", "benchmarks.train_memory", "benchmarks.report", "tools.profile_speed",
+            "benchmarks.kernel_scratch", "benchmarks.train_memory", "benchmarks.report", "benchmarks.bf16_quality",
+            "tools.profile_speed",
             "tools.profile_memory", "tools.compare_models"]
 
 
@@ -279,6 +285,33 @@ def test_time_to_quality_trains_each_model_for_its_budget(tmp_path):
         assert math.isfinite(row["val_bpc"]) and row["steps"] > 0 and row["train_seconds"] >= 1.5
         assert abs(row["val_bpc"] - row["val_loss"] / math.log(2)) < 1e-9
     assert data["best"]["val_bpc"] == min(row["val_bpc"] for row in data["rows"])
+
+
+def test_bf16_quality_trains_both_precisions_the_same_steps(tmp_path):
+    """A tiny lstm, 3 steps in float32 and in bf16: two rows of the same steps with finite val losses, and the
+    target computed from them (bf16 granted where the CPU has it, said otherwise)."""
+    import json
+    import math
+    import subprocess
+    import sys
+
+    from conftest import make_text
+    from fastrnn.kernels.tiles import has_bf16
+
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(make_text(30_000))
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
+    out = tmp_path / "bf.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bf16_quality", "--corpus", str(corpus), "--model",
+                        "lstm:1:16", "--steps", "3", "--batch-size", "8", "--seq-len", "10", "--eval-tokens", "2000",
+                        "--json", str(out)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    f32, bf16 = data["rows"]
+    assert (f32["precision"], bf16["precision"]) == ("float32", "bf16") and f32["steps"] == bf16["steps"] == 3
+    assert all(math.isfinite(row["val_loss"]) for row in data["rows"])
+    assert bf16["granted"] == has_bf16() and ("in bf16" in bf16["kernels"]) == has_bf16()
+    assert data["target"]["value"] == pytest.approx(bf16["val_loss"] - f32["val_loss"])
 
 
 def test_pytorch_comparison_runs_where_torch_is_installed(tmp_path):
