@@ -236,6 +236,30 @@ PYTORCH = [("contender", "contender", "s"), ("model", "model", "s"), ("L", "laye
            ("fastrnn x", "fastrnn_vs", ".2f"), ("fastrnn same precision x", "fastrnn_same_precision_vs", ".2f")]
 
 
+PYTORCH_SUMMARY = [("model", lambda r: f"{r['model']} x {r['layers']} H{r['hidden']} N{r['batch']}", "s"),
+                   ("fastrnn chars/s", "fastrnn", ",.0f"), ("% of sgemm peak", "peak", lambda v: f"{100 * v:.1f}"),
+                   ("x torch", "vs_torch", ".2f"), ("fastrnn bf16 chars/s", "fastrnn_bf16", ",.0f"),
+                   ("bf16: x torch-bf16", "vs_torch_bf16", ".2f")]
+
+
+def pytorch_summary(rows):
+    """One row per model of a pytorch file: fastrnn's float32 rate, its fraction of the peak and its ratio to
+    torch; fastrnn-bf16's rate and its ratio to torch-bf16 (None where absent)."""
+    out = {}
+    for r in rows:
+        key = (r["model"], r["layers"], r["hidden"], r["batch"])
+        row = out.setdefault(key, dict(model=r["model"], layers=r["layers"], hidden=r["hidden"], batch=r["batch"]))
+        if r["contender"] == "fastrnn":
+            row.update(fastrnn=r["chars_per_sec"], peak=r["peak_fraction"])
+        elif r["contender"] == "fastrnn-bf16":
+            row["fastrnn_bf16"] = r["chars_per_sec"]
+        elif r["contender"] == "torch":
+            row["vs_torch"] = r.get("fastrnn_vs")
+        elif r["contender"] == "torch-bf16":
+            row["vs_torch_bf16"] = r.get("fastrnn_same_precision_vs")
+    return list(out.values())
+
+
 def pytorch_section(name, data):
     peak = next(iter((data.get("peaks") or {}).get("float32", {}).values()), None)
     return [f"### {name}", "", f"PyTorch {data.get('torch', '-')}, CPU, eager; sgemm peak in the same run "
@@ -405,8 +429,9 @@ def readme_block(results, page_link):
     for kind, _, d in results:
         if kind == "pytorch":
             text += ("\nAgainst PyTorch " + str(d.get("torch", "")) + " on the same machine (`python -m "
-                     "benchmarks.pytorch`; training chars/s, float32 unless named, T = 50; `fastrnn x` is fastrnn's "
-                     "float32 rate over the row's, `same precision` fastrnn's in the row's precision):\n\n" + md_table(d["rows"], PYTORCH) + "\n")
+                     "benchmarks.pytorch`; training chars/s, T = 50; fastrnn float32 against torch float32, and "
+                     "fastrnn --precision bf16 against torch's bf16 autocast; the full table is in the page):\n\n" + md_table(pytorch_summary(d["rows"]), PYTORCH_SUMMARY)
+                     + "\n")
         elif kind == "time_to_quality" and d.get("best"):
             b = d["best"]
             text += (f"\nIn {d.get('budget_s', '-'):g} s of training on {d.get('corpus', '-')} (`python -m "
