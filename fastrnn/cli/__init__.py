@@ -5,6 +5,7 @@ into a single line `fastrnn: error: ...` on stderr and a non-zero exit status, n
 """
 
 import errno
+import os
 import signal
 import sys
 import threading
@@ -16,6 +17,20 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's nu
 
 def _terminate(signum, frame):
     raise Interrupted(signum)
+
+
+def no_news(unraisable):
+    """The unraisable hook once a command has said how it ended: a finalizer failing on the way out is no news."""
+
+
+def _redeliver(unraisable, hook):
+    """A signal whose handler raised inside a finalizer (where Python can only report the exception, with a
+    traceback) is sent again: it then interrupts the command where it can (or is noted, by `train`'s stop flag)."""
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt):
+        os.kill(os.getpid(), getattr(exc, "signum", signal.SIGINT))
+    else:
+        hook(unraisable)
 
 
 def _interrupted_at_start(exc):
@@ -50,7 +65,7 @@ class FastrnnGroup(click.Group):
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 # nor may a finalizer that fails on the way out (an h5py object whose operation a second signal
                 # interrupted): the command's own message and status have been given
-                sys.unraisablehook = lambda unraisable: None
+                sys.unraisablehook = no_news
 
     def make_context(self, *args, **kwargs):
         try:
@@ -62,8 +77,12 @@ class FastrnnGroup(click.Group):
 
     def invoke(self, ctx):
         # SIGTERM stops a command as Ctrl-C does (its clean-up runs), then exits 143; `train` stops at a step
-        old = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
-            else None
+        old = hook = None
+        if threading.current_thread() is threading.main_thread():  # (a command may change them: restored)
+            old = {signal.SIGINT: signal.getsignal(signal.SIGINT),
+                   signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate)}
+            hook = sys.unraisablehook
+            sys.unraisablehook = lambda unraisable: _redeliver(unraisable, hook)
         try:
             return super().invoke(ctx)
         except FastrnnError as exc:
@@ -73,7 +92,7 @@ class FastrnnGroup(click.Group):
         except KeyboardInterrupt as exc:
             # what the interrupted code held is freed on the way out; a finalizer failing then (an h5py object whose
             # operation the signal cut short) is no news to the user
-            sys.unraisablehook = lambda unraisable: None
+            sys.unraisablehook = no_news
             click.echo("\nfastrnn: interrupted", err=True)
             sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
         except MemoryError:
@@ -87,8 +106,10 @@ class FastrnnGroup(click.Group):
             click.echo(f"fastrnn: error: {message} (see {where})", err=True)
             sys.exit(exc.exit_code)
         finally:
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
+            for s, handler in (old or {}).items():
+                signal.signal(s, handler)
+            if hook is not None and sys.unraisablehook is not no_news:
+                sys.unraisablehook = hook
 
 
 def _os_error_exit(exc):

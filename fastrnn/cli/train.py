@@ -7,13 +7,13 @@ import sys
 import click
 
 from fastrnn.checkpoint import CHECKPOINT_NAME
+from fastrnn.cli import EXIT_SIGNAL, no_news  # (defined before fastrnn.cli imports its commands)
 from fastrnn.cli.types import SEED, Finite
 from fastrnn.errors import ConfigError
 from fastrnn.config import (BACKENDS, DTYPES, PRECISIONS, INITS, LR_SCHEDULES, MODELS, ON_DIVERGENCE, OPTIMIZERS,
                             TrainConfig)
 from fastrnn.progress import Printer
 
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # stopped by a signal, checkpoint written
 
 D = TrainConfig()
 
@@ -171,18 +171,27 @@ def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, *
         with Printer(quiet) as printer:  # an error or an interrupt is told on a line of its own
             summary = run_training(corpus, run_dir, overrides, resume=resume, allow_change=allow_change,
                                    force=force, on_event=printer, init_from=init_from)
+        if summary["signal"] is not None:
+            _stopped_by_signal(summary)
     except KeyboardInterrupt as exc:  # a second signal: stopped at once, by SIGINT (130) or SIGTERM (143)
-        sys.unraisablehook = lambda unraisable: None  # a finalizer of what the signal cut short may fail: no news
+        sys.unraisablehook = no_news  # a finalizer of what the signal cut short may fail: no news
         if os.path.exists(os.path.join(run_dir, CHECKPOINT_NAME)):
             click.echo("\nfastrnn: interrupted; the last checkpoint written is intact. Resume with the same "
                        "command and --resume.", err=True)
         else:
             click.echo("\nfastrnn: interrupted before the first checkpoint; nothing to resume.", err=True)
         sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
-    if summary["signal"] is not None:
+
+
+def _stopped_by_signal(summary, say=True):
+    """The run stopped at a step for a signal and wrote its checkpoint: one line, and 128 + the signal's number.
+    A second signal from here on changes nothing (until now it interrupts: the caller says so)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    if say:
         click.echo(f"fastrnn: stopped by signal at step {summary['step']}; checkpoint written to "
                    f"{summary['checkpoint']}. Resume with the same command and --resume.", err=True)
-        sys.exit(EXIT_SIGNAL.get(summary["signal"], 130))
+    sys.exit(EXIT_SIGNAL.get(summary["signal"], 130))
 
 
 def _train_rank(comm, quiet, run_dir, run):
@@ -198,6 +207,8 @@ def _train_rank(comm, quiet, run_dir, run):
     try:
         with Printer(quiet) if comm.is_root else contextlib.nullcontext() as printer:
             summary = run(printer)
+        if summary["signal"] is not None:
+            _stopped_by_signal(summary, say=comm.is_root)
     except (DistributedError, DivergenceError) as exc:  # shared: every rank stops here
         if comm.is_root and not getattr(exc, "silent", False):
             click.echo(f"fastrnn: error: {exc}", err=True)
@@ -216,11 +227,6 @@ def _train_rank(comm, quiet, run_dir, run):
         traceback.print_exc()
         sys.stderr.flush()
         comm.abort(1)
-    if summary["signal"] is not None:
-        if comm.is_root:
-            click.echo(f"fastrnn: stopped by signal at step {summary['step']}; checkpoint written to "
-                       f"{summary['checkpoint']}. Resume with the same command and --resume.", err=True)
-        sys.exit(EXIT_SIGNAL.get(summary["signal"], 130))
 
 
 @click.command()
