@@ -355,6 +355,46 @@ def test_the_cli_sends_again_an_interrupt_a_finalizer_swallowed():
         signal.signal(signal.SIGTERM, old)
 
 
+def _signal_turned_into_type_error(signum):
+    """As h5py does when a signal's handler raises inside its type-conversion callback."""
+    try:
+        os.kill(os.getpid(), signum)
+        time.sleep(5)
+    except (KeyboardInterrupt, CorpusError):
+        raise TypeError("Operation not defined for data type class")
+    raise AssertionError("no signal came")
+
+
+@pytest.mark.parametrize("sig, expected", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, CorpusError)])
+def test_prepare_knows_its_signal_behind_the_exception_a_library_raised_for_it(tmp_path, sig, expected):
+    from fastrnn.corpus.build import _Signals
+
+    with pytest.raises(expected) as caught:
+        with _Signals(str(tmp_path / "c.h5")):
+            _signal_turned_into_type_error(sig)
+    assert not isinstance(caught.value, TypeError)
+    with pytest.raises(TypeError):  # with no signal, the error is what it is
+        with _Signals(str(tmp_path / "c.h5")):
+            raise TypeError("a bug")
+
+
+def test_the_cli_knows_a_signal_behind_the_exception_a_library_raised_for_it():
+    import click
+
+    from fastrnn.cli import main as group
+
+    @click.command("interrupted-in-a-callback")
+    def command():
+        _signal_turned_into_type_error(signal.SIGTERM)
+
+    group.add_command(command)
+    try:
+        r = CliRunner().invoke(group, ["interrupted-in-a-callback"])
+    finally:
+        group.commands.pop("interrupted-in-a-callback")
+    assert r.exit_code == 143 and r.stderr.strip() == "fastrnn: interrupted" and r.exception.__class__ is SystemExit
+
+
 @pytest.mark.parametrize("fault, status", [("sigint-import:click", 130), ("sigint-import:numpy", 130),
                                            ("sigint-import:h5py", 130), ("sigterm-import:numpy", 143)])
 def test_ctrl_c_and_sigterm_during_start_up(tmp_path, fault, status):

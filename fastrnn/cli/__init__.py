@@ -33,6 +33,18 @@ def _redeliver(unraisable, hook):
         hook(unraisable)
 
 
+def _interrupt_behind(exc):
+    """The KeyboardInterrupt (a signal) that `exc` was raised while handling, if any: a library's callback that the
+    signal's handler raised in (h5py's type conversions log, in Python) can turn it into another exception."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
+    return None
+
+
 def _interrupted_at_start(exc):
     sys.stderr.write("fastrnn: interrupted while starting; nothing was done\n")
     sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
@@ -84,7 +96,13 @@ class FastrnnGroup(click.Group):
             hook = sys.unraisablehook
             sys.unraisablehook = lambda unraisable: _redeliver(unraisable, hook)
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except Exception as exc:
+                interrupt = _interrupt_behind(exc)
+                if interrupt is None:
+                    raise
+                raise interrupt.with_traceback(None) from None
         except FastrnnError as exc:
             if not getattr(exc, "silent", False):  # silent: another process of an MPI job says it
                 click.echo(f"fastrnn: error: {exc}", err=True)

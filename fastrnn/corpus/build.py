@@ -517,12 +517,27 @@ class _Signals:
             self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         if self.saved:
             for s, handler in self.saved.items():
                 signal.signal(s, handler)
         if self._hook is not None:
             sys.unraisablehook = self._hook
+        if exc is not None and self.pending is not None and exc is not self.pending and _behind(exc, self.pending):
+            # the signal's exception, raised in a callback of h5py's (a type conversion that logs), came out as
+            # another one (TypeError: "Operation not defined for data type class"): it was the signal
+            raise self.pending.with_traceback(None) from None
+
+
+def _behind(exc, cause):
+    """Whether `cause` is in the chain of exceptions `exc` was raised during or from."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if exc is cause:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
+    return False
 
 
 def write_attrs(f, vocab, config, sources, check_chunk, sizes):
