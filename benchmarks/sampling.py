@@ -23,6 +23,11 @@ counts every sample's characters. The target is K = 32 at >= 10x numba-generate'
 the products' GFLOP/s (2 * rows * columns of each matrix a character multiplies) over the sgemm peak measured in
 the same run at the same thread count, and `peak_bound_vs_one_stream`: the most that peak allows, over one stream.
 
+`serve-clients` rows: K clients at once, each POSTing one /generate request of the numba-streams rows' length to a
+`fastrnn serve` server (fastrnn.serve, in this process, the model written to a temporary checkpoint), which
+generates concurrent requests together; chars/s counts every client's characters from the first request sent to
+the last answer read, HTTP included, and `checked` says each client's text equals the one drawn alone.
+
 Two more rows, `read-once` and `read-split`, are no generators: the rate at which one thread sums, in one pass and one stream, the
 weights that every generated character must read (every layer's Whh, the Wxh of the layers above the first, and
 Why), for scale; `read-split` the same bytes read in two halves by two threads at once (each half staying in its own
@@ -31,6 +36,7 @@ core's cache: what both cores' caches deliver), the bound of one stream, whose `
 """
 
 import importlib
+import os
 import time
 
 import numba
@@ -208,8 +214,70 @@ def streams_rows(P, vocab, numba_backend, streams, length, thread_counts, repeat
     return rows
 
 
+def serve_rows(model, vocab, clients, length, thread_counts, repeats, check, backend="numba"):
+    """serve-clients rows: K concurrent HTTP clients of one server, each asking for `length` characters (seed 1 +
+    client), at each K and thread count of the server (checked on the float64 model `check`: every client's text as drawn alone)."""
+    import concurrent.futures
+    import http.client
+    import json
+    import tempfile
+    import threading
+
+    from fastrnn import checkpoint as ckpt_io
+    from fastrnn import serve
+    from fastrnn.config import TrainConfig
+    from fastrnn.model import get_backend
+
+    def served(m, K):
+        path = os.path.join(tmp, f"{m.dtype}.h5")
+        config = TrainConfig(model=m.model, num_layers=m.num_layers, hidden_size=m.hidden_size, dtype=str(m.dtype))
+        ckpt_io.save(path, ckpt_io.Checkpoint(config.to_dict(), vocab.to_dict(), m.flat,
+                                              {"m": np.zeros_like(m.flat)}, np.zeros((1, 1)), {}))
+        generator = serve.Generator(path, backend, max_length=max(length, CHECK_LENGTH), max_pending=K,
+                                    max_batch=K)
+        server = serve.make_server(generator, "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def ask(server, seed, n):
+        conn = http.client.HTTPConnection(*server.server_address[:2], timeout=600)
+        conn.request("POST", "/generate", body=json.dumps({"length": n, "seed": seed}).encode())
+        resp = conn.getresponse()
+        answer = json.loads(resp.read())
+        conn.close()
+        if resp.status != 200:
+            raise click.ClickException(f"the server answered {resp.status}: {answer.get('error')}")
+        return answer["text"]
+
+    def all_at_once(server, K, n):
+        with concurrent.futures.ThreadPoolExecutor(K) as pool:
+            return list(pool.map(lambda c: ask(server, 1 + c, n), range(K)))
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads, K in ((t, K) for t in thread_counts for K in clients):
+            common.set_threads(threads)
+            server = served(check, K)
+            got = all_at_once(server, K, CHECK_LENGTH)
+            server.shutdown()
+            server.server_close()
+            alone = [vocab.decode(list(generate(get_backend(backend), check.P, vocab,
+                                                length=CHECK_LENGTH, rng=np.random.default_rng(1 + c),
+                                                dtype=np.float64))) for c in range(min(K, 4))]
+            checked = all(got[c] == alone[c] for c in range(len(alone)))
+            server = served(model, K)
+            all_at_once(server, K, 10)
+            seconds, _, _ = common.time_calls(lambda: all_at_once(server, K, length), repeats, 0.0)
+            server.shutdown()
+            server.server_close()
+            rows.append(dict(backend="serve-clients", streams=K, threads=threads, length=length,
+                             chars_per_sec=K * length / seconds, seconds=seconds, repeats=repeats,
+                             first_call_seconds=0.0, agree=int(checked), checked=checked))
+    return rows
+
+
 def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_module="fastrnn.kernels",
-        model="rnn", num_layers=1, streams=(32,), streams_threads=None):
+        model="rnn", num_layers=1, streams=(32,), streams_threads=None, serve_clients=(1, 32)):
     """Rows {backend, model, layers, hidden, dtype, threads, length, chars_per_sec, seconds, checked, agree, ...}."""
     cell, layers = model, num_layers
     common.set_threads(threads)
@@ -243,6 +311,11 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
     if numba_backend is not None and streams:
         rows += [dict(common_fields, **r) for r in streams_rows(model.P, vocab, numba_backend, streams, length // 4,
                                                                 streams_threads or [threads], repeats, check)]
+        if serve_clients:
+            backend = "numpy" if numba_module == "fastrnn.reference" else "numba"  # (the server's choices)
+            rows += [dict(common_fields, **r) for r in serve_rows(model, vocab, serve_clients, length // 4,
+                                                                  streams_threads or [threads], repeats, check,
+                                                                  backend)]
         common.set_threads(threads)
     nbytes = int(sum(W.nbytes for W in weights_per_char(model.P)))
     for name, seconds, n in (("read-once", read_seconds(model.P, repeats), 1),
@@ -284,14 +357,17 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
 @options.threads(1)
 @options.int_list("--streams-threads", [1, 2], "Thread counts of the numba-streams rows (the K samples split over "
                   "the threads), comma-separated.")
+@options.int_list("--serve-clients", [1, 32], "Client counts K of the serve-clients rows (K concurrent requests to "
+                  "one server), comma-separated; 0: no such rows.")
 @options.repeats(3)
 @options.dtype("float32", help="The model's floating-point type.")
 @options.numba_module()
 @options.catch_user_errors
-def main(json_path, model, num_layers, hidden, length, streams, threads, streams_threads, repeats, dtype,
-         numba_module):
+def main(json_path, model, num_layers, hidden, length, streams, threads, streams_threads, serve_clients, repeats,
+         dtype, numba_module):
     machine = common.machine_info()
-    rows = run(hidden, length, threads, repeats, dtype, numba_module, model, num_layers, streams, streams_threads)
+    rows = run(hidden, length, threads, repeats, dtype, numba_module, model, num_layers, streams, streams_threads,
+               [k for k in serve_clients if k > 0])
     default = (model, num_layers) == ("rnn", 1)
     arch = [] if default else [("model", "model", "s"), ("L", "layers", "d")]  # the rnn table stays as it was
     print(common.format_table(rows, [("backend", "backend", "s")] + arch + [

@@ -417,6 +417,33 @@ def generate(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=F
         h, logits = step(P, h, np.array([token], dtype=np.int32))
 
 
+def stream_weights(P):
+    """What advance_streams reads of the model, prepared once (here: the parameters as they are)."""
+    return P
+
+
+def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rngs=None, threads=None,
+                    weights=None):
+    """Generate the next n tokens of B streams: a (B, n) int32 array, one batched step per character. h: (B, S)
+    and logits: (B, V), the streams' states and next-character logits, are updated in place; stream b draws one
+    uniform number per character from rngs[b]. `threads` and `weights` are ignored (the numba backend's
+    interface). A stream's tokens depend only on its own state and generator."""
+    B = np.shape(h)[0]
+    rngs = list(rngs) if rngs is not None else [np.random.default_rng() for _ in range(B)]
+    if len(rngs) != B:
+        raise ValueError(f"advance_streams: {len(rngs)} generators for {B} streams")
+    block = np.empty((B, n), dtype=np.int32)
+    for i in range(n):
+        for b in range(B):
+            if greedy:
+                block[b, i] = np.argmax(logits[b])
+            else:
+                block[b, i] = draw(probabilities(logits[b], temperature, top_k, top_p), rngs[b])
+        h_next, logits_next = step(P, h, block[:, i])
+        h[...], logits[...] = h_next, logits_next
+    return block
+
+
 def generate_streams(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rngs=None,
                      chunk=64, threads=None):
     """Yield (B, n) arrays of sampled token ids, `length` per stream in all, from the states h: (B, S) and their
@@ -424,20 +451,11 @@ def generate_streams(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, 
     `chunk` is the n of the blocks yielded; `threads` is ignored (the interface of the numba backend's)."""
     B = np.shape(h)[0]
     rngs = list(rngs) if rngs is not None else [np.random.default_rng() for _ in range(B)]
-    if len(rngs) != B:
-        raise ValueError(f"generate_streams: {len(rngs)} generators for {B} streams")
+    h, logits = np.array(h), np.array(logits)  # copies: updated in place
     done = 0
     while done < length:
         n = min(chunk, length - done)
-        block = np.empty((B, n), dtype=np.int32)
-        for i in range(n):
-            for b in range(B):
-                if greedy:
-                    block[b, i] = np.argmax(logits[b])
-                else:
-                    block[b, i] = draw(probabilities(logits[b], temperature, top_k, top_p), rngs[b])
-            h, logits = step(P, h, block[:, i])
-        yield block
+        yield advance_streams(P, h, logits, n, temperature, top_k, top_p, greedy, rngs)
         done += n
 
 

@@ -8,16 +8,26 @@
 
 Bad requests get a 4xx status and {"error": "..."}: 400 (not JSON, unknown or mistyped fields, values out of
 range, characters outside the vocabulary), 404 (path), 405 (method), 411/413 (body missing or over the limit).
-Generation runs one request at a time (the model is shared); up to `max_pending` more wait, beyond that 503.
+Requests that generate at the same time are drawn together, as `fastrnn sample --num-samples K` draws K samples:
+every weight is read once per character for all of them. One thread runs the batch, 64 characters at a time
+(they go out to each client as they come); between runs, requests that are done or whose client went away leave
+it, and waiting ones join (those sharing the batch's temperature, top_k and top_p; one with other options starts
+the next batch when this one empties). Each request's text is the one it would get alone, given its seed. Up to
+`max_batch` requests generate at once and `max_pending` more wait; beyond that, 503.
 """
 
+import collections
+import contextlib
 import json
+import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
 from fastrnn.errors import FastrnnError
+
+CHUNK = 64  # characters per run of the batch: what a streamed response gets at a time, and when requests join
 
 FIELDS = {"prime": str, "length": int, "temperature": (int, float), "top_k": int, "top_p": (int, float),
           "seed": (int, type(None)), "stream": bool}
@@ -32,7 +42,8 @@ class BadRequest(Exception):
 class Generator:
     """The loaded model and the request limits."""
 
-    def __init__(self, model_path, backend="numba", max_length=10_000, max_body=65_536, max_pending=4):
+    def __init__(self, model_path, backend="numba", max_length=10_000, max_body=65_536, max_pending=4,
+                 max_batch=32):
         from fastrnn.api import load_model
         from fastrnn.model import get_backend
 
@@ -42,9 +53,16 @@ class Generator:
         self.backend = get_backend(backend)
         self.path = ckpt.path
         self.warmup = ckpt.state.get("warmup")  # an unprimed sample starts from a state warmed on real text
-        self.max_length, self.max_body = int(max_length), int(max_body)
-        self.lock = threading.Lock()  # one generation at a time
-        self.slots = threading.BoundedSemaphore(int(max_pending) + 1)  # running + waiting
+        self.max_length, self.max_body, self.max_batch = int(max_length), int(max_body), int(max_batch)
+        if self.max_batch < 1:
+            raise FastrnnError(f"max_batch must be >= 1, got {max_batch}")
+        self.slots = threading.BoundedSemaphore(self.max_batch + int(max_pending))  # generating + waiting
+        self.waiting = collections.deque()  # requests waiting to join the batch
+        self.ready = threading.Condition()
+        self.batches = 0  # batches started (from none running) so far, and the most requests one ran at once
+        self.widest = 0
+        self.weights = self.backend.stream_weights(self.model.P)
+        threading.Thread(target=self._run, name="fastrnn-generate", daemon=True).start()
 
     def info(self):
         cell, layers, H = self.model.model, self.model.num_layers, self.model.hidden_size
@@ -88,20 +106,111 @@ class Generator:
         return opts
 
     def pieces(self, opts):
-        """Text pieces of the sample (not the prime), as they are generated."""
+        """Text pieces of the sample (not the prime), as they are generated; the request joins the batch.
+        Closing the iterator early (the client went away) takes the request out of its batch."""
+        return self.text(self.submit(opts))
+
+    def submit(self, opts):
+        """Queue a request (checked options) to join the batch; `text` reads what it gets."""
+        request = _Request(opts)
+        with self.ready:
+            self.waiting.append(request)
+            self.ready.notify()
+        return request
+
+    def text(self, request):
         from fastrnn import sample as gen
 
         stream = gen.TextStream(self.vocab)
-        for block in gen.generate_many(self.backend, self.model.P, self.vocab, count=1, prime=opts["prime"],
-                                       length=opts["length"], temperature=float(opts["temperature"]),
-                                       top_k=opts["top_k"], top_p=float(opts["top_p"]), seed=opts["seed"],
-                                       dtype=self.model.dtype, warmup=self.warmup):
-            piece = stream.feed(block[0])
-            if piece:
-                yield piece
+        try:
+            while True:
+                block = request.blocks.get()
+                if block is None:
+                    break
+                if isinstance(block, BaseException):
+                    raise block
+                piece = stream.feed(block)
+                if piece:
+                    yield piece
+        finally:
+            request.cancelled = True
         tail = stream.finish()
         if tail:
             yield tail
+
+    def _run(self):
+        """The generating thread: the batch's streams advance up to 64 characters at a time. Between runs, finished
+        and abandoned requests leave the batch and waiting ones join it: those with the batch's sampling options
+        that are first in line (a request with other options waits for the batch to empty, then starts the next)."""
+        active, h, logits, rngs, key = [], None, None, [], None
+        while True:
+            with self.ready:
+                while not active and not self.waiting:
+                    self.ready.wait()
+                if not active:  # a new batch: every waiting request with the oldest one's options
+                    key = self.waiting[0].key
+                    joining = [r for r in self.waiting if r.key == key][: self.max_batch]
+                    for r in joining:
+                        self.waiting.remove(r)
+                    self.batches += 1
+                else:
+                    joining = []
+                    while self.waiting and self.waiting[0].key == key and len(active) + len(joining) < self.max_batch:
+                        joining.append(self.waiting.popleft())
+            try:
+                new = [r for r in joining if self._primed(r)]
+                if new:
+                    h = np.concatenate(([h] if active else []) + [r.start[0] for r in new])  # (B, S)
+                    logits = np.concatenate(([logits] if active else []) + [r.start[1] for r in new])  # (B, V)
+                    rngs, active = rngs + [np.random.default_rng(r.opts["seed"]) for r in new], active + new
+                    self.widest = max(self.widest, len(active))
+                if not active:
+                    continue
+                temperature, top_k, top_p = key
+                n = min(CHUNK, max(r.opts["length"] - r.done for r in active))
+                block = self.backend.advance_streams(self.model.P, h, logits, n, temperature,
+                                                     min(top_k, self.vocab.size), top_p, False, rngs, None,
+                                                     self.weights)
+            except Exception as exc:  # (a bug) told to each client of the batch, and the next batch runs
+                for r in active + joining:
+                    r.blocks.put(FastrnnError(f"generation failed: {exc}"))
+                active, rngs = [], []
+                continue
+            for i, r in enumerate(active):
+                take = min(n, r.opts["length"] - r.done)
+                if not r.cancelled:
+                    r.blocks.put(block[i, :take].copy())
+                r.done += take
+                if r.done == r.opts["length"]:
+                    r.blocks.put(None)
+            keep = [i for i, r in enumerate(active) if not r.cancelled and r.done < r.opts["length"]]
+            if len(keep) < len(active):
+                h, logits = h[keep], logits[keep]  # (copies: C-contiguous, as advance_streams updates them)
+                active, rngs = [active[i] for i in keep], [rngs[i] for i in keep]
+
+    def _primed(self, request):
+        """Warm a joining request's state on its prime (request.start: h, logits); False if it is already done."""
+        from fastrnn import sample as gen
+
+        if request.opts["length"] == 0 or request.cancelled:
+            request.blocks.put(None)
+            return False
+        request.start = gen._start(self.backend, self.model.P, self.vocab, request.opts["prime"], self.model.dtype,
+                                   self.warmup)
+        return True
+
+
+class _Request:
+    """One /generate request in the generating thread's hands: its options, and the blocks of token ids it gets
+    (then None, or the exception that ended it)."""
+
+    def __init__(self, opts):
+        self.opts = opts
+        self.key = (float(opts["temperature"]), int(opts["top_k"]), float(opts["top_p"]))  # one batch: one key
+        self.blocks = queue.SimpleQueue()
+        self.cancelled = False  # the client went away
+        self.done = 0  # characters generated
+        self.start = None  # (h, logits) after the prime
 
 
 def handler_class(generator):
@@ -111,6 +220,8 @@ def handler_class(generator):
 
         def log_message(self, fmt, *args):  # quiet: the CLI prints one line per request itself
             pass
+
+        headers_sent = False
 
         def _json(self, status, obj):
             body = json.dumps(obj).encode()
@@ -126,7 +237,9 @@ def handler_class(generator):
         def do_GET(self):
             if self.path == "/health":
                 self._json(200, {"status": "ok", "model": generator.info(),
-                                 "limits": {"max_length": generator.max_length, "max_body": generator.max_body}})
+                                 "limits": {"max_length": generator.max_length, "max_body": generator.max_body,
+                                            "max_batch": generator.max_batch},
+                                 "batches": {"started": generator.batches, "widest": generator.widest}})
             elif self.path == "/generate":
                 self._error(405, "use POST for /generate")
             else:
@@ -159,8 +272,12 @@ def handler_class(generator):
                 self._error(503, "too many requests at once; try again")
                 return
             try:
-                with generator.lock:
-                    self._generate(opts)
+                self._generate(opts)
+            except FastrnnError as exc:  # the generating thread failed (the stream, if started, just ends)
+                if self.headers_sent:
+                    self.close_connection = True
+                else:
+                    self._error(500, str(exc))
             finally:
                 generator.slots.release()
 
@@ -174,11 +291,13 @@ def handler_class(generator):
             self.send_header("Transfer-Encoding", "chunked")
             self.send_header("X-Seed", str(opts["seed"]))
             self.end_headers()
+            self.headers_sent = True
             try:
                 if opts["prime"]:
                     self._chunk(opts["prime"])
-                for piece in generator.pieces(opts):
-                    self._chunk(piece)
+                with contextlib.closing(generator.pieces(opts)) as pieces:
+                    for piece in pieces:
+                        self._chunk(piece)
                 self.wfile.write(b"0\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client went away: stop generating for it
@@ -193,6 +312,10 @@ def handler_class(generator):
 
 def make_server(generator, host="127.0.0.1", port=8000):
     """A ThreadingHTTPServer for `generator` (port 0: any free port; server.server_address says which)."""
-    server = ThreadingHTTPServer((host, port), handler_class(generator))
+    server = _Server((host, port), handler_class(generator))
     server.daemon_threads = True
     return server
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # connections the kernel holds before they are accepted (5 would reset a burst)

@@ -130,6 +130,8 @@ def test_sampling_rows(model, layers, weights):
     assert next(r for r in rows if r["backend"] == "read-split")["threads"] == 2
     streams = next(r for r in rows if r["backend"] == "numba-streams")
     assert streams["streams"] == 32 and streams["checked"] and streams["vs_one_stream"] > 0
+    served = {r["streams"]: r for r in rows if r["backend"] == "serve-clients"}  # 32 HTTP clients at once
+    assert sorted(served) == [1, 32] and all(r["checked"] and r["chars_per_sec"] > 0 for r in served.values())
 
 
 def run_profile(args):

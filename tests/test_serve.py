@@ -29,7 +29,7 @@ def trained(small_corpus, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(trained):
-    generator = Generator(str(trained), max_length=500, max_body=1000, max_pending=2)
+    generator = Generator(str(trained), max_length=500, max_body=1000, max_pending=2, max_batch=2)
     srv = make_server(generator, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -110,16 +110,117 @@ def test_busy_server_answers_503_and_health_reports_the_model(server):
     info = json.loads(body)
     assert status == 200 and info["model"]["hidden_size"] == 16 and info["limits"]["max_length"] == 500
     held = 0
-    while generator.slots.acquire(blocking=False):  # one running and max_pending=2 waiting: hold all three
+    while generator.slots.acquire(blocking=False):  # max_batch=2 generating and max_pending=2 waiting: all four
         held += 1
     try:
-        assert held == 3
+        assert held == 4
         status, _, body = request(srv, "POST", "/generate", {"length": 5})
         assert status == 503 and "too many" in json.loads(body)["error"]
     finally:
         for _ in range(held):
             generator.slots.release()
     assert request(srv, "POST", "/generate", {"length": 5})[0] == 200
+
+
+def alone(trained, prime, length, seed, temperature=1.0):
+    r = run("sample", trained, "--prime", prime, "--length", length, "--seed", seed, "--temperature", temperature)
+    assert r.exit_code == 0, r.output
+    return r.stdout[:-1]  # (its newline)
+
+
+def test_requests_waiting_together_are_generated_in_one_batch_each_as_drawn_alone(trained):
+    generator = Generator(str(trained), max_length=500, max_batch=8)
+    opts = [dict(prime=prime, length=length, temperature=temperature, top_k=0, top_p=1.0, seed=seed)
+            for prime, length, temperature, seed in [("The ", 150, 1.0, 1), ("", 70, 1.0, 2), ("And", 0, 1.0, 3),
+                                                       ("The ", 150, 1.0, 4), ("Th", 90, 0.5, 5)]]
+    with generator.ready:  # the generating thread waits: all five are queued before a batch starts
+        requests = [generator.submit(o) for o in opts]
+    texts = ["".join(generator.text(r)) for r in requests]
+    assert (generator.batches, generator.widest) == (2, 3)  # temperature 0.5 waits for a batch of its own;
+    # the length-0 request is done without a stream
+    for o, text in zip(opts, texts):
+        assert len(text) == o["length"]
+        assert o["prime"] + text == alone(trained, o["prime"], o["length"], o["seed"], o["temperature"])
+    assert texts[0] != texts[3]  # the same prime, another seed
+
+
+def test_a_request_joins_the_batch_that_is_running(trained, monkeypatch):
+    generator = Generator(str(trained), max_length=500, max_batch=8)
+    real, ran, go = generator.backend, threading.Event(), threading.Event()
+
+    class Held:  # the batch's first run done, it waits until the second request is queued
+        step = staticmethod(real.step)
+
+        def advance_streams(self, *args):
+            block = real.advance_streams(*args)
+            if not ran.is_set():
+                ran.set()
+                go.wait(30)
+            return block
+
+    monkeypatch.setattr(generator, "backend", Held())
+    first = generator.submit(dict(prime="The ", length=300, temperature=1.0, top_k=0, top_p=1.0, seed=1))
+    assert ran.wait(30)
+    second = generator.submit(dict(prime="", length=100, temperature=1.0, top_k=0, top_p=1.0, seed=2))
+    go.set()
+    assert "".join(generator.text(second)) == alone(trained, "", 100, 2)
+    assert "The " + "".join(generator.text(first)) == alone(trained, "The ", 300, 1)
+    assert (generator.batches, generator.widest) == (1, 2)  # it joined the running batch
+
+
+def test_a_client_that_goes_away_leaves_its_batch_and_the_others_get_their_text(trained):
+    generator = Generator(str(trained), max_length=500, max_batch=8)
+    opts = [dict(prime="", length=length, temperature=1.0, top_k=0, top_p=1.0, seed=seed)
+            for length, seed in ((500, 1), (130, 2))]
+    with generator.ready:
+        gone, stays = (generator.submit(o) for o in opts)
+    pieces = generator.text(gone)
+    assert next(pieces)
+    pieces.close()  # as the handler does when the client's connection breaks
+    assert gone.cancelled
+    assert "".join(generator.text(stays)) == alone(trained, "", 130, 2)
+    assert "".join(generator.pieces(dict(opts[0], length=40, seed=3))) == alone(trained, "", 40, 3)
+
+
+def test_a_failed_generation_is_a_500_and_the_next_request_is_served(trained, monkeypatch):
+    generator = Generator(str(trained), max_length=500)
+    srv = make_server(generator, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        real = generator.backend
+
+        class Broken:
+            step = staticmethod(real.step)
+
+            def advance_streams(self, *args):
+                raise RuntimeError("the kernel broke")
+
+        monkeypatch.setattr(generator, "backend", Broken())
+        status, _, body = request(srv, "POST", "/generate", {"length": 5})
+        assert status == 500 and "generation failed: the kernel broke" in json.loads(body)["error"]
+        monkeypatch.setattr(generator, "backend", real)
+        assert request(srv, "POST", "/generate", {"length": 5})[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_concurrent_http_requests_each_get_their_own_sample(server, trained):
+    srv, _ = server
+    results = {}
+
+    def client(seed):
+        body = {"prime": "The ", "length": 120, "seed": seed, "stream": seed % 2 == 0}
+        status, _, data = request(srv, "POST", "/generate", body)
+        results[seed] = (status, data.decode() if body["stream"] else json.loads(data)["text"])
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(10, 14)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for seed in range(10, 14):
+        assert results[seed] == (200, alone(trained, "The ", 120, seed)), seed
 
 
 def test_the_command_serves_until_sigterm(trained):

@@ -86,19 +86,22 @@ def evaluate(model_path, sources, split, unknown, encoding, as_json, backend):
 @click.option("--max-length", type=click.IntRange(min=1), default=10_000,
               help="Longest sample (and prime) a request may ask for, in characters.")
 @click.option("--max-body", type=click.IntRange(min=64), default=65_536, help="Largest request body, in bytes.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32,
+              help="Requests generated together, reading the weights once per character for all of them.")
 @click.option("--max-pending", type=click.IntRange(min=0), default=4,
-              help="Requests that may wait while one generates; more get 503.")
+              help="Requests that may wait for the next batch; more get 503.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="numba")
-def serve(model_path, host, port, max_length, max_body, max_pending, backend):
+def serve(model_path, host, port, max_length, max_body, max_batch, max_pending, backend):
     """Load a model once and answer generation requests over HTTP: POST /generate with JSON {prime, length,
     temperature, top_k, top_p, seed, stream} returns {text, seed, length}, or the text streamed as it is generated
-    with "stream": true; GET /health describes the model. Ctrl-C or SIGTERM stops the server."""
+    with "stream": true; GET /health describes the model. Requests that come together are generated together
+    (each as it would be alone, given its seed). Ctrl-C or SIGTERM stops the server."""
     import signal
     import sys
 
     from fastrnn import serve as srv
 
-    generator = srv.Generator(model_path, backend, max_length, max_body, max_pending)
+    generator = srv.Generator(model_path, backend, max_length, max_body, max_pending, max_batch)
     next(generator.pieces(dict(prime="", length=1, temperature=1.0, top_k=0, top_p=1.0, seed=0)), None)  # compile
     try:
         server = srv.make_server(generator, host, port)

@@ -1,5 +1,6 @@
 """The numba backend: the functions of fastrnn.reference (plan_for, forward_backward, forward_loss, profile_step,
-step, generate, generate_streams, clip_gradients and the optimizer updates) with the same signatures and semantics.
+step, generate, generate_streams, advance_streams, stream_weights, clip_gradients and the optimizer updates) with
+the same signatures and semantics.
 
 Gradients: forward_backward overwrites G in both backends. Inside, the reference's layer functions add into G
 (it zeroes G first), while every numba kernel overwrites the gradient arrays it is given.
@@ -16,7 +17,7 @@ the name is then bound in this module, so later uses are plain attribute lookups
 """
 
 API = ("plan_for", "forward_backward", "forward_loss", "profile_step", "step", "generate", "generate_streams",
-       "clip_gradients", "sgd_update", "adagrad_update", "rmsprop_update", "adam_update")
+       "advance_streams", "stream_weights", "clip_gradients", "sgd_update", "adagrad_update", "rmsprop_update", "adam_update")
 __all__ = list(API)
 
 

@@ -164,12 +164,17 @@ def sample_params(P):
     return Wx0, Wxp, Whp, bh, pack(np.ascontiguousarray(P["Why"])), np.ascontiguousarray(P["by"]), CELL_CODES[cell]
 
 
-def generate_streams(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rngs=None,
-                     chunk=64, threads=None):
-    """Yield (B, n) arrays of sampled token ids, `length` per stream in all, from the states h: (B, S) and their
-    logits: (B, V) (after the prime); stream b draws its uniform numbers from rngs[b] (one per character, as
-    fastrnn.reference.generate_streams). The streams run on up to `threads` threads (default: numba's count), in
-    runs of `chunk` characters per kernel call; stream b's tokens are those it gets alone."""
+def stream_weights(P):
+    """What advance_streams reads of the model, prepared once (sample_params: the products' tile panels)."""
+    return sample_params(P)
+
+
+def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rngs=None, threads=None,
+                    weights=None):
+    """Generate the next n tokens of B streams: a (B, n) int32 array. h: (B, S) C-contiguous and logits: (B, V),
+    the streams' states and next-character logits, are updated in place; stream b draws n uniform numbers from
+    rngs[b] (one per character). `weights`: stream_weights(P), if the caller keeps it across calls. A stream's
+    tokens depend only on its own state and generator, so streams may join and leave between calls."""
     import numba
 
     from fastrnn.kernels.sample import sample_streams
@@ -177,19 +182,33 @@ def generate_streams(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, 
     B = np.shape(h)[0]
     rngs = list(rngs) if rngs is not None else [np.random.default_rng() for _ in range(B)]
     if len(rngs) != B:
-        raise ValueError(f"generate_streams: {len(rngs)} generators for {B} streams")
-    state = sample_state(P, h)  # (B, L, K, H)
-    logits = np.ascontiguousarray(logits).copy()  # (B, V)
-    weights = sample_params(P)
+        raise ValueError(f"advance_streams: {len(rngs)} generators for {B} streams")
+    if not (h.flags.c_contiguous and logits.flags.c_contiguous):
+        raise ValueError("advance_streams: h and logits must be C-contiguous (they are updated in place)")
+    _, L, H = arch_of(P)
+    state = h.reshape(B, L, -1, H)  # a view: sample_streams updates h
     groups = min(B, numba.get_num_threads() if threads is None else max(1, int(threads)))
+    uniforms = np.zeros((B, n)) if greedy else np.stack([g.random(n) for g in rngs]).reshape(B, n)
+    block = np.empty((B, n), dtype=np.int32)
+    sample_streams(block, state, logits, uniforms, *(weights or sample_params(P)), float(temperature), int(top_k),
+                   float(top_p), bool(greedy), max(1, groups))
+    return block
+
+
+def generate_streams(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rngs=None,
+                     chunk=64, threads=None):
+    """Yield (B, n) arrays of sampled token ids, `length` per stream in all, from the states h: (B, S) and their
+    logits: (B, V) (after the prime); stream b draws its uniform numbers from rngs[b] (one per character, as
+    fastrnn.reference.generate_streams). The streams run on up to `threads` threads (default: numba's count), in
+    runs of `chunk` characters per kernel call (advance_streams); stream b's tokens are those it gets alone."""
+    B = np.shape(h)[0]
+    rngs = list(rngs) if rngs is not None else [np.random.default_rng() for _ in range(B)]
+    h, logits = np.array(h, order="C"), np.array(logits, order="C")  # copies: updated in place
+    weights = stream_weights(P)
     done = 0
     while done < length:
         n = min(chunk, length - done)
-        uniforms = np.zeros((B, n)) if greedy else np.stack([g.random(n) for g in rngs])  # (B, n)
-        block = np.empty((B, n), dtype=np.int32)
-        sample_streams(block, state, logits, uniforms, *weights, float(temperature), int(top_k), float(top_p),
-                       bool(greedy), groups)
-        yield block
+        yield advance_streams(P, h, logits, n, temperature, top_k, top_p, greedy, rngs, threads, weights)
         done += n
 
 
