@@ -166,14 +166,25 @@ KERNEL_SCRATCH = [("N", "batch", "d"), ("H", "hidden", "d"), ("threads", "thread
                   ("% of sgemm", "peak_fraction", percent), ("speedup", "speedup", ".2f")]
 
 
+def target_model(t):
+    """A throughput target's (model, layers); files written before targets said so name them: "lstm x2 H512 ..."."""
+    if "model" in t:
+        return t["model"], t.get("layers", 1)
+    words = t["name"].split()
+    if words[0] in ("rnn", "lstm", "gru"):
+        layers = int(words[1][1:]) if words[1].startswith("x") and words[1][1:].isdigit() else 1
+        return words[0], layers
+    return "rnn", 1
+
+
 def target_rows(data):
     """One row per check of a throughput file's targets: config, chars/s of its numba row, measure, value, target,
     pass."""
-    numba = {(r["hidden"], r["batch"], r["dtype"], r["threads"]): r for r in data["rows"]
-             if r.get("backend") == "numba" and (r.get("model", "rnn"), r.get("layers", 1)) == ("rnn", 1)}
+    numba = {(r.get("model", "rnn"), r.get("layers", 1), r["hidden"], r["batch"], r["dtype"], r["threads"]): r
+             for r in data["rows"] if r.get("backend") == "numba"}
     out = []
     for t in data.get("targets") or []:
-        row = numba.get((t["hidden"], t["batch"], t["dtype"], t["threads"]), {})
+        row = numba.get((*target_model(t), t["hidden"], t["batch"], t["dtype"], t["threads"]), {})
         for c in t["checks"]:
             out.append(dict(name=t["name"], chars_per_sec=row.get("chars_per_sec"), metric=c["metric"],
                             value=c["value"], threshold=c["threshold"], passed=c["passed"]))

@@ -23,10 +23,11 @@ counts every sample's characters. The target is K = 32 at >= 10x numba-generate'
 the products' GFLOP/s (2 * rows * columns of each matrix a character multiplies) over the sgemm peak measured in
 the same run at the same thread count, and `peak_bound_vs_one_stream`: the most that peak allows, over one stream.
 
-`serve-clients` rows: K clients at once, each POSTing one /generate request of the numba-streams rows' length to a
-`fastrnn serve` server (fastrnn.serve, in this process, the model written to a temporary checkpoint), which
-generates concurrent requests together; chars/s counts every client's characters from the first request sent to
-the last answer read, HTTP included, and `checked` says each client's text equals the one drawn alone.
+`serve-clients` rows: K clients at once (threads of another process), each POSTing one /generate request of the
+numba-streams rows' length to a `fastrnn serve` server (fastrnn.serve, in this process, the model written to a
+temporary checkpoint, at each --streams-threads count), which generates concurrent requests together; chars/s
+counts every client's characters from the first request sent to the last answer read, HTTP included, and
+`checked` says each client's text equals the one drawn alone.
 
 Two more rows, `read-once` and `read-split`, are no generators: the rate at which one thread sums, in one pass and one stream, the
 weights that every generated character must read (every layer's Whh, the Wxh of the layers above the first, and
@@ -214,12 +215,34 @@ def streams_rows(P, vocab, numba_backend, streams, length, thread_counts, repeat
     return rows
 
 
+CLIENTS = """
+import concurrent.futures, http.client, json, sys, time
+host, port, K, n, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+def ask(seed):
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    conn.request("POST", "/generate", body=json.dumps({"length": n, "seed": seed}).encode())
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    conn.close()
+    if resp.status != 200:
+        sys.exit(f"the server answered {resp.status}: {answer.get('error')}")
+    return answer["text"]
+seconds = []
+with concurrent.futures.ThreadPoolExecutor(K) as pool:
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        texts = list(pool.map(ask, range(1, K + 1)))
+        seconds.append(time.perf_counter() - t0)
+print(json.dumps(dict(seconds=seconds, texts=texts)))
+"""
+
+
 def serve_rows(model, vocab, clients, length, thread_counts, repeats, check, backend="numba"):
     """serve-clients rows: K concurrent HTTP clients of one server, each asking for `length` characters (seed 1 +
     client), at each K and thread count of the server (checked on the float64 model `check`: every client's text as drawn alone)."""
-    import concurrent.futures
-    import http.client
     import json
+    import subprocess
+    import sys
     import tempfile
     import threading
 
@@ -239,26 +262,24 @@ def serve_rows(model, vocab, clients, length, thread_counts, repeats, check, bac
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server
 
-    def ask(server, seed, n):
-        conn = http.client.HTTPConnection(*server.server_address[:2], timeout=600)
-        conn.request("POST", "/generate", body=json.dumps({"length": n, "seed": seed}).encode())
-        resp = conn.getresponse()
-        answer = json.loads(resp.read())
-        conn.close()
-        if resp.status != 200:
-            raise click.ClickException(f"the server answered {resp.status}: {answer.get('error')}")
-        return answer["text"]
-
-    def all_at_once(server, K, n):
-        with concurrent.futures.ThreadPoolExecutor(K) as pool:
-            return list(pool.map(lambda c: ask(server, 1 + c, n), range(K)))
+    def all_at_once(server, K, n, repeats=1):
+        """Each repeat: K clients at once, in another process (as clients are; in this one they would share the
+        server's interpreter lock); the median seconds from the first request sent to the last answer read, and
+        the texts of the last repeat."""
+        host, port = server.server_address[:2]
+        proc = subprocess.run([sys.executable, "-c", CLIENTS, host, str(port), str(K), str(n), str(repeats)],
+                              capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            raise click.ClickException(f"the serve clients failed: {proc.stderr.strip().splitlines()[-1:]}")
+        out = json.loads(proc.stdout)
+        return float(np.median(out["seconds"])), out["texts"]
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for threads, K in ((t, K) for t in thread_counts for K in clients):
             common.set_threads(threads)
             server = served(check, K)
-            got = all_at_once(server, K, CHECK_LENGTH)
+            _, got = all_at_once(server, K, CHECK_LENGTH)
             server.shutdown()
             server.server_close()
             alone = [vocab.decode(list(generate(get_backend(backend), check.P, vocab,
@@ -267,7 +288,7 @@ def serve_rows(model, vocab, clients, length, thread_counts, repeats, check, bac
             checked = all(got[c] == alone[c] for c in range(len(alone)))
             server = served(model, K)
             all_at_once(server, K, 10)
-            seconds, _, _ = common.time_calls(lambda: all_at_once(server, K, length), repeats, 0.0)
+            seconds, _ = all_at_once(server, K, length, repeats)
             server.shutdown()
             server.server_close()
             rows.append(dict(backend="serve-clients", streams=K, threads=threads, length=length,

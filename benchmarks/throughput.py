@@ -280,8 +280,8 @@ def evaluate_targets(rows):
             checks.append(dict(metric=metric, value=value, threshold=threshold,
                                passed=None if value is None else bool(value >= threshold)))
         ok = None if any(c["passed"] is None for c in checks) else all(c["passed"] for c in checks)
-        out.append(dict(name=t["name"], hidden=t["hidden"], batch=t["batch"], dtype=t["dtype"],
-                        threads=t["threads"], checks=checks, passed=ok))
+        out.append(dict(name=t["name"], model=t.get("model", "rnn"), layers=t.get("layers", 1), hidden=t["hidden"],
+                        batch=t["batch"], dtype=t["dtype"], threads=t["threads"], checks=checks, passed=ok))
     return out
 
 

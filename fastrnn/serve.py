@@ -62,6 +62,11 @@ class Generator:
         self.batches = 0  # batches started (from none running) so far, and the most requests one ran at once
         self.widest = 0
         self.weights = self.backend.stream_weights(self.model.P)
+        self.threads = None  # numba's thread count is per thread: the generating one takes the caller's
+        if backend == "numba":
+            import numba
+
+            self.threads = numba.get_num_threads()
         threading.Thread(target=self._run, name="fastrnn-generate", daemon=True).start()
 
     def info(self):
@@ -142,6 +147,10 @@ class Generator:
         """The generating thread: the batch's streams advance up to 64 characters at a time. Between runs, finished
         and abandoned requests leave the batch and waiting ones join it: those with the batch's sampling options
         that are first in line (a request with other options waits for the batch to empty, then starts the next)."""
+        if self.threads is not None:
+            import numba
+
+            numba.set_num_threads(self.threads)
         active, h, logits, rngs, key = [], None, None, [], None
         while True:
             with self.ready:
@@ -169,7 +178,7 @@ class Generator:
                 temperature, top_k, top_p = key
                 n = min(CHUNK, max(r.opts["length"] - r.done for r in active))
                 block = self.backend.advance_streams(self.model.P, h, logits, n, temperature,
-                                                     min(top_k, self.vocab.size), top_p, False, rngs, None,
+                                                     min(top_k, self.vocab.size), top_p, False, rngs, self.threads,
                                                      self.weights)
             except Exception as exc:  # (a bug) told to each client of the batch, and the next batch runs
                 for r in active + joining:
@@ -178,9 +187,15 @@ class Generator:
                 continue
             for i, r in enumerate(active):
                 take = min(n, r.opts["length"] - r.done)
-                if not r.cancelled:
-                    r.blocks.put(block[i, :take].copy())
                 r.done += take
+                if r.cancelled:
+                    continue
+                # a streamed response gets each run's characters as they come; a whole one all of them at the end
+                # (one wake-up of its thread, not one per run, which the generating thread would wait for)
+                r.parts.append(block[i, :take].copy())
+                if r.stream or r.done == r.opts["length"]:
+                    r.blocks.put(np.concatenate(r.parts) if len(r.parts) > 1 else r.parts[0])
+                    r.parts = []
                 if r.done == r.opts["length"]:
                     r.blocks.put(None)
             keep = [i for i, r in enumerate(active) if not r.cancelled and r.done < r.opts["length"]]
@@ -210,6 +225,8 @@ class _Request:
         self.blocks = queue.SimpleQueue()
         self.cancelled = False  # the client went away
         self.done = 0  # characters generated
+        self.stream = bool(opts.get("stream"))  # blocks as they come (else one, at the end)
+        self.parts = []  # blocks not yet handed over
         self.start = None  # (h, logits) after the prime
 
 

@@ -469,3 +469,16 @@ def test_distributed_scaling_model():
     assert 0.01 / (0.01 + d.ring_allreduce_seconds(1e6, k, 10, 30e-6)) >= 0.9
     assert 0.01 / (0.01 + d.ring_allreduce_seconds(1e6, 2 * k, 10, 30e-6)) < 0.9
     assert [x for link in d.parse_links("10:30,100:3") for x in link] == pytest.approx([10, 30e-6, 100, 3e-6])
+
+
+def test_report_target_rows_take_the_chars_per_sec_of_their_own_model():
+    from benchmarks import report
+
+    rows = [dict(backend="numba", model=m, layers=l, hidden=512, batch=64, dtype="float32", threads=2,
+                 chars_per_sec=c) for m, l, c in (("rnn", 1, 90_000), ("lstm", 1, 24_000), ("lstm", 2, 8_800))]
+    check = [dict(metric="peak_fraction", value=0.8, threshold=0.8, passed=True)]
+    common_ = dict(hidden=512, batch=64, dtype="float32", threads=2, checks=check)
+    targets = [dict(common_, name="H512 N64 2thr f32"), dict(common_, name="lstm x2 H512 N64 2thr f32"),  # older
+               dict(common_, name="lstm H512 N64 2thr f32", model="lstm", layers=1)]
+    got = [r["chars_per_sec"] for r in report.target_rows(dict(rows=rows, targets=targets))]
+    assert got == [90_000, 8_800, 24_000]
