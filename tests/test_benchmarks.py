@@ -2,6 +2,7 @@
 
 import json
 import time
+import types
 
 import numpy as np
 import pytest
@@ -39,15 +40,16 @@ def test_format_table_and_timing():
     assert len(out["x"][2]) == 2 and len(out["y"][2]) == 1
 
 
-def test_calls_per_repeat_ignores_one_slow_probe():
-    calls = []
+def test_calls_per_repeat_ignores_one_slow_probe(monkeypatch):
+    clock, calls = [0.0], []
+    monkeypatch.setattr(common, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))  # a clock of its own
 
-    def fn():  # the first call is slow (as after another contender), the others take about 1 ms
-        time.sleep(0.2 if not calls else 0.001)
+    def fn():  # the first call is slow (as after another contender), the others take 1 ms
+        clock[0] += 0.2 if not calls else 0.001
         calls.append(1)
 
     k = common._calls_per_repeat(fn, 0.1)
-    assert len(calls) >= 3 and 30 <= k <= 100  # one 0.2 s probe alone would have given k = 1
+    assert len(calls) == 3 and 99 <= k <= 100  # one 0.2 s probe alone would have given k = 1 (99: rounding)
 
 
 def test_every_timed_repeat_follows_a_warm_up():
