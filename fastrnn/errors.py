@@ -48,3 +48,15 @@ class Interrupted(KeyboardInterrupt):
 def os_reason(exc):
     """The reason an OSError gives, without Python's decoration: 'No space left on device'."""
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+def in_chain(exc, match):
+    """The first exception of the chain `exc` was raised during or from (itself first, as a traceback shows them)
+    for which match(e) is true, else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if match(exc):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
+    return None

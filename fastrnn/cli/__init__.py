@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from fastrnn.errors import Interrupted  # light, and first: the signals below need it
+from fastrnn.errors import Interrupted, in_chain  # light, and first: the signals below need it
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number
 
@@ -31,18 +31,6 @@ def _redeliver(unraisable, hook):
         os.kill(os.getpid(), getattr(exc, "signum", signal.SIGINT))
     else:
         hook(unraisable)
-
-
-def _interrupt_behind(exc):
-    """The KeyboardInterrupt (a signal) that `exc` was raised while handling, if any: a library's callback that the
-    signal's handler raised in (h5py's type conversions log, in Python) can turn it into another exception."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
-    return None
 
 
 def _interrupted_at_start(exc):
@@ -99,7 +87,9 @@ class FastrnnGroup(click.Group):
             try:
                 return super().invoke(ctx)
             except Exception as exc:
-                interrupt = _interrupt_behind(exc)
+                # a library's callback that a signal's handler raised in (h5py's type conversions log, in Python)
+                # can turn the interrupt into another exception
+                interrupt = in_chain(exc, lambda e: isinstance(e, KeyboardInterrupt))
                 if interrupt is None:
                     raise
                 raise interrupt.with_traceback(None) from None

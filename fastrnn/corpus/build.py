@@ -28,7 +28,7 @@ import numpy as np
 from fastrnn.corpus.dataset import CHECK_CHUNK, FORMAT_VERSION, SPLITS, info, meta_digest, n_chunks
 from fastrnn.corpus.inputs import CHUNK_SIZE, ERRORS, _code_chunks, _spool_stdin, expand_inputs
 from fastrnn.corpus.vocab import LEVELS, Vocab
-from fastrnn.errors import ConfigError, CorpusError, VocabError
+from fastrnn.errors import ConfigError, CorpusError, VocabError, in_chain
 
 
 class PrepareInterrupted(CorpusError):
@@ -523,21 +523,12 @@ class _Signals:
                 signal.signal(s, handler)
         if self._hook is not None:
             sys.unraisablehook = self._hook
-        if exc is not None and self.pending is not None and exc is not self.pending and _behind(exc, self.pending):
+        pending = self.pending
+        if exc is not None and pending is not None and exc is not pending and in_chain(exc, lambda e: e is pending):
             # the signal's exception, raised in a callback of h5py's (a type conversion that logs), came out as
             # another one (TypeError: "Operation not defined for data type class"): it was the signal
             raise self.pending.with_traceback(None) from None
 
-
-def _behind(exc, cause):
-    """Whether `cause` is in the chain of exceptions `exc` was raised during or from."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if exc is cause:
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
-    return False
 
 
 def write_attrs(f, vocab, config, sources, check_chunk, sizes):
