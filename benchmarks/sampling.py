@@ -239,7 +239,8 @@ print(json.dumps(dict(seconds=seconds, texts=texts)))
 
 def serve_rows(model, vocab, clients, length, thread_counts, repeats, check, backend="numba"):
     """serve-clients rows: K concurrent HTTP clients of one server, each asking for `length` characters (seed 1 +
-    client), at each K and thread count of the server (checked on the float64 model `check`: every client's text as drawn alone)."""
+    client), at each K and thread count of the server (checked on the float64 model `check`: every client's text
+    as drawn alone)."""
     import json
     import subprocess
     import sys

@@ -181,7 +181,7 @@ class Generator:
                                                      min(top_k, self.vocab.size), top_p, False, rngs, self.threads,
                                                      self.weights)
             except Exception as exc:  # (a bug) told to each client of the batch, and the next batch runs
-                for r in active + joining:
+                for r in active + [r for r in joining if r not in active]:
                     r.blocks.put(FastrnnError(f"generation failed: {exc}"))
                 active, rngs = [], []
                 continue

@@ -17,7 +17,8 @@ the name is then bound in this module, so later uses are plain attribute lookups
 """
 
 API = ("plan_for", "forward_backward", "forward_loss", "profile_step", "step", "generate", "generate_streams",
-       "advance_streams", "stream_weights", "clip_gradients", "sgd_update", "adagrad_update", "rmsprop_update", "adam_update")
+       "advance_streams", "stream_weights", "clip_gradients", "sgd_update", "adagrad_update", "rmsprop_update",
+       "adam_update")
 __all__ = list(API)
 
 
