@@ -333,6 +333,42 @@ def test_batch_stream_on_memmap(tmp_path):
         assert c.vocab.decode(y[2]) == text[2 * S + 61: 2 * S + 81]
 
 
+@pytest.mark.parametrize("alphabet", [256 + 40, 60])  # uint16 and uint8 ids
+def test_checked_reads_equal_the_map(tmp_path, monkeypatch, alphabet):
+    """Corpus.checker(split).read (pread with per-row read-ahead buffers) gives exactly the tokens of the memory
+    map: in order, at random minibatches (a resume), shuffled, for a block of rows, over a prefix of a split, and
+    at the end of a split; a row reading on refills its buffer in one pread of READ_AHEAD bytes."""
+    from fastrnn.corpus.dataset import ChunkCheck
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "t.txt"
+    src.write_text("".join(chr(0x41 + int(i)) for i in rng.integers(0, alphabet, 60_000)))
+    prepare([src], tmp_path / "c.h5")
+    monkeypatch.setattr(ChunkCheck, "READ_AHEAD", 1024)
+    preads = []
+    pread = ChunkCheck._pread
+    monkeypatch.setattr(ChunkCheck, "_pread", lambda self, row, start: preads.append(len(row)) or pread(self, row,
+                                                                                                           start))
+    with open_corpus(tmp_path / "c.h5") as c:
+        for split, kwargs in [("train", {}), ("train", {"shuffle": True, "seed": 4}), ("train", {"rows": (1, 4)}),
+                              ("val", {})]:
+            tokens = c.split(split)[:-7] if split == "val" else c.split(split)
+            want = BatchStream(tokens, 5, 16, **kwargs)
+            got = BatchStream(tokens, 5, 16, check=c.checker(split), **kwargs)
+            steps = got.steps_per_epoch
+            order = list(range(steps)) * 2 + rng.integers(0, steps, 20).tolist() + [steps - 1, 0, 1, 2]
+            c.checker(split).verify_chunk(0)  # (a checksum pass reads its chunk with one pread too)
+            del preads[:]
+            for k, index in enumerate(order):
+                for a, b in zip(got.batch(0, index), want.batch(0, index)):
+                    np.testing.assert_array_equal(a, b)
+                if k == 2 * steps - 1 and not kwargs:  # in order, rows read ahead: few preads for many minibatches
+                    assert max(preads) == 1024 // tokens.dtype.itemsize
+                    per_pass = 2 + -(-steps * 16 // (1024 // tokens.dtype.itemsize - 16))  # a short read, refills
+                    assert len(preads) <= 5 * 2 * per_pass < 5 * 2 * steps / 4, preads
+    assert tokens.dtype == (np.uint16 if alphabet > 256 else np.uint8)
+
+
 def test_shuffled_windows():
     tokens = np.arange(1001, dtype=np.uint16)
     bs = BatchStream(tokens, 4, 10, shuffle=True, seed=3)

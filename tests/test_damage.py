@@ -296,6 +296,40 @@ def test_corpus_cut_short_while_training_is_an_error_not_sigbus(tmp_path):
     assert "Traceback" not in err
 
 
+RACE = """
+import os, sys
+from fastrnn.corpus import BatchStream, open_corpus
+from fastrnn.errors import CorpusError
+path, split = sys.argv[1], sys.argv[2]
+with open_corpus(path) as c:
+    stream = BatchStream(c.split(split), 4, 10, check=c.checker(split))
+    stream.batch(0, 0)
+    check_size = c._check_size
+    def check_then_cut():  # the size still fits when checked; the file is cut short before the tokens are read
+        check_size()
+        os.truncate(path, 1000)
+    c._check_size = check_then_cut
+    try:
+        stream.batch(0, stream.steps_per_epoch - 1)
+    except CorpusError as exc:
+        print(exc)
+"""
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_corpus_cut_short_after_its_size_was_checked_is_an_error_not_sigbus(tmp_path, split):
+    """The window the old size check left open: truncated between the check and the read of a minibatch (and of a
+    chunk's first checksum pass, the last minibatch's chunk not being checked yet)."""
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(3_000_000 if split == "train" else 400_000))
+    corpus = tmp_path / "c.h5"
+    prepare([text], corpus)
+    r = subprocess.run([sys.executable, "-c", RACE, corpus, split], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr)  # not -SIGBUS
+    assert f"{corpus} is truncated" in r.stdout, r.stdout
+
+
 def test_damage_that_crashed_or_hung_hdf5_is_a_one_line_error(tmp_path):
     """Two kinds of damage the HDF5 library does not survive, through the commands (a crash or a hang would fail
     here too): a variable-length string attribute whose datatype reads as another type (HDF5 segfaulted), and a

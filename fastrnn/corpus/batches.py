@@ -19,9 +19,10 @@ class BatchStream:
     `batch(epoch, index)` is random access, which is what an exact resume needs; nothing is copied but the
     N*(T+1) tokens of the minibatch.
 
-    check: optional callable(starts, length) called before a minibatch's tokens are read (the split's
-    `Corpus.checker`: it checks the file's size, and each chunk of the split the first time it is reached, and
-    raises CorpusError for a damaged one).
+    check: optional callable(starts, length) called before a minibatch's tokens are read from `tokens`. The
+    split's `Corpus.checker` (a ChunkCheck, which has `read`) reads them itself: it checks each chunk of the split
+    the first time it is reached and reads with pread, so a damaged corpus, or one cut short during training, is
+    a CorpusError and never SIGBUS.
 
     rows: optional (lo, hi): `batch` returns only rows lo..hi-1 of every minibatch of the N streams, and reads only
     their tokens (a rank of data-parallel training, fastrnn.distributed); everything else is the N-stream layout.
@@ -71,8 +72,12 @@ class BatchStream:
         starts = self.starts(epoch, index)  # (N,)
         if self.rows is not None:
             starts = starts[self.rows]
-        if self.check is not None:
-            self.check(starts, self.seq_len + 1)
-        pos = starts[:, None] + self._offsets  # (N, T+1)
-        rows = np.asarray(self.tokens[pos], dtype=np.int32)  # (N, T+1) reads only these tokens from the map
+        read = getattr(self.check, "read", None)
+        if read is not None:
+            rows = read(starts, self.seq_len + 1).astype(np.int32)  # (N, T+1)
+        else:
+            if self.check is not None:
+                self.check(starts, self.seq_len + 1)
+            pos = starts[:, None] + self._offsets  # (N, T+1)
+            rows = np.asarray(self.tokens[pos], dtype=np.int32)  # (N, T+1) reads only these tokens from the map
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])

@@ -13,8 +13,10 @@ Opening a corpus checks everything cheap at once: the datasets' types, shapes an
 before anything is read (fastrnn.h5safe: some damage crashes or hangs the HDF5 library), the attributes against
 meta_checksum, the chunk checksum arrays' lengths, and that every split lies inside the file (a truncated file is
 refused before it is mapped). Mapping a split checks that every id is inside the vocabulary (one vectorised pass).
-A reader calls `Corpus.checker(split)` before each minibatch (BatchStream does): it checks the file's size (so a
-file cut short under the map is an error, not SIGBUS) and each chunk's CRC-32 the first time it is reached.
+Training reads its minibatches through `Corpus.checker(split).read` (BatchStream does): it checks each chunk's
+CRC-32 the first time it is reached and reads the tokens with pread on the corpus's file descriptor, not through
+the map, so a file cut short while it is read is an error, never SIGBUS (a memory map read past the end of its
+file kills the process, and a size check before the read leaves a window for the truncation).
 `Corpus.verify` checks every chunk. A corpus of format 1 (no checksums) still opens, with the id check only.
 
 Splits are taken from the end of the corpus: train is the first 1 - val_frac - test_frac of the tokens, then val,
@@ -77,7 +79,7 @@ class Corpus:
             if not h5py.is_hdf5(path):
                 raise CorpusError(f"{path} is not a corpus file (not HDF5); make one with `fastrnn prepare`")
             self._file = h5py.File(path, "r")
-            self._fd = os.open(path, os.O_RDONLY)  # for the size checks
+            self._fd = os.open(path, os.O_RDONLY)  # for the size checks and the reads of ChunkCheck.read
         except _DAMAGE as exc:
             self.close()
             raise CorpusError(f"cannot read corpus {path}: it is truncated or corrupt ({exc})") from None
@@ -259,9 +261,10 @@ class Corpus:
 
 class ChunkCheck:
     """Called with the (R,) start positions and the length of the ranges a reader is about to read: checks that
-    the file still holds every split (its size, every call: a file truncated under a memory map would end the
-    process with SIGBUS) and, the first time a reader reaches a chunk of the split (CHECK_CHUNK tokens), every id
-    in it is inside the vocabulary and, format 2, its CRC-32. Raises CorpusError naming the file and byte offset."""
+    the file still holds every split (its size, every call) and, the first time a reader reaches a chunk of the
+    split (CHECK_CHUNK tokens), every id in it is inside the vocabulary and, format 2, its CRC-32. Raises
+    CorpusError naming the file and byte offset. `read` checks and reads the ranges with pread (a chunk is checked
+    on a pread copy too), so a file truncated meanwhile is a CorpusError where a memory map would die of SIGBUS."""
 
     def __init__(self, corpus, name):
         self.corpus, self.name = corpus, name
@@ -273,6 +276,7 @@ class ChunkCheck:
         self.all_done = self.n_chunks == 0
         self.vocab_size = corpus.vocab.size
         self.ids_fit = self.vocab_size >= 1 << (8 * self.dtype.itemsize)  # every value of the dtype is an id
+        self._buf = self._base = self._room = self._last = self._cols = None  # read's per-row buffers
 
     def __call__(self, starts, length):
         self.corpus._check_size()
@@ -287,11 +291,64 @@ class ChunkCheck:
             if not self.done[k]:
                 self.verify_chunk(int(k))
 
+    READ_AHEAD = 64 << 10  # bytes read ahead per row, at most (READ_BUFFER in all)
+    READ_BUFFER = 8 << 20
+
+    def read(self, starts, length):
+        """(R, length) token ids of the split (its dtype) at the (R,) start positions, after `self(starts,
+        length)`; read with pread, never through the memory map. Every range must lie inside the split.
+        CorpusError if the file has been cut short (or cannot be read) meanwhile.
+
+        Each row has a buffer: a row that reads on from where its last range began (the char-rnn layout, where
+        minibatch k+1 continues minibatch k) reads ahead up to READ_AHEAD bytes in one pread, and the next
+        minibatches are copied from its buffer; any other range is one pread of its own tokens."""
+        starts = np.asarray(starts, dtype=np.int64)
+        length = int(length)
+        self(starts, length)
+        R = len(starts)
+        if self._buf is None or self._buf.shape[0] != R or self._cols.shape[0] != length:
+            ahead = max(length, min(self.READ_AHEAD, self.READ_BUFFER // max(R, 1)) // self.dtype.itemsize)
+            self._buf = np.empty((R, ahead), dtype=self.dtype)
+            self._base = np.zeros(R, dtype=np.int64)  # buffer row i holds the ranges that start at _base[i] + r,
+            self._room = np.zeros(R, dtype=np.uint64)  # 0 <= r < _room[i] (0: none)
+            self._last = np.full(R, -1, dtype=np.int64)
+            self._rows = np.arange(R, dtype=np.int64) * ahead
+            self._cols = np.arange(length, dtype=np.int64)
+        buf, base, room, last = self._buf, self._base, self._room, self._last
+        rel = starts - base
+        miss = rel.view(np.uint64) >= room  # before its buffer (rel < 0: a huge unsigned) or past its end
+        if miss.any():
+            for i in np.flatnonzero(miss).tolist():
+                s = int(starts[i])
+                sequential = 0 < s - int(last[i]) <= length  # reads on from where its last range began
+                n = min(buf.shape[1], self.n - s) if sequential else length
+                self._pread(buf[i, :n], s)
+                base[i], room[i] = s, n - length + 1
+            rel = starts - base
+        last[:] = starts
+        return buf.ravel().take((self._rows + rel)[:, None] + self._cols)
+
+    def _pread(self, row, start):
+        """Fill the contiguous array `row` with the split's ids from token `start` on."""
+        view, off = memoryview(row).cast("B"), self.offset + start * self.dtype.itemsize
+        done, fd = 0, self.corpus._fd
+        while done < len(view):
+            try:
+                got = os.preadv(fd, [view[done:]], off + done)
+            except OSError as exc:
+                raise CorpusError(f"cannot read corpus {self.corpus.path}: {exc.strerror or exc}") from None
+            if got == 0:
+                self.corpus._check_size()  # names the split that no longer fits
+                raise CorpusError(f"{self.corpus.path} is truncated (it ends at byte {off + done:,}, inside split "
+                                  f"{self.name})")
+            done += got
+
     def verify_chunk(self, k):
-        """Check chunk k now (CorpusError if it is bad)."""
+        """Check chunk k now (CorpusError if it is bad), on a pread copy of it."""
         path, name = self.corpus.path, self.name
         a, b = k * self.chunk, min((k + 1) * self.chunk, self.n)
-        seg = self.corpus.split(name)[a:b]
+        seg = np.empty(b - a, dtype=self.dtype)
+        self._pread(seg, a)
         where = self.offset + a * self.dtype.itemsize  # byte offset of the chunk in the file
         if not self.ids_fit:
             top = int(seg.max()) if len(seg) else 0
