@@ -427,18 +427,26 @@ def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy
     """Generate the next n tokens of B streams: a (B, n) int32 array, one batched step per character. h: (B, S)
     and logits: (B, V), the streams' states and next-character logits, are updated in place; stream b draws one
     uniform number per character from rngs[b]. `threads` and `weights` are ignored (the numba backend's
-    interface). A stream's tokens depend only on its own state and generator."""
+    interface). temperature, top_k, top_p: one value for all the streams, or (B,) values, one per stream. A
+    stream's tokens depend only on its own state, options and generator."""
     B = np.shape(h)[0]
     rngs = list(rngs) if rngs is not None else [np.random.default_rng() for _ in range(B)]
     if len(rngs) != B:
         raise ValueError(f"advance_streams: {len(rngs)} generators for {B} streams")
+    options = []
+    for value, name in ((temperature, "temperature"), (top_k, "top_k"), (top_p, "top_p")):
+        a = np.asarray(value)
+        if a.ndim and a.shape != (B,):
+            raise ValueError(f"advance_streams: {name} has {a.size} values for {B} streams")
+        options.append(np.broadcast_to(a, (B,)))
     block = np.empty((B, n), dtype=np.int32)
     for i in range(n):
         for b in range(B):
             if greedy:
                 block[b, i] = np.argmax(logits[b])
             else:
-                block[b, i] = draw(probabilities(logits[b], temperature, top_k, top_p), rngs[b])
+                t, k, p = (o[b] for o in options)
+                block[b, i] = draw(probabilities(logits[b], float(t), int(k), float(p)), rngs[b])
         h_next, logits_next = step(P, h, block[:, i])
         h[...], logits[...] = h_next, logits_next
     return block

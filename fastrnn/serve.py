@@ -11,8 +11,8 @@ range, characters outside the vocabulary), 404 (path), 405 (method), 411/413 (bo
 Requests that generate at the same time are drawn together, as `fastrnn sample --num-samples K` draws K samples:
 every weight is read once per character for all of them. One thread runs the batch, 64 characters at a time
 (they go out to each client as they come); between runs, requests that are done or whose client went away leave
-it, and waiting ones join (those sharing the batch's temperature, top_k and top_p; one with other options starts
-the next batch when this one empties). Each request's text is the one it would get alone, given its seed. Up to
+it, and waiting ones join, first come first served, whatever their temperature, top_k and top_p (each stream
+samples with its own). Each request's text is the one it would get alone, given its seed. Up to
 `max_batch` requests generate at once and `max_pending` more wait; beyond that, 503.
 """
 
@@ -144,28 +144,23 @@ class Generator:
             yield tail
 
     def _run(self):
-        """The generating thread: the batch's streams advance up to 64 characters at a time. Between runs, finished
-        and abandoned requests leave the batch and waiting ones join it: those with the batch's sampling options
-        that are first in line (a request with other options waits for the batch to empty, then starts the next)."""
+        """The generating thread: the batch's streams advance up to 64 characters at a time, each with its own
+        sampling options. Between runs, finished and abandoned requests leave the batch and waiting ones join it,
+        first come first served, up to max_batch."""
         if self.threads is not None:
             import numba
 
             numba.set_num_threads(self.threads)
-        active, h, logits, rngs, key = [], None, None, [], None
+        active, h, logits, rngs = [], None, None, []
         while True:
             with self.ready:
                 while not active and not self.waiting:
                     self.ready.wait()
-                if not active:  # a new batch: every waiting request with the oldest one's options
-                    key = self.waiting[0].key
-                    joining = [r for r in self.waiting if r.key == key][: self.max_batch]
-                    for r in joining:
-                        self.waiting.remove(r)
+                if not active:
                     self.batches += 1
-                else:
-                    joining = []
-                    while self.waiting and self.waiting[0].key == key and len(active) + len(joining) < self.max_batch:
-                        joining.append(self.waiting.popleft())
+                joining = []
+                while self.waiting and len(active) + len(joining) < self.max_batch:
+                    joining.append(self.waiting.popleft())
             try:
                 new = [r for r in joining if self._primed(r)]
                 if new:
@@ -175,11 +170,11 @@ class Generator:
                     self.widest = max(self.widest, len(active))
                 if not active:
                     continue
-                temperature, top_k, top_p = key
+                temperature, top_k, top_p = zip(*(r.key for r in active))
+                top_k = [min(k, self.vocab.size) for k in top_k]
                 n = min(CHUNK, max(r.opts["length"] - r.done for r in active))
-                block = self.backend.advance_streams(self.model.P, h, logits, n, temperature,
-                                                     min(top_k, self.vocab.size), top_p, False, rngs, self.threads,
-                                                     self.weights)
+                block = self.backend.advance_streams(self.model.P, h, logits, n, temperature, top_k, top_p, False,
+                                                     rngs, self.threads, self.weights)
             except Exception as exc:  # (a bug) told to each client of the batch, and the next batch runs
                 for r in active + [r for r in joining if r not in active]:
                     r.blocks.put(FastrnnError(f"generation failed: {exc}"))
@@ -221,7 +216,7 @@ class _Request:
 
     def __init__(self, opts):
         self.opts = opts
-        self.key = (float(opts["temperature"]), int(opts["top_k"]), float(opts["top_p"]))  # one batch: one key
+        self.key = (float(opts["temperature"]), int(opts["top_k"]), float(opts["top_p"]))  # its sampling options
         self.blocks = queue.SimpleQueue()
         self.cancelled = False  # the client went away
         self.done = 0  # characters generated

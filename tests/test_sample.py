@@ -151,7 +151,8 @@ def test_numba_generation_equals_the_numpy_path(cell, layers, dtype):
 def test_sample_streams_state_and_logits_match_reference_steps(cell, layers, dtype):
     """kernels.sample.sample_streams from random states of 6 streams: each token is the draw of fastrnn.sample
     from the reference's logits with the same uniform number, and every stream's state and logits after 60
-    characters equal the reference's stepped on the same tokens (float64 1e-10, float32 1e-4)."""
+    characters equal the reference's stepped on the same tokens (float64 1e-10, float32 1e-4); every stream has its
+    own temperature, top-k and top-p."""
     from fastrnn.kernels import backend
     from fastrnn.kernels.sample import sample_streams
 
@@ -164,18 +165,26 @@ def test_sample_streams_state_and_logits_match_reference_steps(cell, layers, dty
     uniforms = rng.random((B, n))  # (B, n)
     state, numba_logits = backend.sample_state(P, h), logits.copy()
     out = np.empty((B, n), dtype=np.int32)  # (B, n)
-    sample_streams(out, state, numba_logits, uniforms, *backend.sample_params(P), 0.8, 0, 0.9, False, 2)
+    temperature, top_k, top_p = np.array([0.8, 1.3, 0.6, 1.0, 0.8, 2.0]), np.array([0, 0, 5, 12, 0, 3]), \
+        np.array([0.9, 1.0, 1.0, 0.8, 0.5, 1.0])  # each stream its own options
+    sample_streams(out, state, numba_logits, uniforms, *backend.sample_params(P), temperature, top_k, top_p, False,
+                   2)
     tol = 1e-10 if dtype == np.float64 else 1e-4
     for i in range(n):
         for b in range(B):
-            p = gen.probabilities(logits[b], 0.8, 0, 0.9)
+            p = gen.probabilities(logits[b], temperature[b], top_k[b], top_p[b])
             expect = int(min(np.searchsorted(np.cumsum(p), uniforms[b, i] * p.sum(), side="right"), len(p) - 1))
             if dtype == np.float64:
                 assert out[b, i] == expect, (b, i)
         h, logits = ref.step(P, h, out[:, i])
-    assert all(len(set(row.tolist())) > 5 for row in out)
+    assert all(len(set(row.tolist())) > (1 if top_k[b] or top_p[b] < 0.9 else 5) for b, row in enumerate(out))
     np.testing.assert_allclose(state.reshape(B, -1), h, rtol=tol, atol=tol)
     np.testing.assert_allclose(numba_logits, logits, rtol=tol, atol=tol)
+
+
+def options(B):
+    """sample_streams's per-stream temperature, top_k, top_p: plain sampling for B streams."""
+    return np.ones(B), np.zeros(B, np.int64), np.ones(B)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -194,15 +203,43 @@ def test_a_stream_among_many_has_the_bits_it_has_alone(cell, layers, dtype):
     results = []
     for groups in (1, 2):
         state, lg, out = backend.sample_state(P, h), logits.copy(), np.empty((B, n), np.int32)
-        sample_streams(out, state, lg, uniforms, *backend.sample_params(P), 1.0, 0, 1.0, False, groups)
+        sample_streams(out, state, lg, uniforms, *backend.sample_params(P), *options(B), False, groups)
         results.append((state, lg, out))
     for b in range(B):
         state, lg, out = backend.sample_state(P, h[b:b + 1]), logits[b:b + 1].copy(), np.empty((1, n), np.int32)
-        sample_streams(out, state, lg, uniforms[b:b + 1], *backend.sample_params(P), 1.0, 0, 1.0, False, 1)
+        sample_streams(out, state, lg, uniforms[b:b + 1], *backend.sample_params(P), *options(1), False, 1)
         for together in results:
             assert (together[2][b] == out[0]).all()
             assert together[0][b].tobytes() == state[0].tobytes(), b
             assert together[1][b].tobytes() == lg[0].tobytes(), b
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_advance_streams_with_options_per_stream(cell):
+    """advance_streams with one temperature, top-k and top-p per stream: each of 5 streams advanced together (in
+    two calls) gives the tokens it gives alone with its own options, on both backends, and the numba tokens are
+    the reference's (float64); a list of the wrong length is an error."""
+    from fastrnn.kernels import backend as numba_backend
+
+    model = random_model(cell, 2, np.float64)
+    P, rng, B = model.P, np.random.default_rng(8), 5
+    h = (rng.standard_normal((B, model.state_size)) * 0.5)  # (B, S)
+    logits = rng.standard_normal((B, model.vocab_size))  # (B, V)
+    temperature, top_k, top_p = [0.7, 1.0, 1.5, 0.9, 1.0], [0, 4, 0, 2, 99], [1.0, 1.0, 0.6, 1.0, 0.8]
+    got = {}
+    for name, be in (("numpy", ref), ("numba", numba_backend)):
+        hh, lg, rngs = h.copy(), logits.copy(), [np.random.default_rng(b) for b in range(B)]
+        together = np.concatenate([be.advance_streams(P, hh, lg, n, temperature, top_k, top_p, False, rngs)
+                                   for n in (17, 23)], axis=1)
+        for b in range(B):
+            alone = be.advance_streams(P, h[b:b + 1].copy(), logits[b:b + 1].copy(), 40, temperature[b], top_k[b],
+                                       top_p[b], False, [np.random.default_rng(b)])
+            assert (alone[0] == together[b]).all(), (name, b)
+        got[name] = together
+        with pytest.raises(ValueError, match="temperature"):
+            be.advance_streams(P, h.copy(), logits.copy(), 3, [1.0, 1.0], 0, 1.0, False, None)
+    assert (got["numpy"] == got["numba"]).all()
+    assert len(set(got["numba"][2].tolist())) > len(set(got["numba"][3].tolist()))  # top-k 2 keeps 2 symbols
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "numba"])

@@ -122,25 +122,29 @@ def test_busy_server_answers_503_and_health_reports_the_model(server):
     assert request(srv, "POST", "/generate", {"length": 5})[0] == 200
 
 
-def alone(trained, prime, length, seed, temperature=1.0):
-    r = run("sample", trained, "--prime", prime, "--length", length, "--seed", seed, "--temperature", temperature)
+def alone(trained, prime, length, seed, temperature=1.0, top_k=0, top_p=1.0):
+    r = run("sample", trained, "--prime", prime, "--length", length, "--seed", seed, "--temperature", temperature,
+            "--top-k", top_k, "--top-p", top_p)
     assert r.exit_code == 0, r.output
     return r.stdout[:-1]  # (its newline)
 
 
 def test_requests_waiting_together_are_generated_in_one_batch_each_as_drawn_alone(trained):
     generator = Generator(str(trained), max_length=500, max_batch=8)
-    opts = [dict(prime=prime, length=length, temperature=temperature, top_k=0, top_p=1.0, seed=seed)
-            for prime, length, temperature, seed in [("The ", 150, 1.0, 1), ("", 70, 1.0, 2), ("And", 0, 1.0, 3),
-                                                       ("The ", 150, 1.0, 4), ("Th", 90, 0.5, 5)]]
-    with generator.ready:  # the generating thread waits: all five are queued before a batch starts
+    opts = [dict(prime=prime, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+            for prime, length, temperature, top_k, top_p, seed in [
+                ("The ", 150, 1.0, 0, 1.0, 1), ("", 70, 1.0, 0, 1.0, 2), ("And", 0, 1.0, 0, 1.0, 3),
+                ("The ", 150, 1.0, 0, 1.0, 4), ("Th", 90, 0.5, 0, 1.0, 5), ("A", 80, 1.2, 5, 1.0, 6),
+                ("A", 80, 0.9, 0, 0.7, 7), ("A", 60, 1.0, 1000, 1.0, 8)]]
+    with generator.ready:  # the generating thread waits: all of them are queued before a batch starts
         requests = [generator.submit(o) for o in opts]
     texts = ["".join(generator.text(r)) for r in requests]
-    assert (generator.batches, generator.widest) == (2, 3)  # temperature 0.5 waits for a batch of its own;
+    assert (generator.batches, generator.widest) == (1, 7)  # each with its own sampling options, in one batch;
     # the length-0 request is done without a stream
     for o, text in zip(opts, texts):
         assert len(text) == o["length"]
-        assert o["prime"] + text == alone(trained, o["prime"], o["length"], o["seed"], o["temperature"])
+        assert o["prime"] + text == alone(trained, o["prime"], o["length"], o["seed"], o["temperature"], o["top_k"],
+                                          o["top_p"])
     assert texts[0] != texts[3]  # the same prime, another seed
 
 
@@ -161,11 +165,11 @@ def test_a_request_joins_the_batch_that_is_running(trained, monkeypatch):
     monkeypatch.setattr(generator, "backend", Held())
     first = generator.submit(dict(prime="The ", length=300, temperature=1.0, top_k=0, top_p=1.0, seed=1))
     assert ran.wait(30)
-    second = generator.submit(dict(prime="", length=100, temperature=1.0, top_k=0, top_p=1.0, seed=2))
+    second = generator.submit(dict(prime="", length=100, temperature=0.8, top_k=10, top_p=0.9, seed=2))
     go.set()
-    assert "".join(generator.text(second)) == alone(trained, "", 100, 2)
+    assert "".join(generator.text(second)) == alone(trained, "", 100, 2, 0.8, 10, 0.9)
     assert "The " + "".join(generator.text(first)) == alone(trained, "The ", 300, 1)
-    assert (generator.batches, generator.widest) == (1, 2)  # it joined the running batch
+    assert (generator.batches, generator.widest) == (1, 2)  # it joined the running batch (other options too)
 
 
 def test_a_client_that_goes_away_leaves_its_batch_and_the_others_get_their_text(trained):

@@ -173,8 +173,9 @@ def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy
                     weights=None):
     """Generate the next n tokens of B streams: a (B, n) int32 array. h: (B, S) C-contiguous and logits: (B, V),
     the streams' states and next-character logits, are updated in place; stream b draws n uniform numbers from
-    rngs[b] (one per character). `weights`: stream_weights(P), if the caller keeps it across calls. A stream's
-    tokens depend only on its own state and generator, so streams may join and leave between calls."""
+    rngs[b] (one per character). temperature, top_k, top_p: one value for all the streams, or (B,) values, one
+    per stream. `weights`: stream_weights(P), if the caller keeps it across calls. A stream's tokens depend only
+    on its own state, options and generator, so streams may join and leave between calls."""
     import numba
 
     from fastrnn.kernels.sample import sample_streams
@@ -190,9 +191,23 @@ def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy
     groups = min(B, numba.get_num_threads() if threads is None else max(1, int(threads)))
     uniforms = np.zeros((B, n)) if greedy else np.stack([g.random(n) for g in rngs]).reshape(B, n)
     block = np.empty((B, n), dtype=np.int32)
-    sample_streams(block, state, logits, uniforms, *(weights or sample_params(P)), float(temperature), int(top_k),
-                   float(top_p), bool(greedy), max(1, groups))
+    V = np.shape(logits)[1]
+    options = [per_stream(v, B, dtype, name) for v, dtype, name in
+               ((temperature, np.float64, "temperature"), (top_k, np.int64, "top_k"), (top_p, np.float64, "top_p"))]
+    options[1] = np.minimum(options[1], V)
+    sample_streams(block, state, logits, uniforms, *(weights or sample_params(P)), *options, bool(greedy),
+                   max(1, groups))
     return block
+
+
+def per_stream(value, B, dtype, name):
+    """(B,) array of `dtype`: a sampling option given once for all B streams, or as B values."""
+    a = np.asarray(value, dtype=dtype)
+    if a.ndim == 0:
+        return np.full(B, a, dtype=dtype)
+    if a.shape != (B,):
+        raise ValueError(f"advance_streams: {name} has {a.size} values for {B} streams")
+    return np.ascontiguousarray(a)
 
 
 def generate_streams(P, h, logits, length, temperature=1.0, top_k=0, top_p=1.0, greedy=False, rngs=None,

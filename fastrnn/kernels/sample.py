@@ -1,8 +1,8 @@
 """Generation in numba: a whole run of sampled characters per call, no Python between characters.
 
 `sample_streams` does exactly what fastrnn.sample.generate does with a backend, one character at a time, for every
-model (cells rnn, lstm, gru; any number of layers L), for B independent streams at once (each weight is read once
-per character for all the streams a thread runs):
+model (cells rnn, lstm, gru; any number of layers L), for B independent streams at once, each with its own sampling
+options (each weight is read once per character for all the streams a thread runs):
 
     p = probabilities(logits, temperature, top_k, top_p)   (float64: softmax of logits / temperature, top-k,
     token = draw(p, u)                                      top-p; then the inverse CDF at u * total mass)
@@ -108,7 +108,8 @@ def _cell_update(h, c, g, xa, a, cell):
 @kernel
 def _sample_rows(out, state, logits, uniforms, Wx0, Wxp, Whp, bh, Whyp, by, cell, temperature, top_k, top_p,
                  greedy):
-    """sample_streams for one group of R streams (all arrays already cut to the group's rows), on one thread."""
+    """sample_streams for one group of R streams (all arrays, the sampling options too, already cut to the group's
+    rows), on one thread."""
     R, L, K, H = state.shape
     n = out.shape[1]
     GH = Wx0.shape[1]
@@ -120,7 +121,7 @@ def _sample_rows(out, state, logits, uniforms, Wx0, Wxp, Whp, bh, Whyp, by, cell
     hin = np.empty((R, H), state.dtype)  # (R, H) a layer's h (or the layer below's), contiguous
     for i in range(n):
         for r in range(R):
-            out[r, i] = _choose(logits[r], uniforms[r, i], temperature, top_k, top_p, greedy, z)
+            out[r, i] = _choose(logits[r], uniforms[r, i], temperature[r], top_k[r], top_p[r], greedy, z)
         for l in range(L):
             b = bh[l]
             if l == 0:
@@ -156,7 +157,8 @@ def sample_streams(out, state, logits, uniforms, Wx0, Wxp, Whp, bh, Whyp, by, ce
 
     state: (B, L, K, H), each stream's carried state (1, S) of fastrnn.reference reshaped: state[b, l, 0] is layer
     l's h and, for an lstm (K = 2), state[b, l, 1] its c; uniforms: (B, n) float64 in [0, 1), one per character of
-    each stream; cell: a CELL_CODES value. Wx0: layer 0's Wxh (V, G*H) (rows looked up); Wxp, Whp, bh: tuples over
+    each stream; temperature, top_k, top_p: (B,) float64, int64, float64, each stream's sampling options (top_k
+    at most V; 0: off); cell: a CELL_CODES value. Wx0: layer 0's Wxh (V, G*H) (rows looked up); Wxp, Whp, bh: tuples over
     the layers of tiles.pack(Wxh) ((H, G*H) above layer 0; an empty tiles.no_pack for layer 0), tiles.pack(Whh)
     and bh (G*H,); Whyp: tiles.pack(Why (H, V)); by (V,). backend.sample_params makes them from a model.
 
@@ -169,4 +171,4 @@ def sample_streams(out, state, logits, uniforms, Wx0, Wxp, Whp, bh, Whyp, by, ce
     for q in prange(groups):
         r0, r1 = q * B // groups, (q + 1) * B // groups
         _sample_rows(out[r0:r1], state[r0:r1], logits[r0:r1], uniforms[r0:r1], Wx0, Wxp, Whp, bh, Whyp, by, cell,
-                     temperature, top_k, top_p, greedy)
+                     temperature[r0:r1], top_k[r0:r1], top_p[r0:r1], greedy)
