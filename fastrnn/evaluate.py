@@ -19,12 +19,13 @@ UNKNOWN = ("error", "skip")
 
 
 def split_blocks(corpus, split, block=1 << 20):
-    """Yield (ids, 0) blocks of a corpus split ((M,) token ids, no skipped characters)."""
-    ids = corpus.split(split)
-    if ids.size < 2:
-        raise CorpusError(f"the {split} split of {corpus.path} has {ids.size} tokens; scoring needs at least 2")
-    for start in range(0, ids.size, block):
-        yield np.asarray(ids[start:start + block], dtype=np.int32), 0
+    """Yield (ids, 0) blocks of a corpus split ((M,) token ids, no skipped characters), read with pread (Corpus.read:
+    a corpus cut short meanwhile is a CorpusError)."""
+    n = corpus.split(split).size
+    if n < 2:
+        raise CorpusError(f"the {split} split of {corpus.path} has {n} tokens; scoring needs at least 2")
+    for start in range(0, n, block):
+        yield corpus.read(split, start, block).astype(np.int32), 0
 
 
 def file_blocks(vocab, paths, encoding="utf-8", unknown="error"):

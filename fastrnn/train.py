@@ -409,8 +409,8 @@ class Run:
         self.val_stream = _eval_stream(corpus.split("val"), config, corpus.checker("val"), comm)
         # unprimed samples start from a state warmed on real text (the start of the val split, else of train), not
         # from a zero state fed a newline, which training never sees; kept in every checkpoint for `fastrnn sample`
-        warm = corpus.split("val") if len(corpus.split("val")) >= 2 else train_tokens
-        self.warmup = [int(t) for t in np.asarray(warm[:WARMUP_CHARS])]
+        warm = "val" if len(corpus.split("val")) >= 2 else "train"
+        self.warmup = corpus.read(warm, 0, WARMUP_CHARS).tolist()
         if self.val_stream is None and config.early_stop_patience:
             raise ConfigError("--early-stop-patience needs a validation split of at least seq_len + 1 tokens "
                               "(prepare the corpus with --val-frac > 0)")

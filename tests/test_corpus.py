@@ -369,6 +369,19 @@ def test_checked_reads_equal_the_map(tmp_path, monkeypatch, alphabet):
     assert tokens.dtype == (np.uint16 if alphabet > 256 else np.uint8)
 
 
+def test_corpus_read_equals_the_map(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("the quick brown fox jumps over the lazy dog\n" * 300)
+    prepare([src], tmp_path / "c.h5")
+    with open_corpus(tmp_path / "c.h5") as c:
+        for name in ("train", "val", "test"):
+            ids = np.asarray(c.split(name))
+            np.testing.assert_array_equal(c.read(name), ids)
+            np.testing.assert_array_equal(c.read(name, 7, 50), ids[7:57])
+            np.testing.assert_array_equal(c.read(name, len(ids) - 3, 50), ids[-3:])  # clipped at the end
+            assert c.read(name, len(ids) + 5).size == 0 and c.read(name, 0, 100).dtype == ids.dtype
+
+
 def test_shuffled_windows():
     tokens = np.arange(1001, dtype=np.uint16)
     bs = BatchStream(tokens, 4, 10, shuffle=True, seed=3)

@@ -330,6 +330,37 @@ def test_corpus_cut_short_after_its_size_was_checked_is_an_error_not_sigbus(tmp_
     assert f"{corpus} is truncated" in r.stdout, r.stdout
 
 
+READERS = """
+import os, sys
+from fastrnn.corpus import open_corpus
+from fastrnn.errors import CorpusError
+from fastrnn.evaluate import split_blocks
+path = sys.argv[1]
+with open_corpus(path) as c:
+    blocks = split_blocks(c, "train", block=1000)
+    next(blocks)
+    c.split("val")
+    os.truncate(path, 1000)
+    for read in (lambda: next(blocks), lambda: c.read("val", 0, 100), lambda: c.split("test")):
+        try:
+            read()
+        except CorpusError as exc:
+            print(exc)
+"""
+
+
+def test_scoring_and_other_reads_of_a_corpus_cut_short_are_errors_not_sigbus(tmp_path):
+    """`fastrnn eval`'s blocks of a split, Corpus.read (the warm-up text of training) and the id pass of a split
+    opened after the file was cut short read with pread: each reports the truncation."""
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(300_000))
+    corpus = tmp_path / "c.h5"
+    prepare([text], corpus)
+    r = subprocess.run([sys.executable, "-c", READERS, corpus], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr)  # not -SIGBUS
+    assert r.stdout.count(f"{corpus} is truncated") == 3, r.stdout
+
+
 def test_damage_that_crashed_or_hung_hdf5_is_a_one_line_error(tmp_path):
     """Two kinds of damage the HDF5 library does not survive, through the commands (a crash or a hang would fail
     here too): a variable-length string attribute whose datatype reads as another type (HDF5 segfaulted), and a
