@@ -369,7 +369,10 @@ def test_checked_reads_equal_the_map(tmp_path, monkeypatch, alphabet):
     assert tokens.dtype == (np.uint16 if alphabet > 256 else np.uint8)
 
 
-def test_corpus_read_equals_the_map(tmp_path):
+@pytest.mark.parametrize("missing", [(), ("preadv",), ("preadv", "pread")])  # Linux; macOS without preadv; Windows
+def test_corpus_read_equals_the_map(tmp_path, monkeypatch, missing):
+    for name in missing:
+        monkeypatch.delattr(os, name, raising=False)
     src = tmp_path / "t.txt"
     src.write_text("the quick brown fox jumps over the lazy dog\n" * 300)
     prepare([src], tmp_path / "c.h5")
@@ -380,6 +383,10 @@ def test_corpus_read_equals_the_map(tmp_path):
             np.testing.assert_array_equal(c.read(name, 7, 50), ids[7:57])
             np.testing.assert_array_equal(c.read(name, len(ids) - 3, 50), ids[-3:])  # clipped at the end
             assert c.read(name, len(ids) + 5).size == 0 and c.read(name, 0, 100).dtype == ids.dtype
+        stream = BatchStream(c.split("train"), 3, 10, check=c.checker("train"))
+        for index in (0, 1, 2, 40, 3):
+            np.testing.assert_array_equal(stream.batch(0, index)[0], BatchStream(c.split("train"), 3, 10).batch(
+                0, index)[0])
 
 
 def test_shuffled_windows():

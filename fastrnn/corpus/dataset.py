@@ -290,7 +290,7 @@ class ChunkCheck:
         self.all_done = self.n_chunks == 0
         self.vocab_size = corpus.vocab.size
         self.ids_fit = self.vocab_size >= 1 << (8 * self.dtype.itemsize)  # every value of the dtype is an id
-        self._buf = self._base = self._room = self._last = self._cols = None  # read's per-row buffers
+        self._buf = self._base = self._room = self._last = self._rows = self._cols = None  # read's buffers
 
     def __call__(self, starts, length):
         self.corpus._check_size()
@@ -348,7 +348,7 @@ class ChunkCheck:
         done, fd = 0, self.corpus._fd
         while done < len(view):
             try:
-                got = os.preadv(fd, [view[done:]], off + done)
+                got = _pread_into(fd, view[done:], off + done)
             except OSError as exc:
                 raise CorpusError(f"cannot read corpus {self.corpus.path}: {exc.strerror or exc}") from None
             if got == 0:
@@ -377,6 +377,20 @@ class ChunkCheck:
                               f"again")
         self.done[k] = True
         self.all_done = bool(self.done.all())
+
+
+def _pread_into(fd, view, offset):
+    """Read into the writable memoryview `view` from byte `offset` of file descriptor fd, without moving its file
+    position where the platform allows; returns the number of bytes read (0 at the end of the file)."""
+    if hasattr(os, "preadv"):  # Linux, the BSDs: straight into the buffer
+        return os.preadv(fd, [view], offset)
+    if hasattr(os, "pread"):  # macOS before preadv
+        data = os.pread(fd, len(view), offset)
+    else:  # Windows
+        os.lseek(fd, offset, os.SEEK_SET)
+        data = os.read(fd, len(view))
+    view[: len(data)] = data
+    return len(data)
 
 
 def release_pages(array):
