@@ -171,7 +171,7 @@ class Generator:
                 if not active:
                     continue
                 temperature, top_k, top_p = zip(*(r.key for r in active))
-                top_k = [min(k, self.vocab.size) for k in top_k]
+                top_k = [min(k, self.vocab.size) for k in top_k]  # (any JSON integer; the kernel takes int64)
                 n = min(CHUNK, max(r.opts["length"] - r.done for r in active))
                 block = self.backend.advance_streams(self.model.P, h, logits, n, temperature, top_k, top_p, False,
                                                      rngs, self.threads, self.weights)

@@ -191,10 +191,8 @@ def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy
     groups = min(B, numba.get_num_threads() if threads is None else max(1, int(threads)))
     uniforms = np.zeros((B, n)) if greedy else np.stack([g.random(n) for g in rngs]).reshape(B, n)
     block = np.empty((B, n), dtype=np.int32)
-    V = np.shape(logits)[1]
     options = [per_stream(v, B, dtype, name) for v, dtype, name in
                ((temperature, np.float64, "temperature"), (top_k, np.int64, "top_k"), (top_p, np.float64, "top_p"))]
-    options[1] = np.minimum(options[1], V)
     sample_streams(block, state, logits, uniforms, *(weights or sample_params(P)), *options, bool(greedy),
                    max(1, groups))
     return block
