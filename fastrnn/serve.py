@@ -170,7 +170,7 @@ class Generator:
                     self.widest = max(self.widest, len(active))
                 if not active:
                     continue
-                temperature, top_k, top_p = zip(*(r.key for r in active))
+                temperature, top_k, top_p = zip(*(r.sampling for r in active))
                 top_k = [min(k, self.vocab.size) for k in top_k]  # (any JSON integer; the kernel takes int64)
                 n = min(CHUNK, max(r.opts["length"] - r.done for r in active))
                 block = self.backend.advance_streams(self.model.P, h, logits, n, temperature, top_k, top_p, False,
@@ -216,7 +216,7 @@ class _Request:
 
     def __init__(self, opts):
         self.opts = opts
-        self.key = (float(opts["temperature"]), int(opts["top_k"]), float(opts["top_p"]))  # its sampling options
+        self.sampling = (float(opts["temperature"]), int(opts["top_k"]), float(opts["top_p"]))
         self.blocks = queue.SimpleQueue()
         self.cancelled = False  # the client went away
         self.done = 0  # characters generated

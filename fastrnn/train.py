@@ -42,7 +42,6 @@ from fastrnn.sample import generate
 LOG_NAME = "log.jsonl"
 DEFAULT_MAX_EPOCHS = 10.0  # used when no --max-steps/--max-epochs/--max-time is given
 WARMUP_CHARS = 100  # characters of real text an unprimed sample is warmed on
-RELEASE_EVERY = 1.0  # seconds between releases of the corpus pages read so far (keeps RSS flat on big corpora)
 SMOOTHING = 0.99  # train loss shown = exponential moving average, as min-char-rnn's smooth_loss
 HEALTHY_RISE = 1.1  # a checkpoint is healthy while the smoothed loss is within this factor of its lowest so far,
 RECENT_RISE = 1.25  # and the loss of the last ~10 steps (RECENT_SMOOTHING) within this one
@@ -495,7 +494,7 @@ class Run:
         config, stop_reason, val_loss = self.config, None, None
         self.session_start, self.elapsed_at_start = time.perf_counter(), self.state.elapsed
         self.window_start, self.window_steps = time.perf_counter(), 0
-        self.last_release, self.first_step = self.window_start, True
+        self.first_step = True
         announced = False  # the "compiling" event was emitted: once, also if the first step is rolled back
         # the last step with a progress row, that row, and the last step's (loss, norm)
         self.logged_step, self.last_row, last = self.state.step, None, None
@@ -741,8 +740,8 @@ class Run:
         return f"{problem}; {where}; try a lower --lr or --max-grad-norm, or --on-divergence rollback"
 
     def advance(self, h_next, started):
-        """After a good step: carry the state, count the step, release the corpus pages read (every
-        RELEASE_EVERY seconds) and report the first step's time (JIT compilation, not counted in chars/s)."""
+        """After a good step: carry the state, count the step and report the first step's time (JIT compilation,
+        not counted in chars/s)."""
         state = self.state
         self.h = h_next
         state.step += 1
@@ -752,9 +751,6 @@ class Run:
         now = time.perf_counter()
         state.elapsed = self.elapsed_at_start + (now - self.session_start)
         self.window_steps += 1
-        if now - self.last_release >= RELEASE_EVERY:
-            self.corpus.release_pages()  # read pages leave our RSS; the page cache keeps them
-            self.last_release = now
         if self.first_step:
             self.first_step = False
             self.emit("compiled", {"seconds": now - started})
@@ -813,7 +809,6 @@ class Run:
         """The validation loss; keeps best.h5 and the early-stop count."""
         state = self.state
         val = evaluate(self.backend, self.model, self.val_stream, self.eval_plan, self.comm)
-        self.corpus.release_pages()
         if val < state.best_val:
             state.best_val, state.best_step, state.evals_since_best = val, state.step, 0
             self.save(os.path.join(self.run_dir, ckpt_io.BEST_NAME))

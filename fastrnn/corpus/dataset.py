@@ -229,7 +229,6 @@ class Corpus:
             for k in range(check.n_chunks):
                 self._check_size()
                 check.verify_chunk(k)
-                release_pages(self._maps.get(name))
             counts[name] = check.n_chunks
         return counts
 
