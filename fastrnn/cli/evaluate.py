@@ -94,8 +94,9 @@ def evaluate(model_path, sources, split, unknown, encoding, as_json, backend):
 def serve(model_path, host, port, max_length, max_body, max_batch, max_pending, backend):
     """Load a model once and answer generation requests over HTTP: POST /generate with JSON {prime, length,
     temperature, top_k, top_p, seed, stream} returns {text, seed, length}, or the text streamed as it is generated
-    with "stream": true; GET /health describes the model. Requests that come together are generated together
-    (each as it would be alone, given its seed). Ctrl-C or SIGTERM stops the server."""
+    with "stream": true; GET /health describes the model. Requests that come together are generated together,
+    whatever their sampling options (each as it would be alone, given its seed). Ctrl-C or SIGTERM stops the
+    server."""
     import signal
     import sys
 
