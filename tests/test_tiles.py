@@ -6,10 +6,12 @@ import pytest
 
 from fastrnn.kernels import blas
 from fastrnn.kernels.rnn import row_block
-from fastrnn.kernels.tiles import PANEL_VECTORS, matmul_packed, matmul_tiles, pack, vector_width
+from fastrnn.kernels.tiles import PANEL_VECTORS, TILE_ROWS, matmul_packed, matmul_tiles, pack, vector_width
 
-# (R, K, M): row blocks of 4 and leftovers; columns in whole 4-vector panels, single vectors and a scalar tail
-SHAPES = [(1, 1, 1), (1, 512, 512), (3, 7, 33), (4, 1, 16), (5, 100, 130), (9, 64, 65), (13, 33, 200)]
+# (R, K, M): whole row tiles and every count of rows left over (the target's tile, 4 to 8 rows); columns in whole
+# panels, single vectors and a scalar tail
+SHAPES = [(1, 1, 1), (1, 512, 512), (3, 7, 33), (4, 1, 16), (5, 100, 130), (9, 64, 65), (13, 33, 200)] + [
+    (TILE_ROWS * 2 + r, 19, 77) for r in range(TILE_ROWS)]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -83,4 +85,4 @@ def test_row_blocks_cover_the_rows_once(N, groups):
     assert blocks[0][0] == 0 and blocks[-1][1] == N
     assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))  # contiguous, in order
     assert all(r0 <= r1 for r0, r1 in blocks)
-    assert all(r1 % 4 == 0 for _, r1 in blocks[:-1] if N >= 4 * groups)  # inner boundaries on whole row tiles
+    assert all(r1 % TILE_ROWS == 0 for _, r1 in blocks[:-1] if N >= TILE_ROWS * groups)  # on whole row tiles

@@ -12,7 +12,10 @@
 
 Numba's cache is keyed on the source file of the top-level kernel only, so a change to a helper in another file
 of this package (mathfn.py) would not invalidate the kernels that inlined it. `_guard_cache` keeps a fingerprint
-of all the package's sources and drops this package's numba cache files when it changes.
+of all the package's sources (and of FASTRNN_TILE, which changes the tiles' code) and drops this package's numba
+cache files, beside the sources or under NUMBA_CACHE_DIR, when it changes. The CPU the code was compiled for
+needs no fingerprint: numba files each compiled kernel under its target's name and features (NUMBA_CPU_NAME,
+NUMBA_CPU_FEATURES), and the tiles' shape follows from those (isa.py).
 """
 
 import hashlib
@@ -35,6 +38,17 @@ def parallel_kernel(fn):
     return numba.njit(**PARALLEL_OPTIONS)(fn)
 
 
+def _cache_dir(here):
+    """Where numba keeps the cache files of the kernels in `here`: NUMBA_CACHE_DIR's subfolder for it, or the
+    __pycache__ beside the sources."""
+    from numba.core import caching, config
+
+    if config.CACHE_DIR:
+        return os.path.join(config.CACHE_DIR, caching._CacheLocator.get_suitable_cache_subpath(
+            os.path.join(here, "jit.py")))
+    return os.path.join(here, "__pycache__")
+
+
 def _guard_cache():
     here = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
@@ -43,8 +57,9 @@ def _guard_cache():
             with open(os.path.join(here, name), "rb") as f:
                 digest.update(name.encode() + b"\0" + f.read())
     digest.update(numba.__version__.encode())
+    digest.update(os.environ.get("FASTRNN_TILE", "").encode())  # a tile shape other than the target's (isa.py)
     fingerprint = digest.hexdigest()
-    cache_dir = os.path.join(here, "__pycache__")
+    cache_dir = _cache_dir(here)
     stamp = os.path.join(cache_dir, "kernels-sources.sha256")
     try:
         with open(stamp) as f:

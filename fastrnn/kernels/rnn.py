@@ -7,7 +7,7 @@ and hs[1:] is the layer's output.
 
 How the per-step recurrent products hs[t] @ Whh and dz[t+1] @ Whh.T run is the caller's dispatch.Plan, passed
 down as `how` (or the bool `loops`, which means the same: True hand loops, False BLAS): LOOPS hand loops, BLAS
-blas.gemm, TILES tiles.matmul_tiles. With tiles the recurrences run as `*_split` kernels: the batch rows cut into
+blas.gemm, TILES tiles.matmul_packed. With tiles the recurrences run as `*_split` kernels: the batch rows cut into
 one block per thread (the rows of a recurrence never meet), each thread stepping its block through all T steps
 with no exchange, the products over all positions (input side, weight gradients) on BLAS before and after.
 The input lookup, the bias and tanh are fused into one pass after the product; backward fuses the recurrence add
@@ -22,7 +22,7 @@ from fastrnn.kernels import mathfn
 from fastrnn.kernels.blas import gemm, gemm_on
 from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.softmax_xent import column_sums
-from fastrnn.kernels.tiles import no_pack, tile_product
+from fastrnn.kernels.tiles import TILE_ROWS, no_pack, tile_product
 
 BLAS, LOOPS, TILES = 0, 1, 2  # how the per-step recurrent products run (dispatch.Plan.how)
 
@@ -197,10 +197,10 @@ def recurrent_gradient(out, d, W, how, WTp):
 
 @kernel
 def row_block(N, groups, q):
-    """Rows [r0, r1) of block q of `groups` over N rows: contiguous, the inner boundaries on multiples of 4 (the
-    tiles' row count) where N allows."""
-    r0 = 4 * ((q * N) // (4 * groups)) if q > 0 else 0
-    r1 = 4 * (((q + 1) * N) // (4 * groups)) if q < groups - 1 else N
+    """Rows [r0, r1) of block q of `groups` over N rows: contiguous, the inner boundaries on multiples of
+    TILE_ROWS (the tiles' row count) where N allows."""
+    r0 = TILE_ROWS * ((q * N) // (TILE_ROWS * groups)) if q > 0 else 0
+    r1 = TILE_ROWS * (((q + 1) * N) // (TILE_ROWS * groups)) if q < groups - 1 else N
     return r0, max(r0, r1)
 
 

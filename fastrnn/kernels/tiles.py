@@ -1,20 +1,23 @@
 """Register-tiled products out = a @ W for a few rows, each output element one fused multiply-add chain.
 
 `matmul_tiles(out, a, W)`: out (R, M) = a (R, K) @ W (K, M), float32 or float64, each array's rows contiguous
-(any row stride).
+(any row stride). `matmul_packed(out, a, pack(W))`: the same product from W laid out in panels.
 
-The work is cut into tiles of up to 4 rows x 4 vectors (64 float32 columns): a tile keeps its 16 partial sums in
-vector registers for the whole of K and reads each 64-byte piece of W once for its 4 rows, so a block of W
-columns is loaded from the cache once per 4 rows (rnn.matmul_small, and the four-rows-at-a-time loop this
-replaces in sampling, load and store the partial sums for every few k). Rows left over from the blocks of 4 run as
-1-row tiles of 8 vectors; the last M % w columns (w = `vector_width`: 16 float32, 8 float64) one at a time.
+The shape of a tile is the target's (isa.py): TILE_ROWS rows x TILE_VECTORS vectors of VECTOR_BYTES, 4 x 3 vectors
+of 32 bytes on AVX2, 6 x 4 of 64 bytes on AVX-512, 6 x 4 of 16 bytes on NEON. A tile keeps its partial sums in
+vector registers for the whole of K and reads each vector of W once for its rows, so a panel of W is loaded from
+the cache once per TILE_ROWS rows. The rows left over from whole tiles run as one tile of fewer rows, the columns
+past the last whole panel one vector, then one column, at a time.
 
 Every output element is the same chain in every tile shape,
 
     s = 0;  s = fma(a[r, k], W[k, j], s) for k = 0 .. K-1   (llvm.fma, never reassociated)
 
 so a row computed among many rows has exactly the bits it has alone: the samples of `fastrnn sample --num-samples
-K` equal, token for token, the samples drawn one at a time with their seeds (tests/test_sample.py checks it).
+K` equal, token for token, the samples drawn one at a time with their seeds (tests/test_sample.py checks it). On
+a target without a fused multiply-add instruction (SSE2) the chain is s = s + a*W, rounded twice at each k
+(llvm.fmuladd, which LLVM then never fuses), the same for every tile too; llvm.fma there would be a library call
+per element.
 
 The tiles are numba intrinsics that emit the loop in LLVM IR with explicit <VW x float> vectors; LLVM's mem2reg
 keeps the partial sums in registers.
@@ -26,9 +29,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from fastrnn.kernels import isa
 from fastrnn.kernels.jit import OPTIONS, kernel
 
-VECTOR_BYTES = 64  # one AVX-512 register (on an AVX2 CPU LLVM splits each vector into two)
+TARGET = isa.target()
+VECTOR_BYTES = TARGET.vector_bytes
+TILE_ROWS, TILE_VECTORS = isa.tile_shape(TARGET)
+PANEL_VECTORS = TILE_VECTORS  # a panel of pack() is one tile wide
 
 
 def vector_width(dtype):
@@ -36,18 +43,46 @@ def vector_width(dtype):
     return VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
-def _make_tile(R, C, vector=True):
-    """An intrinsic tile(out, a, W, r0, c0): out[r0:r0+R, c0:c0+C*w] = a[r0:r0+R, :] @ W[:, c0:c0+C*w], w the
-    vector width (vector=True) or 1 (scalar columns, for the last M % w columns)."""
+def _emit_tile(builder, R, C, VW, fty, vector, fma, arow, wcol, ldw, K, outp, ldo, r0, c0, size):
+    """The loop of an R x C tile at rows r0.., columns c0.. (see _make_tile)."""
+    i64 = ir.IntType(64)
+    vty = ir.VectorType(fty, VW) if vector else fty
+    zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * VW) if vector else ir.Constant(fty, 0.0)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(C)] for _ in range(R)]
+    undef = ir.Constant(vty, ir.Undefined)
+    splat = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
+    with cgutils.for_range(builder, K) as loop:
+        k = loop.index
+        wrow = builder.gep(wcol, [builder.mul(k, ldw)])
+        wv = [builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, c * VW)]), vty.as_pointer()),
+                           align=size) for c in range(C)]
+        for r in range(R):
+            x = builder.load(builder.gep(arow[r], [k]))
+            if vector:
+                x = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)),
+                                           undef, splat)
+            for c in range(C):
+                builder.store(builder.call(fma, [x, wv[c], builder.load(accs[r][c])]), accs[r][c])
+    for r in range(R):
+        orow = builder.gep(outp, [builder.add(builder.mul(builder.add(r0, ir.Constant(i64, r)), ldo), c0)])
+        for c in range(C):
+            dst = builder.bitcast(builder.gep(orow, [ir.Constant(i64, c * VW)]), vty.as_pointer())
+            builder.store(builder.load(accs[r][c]), dst, align=size)
+
+
+def _make_tile(C, vector=True):
+    """An intrinsic tile(out, a, W, r0, c0, n): out[r0:r0+n, c0:c0+C*w] = a[r0:r0+n, :] @ W[:, c0:c0+C*w] for
+    1 <= n <= TILE_ROWS rows, w the vector width (vector=True) or 1 (scalar columns, for the last M % w columns).
+    One unrolled loop per row count, chosen by a switch on n."""
 
     @intrinsic
-    def tile(typingctx, out, a, W, r0, c0):
+    def tile(typingctx, out, a, W, r0, c0, n):
         arrays = (out, a, W)
         if not all(isinstance(t, types.Array) and t.ndim == 2 for t in arrays):
             return None
         if not (out.dtype == a.dtype == W.dtype and out.dtype in (types.float32, types.float64)):
             return None
-        if not (isinstance(r0, types.Integer) and isinstance(c0, types.Integer)):
+        if not all(isinstance(v, types.Integer) for v in (r0, c0, n)):
             return None
         fty = ir.FloatType() if out.dtype == types.float32 else ir.DoubleType()
         size = 4 if out.dtype == types.float32 else 8
@@ -56,50 +91,39 @@ def _make_tile(R, C, vector=True):
         i64 = ir.IntType(64)
 
         def codegen(context, builder, signature, args):
-            out_v, a_v, W_v, r0_v, c0_v = args
-            r0_v = context.cast(builder, r0_v, signature.args[3], types.intp)
-            c0_v = context.cast(builder, c0_v, signature.args[4], types.intp)
+            out_v, a_v, W_v, r0_v, c0_v, n_v = args
+            r0_v, c0_v, n_v = (context.cast(builder, v, t, types.intp)
+                               for v, t in zip((r0_v, c0_v, n_v), signature.args[3:]))
             ary = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], (out_v, a_v, W_v))]
             # row strides in elements (the column stride is one element: see matmul_tiles)
             ldo, lda, ldw = (builder.sdiv(cgutils.unpack_tuple(builder, x.strides, 2)[0], ir.Constant(i64, size))
                              for x in ary)
             K = cgutils.unpack_tuple(builder, ary[1].shape, 2)[1]
             outp, ap, wp = (x.data for x in ary)
-            name = f"llvm.fma.{'v%d' % VW if vector else ''}{'f32' if size == 4 else 'f64'}"
+            kind = "fma" if TARGET.fma else "fmuladd"
+            name = f"llvm.{kind}.{'v%d' % VW if vector else ''}{'f32' if size == 4 else 'f64'}"
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]), name)
-            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * VW) if vector else ir.Constant(fty, 0.0)
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(C)] for _ in range(R)]
-            undef = ir.Constant(vty, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(ir.IntType(32), VW), [0] * VW)
-            arow = [builder.gep(ap, [builder.mul(builder.add(r0_v, ir.Constant(i64, r)), lda)]) for r in range(R)]
+            arow = [builder.gep(ap, [builder.mul(builder.add(r0_v, ir.Constant(i64, r)), lda)])
+                    for r in range(TILE_ROWS)]
             wcol = builder.gep(wp, [c0_v])
-            with cgutils.for_range(builder, K) as loop:
-                k = loop.index
-                wrow = builder.gep(wcol, [builder.mul(k, ldw)])
-                wv = [builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, c * VW)]), vty.as_pointer()),
-                                   align=size) for c in range(C)]
-                for r in range(R):
-                    x = builder.load(builder.gep(arow[r], [k]))
-                    if vector:
-                        x = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)),
-                                                   undef, splat)
-                    for c in range(C):
-                        builder.store(builder.call(fma, [x, wv[c], builder.load(accs[r][c])]), accs[r][c])
-            for r in range(R):
-                orow = builder.gep(outp, [builder.add(builder.mul(builder.add(r0_v, ir.Constant(i64, r)), ldo), c0_v)])
-                for c in range(C):
-                    dst = builder.bitcast(builder.gep(orow, [ir.Constant(i64, c * VW)]), vty.as_pointer())
-                    builder.store(builder.load(accs[r][c]), dst, align=size)
+            done = builder.append_basic_block("tile.done")
+            switch = builder.switch(n_v, done)
+            for R in range(1, TILE_ROWS + 1):
+                block = builder.append_basic_block(f"tile.rows{R}")
+                switch.add_case(ir.Constant(i64, R), block)
+                builder.position_at_end(block)
+                _emit_tile(builder, R, C, VW, fty, vector, fma, arow[:R], wcol, ldw, K, outp, ldo, r0_v, c0_v,
+                           size)
+                builder.branch(done)
+            builder.position_at_end(done)
             return context.get_dummy_value()
 
-        return types.void(out, a, W, r0, c0), codegen
+        return types.void(out, a, W, r0, c0, n), codegen
 
     return tile
 
 
-_tile44, _tile41, _tile18, _tile14, _tile11 = (_make_tile(4, 4), _make_tile(4, 1), _make_tile(1, 8), _make_tile(1, 4),
-                                               _make_tile(1, 1))
-_scalar4, _scalar1 = _make_tile(4, 1, vector=False), _make_tile(1, 1, vector=False)
+_tile, _tile1, _scalar = _make_tile(TILE_VECTORS), _make_tile(1), _make_tile(1, vector=False)
 
 
 def _itemsize(W):
@@ -113,45 +137,39 @@ def _itemsize_overload(W):
 
 
 @kernel
+def _tile_rows(out, a, W, c0, width, R):
+    """out[:, c0:c0+width] = a @ W[:, c0:c0+width] for all R rows, width at most one tile's columns: whole tiles
+    (TILE_ROWS rows, TILE_VECTORS vectors), then single vectors, then single columns, each as row blocks with one
+    block of fewer rows last."""
+    vw = VECTOR_BYTES // _itemsize(W)
+    for r0 in range(0, R, TILE_ROWS):
+        n = min(TILE_ROWS, R - r0)
+        if width == TILE_VECTORS * vw:
+            _tile(out, a, W, r0, c0, n)
+        else:
+            wv = width - width % vw
+            for c in range(c0, c0 + wv, vw):
+                _tile1(out, a, W, r0, c, n)
+            for c in range(c0 + wv, c0 + width):
+                _scalar(out, a, W, r0, c, n)
+
+
+@kernel
 def matmul_tiles(out, a, W):
     """out (R, M) = a (R, K) @ W (K, M); see the module docstring. Each array's elements must be consecutive along
     its rows (any row stride: row blocks and views such as hs[t] work)."""
     R = a.shape[0]
     M = W.shape[1]
-    vw = VECTOR_BYTES // _itemsize(W)
-    MV = M - M % vw  # columns in whole vectors; the rest one at a time
-    R4 = R - R % 4
-    for c0 in range(0, MV, 4 * vw):
-        if c0 + 4 * vw <= MV:
-            for r0 in range(0, R4, 4):
-                _tile44(out, a, W, r0, c0)
-        else:
-            for c in range(c0, MV, vw):
-                for r0 in range(0, R4, 4):
-                    _tile41(out, a, W, r0, c)
-    for c in range(MV, M):
-        for r0 in range(0, R4, 4):
-            _scalar4(out, a, W, r0, c)
-    for r in range(R4, R):
-        c0 = 0
-        while c0 + 8 * vw <= MV:
-            _tile18(out, a, W, r, c0)
-            c0 += 8 * vw
-        while c0 < MV:
-            _tile11(out, a, W, r, c0)
-            c0 += vw
-        for c in range(MV, M):
-            _scalar1(out, a, W, r, c)
-
-
-PANEL_VECTORS = 4  # a panel of pack() is this many vectors wide: the width of the 4 x 4 tile
+    pw = TILE_VECTORS * (VECTOR_BYTES // _itemsize(W))
+    for c0 in range(0, M, pw):
+        _tile_rows(out, a, W, c0, min(pw, M - c0), R)
 
 
 @kernel
 def pack(W):
-    """W (K, M) as panels (ceil(M / PW), K, PW) of PW = 4 vectors' columns each, zeros past M: a tile then reads
-    its columns of W as one contiguous run instead of K pieces a whole row of W apart (at a row stride of a
-    power of two, 8 KiB for an lstm H512, those pieces fall on the same few cache sets and evict each other)."""
+    """W (K, M) as panels (ceil(M / PW), K, PW) of PW = TILE_VECTORS vectors' columns each, zeros past M: a tile
+    then reads its columns of W as one contiguous run instead of K pieces a whole row of W apart (at a row stride
+    of a power of two, 8 KiB for an lstm H512, those pieces fall on the same few cache sets and evict each other)."""
     K, M = W.shape
     pw = PANEL_VECTORS * (VECTOR_BYTES // _itemsize(W))
     nb = (M + pw - 1) // pw
@@ -177,30 +195,10 @@ def matmul_packed(out, a, Wp):
     R = a.shape[0]
     M = out.shape[1]
     pw = Wp.shape[2]
-    vw = VECTOR_BYTES // _itemsize(Wp)
-    R4 = R - R % 4
     for b in range(Wp.shape[0]):
         c0 = b * pw
         width = min(pw, M - c0)
-        panel = Wp[b]
-        o = out[:, c0:c0 + width]
-        if width == pw:
-            for r0 in range(0, R4, 4):
-                _tile44(o, a, panel, r0, 0)
-            for r in range(R4, R):
-                _tile14(o, a, panel, r, 0)
-        else:
-            wv = width - width % vw
-            for c in range(0, wv, vw):
-                for r0 in range(0, R4, 4):
-                    _tile41(o, a, panel, r0, c)
-                for r in range(R4, R):
-                    _tile11(o, a, panel, r, c)
-            for c in range(wv, width):
-                for r0 in range(0, R4, 4):
-                    _scalar4(o, a, panel, r0, c)
-                for r in range(R4, R):
-                    _scalar1(o, a, panel, r, c)
+        _tile_rows(out[:, c0:c0 + width], a, Wp[b], 0, width, R)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,11 +214,9 @@ def matmul_packed(out, a, Wp):
 
 
 def has_bf16():
-    """Whether this CPU runs AVX512_BF16 (vdpbf16ps), as LLVM sees the host."""
-    import llvmlite.binding as ll
-
-    features = ll.get_host_cpu_features()
-    return bool(features.get("avx512bf16", False)) and bool(features.get("avx512f", False))
+    """Whether the kernels are compiled for a CPU with AVX512_BF16 (vdpbf16ps): the host's features, or those
+    NUMBA_CPU_FEATURES names (isa.target)."""
+    return TARGET.bf16
 
 
 class _BFloat(ir.Type):
