@@ -1,14 +1,16 @@
 """kernels.dispatch: the plan of a call, the measured loops-or-BLAS choice and its per-machine cache."""
 
+import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 from fastrnn import kernels as K
 from fastrnn import reference as ref
-from fastrnn.kernels import dispatch
+from fastrnn.kernels import calibrate, dispatch
 from fastrnn.model import Model
 
 
@@ -25,70 +27,100 @@ def fresh_cache(tmp_path, monkeypatch):
     dispatch._memory.clear()
 
 
-def fake_timings(monkeypatch, loops_seconds, blas_seconds, tiles_seconds=None, steps=None):
-    """Fake time_products (loops or BLAS) and time_step (tiles: tiles_seconds, else 1.0; steps receives the plans
-    timed). Returns the time_products calls."""
-    calls = []
+def fake_steps(monkeypatch, seconds, timed=None):
+    """Fake calibrate.Stepper: a step of a candidate plan takes seconds[name] ("loops", "blas", "tiles"), the name
+    read from the plan; `timed` receives (name, reps) for every timing."""
 
-    def timed(N, H, G, dtype, threads, loops, reps):
-        calls.append((N, H, G, loops))
-        return loops_seconds if loops else blas_seconds
+    class FakeStepper:
+        def __init__(self, p):
+            self.name = "tiles" if p.tiles else "loops" if p.loops else "blas"
 
-    def step(p, reps):
-        if steps is not None:
-            steps.append(p)
-        return (tiles_seconds if tiles_seconds is not None else 2.0) if p.tiles else 1.0
+        def warm_up(self):
+            pass
 
-    monkeypatch.setattr(dispatch, "time_products", timed)
-    monkeypatch.setattr(dispatch, "time_step", step)
-    return calls
+        def seconds(self, reps):
+            if timed is not None:
+                timed.append((self.name, reps))
+            return seconds[self.name] * reps
+
+    monkeypatch.setattr(calibrate, "Stepper", FakeStepper)
 
 
-@pytest.mark.parametrize("loops_win", [True, False])
-def test_the_measured_choice_is_the_faster_way_and_is_cached(fresh_cache, monkeypatch, loops_win):
-    calls = fake_timings(monkeypatch, 1.0 if loops_win else 3.0, 2.0)
-    p = dispatch.plan("lstm", 1, 8, 50, 64, 65, False, 2, np.float32)  # work 8*64*4*64: inside the band
-    assert p.measured and p.loops == loops_win and p.path == "layers"
-    assert len(calls) == 2 * dispatch.REPEATS and {c[:3] for c in calls} == {(8, 64, 4)}
+@pytest.mark.parametrize("winner", ["loops", "blas", "tiles"])
+def test_the_measured_choice_is_the_fastest_candidate_and_is_cached(fresh_cache, monkeypatch, winner):
+    timed = []
+    fake_steps(monkeypatch, {name: 0.001 if name == winner else 0.0015 for name in ("loops", "blas", "tiles")},
+               timed)
+    p = dispatch.plan("lstm", 1, 8, 50, 64, 65, False, 2, np.float32)
+    assert p.measured and ("tiles" if p.tiles else "loops" if p.loops else "blas") == winner
+    assert p.path == "layers" and "chosen by measurement: measured in" in p.describe()
+    assert {name for name, _ in timed} == {"loops", "blas", "tiles"}
+    assert len(timed) == 3 * (1 + calibrate.REPEATS)  # a first step each, then the rounds (all close: none dropped)
     saved = json.loads(open(dispatch.cache_path()).read())
-    assert saved == {"8x64x4:float32:2": loops_win, "tiles:lstm:1:8x50x64x65:0:float32:2": False}
+    assert saved == {"plan:lstm:1:8x50x64x65:0:float32:2": winner}
     # another process (no memory of it) reads the file and measures nothing
     dispatch._plan.cache_clear()
     dispatch._memory.clear()
-    calls.clear()
-    assert dispatch.plan("lstm", 1, 8, 50, 64, 65, False, 2, np.float32).loops == loops_win and not calls
+    timed.clear()
+    again = dispatch.plan("lstm", 1, 8, 50, 64, 65, False, 2, np.float32)
+    assert again == p and not timed and "measured earlier on this machine" in again.describe()
 
 
-def test_outside_the_band_and_with_measurement_off_the_rule_decides(fresh_cache, monkeypatch):
-    calls = fake_timings(monkeypatch, 1.0, 2.0)
+def test_a_far_slower_candidate_is_dropped_after_one_step_and_the_budget_bounds_the_rounds(monkeypatch):
+    timed = []
+    fake_steps(monkeypatch, {"loops": 0.1, "blas": 0.01, "tiles": 0.012}, timed)
+    p = dispatch.rule("lstm", 2, 64, 50, 512, 65, False, 2, "float32")
+    best, medians, _ = calibrate.fastest(dispatch.candidates(p), budget=0.0)
+    assert best == "blas" and set(medians) == {"blas", "tiles"}  # loops: 10x the best step, timed once
+    assert [name for name, _ in timed].count("loops") == 1
+    assert [name for name, _ in timed].count("blas") == 1 + 2  # no time left after the first step: two rounds
+    assert all(reps == 2 for name, reps in timed[3:])  # sized to about TIMING_SECONDS a timing
+
+
+def test_candidates_are_the_ways_the_shape_can_run():
+    big = dispatch.rule("rnn", 1, 64, 50, 512, 65, False, 2, "float32")
+    assert set(dispatch.candidates(big)) == {"loops", "blas", "tiles"}
+    c = dispatch.candidates(big)
+    assert c["loops"].loops and not c["blas"].loops and c["tiles"].tiles and c["tiles"].path == "layers"
+    assert c["loops"].path == c["blas"].path == "fused"
+    step = dispatch.rule("lstm", 2, 2, 1, 64, 65, False, 2, "float32")  # a generation step of two streams
+    assert set(dispatch.candidates(step)) == {"loops", "blas"} and step.positions == "loops"
+
+
+def test_with_measurement_off_the_rule_decides(fresh_cache, monkeypatch):
+    timed = []
+    fake_steps(monkeypatch, {"loops": 1.0, "blas": 2.0, "tiles": 0.5}, timed)
+    monkeypatch.setenv(dispatch.CALIBRATE_ENV, "0")
+    p = dispatch.plan("rnn", 1, 32, 50, 128, 65, False, 2, np.float32)
+    assert not p.measured and not p.tiles and p.loops == (32 * 128 * 128 <= dispatch.SMALL_WORK) and not timed
     assert not dispatch.plan("lstm", 1, 64, 50, 512, 65, False, 2, np.float32).loops  # far above: BLAS
     assert dispatch.plan("rnn", 1, 1, 50, 512, 65, False, 1, np.float32).loops  # one row: loops
-    assert not calls
-    monkeypatch.setenv(dispatch.CALIBRATE_ENV, "0")
-    p = dispatch.plan("rnn", 1, 32, 50, 128, 65, False, 2, np.float32)  # in the band, but not measured
-    assert not p.measured and p.loops == (32 * 128 * 128 <= dispatch.SMALL_WORK) and not calls
     assert not os.path.exists(dispatch.cache_path())
 
 
 def test_an_unwritable_or_damaged_cache_is_ignored(fresh_cache, monkeypatch):
-    fake_timings(monkeypatch, 1.0, 2.0)
+    fake_steps(monkeypatch, {"loops": 1.0, "blas": 2.0, "tiles": 3.0})
     os.makedirs(os.path.dirname(dispatch.cache_path()), exist_ok=True)
     with open(dispatch.cache_path(), "w") as f:
         f.write("{not json")
     assert dispatch.plan("gru", 2, 4, 10, 64, 30, True, 1, np.float64).loops
-    assert json.loads(open(dispatch.cache_path()).read()) == {"4x64x3:float64:1": True,  # rewritten whole
-                                                              "tiles:gru:2:4x10x64x30:1:float64:1": False}
+    assert json.loads(open(dispatch.cache_path()).read()) == {"plan:gru:2:4x10x64x30:1:float64:1": "loops"}
+    with open(dispatch.cache_path(), "w") as f:  # an entry of another version's cache: measured anew
+        json.dump({"plan:gru:2:4x10x64x30:1:float64:1": True}, f)
+    dispatch._plan.cache_clear()
+    dispatch._memory.clear()
+    assert dispatch.plan("gru", 2, 4, 10, 64, 30, True, 1, np.float64).note.startswith("measured in")
     monkeypatch.setenv("FASTRNN_CACHE_DIR", "/proc/no-such-dir")  # cannot be written: measured, kept in memory
     dispatch._plan.cache_clear()
     assert dispatch.plan("gru", 2, 4, 10, 64, 30, True, 1, np.float64).measured
 
 
 def test_a_measurement_on_a_busy_machine_is_thrown_away(fresh_cache, monkeypatch):
-    fake_timings(monkeypatch, 1.0, 2.0)  # loops faster, against the rule at this size
+    fake_steps(monkeypatch, {"loops": 1.0, "blas": 2.0, "tiles": 0.5})  # tiles fastest, against the rule
     busy = iter([0.0, 1e6])  # other processes' CPU seconds before and after: a million seconds in a moment
     monkeypatch.setattr(dispatch, "others_busy_seconds", lambda: next(busy))
     p = dispatch.plan("rnn", 1, 32, 50, 128, 65, False, 2, np.float32)
-    assert not p.measured and p.loops == (32 * 128 * 128 <= dispatch.SMALL_WORK)  # the rule
+    assert not p.measured and not p.tiles and p.loops == (32 * 128 * 128 <= dispatch.SMALL_WORK)  # the rule
     assert not os.path.exists(dispatch.cache_path())
 
 
@@ -110,40 +142,25 @@ def test_others_busy_seconds_counts_other_processes_only():
     assert busy - others > 0.9
 
 
-@pytest.mark.parametrize("tiles_win", [True, False])
-def test_between_the_tiles_thresholds_whole_steps_are_measured(fresh_cache, monkeypatch, tiles_win):
-    steps = []
-    fake_timings(monkeypatch, 1.0, 2.0, 0.5 if tiles_win else 2.0, steps)
-    N = dispatch.TILES_MIN_ROWS * 2  # 2 threads: the fewest rows a thread that are measured
-    p = dispatch.plan("lstm", 1, N, 50, 64, 65, False, 2, np.float32)
-    assert p.measured and p.tiles == tiles_win and p.path == "layers"
-    assert len(steps) == 2 * dispatch.REPEATS and sorted({q.tiles for q in steps}) == [False, True]
-    assert all((q.N, q.T, q.H, q.cell, q.threads) == (N, 50, 64, "lstm", 2) for q in steps)
-    assert json.loads(open(dispatch.cache_path()).read())[f"tiles:lstm:1:{N}x50x64x65:0:float32:2"] == tiles_win
-    steps.clear()
-    few = dispatch.plan("lstm", 1, N - 2, 50, 64, 65, False, 2, np.float32)  # under TILES_MIN_ROWS a thread
-    many = dispatch.plan("lstm", 1, dispatch.TILES_ALWAYS * 2, 50, 64, 65, False, 2, np.float32)
-    assert not few.tiles and many.tiles and not steps
-    rnn = dispatch.plan("rnn", 1, 64, 50, 512, 65, False, 2, np.float32)
-    assert rnn.tiles and rnn.path == "layers"  # the tiles plan runs the one-layer rnn layer by layer
-
-
 def test_time_step_times_a_plan():
     p = dispatch.plan("gru", 2, 8, 4, 16, 11, True, 1, np.float32, measure=False)
     for q in (dispatch.variant(p, tiles=True), dispatch.variant(p, tiles=False)):
-        assert dispatch.time_step(q, 2) > 0
+        assert calibrate.time_step(q, 2) > 0
 
 
-def test_time_products_measures_both_ways():
-    for loops in (True, False):
-        assert dispatch.time_products(3, 16, 4, "float32", 1, loops, 5) > 0
+def test_the_real_measurement_picks_one_of_the_candidates_in_its_budget(fresh_cache):
+    p = dispatch.plan("lstm", 1, 8, 10, 32, 20, False, 2, np.float32)
+    options = dispatch.candidates(dispatch.rule("lstm", 1, 8, 10, 32, 20, False, 2, "float32")).values()
+    assert p.measured and dataclasses.replace(p, measured=False) in options
+    seconds = float(p.note.split()[2])  # "measured in S s": the timing, after each candidate's compiling step
+    assert seconds < 2 * dispatch.CALIBRATION_SECONDS  # first steps, then rounds until the budget is spent
 
 
 def test_plans_name_their_path():
     p = dispatch.plan("rnn", 1, 1, 50, 128, 65, False, 2, np.float32, measure=False)
     assert p.path == "fused" and p.describe().startswith("fused step; recurrent products: hand loops")
     assert p.describe().endswith("; 2 threads")
-    q = dispatch.plan("lstm", 2, 64, 50, 512, 65, True, 1, np.float32, measure=False)
+    q = dispatch.variant(dispatch.plan("lstm", 2, 64, 50, 512, 65, True, 1, np.float32, measure=False), tiles=True)
     assert q.describe() == ("layer by layer; recurrent products: register tiles, a block of rows per thread; "
                             "position products: BLAS; 1 thread")
     r = dispatch.variant(q, tiles=False)
@@ -195,3 +212,26 @@ def test_profile_step_is_forward_backward_with_a_clock(cell, layers, dropout):
     assert all(np.array_equal(G1[k], G2[k]) for k in G1)
     assert set(clock) == ({"forward_backward"} if cell == "rnn" else {"forward", "output", "backward"})
     assert all(s >= 0 for s in clock.values())
+
+
+def test_train_measures_its_plan_once_and_says_so(small_corpus, tmp_path):
+    """From the command line: the first run on a machine measures its plan and says how long it took on the
+    kernels: line; the next reads the answer from the machine's cache."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FASTRNN_CALIBRATE="1", FASTRNN_CACHE_DIR=str(tmp_path / "cache"))
+    lines = []
+    for run in ("a", "b"):
+        r = subprocess.run([sys.executable, "-m", "fastrnn", "train", small_corpus, "-o", str(tmp_path / run),
+                            "--model", "lstm", "--hidden-size", "16", "--batch-size", "8", "--seq-len", "10",
+                            "--max-steps", "3", "--eval-every", "0", "--threads", "2"],
+                           capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr
+        lines.append(next(line for line in r.stderr.splitlines() if line.startswith("kernels:")))
+    if "measured in" not in lines[0]:  # the machine was busy: thrown away, the rule decided (and said nothing)
+        assert "chosen by measurement" not in lines[0]
+        pytest.skip("other processes kept the cores busy during the measurement")
+    assert re.search(r"chosen by measurement: measured in \d+\.\d s\)$", lines[0])
+    assert lines[1].endswith("(chosen by measurement: measured earlier on this machine)")
+    assert lines[0].split(" (")[0] == lines[1].split(" (")[0]

@@ -11,28 +11,30 @@ process-wide state is read by a kernel. Its fields:
                OpenBLAS calls (False). Hand loops read Whh once a step; OpenBLAS packs all of Whh at every call,
                which costs more than it saves for a few rows.
     tiles      instead of either: the recurrences cut into one block of batch rows per thread, each thread
-               stepping its rows through all T steps with register-tile products (tiles.matmul_tiles, Whh read
-               in place, Whh.T copied once per call) and its own gate passes, no BLAS call and no exchange
-               between the threads inside a layer (the `_split` kernels of rnn.py, lstm.py, gru.py; always the
-               layers path), and the products over all positions split into column blocks over the same threads
-               with OpenBLAS held to one thread. Always from TILES_ALWAYS rows a thread; from TILES_MIN_ROWS up to
-               there chosen by measuring whole training steps both ways (`tiles_faster`); never below.
+               stepping its rows through all T steps with register-tile products (tiles.matmul_packed, the tile
+               shaped by the instruction set the kernels are compiled for: isa.py) and its own gate passes, no
+               BLAS call and no exchange between the threads inside a layer (the `_split` kernels of rnn.py,
+               lstm.py, gru.py; always the layers path), and the products over all positions split into column
+               blocks over the same threads with OpenBLAS held to one thread.
     positions  the products over all T*N positions (output layer, weight gradients, the input side of upper
                layers): "blas" (OpenBLAS on the plan's threads) or "loops" (hand loops, for a generation step of
-               one or two rows on the layers path: 1.07x at a 2-layer lstm H128, 1.13x at H512, measured here).
+               one or two rows on the layers path).
     threads    the thread count the plan was made for.
 
-Thresholds are the named constants below. The choice that moves most from CPU to CPU, where hand loops stop
-beating OpenBLAS for the recurrent products (it depends on the cache sizes and on OpenBLAS's kernels for the CPU),
-is measured on the machine: `loops_faster` times both ways at the exact shape, once, and keeps the answer in
-memory and in a small cache file per machine (`cache_path`), so that every later run on the machine makes the same
-choice (the same numbers from the same seed and thread count) without measuring again. A measurement taken while other processes
-kept the cores busy is thrown away (BUSY_CORES) and the constant rule decides for that run; FASTRNN_CALIBRATE=0
-turns the measurement off altogether.
+Which of the ways is fastest moves from CPU to CPU: on a 2-core Zen 4 (AVX-512) the tiles plan won every H512 row
+by 1.05-1.56x; on a 2-core Zen 3 (AVX2, with 4 x 4 tiles of 64-byte vectors that spilled) it lost every one by
+1.6-2.4x to BLAS; on a 2-core Xeon (AVX-512) it loses the rnn H512 N64 row and wins the lstm's. So it is measured
+on the machine: every candidate plan of the shape (hand loops, BLAS and tiles, where each can run) times whole
+training steps (calibrate.fastest), once per machine, bounded to about CALIBRATION_SECONDS per shape; the answer
+is kept in memory and in a small cache file per machine (`cache_path`), so that every later run on the machine
+makes the same choice (the same numbers from the same seed and thread count) without measuring again. A
+measurement taken while other processes kept the cores busy is thrown away (BUSY_CORES); then, and with
+FASTRNN_CALIBRATE=0, the rule below decides for that run: hand loops for a few rows' work, BLAS above, never the
+tiles (the one way that lost by 2x on a machine measured). The plan's `describe()` says which it was.
 
 Loops, BLAS and tiles round differently, so two plans give results that agree to rounding, not bit for bit; the
-plan is fixed for a run. (Tiles give the same bits at any thread count: each element is one chain of fused
-multiply-adds whatever rows share its tile.)
+plan is fixed for a run. (Tiles give the same bits at any thread count and any tile shape: each element is one
+chain of fused multiply-adds whatever rows share its tile.)
 
 A special path stays here only while a benchmark shows it pays on the machine the project runs on. The step for
 one to four sequences pipelined over two threads (one the recurrences, the other the output layer and the weight
@@ -45,32 +47,21 @@ import functools
 import hashlib
 import json
 import os
-import statistics
 import time
 
 import numpy as np
 
-from fastrnn.kernels.jit import kernel
-from fastrnn.kernels.rnn import BLAS, LOOPS, TILES, recurrent_gradient, recurrent_product
-from fastrnn.kernels.tiles import no_pack
+from fastrnn.kernels.rnn import BLAS, LOOPS, TILES
 from fastrnn.params import GATES
 
-SMALL_ROWS = 2  # at most this many sequences: hand loops for the recurrent products at any H, and for the
-# position products of a generation step (T*N rows); OpenBLAS packs the whole weight matrix even for one row
-# (measured at H=512, 4H columns: N=1 83 us vs 382 us; N=4 even; N=8 BLAS 1.35x faster)
-SMALL_WORK = 1 << 16  # N*H*G*H at or below which the recurrent products use hand loops (the rule without
-# measurement, and the centre of the measured band); measured on a 2-core Zen 3 (512 KiB L2): H64 N4 and H128 N1
-# loops faster, H128 N32 BLAS faster
-MEASURE_BAND = 16  # the choice is measured for work within SMALL_WORK / MEASURE_BAND .. SMALL_WORK * MEASURE_BAND
-# (above, BLAS wins by far on every machine measured; below, loops)
-# (The fused path's position products once ran on one BLAS thread for one or two sequences of small H: 1.2-1.4x on
-# the Zen 3, 0.98-1.01x on the Xeon at H32-H96 N1-N2; dropped.)
-TILES_MIN_ROWS = 4  # sequences per thread below which the tiles plan is never taken (one row tile a thread)
-TILES_RULE_ROWS = 8  # between TILES_MIN_ROWS and TILES_ALWAYS a thread, tiles from here when not measured
-TILES_ALWAYS = 16  # sequences per thread from which the tiles plan is taken without measuring. Measured on the
-# 2-core Zen 4 (AVX-512, 1 MiB L2 a core), whole training steps, tiles over the other plan: 2 threads N16 1.18x
-# (rnn H128), 1.49x (lstm H128), 1.56x (gru H256); N64 H512 1.05x rnn, 1.31x lstm, 1.22x gru; 1 thread N16
-# 1.26-1.46x; but 2 threads lstm H128 N8 0.86x, rnn H128 N4 0.79x (against hand loops)
+SMALL_ROWS = 2  # a call of at most this many positions (T*N: a generation step of one or two streams) uses hand
+# loops for the position products on the layers path, and has no tiles candidate (one row tile, nothing to split)
+SMALL_WORK = 1 << 16  # N*H*G*H at or below which the rule (no measurement) takes hand loops for the recurrent
+# products, BLAS above: OpenBLAS packs the whole weight matrix at every call, which costs more than it saves for a
+# few rows (H512 4H columns, one row: 83 us against 382 us on a Zen 3; H64 N4 and H128 N1 loops faster, H128 N32
+# BLAS faster on a Zen 3 and a Xeon)
+CALIBRATION_SECONDS = 3.0  # the timed rounds of one shape's candidates, after one step of each (calibrate.py)
+BF16_ROWS = 4  # sequences a thread from which bf16 products run (tiles.matmul_bf16's tiles are 4 rows high)
 CALIBRATE_ENV = "FASTRNN_CALIBRATE"
 PATHS = ("fused", "layers")
 PRECISIONS = ("float32", "bf16")
@@ -93,9 +84,10 @@ class Plan:
     path: str
     loops: bool
     positions: str
-    measured: bool = False  # whether `loops` (or `tiles`) was measured
+    measured: bool = False  # whether the way was chosen by measuring the candidates (else by `rule`)
     tiles: bool = False
     precision: str = "float32"  # "bf16": the tiles' recurrent products in bf16 with float32 sums (tiles.py)
+    note: str = dataclasses.field(default="", compare=False)  # how the measured choice was had, for people
 
     @property
     def how(self):
@@ -122,16 +114,18 @@ class Plan:
                if self.tiles else
                "hand loops" if self.loops else "BLAS")
         pos = {"blas": "BLAS", "loops": "hand loops"}[self.positions]
+        how = f" (chosen by measurement: {self.note})" if self.measured and self.note else \
+            " (chosen by measurement)" if self.measured else ""
         return (f"{path}; recurrent products: {rec}; position products: {pos}; {self.threads} "
-                f"thread{'s' if self.threads != 1 else ''}{' (chosen by measurement)' if self.measured else ''}")
+                f"thread{'s' if self.threads != 1 else ''}{how}")
 
 
 def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measure=None, precision="float32"):
     """The Plan for a call on N sequences of T steps of a model (cell, layers, H, V), with or without dropout
-    masks, on `threads` threads, in `dtype`. measure: measure the loops-or-BLAS choice where it is close (None:
-    unless FASTRNN_CALIBRATE=0). precision "bf16": bf16 recurrent products (the tiles plan whenever there are
-    TILES_MIN_ROWS sequences a thread) where the CPU has AVX512_BF16 and the dtype is float32; the plan's
-    `precision` says what was granted ("float32" otherwise: bf16_refusal says why). The same arguments give the
+    masks, on `threads` threads, in `dtype`. measure: choose among the candidate plans by timing them on this
+    machine (None: unless FASTRNN_CALIBRATE=0); else `rule`. precision "bf16": bf16 recurrent products (the tiles
+    plan whenever there are BF16_ROWS sequences a thread) where the CPU has AVX512_BF16 and the dtype is float32;
+    the plan's `precision` says what was granted ("float32" otherwise: bf16_refusal says why). The same arguments give the
     same Plan object."""
     if measure is None:
         measure = os.environ.get(CALIBRATE_ENV, "1") != "0"
@@ -149,155 +143,66 @@ def bf16_refusal(N, threads, dtype):
         return "this CPU has no AVX512_BF16"
     if np.dtype(dtype).name != "float32":
         return f"bf16 products need --dtype float32, not {np.dtype(dtype).name}"
-    if N < TILES_MIN_ROWS * max(1, int(threads)):
-        return (f"bf16 products need {TILES_MIN_ROWS} sequences a thread, and this call has {N} on "
+    if N < BF16_ROWS * max(1, int(threads)):
+        return (f"bf16 products need {BF16_ROWS} sequences a thread, and this call has {N} on "
                 f"{threads} thread{'s' if threads != 1 else ''}")
     return None
 
 
 @functools.lru_cache(maxsize=256)
 def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure, precision="float32"):
-    G = GATES[cell]
-    work = N * H * G * H
-    measured = False
-    if N <= SMALL_ROWS:
-        loops = True
-    else:
-        loops = None
-        if measure and SMALL_WORK // MEASURE_BAND < work <= SMALL_WORK * MEASURE_BAND:
-            loops = loops_faster(N, H, G, dtype, threads)
-            measured = loops is not None
-        if loops is None:
-            loops = work <= SMALL_WORK
-    tiles = False
-    per_thread = N / threads
-    if per_thread >= TILES_ALWAYS:
-        tiles = True
-    elif per_thread >= TILES_MIN_ROWS and T * N > SMALL_ROWS:
-        tiles = tiles_faster(cell, layers, N, T, H, V, dropout, threads, dtype, loops) if measure else None
-        measured = measured or tiles is not None
-        if tiles is None:
-            tiles = per_thread >= TILES_RULE_ROWS
-    if precision == "bf16":
-        if bf16_refusal(N, threads, dtype) is None:
-            tiles = True
-        else:
-            precision = "float32"
-    fused = cell == "rnn" and layers == 1 and not dropout and not tiles
-    if not fused:
-        path = "layers"
-        positions = "loops" if T * N <= SMALL_ROWS else "blas"
-    else:
-        positions, path = "blas", "fused"
-    return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, path, loops, positions, measured, tiles,
-                precision)
+    p = rule(cell, layers, N, T, H, V, dropout, threads, dtype)
+    if measure:
+        options = candidates(p)
+        if len(options) > 1:
+            choice = measured_choice(options)
+            if choice is not None:
+                p = dataclasses.replace(options[choice[0]], measured=True, note=choice[1])
+    if precision == "bf16" and bf16_refusal(N, threads, dtype) is None:
+        p = dataclasses.replace(variant(p, tiles=True), precision="bf16", measured=False, note="")
+    return p
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# measuring the loops-or-BLAS choice
-
-REPEATS = 5  # interleaved timings of each way; the medians decide
-TARGET_FLOPS = 1e9  # about this much work per timing (~10 ms: the whole measurement of a shape takes 0.1-0.3 s,
-# long enough for the busy check below to see other processes), whatever the shape
-
-
-@kernel
-def _products(out, rec, h, W, d, loops, reps):
-    """reps x (one step's forward product and its gradient): out = h @ W, rec = d @ W.T."""
-    for _ in range(reps):
-        recurrent_product(out, h, W, loops, no_pack(W))
-        recurrent_gradient(rec, d, W, loops, no_pack(W))
-
-
-def time_products(N, H, G, dtype, threads, loops, reps):
-    """Seconds for `reps` forward and backward recurrent products at (N, H) x (H, G*H) on `threads` BLAS
-    threads, hand loops or BLAS (one untimed call first)."""
-    from threadpoolctl import threadpool_limits
-
-    rng = np.random.default_rng(0)
-    h = rng.standard_normal((N, H)).astype(dtype)  # (N, H)
-    W = (0.1 * rng.standard_normal((H, G * H))).astype(dtype)  # (H, G*H)
-    d = rng.standard_normal((N, G * H)).astype(dtype)  # (N, G*H)
-    out, rec = np.empty((N, G * H), dtype), np.empty((N, H), dtype)
-    with threadpool_limits(limits=threads, user_api="blas"):
-        _products(out, rec, h, W, d, loops, 1)
-        t0 = time.perf_counter()
-        _products(out, rec, h, W, d, loops, reps)
-        return time.perf_counter() - t0
-
-
-def loops_faster(N, H, G, dtype, threads):
-    """Whether hand loops beat OpenBLAS for the recurrent products at this shape on this machine: measured once
-    (REPEATS interleaved timings of each, medians compared), then read from the cache. None if other processes
-    kept the cores busy while it was measured (nothing is cached then; the caller uses its rule)."""
-    key = f"{N}x{H}x{G}:{dtype}:{threads}"
-    cache = _load_cache()
-    if key in cache:
-        return bool(cache[key])
-    reps = max(4, min(4000, int(TARGET_FLOPS / (4 * N * H * G * H))))
-
-    def measure():
-        times = {True: [], False: []}
-        for _ in range(REPEATS):
-            for loops in (True, False):
-                times[loops].append(time_products(N, H, G, dtype, threads, loops, reps))
-        return statistics.median(times[True]) <= statistics.median(times[False])
-
-    return _measured(key, measure)
-
-
-def time_step(p, reps):
-    """Seconds for `reps` training steps (forward_backward) of a random model of plan p's shape run as p says, on
-    p.threads threads (after one untimed call, which also compiles)."""
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    from fastrnn import kernels as K
-    from fastrnn.dropout import make_masks
-    from fastrnn.model import Model
-
-    rng = np.random.default_rng(0)
-    model = Model(p.V, p.H, p.dtype, p.cell, p.layers).init(rng, 0.5, "xavier")
-    x, y = (rng.integers(0, p.V, size=(p.N, p.T)).astype(np.int32) for _ in range(2))
-    h0 = np.zeros((p.N, model.state_size), p.dtype)
-    masks = make_masks(rng, 0.5 if p.dropout else 0.0, p.layers, p.T, p.N, p.H, p.dtype)
-    G = model.layout.views(model.layout.zeros(p.dtype))
-    before = numba.get_num_threads()
-    with threadpool_limits(limits=p.threads, user_api="blas"):
-        numba.set_num_threads(min(p.threads, numba.config.NUMBA_NUM_THREADS))
-        try:
-            K.forward_backward(model.P, G, x, y, h0, masks, plan=p)
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                K.forward_backward(model.P, G, x, y, h0, masks, plan=p)
-            return time.perf_counter() - t0
-        finally:
-            numba.set_num_threads(before)
-
-
-def tiles_faster(cell, layers, N, T, H, V, dropout, threads, dtype, loops):
-    """Whether the tiles plan beats the other (hand loops or BLAS as `loops`, fused or layer by layer) for whole
-    training steps at this shape on `threads` threads (time_step, both plans interleaved REPEATS times, medians
-    compared): measured once, then read from the cache; None if the cores were busy. (The per-step products
-    alone mislead here: at few rows a thread they favour tiles, whose per-call costs, packing Whh and starting
-    the threads for each layer, they leave out.)"""
-    key = f"tiles:{cell}:{layers}:{N}x{T}x{H}x{V}:{int(dropout)}:{dtype}:{threads}"
-    cache = _load_cache()
-    if key in cache:
-        return bool(cache[key])
+def rule(cell, layers, N, T, H, V, dropout, threads, dtype):
+    """The plan without measurement (module docstring): hand loops for the recurrent products at or below
+    SMALL_WORK (and for one or two sequences), BLAS above; no tiles."""
+    loops = N <= SMALL_ROWS or N * H * GATES[cell] * H <= SMALL_WORK
     fused = cell == "rnn" and layers == 1 and not dropout
-    other = Plan(cell, layers, N, T, H, V, dropout, threads, dtype, "fused" if fused else "layers", loops, "blas")
-    plans = {True: dataclasses.replace(other, path="layers", tiles=True), False: other}
-    reps = max(1, min(50, int(TARGET_FLOPS / (6 * N * T * H * GATES[cell] * H * layers))))
+    positions = "loops" if not fused and T * N <= SMALL_ROWS else "blas"
+    return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, "fused" if fused else "layers", loops,
+                positions)
+
+
+def candidates(p):
+    """{name: Plan}: the ways plan p's shape can run, "loops", "blas" and, for more than SMALL_ROWS positions,
+    "tiles" (whose threads each step a block of the batch rows: at least a row a thread)."""
+    out = {"loops": variant(p, loops=True, tiles=False), "blas": variant(p, loops=False, tiles=False)}
+    if p.T * p.N > SMALL_ROWS:
+        out["tiles"] = variant(p, tiles=True)
+    return out
+
+
+def measured_choice(options):
+    """(the name of the fastest of options {name: Plan} on this machine, a note for the plan's description):
+    measured once (calibrate.fastest), then read from the cache; None if other processes kept the cores busy
+    meanwhile."""
+    p = next(iter(options.values()))
+    key = f"plan:{p.cell}:{p.layers}:{p.N}x{p.T}x{p.H}x{p.V}:{int(p.dropout)}:{p.dtype}:{p.threads}"
+    cache = _load_cache()
+    if cache.get(key) in options:
+        return cache[key], "measured earlier on this machine"
 
     def measure():
-        times = {True: [], False: []}
-        for _ in range(REPEATS):
-            for tiles, p in plans.items():
-                times[tiles].append(time_step(p, reps))
-        return statistics.median(times[True]) < statistics.median(times[False])
+        from fastrnn.kernels import calibrate
 
-    return _measured(key, measure)
+        best, medians, seconds = calibrate.fastest(options, CALIBRATION_SECONDS)
+        return best, seconds
+
+    answer = _measured(key, measure)
+    if answer is None:
+        return None
+    best, seconds = answer
+    return best, f"measured in {seconds:.1f} s"
 
 
 BUSY_CORES = 0.5  # a measurement during which other processes used more than this many cores is thrown away:
@@ -306,8 +211,8 @@ BUSY_CORES = 0.5  # a measurement during which other processes used more than th
 
 
 def _measured(key, measure):
-    """measure()'s answer, cached under `key`, if the machine was quiet meanwhile (others_busy below BUSY_CORES);
-    else None, and nothing cached."""
+    """measure()'s answer (the chosen name, and anything else), its name cached under `key`, if the machine was
+    quiet meanwhile (others_busy below BUSY_CORES); else None, and nothing cached."""
     busy_before = others_busy_seconds()
     t0 = time.perf_counter()
     answer = measure()
@@ -315,7 +220,7 @@ def _measured(key, measure):
     if others > BUSY_CORES:
         return None
     cache = _load_cache()
-    cache[key] = answer
+    cache[key] = answer[0]
     _save_cache(cache)
     return answer
 
@@ -342,15 +247,20 @@ def cache_path():
 @functools.lru_cache(maxsize=1)
 def machine_id():
     """A hash of what the measured choices depend on: the CPU (model and flags), NumPy, numba, the BLAS library the
-    kernels call and the OpenBLAS core type forced through the environment, if any."""
+    kernels call and the OpenBLAS core type forced through the environment, if any, the CPU and features the
+    kernels are compiled for and the tile shape."""
     import platform
 
     import numba
 
     from fastrnn.kernels import blas
 
+    from fastrnn.kernels import tiles
+
+    t = tiles.TARGET
     parts = [platform.machine(), np.__version__, numba.__version__, os.path.basename(blas.LIBRARY or "fallback"),
-             os.environ.get("OPENBLAS_CORETYPE", "")]
+             os.environ.get("OPENBLAS_CORETYPE", ""), t.cpu, ",".join(sorted(t.features)),
+             f"{tiles.TILE_ROWS}x{tiles.TILE_VECTORS}"]
     try:
         with open("/proc/cpuinfo") as f:
             parts += [line for line in f if line.startswith(("model name", "flags"))][:2]
@@ -368,7 +278,7 @@ def _load_cache():
         try:
             with open(path) as f:
                 data = json.load(f)
-            _memory[path] = {k: bool(v) for k, v in data.items()} if isinstance(data, dict) else {}
+            _memory[path] = {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
         except (OSError, ValueError):
             _memory[path] = {}
     return _memory[path]
