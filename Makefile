@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUN    ?= runs/tinyshakespeare
 
-.PHONY: setup run test bench bench-results clean
+.PHONY: setup run test test-isa bench bench-results clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,15 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
+# The kernel-against-reference tests with the kernels compiled for each instruction set this CPU can run: generic
+# x86-64 (SSE2 only), haswell (AVX2 + FMA), skylake-avx512 where the CPU has AVX-512, and the host; each with numba's
+# cache of its own (.cache/numba-isa/<target>). ISA_SKIP=host leaves out the host (CI: `make test` just ran it).
+ISA_TESTS ?= tests/test_isa.py tests/test_tiles.py tests/test_kernels.py tests/test_kernels_cells.py \
+	tests/test_sample.py tests/test_bf16.py
+ISA_SKIP ?=
+test-isa: setup
+	$(BIN)/python -m tools.isa_targets --skip "$(ISA_SKIP)" -- $(BIN)/python -m pytest -q -p no:cacheprovider $(ISA_TESTS)
+
 bench: setup
 	$(BIN)/python -m benchmarks.throughput --quick
 
@@ -46,4 +55,4 @@ bench-results: setup
 	$(BIN)/python -m benchmarks.report
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build *.egg-info .cache/numba-isa

@@ -484,3 +484,21 @@ def test_report_target_rows_take_the_chars_per_sec_of_their_own_model():
                dict(common_, name="lstm H512 N64 2thr f32", model="lstm", layers=1)]
     got = [r["chars_per_sec"] for r in report.target_rows(dict(rows=rows, targets=targets))]
     assert got == [90_000, 8_800, 24_000]
+
+
+def test_isa_worker_times_every_candidate_and_marks_a_slow_choice(monkeypatch):
+    """benchmarks.isa's worker on a tiny row: the plan chosen is one of the candidates, each candidate has a
+    speed, `slow` says whether the chosen one is more than 5% behind the fastest."""
+    from benchmarks import isa as bench_isa
+
+    monkeypatch.setattr(bench_isa, "ROWS", [("tiny", "lstm", 1, 8, 16)])
+    monkeypatch.setattr(bench_isa, "generation", lambda threads, repeats: [])
+    out = bench_isa.worker(2, 1, ["tiny"], "plans")
+    (row,) = out["rows"]
+    assert set(row["candidates"]) == {"loops", "blas", "tiles"} and all(v > 0 for v in row["candidates"].values())
+    assert row["chosen"] in row["candidates"] and out["sgemm_gflops"] > 0
+    best = max(row["candidates"].values())
+    assert row["slow"] == (row["candidates"][row["chosen"]] < bench_isa.SLOW * best)
+    assert bench_isa.neighbours(4, 3, 16)[0] == (4, 3)
+    assert all(r * c + c + 1 <= 16 for r, c in bench_isa.neighbours(4, 3, 16))
+    assert (4, 4) in bench_isa.neighbours(6, 4, 32)

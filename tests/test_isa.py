@@ -74,3 +74,31 @@ def test_the_kernels_follow_numba_cpu_name_and_features(tmp_path):
     assert _compile_for(*SSE2, tmp_path) == ("x86-64", "SSE2", (4, 3), 0, 0, 0)
     name, kind, tile, zmm, ymm, fma = _compile_for(*AVX2, tmp_path)
     assert (name, kind, tile, zmm) == ("haswell", "AVX2+FMA", (4, 3), 0) and ymm > 0 and fma > 0
+
+
+def test_the_targets_a_cpu_can_run():
+    avx2 = {"sse2", "avx", "avx2", "fma", "f16c", "bmi", "bmi2", "lzcnt", "movbe", "popcnt", "sse4.2"}
+    avx512 = avx2 | {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+    names = lambda arch, features: [name for name, _ in isa.check_targets(arch, features)]  # noqa: E731
+    assert names("x86_64", {"sse2"}) == ["x86-64", "host"]
+    assert names("x86_64", avx2) == ["x86-64", "haswell", "host"]
+    assert names("x86_64", avx512) == ["x86-64", "haswell", "skylake-avx512", "host"]
+    assert names("aarch64", {"neon"}) == ["host"]
+    for name, env in isa.check_targets("x86_64", avx512):
+        if name != "host":  # explicit features (numba adds the host's otherwise), and BLAS of the same set
+            assert env["NUMBA_CPU_FEATURES"] and env["OPENBLAS_CORETYPE"]
+            t = isa.make_target("x86_64", env["NUMBA_CPU_NAME"], isa.parse_features(env["NUMBA_CPU_FEATURES"]))
+            assert t.isa.startswith({"x86-64": "SSE2", "haswell": "AVX2", "skylake-avx512": "AVX-512"}[name])
+            assert not t.bf16
+
+
+def test_isa_targets_runs_a_command_per_target_and_fails_if_one_fails(tmp_path):
+    probe = "import os, sys; print(os.environ['FASTRNN_ISA_TARGET'], os.environ.get('NUMBA_CPU_NAME', '-')); " \
+            "sys.exit(os.environ['FASTRNN_ISA_TARGET'] == 'x86-64')"
+    r = subprocess.run([sys.executable, "-m", "tools.isa_targets", "--cache-dir", str(tmp_path), "--", sys.executable,
+                        "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    lines = r.stdout.split("\n")
+    assert lines[-2] == "host -" and r.returncode == (1 if "x86-64 x86-64" in lines else 0), (r.stdout, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "tools.isa_targets", "--skip", "x86-64", "--cache-dir", str(tmp_path),
+                        "--", sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and "x86-64" not in r.stdout and "host -" in r.stdout, r.stderr

@@ -128,3 +128,42 @@ def tile_shape(t, override=None):
     fits = [(r, c) for r in range(1, MAX_ROWS + 1) for c in range(1, MAX_VECTORS + 1)
             if r * c + c + 1 <= t.registers]
     return max(fits, key=lambda rc: (rc[0] * rc[1], -(rc[0] + rc[1]) / (rc[0] * rc[1]), rc[1]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# targets to compile for on one machine (make test-isa, benchmarks.isa)
+
+# name -> (LLVM CPU name, NUMBA_CPU_FEATURES, features the host needs to run the code, OpenBLAS core type that
+# runs the same instruction set). The features are explicit: without NUMBA_CPU_FEATURES numba adds the host's.
+CHECK_TARGETS = {
+    "x86-64": ("x86-64", "+sse2,-avx,-avx2,-fma,-avx512f", {"sse2"}, "Prescott"),
+    "haswell": ("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+lzcnt,+movbe,+popcnt,+sse4.2,-avx512f",
+                {"avx", "avx2", "fma", "f16c", "bmi", "bmi2", "lzcnt", "movbe", "popcnt", "sse4.2"}, "Haswell"),
+    "skylake-avx512": ("skylake-avx512", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+lzcnt,+movbe,+popcnt,+sse4.2,+avx512f,"
+                       "+avx512cd,+avx512bw,+avx512dq,+avx512vl,-avx512bf16",
+                       {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "fma", "avx2"}, "SkylakeX"),
+}
+
+
+def host_features():
+    """The features LLVM sees on this CPU."""
+    import llvmlite.binding as ll
+
+    return frozenset(k for k, v in ll.get_host_cpu_features().items() if v)
+
+
+def check_targets(arch=None, features=None):
+    """[(name, environment to compile for it)] of the targets this machine can run: those of CHECK_TARGETS its
+    CPU has the features for (x86 only), then "host" (no setting: the host's CPU and features). The environment
+    names NUMBA_CPU_NAME, NUMBA_CPU_FEATURES and OPENBLAS_CORETYPE (the BLAS kernels of the same instruction
+    set); give each target its own NUMBA_CACHE_DIR."""
+    arch = platform.machine() if arch is None else arch
+    features = host_features() if features is None else frozenset(features)
+    out = []
+    if arch in ("x86_64", "AMD64"):
+        for name, (cpu, feats, needs, coretype) in CHECK_TARGETS.items():
+            if needs <= features:
+                out.append((name, {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": feats,
+                                   "OPENBLAS_CORETYPE": coretype}))
+    out.append(("host", {}))
+    return out
