@@ -59,13 +59,15 @@ def cpu_model():
 
 
 def cpu_flags():
-    """The SIMD flags that matter for the kernels (avx2, fma, avx512f), from /proc/cpuinfo."""
+    """The SIMD flags that matter for the kernels (avx2, fma, avx512f, ...; asimd: ARM's NEON), from /proc/cpuinfo
+    ("flags" on x86, "Features" on ARM)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     flags = set(line.split(":", 1)[1].split())
-                    return [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16") if f in flags]
+                    return [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "asimd")
+                            if f in flags]
     except OSError:
         pass
     return []

@@ -30,8 +30,8 @@ from benchmarks import common, options
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_ROOT = os.path.join(ROOT, "docs", "benchmarks")
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
-KINDS = ("throughput", "time_to_quality", "sampling", "prepare", "train_memory", "profile_speed", "kernel_scratch",
-         "pytorch", "bf16_quality", "distributed")
+KINDS = ("throughput", "isa", "time_to_quality", "sampling", "prepare", "train_memory", "profile_speed",
+         "kernel_scratch", "pytorch", "bf16_quality", "distributed")
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -47,15 +47,31 @@ def newest_results(root=RESULTS_ROOT):
 
 
 def newest_of_each_kind(root=RESULTS_ROOT):
-    """[(kind, 'YYYY-MM-DD/file name', data)]: every kind's files from the newest dated folder that has that kind."""
+    """[(kind, 'YYYY-MM-DD/file name', data)]: for each CPU measured (cpu_label), every kind's files from the
+    newest dated folder that has that kind for that CPU; the CPU measured last first."""
     dated = sorted((d for d in os.listdir(root) if DATED.match(d) and os.path.isdir(os.path.join(root, d))),
                    reverse=True) if os.path.isdir(root) else []
-    out, seen = [], set()
+    out, seen, order = [], set(), []
     for day in dated:
-        found = [(k, f"{day}/{name}", d) for k, name, d in load_results(os.path.join(root, day)) if k not in seen]
-        seen.update(k for k, _, _ in found)
+        found = [(k, f"{day}/{name}", d) for k, name, d in load_results(os.path.join(root, day))
+                 if (cpu_label(d), k) not in seen]
+        seen.update((cpu_label(d), k) for k, _, d in found)
+        order += [cpu_label(d) for _, _, d in found if cpu_label(d) not in order]
         out += found
-    return sorted(out, key=lambda r: (KINDS.index(r[0]), r[1]))
+    return sorted(out, key=lambda r: (order.index(cpu_label(r[2])), KINDS.index(r[0]), r[1]))
+
+
+def cpu_label(data):
+    """'AMD EPYC (AVX-512, AVX512_BF16)': the CPU a result was measured on, by model and vector instruction sets
+    (the flags benchmarks.common.cpu_flags records)."""
+    machine = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    flags = set(machine.get("cpu_flags") or [])
+    isa = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "AVX" if "avx" in flags else
+           "NEON" if "asimd" in flags else "SSE" if flags else "unknown instruction set")
+    if "fma" in flags and "avx512f" not in flags:
+        isa += "+FMA"
+    extra = [name for flag, name in (("avx512_bf16", "AVX512_BF16"), ("amx_tile", "AMX")) if flag in flags]
+    return f"{machine.get('cpu', 'unknown CPU')} ({', '.join([isa] + extra)})"
 
 
 def kind_of(filename):
@@ -334,11 +350,39 @@ def bf16_quality_section(name, data):
             f"{'pass' if t.get('passed') else 'FAIL'}); bf16 speed {fmt(data.get('speedup'), '.2f')}x float32.", ""]
 
 
+ISA_ROWS = [("target", "target", "s"), ("row", "row", "s"), ("chosen", lambda r: r["chosen"] + (
+    "" if r.get("measured") else " (rule)"), "s"), ("loops chars/s", lambda r: r["candidates"].get("loops"), ",.0f"),
+    ("BLAS chars/s", lambda r: r["candidates"].get("blas"), ",.0f"),
+    ("tiles chars/s", lambda r: r["candidates"].get("tiles"), ",.0f"),
+    ("chosen / fastest", "chosen_vs_best", ".2f"), ("% of peak", lambda r: r["peak_fraction"][r["chosen"]], percent),
+    ("within 5%", lambda r: not r["slow"], yes_no)]
+ISA_TARGETS = [("target", "target", "s"), ("compiled for", "compiled_for", "s"), ("tile", "tile", "s"),
+               ("sgemm GFLOP/s", "sgemm_gflops", ".1f")]
+ISA_GENERATION = [("target", "target", "s"), ("streams", "streams", "d"), ("chars/s", "chars_per_sec", ",.0f")]
+ISA_TILES = [("target", "target", "s"), ("tile", lambda r: r["tile"] + (" (rule)" if r["tile"] == r["rule"] else ""),
+                                         "s"), ("GFLOP/s", "gflops", ".1f")]
+
+
+def isa_section(name, data):
+    lines = [f"`{name}`, {data.get('threads', '-')} threads, T = 50, float32, {data.get('repeats', '-')} rounds:", "",
+             md_table(data.get("targets", []), ISA_TARGETS), "", md_table(data["rows"], ISA_ROWS), ""]
+    if data.get("generation"):
+        lines += ["Generation, an rnn H512 (`fastrnn sample --num-samples K`'s path):", "",
+                  md_table(data["generation"], ISA_GENERATION), ""]
+    if data.get("tiles"):
+        lines += ["The register tile against its neighbours: one thread's rows of an lstm H512 step "
+                  "(32 x 512 by 512 x 2048):", "", md_table(data["tiles"], ISA_TILES), ""]
+    return lines
+
+
 SECTIONS = {
     "throughput": ("Training throughput", "`python -m benchmarks.throughput`: chars/s of a training step "
                    "(forward_backward + clip + Adam) of the numba kernels, the NumPy reference and a seed-style "
                    "NumPy RNN, each checked against the reference before it is timed, their repeats interleaved.",
                    throughput_section),
+    "isa": ("Under each instruction set", "`python -m benchmarks.isa`: the kernels compiled for each instruction "
+            "set this CPU runs (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES; OpenBLAS on the same set's kernels), the plan "
+            "`fastrnn train` chooses and every candidate plan's training chars/s.", isa_section),
     "time_to_quality": ("Time to quality", "`python -m benchmarks.time_to_quality`: the validation bits/char "
                         "each model reaches in a fixed wall-clock budget of training.", time_to_quality_section),
     "pytorch": ("Against PyTorch", "`python -m benchmarks.pytorch`: training chars/s of fastrnn and of PyTorch's "
@@ -396,27 +440,33 @@ def draw_charts(results, out_dir, stem):
 
 def render_page(results, folder, out_dir, charts, skipped):
     rel = os.path.relpath(folder, out_dir)
+    cpus = list(dict.fromkeys(cpu_label(d) for _, _, d in results))
     lines = ["# Benchmarks", "",
              f"Generated by `python -m benchmarks.report` from the JSON files in [`{rel}/`]({rel}/) "
              "(`make bench-results` reruns the quick set and regenerates this page); nothing here is typed by hand. "
              "The machine may be shared with other work: compare rows of one run, whose contenders were "
-             "measured side by side, rather than runs of different days.", ""]
-    lines += machine_section(results)
-    lines += ["## Method", "",
-              "Each benchmark checks its result against the NumPy reference (`fastrnn.reference`) before timing, "
-              "warms up (the first call, with numba's compilation, is timed apart), and reports the median of "
-              "several timed repeats. Throughput is characters per second; GFLOP/s counts the matrix products "
-              "per character, and `% of peak` divides it by the sgemm or dgemm rate measured in the same run at "
-              "the same thread count.", ""]
-    for kind in KINDS:
-        files = [(name, d) for k, name, d in results if k == kind]
-        if not files:
-            continue
-        title, method, section = SECTIONS[kind]
-        lines += [f"## {title}", "", method, ""]
-        for name, data in files:
-            lines += section(name, data)
-    lines += ["## Charts", ""]
+             "measured side by side, rather than runs of different days.", "",
+             "One part per CPU measured, the one measured last first: " + "; ".join(
+                 f"[{c}](#{anchor(c)})" for c in cpus) + ".", "",
+             "## Method", "",
+             "Each benchmark checks its result against the NumPy reference (`fastrnn.reference`) before timing, "
+             "warms up (the first call, with numba's compilation, is timed apart), and reports the median of "
+             "several timed repeats. Throughput is characters per second; GFLOP/s counts the matrix products "
+             "per character, and `% of peak` divides it by the sgemm or dgemm rate measured in the same run at "
+             "the same thread count.", ""]
+    for cpu in cpus:
+        mine = [r for r in results if cpu_label(r[2]) == cpu]
+        lines += [f"# {cpu}", ""]
+        lines += machine_section(mine)
+        for kind in KINDS:
+            files = [(name, d) for k, name, d in mine if k == kind]
+            if not files:
+                continue
+            title, method, section = SECTIONS[kind]
+            lines += [f"## {title}", "", method, ""]
+            for name, data in files:
+                lines += section(name, data)
+    lines += ["# Charts", ""]
     if skipped:
         lines += [f"Charts skipped: {skipped}.", ""]
     elif not charts:
@@ -424,6 +474,11 @@ def render_page(results, folder, out_dir, charts, skipped):
     for png in charts:
         lines += [f"![{png}]({png})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def anchor(title):
+    """GitHub's anchor of a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
 def readme_block(results, page_link):

@@ -502,3 +502,32 @@ def test_isa_worker_times_every_candidate_and_marks_a_slow_choice(monkeypatch):
     assert bench_isa.neighbours(4, 3, 16)[0] == (4, 3)
     assert all(r * c + c + 1 <= 16 for r, c in bench_isa.neighbours(4, 3, 16))
     assert (4, 4) in bench_isa.neighbours(6, 4, 32)
+
+
+def test_report_keeps_one_part_per_cpu_and_shows_the_isa_rows(tmp_path):
+    """Results of two CPUs: each CPU's newest results under a heading naming it and its instruction sets, the CPU
+    measured last first; the isa rows with every candidate and the chosen plan."""
+    from benchmarks import report
+
+    old, new = tmp_path / "2026-01-02", tmp_path / "2026-01-05"
+    old.mkdir()
+    new.mkdir()
+    fake_results(old)  # "Test CPU 9000", AVX2 + FMA
+    machine = dict(cpu="Other CPU 1", cpu_flags=["avx2", "fma", "avx512f", "avx512_bf16"], time="2026-01-05 01:00:00")
+    common.write_json(new / "isa.json", dict(machine=machine, threads=2, repeats=3, targets=[
+        dict(target="haswell", compiled_for="haswell, AVX2+FMA: 16 x 32-byte vector registers", tile="4x3",
+             sgemm_gflops=150.5)], rows=[dict(target="haswell", row="lstm H512 B64", chosen="tiles", measured=True,
+                                              candidates=dict(loops=1111.0, blas=22222.0, tiles=23456.0),
+                                              chosen_vs_best=1.0, slow=False,
+                                              peak_fraction=dict(loops=0.04, blas=0.8, tiles=0.8765))],
+        generation=[dict(target="haswell", streams=32, chars_per_sec=98765.0)],
+        tiles=[dict(target="haswell", tile="4x3", rule="4x3", gflops=77.7)]))
+    results = report.newest_of_each_kind(str(tmp_path))
+    assert [report.cpu_label(d) for _, _, d in results] == ["Other CPU 1 (AVX-512, AVX512_BF16)"] + [
+        "Test CPU 9000 (AVX2+FMA)"] * 2
+    page = report.render_page(results, str(tmp_path), str(tmp_path), [], "--no-charts")
+    other, test = page.index("# Other CPU 1 (AVX-512, AVX512_BF16)"), page.index("# Test CPU 9000 (AVX2+FMA)")
+    assert other < test and page.index("Under each instruction set") < test
+    assert "| haswell | lstm H512 B64 | tiles | 1,111 | 22,222 | 23,456 | 1.00 | 87.6% | yes |" in page
+    assert "| haswell | 32 | 98,765 |" in page and "| haswell | 4x3 (rule) | 77.7 |" in page
+    assert page.index("123,457") > test  # the throughput rows under their own CPU
