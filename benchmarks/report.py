@@ -53,8 +53,12 @@ def newest_of_each_kind(root=RESULTS_ROOT):
                    reverse=True) if os.path.isdir(root) else []
     out, seen, order = [], set(), []
     for day in dated:
-        found = [(k, f"{day}/{name}", d) for k, name, d in load_results(os.path.join(root, day))
-                 if (cpu_label(d), k) not in seen]
+        loaded = load_results(os.path.join(root, day))
+        machine = next((d["machine"] for _, _, d in loaded if isinstance(d.get("machine"), dict)), None)
+        for _, _, d in loaded:  # a file that does not describe its machine was measured on its folder's
+            if machine is not None and not isinstance(d.get("machine"), dict):
+                d["machine"] = machine
+        found = [(k, f"{day}/{name}", d) for k, name, d in loaded if (cpu_label(d), k) not in seen]
         seen.update((cpu_label(d), k) for k, _, d in found)
         order += [cpu_label(d) for _, _, d in found if cpu_label(d) not in order]
         out += found
