@@ -84,7 +84,12 @@ def test_candidates_are_the_ways_the_shape_can_run():
     assert c["loops"].loops and not c["blas"].loops and c["tiles"].tiles and c["tiles"].path == "layers"
     assert c["loops"].path == c["blas"].path == "fused"
     step = dispatch.rule("lstm", 2, 2, 1, 64, 65, False, 2, "float32")  # a generation step of two streams
-    assert set(dispatch.candidates(step)) == {"loops", "blas"} and step.positions == "loops"
+    ways = dispatch.candidates(step)
+    assert step.positions == "loops" and set(ways) == {"loops", "blas", "tiles", "loops, blas positions",
+                                                        "blas, blas positions", "tiles, blas positions"}
+    assert ways["tiles, blas positions"].tiles and ways["tiles, blas positions"].positions == "blas"
+    fused = dispatch.rule("rnn", 1, 1, 1, 64, 65, False, 1, "float32")  # the fused step has BLAS positions only
+    assert set(dispatch.candidates(fused)) == {"loops", "blas", "tiles", "tiles, loops positions"}
 
 
 def test_with_measurement_off_the_rule_decides(fresh_cache, monkeypatch):
