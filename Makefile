@@ -47,6 +47,7 @@ RESULTS ?= docs/benchmarks/$(shell date +%F)
 bench-results: setup
 	mkdir -p $(RESULTS)
 	$(BIN)/python -m benchmarks.throughput --quick --json $(RESULTS)/throughput.json
+	$(BIN)/python -m benchmarks.isa --quick --tiles --json $(RESULTS)/isa.json
 	$(BIN)/python -m benchmarks.sampling --length 500 --repeats 1 --json $(RESULTS)/sampling.json
 	$(BIN)/python -m benchmarks.prepare fastrnn/data/tinyshakespeare.txt --repeats 1 --json $(RESULTS)/prepare.json
 	$(BIN)/python -m benchmarks.train_memory --steps 50 --json $(RESULTS)/train_memory.json
