@@ -121,6 +121,13 @@ class JSONHandler(BaseHTTPRequestHandler):
                 handler()
             except BadRequest as exc:
                 self.send_error(exc.status, str(exc))
+            except MemoryError:
+                self.send_error(503, "not enough memory for this request now; try a smaller one")
+            except Exception as exc:
+                if isinstance(exc, OSError):  # (the connection's: below)
+                    raise
+                self.server.report(self.client_address, exc)  # (a bug: one line, and the client told)
+                self.send_error(500, f"the server failed ({type(exc).__name__}); see its log")
             self.wfile.flush()
         except BadRequest as exc:  # the framing
             self.send_error(exc.status, str(exc))
@@ -302,10 +309,14 @@ class Server(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
-        if isinstance(exc, GONE):
-            return
-        sys.stderr.write(f"fastrnn: serve: a request from {client_address[0]} failed: "
-                         f"{type(exc).__name__}: {exc}\n")
+        if not isinstance(exc, GONE):
+            self.report(client_address, exc)
+
+    def report(self, client_address, exc):
+        """A request that failed (not by its client going away): one line on stderr, never a traceback."""
+        sys.stderr.write(f"fastrnn: serve: a request from {client_address[0]} failed: {type(exc).__name__}: "
+                         f"{exc}\n")
+        sys.stderr.flush()
 
     def server_close(self):
         self.closed.set()

@@ -50,6 +50,7 @@ def server(lstm_run):
     generator = Generator(str(lstm_run), max_length=500, max_body=100_000)
     inspector = Inspector(generator.model, generator.vocab, generator.ckpt, max_values=20_000)
     srv = make_server(generator, "127.0.0.1", 0, timeout=10, inspector=inspector)
+    srv.inspector = inspector
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield srv
     srv.shutdown()
@@ -153,3 +154,16 @@ def test_ranking_without_a_text_reads_the_training_corpus_or_says_why_it_cannot(
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_handler_that_fails_answers_500_and_says_so_in_one_line(server, monkeypatch, capfd):
+    def broken(req):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.inspector, "activations", broken)
+    status, _, data = call(server, "POST", "/activations", {"text": "The"})
+    assert status == 500 and "RuntimeError" in json.loads(data)["error"]
+    err = capfd.readouterr().err
+    assert err.strip().splitlines() == ["fastrnn: serve: a request from 127.0.0.1 failed: RuntimeError: a bug"]
+    monkeypatch.undo()
+    assert call(server, "POST", "/activations", {"text": "The"})[0] == 200  # and the server goes on
