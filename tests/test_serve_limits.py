@@ -94,8 +94,9 @@ def test_a_body_the_server_does_not_read_is_never_run_as_the_next_request(server
                             + chunk)
     assert statuses(data) == [411] and closed and b"chunked" in data
     # a Content-Length and a Transfer-Encoding; two Content-Lengths; one that is not plain digits
-    for headers in (b"Transfer-Encoding: chunked\r\nContent-Length: 14\r\n", b"Content-Length: 14\r\nContent-Length: 0\r\n",
-                    b"Content-Length: +14\r\n", b"Content-Length: 1_4\r\n", b"Content-Length: 14, 14\r\n"):
+    for headers in (b"Transfer-Encoding: chunked\r\nContent-Length: 14\r\n",
+                    b"Content-Length: 14\r\nContent-Length: 0\r\n", b"Content-Length: +14\r\n",
+                    b"Content-Length: 1_4\r\n", b"Content-Length: 14, 14\r\n"):
         data, closed = exchange(server, b"POST /generate HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
                                 + b'{"length": 20}' + GENERATE)
         assert statuses(data) == [400] and closed, (headers, data)

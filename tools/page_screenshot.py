@@ -47,7 +47,8 @@ def main(argv=None):
         # the best unit of the first of quotes, brackets, position in the line that a unit tracks well (as the
         # paper's pictures), else of any property
         tops = {f["name"]: f["units"][0] for f in features if f["units"]}
-        classic = [tops[name] for name in ("quote", "bracket", "line_position") if abs(tops.get(name, (0, 0))[1]) >= 0.5]
+        classic = [tops[name] for name in ("quote", "bracket", "line_position")
+                   if abs(tops.get(name, (0, 0))[1]) >= 0.5]
         args.unit = (classic or [max(tops.values(), key=lambda ur: abs(ur[1]), default=(0, 0))])[0][0]
     query["unit"] = args.unit
     query["rank"] = rank
