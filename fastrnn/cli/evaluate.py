@@ -5,6 +5,7 @@ import os
 
 import click
 
+from fastrnn.cli.types import Finite
 from fastrnn.errors import CheckpointError, ConfigError, CorpusError
 
 BACKENDS = ["numba", "numpy"]
@@ -90,7 +91,7 @@ def evaluate(model_path, sources, split, unknown, encoding, as_json, backend):
               help="Requests generated together, reading the weights once per character for all of them.")
 @click.option("--max-pending", type=click.IntRange(min=0), default=4,
               help="Requests that may wait for the next batch; more get 503.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0,
+@click.option("--timeout", type=Finite(0.1, 3600), default=30.0,
               help="Seconds a client has to send a request (a kept-alive connection to start its next one), and "
                    "that a response write may make no progress, before the connection is closed.")
 @click.option("--max-connections", type=click.IntRange(min=1), default=64,
