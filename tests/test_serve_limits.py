@@ -139,25 +139,36 @@ def test_a_client_has_a_bounded_time_to_send_its_request(server):
     assert http.client.HTTPConnection(*server.server_address[:2], timeout=10).request("GET", "/health") is None
 
 
-def test_past_the_connection_limit_idle_connections_make_room_and_busy_ones_get_503(server):
-    idle = [connect(server) for _ in range(6)]  # the limit, each waiting
-    time.sleep(0.2)
-    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
-    conn.request("GET", "/health")
-    assert conn.getresponse().status == 200  # in the place of the longest idle one
-    conn.close()
-    busy = []
-    for _ in range(6):  # connections in the middle of a request are not idle
-        s = connect(server)
-        s.sendall(b"GET /health HTTP/1.1\r\n")
-        busy.append(s)
-        time.sleep(0.05)
-    data, closed = exchange(server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", wait=3)
-    assert statuses(data) == [503] and closed and b"too many connections" in data
-    for s in idle + busy:
-        s.close()
-    time.sleep(1.5)  # (their threads end; every place is free again)
-    assert len(server.connections) == 0 and server.evicted >= 1 and server.refused >= 1
+def test_past_the_connection_limit_idle_connections_make_room_and_busy_ones_get_503(trained):
+    srv = start(Generator(str(trained), max_length=100), timeout=20.0, max_connections=6)  # (no deadline comes)
+    try:
+        idle = [connect(srv) for _ in range(6)]  # the limit, each waiting
+        time.sleep(0.2)
+        conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200  # in the place of the longest idle one
+        conn.close()
+        busy = []
+        for _ in range(6):  # connections in the middle of a request are not idle: each takes an idle one's place
+            s = connect(srv)
+            s.sendall(b"GET /health HTTP/1.1\r\n")
+            busy.append(s)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and sum(since is None for _, since in srv.connections.values()) \
+                    < len(busy):
+                time.sleep(0.02)
+        data, closed = exchange(srv, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", wait=5)
+        assert statuses(data) == [503] and closed and b"too many connections" in data
+        assert srv.evicted >= 2 and srv.refused == 1
+        for s in idle + busy:
+            s.close()
+        deadline = time.monotonic() + 10
+        while srv.connections and time.monotonic() < deadline:  # (their threads end; every place is free again)
+            time.sleep(0.05)
+        assert not srv.connections
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 @pytest.mark.parametrize("body,fragment", [
