@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RUN    ?= runs/tinyshakespeare
 
-.PHONY: setup run test test-isa bench bench-results clean
+.PHONY: setup run test test-isa browser page-screenshot bench bench-results clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,20 @@ ISA_TESTS ?= tests/test_isa.py tests/test_tiles.py tests/test_kernels.py tests/t
 ISA_SKIP ?=
 test-isa: setup
 	$(BIN)/python -m tools.isa_targets --skip "$(ISA_SKIP)" -- $(BIN)/python -m pytest -q -p no:cacheprovider $(ISA_TESTS)
+
+# Headless Chromium for the test of serve's page (tests/test_page_browser.py skips without it): installed with
+# apt-get when it is missing and this runs as root on Debian; otherwise (or if apt-get fails) a note, not an error.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then echo "chromium: $(CHROMIUM)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+		|| echo "chromium could not be installed: the browser tests will be skipped"; \
+	else echo "no $(CHROMIUM) (apt-get install chromium, as root): the browser tests will be skipped"; fi
+
+# docs/serve-page.png, the README's picture of serve's page: the model `make run` trained, in headless Chromium.
+page-screenshot: setup
+	$(BIN)/python -m tools.page_screenshot $(RUN)/best.h5 --output docs/serve-page.png
 
 bench: setup
 	$(BIN)/python -m benchmarks.throughput --quick

@@ -383,7 +383,12 @@ def step(P, h, token, plan=None):
 
 def probabilities(logits, temperature=1.0, top_k=0, top_p=1.0):
     """Sampling distribution over symbols from logits (V,), in float64."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
+    with np.errstate(over="ignore"):
+        z = np.asarray(logits, dtype=np.float64) / temperature
+    if not np.isfinite(z.max()):  # a temperature so small that logits / temperature overflow: its limit, the most
+        p = np.zeros(z.size)       # probable symbol (as greedy; top-k and top-p always keep it)
+        p[int(np.argmax(logits))] = 1.0
+        return p
     z -= z.max()
     p = np.exp(z)
     if top_k and top_k < p.size:

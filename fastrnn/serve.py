@@ -1,19 +1,25 @@
-"""`fastrnn serve`: a model loaded once, answering generation requests over HTTP (JSON in, JSON or streamed text out).
+"""`fastrnn serve`: a model loaded once, answering generation requests over HTTP (JSON in, JSON or streamed text out),
+and a page to look at what the network learned.
 
+    GET  /           the page (fastrnn/web/index.html): samples as they are generated, neurons over text
     GET  /health     {"status": "ok", "model": {...}, "limits": {...}}
+    GET  /model      the model's description: cell, layers, size, vocabulary, the run it came from, its val loss
     POST /generate   {"prime": "", "length": 200, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": null,
                       "stream": false}
                      -> {"text": prime + sample, "seed": the seed used, "length": characters generated}
                      or, with "stream": true, the text itself (text/plain, chunked), prime first, as it is generated
+    POST /activations, POST /ranking: hidden units over a text (fastrnn.neurons)
 
 Bad requests get a 4xx status and {"error": "..."}: 400 (not JSON, unknown or mistyped fields, values out of
-range, characters outside the vocabulary), 404 (path), 405 (method), 411/413 (body missing or over the limit).
+range, characters outside the vocabulary), 404 (path), 405 (method), 411/413 (body missing or over the limit);
+fastrnn.httpd bounds the rest (headers, time, connections).
 Requests that generate at the same time are drawn together, as `fastrnn sample --num-samples K` draws K samples:
 every weight is read once per character for all of them. One thread runs the batch, 64 characters at a time
 (they go out to each client as they come); between runs, requests that are done or whose client went away leave
 it, and waiting ones join, first come first served, whatever their temperature, top_k and top_p (each stream
 samples with its own). Each request's text is the one it would get alone, given its seed. Up to
-`max_batch` requests generate at once and `max_pending` more wait; beyond that, 503.
+`max_batch` requests generate at once and `max_pending` more wait; beyond that, 503. The generating thread never
+writes to a client: one that stops reading holds only its own connection (until the write timeout ends it).
 """
 
 import collections
@@ -21,22 +27,18 @@ import contextlib
 import json
 import queue
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import math
+import os
 
 import numpy as np
 
 from fastrnn.errors import FastrnnError
+from fastrnn.httpd import BadRequest, JSONHandler, Server  # noqa: F401 (BadRequest: part of this module's API)
 
 CHUNK = 64  # characters per run of the batch: what a streamed response gets at a time, and when requests join
 
 FIELDS = {"prime": str, "length": int, "temperature": (int, float), "top_k": int, "top_p": (int, float),
           "seed": (int, type(None)), "stream": bool}
-
-
-class BadRequest(Exception):
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status = status
 
 
 class Generator:
@@ -48,6 +50,7 @@ class Generator:
         from fastrnn.model import get_backend
 
         self.model, self.vocab, ckpt = load_model(model_path)
+        self.ckpt = ckpt
         if not np.all(np.isfinite(self.model.flat)):
             raise FastrnnError(f"{ckpt.path} holds non-finite parameters (a diverged run); nothing to serve")
         self.backend = get_backend(backend)
@@ -74,12 +77,20 @@ class Generator:
         return {"checkpoint": self.path, "cell": cell, "num_layers": layers, "hidden_size": H,
                 "vocab_size": self.vocab.size}
 
+    def describe(self):
+        """The model's description for GET /model: info(), the vocabulary, the run it came from and its val loss."""
+        state, path = self.ckpt.state, os.path.abspath(self.path)
+        best = state.get("best_val")
+        corpus = state.get("corpus") or None
+        return dict(self.info(), vocab=self.vocab.symbols, level=self.vocab.level, parameters=int(self.model.flat.size),
+                    run=os.path.basename(os.path.dirname(path)), file=os.path.basename(path),
+                    step=state.get("step"), val_loss=best if isinstance(best, (int, float)) and math.isfinite(best)
+                    else None, corpus=os.path.basename(corpus) if corpus else None,
+                    states=["h", "c"] if self.model.model == "lstm" else ["h"])
+
     def parse(self, body):
         """The request's options, checked (BadRequest otherwise)."""
-        try:
-            req = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise BadRequest(400, "the body is not JSON") from None
+        req = parse_json(body)
         if not isinstance(req, dict):
             raise BadRequest(400, "the body must be a JSON object")
         unknown = sorted(set(req) - set(FIELDS))
@@ -90,6 +101,11 @@ class Generator:
                 raise BadRequest(400, f"{name} has the wrong type ({type(value).__name__})")
         opts = dict(prime="", length=200, temperature=1.0, top_k=0, top_p=1.0, seed=None, stream=False)
         opts.update(req)
+        for name in ("temperature", "top_p"):  # (a JSON integer of any size: no float beyond 1.8e308)
+            try:
+                opts[name] = float(opts[name])
+            except OverflowError:
+                raise BadRequest(400, f"{name} is out of range") from None
         if not 0 <= opts["length"] <= self.max_length:
             raise BadRequest(400, f"length must be in [0, {self.max_length}], got {opts['length']}")
         if len(opts["prime"]) > self.max_length:
@@ -225,109 +241,108 @@ class _Request:
         self.start = None  # (h, logits) after the prime
 
 
-def handler_class(generator):
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "fastrnn"
-        protocol_version = "HTTP/1.1"
+def parse_json(body):
+    """A request's JSON body (BadRequest 400 if it is not JSON, or nested too deep to read)."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):  # (ValueError: also an integer of over 4300 digits)
+        raise BadRequest(400, "the body is not JSON") from None
+    except RecursionError:
+        raise BadRequest(400, "the body's JSON is nested too deep") from None
 
-        def log_message(self, fmt, *args):  # quiet: the CLI prints one line per request itself
-            pass
 
-        headers_sent = False
+def handler_class(generator, inspector=None, page=None):
+    """The request handler: generator answers /generate and /health; inspector (a fastrnn.neurons.Inspector)
+    /activations and /ranking, at most `inspector.slots` at once; page: the bytes of the page at /."""
+    from fastrnn.neurons import Inspector
 
-        def _json(self, status, obj):
-            body = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    inspector = inspector or Inspector(generator.model, generator.vocab, generator.ckpt)
+    busy = threading.BoundedSemaphore(getattr(inspector, "slots", 2))  # hidden states computed at once
+    if page is None:
+        from importlib import resources
 
-        def _error(self, status, message):
-            self._json(status, {"error": message})
+        page = resources.files("fastrnn").joinpath("web/index.html").read_bytes()
 
-        def do_GET(self):
-            if self.path == "/health":
-                self._json(200, {"status": "ok", "model": generator.info(),
+    class Handler(JSONHandler):
+        def routes(self):
+            return {("GET", "/"): self._page, ("GET", "/health"): self._health, ("GET", "/model"): self._model,
+                    ("POST", "/generate"): self._post_generate, ("POST", "/activations"): self._activations,
+                    ("POST", "/ranking"): self._ranking}
+
+        def index(self):
+            return "GET / (the page), GET /health, GET /model, POST /generate, /activations or /ranking"
+
+        def _page(self):
+            self.send_bytes(200, page, "text/html; charset=utf-8",
+                            [("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
+                             ("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                                         "script-src 'self' 'unsafe-inline'; img-src 'self' data:")])
+
+        def _health(self):
+            self.send_json(200, {"status": "ok", "model": generator.info(),
                                  "limits": {"max_length": generator.max_length, "max_body": generator.max_body,
-                                            "max_batch": generator.max_batch},
+                                            "max_batch": generator.max_batch, "max_text": inspector.max_text,
+                                            "max_values": inspector.max_values,
+                                            "max_connections": self.server.max_connections,
+                                            "timeout": self.server.timeout_s},
                                  "batches": {"started": generator.batches, "widest": generator.widest}})
-            elif self.path == "/generate":
-                self._error(405, "use POST for /generate")
-            else:
-                self._error(404, f"no such path {self.path}; POST /generate or GET /health")
 
-        def do_POST(self):
-            if self.path != "/generate":
-                self._error(404 if self.path != "/health" else 405, f"no POST at {self.path}; POST /generate")
-                return
-            length = self.headers.get("Content-Length")
-            if length is None:
-                self._error(411, "a Content-Length is required")
-                return
+        def _model(self):
+            self.send_json(200, dict(generator.describe(), max_length=generator.max_length,
+                                     max_text=inspector.max_text, max_values=inspector.max_values))
+
+        def _inspect(self, what):
+            req = parse_json(self.read_body())
+            if not busy.acquire(blocking=False):
+                raise BadRequest(503, "too many requests at once; try again")
             try:
-                length = int(length)
-            except ValueError:
-                self._error(400, "Content-Length is not a number")
-                return
-            if length < 0 or length > generator.max_body:
-                self._error(413, f"the body is over {generator.max_body} bytes")
-                self.close_connection = True
-                return
-            body = self.rfile.read(length)
-            try:
-                opts = generator.parse(body)
-            except BadRequest as exc:
-                self._error(exc.status, str(exc))
-                return
+                answer = what(req)
+            finally:
+                busy.release()
+            self.send_json(200, answer)
+
+        def _activations(self):
+            self._inspect(inspector.activations)
+
+        def _ranking(self):
+            self._inspect(inspector.ranking)
+
+        def _post_generate(self):
+            opts = generator.parse(self.read_body())
             if not generator.slots.acquire(blocking=False):
-                self._error(503, "too many requests at once; try again")
-                return
+                raise BadRequest(503, "too many requests at once; try again")
             try:
                 self._generate(opts)
             except FastrnnError as exc:  # the generating thread failed (the stream, if started, just ends)
                 if self.headers_sent:
                     self.close_connection = True
                 else:
-                    self._error(500, str(exc))
+                    self.send_error(500, str(exc))
             finally:
                 generator.slots.release()
 
         def _generate(self, opts):
             if not opts["stream"]:
                 text = "".join(generator.pieces(opts))
-                self._json(200, {"text": opts["prime"] + text, "seed": opts["seed"], "length": opts["length"]})
+                self.send_json(200, {"text": opts["prime"] + text, "seed": opts["seed"], "length": opts["length"]})
                 return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("X-Seed", str(opts["seed"]))
-            self.end_headers()
-            self.headers_sent = True
+            self.start_chunks("text/plain; charset=utf-8", [("X-Seed", str(opts["seed"])),
+                                                             ("Cache-Control", "no-cache")])
             try:
                 if opts["prime"]:
-                    self._chunk(opts["prime"])
+                    self.chunk(opts["prime"])
                 with contextlib.closing(generator.pieces(opts)) as pieces:
                     for piece in pieces:
-                        self._chunk(piece)
-                self.wfile.write(b"0\r\n\r\n")
-            except (BrokenPipeError, ConnectionResetError):
-                self.close_connection = True  # the client went away: stop generating for it
-
-        def _chunk(self, text):
-            data = text.encode("utf-8")
-            self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
-            self.wfile.flush()
+                        self.chunk(piece)
+                self.end_chunks()
+            except OSError:  # the client went away or stopped reading: stop generating for it
+                self.close_connection = True
 
     return Handler
 
 
-def make_server(generator, host="127.0.0.1", port=8000):
-    """A ThreadingHTTPServer for `generator` (port 0: any free port; server.server_address says which)."""
-    server = _Server((host, port), handler_class(generator))
-    server.daemon_threads = True
-    return server
-
-
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 128  # connections the kernel holds before they are accepted (5 would reset a burst)
+def make_server(generator, host="127.0.0.1", port=8000, timeout=30.0, max_connections=64, inspector=None):
+    """A threading HTTP server for `generator` (port 0: any free port; server.server_address says which), with
+    the limits of fastrnn.httpd."""
+    return Server((host, port), handler_class(generator, inspector), timeout=timeout, max_body=generator.max_body,
+                  max_connections=max_connections)

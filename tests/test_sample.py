@@ -61,6 +61,24 @@ def test_low_temperature_equals_greedy(fitted):
     assert cold == greedy
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_temperature_so_small_that_logits_overflow_samples_the_most_probable_text(fitted, backend):
+    from fastrnn.model import get_backend
+
+    be = get_backend(backend)
+
+    def draw(**options):
+        return list(gen.generate(be, fitted.model.P, fitted.vocab, prime="The ", length=60,
+                                 rng=np.random.default_rng(3), dtype=fitted.model.dtype, **options))
+
+    greedy = draw(greedy=True)
+    for temperature in (1e-320, 5e-324, 1e-300):  # (subnormal: logits / temperature is inf, or -inf, or both)
+        assert draw(temperature=temperature) == greedy
+        assert draw(temperature=temperature, top_k=3, top_p=0.5) == greedy
+    p = gen.probabilities(np.array([-3.0, 2.0, -1.0]), temperature=1e-320)
+    np.testing.assert_array_equal(p, [0, 1, 0])
+
+
 def test_beam_search_is_at_least_as_probable_as_greedy(fitted):
     prime, n = "The cat ", 30
     greedy = fitted.generate(prime, n, greedy=True)

@@ -5,6 +5,7 @@ import os
 
 import click
 
+from fastrnn.cli.types import Finite
 from fastrnn.errors import CheckpointError, ConfigError, CorpusError
 
 BACKENDS = ["numba", "numpy"]
@@ -90,36 +91,49 @@ def evaluate(model_path, sources, split, unknown, encoding, as_json, backend):
               help="Requests generated together, reading the weights once per character for all of them.")
 @click.option("--max-pending", type=click.IntRange(min=0), default=4,
               help="Requests that may wait for the next batch; more get 503.")
+@click.option("--timeout", type=Finite(0.1, 3600), default=30.0,
+              help="Seconds a client has to send a request (a kept-alive connection to start its next one), and "
+                   "that a response write may make no progress, before the connection is closed.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=64,
+              help="Connections open at once (one thread each); past it a new one replaces the longest idle one, "
+                   "or gets 503.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="numba")
-def serve(model_path, host, port, max_length, max_body, max_batch, max_pending, backend):
-    """Load a model once and answer generation requests over HTTP: POST /generate with JSON {prime, length,
-    temperature, top_k, top_p, seed, stream} returns {text, seed, length}, or the text streamed as it is generated
-    with "stream": true; GET /health describes the model. Requests that come together are generated together,
-    whatever their sampling options (each as it would be alone, given its seed). Ctrl-C or SIGTERM stops the
-    server."""
-    import signal
+def serve(model_path, host, port, max_length, max_body, max_batch, max_pending, timeout, max_connections, backend):
+    """Load a model once and answer generation requests over HTTP, with a page at / to watch samples as they are
+    generated and the hidden units over text. POST /generate with JSON {prime, length, temperature, top_k, top_p,
+    seed, stream} returns {text, seed, length}, or the text streamed as it is generated with "stream": true;
+    POST /activations and /ranking give hidden units over a text; GET /model and /health describe the model.
+    Requests that come together are generated together, whatever their sampling options (each as it would be
+    alone, given its seed). Ctrl-C or SIGTERM stops the server (exit status 130 or 143)."""
+    import ipaddress
     import sys
 
+    from fastrnn import httpd
     from fastrnn import serve as srv
 
     generator = srv.Generator(model_path, backend, max_length, max_body, max_pending, max_batch)
     next(generator.pieces(dict(prime="", length=1, temperature=1.0, top_k=0, top_p=1.0, seed=0)), None)  # compile
+    limit = httpd.connection_limit(max_connections)
     try:
-        server = srv.make_server(generator, host, port)
+        server = srv.make_server(generator, host, port, timeout, limit)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    h, p = server.server_address[:2]
-    click.echo(f"serving {generator.path} on http://{h}:{p} (POST /generate, GET /health); Ctrl-C stops", err=True)
-    sys.stderr.flush()
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        click.echo("stopped", err=True)
+        h, p = server.server_address[:2]
+        try:
+            local = ipaddress.ip_address(h).is_loopback
+        except ValueError:
+            local = False
+        if not local:
+            click.echo(f"fastrnn: warning: listening on {h}, not only this machine: anyone who can reach port {p} "
+                       f"can use the server (it has no authentication)", err=True)
+        if limit < max_connections:
+            click.echo(f"fastrnn: warning: --max-connections {max_connections} is over what the open-file limit "
+                       f"allows; {limit} it is (raise it with ulimit -n)", err=True)
+        click.echo(f"serving {generator.path} on http://{h}:{p}/ (the page; POST /generate, GET /health); "
+                   f"Ctrl-C stops", err=True)
+        sys.stderr.flush()
+        server.serve_forever()  # until SIGINT or SIGTERM: the group says so in one line, and exits 130 or 143
     finally:
         server.server_close()
 

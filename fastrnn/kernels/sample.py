@@ -39,17 +39,19 @@ RNN, LSTM, GRU = CELL_CODES["rnn"], CELL_CODES["lstm"], CELL_CODES["gru"]
 def _choose(logits, u, temperature, top_k, top_p, greedy, z):
     """The token drawn from logits (V,) with the uniform number u. z: (V,) float64 scratch."""
     V = logits.shape[0]
-    if greedy:
+    m = -np.inf
+    if not greedy:
+        for j in range(V):
+            z[j] = np.float64(logits[j]) / temperature
+            if z[j] > m:
+                m = z[j]
+    if greedy or not np.isfinite(m):  # (a temperature so small that logits / temperature overflow: its limit,
+        # the most probable symbol, as the NumPy path; top-k and top-p always keep it)
         best = 0
         for j in range(1, V):
             if logits[j] > logits[best]:
                 best = j
         return best
-    m = -np.inf
-    for j in range(V):
-        z[j] = np.float64(logits[j]) / temperature
-        if z[j] > m:
-            m = z[j]
     for j in range(V):
         z[j] = np.exp(z[j] - m)
     if top_k > 0 and top_k < V:
