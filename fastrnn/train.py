@@ -782,10 +782,10 @@ class Run:
         if self.comm.size > 1:
             fits = not self.comm.agree([not fits])[0]
         if not fits and not self.eval_skipped:
-            self.eval_skipped = True
-            self.emit("message", {"text": f"{what} skipped: it takes about "
-                                          f"{self.budget.eval_seconds(self.valset.batches):.1f} s and "
-                                          f"{max(self.budget.left(), 0):.1f} s are left of --max-time"})
+            self.eval_skipped, left = True, self.budget.left()
+            self.emit("message", {"text": f"{what} skipped: " + (
+                f"it takes about {self.budget.eval_seconds(self.valset.batches):.1f} s and {left:.1f} s are left "
+                f"of --max-time" if left > 0 else "--max-time is used up")})
         return fits
 
     def maybe_sample(self):
