@@ -40,7 +40,7 @@ from fastrnn.model import Model, get_backend
 from fastrnn.params import Layout, model_shapes
 from fastrnn.optim import Optimizer, learning_rate
 from fastrnn.sample import generate
-from fastrnn.validation import Scoring, val_set
+from fastrnn.validation import Scoring, keep_tokens, val_set
 
 LOG_NAME = "log.jsonl"
 DEFAULT_MAX_EPOCHS = 10.0  # used when no --max-steps/--max-epochs/--max-time is given
@@ -66,6 +66,8 @@ class RunState:
     best_step: int = -1
     evals_since_best: int = 0
     elapsed: float = 0.0  # seconds of training so far, over all sessions of the run
+    wall_seconds: float = 0.0  # the run's wall clock over its sessions, each from train()'s start to its last
+    # checkpoint: start-up, evaluations and checkpoints included (--max-time counts it)
     rng: dict = dataclasses.field(default_factory=dict)  # numpy bit generator state
     train_tokens: int = 0  # the corpus the run was trained on (checked on resume)
     vocab_size: int = 0
@@ -478,8 +480,9 @@ class Run:
 
     def loop(self):
         config, stop_reason, val_loss = self.config, None, None
-        self.session_start, self.elapsed_at_start = self.started, self.state.elapsed
-        self.budget = TimeBudget(config.max_time, self.elapsed_at_start, self.started,
+        self.session_start, self.elapsed_at_start = time.perf_counter(), self.state.elapsed
+        self.wall_at_start = self.state.wall_seconds or self.state.elapsed  # (a checkpoint without it: training's)
+        self.budget = TimeBudget(config.max_time, self.wall_at_start, self.started,
                                  self.model.flat.nbytes * (1 + len(self.optimizer.state)))
         self.eval_seconds, self.eval_skipped, self.last_eval, self.time_agreed = 0.0, False, None, False
         self.window_start, self.window_steps = time.perf_counter(), 0
@@ -685,9 +688,11 @@ class Run:
         if target is None:
             raise DivergenceError(self.divergence_message(problem))
         scale, rollbacks, elapsed = self.state.lr_scale / 2, self.state.rollbacks + 1, self.state.elapsed
+        wall = self.state.wall_seconds
         run_id = self.state.run_id
         self.restore(target)
         self.state.lr_scale, self.state.rollbacks, self.state.elapsed = scale, rollbacks, elapsed
+        self.state.wall_seconds = wall
         self.state.run_id = run_id  # a legacy target has none
         for path in newer if self.comm.is_root else ():  # first, so that keep_history in save() prunes among
             try:  # this trajectory's only
@@ -769,7 +774,7 @@ class Run:
     def maybe_evaluate(self):
         """The validation loss if this step is an evaluation step (and --max-time leaves time for it), else None."""
         if self.val_stream is not None and self.config.eval_every and self.state.step % self.config.eval_every == 0 \
-                and self.eval_fits(f"the evaluation at step {self.state.step}"):
+                and self.eval_fits(f"the evaluation at step {self.state.step:,}"):
             return self.validate()
         return None
 
@@ -818,7 +823,8 @@ class Run:
             row.update(self.val_fields(val_loss))
         if self.comm.size > 1:  # rank 0's time in the gradient Allreduce, per step of the window
             row["ranks"], row["allreduce_ms"] = self.comm.size, 1e3 * self.allreduce_seconds / max(steps, 1)
-        row["eta"] = _eta(config, state, self.max_steps, seconds / steps if steps else None)
+        row["eta"] = _eta(self.max_steps - state.step, seconds / steps if steps else None,
+                          self.budget.left() if self.budget.limited else None)
         self.log.write(row)
         self.last_row = row
         self.emit("log", dict(row, max_steps=None if self.max_steps == math.inf else self.max_steps))
@@ -843,7 +849,7 @@ class Run:
         if val is None:
             self.eval_stopped_by, state.eval_pending = scoring.stopped_by, not final
             why = "a signal" if scoring.stopped_by == "signal" else "--max-time"
-            self.emit("message", {"text": f"the evaluation at step {state.step} was stopped by {why} after "
+            self.emit("message", {"text": f"the evaluation at step {state.step:,} was stopped by {why} after "
                                           f"{scoring.done:,} of {valset.batches:,} minibatches; " +
                                           ("no val loss for the last step" if final else "a resumed run completes it")})
             return None
@@ -891,18 +897,13 @@ class Run:
         return None, val
 
     def keep_eval_tokens(self):
-        """The val tokens of the run's evaluations: those it started with while --eval-tokens is the same (auto
-        sizes them from --eval-every, which a resumed run may change), else the new ones (said)."""
-        state, valset = self.state, self.valset
-        if valset is None:
-            return
-        mode = str(self.config.eval_tokens)
-        if state.eval_batches and state.eval_tokens == mode:
-            valset.batches = min(state.eval_batches, valset.stream.steps_per_epoch)
-        elif state.eval_batches:
-            self.emit("message", {"text": f"--eval-tokens {mode} (the run had {state.eval_tokens}): evaluations "
-                                          f"from here on score {valset.tokens:,} val tokens, not the earlier ones"})
-        state.eval_tokens, state.eval_batches = mode, valset.batches
+        """The val tokens the run's evaluations scored so far, recorded in its state (validation.keep_tokens)."""
+        if self.valset is not None:
+            state, mode = self.state, str(self.config.eval_tokens)
+            change = keep_tokens(self.valset, mode, state.eval_tokens, state.eval_batches)
+            if change:
+                self.emit("message", {"text": change})
+            state.eval_tokens, state.eval_batches = mode, self.valset.batches
 
     def save(self, path=None):
         """A checkpoint of everything a resumed run needs (RUN_DIR/checkpoint.h5 unless `path`), with whether
@@ -924,8 +925,8 @@ class Run:
             if not comm.is_root:
                 return
         started = time.perf_counter()
-        if hasattr(self, "session_start"):  # the time of evaluations and checkpoints counts as the run's too
-            self.state.elapsed = self.elapsed_at_start + (started - self.session_start)
+        if hasattr(self, "wall_at_start"):
+            self.state.wall_seconds = self.wall_at_start + (started - self.started)
         self.state.rng = self.rng.bit_generator.state
         state = _jsonable(dataclasses.asdict(self.state))
         state["healthy"] = healthy = self.is_healthy()
@@ -1001,13 +1002,14 @@ def saved_step(path):
         return "?"
 
 
-def _eta(config, state, max_steps, seconds_per_step):
-    """Seconds left, from the step limit and the time limit, whichever comes first (None if unbounded)."""
+def _eta(steps_left, seconds_per_step, seconds_left):
+    """Seconds left, from the step limit and the time limit (budget.TimeBudget.left), whichever comes first
+    (None if unbounded)."""
     left = []
-    if max_steps != math.inf and seconds_per_step:
-        left.append((max_steps - state.step) * seconds_per_step)
-    if config.max_time:
-        left.append(max(0.0, config.max_time - state.elapsed))
+    if steps_left != math.inf and seconds_per_step:
+        left.append(steps_left * seconds_per_step)
+    if seconds_left is not None:
+        left.append(max(0.0, seconds_left))
     return min(left) if left else None
 
 

@@ -46,8 +46,8 @@ class ValSet:
         if self.mode == "all" or (self.mode == "auto" and self.batches == s.steps_per_epoch):
             where = "every minibatch of the split"
         elif self.mode == "auto":
-            where = (f"{s.batch_size} windows of {self.batches * s.seq_len:,} tokens spread evenly over the split "
-                     f"({self.batches:,} of its {s.steps_per_epoch:,} minibatches)")
+            where = (f"{s.batch_size} windows of {self.batches * s.seq_len:,} tokens spread evenly over the split, "
+                     f"{self.batches:,} of its {s.steps_per_epoch:,} minibatches")
         else:
             where = f"every minibatch of its first {int(self.mode):,} tokens"
         return (f"validation: {self.tokens:,} of {self.split_tokens:,} val tokens per evaluation, {where} "
@@ -70,6 +70,18 @@ def val_set(tokens, config, check=None, comm=SINGLE):
     if mode == "auto":
         batches = min(batches, max(1, math.ceil(AUTO_SHARE * (config.eval_every or AUTO_EVERY))))
     return ValSet(stream, batches, split_tokens, mode)
+
+
+def keep_tokens(valset, mode, recorded_mode, recorded_batches):
+    """A resumed run's evaluations score the tokens the run's did (`recorded_batches` under --eval-tokens
+    `recorded_mode`; auto sizes them from --eval-every, which a resumed run may change) while --eval-tokens is the
+    same: `valset` is set to them. Returns the sentence to say if --eval-tokens changed, else None."""
+    if recorded_batches and recorded_mode == mode:
+        valset.batches = min(recorded_batches, valset.stream.steps_per_epoch)
+    elif recorded_batches:
+        return (f"--eval-tokens {mode} (the run had {recorded_mode}): evaluations from here on score "
+                f"{valset.tokens:,} val tokens, not the earlier ones")
+    return None
 
 
 class Scoring:
