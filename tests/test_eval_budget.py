@@ -263,3 +263,27 @@ def test_the_printer_shows_an_evaluation_in_progress():
     p("eval", {"step": 1500, "val_loss": 1.5, "best_val": 1.4, "val_tokens": 64_000, "seconds": 7.9})
     assert stream.getvalue().splitlines()[-1] == \
         "eval step 1,500: val loss 1.5000 (best 1.4000) on 64,000 val tokens in 7.9 s"
+
+
+def test_on_a_terminal_an_evaluation_takes_the_status_line():
+    import io
+
+    from fastrnn.progress import CLEAR, Printer
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    now = [100.0]
+    stream = Terminal()
+    p = Printer(stream=stream, clock=lambda: now[0], width=lambda: 200)
+    p("log", {"step": 1500, "max_steps": None, "epoch": 0.01, "loss": 2.5, "chars_per_sec": 1.25e6, "rss_mb": 90.0,
+              "eta": None})
+    now[0] += 1
+    p("evaluating", {"step": 1500, "batches": 10, "of": 40, "tokens": 16_000, "total_tokens": 64_000,
+                     "seconds": 1.0, "eta": 3.0})
+    p("eval", {"step": 1500, "val_loss": 1.5, "best_val": 1.5, "val_tokens": 64_000, "seconds": 4.0})
+    out = stream.getvalue()
+    assert "\rstep 1,500 | epoch 0.01 | loss 2.5000 | 1.25M chars/s | 90 MB" in out
+    assert "\revaluating step 1,500: 16,000/64,000 val tokens (25%) | 1s | ETA 3s" in out
+    assert out.endswith(CLEAR + "eval step 1,500: val loss 1.5000 (best 1.5000) on 64,000 val tokens in 4.0 s\n")
