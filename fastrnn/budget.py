@@ -13,11 +13,11 @@ import time
 
 from fastrnn.validation import EVAL_COST
 
-CHECKPOINT_GUESS = 0.1  # seconds of a checkpoint before one was measured, plus its bytes at CHECKPOINT_RATE
+CHECKPOINT_GUESS = 0.05  # seconds of a checkpoint before one was measured, plus its bytes at CHECKPOINT_RATE
 CHECKPOINT_RATE = 100e6  # bytes/s
 LARGEST_RESERVE = 0.5  # share of --max-time a final evaluation may be kept waiting for
 MARGIN, SLACK = 2.0, 0.5  # the time kept for what follows the next step: MARGIN x its measured cost + SLACK
-# seconds (on a busy machine a phase can take twice its last time: on the 11M-character novels corpus, final
+# seconds, or 5% of --max-time if less (on a busy machine a phase can take twice its last time: on the 11M-character novels corpus, final
 # evaluations kept for with no margin, then with 1.5x + 0.25 s, were stopped at the deadline after 24 and 32 of
 # their 40 minibatches)
 
@@ -71,7 +71,7 @@ class TimeBudget:
             reserve += self.eval_seconds(eval_batches)
         if sampling:
             reserve += self.costs.get("sample", 0.0)
-        return MARGIN * reserve + SLACK >= self.left()
+        return MARGIN * reserve + min(SLACK, 0.05 * self.max_time) >= self.left()
 
     def past_deadline(self):
         """An evaluation in progress must stop: only the final checkpoint's time is left."""

@@ -762,7 +762,8 @@ class Run:
             state.epoch, state.index = state.epoch + 1, 0
         now = time.perf_counter()
         state.elapsed = self.elapsed_at_start + (now - self.session_start)
-        self.budget.measured("step", now - started)
+        if not self.first_step:  # (the first one compiles, or loads, the kernels)
+            self.budget.measured("step", now - started)
         self.window_steps += 1
         if self.first_step:
             self.first_step = False
