@@ -7,10 +7,10 @@ Runs from a checkout (benchmarks/ is not part of the installed package); `--help
 
 The corpus (default: ../shared/data/gutenberg-novels.txt beside the checkout, else the bundled tiny Shakespeare) is
 prepared once into a temporary directory. Each model (cell:layers:hidden) and backend then trains in its own
-`fastrnn train` subprocess with `--max-time BUDGET` (seconds of training, start-up and compilation excluded) and
-the same data, batch, sequence length, optimizer and seed (after a 2-step warm-up run that fills numba's cache,
-so compilation is not charged to the budget); the validation loss is measured once, at the end, on
-the first --eval-tokens tokens of the val split. A row reports the val loss in nats/char and bits/char, the
+`fastrnn train` subprocess with `--max-time BUDGET` (the wall clock of the run: its start-up, training and the
+final evaluation) and the same data, batch, sequence length, optimizer and seed (after a 2-step warm-up run that
+fills numba's cache, so compilation is not charged to the budget); the validation loss is measured once, at the
+end, on the first --eval-tokens tokens of the val split, within the budget. A row reports the val loss in nats/char and bits/char, the
 steps and characters trained, and chars/s. The summary names the model and backend with the best val bits/char.
 """
 

@@ -55,7 +55,8 @@ class TrainConfig:
     # run length
     max_steps: int = 0  # 0: no limit
     max_epochs: float = 0.0  # 0: no limit
-    max_time: float = 0.0  # seconds of training (0: no limit)
+    max_time: float = 0.0  # seconds of wall clock for the whole run, evaluations included (0: no limit); "90s",
+    # "10m", "2h" are read as seconds (parse_duration)
     # numerics and execution
     seed: int = 0
     dtype: str = "float32"
@@ -64,8 +65,9 @@ class TrainConfig:
     threads: int = 0  # 0: all cores
     # monitoring
     log_every: int = 10  # steps between progress lines / log.jsonl rows
-    eval_every: int = 500  # steps between validation passes over the whole val split (0: only at the end)
-    eval_tokens: int = 0  # evaluate on the first this many tokens of the val split (0: all of it)
+    eval_every: int = 500  # steps between validation passes (0: only at the end)
+    eval_tokens: object = "auto"  # which val tokens an evaluation scores: "auto" (a fixed share of the val
+    # streams sized to eval_every: fastrnn.validation), "all" (the whole split) or N (its first N tokens)
     sample_every: int = 0  # steps between printed samples (0: never)
     sample_length: int = 200
     checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
@@ -84,8 +86,16 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def normalize(self):
+        """Options given in another form read as their canonical one: a --max-time with a unit as seconds, an
+        --eval-tokens of 0 (before "all" existed) as "all". Raises ConfigError for a value of neither form."""
+        self.max_time = parse_duration(self.max_time)
+        self.eval_tokens = parse_eval_tokens(self.eval_tokens)
+        return self
+
     def validate(self):
         """Raise ConfigError for options that cannot work."""
+        self.normalize()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, numbers.Real) and not math.isfinite(value):
@@ -137,9 +147,7 @@ class TrainConfig:
             raise ConfigError(f"--init-scale must be positive, got {self.init_scale}")
         for name in ("max_steps", "max_epochs", "max_time", "eval_every", "sample_every", "checkpoint_every",
                      "early_stop_patience", "lr_decay_every", "lr_decay_after", "warmup_steps", "threads",
-                     "divergence_factor",
-                     "eval_tokens",
-                     "keep_checkpoints"):
+                     "divergence_factor", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.on_divergence not in ON_DIVERGENCE:
@@ -176,5 +184,49 @@ RESUME_CHANGEABLE = {
     "eval_tokens",
     "max_rollbacks",
 }
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+EVAL_TOKENS_WORDS = ("auto", "all")
+
+
+def parse_duration(value):
+    """Seconds from a number or a text: "90", "90s", "10m", "2h", "1h30m" (ConfigError otherwise, also for a
+    negative or non-finite value)."""
+    import re
+
+    if isinstance(value, bool):
+        raise ConfigError(f"--max-time must be seconds or a duration such as 90s, 10m or 2h, got {value!r}")
+    if isinstance(value, numbers.Real):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        parts = re.fullmatch(r"((?:\d+(?:\.\d*)?|\.\d+)[hms])+", text)
+        try:
+            seconds = float(text) if parts is None else sum(
+                float(n) * DURATION_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d*)?|\.\d+)([hms])", text))
+        except ValueError:
+            raise ConfigError(f"--max-time must be seconds or a duration such as 90s, 10m or 2h, got "
+                              f"{value!r}") from None
+    if not math.isfinite(seconds):
+        raise ConfigError(f"--max-time must be a finite number, got {value}")
+    if seconds < 0:
+        raise ConfigError(f"--max-time must be >= 0, got {value}")
+    return seconds
+
+
+def parse_eval_tokens(value):
+    """--eval-tokens as "auto", "all" or a positive int (0, its old spelling of "all", reads as "all")."""
+    if isinstance(value, str) and value.strip().lower() in EVAL_TOKENS_WORDS:
+        return value.strip().lower()
+    try:
+        n = int(value) if not isinstance(value, (bool, float)) else None
+    except (TypeError, ValueError):
+        n = None
+    if isinstance(value, float) and value.is_integer():
+        n = int(value)
+    if n is None or n < 0:
+        raise ConfigError(f"--eval-tokens must be auto, all or a number of tokens >= 1, got {value!r}")
+    return "all" if n == 0 else n
+
+
 RESUME_CHANGEABLE_WITH_ALLOW = {"lr", "lr_decay", "lr_decay_every", "lr_decay_after", "lr_schedule", "warmup_steps",
                                 "clip", "max_grad_norm", "momentum"}

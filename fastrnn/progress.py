@@ -5,7 +5,8 @@ sight. On a terminal, one status line is rewritten in place instead (at most eve
 the terminal's width so that it never wraps), and the lines worth keeping (evaluations, samples, messages, the
 summary) scroll above it. Elsewhere (a pipe, a log file, nohup, CI), where a rewritten line would be a mess of
 carriage returns, a plain row is printed every ROW_INTERVAL seconds, and at the first row and every evaluation.
-log.jsonl keeps every --log-every row either way.
+log.jsonl keeps every --log-every row either way. A long evaluation shows its progress and ETA the same way
+('evaluating' events), in place of the training's.
 """
 
 import os
@@ -40,6 +41,7 @@ class Printer:
         self.val = None  # (step, val loss) of the last evaluation, shown with its age
         self.shown = None  # clock time the status line was last drawn (or the last plain row printed)
         self.drawn = False  # the status line is on the screen (a kept line must erase it first)
+        self.evaluated = None  # the step of the last 'evaluating' event (its first one is shown off a terminal)
 
     def __enter__(self):
         return self
@@ -66,9 +68,13 @@ class Printer:
             self.keep(f"first step took {data['seconds']:.2f} s (includes JIT compilation)")
         elif kind == "eval":
             self.val = (data["step"], data["val_loss"])
-            self.keep(f"eval step {data['step']}: val loss {data['val_loss']:.4f} (best {data['best_val']:.4f})")
+            on = f" on {data['val_tokens']:,} val tokens in {data['seconds']:.1f} s" if "val_tokens" in data else ""
+            self.keep(f"eval step {data['step']:,}: val loss {data['val_loss']:.4f} (best {data['best_val']:.4f}){on}")
         elif kind == "log":
             self.progress(data)
+        elif kind == "evaluating":
+            self.show(evaluating(data), first=self.evaluated != data["step"])
+            self.evaluated = data["step"]
         elif kind == "sample":
             self.keep(f"--- sample at step {data['step']} ---\n{data['text']}\n---")
         elif kind == "message":
@@ -77,17 +83,21 @@ class Printer:
     def progress(self, row):
         """A 'log' row. On a terminal the status line is redrawn if LIVE_INTERVAL has passed or a kept line erased
         it; elsewhere a plain row is printed for the first row, an evaluation's, or once row_interval has passed."""
+        self.show(status(row, self.val), first=row.get("val_loss") is not None)
+
+    def show(self, text, first=False):
+        """The status line `text` (on a terminal), or a plain row (elsewhere; at once if `first`)."""
         now = self.clock()
         if self.live:
             if self.drawn and now - self.shown < LIVE_INTERVAL:
                 return
-            text = status(row, self.val)[:max(self.width() - 1, 1)]  # the last column would wrap on some terminals
+            text = text[:max(self.width() - 1, 1)]  # the last column would wrap on some terminals
             click.echo("\r" + text + ERASE, file=self.stream, nl=False)
             self.drawn = True
         else:
-            if self.shown is not None and row.get("val_loss") is None and now - self.shown < self.row_interval:
+            if self.shown is not None and not first and now - self.shown < self.row_interval:
                 return
-            click.echo(status(row, self.val), file=self.stream)
+            click.echo(text, file=self.stream)
         self.shown = now
 
     def keep(self, text):
@@ -105,21 +115,36 @@ class Printer:
 def status(row, val):
     """The progress of a 'log' row in one line: step, epoch, loss, the last val loss and its age, speed, memory,
     ETA."""
-    total = f"/{row['max_steps']}" if row.get("max_steps") else ""
-    fields = [f"step {row['step']}{total}", f"epoch {row['epoch']:.2f}", f"loss {row['loss']:.4f}"]
+    total = f"/{row['max_steps']:,}" if row.get("max_steps") else ""
+    fields = [f"step {row['step']:,}{total}", f"epoch {row['epoch']:.2f}", f"loss {row['loss']:.4f}"]
     if val is not None and val[0] <= row["step"]:  # not an evaluation after the step a rollback went back to
         fields.append(f"val {val[1]:.4f} ({_age(row['step'] - val[0])})")
-    fields.append(f"{row['chars_per_sec'] / 1000:.1f}k chars/s" if row["chars_per_sec"] else "- chars/s")
+    fields.append(f"{count(row['chars_per_sec'])} chars/s" if row["chars_per_sec"] else "- chars/s")
     fields.append(f"{row['rss_mb']:.0f} MB")
     if row.get("eta") is not None:
         fields.append(f"ETA {duration(row['eta'])}")
     return " | ".join(fields)
 
 
+def evaluating(data):
+    """The progress of an 'evaluating' event in one line: the step, the val tokens scored, the time, the ETA."""
+    eta = f" | ETA {duration(data['eta'])}" if data.get("eta") is not None else ""
+    return (f"evaluating step {data['step']:,}: {data['tokens']:,}/{data['total_tokens']:,} val tokens "
+            f"({100 * data['batches'] / data['of']:.0f}%) | {duration(data['seconds'])}{eta}")
+
+
+def count(n):
+    """12.3k, 4.56M, 1.18G: a rate or a size at a glance."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= 0.9995 * size:
+            return f"{n / size:.{max(0, 3 - len(str(int(round(n / size, 1)))))}f}{suffix}"
+    return f"{n:.0f}"
+
+
 def _age(steps):
     if steps == 0:
         return "this step"
-    return f"{steps} step{'s' if steps != 1 else ''} ago"
+    return f"{steps:,} step{'s' if steps != 1 else ''} ago"
 
 
 def start_lines(data):
@@ -133,9 +158,11 @@ def start_lines(data):
         threads = f"{data['ranks']} MPI ranks x {threads}"
     lines = [f"model {m['model']}{layers} H={m['hidden_size']}{drop} V={m['vocab_size']} ({m['parameters']:,} "
              f"parameters, {m['dtype']}), {c['backend']} backend, {threads}, {c['optimizer']} lr {c['lr']:g}; "
-             f"{data['train_tokens']:,} training chars, {data['steps_per_epoch']} steps/epoch of "
+             f"{data['train_tokens']:,} training chars, {data['steps_per_epoch']:,} steps/epoch of "
              f"{c['batch_size']}x{c['seq_len']}{resumed}",
              f"kernels: {data['plan']}"]
+    if data.get("validation"):
+        lines.append(data["validation"])
     if data.get("init_from") and data["resumed_from"] is None:
         lines.append(f"initialised from {data['init_from']}")
     return lines
@@ -144,16 +171,23 @@ def start_lines(data):
 def summary_lines(data):
     """The done line of an 'end' event, and the best evaluation's if there was one."""
     val = f", val loss {data['val_loss']:.4f}" if data.get("val_loss") is not None else ""
-    lines = [f"done: step {data['step']}, epoch {data['epoch']:.2f}, train loss {data['loss']:.4f}{val} "
-             f"({data['stop_reason']}); checkpoint {data['checkpoint']}"]
+    took = ""
+    if data.get("eval_seconds") and data.get("session_seconds"):
+        took = (f" after {duration(data['session_seconds'])}, {data['eval_seconds']:.1f} s of it in evaluations "
+                f"({100 * data['eval_seconds'] / data['session_seconds']:.1f}%)")
+    lines = [f"done: step {data['step']:,}, epoch {data['epoch']:.2f}, train loss {data['loss']:.4f}{val} "
+             f"({data['stop_reason']}{took}); checkpoint {data['checkpoint']}"]
     if data.get("best_val") is not None:
-        lines.append(f"best: val loss {data['best_val']:.4f} at step {data['best_step']}; {data['best_checkpoint']}")
+        lines.append(f"best: val loss {data['best_val']:.4f} at step {data['best_step']:,}; "
+                     f"{data['best_checkpoint']}")
     return lines
 
 
 def duration(seconds):
-    """3s, 4m05s, 2h07m."""
+    """3s, 4m05s, 2h07m, 3d04h."""
     seconds = int(round(seconds))
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     if seconds >= 60:

@@ -84,7 +84,9 @@ def show(d, echo):
     echo(f"model           {m['cell']} x {m['num_layers']}, hidden {m['hidden_size']}, vocabulary {m['vocab_size']} "
          f"({m['level']}), {m['parameters']:,} parameters, {m['dtype']}"
          + (f", dropout {m['dropout']}" if m.get("dropout") else ""))
-    echo(f"trained         step {t['step']:,} (epochs completed: {t['epoch']}), {t['seconds'] or 0:.0f} s; "
+    from fastrnn.progress import duration
+
+    echo(f"trained         step {t['step']:,} (epochs completed: {t['epoch']:,}), {duration(t['seconds'] or 0)}; "
          f"{t['optimizer']} lr {t['lr']}, batch {t['batch_size']} x {t['seq_len']}, seed {t['seed']}")
     if t.get("loss") is not None:
         echo(f"train loss      {t['loss']:.4f} (smoothed)")

@@ -5,7 +5,8 @@
     start       the resolved configuration, model and data sizes
     compiled    seconds taken by the first step (includes JIT compilation), excluded from chars/s
     log         a progress row (also appended to RUN_DIR/log.jsonl): step, epoch, loss, chars_per_sec, rss_mb, ...
-    eval        a validation loss
+    evaluating  how far a running evaluation is (at most every validation.PROGRESS_INTERVAL seconds), with its ETA
+    eval        a validation loss, and how many val tokens it was computed on
     sample      a short generated text
     checkpoint  a checkpoint written
     message     a line for the user
@@ -28,6 +29,7 @@ import psutil
 
 from fastrnn import checkpoint as ckpt_io
 from fastrnn import rundir
+from fastrnn.budget import TimeBudget
 from fastrnn.distributed import SINGLE, digest
 from fastrnn.config import DEFAULT_LR, RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW, TrainConfig
 from fastrnn.corpus import BatchStream, Vocab, open_corpus
@@ -38,6 +40,7 @@ from fastrnn.model import Model, get_backend
 from fastrnn.params import Layout, model_shapes
 from fastrnn.optim import Optimizer, learning_rate
 from fastrnn.sample import generate
+from fastrnn.validation import Scoring, keep_tokens, val_set
 
 LOG_NAME = "log.jsonl"
 DEFAULT_MAX_EPOCHS = 10.0  # used when no --max-steps/--max-epochs/--max-time is given
@@ -63,6 +66,8 @@ class RunState:
     best_step: int = -1
     evals_since_best: int = 0
     elapsed: float = 0.0  # seconds of training so far, over all sessions of the run
+    wall_seconds: float = 0.0  # the run's wall clock over its sessions, each from train()'s start to its last
+    # checkpoint: start-up, evaluations and checkpoints included (--max-time counts it)
     rng: dict = dataclasses.field(default_factory=dict)  # numpy bit generator state
     train_tokens: int = 0  # the corpus the run was trained on (checked on resume)
     vocab_size: int = 0
@@ -75,6 +80,10 @@ class RunState:
     corpus: str = ""  # the corpus file the run was started on (absolute path)
     init_from: str = ""  # the checkpoint a fine-tuning run (--init-from) took its parameters from, and its step
     ranks: int = 1  # the MPI ranks of the session that wrote the checkpoint (data-parallel training)
+    eval_tokens: str = ""  # the --eval-tokens the run's evaluations were sized with, and their minibatches: a
+    eval_batches: int = 0  # resumed run scores the same val tokens (also with another --eval-every)
+    eval_pending: bool = False  # the evaluation of this step was stopped (a signal, --max-time): resuming runs it,
+    pending_row: dict = dataclasses.field(default_factory=dict)  # and completes this log row with its val loss
 
 
 RUNSTATE_FIELDS = {f.name for f in dataclasses.fields(RunState)}
@@ -136,7 +145,7 @@ def resolve_config(overrides, saved=None, allow_change=False):
         if "lr" not in values:
             values["lr"] = DEFAULT_LR[values.get("optimizer", TrainConfig.optimizer)] \
                 if values.get("optimizer", TrainConfig.optimizer) in DEFAULT_LR else TrainConfig.lr
-        config = TrainConfig(**values)
+        config = TrainConfig(**values).normalize()
         if not (config.max_steps or config.max_epochs or config.max_time):
             config.max_epochs = DEFAULT_MAX_EPOCHS
         return config.validate()
@@ -154,36 +163,6 @@ def resolve_config(overrides, saved=None, allow_change=False):
             raise ConfigError(f"{flag} {value} differs from the checkpoint ({old}); a resumed run keeps the model, "
                               f"data and numerics it started with")
     return config.validate()
-
-
-def evaluate(backend, model, stream, plan=None, comm=SINGLE):
-    """Mean loss in nats/char over the whole split of `stream`, hidden state carried from zero; plan: the
-    backend's plan for the stream's shape (None: made by the backend). With several ranks each scores its block
-    of the streams (`stream.rows`) and the sums are reduced: every rank returns the loss of all the streams."""
-    lo, hi = comm.rows(stream.batch_size)
-    h = model.zero_state(hi - lo)
-    total = 0.0
-    for index in range(stream.steps_per_epoch if hi > lo else 0):
-        x, y = stream.batch(0, index)
-        loss, h = backend.forward_loss(model.P, x, y, h, plan=plan)
-        total += loss
-    if comm.size == 1:
-        return total / stream.steps_per_epoch
-    share = np.array([total * (hi - lo) / stream.batch_size])
-    comm.allreduce(share)
-    return float(share[0]) / stream.steps_per_epoch
-
-
-def _eval_stream(tokens, config, check=None, comm=SINGLE):
-    """A batch stream over the val split (its first --eval-tokens tokens if set): the training batch size, or
-    fewer streams if the split is small (this rank's block of them)."""
-    if config.eval_tokens:
-        tokens = tokens[: config.eval_tokens]
-    n = min(config.batch_size, (len(tokens) - 1) // config.seq_len)
-    if n <= 0:
-        return None
-    return BatchStream(tokens, n, config.seq_len, name="val", check=check, rows=comm.rows(n) if comm.size > 1
-                       else None)
 
 
 class _NoLog:
@@ -296,6 +275,7 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
 
     The session holds an exclusive lock on run_dir (rundir.RunLock): a second writer is refused.
     """
+    started = time.perf_counter()  # --max-time counts from here
     emit = on_event if on_event is not None and comm.is_root else (lambda kind, data: None)
     run_dir = os.fspath(run_dir)
     with contextlib.ExitStack() as held:
@@ -308,7 +288,8 @@ def train(corpus_path, run_dir, overrides=None, *, resume=False, allow_change=Fa
         except FastrnnError as exc:
             failure = exc
         comm.first_error(failure)
-        return _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from, comm)
+        return _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from, comm,
+                             started)
 
 
 def _parent(init_from, overrides, resume):
@@ -337,7 +318,8 @@ def _parent(init_from, overrides, resume):
     return parent, overrides
 
 
-def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from=None, comm=SINGLE):
+def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, emit, init_from=None, comm=SINGLE,
+                  started=None):
     """train(), with the run directory's lock held (by rank 0)."""
     failure = saved = parent = config = None
     try:
@@ -351,7 +333,7 @@ def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, 
     with contextlib.ExitStack() as opened:
         try:
             corpus = opened.enter_context(open_corpus(corpus_path))
-            run = Run(config, corpus, corpus_path, run_dir, saved, emit, parent, comm)
+            run = Run(config, corpus, corpus_path, run_dir, saved, emit, parent, comm, started)
         except FastrnnError as exc:
             failure = exc
         comm.first_error(failure)  # a rank that cannot start stops them all, with its reason
@@ -390,8 +372,10 @@ def _session_inputs(run_dir, overrides, resume, allow_change, force, emit, init_
 class Run:
     """One session of a run: the model, optimizer, data and counters, and the phases of the training loop."""
 
-    def __init__(self, config, corpus, corpus_path, run_dir, saved, emit, parent=None, comm=SINGLE):
+    def __init__(self, config, corpus, corpus_path, run_dir, saved, emit, parent=None, comm=SINGLE, started=None):
+        """started: the session's start on time.perf_counter (--max-time counts from it); None: now."""
         self.config, self.corpus, self.run_dir, self.emit, self.comm = config, corpus, run_dir, emit, comm
+        self.started = time.perf_counter() if started is None else started
         self.ckpt_path = os.path.join(run_dir, ckpt_io.CHECKPOINT_NAME)
         self.vocab = corpus.vocab
         train_tokens = corpus.split("train")
@@ -405,7 +389,8 @@ class Run:
         self.stream = BatchStream(train_tokens, config.batch_size, config.seq_len, name="train",
                                   shuffle=config.shuffle, seed=config.seed, check=corpus.checker("train"),
                                   rows=self.rows if comm.size > 1 else None)
-        self.val_stream = _eval_stream(corpus.split("val"), config, corpus.checker("val"), comm)
+        self.valset = val_set(corpus.split("val"), config, corpus.checker("val"), comm)
+        self.val_stream = None if self.valset is None else self.valset.stream
         # unprimed samples start from a state warmed on real text (the start of the val split, else of train), not
         # from a zero state fed a newline, which training never sees; kept in every checkpoint for `fastrnn sample`
         warm = "val" if len(corpus.split("val")) >= 2 else "train"
@@ -449,6 +434,7 @@ class Run:
             self.h = self.model.zero_state(self.rows[1] - self.rows[0])  # (N, S): this rank's streams
         else:
             self.restore(saved)
+        self.keep_eval_tokens()
         # a run from before run ids gets one now; its checkpoints and rows without an id are its own
         self.legacy_id = not self.state.run_id
         if self.legacy_id:
@@ -471,6 +457,8 @@ class Run:
         emit("start", {"config": config.to_dict(), "model": self.model.describe(), "steps_per_epoch": self.spe,
                        "train_tokens": len(train_tokens),
                        "val_streams": self.val_stream.batch_size if self.val_stream else 0, "threads": self.threads,
+                       "val_tokens": self.valset.tokens if self.valset else 0,
+                       "validation": self.valset.describe() if self.valset else None,
                        "plan": self.plan.describe(), "resumed_from": self.state.step if saved else None,
                        "run_id": self.state.run_id, "init_from": self.state.init_from or None, "ranks": comm.size,
                        "max_steps": None if self.max_steps == math.inf else self.max_steps})
@@ -493,6 +481,10 @@ class Run:
     def loop(self):
         config, stop_reason, val_loss = self.config, None, None
         self.session_start, self.elapsed_at_start = time.perf_counter(), self.state.elapsed
+        self.wall_at_start = self.state.wall_seconds or self.state.elapsed  # (a checkpoint without it: training's)
+        self.budget = TimeBudget(config.max_time, self.wall_at_start, self.started,
+                                 self.model.flat.nbytes * (1 + len(self.optimizer.state)))
+        self.eval_seconds, self.eval_skipped, self.last_eval, self.time_agreed = 0.0, False, None, False
         self.window_start, self.window_steps = time.perf_counter(), 0
         self.first_step = True
         announced = False  # the "compiling" event was emitted: once, also if the first step is rolled back
@@ -504,7 +496,10 @@ class Run:
             self.save()  # the initial parameters: a healthy point to roll back to before the first checkpoint
         # overflow/NaN warnings of the numpy backend would add lines to the one a divergence ends with
         with StopFlag() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            while True:
+            self.stop = stop
+            if self.state.eval_pending:  # the evaluation a signal or --max-time stopped, before the next step
+                stop_reason, val_loss = self.complete_pending_eval()
+            while stop_reason is None:
                 # limits: the step, epoch and time limits end the run before the next step
                 stop_reason = self.limit_reached()
                 if stop_reason:
@@ -524,6 +519,10 @@ class Run:
                 try:
                     # evaluate and sample at their intervals
                     val_loss = self.maybe_evaluate()
+                    if self.state.eval_pending:  # stopped: the step's row is written, a resumed run completes it
+                        self.write_log_row(loss, norm, None, now)
+                        self.state.pending_row, stop_reason = self.last_row, self.eval_stopped_by
+                        break
                     self.maybe_sample()
                     # log a progress row, write a checkpoint at their intervals
                     self.maybe_log(loss, norm, val_loss, now)
@@ -540,20 +539,7 @@ class Run:
                 if self.agree_signal(stop) is not None:
                     stop_reason = "signal"
                     break
-            # finish: a last evaluation (unless interrupted) and checkpoint
-            try:
-                final_val = None
-                if stop_reason != "signal" and self.val_stream is not None and val_loss is None:
-                    val_loss = final_val = self.validate()
-                # the last step and the final evaluation always reach log.jsonl (for plots and `info`)
-                if last is not None and self.state.step != self.logged_step:
-                    self.write_log_row(*last, final_val, time.perf_counter())
-                elif final_val is not None and self.last_row is not None:  # the last row gains its val loss
-                    self.log.truncate_after(self.state.step - 1)
-                    self.log.write(dict(self.last_row, val_loss=final_val))
-                self.save()
-            except _NonFinite as exc:
-                raise DivergenceError(self.divergence_message(str(exc))) from None
+            val_loss = self.finish(stop_reason, val_loss, last)
             signum = self.signum if self.comm.size > 1 else stop.signum
         state = self.state
         summary = {"step": state.step, "epoch": state.epoch + state.index / self.spe, "stop_reason": stop_reason,
@@ -562,9 +548,29 @@ class Run:
                    math.isfinite(state.best_val) else None, "best_checkpoint": os.path.join(
                        self.run_dir, ckpt_io.BEST_NAME) if math.isfinite(state.best_val) else None,
                    "checkpoint": self.ckpt_path,
-                   "elapsed": state.elapsed, "signal": signum}
+                   "elapsed": state.elapsed, "eval_seconds": self.eval_seconds,
+                   "session_seconds": time.perf_counter() - self.started, "signal": signum}
         self.emit("end", summary)
         return summary
+
+    def finish(self, stop_reason, val_loss, last):
+        """A last evaluation (unless a signal stopped the run, the last step evaluated or no time is left for it),
+        the last step's row in log.jsonl, the final checkpoint. Returns the val loss of the last step."""
+        try:
+            final_val = None
+            if stop_reason != "signal" and self.val_stream is not None and val_loss is None \
+                    and not self.state.eval_pending and self.eval_fits("the final evaluation"):
+                val_loss = final_val = self.validate(final=True)
+            # the last step and the final evaluation always reach log.jsonl (for plots and `info`)
+            if last is not None and self.state.step != self.logged_step:
+                self.write_log_row(*last, final_val, time.perf_counter())
+            elif final_val is not None and self.last_row is not None:  # the last row gains its val loss
+                self.log.truncate_after(self.state.step - 1)
+                self.log.write(dict(self.last_row, **self.val_fields(final_val)))
+            self.save()
+        except _NonFinite as exc:
+            raise DivergenceError(self.divergence_message(str(exc))) from None
+        return val_loss
 
     # ---------------------------------------------------------------------------------------------- phases
 
@@ -573,18 +579,22 @@ class Run:
         if self.state.step >= self.max_steps:
             return "max_steps" if self.config.max_steps and self.state.step >= self.config.max_steps \
                 else "max_epochs"
-        if self.config.max_time and self.state.elapsed >= self.config.max_time:
+        if self.time_agreed if self.comm.size > 1 else self.time_up():
             return "max_time"
         return None
 
+    def time_up(self):
+        """--max-time leaves no time for another step and what may follow it (budget.TimeBudget.time_up)."""
+        return self.budget.time_up(self.valset.batches if self.valset else 0, bool(self.config.sample_every))
+
     def agree_signal(self, stop):
         """The signal that stops the run at this step boundary (or None): this process's, or, with several ranks,
-        the one any rank received; the ranks also agree on the elapsed time (the slowest clock), so that
-        --max-time ends them all at the same step."""
+        the one any rank received; the ranks also agree on the elapsed time (the slowest clock) and on whether
+        --max-time leaves time for another step (any rank's no), so that it ends them all at the same step."""
         if self.comm.size == 1:
             return stop.signum
-        signum, elapsed = self.comm.agree([stop.signum or 0, self.state.elapsed])
-        self.state.elapsed = float(elapsed)
+        signum, elapsed, late = self.comm.agree([stop.signum or 0, self.state.elapsed, self.time_up()])
+        self.state.elapsed, self.time_agreed = float(elapsed), bool(late)
         self.signum = int(signum) or None
         return self.signum
 
@@ -678,9 +688,11 @@ class Run:
         if target is None:
             raise DivergenceError(self.divergence_message(problem))
         scale, rollbacks, elapsed = self.state.lr_scale / 2, self.state.rollbacks + 1, self.state.elapsed
+        wall = self.state.wall_seconds
         run_id = self.state.run_id
         self.restore(target)
         self.state.lr_scale, self.state.rollbacks, self.state.elapsed = scale, rollbacks, elapsed
+        self.state.wall_seconds = wall
         self.state.run_id = run_id  # a legacy target has none
         for path in newer if self.comm.is_root else ():  # first, so that keep_history in save() prunes among
             try:  # this trajectory's only
@@ -750,6 +762,8 @@ class Run:
             state.epoch, state.index = state.epoch + 1, 0
         now = time.perf_counter()
         state.elapsed = self.elapsed_at_start + (now - self.session_start)
+        if not self.first_step:  # (the first one compiles, or loads, the kernels)
+            self.budget.measured("step", now - started)
         self.window_steps += 1
         if self.first_step:
             self.first_step = False
@@ -759,17 +773,35 @@ class Run:
         return now
 
     def maybe_evaluate(self):
-        """The validation loss if this step is an evaluation step, else None."""
-        if self.val_stream is not None and self.config.eval_every and self.state.step % self.config.eval_every == 0:
+        """The validation loss if this step is an evaluation step (and --max-time leaves time for it), else None."""
+        if self.val_stream is not None and self.config.eval_every and self.state.step % self.config.eval_every == 0 \
+                and self.eval_fits(f"the evaluation at step {self.state.step:,}"):
             return self.validate()
         return None
 
+    def eval_fits(self, what):
+        """An evaluation fits in what --max-time leaves (budget.TimeBudget.eval_fits; any rank's no is every
+        rank's); if not, `what` is skipped (the first skip of the session is said)."""
+        if not self.budget.limited:
+            return True
+        fits = self.budget.eval_fits(self.valset.batches)
+        if self.comm.size > 1:
+            fits = not self.comm.agree([not fits])[0]
+        if not fits and not self.eval_skipped:
+            self.eval_skipped, left = True, self.budget.left()
+            self.emit("message", {"text": f"{what} skipped: " + (
+                f"it takes about {self.budget.eval_seconds(self.valset.batches):.1f} s and {left:.1f} s are left "
+                f"of --max-time" if left > 0 else "--max-time is used up")})
+        return fits
+
     def maybe_sample(self):
         if self.comm.is_root and self.config.sample_every and self.state.step % self.config.sample_every == 0:
+            started = time.perf_counter()
             srng = np.random.default_rng([self.config.seed, self.state.step])
             ids = list(generate(self.backend, self.model.P, self.vocab, length=self.config.sample_length, rng=srng,
                                 dtype=self.model.dtype, warmup=self.warmup))
             self.emit("sample", {"step": self.state.step, "text": self.vocab.decode(np.array(ids, dtype=np.int32))})
+            self.budget.measured("sample", time.perf_counter() - started)
 
     def maybe_log(self, loss, norm, val_loss, now):
         """A progress row (log.jsonl and the 'log' event) every --log-every steps and at every evaluation."""
@@ -789,10 +821,11 @@ class Run:
                "grad_norm": norm, "chars_per_sec": cps,
                "rss_mb": psutil.Process().memory_info().rss / 2**20, "elapsed": state.elapsed}
         if val_loss is not None:
-            row["val_loss"] = val_loss
+            row.update(self.val_fields(val_loss))
         if self.comm.size > 1:  # rank 0's time in the gradient Allreduce, per step of the window
             row["ranks"], row["allreduce_ms"] = self.comm.size, 1e3 * self.allreduce_seconds / max(steps, 1)
-        row["eta"] = _eta(config, state, self.max_steps, seconds / steps if steps else None)
+        row["eta"] = _eta(self.max_steps - state.step, seconds / steps if steps else None,
+                          self.budget.left() if self.budget.limited else None)
         self.log.write(row)
         self.last_row = row
         self.emit("log", dict(row, max_steps=None if self.max_steps == math.inf else self.max_steps))
@@ -805,17 +838,73 @@ class Run:
 
     # ---------------------------------------------------------------------------------- state in and out
 
-    def validate(self):
-        """The validation loss; keeps best.h5 and the early-stop count."""
-        state = self.state
-        val = evaluate(self.backend, self.model, self.val_stream, self.eval_plan, self.comm)
+    def validate(self, final=False):
+        """The validation loss, or None if a signal or --max-time stopped the evaluation (a periodic one is then
+        pending: a resumed run completes it before its first step); keeps best.h5 and the early-stop count."""
+        state, valset = self.state, self.valset
+        scoring = Scoring(valset, state.step, self.emit)
+        val = scoring.score(self.backend, self.model, self.eval_plan, self.comm, self.eval_stop)
+        self.eval_seconds += scoring.seconds
+        if scoring.seconds_per_batch is not None:
+            self.budget.measured("eval_batch", scoring.seconds_per_batch)
+        if val is None:
+            self.eval_stopped_by, state.eval_pending = scoring.stopped_by, not final
+            why = "a signal" if scoring.stopped_by == "signal" else "--max-time"
+            self.emit("message", {"text": f"the evaluation at step {state.step:,} was stopped by {why} after "
+                                          f"{scoring.done:,} of {valset.batches:,} minibatches; " +
+                                          ("no val loss for the last step" if final else "a resumed run completes it")})
+            return None
+        self.last_eval = {"val_tokens": valset.tokens, "eval_seconds": scoring.seconds}
         if val < state.best_val:
             state.best_val, state.best_step, state.evals_since_best = val, state.step, 0
             self.save(os.path.join(self.run_dir, ckpt_io.BEST_NAME))
         else:
             state.evals_since_best += 1
-        self.emit("eval", {"step": state.step, "val_loss": val, "best_val": state.best_val})
+        self.emit("eval", {"step": state.step, "val_loss": val, "best_val": state.best_val,
+                           "val_tokens": valset.tokens, "seconds": scoring.seconds})
         return val
+
+    def val_fields(self, val):
+        """The fields of a log row with a val loss: the loss, the val tokens it was computed on, the seconds."""
+        return {"val_loss": val, "val_tokens": self.last_eval["val_tokens"],
+                "eval_seconds": round(self.last_eval["eval_seconds"], 4)}
+
+    def eval_stop(self):
+        """Why a running evaluation stops before its next minibatch: "signal", "max_time" (only the final
+        checkpoint's time is left), the same on every rank; None: it goes on."""
+        self.stop.check()  # a second signal swallowed by a finalizer
+        signum, late = self.stop.signum, self.budget.past_deadline()
+        if self.comm.size > 1:
+            signum, late = self.comm.agree([signum or 0, late])
+            signum = self.signum = int(signum) or None
+        return "signal" if signum is not None else "max_time" if late else None
+
+    def complete_pending_eval(self):
+        """The evaluation of the checkpoint's step that a signal or --max-time stopped, before the next step, as
+        the run would have done uninterrupted: its log row gains the val loss. Returns (a stop reason or None,
+        the val loss or None)."""
+        state, config = self.state, self.config
+        val = self.validate() if self.valset is not None else None
+        if val is None and self.valset is not None:
+            return self.eval_stopped_by, None
+        state.eval_pending = False
+        if state.pending_row and val is not None:
+            self.log.truncate_after(state.step - 1)
+            self.last_row = dict(state.pending_row, **self.val_fields(val))
+            self.log.write(self.last_row)
+        state.pending_row = {}
+        if config.early_stop_patience and val is not None and state.evals_since_best >= config.early_stop_patience:
+            return "early_stop", val
+        return None, val
+
+    def keep_eval_tokens(self):
+        """The val tokens the run's evaluations scored so far, recorded in its state (validation.keep_tokens)."""
+        if self.valset is not None:
+            state, mode = self.state, str(self.config.eval_tokens)
+            change = keep_tokens(self.valset, mode, state.eval_tokens, state.eval_batches)
+            if change:
+                self.emit("message", {"text": change})
+            state.eval_tokens, state.eval_batches = mode, self.valset.batches
 
     def save(self, path=None):
         """A checkpoint of everything a resumed run needs (RUN_DIR/checkpoint.h5 unless `path`), with whether
@@ -836,6 +925,9 @@ class Run:
             hidden = comm.gather_rows(self.h, self.config.batch_size)
             if not comm.is_root:
                 return
+        started = time.perf_counter()
+        if hasattr(self, "wall_at_start"):
+            self.state.wall_seconds = self.wall_at_start + (started - self.started)
         self.state.rng = self.rng.bit_generator.state
         state = _jsonable(dataclasses.asdict(self.state))
         state["healthy"] = healthy = self.is_healthy()
@@ -855,6 +947,8 @@ class Run:
                     pass
         if path == self.ckpt_path and self.config.keep_checkpoints > 1:
             ckpt_io.keep_history(self.run_dir, self.state.step, self.config.keep_checkpoints)
+        if hasattr(self, "budget"):
+            self.budget.measured("checkpoint", time.perf_counter() - started)
         self.emit("checkpoint", {"step": self.state.step, "path": path})
 
     def is_healthy(self):
@@ -909,13 +1003,14 @@ def saved_step(path):
         return "?"
 
 
-def _eta(config, state, max_steps, seconds_per_step):
-    """Seconds left, from the step limit and the time limit, whichever comes first (None if unbounded)."""
+def _eta(steps_left, seconds_per_step, seconds_left):
+    """Seconds left, from the step limit and the time limit (budget.TimeBudget.left), whichever comes first
+    (None if unbounded)."""
     left = []
-    if max_steps != math.inf and seconds_per_step:
-        left.append((max_steps - state.step) * seconds_per_step)
-    if config.max_time:
-        left.append(max(0.0, config.max_time - state.elapsed))
+    if steps_left != math.inf and seconds_per_step:
+        left.append(steps_left * seconds_per_step)
+    if seconds_left is not None:
+        left.append(max(0.0, seconds_left))
     return min(left) if left else None
 
 

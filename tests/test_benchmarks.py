@@ -286,7 +286,8 @@ def test_time_to_quality_trains_each_model_for_its_budget(tmp_path):
     data = json.loads(out.read_text())
     assert [(row["model"], row["hidden"]) for row in data["rows"]] == [("rnn", 16), ("lstm", 8)]
     for row in data["rows"]:
-        assert math.isfinite(row["val_bpc"]) and row["steps"] > 0 and row["train_seconds"] >= 1.5
+        # --max-time is the run's wall clock: training and the final evaluation fit in the budget
+        assert math.isfinite(row["val_bpc"]) and row["steps"] > 10 and 0 < row["train_seconds"] <= 1.5
         assert abs(row["val_bpc"] - row["val_loss"] / math.log(2)) < 1e-9
     assert data["best"]["val_bpc"] == min(row["val_bpc"] for row in data["rows"])
 

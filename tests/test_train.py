@@ -178,12 +178,15 @@ def test_rollback_on_divergence_halves_the_learning_rate(small_corpus, tmp_path)
 
 def test_eval_tokens_caps_the_validation_pass(small_corpus, tmp_path):
     from fastrnn.corpus import open_corpus
-    from fastrnn.train import _eval_stream, resolve_config
+    from fastrnn.train import resolve_config
+    from fastrnn.validation import val_set
 
     with open_corpus(small_corpus) as c:
-        full = _eval_stream(c.split("val"), resolve_config(dict(SMALL)))
-        capped = _eval_stream(c.split("val"), resolve_config(dict(SMALL, eval_tokens=201)))
-    assert capped.steps_per_epoch * capped.batch_size * 10 <= 200 < full.steps_per_epoch * full.batch_size * 10
+        full = val_set(c.split("val"), resolve_config(dict(SMALL, eval_tokens="all")))
+        capped = val_set(c.split("val"), resolve_config(dict(SMALL, eval_tokens=201)))
+    assert capped.batches == capped.stream.steps_per_epoch and full.batches == full.stream.steps_per_epoch
+    assert capped.tokens <= 200 < full.tokens
+    assert capped.stream.tokens.size == 201  # the first 201 tokens of the split
     summary = train(small_corpus, tmp_path / "r", dict(SMALL, max_steps=3, eval_tokens=201))
     assert summary["val_loss"] is not None and math.isfinite(summary["val_loss"])
 

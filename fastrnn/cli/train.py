@@ -8,7 +8,7 @@ import click
 
 from fastrnn.checkpoint import CHECKPOINT_NAME
 from fastrnn.cli import EXIT_SIGNAL, no_news  # (defined before fastrnn.cli imports its commands)
-from fastrnn.cli.types import SEED, Finite
+from fastrnn.cli.types import SEED, Duration, EvalTokens, Finite
 from fastrnn.errors import ConfigError
 from fastrnn.config import (BACKENDS, DTYPES, PRECISIONS, INITS, LR_SCHEDULES, MODELS, ON_DIVERGENCE, OPTIMIZERS,
                             TrainConfig)
@@ -77,8 +77,10 @@ def _train_options(f):
                      "updates (0: no limit). With no step, epoch or time limit a run stops after 10 epochs."),
         click.option("--max-epochs", type=Finite(min=0), default=D.max_epochs,
                      help="Stop after this many passes over the training split (0: no limit)."),
-        click.option("--max-time", type=Finite(min=0), default=D.max_time,
-                     help="Stop after this many seconds of training (0: no limit)."),
+        click.option("--max-time", type=Duration(), default=D.max_time,
+                     help="Stop within this wall-clock time for the whole run, evaluations, checkpoints and "
+                          "samples included (a resumed run has what earlier sessions left): seconds, or 90s, 10m, "
+                          "2h, 1h30m (0: no limit). An evaluation that no longer fits is skipped or stopped."),
         click.option("--seed", type=SEED, default=D.seed, help="Random seed (initialisation, samples)."),
         click.option("--dtype", type=click.Choice(DTYPES), default=D.dtype),
         click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision,
@@ -91,10 +93,13 @@ def _train_options(f):
         click.option("--log-every", type=click.IntRange(min=1), default=D.log_every,
                      help="Steps between log.jsonl rows (the progress shown on stderr follows them)."),
         click.option("--eval-every", type=click.IntRange(min=0), default=D.eval_every,
-                     help="Steps between validation passes over the whole val split (0: only at the end)."),
-        click.option("--eval-tokens", type=click.IntRange(min=0), default=D.eval_tokens,
-                     help="Evaluate on the first this many tokens of the val split (0: all of it; large corpora "
-                          "may want a cap)."),
+                     help="Steps between evaluations on the val tokens of --eval-tokens (0: only at the end)."),
+        click.option("--eval-tokens", type=EvalTokens(), default=D.eval_tokens,
+                     help="The val tokens every evaluation (and the final one) scores, the same all run long: auto: "
+                          "a fixed set of windows spread over the val split, 8% as many tokens as training reads "
+                          "between evaluations (about 4% of the run's time; for --eval-every 0, as for 500); all: "
+                          "the whole split; N: its first N tokens. log.jsonl's val_tokens says how many; `fastrnn "
+                          "eval` scores a whole split."),
         click.option("--sample-every", type=click.IntRange(min=0), default=D.sample_every,
                      help="Steps between printed samples (0: never)."),
         click.option("--sample-length", type=click.IntRange(1, 1_000_000), default=D.sample_length,

@@ -26,4 +26,44 @@ class Finite(click.FloatRange):
         return super()._describe_range()
 
 
+class Duration(Finite):
+    """Seconds, as a number or with a unit: 90, 90s, 10m, 2h, 1h30m (fastrnn.config.parse_duration)."""
+
+    name = "duration"
+
+    def __init__(self):
+        super().__init__(min=0)
+        self.name = "duration"
+
+    def convert(self, value, param, ctx):
+        from fastrnn.config import parse_duration
+        from fastrnn.errors import ConfigError
+
+        if isinstance(value, str):
+            try:
+                float(value)  # plain seconds: Finite's checks and messages
+            except ValueError:
+                try:
+                    value = parse_duration(value)
+                except ConfigError:
+                    self.fail(f"{value!r} is not a duration: give seconds, or a number with s, m or h (90s, 10m, "
+                              f"2h, 1h30m).", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class EvalTokens(click.ParamType):
+    """--eval-tokens: auto, all, or a number of tokens >= 1 (0: all, as before `all` existed)."""
+
+    name = "auto|all|N"
+
+    def convert(self, value, param, ctx):
+        from fastrnn.config import parse_eval_tokens
+        from fastrnn.errors import ConfigError
+
+        try:
+            return parse_eval_tokens(value)
+        except ConfigError:
+            self.fail(f"{value!r} is not auto, all or a number of tokens.", param, ctx)
+
+
 SEED = click.IntRange(min=0)  # numpy's generators take seeds >= 0
