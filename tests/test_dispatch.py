@@ -120,13 +120,17 @@ def test_an_unwritable_or_damaged_cache_is_ignored(fresh_cache, monkeypatch):
     assert dispatch.plan("gru", 2, 4, 10, 64, 30, True, 1, np.float64).measured
 
 
-def test_a_measurement_on_a_busy_machine_is_thrown_away(fresh_cache, monkeypatch):
-    fake_steps(monkeypatch, {"loops": 1.0, "blas": 2.0, "tiles": 0.5})  # tiles fastest, against the rule
-    busy = iter([0.0, 1e6])  # other processes' CPU seconds before and after: a million seconds in a moment
+@pytest.mark.parametrize("busy_when", ["before", "during"])
+def test_a_measurement_on_a_busy_machine_is_thrown_away_or_not_made(fresh_cache, monkeypatch, busy_when):
+    timed = []
+    fake_steps(monkeypatch, {"loops": 1.0, "blas": 2.0, "tiles": 0.5}, timed)  # tiles fastest, against the rule
+    # other processes' CPU seconds at each look: a million seconds in a moment, before or during the measurement
+    busy = iter([0.0, 1e6] if busy_when == "before" else [0.0, 0.0, 0.0, 1e6])
     monkeypatch.setattr(dispatch, "others_busy_seconds", lambda: next(busy))
     p = dispatch.plan("rnn", 1, 32, 50, 128, 65, False, 2, np.float32)
     assert not p.measured and not p.tiles and p.loops == (32 * 128 * 128 <= dispatch.SMALL_WORK)  # the rule
     assert not os.path.exists(dispatch.cache_path())
+    assert bool(timed) == (busy_when == "during")  # busy already: not measured at all
 
 
 def test_others_busy_seconds_counts_other_processes_only():

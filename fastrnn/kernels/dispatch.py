@@ -217,9 +217,17 @@ BUSY_CORES = 0.5  # a measurement during which other processes used more than th
 # test suite running beside: loops "won" at N32 H128, 50 us against BLAS's 22 us on idle cores)
 
 
+LOOK_SECONDS = 0.2  # before measuring, the machine is watched this long: busy already, nothing is measured
+
+
 def _measured(key, measure):
     """measure()'s answer (the chosen name, and anything else), its name cached under `key`, if the machine was
-    quiet meanwhile (others_busy below BUSY_CORES); else None, and nothing cached."""
+    quiet meanwhile (others_busy below BUSY_CORES); else None, and nothing cached. A machine already busy in the
+    LOOK_SECONDS before is not measured at all (a run there would spend seconds on a measurement thrown away)."""
+    busy_before = others_busy_seconds()
+    time.sleep(LOOK_SECONDS)
+    if (others_busy_seconds() - busy_before) / LOOK_SECONDS > BUSY_CORES:
+        return None
     busy_before = others_busy_seconds()
     t0 = time.perf_counter()
     answer = measure()
