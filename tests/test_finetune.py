@@ -254,3 +254,26 @@ def test_the_commands_from_the_installed_entry_point(parent, tmp_path):
     r = subprocess.run([sys.executable, "-m", "fastrnn", "prepare", "--help"], capture_output=True, text=True,
                        timeout=60)
     assert "--vocab-from" in r.stdout and "--from-torch-rnn" in r.stdout and "[default: error]" in r.stdout
+
+
+def test_torch_rnn_ids_are_shown_as_they_are_and_a_sparse_table_costs_no_memory(tmp_path):
+    """A uint64 id of 2^63 or more is named as it is (not wrapped negative); a vocabulary whose ids run up to
+    about 2e9 converts without a table of that size (the lookup is sized by the vocabulary)."""
+    import psutil
+
+    stem = str(tmp_path / "big")
+    with h5py.File(f"{stem}.h5", "w") as f:
+        for name, n in (("train", 200), ("val", 20), ("test", 20)):
+            f.create_dataset(name, data=np.array([1, 2_000_000_000] * (n // 2), dtype=np.uint64))
+    with open(f"{stem}.json", "w") as f:
+        json.dump({"idx_to_token": {"1": "a", "2000000000": "b"}}, f)
+    out = tmp_path / "c.h5"
+    before = psutil.Process().memory_info().rss
+    ok(run("prepare", "--from-torch-rnn", f"{stem}.h5", f"{stem}.json", "-o", out))
+    assert psutil.Process().memory_info().rss - before < 200e6  # a table by the largest id: 16 GB
+    vocab, ids = all_ids(out)
+    assert vocab.decode(ids) == "ab" * 120
+    with h5py.File(f"{stem}.h5", "r+") as f:
+        f["val"][3] = 2 ** 64 - 2
+    one_line_error(run("prepare", "--from-torch-rnn", f"{stem}.h5", f"{stem}.json", "-o", tmp_path / "d.h5"),
+                   f"id {2 ** 64 - 2} at position 3 of its val split")

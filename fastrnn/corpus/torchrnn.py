@@ -93,10 +93,32 @@ def _vocabulary(json_path):
     if len(set(codes.values())) != len(codes):
         raise CorpusError(f"{json_path}: two ids name the same token")
     vocab = Vocab(codes.values(), "byte" if byte_level else "char")
-    lut = np.full(max(codes) + 1, -1, dtype=np.int64)  # torch id -> fastrnn id (-1: no such id)
-    for idx, code in codes.items():
-        lut[idx] = int(np.searchsorted(vocab.codes, code))
-    return vocab, lut
+    return vocab, Lookup({idx: int(np.searchsorted(vocab.codes, code)) for idx, code in codes.items()})
+
+
+class Lookup:
+    """torch-rnn ids -> fastrnn ids, sized by the vocabulary (not by the largest id: an id near 2e9 would need a
+    table of 16 GB)."""
+
+    def __init__(self, mapping):
+        self.ids = np.array(sorted(mapping), dtype=np.int64)  # (K,) torch ids, ascending
+        self.to = np.array([mapping[i] for i in sorted(mapping)], dtype=np.int64)  # (K,) their fastrnn ids
+        self.largest = int(self.ids[-1])
+
+    def __call__(self, ids):
+        """(fastrnn ids (n,) int64, index of the first id with none, or -1). `ids` in the dataset's own integer
+        type: an unsigned id of 2^63 or more is compared as it is, never wrapped to a negative number."""
+        out = np.zeros(len(ids), dtype=np.int64)
+        bad = np.flatnonzero((ids < 1) | (ids > self.largest))
+        if bad.size:
+            return out, int(bad[0])
+        small = ids.astype(np.int64)  # every id is now within 1 .. largest
+        where = np.minimum(np.searchsorted(self.ids, small), len(self.ids) - 1)
+        missing = np.flatnonzero(self.ids[where] != small)
+        if missing.size:
+            return out, int(missing[0])
+        out[:] = self.to[where]
+        return out, -1
 
 
 def _open_h5(path):
@@ -138,14 +160,13 @@ def _write(tmp, splits, sizes, vocab, lut, h5_path, json_path, chunk, check_chun
         for k, name in enumerate(SPLITS):
             d = splits[name]
             for start in range(0, sizes[name], chunk):
-                ids = d[start:start + chunk].astype(np.int64)
-                bad = np.flatnonzero((ids < 0) | (ids >= len(lut)))
-                bad = bad if bad.size else np.flatnonzero(lut[ids] < 0)
-                if bad.size:
-                    raise CorpusError(f"{h5_path}: id {int(ids[bad[0]])} at position {start + int(bad[0]):,} of "
+                ids = d[start:start + chunk]
+                mapped, bad = lut(ids)
+                if bad >= 0:
+                    raise CorpusError(f"{h5_path}: id {int(ids[bad])} at position {start + bad:,} of "
                                       f"its {name} split is not in {json_path} ({vocab.size} tokens)")
                 buf = writer.buffer()
-                buf[:len(ids)] = lut[ids]
+                buf[:len(ids)] = mapped
                 writer.write(pos, buf, len(ids))
                 pos += len(ids)
                 if progress:
