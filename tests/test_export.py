@@ -1,6 +1,7 @@
 """`fastrnn export`: the exported arrays, run through PyTorch's documented equations, give fastrnn's logits."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -152,3 +153,19 @@ def test_bad_exports_are_one_line_and_leave_files_alone(trained, tmp_path):
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "fastrnn: error: --format torch needs PyTorch: pip install 'fastrnn[torch]' (or torch)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.npz"]
+
+
+def test_export_force_never_replaces_a_checkpoint_or_a_corpus(trained, tmp_path):
+    """--force replaces an earlier export; an output that is the checkpoint being exported (or any HDF5 file: a
+    checkpoint of another run, a corpus) is refused and left as it was."""
+    import shutil
+
+    ckpt = tmp_path / "copy.h5"
+    shutil.copy(os.path.join(trained, "checkpoint.h5") if os.path.isdir(trained) else trained, ckpt)
+    before = ckpt.read_bytes()
+    one_line_error(run("export", ckpt, "-o", ckpt, "--force"), "HDF5 file", "never replaces")
+    assert ckpt.read_bytes() == before
+    other = tmp_path / "other.h5"
+    shutil.copy(ckpt, other)
+    one_line_error(run("export", ckpt, "-o", other, "--force"), "HDF5 file")
+    assert other.read_bytes() == before

@@ -25,6 +25,9 @@ def export(model_path, fmt, output, force):
         raise ConfigError(f"--output {output} is a directory; give a file name")
     if os.path.exists(output) and not force:
         raise ConfigError(f"{output} exists; add --force to replace it")
+    if os.path.isfile(output) and _is_hdf5(output):  # --force replaces an export, never a checkpoint or corpus
+        raise ConfigError(f"--output {output} is an HDF5 file (a checkpoint or a corpus), which export never "
+                          f"replaces; give another file name")
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent):
         raise ConfigError(f"the directory of --output {output} does not exist")
@@ -40,3 +43,12 @@ def export(model_path, fmt, output, force):
 
 
 COMMANDS = [export]
+
+
+def _is_hdf5(path):
+    import h5py
+
+    try:
+        return h5py.is_hdf5(path)
+    except OSError:
+        return False
