@@ -27,8 +27,8 @@ class CommaList(click.ParamType):
 
     name = "LIST"
 
-    def __init__(self, item=int, choices=None):
-        self.item, self.choices = item, choices
+    def __init__(self, item=int, choices=None, minimum=1):
+        self.item, self.choices, self.minimum = item, choices, minimum
 
     def convert(self, value, param, ctx):
         if isinstance(value, list):
@@ -47,8 +47,9 @@ class CommaList(click.ParamType):
                 v = self.item(text)
             except ValueError:
                 self.fail(f"{text!r} is not a number", param, ctx)
-            if v <= 0:
-                self.fail(f"{text!r} is not a positive number", param, ctx)
+            if v < self.minimum:
+                self.fail(f"{text!r} is not a positive number" if self.minimum == 1 else
+                          f"{text!r} is below {self.minimum}", param, ctx)
             values.append(v)
         if not values:
             self.fail(f"expected a comma-separated list, got {value!r}", param, ctx)
@@ -95,9 +96,9 @@ def dtype(default, help=None):
     return click.option("--dtype", type=click.Choice(DTYPES), default=default, help=help or "Floating-point type.")
 
 
-def int_list(name, default, help):
-    """A comma-separated list of positive integers, e.g. --hidden 64,128."""
-    return click.option(name, type=CommaList(int), default=_text(default), help=help)
+def int_list(name, default, help, minimum=1):
+    """A comma-separated list of integers from `minimum` (positive by default), e.g. --hidden 64,128."""
+    return click.option(name, type=CommaList(int, minimum=minimum), default=_text(default), help=help)
 
 
 def numba_module(help="Module for the numba contender (a variant under test, or fastrnn.reference to dry-run)."):

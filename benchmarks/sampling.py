@@ -380,7 +380,7 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
 @options.int_list("--streams-threads", [1, 2], "Thread counts of the numba-streams rows (the K samples split over "
                   "the threads), comma-separated.")
 @options.int_list("--serve-clients", [1, 32], "Client counts K of the serve-clients rows (K concurrent requests to "
-                  "one server), comma-separated; 0: no such rows.")
+                  "one server), comma-separated; 0: no such rows.", minimum=0)
 @options.repeats(3)
 @options.dtype("float32", help="The model's floating-point type.")
 @options.numba_module()

@@ -532,3 +532,18 @@ def test_report_keeps_one_part_per_cpu_and_shows_the_isa_rows(tmp_path):
     assert "| haswell | lstm H512 B64 | tiles | 1,111 | 22,222 | 23,456 | 1.00 | 87.6% | yes |" in page
     assert "| haswell | 32 | 98,765 |" in page and "| haswell | 4x3 (rule) | 77.7 |" in page
     assert page.index("123,457") > test  # the throughput rows under their own CPU
+
+
+def test_a_list_option_takes_zero_where_its_help_says_so():
+    """--serve-clients 0 means no such rows (its help says so); elsewhere a count must be positive."""
+    import click
+
+    from benchmarks import options
+
+    assert options.CommaList(int, minimum=0).convert("0,4", None, None) == [0, 4]
+    with pytest.raises(click.BadParameter, match="not a positive number"):
+        options.CommaList(int).convert("0", None, None)
+    from benchmarks import sampling
+
+    param = next(p for p in sampling.main.params if p.name == "serve_clients")
+    assert param.type.convert("0", param, None) == [0] and "0: no such rows" in param.help
