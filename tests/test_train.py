@@ -270,3 +270,24 @@ def test_summary_names_the_best_checkpoint(small_corpus, tmp_path):
     assert summary["best_step"] == best["step"] and summary["best_val"] == pytest.approx(best["val_loss"])
     assert summary["best_checkpoint"] == os.path.join(tmp_path / "r", ckpt_io.BEST_NAME)
     assert ckpt_io.load(summary["best_checkpoint"]).state["step"] == best["step"]
+
+
+def test_fit_leaves_the_callers_thread_counts_as_they_were(tmp_path):
+    """CharRNN(threads=1).fit(...) runs on one thread and puts numba's and BLAS's counts back afterwards (a
+    notebook's later work is not left on one thread)."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    from conftest import make_text
+    from fastrnn.api import CharRNN
+
+    import fastrnn.kernels  # noqa: F401  (the BLAS libraries a run loads, loaded before counting)
+
+    blas = lambda: {p["filepath"]: p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}  # noqa
+    numba.set_num_threads(2)
+    before = (numba.get_num_threads(), blas())
+    seen = []
+    CharRNN(threads=1, hidden_size=8, batch_size=4, seq_len=8, max_steps=3, eval_every=0).fit(
+        text=make_text(3000), on_event=lambda kind, data: seen.append(numba.get_num_threads()))
+    after = blas()  # (a library loaded during the run, such as SciPy's OpenBLAS, keeps its own count)
+    assert 1 in seen and numba.get_num_threads() == before[0] and {k: after[k] for k in before[1]} == before[1]

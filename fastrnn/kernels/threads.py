@@ -1,5 +1,12 @@
 """Thread count for BLAS (NumPy's bundled OpenBLAS, which the kernels call) and for numba's threading layer. Cheap
-to import: it loads neither numba nor the kernels until set_threads is called."""
+to import: it loads neither numba nor the kernels until set_threads is called.
+
+    set_threads(n)      for the rest of the process (the command line: one run a process)
+    with restored():    ... whatever sets them inside, numba's and every BLAS's counts are put back on exit
+                        (the Python API: CharRNN(threads=1).fit(...) leaves a notebook's threads as they were)
+"""
+
+import contextlib
 
 _limiter = None  # the threadpoolctl limiter; kept alive so the BLAS limit holds
 
@@ -14,3 +21,20 @@ def set_threads(n):
     numba.set_num_threads(n)
     _limiter = threadpool_limits(limits=n, user_api="blas")
     return n
+
+
+@contextlib.contextmanager
+def restored():
+    """Put numba's thread count and every BLAS library's back as they were on entry, on exit."""
+    global _limiter
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    before, limiter = numba.get_num_threads(), _limiter
+    original = threadpool_limits(limits=None)  # changes nothing; remembers every library's count
+    try:
+        yield
+    finally:
+        original.restore_original_limits()
+        numba.set_num_threads(before)
+        _limiter = limiter
