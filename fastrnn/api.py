@@ -155,6 +155,7 @@ class CharRNN:
 
         self._require()
         be = self._backend()
+        gen.beam_options_check(beam_width, temperature, top_k, top_p, greedy)
         if beam_width:
             ids, _ = gen.beam_search(be, self.model.P, self.vocab, prime=prime, length=length,
                                      beam_width=beam_width, dtype=self.model.dtype, warmup=self._warmup())

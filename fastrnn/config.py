@@ -88,14 +88,35 @@ class TrainConfig:
 
     def normalize(self):
         """Options given in another form read as their canonical one: a --max-time with a unit as seconds, an
-        --eval-tokens of 0 (before "all" existed) as "all". Raises ConfigError for a value of neither form."""
+        --eval-tokens of 0 (before "all" existed) as "all", a --keep-checkpoints of 0 (which the API once took) as
+        1, which it meant. Raises ConfigError for a value of neither form."""
         self.max_time = parse_duration(self.max_time)
         self.eval_tokens = parse_eval_tokens(self.eval_tokens)
+        if self.keep_checkpoints == 0 and not isinstance(self.keep_checkpoints, bool):
+            self.keep_checkpoints = 1
         return self
+
+    def _check_types(self):
+        """Integer options hold integers (not 32.5, not True) and number options numbers, from any entry point."""
+        for f in dataclasses.fields(self):
+            value, flag = getattr(self, f.name), f"--{f.name.replace('_', '-')}"
+            if f.type in (int, "int") and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise ConfigError(f"{flag} must be a whole number, got {value!r}")
+            if f.type in (float, "float") and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise ConfigError(f"{flag} must be a number, got {value!r}")
+
+    def _check_optimizer_options(self):
+        """An option of another optimizer than the one chosen, set away from its default, would do nothing: it is
+        refused (the command line refuses it even at its default value)."""
+        for name, applies in OPTIMIZER_OPTIONS.items():
+            if self.optimizer not in applies and getattr(self, name) != getattr(TrainConfig, name):
+                raise ConfigError(f"--{name.replace('_', '-')} has no effect with --optimizer {self.optimizer} "
+                                  f"(it applies to {' and '.join(applies)})")
 
     def validate(self):
         """Raise ConfigError for options that cannot work."""
         self.normalize()
+        self._check_types()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, numbers.Real) and not math.isfinite(value):
@@ -116,6 +137,7 @@ class TrainConfig:
             raise ConfigError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        self._check_optimizer_options()
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         if self.dtype not in DTYPES:
@@ -147,9 +169,11 @@ class TrainConfig:
             raise ConfigError(f"--init-scale must be positive, got {self.init_scale}")
         for name in ("max_steps", "max_epochs", "max_time", "eval_every", "sample_every", "checkpoint_every",
                      "early_stop_patience", "lr_decay_every", "lr_decay_after", "warmup_steps", "threads",
-                     "divergence_factor", "keep_checkpoints"):
+                     "divergence_factor"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.on_divergence not in ON_DIVERGENCE:
             raise ConfigError(f"--on-divergence must be one of {', '.join(ON_DIVERGENCE)}, got {self.on_divergence!r}")
         if self.max_rollbacks < 0:
@@ -175,6 +199,10 @@ class TrainConfig:
                               f"least {need / 2**30:,.0f} GB of memory for its parameters, gradients and optimizer "
                               f"state; this machine has {have / 2**30:,.0f} GB")
 
+
+# The options of one optimizer each, and the optimizers they apply to.
+OPTIMIZER_OPTIONS = {"momentum": ("sgd",), "beta1": ("adam",), "beta2": ("adam",), "rmsprop_decay": ("rmsprop",),
+                     "eps": ("adagrad", "rmsprop", "adam")}
 
 # Fields a resumed run may change freely. Everything else defines the model, the data stream or the numerics and
 # must match the checkpoint; lr and its schedule may change only with --allow-change.

@@ -162,6 +162,16 @@ class TextStream:
         return self.feed(np.zeros(0, dtype=np.int32), final=True)
 
 
+def beam_options_check(beam_width, temperature=1.0, top_k=0, top_p=1.0, greedy=False):
+    """ConfigError if a sampling option is set beside a beam search, which would ignore it (CLI and API alike)."""
+    ignored = [name for name, value, default in (("--top-k", top_k, 0), ("--top-p", top_p, 1.0),
+                                                  ("--greedy", greedy, False), ("--temperature", temperature, 1.0))
+               if value != default]
+    if beam_width and ignored:
+        raise ConfigError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
+                          f"--beam-width (beam search keeps the most probable continuations)")
+
+
 def beam_search(backend, P, vocab, *, prime="", length=200, beam_width=5, dtype=np.float32, warmup=None):
     """The most probable continuation of `length` symbols found by beam search.
 

@@ -312,3 +312,13 @@ def test_text_stream_decodes_blocks_and_stops():
     ids = chars.encode("abc dabcdefg")
     pieces = [stream.feed(ids[i:i + 3]) for i in range(0, len(ids), 3)]
     assert "".join(pieces) == "abc dabcd" and stream.done
+
+
+def test_the_api_refuses_sampling_options_beside_a_beam_as_the_cli_does(tmp_path):
+    model = CharRNN(hidden_size=16, seq_len=10, batch_size=4, backend="numpy", eval_every=0, max_steps=2)
+    model.fit(text=make_text(2000))
+    with pytest.raises(ConfigError, match="--greedy has no effect with --beam-width"):
+        model.generate("a", 5, greedy=True, beam_width=3)
+    with pytest.raises(ConfigError, match="--top-k, --temperature have no effect with --beam-width"):
+        model.generate("a", 5, top_k=3, temperature=0.5, beam_width=3)
+    assert model.generate("a", 5, beam_width=3).startswith("a")

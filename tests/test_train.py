@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -291,3 +292,28 @@ def test_fit_leaves_the_callers_thread_counts_as_they_were(tmp_path):
         text=make_text(3000), on_event=lambda kind, data: seen.append(numba.get_num_threads()))
     after = blas()  # (a library loaded during the run, such as SciPy's OpenBLAS, keeps its own count)
     assert 1 in seen and numba.get_num_threads() == before[0] and {k: after[k] for k in before[1]} == before[1]
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(optimizer="adam", momentum=0.9), "--momentum has no effect with --optimizer adam"),
+    (dict(optimizer="sgd", beta1=0.5), "--beta1 has no effect with --optimizer sgd"),
+    (dict(hidden_size=32.5), "--hidden-size must be a whole number, got 32.5"),
+    (dict(hidden_size=True), "--hidden-size must be a whole number, got True"),
+    (dict(lr="fast"), "--lr must be a number"),
+    (dict(keep_checkpoints=-1), "--keep-checkpoints must be >= 1"),
+])
+def test_the_api_refuses_what_the_command_line_refuses(options, message, tmp_path):
+    from conftest import make_text
+    from fastrnn.api import CharRNN
+    from fastrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        CharRNN(**dict(dict(hidden_size=8, batch_size=4, seq_len=8, max_steps=2, eval_every=0), **options)).fit(
+            text=make_text(2000), run_dir=str(tmp_path / "r"))
+    assert not (tmp_path / "r" / "checkpoint.h5").exists()
+
+
+def test_a_keep_checkpoints_of_zero_reads_as_one_as_it_always_meant():
+    from fastrnn.config import TrainConfig
+
+    assert TrainConfig(keep_checkpoints=0).validate().keep_checkpoints == 1

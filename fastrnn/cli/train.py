@@ -10,8 +10,8 @@ from fastrnn.checkpoint import CHECKPOINT_NAME
 from fastrnn.cli import EXIT_SIGNAL, no_news  # (defined before fastrnn.cli imports its commands)
 from fastrnn.cli.types import SEED, Duration, EvalTokens, Finite
 from fastrnn.errors import ConfigError
-from fastrnn.config import (BACKENDS, DTYPES, PRECISIONS, INITS, LR_SCHEDULES, MODELS, ON_DIVERGENCE, OPTIMIZERS,
-                            TrainConfig)
+from fastrnn.config import (BACKENDS, DTYPES, PRECISIONS, INITS, LR_SCHEDULES, MODELS, ON_DIVERGENCE,
+                            OPTIMIZER_OPTIONS, OPTIMIZERS, TrainConfig)
 from fastrnn.progress import Printer
 
 
@@ -157,8 +157,7 @@ def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, *
                  and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if not resume:  # options that would do nothing with this optimizer are refused, not silently ignored
         optimizer = overrides.get("optimizer", TrainConfig.optimizer)
-        for name, applies in (("momentum", ("sgd",)), ("beta1", ("adam",)), ("beta2", ("adam",)),
-                              ("rmsprop_decay", ("rmsprop",)), ("eps", ("adagrad", "rmsprop", "adam"))):
+        for name, applies in OPTIMIZER_OPTIONS.items():
             if name in overrides and optimizer not in applies:
                 raise ConfigError(f"--{name.replace('_', '-')} has no effect with --optimizer {optimizer} "
                                   f"(it applies to {' and '.join(applies)})")
@@ -298,12 +297,7 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
             out.write(f"{p:.6f}  {symbol!r}\n")
         return
     if beam_width:
-        ignored = [name for name, value, default in (("--top-k", top_k, 0), ("--top-p", top_p, 1.0),
-                                                      ("--greedy", greedy, False), ("--temperature", temperature, 1.0))
-                   if value != default]
-        if ignored:
-            raise ConfigError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
-                              f"--beam-width (beam search keeps the most probable continuations)")
+        gen.beam_options_check(beam_width, temperature, top_k, top_p, greedy)
         if num_samples > 1:
             raise ConfigError("--num-samples with --beam-width would print the same beam several times; "
                               "beam search gives one result")
