@@ -51,9 +51,9 @@ def file_blocks(vocab, paths, encoding="utf-8", unknown="error"):
             while True:
                 try:
                     data = f.read(READ_CHARS)
-                except UnicodeDecodeError as exc:
+                except UnicodeError as exc:  # also a UTF-16 file without its byte-order mark
                     raise CorpusError(f"{path} is not valid {encoding} text near character {position:,} "
-                                      f"({exc.reason})") from None
+                                      f"({getattr(exc, 'reason', None) or exc})") from None
                 except OSError as exc:
                     raise CorpusError(f"cannot read {path}: {exc.strerror or exc}") from None
                 if not data:

@@ -144,3 +144,13 @@ def test_the_api_scores_text_files_and_splits_as_the_cli(trained, small_corpus, 
     assert abs(split["loss"] - scored(run("eval", trained, small_corpus, "--split", "val", "--json"))["loss"]) < 1e-9
     with pytest.raises(ConfigError):
         model.evaluate(text, corpus=small_corpus)
+
+
+@pytest.mark.parametrize("encoding,fragment", [("utf-16", "not valid utf-16 text"), ("rot13", "not a text encoding"),
+                                               ("base64", "not a text encoding"), ("no-such", "unknown encoding")])
+def test_an_encoding_that_cannot_read_the_file_is_one_line(trained, tmp_path, encoding, fragment):
+    """As prepare checks it: a UTF-16 file without its byte-order mark, a codec that does not decode bytes to
+    text, an unknown name."""
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat\n")
+    one_line_error(run("eval", trained, text, "--encoding", encoding), fragment)

@@ -62,12 +62,9 @@ def evaluate(model_path, sources, split, unknown, encoding, as_json, backend):
                 raise ConfigError(f"{path} is an HDF5 file: give one corpus alone, or text files")
             if not os.path.exists(path):
                 raise CorpusError(f"{path} does not exist")
-        try:
-            import codecs
+        from fastrnn.corpus.inputs import text_codec
 
-            codecs.lookup(encoding)
-        except LookupError:
-            raise ConfigError(f"unknown --encoding {encoding!r}") from None
+        text_codec(encoding)  # as prepare checks it: a known codec that decodes bytes to text
         result = ev.score(be, model.P, ev.file_blocks(vocab, sources, encoding, unknown), model.dtype)
         source = ", ".join(sources)
     result = dict(result, source=source, checkpoint=os.path.abspath(ckpt.path))
