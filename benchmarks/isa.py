@@ -58,8 +58,9 @@ def flops_per_char(cell, layers, H):
 
 def time_candidates(options_, repeats):
     """{name: median seconds per step}: the candidates' whole training steps in turn, `repeats` rounds, each
-    timing about 0.3 s (at least one step) after a warm-up step."""
-    from fastrnn.kernels.calibrate import Stepper
+    timing about 0.3 s (at least one step) after a pause and a step of its own (calibrate.settled: another
+    plan's BLAS threads may still spin)."""
+    from fastrnn.kernels.calibrate import Stepper, settled
 
     steppers = {name: Stepper(p) for name, p in options_.items()}
     reps = {}
@@ -69,7 +70,7 @@ def time_candidates(options_, repeats):
     times = {name: [] for name in steppers}
     for _ in range(repeats):
         for name, s in steppers.items():
-            times[name].append(s.seconds(reps[name]) / reps[name])
+            times[name].append(settled(s, reps[name]) / reps[name])
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -44,6 +44,7 @@ def fake_steps(monkeypatch, seconds, timed=None):
             return seconds[self.name] * reps
 
     monkeypatch.setattr(calibrate, "Stepper", FakeStepper)
+    monkeypatch.setattr(calibrate, "SETTLE_SECONDS", 0.0)
 
 
 @pytest.mark.parametrize("winner", ["loops", "blas", "tiles"])
@@ -55,7 +56,8 @@ def test_the_measured_choice_is_the_fastest_candidate_and_is_cached(fresh_cache,
     assert p.measured and ("tiles" if p.tiles else "loops" if p.loops else "blas") == winner
     assert p.path == "layers" and "chosen by measurement: measured in" in p.describe()
     assert {name for name, _ in timed} == {"loops", "blas", "tiles"}
-    assert len(timed) == 3 * (1 + calibrate.REPEATS)  # a first step each, then the rounds (all close: none dropped)
+    # a first step each, then the rounds (all close: none dropped), each timing after an untimed step
+    assert len(timed) == 2 * 3 * (1 + calibrate.REPEATS)
     saved = json.loads(open(dispatch.cache_path()).read())
     assert saved == {"plan:lstm:1:8x50x64x65:0:float32:2": winner}
     # another process (no memory of it) reads the file and measures nothing
@@ -72,9 +74,11 @@ def test_a_far_slower_candidate_is_dropped_after_one_step_and_the_budget_bounds_
     p = dispatch.rule("lstm", 2, 64, 50, 512, 65, False, 2, "float32")
     best, medians, _ = calibrate.fastest(dispatch.candidates(p), budget=0.0)
     assert best == "blas" and set(medians) == {"blas", "tiles"}  # loops: 10x the best step, timed once
-    assert [name for name, _ in timed].count("loops") == 1
-    assert [name for name, _ in timed].count("blas") == 1 + 2  # no time left after the first step: two rounds
-    assert all(reps == 2 for name, reps in timed[3:])  # sized to about TIMING_SECONDS a timing
+    timings = timed[1::2]  # each timing follows an untimed step of its own (calibrate.settled)
+    assert all(reps == 1 for _, reps in timed[0::2]) and [n for n, _ in timed[0::2]] == [n for n, _ in timings]
+    assert [name for name, _ in timings].count("loops") == 1
+    assert [name for name, _ in timings].count("blas") == 1 + 2  # no time left after the first step: two rounds
+    assert all(reps == 2 for name, reps in timings[3:])  # sized to about TIMING_SECONDS a timing
 
 
 def test_candidates_are_the_ways_the_shape_can_run():

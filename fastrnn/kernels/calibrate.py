@@ -8,6 +8,12 @@ ELIMINATE times slower than the best is dropped at once and the repeats are size
 then the survivors in turn, round after round (the same machine noise for all), REPEATS rounds or as many as fit
 in `budget` seconds (two at least); the medians decide. Whole steps, not the products alone: at few rows a thread
 the products favour tiles, whose per-call costs (packing Whh, starting the threads for each layer) they leave out.
+
+Each timing follows a pause of SETTLE_SECONDS and one untimed step of the same candidate, as a run of that plan
+alone would be: OpenBLAS keeps its idle threads spinning for about 0.1 s after a call, and timed right after a
+BLAS plan's steps, a tiles plan (whose threads then compete with them) measured 88.8k chars/s at rnn H512 B64
+against 107.8k in a process of its own (lstm 2x128 B50: 80.8k against 117.3k), and lost to BLAS (94.2k, 82.1k)
+where alone it wins; with the pause, 100.9k and 121.2k (2-core Xeon, AVX-512).
 """
 
 import statistics
@@ -18,6 +24,7 @@ import numpy as np
 REPEATS = 5  # rounds of timings at most; the medians decide
 ELIMINATE = 2.0  # a candidate this many times slower than the best in its first step is not timed further
 TIMING_SECONDS = 0.02  # about this long per timing (several steps of a small shape, one of a large one)
+SETTLE_SECONDS = 0.2  # the pause before each timing (module docstring)
 
 
 class Stepper:
@@ -79,7 +86,7 @@ def fastest(candidates, budget):
     for s in steppers.values():
         s.warm_up()
     t0 = time.perf_counter()
-    first = {name: s.seconds(1) for name, s in steppers.items()}
+    first = {name: settled(s, 1) for name, s in steppers.items()}
     best = min(first.values())
     alive = [name for name in steppers if first[name] <= ELIMINATE * best]
     reps = max(1, min(1000, int(TIMING_SECONDS / max(best, 1e-9))))
@@ -89,6 +96,13 @@ def fastest(candidates, budget):
         if len(alive) == 1 or (round_ >= 2 and time.perf_counter() > deadline):
             break
         for name in alive:
-            times[name].append(steppers[name].seconds(reps) / reps)
+            times[name].append(settled(steppers[name], reps) / reps)
     medians = {name: statistics.median(t) if t else first[name] for name, t in times.items()}
     return min(medians, key=medians.get), medians, time.perf_counter() - t0
+
+
+def settled(stepper, reps):
+    """stepper.seconds(reps) after a pause of SETTLE_SECONDS and one untimed step (module docstring)."""
+    time.sleep(SETTLE_SECONDS)
+    stepper.seconds(1)
+    return stepper.seconds(reps)
