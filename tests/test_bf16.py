@@ -16,7 +16,8 @@ from fastrnn.kernels import dispatch, tiles
 from fastrnn.model import Model
 from fastrnn.params import state_size
 
-needs_bf16 = pytest.mark.skipif(not tiles.has_bf16(), reason="this CPU has no AVX512_BF16 (vdpbf16ps)")
+needs_bf16 = pytest.mark.skipif(not tiles.has_bf16(),
+                                reason="the CPU the kernels are compiled for has no AVX512_BF16 (vdpbf16ps)")
 
 # bf16 keeps 8 bits of mantissa: each input of a product is off by up to 2^-9 relative; sums are float32. Measured
 # here: products 2-3e-3 of their largest entry, a training step's gradients 2-4e-3; the tolerances below are 4x.
