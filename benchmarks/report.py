@@ -419,7 +419,8 @@ SECTIONS = {
 
 
 def draw_charts(results, out_dir, stem):
-    """PNG charts of the throughput files into out_dir. Returns ([file names], None) or ([], reason skipped)."""
+    """PNG charts of the throughput files of the CPU measured last into out_dir. Returns ([file names], None) or
+    ([], reason skipped)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -427,8 +428,9 @@ def draw_charts(results, out_dir, stem):
     from benchmarks.plot import plot
 
     written = []
+    newest = cpu_label(results[0][2]) if results else None
     for kind, name, data in results:
-        if kind != "throughput":
+        if kind != "throughput" or cpu_label(data) != newest:  # the CPU measured last (its part comes first)
             continue
         for model in sorted({f"{r.get('model', 'rnn')}" + (f":{r['layers']}" if r.get("layers", 1) != 1 else "")
                              for r in data["rows"]}):
@@ -470,7 +472,7 @@ def render_page(results, folder, out_dir, charts, skipped):
             lines += [f"## {title}", "", method, ""]
             for name, data in files:
                 lines += section(name, data)
-    lines += ["# Charts", ""]
+    lines += [f"# Charts: {cpus[0]}" if cpus else "# Charts", ""]
     if skipped:
         lines += [f"Charts skipped: {skipped}.", ""]
     elif not charts:
@@ -486,7 +488,11 @@ def anchor(title):
 
 
 def readme_block(results, page_link):
-    """The lines between the README markers: the throughput targets, one table, and a link to the page."""
+    """The lines between the README markers: the throughput targets of the CPU measured last (one table), and a
+    link to the page (which has every CPU)."""
+    if results:
+        newest = cpu_label(results[0][2])
+        results = [r for r in results if cpu_label(r[2]) == newest]
     rows = [r for kind, _, d in results if kind == "throughput" for r in target_rows(d)]
     date = next((d["machine"].get("time", "")[:10] for k, _, d in results if k == "throughput"
                  and isinstance(d.get("machine"), dict)), "")
