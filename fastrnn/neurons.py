@@ -69,12 +69,11 @@ def hidden_states(P, text_ids, layer=-1, state="h"):
 
 
 def correlations(acts, values):
-    """Pearson's r of each column of acts (T, H) with values (T,); 0 where either does not vary."""
-    a = acts - acts.mean(axis=0)
-    v = values - values.mean()
-    denom = np.sqrt((a * a).sum(axis=0) * (v * v).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 1e-12, (a * v[:, None]).sum(axis=0) / np.where(denom > 1e-12, denom, 1), 0.0)
+    """Pearson's r of each column of acts (T, H) with values (T,); 0 where either does not vary (as plot-hidden
+    ranks its units)."""
+    from fastrnn.plots import correlations as r
+
+    return r(acts, values)
 
 
 def rank(acts, text, top=5):

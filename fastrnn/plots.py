@@ -130,13 +130,18 @@ def feature_values(text, feature):
     raise ConfigError(f"unknown feature {feature!r}; choose from {', '.join(FEATURES)}")
 
 
-def top_correlated_units(acts, values, k=5):
-    """Indices and Pearson correlations of the k hidden units most correlated (by |r|) with `values`."""
+def correlations(acts, values):
+    """Pearson's r of each column of acts (T, H) with values (T,); 0 where either does not vary."""
     a = acts - acts.mean(axis=0)
     v = values - values.mean()
     denom = np.sqrt((a * a).sum(axis=0) * (v * v).sum())
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(denom > 0, (a * v[:, None]).sum(axis=0) / np.where(denom > 0, denom, 1), 0.0)
+        return np.where(denom > 1e-12, (a * v[:, None]).sum(axis=0) / np.where(denom > 1e-12, denom, 1), 0.0)
+
+
+def top_correlated_units(acts, values, k=5):
+    """Indices and Pearson correlations of the k hidden units most correlated (by |r|) with `values`."""
+    r = correlations(acts, values)
     order = np.argsort(-np.abs(r), kind="stable")[:k]
     return order, r[order]
 
