@@ -54,7 +54,10 @@ except KeyboardInterrupt as exc:
 class FastrnnGroup(click.Group):
     """A click group that reports user errors as one line on stderr."""
 
+    program = False  # main() runs the program (not a caller passing args): signals end it, then are ignored
+
     def main(self, args=None, *rest, **kwargs):
+        self.program = args is None and threading.current_thread() is threading.main_thread()
         try:
             return super().main(args, *rest, **kwargs)
         finally:
@@ -115,7 +118,11 @@ class FastrnnGroup(click.Group):
             sys.exit(exc.exit_code)
         finally:
             for s, handler in (old or {}).items():
-                signal.signal(s, handler)
+                # the program's command that has said how it ended ignores further signals (train's
+                # _stopped_by_signal): they stay ignored, or a second signal between here and main's end would
+                # print a traceback
+                if not (self.program and signal.getsignal(s) is signal.SIG_IGN):
+                    signal.signal(s, handler)
             if hook is not None and sys.unraisablehook is not no_news:
                 sys.unraisablehook = hook
 
