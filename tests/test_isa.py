@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from fastrnn.errors import ConfigError
 from fastrnn.kernels import isa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +42,7 @@ def test_a_tile_shape_can_be_asked_for_and_a_bad_one_is_refused():
     t = isa.make_target("x86_64", "haswell", {"avx", "avx2", "fma"})
     assert isa.tile_shape(t, override="2x4") == (2, 4)
     for bad in ("9x1", "0x2", "3x5", "three"):
-        with pytest.raises(ValueError, match="FASTRNN_TILE"):
+        with pytest.raises(ConfigError, match="FASTRNN_TILE"):
             isa.tile_shape(t, override=bad)
 
 

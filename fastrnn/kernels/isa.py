@@ -124,7 +124,9 @@ def tile_shape(t, override=None):
             r = c = 0
         if 1 <= r <= MAX_ROWS and 1 <= c <= MAX_VECTORS:
             return r, c
-        raise ValueError(f"{TILE_ENV}={override!r}: expected ROWSxVECTORS within {MAX_ROWS}x{MAX_VECTORS}")
+        from fastrnn.errors import ConfigError
+
+        raise ConfigError(f"{TILE_ENV}={override!r}: expected ROWSxVECTORS within {MAX_ROWS}x{MAX_VECTORS}")
     fits = [(r, c) for r in range(1, MAX_ROWS + 1) for c in range(1, MAX_VECTORS + 1)
             if r * c + c + 1 <= t.registers]
     return max(fits, key=lambda rc: (rc[0] * rc[1], -(rc[0] + rc[1]) / (rc[0] * rc[1]), rc[1]))
