@@ -23,7 +23,7 @@ from fastrnn.kernels.jit import kernel
 from fastrnn.kernels.lstm import lstm_backward, lstm_backward_split, lstm_forward, lstm_forward_split
 from fastrnn.kernels.rnn import matmul_small, rnn_layer_backward, rnn_layer_backward_split, rnn_layer_forward, \
     rnn_layer_forward_split
-from fastrnn.kernels.softmax_xent import affine_backward, softmax_xent
+from fastrnn.kernels.softmax_xent import affine_backward, softmax_xent_on
 from fastrnn.kernels.tiles import pack, pack_bf16
 from fastrnn.kernels.workspace import Grads
 from fastrnn.params import GATES, arch_of, layer_names
@@ -37,7 +37,7 @@ def output_layer(dWhy, dby, dtop, logits, rowloss, acc, top, y, Why, by, scale, 
     T, N, H = top.shape
     top2 = top.reshape(T * N, H)
     gemm_on(logits, top2, False, Why, False, 1.0, 0.0, groups)
-    loss = softmax_xent(logits, rowloss, by, y, scale, grad)
+    loss = softmax_xent_on(logits, rowloss, by, y, scale, grad, groups)
     if grad:
         affine_backward(dWhy, dby, dtop.reshape(T * N, H), logits, top2, Why, acc, groups)
     return loss
