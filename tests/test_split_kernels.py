@@ -1,30 +1,38 @@
-"""Kernels split over numba threads by blocks (the tiles plan's passes over all positions) give the bits of the
-serial pass, whatever the number of blocks."""
+"""The passes over all positions: the softmax split over numba threads by blocks of rows gives the bits of the
+serial pass whatever the number of blocks; layer 0's gradient scatter (vectorized over columns) sums in position
+order, as the scalar loop does."""
 
 import numpy as np
 import pytest
 
-from fastrnn.kernels.rnn import scatter_columns, scatter_gradients
+from fastrnn.kernels.rnn import scatter_columns
 from fastrnn.kernels.softmax_xent import softmax_xent, softmax_xent_split
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("GH", [7, 48, 130])
-def test_the_scatter_of_the_input_gradients_has_the_serial_bits_in_any_number_of_blocks(dtype, GH):
+def test_the_scatter_of_the_input_gradients_sums_by_token_in_position_order(dtype, GH):
     rng = np.random.default_rng(GH)
     T, N, V = 9, 5, 11
     dz = rng.standard_normal((T, N, GH)).astype(dtype)
     x = rng.integers(0, V, (N, T)).astype(np.int32)
-    want_w, want_b = np.full((V, GH), np.nan, dtype), np.full(GH, np.nan, dtype)
-    scatter_columns(want_w, want_b, np.empty(GH), dz, x, 0, GH)
+    w, b = np.full((V, GH), np.nan, dtype), np.full(GH, np.nan, dtype)
+    scatter_columns(w, b, np.empty(GH), dz, x, 0, GH)
+    # the same sums, one position at a time in position order
+    want_w, want_acc = np.zeros((V, GH), dtype), np.zeros(GH)
+    for t in range(T):
+        for n in range(N):
+            want_w[x[n, t]] += dz[t, n]
+            want_acc += dz[t, n]
+    assert w.tobytes() == want_w.tobytes() and b.tobytes() == want_acc.astype(dtype).tobytes()
     expect = np.zeros((V, GH))
     np.add.at(expect, x.T.reshape(-1), dz.reshape(T * N, GH).astype(np.float64))
-    np.testing.assert_allclose(want_w, expect, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(want_b, dz.sum(axis=(0, 1)), rtol=1e-5, atol=1e-5)
-    for groups in (2, 3, 8):
-        w, b = np.full((V, GH), np.nan, dtype), np.full(GH, np.nan, dtype)
-        scatter_gradients(w, b, np.empty(GH), dz, x, groups)
-        assert w.tobytes() == want_w.tobytes() and b.tobytes() == want_b.tobytes(), groups
+    np.testing.assert_allclose(w, expect, rtol=1e-5, atol=1e-5)
+    # a block of columns leaves the others alone
+    w2, b2 = np.full((V, GH), 7, dtype), np.full(GH, 7, dtype)
+    scatter_columns(w2, b2, np.empty(GH), dz, x, 0, GH // 2)
+    assert w2[:, :GH // 2].tobytes() == w[:, :GH // 2].tobytes() and (w2[:, GH // 2:] == 7).all()
+    assert (b2[GH // 2:] == 7).all()
 
 
 @pytest.mark.parametrize("grad", [True, False])
