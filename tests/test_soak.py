@@ -1,5 +1,5 @@
 """Long runs on big corpora: what train's log rows say about checkpoints and samples, epochs readable at a billion
-characters."""
+characters (in progress rows and `fastrnn info`)."""
 
 import json
 import os
@@ -41,3 +41,18 @@ def test_epochs_of_a_billion_characters_are_readable():
            "rss_mb": 550.0, "eta": 6 * 86400 + 3 * 3600}
     assert status(row, None) == ("step 10/6,620,960 | epoch 0.000015 | loss 4.5000 | 20.0k chars/s | 550 MB | "
                                  "ETA 6d03h")
+
+
+def test_info_says_how_far_into_its_epoch_a_run_is(small_corpus, tmp_path):
+    """`fastrnn info RUN`: the epoch with its fraction (a run on a billion characters shows more than 0)."""
+    from click.testing import CliRunner
+
+    from fastrnn.cli import main
+
+    seen = {}
+    train(small_corpus, tmp_path / "r", dict(hidden_size=8, batch_size=4, seq_len=10, max_steps=12, eval_every=0,
+                                             backend="numpy"), on_event=lambda kind, data: seen.setdefault(kind, data))
+    got = json.loads(CliRunner().invoke(main, ["info", str(tmp_path / "r"), "--json"]).stdout)
+    assert got["training"]["epochs"] == 12 / seen["start"]["steps_per_epoch"] and got["training"]["epoch"] == 0
+    text = CliRunner().invoke(main, ["info", str(tmp_path / "r")]).stdout
+    assert f"step 12 (epoch {epochs(12 / seen['start']['steps_per_epoch'])})," in text
