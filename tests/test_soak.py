@@ -1,16 +1,42 @@
-"""Long runs on big corpora: what train's log rows say about checkpoints and samples, epochs readable at a billion
-characters (in progress rows and `fastrnn info`)."""
+"""Long runs on big corpora, measured: what train's log rows say about checkpoints and samples, epochs readable at a
+billion characters (in progress rows and `fastrnn info`), and the soak benchmark (benchmarks.soak) run for real at a
+small scale."""
 
 import json
+import math
 import os
+import subprocess
+import sys
 
+import pytest
+
+from benchmarks import launch, soak
 from fastrnn.progress import epochs, status
 from fastrnn.train import train
 
+from conftest import make_text
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--model", "lstm", "--layers", "1", "--hidden-size", "64", "--batch-size", "8", "--seq-len", "16"]
+
 
 def log_rows(run_dir):
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return launch.read_rows(os.path.join(run_dir, "log.jsonl"))
+
+
+def run_module(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", *[str(a) for a in args]], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def soak_corpus(tmp_path_factory):
+    """A corpus of 300k characters, prepared by `fastrnn prepare` as a user would."""
+    d = tmp_path_factory.mktemp("soak")
+    (d / "text.txt").write_text(make_text(300_000, seed=4))
+    r = run_module("fastrnn", "prepare", d / "text.txt", "--output", d / "c.h5", timeout=120)
+    assert r.returncode == 0, r.stderr
+    return str(d / "c.h5")
 
 
 # ------------------------------------------------------------------------------------------- train's log rows
@@ -56,3 +82,109 @@ def test_info_says_how_far_into_its_epoch_a_run_is(small_corpus, tmp_path):
     assert got["training"]["epochs"] == 12 / seen["start"]["steps_per_epoch"] and got["training"]["epoch"] == 0
     text = CliRunner().invoke(main, ["info", str(tmp_path / "r")]).stdout
     assert f"step 12 (epoch {epochs(12 / seen['start']['steps_per_epoch'])})," in text
+
+
+# ------------------------------------------------------------------------------------------- the soak's parts
+
+
+def test_an_interval_row_sums_what_its_progress_rows_say():
+    rows = [{"step": 10, "chars_per_sec": 100.0}, {"step": 20, "chars_per_sec": 300.0, "eval_seconds": 0.5},
+            {"step": 30, "chars_per_sec": 200.0, "checkpoint_seconds": [0.25, 0.5], "sample_seconds": 0.1},
+            {"step": 40, "chars_per_sec": None}]
+    row = soak.interval_row(t=12.0, wall=10.0, session=2, rows=rows, rss_mb=123.0)
+    assert row["step"] == 40 and row["rows"] == 4 and row["chars_per_sec"] == 200.0 and row["rss_mb"] == 123.0
+    assert (row["eval_share"], row["checkpoint_share"], row["sample_share"]) == (0.05, 0.075, 0.01)
+    empty = soak.interval_row(t=14.0, wall=2.0, session=2, rows=[], rss_mb=None)
+    assert empty["chars_per_sec"] is None and empty["step"] is None and empty["eval_share"] == 0
+
+
+def test_the_resume_check_fails_on_one_differing_field():
+    ref = [{"step": s, "loss": 1 / s, "batch_loss": 2 / s, "grad_norm": 3.0, "lr": 0.002} for s in range(10, 121, 10)]
+    same = [dict(r) for r in ref]
+    verdict = soak.resume_verdict(ref, same, killed=same[:3], checkpoint_step=20, target=120)
+    assert verdict["exact"] and verdict["resumed"]["rows_compared"] == 10
+    assert verdict["before_kill"]["rows_compared"] == 1  # step 30: the killed run's rows up to 20 are history
+    off = [dict(r) for r in ref]
+    off[5]["grad_norm"] = math.nextafter(3.0, 4.0)  # one ulp
+    verdict = soak.resume_verdict(ref, off, killed=[], checkpoint_step=20, target=120)
+    assert not verdict["exact"] and verdict["resumed"]["mismatches"] == [
+        {"step": 60, "field": "grad_norm", "reference": 3.0, "value": off[5]["grad_norm"]}]
+    short = soak.resume_verdict(ref, same[:6], killed=[], checkpoint_step=20, target=120)
+    assert not short["exact"]  # the resumed run did not get to the target: not proven
+
+
+def test_the_log_tail_follows_a_file_rewritten_by_a_resume(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 10}\n{"step": 20}\n{"step": 3')
+    tail = launch.LogTail(str(path))
+    assert [r["step"] for r in tail.new()] == [10, 20]  # the row being written waits
+    with open(path, "a") as f:
+        f.write('0}\n')
+    assert [r["step"] for r in tail.new()] == [30]
+    tail.after = 10  # resumed at step 10: the file is rewritten with the rows up to 10, then new ones
+    (tmp_path / "new").write_text('{"step": 10}\n{"step": 20, "x": 1}\n')
+    os.replace(tmp_path / "new", path)
+    assert tail.new() == [{"step": 20, "x": 1}]
+
+
+def test_goals_judge_the_rows_after_each_launch_has_settled():
+    def row(t, session, cps, rss):
+        return {"t": t, "session": session, "chars_per_sec": cps, "rss_mb": rss, "rows": 1, "eval_seconds": 1.0,
+                "checkpoint_seconds": 0.5}
+    samples = [row(1, 1, 10.0, 100.0), row(5, 1, 100.0, 150.0), row(9, 1, 104.0, 160.0), row(11, 2, 50.0, 90.0),
+               row(15, 2, 101.0, 200.0), row(19, 2, 103.0, 240.0)]
+    g = soak.goals(samples, launches=[0.0, 10.0], settle=4, wall=60.0, check={"exact": True})
+    assert g["chars_per_sec_flat"]["value"] == pytest.approx(0.04) and g["chars_per_sec_flat"]["passed"]
+    assert g["rss_flat_mb"]["value"] == 40.0 and g["rss_flat_mb"]["passed"]
+    assert g["eval_checkpoint_share"]["value"] == pytest.approx(9 / 60) and not g["eval_checkpoint_share"]["passed"]
+    assert soak.goals(samples, [0.0, 10.0], settle=100, wall=60.0, check={"exact": None})["rss_flat_mb"]["passed"] \
+        is None
+
+
+# ------------------------------------------------------------------------------------------- for real
+
+
+@pytest.fixture(scope="module")
+def soaked(soak_corpus, tmp_path_factory):
+    """About 25 s of training sampled every 2 s, killed at 10 s and resumed: (its JSON, the folder it is in)."""
+    d = tmp_path_factory.mktemp("soaked")
+    results = d / "docs" / "benchmarks" / "2026-12-07"
+    r = run_module("benchmarks.soak", "--corpus", soak_corpus, "--minutes", 0.4, "--interval", 2, "--ranks", 1,
+                   *TINY, "--kill-at", 10, "--settle", 4, "--out", d / "out", "--json", results / "soak.json",
+                   "--", "--checkpoint-every", 40, "--eval-every", 80, "--threads", 1, "--max-epochs", 1000)
+    assert r.returncode == 0, r.stderr + r.stdout
+    return json.loads((results / "soak.json").read_text()), results
+
+
+def test_a_soak_samples_kills_resumes_and_checks_the_resume(soaked):
+    """The rows of both sessions, the kill, and the resumed run's 100 steps after the kill's checkpoint equal to a
+    run resumed from the same checkpoint and never killed."""
+    data, results = soaked
+    rows, kill, check = data["rows"], data["kill"], data["resume_check"]
+    assert [s["session"] for s in rows] == sorted(s["session"] for s in rows) and {1, 2} == {s["session"] for s in rows}
+    assert [s["event"] for s in rows if "event" in s] == ["kill"] and kill["at"] >= 10
+    assert all(b["t"] > a["t"] for a, b in zip(rows, rows[1:]))
+    trained = [s for s in rows if s["rows"]]
+    assert trained and all(s["chars_per_sec"] > 0 and s["rss_mb"] > 20 for s in trained)
+    assert trained[-1]["step"] >= kill["checkpoint_step"] + 100  # the resumed run trained the steps compared
+    assert kill["checkpoint_step"] > 0 and kill["checkpoint_step"] % 40 == 0
+    assert check["exact"] is True and check["resumed"]["rows_compared"] == 10 and not check["resumed"]["mismatches"]
+    assert check["target_step"] == check["reference_last_step"] == kill["checkpoint_step"] + 100
+    assert data["goals"]["resume_exact"]["passed"] is True
+    assert data["sessions"][1]["startup"]["resumed_from"] == kill["checkpoint_step"]
+    assert all(0 < st["startup"]["to_first_step"] <= st["startup"]["to_first_step_done"] for st in data["sessions"])
+    assert data["machine"]["cpu"] and data["settings"]["kill_at"] == 10
+    assert sorted(os.listdir(results.parents[2] / "out")) == ["check", "killed", "run"]
+
+
+@pytest.mark.parametrize("args", [
+    ["benchmarks.soak", "--corpus", "{d}/missing.h5"],
+    ["benchmarks.soak", "--corpus", "{d}/text.txt", "--minutes", "1", "--kill-at", "60"],
+    ["benchmarks.soak", "--corpus", "{d}/text.txt", "--minutes", "0.1", "--ranks", "1", "--out", "{d}/o", "--",
+     "--hidden-size", "0"],
+], ids=["missing corpus", "kill after the end", "a bad train option"])
+def test_bad_input_is_one_line(tmp_path, args):
+    (tmp_path / "text.txt").write_text(make_text(20_000))
+    r = run_module(*[a.format(d=tmp_path) for a in args], timeout=300)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "error" in r.stderr.splitlines()[-1].lower(), r.stderr
