@@ -1,6 +1,6 @@
 """Long runs on big corpora, measured: what train's log rows say about checkpoints and samples, epochs readable at a
-billion characters (in progress rows and `fastrnn info`), and the soak benchmark (benchmarks.soak) run for real at a
-small scale."""
+billion characters (in progress rows and `fastrnn info`), and the soak benchmark (benchmarks.soak) and its page run
+for real at a small scale."""
 
 import json
 import math
@@ -175,6 +175,31 @@ def test_a_soak_samples_kills_resumes_and_checks_the_resume(soaked):
     assert all(0 < st["startup"]["to_first_step"] <= st["startup"]["to_first_step_done"] for st in data["sessions"])
     assert data["machine"]["cpu"] and data["settings"]["kill_at"] == 10
     assert sorted(os.listdir(results.parents[2] / "out")) == ["check", "killed", "run"]
+
+
+def test_report_renders_the_soak_page_with_its_chart(soaked, tmp_path):
+    """docs/soak.md, dated and naming the CPU, with the goals, the chart (matplotlib: the [plot] extra) and the rows;
+    docs/benchmarks.md links to it."""
+    from click.testing import CliRunner
+
+    from benchmarks import report
+
+    data, results = soaked
+    for charts, folder in (("--charts", tmp_path / "a"), ("--no-charts", tmp_path / "b")):
+        out = CliRunner().invoke(report.main, ["--results", str(results), "--output", str(folder / "benchmarks.md"),
+                                               "--readme", str(tmp_path / "none.md"), charts])
+        assert out.exit_code == 0, out.output
+        assert "wrote " in out.output and "soak.md" in out.output
+        assert "[soak.md](soak.md)" in (folder / "benchmarks.md").read_text()
+    text = (tmp_path / "a" / "soak.md").read_text()
+    assert text.startswith(f"# Soak: lstm 1x64, 1 rank, 0.4 minutes, measured {data['machine']['time'][:10]}\n")
+    assert data["machine"]["cpu"] in text and data["machine"]["time"] in text
+    assert "| resume exact | yes | yes | pass |" in text and "![soak.png](soak.png)" in text
+    assert f"the checkpoint it left step {data['kill']['checkpoint_step']:,}" in text
+    assert text.count("\n| ") >= len(data["rows"]) + 2 + 2  # a row each, the goals, the start-up
+    assert (tmp_path / "a" / "soak.png").stat().st_size > 1000
+    assert "Chart skipped: --no-charts." in (tmp_path / "b" / "soak.md").read_text()
+    assert not (tmp_path / "b" / "soak.png").exists()
 
 
 @pytest.mark.parametrize("args", [
