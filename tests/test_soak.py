@@ -1,6 +1,6 @@
 """Long runs on big corpora, measured: what train's log rows say about checkpoints and samples, epochs readable at a
-billion characters (in progress rows and `fastrnn info`), and the soak benchmark (benchmarks.soak) and its page run
-for real at a small scale."""
+billion characters, and the soak and start-up benchmarks (benchmarks.soak, benchmarks.startup, their page) run for
+real at a small scale."""
 
 import json
 import math
@@ -202,12 +202,25 @@ def test_report_renders_the_soak_page_with_its_chart(soaked, tmp_path):
     assert not (tmp_path / "b" / "soak.png").exists()
 
 
+def test_startup_times_the_first_step_and_each_checkpoint_write(soak_corpus, tmp_path):
+    r = run_module("benchmarks.startup", "--corpus", soak_corpus, *TINY, "--repeats", 1, "--checkpoints", 2,
+                   "--json", tmp_path / "s.json", "--", "--threads", 1)
+    assert r.returncode == 0, r.stderr + r.stdout
+    data = json.loads((tmp_path / "s.json").read_text())
+    (row,) = data["rows"]
+    assert 0 < row["to_start_line"] <= row["to_first_step"] <= row["to_first_step_done"] <= row["wall_seconds"]
+    assert 0 < row["first_step_seconds"] <= row["to_first_step_done"] and row["cpu_seconds_to_first_step_done"] > 0
+    assert len(row["checkpoint_seconds"]) == 2 and all(s > 0 for s in row["checkpoint_seconds"])
+    assert data["summary"]["goal"]["value"] == row["to_first_step_done"]
+
+
 @pytest.mark.parametrize("args", [
     ["benchmarks.soak", "--corpus", "{d}/missing.h5"],
     ["benchmarks.soak", "--corpus", "{d}/text.txt", "--minutes", "1", "--kill-at", "60"],
     ["benchmarks.soak", "--corpus", "{d}/text.txt", "--minutes", "0.1", "--ranks", "1", "--out", "{d}/o", "--",
      "--hidden-size", "0"],
-], ids=["missing corpus", "kill after the end", "a bad train option"])
+    ["benchmarks.startup", "--corpus", "{d}/text.txt"],
+], ids=["missing corpus", "kill after the end", "a bad train option", "a text corpus"])
 def test_bad_input_is_one_line(tmp_path, args):
     (tmp_path / "text.txt").write_text(make_text(20_000))
     r = run_module(*[a.format(d=tmp_path) for a in args], timeout=300)
