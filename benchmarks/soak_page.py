@@ -143,7 +143,7 @@ def render(data, source, chart_name, skipped):
              f"{corpus.get('path', '-')} ({corpus.get('train_tokens', 0):,} training and "
              f"{corpus.get('val_tokens', 0):,} val tokens, {corpus.get('vocab_size', '-')} symbols), a row every "
              f"{s.get('interval', '-'):g} s; the goals judge the rows from {s.get('settle', 0):g} s after each launch "
-             f"on. `python -m benchmarks.soak --help` says how each is measured.", "",
+             f"on; the docstring of benchmarks/soak.py says how each is measured.", "",
              "## Goals", "", md_table(goal_rows(data), [("goal", "goal", "s"), ("measured", "value", "s"),
                                                        ("target", "target", "s"), ("result", "result", "s"),
                                                        ("how", "what", "s")]), ""]
