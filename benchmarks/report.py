@@ -12,7 +12,7 @@ every benchmark into docs/benchmarks/<today>/ and then this report.
 
 The results folder holds the JSON files the benchmarks write with `--json FILE`; a file's kind is the benchmark
 its name starts with (throughput*.json, time_to_quality*.json, sampling*.json, prepare*.json, train_memory*.json,
-profile_speed*.json, kernel_scratch*.json, pytorch*.json, soak*.json); other files are ignored. Every number on the page comes from those files: the machine
+profile_speed*.json, kernel_scratch*.json, pytorch*.json, startup*.json, soak*.json); other files are ignored. Every number on the page comes from those files: the machine
 (CPU model and flags, cores, the sgemm and dgemm rates the throughput run measured), one table per file, and a
 chart of the throughput rows (PNG next to the page; with matplotlib only, else the page says the charts were
 skipped). In README.md the lines between `<!-- benchmarks:begin -->` and `<!-- benchmarks:end -->` are replaced
@@ -26,13 +26,13 @@ import re
 
 import click
 
-from benchmarks import common, options, soak_page
+from benchmarks import common, options, soak_page, startup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_ROOT = os.path.join(ROOT, "docs", "benchmarks")
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 KINDS = ("throughput", "isa", "time_to_quality", "sampling", "prepare", "train_memory", "profile_speed",
-         "kernel_scratch", "pytorch", "bf16_quality", "distributed", "soak")
+         "kernel_scratch", "pytorch", "bf16_quality", "distributed", "startup", "soak")
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -409,6 +409,9 @@ SECTIONS = {
     "bf16_quality": ("bf16 against float32", "`python -m benchmarks.bf16_quality`: the same model trained the "
                      "same steps from the same seed with `--precision bf16` and in float32: the val loss reached "
                      "and the chars/s.", bf16_quality_section),
+    "startup": ("Start-up on a large corpus", "`python -m benchmarks.startup`: the seconds from launching `fastrnn "
+                "train` to its first step, read from its own lines, and the time of each checkpoint write.",
+                startup.section),
     "soak": ("Soak", "`python -m benchmarks.soak`: a long run of `fastrnn train` sampled every minute, killed with "
              "kill -9 at a random moment and resumed, and the resume checked against a run never killed.",
              soak_page.section),

@@ -67,12 +67,13 @@ def one_launch(corpus, run_dir, ranks, train_opts, checkpoints, cold, plans_dir=
     rows = launch.read_rows(os.path.join(run_dir, "log.jsonl"))
     writes = [s for r in rows for s in r.get("checkpoint_seconds", ())]
     size = os.path.getsize(os.path.join(run_dir, "checkpoint.h5"))
-    return dict(training.startup(), cold=cold, measure_plans=plans_dir is not None, steps=steps, checkpoint_seconds=writes,
-                checkpoint_mb=size / 2**20, wall_seconds=wall, cpu_seconds=cpu)
+    return dict(training.startup(), cold=cold, measure_plans=plans_dir is not None, steps=steps,
+                checkpoint_seconds=writes, checkpoint_mb=size / 2**20, wall_seconds=wall, cpu_seconds=cpu)
 
 
 COLUMNS = [("cold", "cold", lambda v: "yes" if v else "no"),
-           ("plans timed", "measure_plans", lambda v: "yes" if v else "no"), ("to model line s", "to_start_line", ".2f"),
+           ("plans timed", "measure_plans", lambda v: "yes" if v else "no"),
+           ("to model line s", "to_start_line", ".2f"),
            ("to first step s", "to_first_step", ".2f"), ("first step done s", "to_first_step_done", ".2f"),
            ("first step s", "first_step_seconds", ".2f"), ("CPU s then", "cpu_seconds_to_first_step_done", ".2f"),
            ("checkpoint writes s", "checkpoint_seconds", lambda v: ", ".join(f"{s:.3f}" for s in v)),
@@ -88,6 +89,21 @@ def summary(rows):
             "max_checkpoint_seconds": max(writes) if writes else None,
             "goal": {"value": worst, "threshold": GOAL, "passed": None if worst is None else worst <= GOAL,
                      "what": "seconds from the launch to the end of the first step, the slowest repeat"}}
+
+
+def section(name, data):
+    """The part of docs/benchmarks.md of a startup*.json result (benchmarks.report)."""
+    from benchmarks.report import md_table, pass_fail
+
+    s, c, g = data.get("settings") or {}, data.get("corpus") or {}, (data.get("summary") or {}).get("goal") or {}
+    how = (f"`fastrnn train {' '.join(s.get('train_options') or [])}` on {os.path.basename(c.get('path', '-'))} "
+           f"({c.get('train_tokens', 0):,} training tokens, {c.get('bytes', 0) / 2**30:.2f} GiB), {s.get('ranks', 1)} "
+           f"rank(s), {len(data['rows'])} launch(es)" + (", each after the corpus was dropped from the page cache"
+                                                        if s.get("cold") else "") + ".")
+    worst = "-" if g.get("value") is None else f"{g['value']:.2f} s"
+    return [f"### {name}", "", how, "", md_table(data["rows"], COLUMNS), "",
+            f"Goal: the first step done within {g.get('threshold', GOAL):g} s of the launch: "
+            f"{pass_fail(g.get('passed'))} (the slowest: {worst}).", ""]
 
 
 @options.command(help=__doc__.split("\n\n")[0] + "\n\nRuns from a checkout (benchmarks/ is not part of the "

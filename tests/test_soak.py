@@ -203,15 +203,28 @@ def test_report_renders_the_soak_page_with_its_chart(soaked, tmp_path):
 
 
 def test_startup_times_the_first_step_and_each_checkpoint_write(soak_corpus, tmp_path):
+    """One launch: its start-up in order, two checkpoint writes timed; report's section shows them."""
+    from click.testing import CliRunner
+
+    from benchmarks import report
+
     r = run_module("benchmarks.startup", "--corpus", soak_corpus, *TINY, "--repeats", 1, "--checkpoints", 2,
-                   "--json", tmp_path / "s.json", "--", "--threads", 1)
+                   "--json", tmp_path / "res" / "startup.json", "--", "--threads", 1)
     assert r.returncode == 0, r.stderr + r.stdout
-    data = json.loads((tmp_path / "s.json").read_text())
+    data = json.loads((tmp_path / "res" / "startup.json").read_text())
     (row,) = data["rows"]
     assert 0 < row["to_start_line"] <= row["to_first_step"] <= row["to_first_step_done"] <= row["wall_seconds"]
     assert 0 < row["first_step_seconds"] <= row["to_first_step_done"] and row["cpu_seconds_to_first_step_done"] > 0
     assert len(row["checkpoint_seconds"]) == 2 and all(s > 0 for s in row["checkpoint_seconds"])
     assert data["summary"]["goal"]["value"] == row["to_first_step_done"]
+    out = CliRunner().invoke(report.main, ["--results", str(tmp_path / "res"), "--output", str(tmp_path / "b.md"),
+                                           "--readme", str(tmp_path / "none.md"), "--no-charts"])
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "b.md").read_text()
+    assert "## Start-up on a large corpus" in page and f"{row['to_first_step_done']:.2f}" in page
+    verdict = "pass" if data["summary"]["goal"]["passed"] else "FAIL"  # (a loaded machine may take longer)
+    assert f"Goal: the first step done within 10 s of the launch: {verdict} (the slowest: " \
+           f"{row['to_first_step_done']:.2f} s)." in page
 
 
 @pytest.mark.parametrize("args", [
