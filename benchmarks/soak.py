@@ -133,7 +133,7 @@ class Soak:
         self.check_steps = check_steps
         self.run_dir, self.snapshot = os.path.join(out, "run"), os.path.join(out, "killed")
         self.samples, self.sessions, self.rows, self.kill = [], [], [], None
-        self.training = None
+        self.training, self.waiting = None, False
 
     def clock(self):
         return time.monotonic() - self.started
@@ -154,7 +154,7 @@ class Soak:
             self.launch(resume=False)
             while self.going_on():
                 self.check_alive()
-                if self.kill is None and self.clock() >= self.kill_at and self.has_checkpoint():
+                if self.kill_due():
                     self.kill_and_resume()
                 elif self.clock() - self.last >= self.interval:
                     self.sample(self.training.rss_mb())
@@ -198,8 +198,16 @@ class Soak:
             return now < self.end
         return not any(r["step"] >= self.kill["checkpoint_step"] + self.check_steps for r in self.rows[-1])
 
-    def has_checkpoint(self):
-        return os.path.exists(os.path.join(self.run_dir, "checkpoint.h5"))
+    def kill_due(self):
+        """--kill-at has come and the run has a checkpoint to resume from (said once while it has none)."""
+        if self.kill is not None or self.clock() < self.kill_at:
+            return False
+        if os.path.exists(os.path.join(self.run_dir, "checkpoint.h5")):
+            return True
+        if not self.waiting:
+            click.echo(f"the kill is due ({self.kill_at:.0f} s) but the run has no checkpoint yet: waiting for one")
+            self.waiting = True
+        return False
 
     def finish_session(self, code):
         self.rows[-1].extend(self.tail.new())

@@ -108,8 +108,8 @@ def resume_lines(data):
     if not kill:
         return [f"Nothing was killed: {check.get('skipped', '-')}.", ""]
     lines = [f"SIGKILL to every training process at {kill['at']:.0f} s (drawn: {kill['requested_at']:.0f} s); the last "
-             f"progress row before it was step {kill['last_logged_step'] or 0:,}, the checkpoint it left step "
-             f"{kill['checkpoint_step']:,}, and the same command with `--resume` continued from there.", ""]
+             f"progress row before it was step {kill['last_logged_step'] or 0:,} and the newest checkpoint step "
+             f"{kill['checkpoint_step']:,}, from which the same command with `--resume` continued.", ""]
     res, before = check.get("resumed") or {}, check.get("before_kill") or {}
     lines += [f"Resume check: a copy of the run directory as the kill left it, resumed and trained to step "
               f"{check.get('target_step', 0):,} in one go, never killed (the reference). The resumed soak run's "

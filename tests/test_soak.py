@@ -195,7 +195,7 @@ def test_report_renders_the_soak_page_with_its_chart(soaked, tmp_path):
     assert text.startswith(f"# Soak: lstm 1x64, 1 rank, 0.4 minutes, measured {data['machine']['time'][:10]}\n")
     assert data["machine"]["cpu"] in text and data["machine"]["time"] in text
     assert "| resume exact | yes | yes | pass |" in text and "![soak.png](soak.png)" in text
-    assert f"the checkpoint it left step {data['kill']['checkpoint_step']:,}" in text
+    assert f"the newest checkpoint step {data['kill']['checkpoint_step']:,}," in text
     assert text.count("\n| ") >= len(data["rows"]) + 2 + 2  # a row each, the goals, the start-up
     assert (tmp_path / "a" / "soak.png").stat().st_size > 1000
     assert "Chart skipped: --no-charts." in (tmp_path / "b" / "soak.md").read_text()
