@@ -15,8 +15,8 @@ interval, the RSS of every training process (each rank, and mpiexec), and the sh
 that the rows say went into evaluations (eval_seconds), checkpoints (checkpoint_seconds) and samples
 (sample_seconds). At --kill-at seconds (default: a moment in the middle third drawn from --seed; later if no
 checkpoint exists yet) every training process gets SIGKILL and the same command with --resume continues; at
---minutes SIGINT stops it (the soak runs on, up to 10 minutes more, until the resumed run has trained the steps the
-resume check compares).
+--minutes SIGINT stops it (the soak runs on, 10 minutes more at most, until it has killed the run and the resumed run
+has trained the steps the resume check compares).
 
 The resume is checked: the run directory as the kill left it is copied, and a run resumed from the copy trains
 --check-steps steps in one go (the reference). The progress rows of the resumed soak session over those steps,
@@ -133,7 +133,7 @@ class Soak:
         self.check_steps = check_steps
         self.run_dir, self.snapshot = os.path.join(out, "run"), os.path.join(out, "killed")
         self.samples, self.sessions, self.rows, self.kill = [], [], [], None
-        self.training, self.waiting = None, False
+        self.training, self.waiting, self.overtime = None, False, False
 
     def clock(self):
         return time.monotonic() - self.started
@@ -191,12 +191,18 @@ class Soak:
                                        f"soak: {self.training.last_line() or 'no message'}")
 
     def going_on(self):
-        """Until --minutes, and on (OVERTIME at most) until the resumed session has trained the steps the resume
-        check compares."""
+        """Until --minutes, and on (OVERTIME at most) until the run has been killed and resumed and the resumed
+        session has trained the steps the resume check compares."""
         now = self.clock()
-        if now < self.end or self.kill is None or now >= self.end + OVERTIME:
+        if now < self.end or now >= self.end + OVERTIME:
             return now < self.end
-        return not any(r["step"] >= self.kill["checkpoint_step"] + self.check_steps for r in self.rows[-1])
+        more = self.kill is None or not any(r["step"] >= self.kill["checkpoint_step"] + self.check_steps
+                                            for r in self.rows[-1])
+        if more and not self.overtime:
+            click.echo(f"--minutes are up; going on ({OVERTIME / 60:g} minutes at most) until the run has been killed "
+                       f"and has trained {self.check_steps} steps after the checkpoint it resumed from")
+            self.overtime = True
+        return more
 
     def kill_due(self):
         """--kill-at has come and the run has a checkpoint to resume from (said once while it has none)."""
