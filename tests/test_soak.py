@@ -69,6 +69,34 @@ def test_epochs_of_a_billion_characters_are_readable():
                                  "ETA 6d03h")
 
 
+def test_a_resumed_run_does_not_hold_the_checkpoint_it_resumed_from(small_corpus, tmp_path, monkeypatch):
+    """The checkpoint's arrays are copied into the run: the loaded copy is freed before training (a soak of a 2x512
+    LSTM saw each resumed rank ~45 MB larger than before the kill)."""
+    import gc
+    import weakref
+
+    from fastrnn import checkpoint as ckpt_io
+
+    options = dict(hidden_size=16, batch_size=4, seq_len=10, eval_every=0, log_every=5, backend="numpy")
+    train(small_corpus, tmp_path / "r", dict(options, max_steps=5))
+    loaded, alive = [], []
+    real = ckpt_io.load_for_resume
+
+    def load_for_resume(run_dir):
+        ckpt, warning = real(run_dir)
+        loaded.append(weakref.ref(ckpt.params))
+        return ckpt, warning
+
+    def on_event(kind, data):
+        if kind == "log":
+            gc.collect()
+            alive.append(loaded[0]() is not None)
+
+    monkeypatch.setattr(ckpt_io, "load_for_resume", load_for_resume)
+    train(small_corpus, tmp_path / "r", dict(options, max_steps=15), resume=True, on_event=on_event)
+    assert len(loaded) == 1 and alive == [False, False]
+
+
 def test_info_says_how_far_into_its_epoch_a_run_is(small_corpus, tmp_path):
     """`fastrnn info RUN`: the epoch with its fraction (a run on a billion characters shows more than 0)."""
     from click.testing import CliRunner
