@@ -4,7 +4,9 @@
 
     start       the resolved configuration, model and data sizes
     compiled    seconds taken by the first step (includes JIT compilation), excluded from chars/s
-    log         a progress row (also appended to RUN_DIR/log.jsonl): step, epoch, loss, chars_per_sec, rss_mb, ...
+    log         a progress row (also appended to RUN_DIR/log.jsonl): step, epoch, loss, chars_per_sec, rss_mb, ...,
+                and what the checkpoints and samples written since the previous row took (checkpoint_seconds: a
+                list, one per checkpoint; sample_seconds: their sum), where there were any
     evaluating  how far a running evaluation is (at most every validation.PROGRESS_INTERVAL seconds), with its ETA
     eval        a validation loss, and how many val tokens it was computed on
     sample      a short generated text
@@ -336,6 +338,7 @@ def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, 
             run = Run(config, corpus, corpus_path, run_dir, saved, emit, parent, comm, started)
         except FastrnnError as exc:
             failure = exc
+        saved = parent = None  # the run holds copies of their arrays: not twice the model's state while it trains
         comm.first_error(failure)  # a rank that cannot start stops them all, with its reason
         try:
             return run.loop()
@@ -485,6 +488,7 @@ class Run:
         self.budget = TimeBudget(config.max_time, self.wall_at_start, self.started,
                                  self.model.flat.nbytes * (1 + len(self.optimizer.state)))
         self.eval_seconds, self.eval_skipped, self.last_eval, self.time_agreed = 0.0, False, None, False
+        self.phases = {}  # the seconds of the checkpoints and samples since the last progress row (its fields)
         self.window_start, self.window_steps = time.perf_counter(), 0
         self.first_step = True
         announced = False  # the "compiling" event was emitted: once, also if the first step is rolled back
@@ -801,7 +805,9 @@ class Run:
             ids = list(generate(self.backend, self.model.P, self.vocab, length=self.config.sample_length, rng=srng,
                                 dtype=self.model.dtype, warmup=self.warmup))
             self.emit("sample", {"step": self.state.step, "text": self.vocab.decode(np.array(ids, dtype=np.int32))})
-            self.budget.measured("sample", time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.budget.measured("sample", seconds)
+            self.phases["sample_seconds"] = round(self.phases.get("sample_seconds", 0.0) + seconds, 4)
 
     def maybe_log(self, loss, norm, val_loss, now):
         """A progress row (log.jsonl and the 'log' event) every --log-every steps and at every evaluation."""
@@ -815,7 +821,8 @@ class Run:
         seconds = now - self.window_start
         steps = self.window_steps
         cps = steps * config.batch_size * config.seq_len / seconds if steps and seconds > 0 else None
-        row = {"run_id": state.run_id, "step": state.step, "epoch": round(state.epoch + state.index / self.spe, 4),
+        epoch = state.epoch + state.index / self.spe  # 6 digits: one step of a billion-token corpus shows
+        row = {"run_id": state.run_id, "step": state.step, "epoch": float(f"{epoch:.6g}"),
                "loss": state.smooth_loss, "batch_loss": loss,
                "lr": state.lr_scale * learning_rate(config, state.step - 1, self.spe, self.total_steps),
                "grad_norm": norm, "chars_per_sec": cps,
@@ -824,6 +831,8 @@ class Run:
             row.update(self.val_fields(val_loss))
         if self.comm.size > 1:  # rank 0's time in the gradient Allreduce, per step of the window
             row["ranks"], row["allreduce_ms"] = self.comm.size, 1e3 * self.allreduce_seconds / max(steps, 1)
+        row.update(self.phases)
+        self.phases = {}
         row["eta"] = _eta(self.max_steps - state.step, seconds / steps if steps else None,
                           self.budget.left() if self.budget.limited else None)
         self.log.write(row)
@@ -948,7 +957,9 @@ class Run:
         if path == self.ckpt_path and self.config.keep_checkpoints > 1:
             ckpt_io.keep_history(self.run_dir, self.state.step, self.config.keep_checkpoints)
         if hasattr(self, "budget"):
-            self.budget.measured("checkpoint", time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.budget.measured("checkpoint", seconds)
+            self.phases.setdefault("checkpoint_seconds", []).append(round(seconds, 4))
         self.emit("checkpoint", {"step": self.state.step, "path": path})
 
     def is_healthy(self):
