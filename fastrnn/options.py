@@ -4,8 +4,12 @@ they apply to.
 The options of `fastrnn train` are the fields of fastrnn.config.TrainConfig, each declared with `option(...)`. From
 these declarations come:
 
+    the command line's click options          fastrnn.cli.options (types, ranges, defaults and help)
     the checks of every entry point           check(): TrainConfig.validate for `train` and CharRNN.fit alike
     the resume sets                           fastrnn.config.RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW
+
+An option whose range is declared here refuses the same values wherever it is given: the command line says so as a
+usage error (exit 2) before anything runs, the API raises ConfigError with the same bounds.
 """
 
 import dataclasses
@@ -61,6 +65,11 @@ def words(items):
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
+def switches(name, opt):
+    """A switch's pair of flags: its declared ones, else --name/--no-name ("--greedy": a flag alone)."""
+    return opt.flags or f"{flag(name)}/--no-{flag(name)[2:]}"
+
+
 def _number(x):
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
@@ -77,6 +86,13 @@ def describe_range(opt, positive="positive"):
     if hi is not None:
         return f"{'<' if opt.high_open else '<='} {_number(hi)}"
     return ""
+
+
+def help_of(opt):
+    """The declared help, with the optimizers the option applies to."""
+    if not opt.optimizers:
+        return opt.help
+    return f"{opt.help.rstrip('.')} ({words(opt.optimizers)} only)."
 
 
 def _in_range(opt, x):
