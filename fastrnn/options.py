@@ -1,15 +1,16 @@
 """Options declared once: their help, type, range or choices, what --resume may do with them, and which optimizers
 they apply to.
 
-The options of `fastrnn train` are the fields of fastrnn.config.TrainConfig, each declared with `option(...)`. From
-these declarations come:
+The options of `fastrnn train` are the fields of fastrnn.config.TrainConfig, each declared with `option(...)`; the
+sampling options are SAMPLING below. From these declarations come:
 
     the command line's click options          fastrnn.cli.options (types, ranges, defaults and help)
-    the checks of every entry point           check(): TrainConfig.validate for `train` and CharRNN.fit alike
+    the checks of every entry point           check(): TrainConfig.validate for `train` and CharRNN.fit alike;
+                                              check_sampling() for `sample`, CharRNN.generate and `serve`
     the resume sets                           fastrnn.config.RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW
 
 An option whose range is declared here refuses the same values wherever it is given: the command line says so as a
-usage error (exit 2) before anything runs, the API raises ConfigError with the same bounds.
+usage error (exit 2) before anything runs, the others raise ConfigError with the same bounds.
 """
 
 import dataclasses
@@ -139,3 +140,36 @@ def check_optimizer_options(optimizer, given, options):
         if applies is not None and optimizer not in applies:
             raise ConfigError(f"{flag(name)} has no effect with --optimizer {optimizer} "
                               f"(it applies to {words(applies)})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sampling: `fastrnn sample`, CharRNN.generate / generate_many / next_probs, and serve's POST /generate
+
+SAMPLING = {
+    "length": Option("Characters to generate.", int, 200, low=0),
+    "temperature": Option("Divide logits by this before the softmax: < 1 is more conservative, > 1 more varied.",
+                          float, 1.0, low=0, low_open=True),
+    "top_k": Option("Sample only among the k most probable characters (0: all).", int, 0, low=0),
+    "top_p": Option("Sample only among the most probable characters whose probabilities add up to p.", float, 1.0,
+                    low=0, high=1, low_open=True),
+    "greedy": Option("Always take the most probable character (argmax).", bool, False, flags="--greedy"),
+    "beam_width": Option("Beam search with this many beams: the most probable continuation of --length (0: sample).",
+                         int, 0, low=0),
+    "num_samples": Option("Independent samples, drawn together (sample i is the one --seed SEED+i draws alone).",
+                          int, 1, low=1),
+    "seed": Option("Random seed (default: a fresh one each time).", int, None, low=0, nullable=True),
+}
+BEAM_IGNORES = ("top_k", "top_p", "greedy", "temperature")  # what a beam search leaves out: refused beside it
+
+
+def check_sampling(values, label=flag):
+    """`values` (a dict of SAMPLING options) checked and canonical, for every entry point: ConfigError naming the
+    option as label(name) (the flag; serve names its JSON fields). A sampling option set beside a beam search,
+    which would ignore it, is refused too."""
+    out = {name: check(SAMPLING[name], name, value, label(name)) for name, value in values.items()}
+    if out.get("beam_width"):
+        ignored = [label(name) for name in BEAM_IGNORES if name in out and out[name] != SAMPLING[name].default]
+        if ignored:
+            raise ConfigError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
+                              f"{label('beam_width')} (beam search keeps the most probable continuations)")
+    return out

@@ -1,18 +1,22 @@
-"""Each option declared once (fastrnn.options): the command line, TrainConfig.validate and the resume sets all
-follow the one declaration, and agree with each other."""
+"""Each option declared once (fastrnn.options): the command line, TrainConfig.validate, the resume sets and serve
+all follow the one declaration, and agree with each other."""
 
 import dataclasses
+import json
 import math
+import re
 
 import click
 import pytest
 from click.testing import CliRunner
 
 from fastrnn.cli import main
+from fastrnn.cli.train import sample as sample_command
 from fastrnn.cli.train import train as train_command
 from fastrnn.config import (OPTIMIZER_OPTIONS, OPTIONS, RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW,
                             TrainConfig)
 from fastrnn.errors import ConfigError
+from fastrnn.options import SAMPLING, check_sampling
 
 
 def _params(command):
@@ -132,3 +136,64 @@ def test_keep_checkpoints_reads_the_same_from_the_command_line_and_the_api(small
     assert r.exit_code == 2 and "--keep-checkpoints" in r.stderr
     with pytest.raises(ConfigError, match="--keep-checkpoints must be >= 1, got -1"):
         TrainConfig(keep_checkpoints=-1).validate()
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+
+@pytest.fixture(scope="module")
+def trained(small_corpus, tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained") / "run"
+    r = CliRunner().invoke(main, ["train", small_corpus, "-o", run, "--hidden-size", "8", "--batch-size", "4",
+                                  "--seq-len", "8", "--max-steps", "2", "--eval-every", "0"])
+    assert r.exit_code == 0, r.output
+    return str(run)
+
+
+def _sample_param(name):
+    return next(p for p in _params(sample_command) if p.name == name)
+
+
+@pytest.mark.parametrize("name", [n for n, o in SAMPLING.items() if o.type is not bool])
+def test_sample_takes_what_the_sampling_validator_takes(name):
+    """`fastrnn sample`'s range of each sampling option equals check_sampling's, which CharRNN.generate and serve
+    use too."""
+    opt, param = SAMPLING[name], _sample_param(name)
+    for value in _probes(opt):
+        cli_ok, _ = _cli(param, value)
+        try:
+            check_sampling({name: value})
+            api_ok = True
+        except ConfigError:
+            api_ok = False
+        assert cli_ok == api_ok, (name, value)
+
+
+def test_sampling_options_are_refused_alike_by_the_api_and_serve():
+    """The same values refused by CharRNN.generate's validator and by serve's request parser, for the same reason
+    (named --top-k on the command line and in the API, top_k in a request)."""
+    from fastrnn import serve
+
+    class Stub:  # a Generator's parse without a model: its limits and vocabulary
+        max_length = 10_000
+        vocab = type("V", (), {"encode": staticmethod(lambda text: text)})()
+
+    bad = [("temperature", 0), ("temperature", -1.5), ("top_k", -1), ("top_p", 0), ("top_p", 1.5), ("length", -1),
+           ("seed", -3)]
+    for name, value in bad:
+        with pytest.raises(ConfigError) as api:
+            check_sampling({name: value})
+        with pytest.raises(serve.BadRequest) as server:
+            serve.Generator.parse(Stub(), json.dumps({name: value}).encode())
+        assert str(api.value).replace(f"--{name.replace('_', '-')}", name) in str(server.value), (name, value)
+    assert serve.Generator.parse(Stub(), b'{"temperature": 2, "top_p": 1}')["temperature"] == 2.0
+
+
+def test_a_beam_with_sampling_options_is_refused_everywhere(trained):
+    from fastrnn.api import CharRNN
+
+    with pytest.raises(ConfigError, match=re.escape("--top-p, --greedy have no effect with --beam-width")):
+        check_sampling(dict(beam_width=2, top_p=0.5, greedy=True))
+    with pytest.raises(ConfigError, match="--temperature has no effect with --beam-width"):
+        CharRNN.load(trained).generate("T", 5, temperature=0.5, beam_width=2)
+    r = CliRunner().invoke(main, ["sample", trained, "--beam-width", "2", "--temperature", "0.5"])
+    assert r.exit_code == 1 and "--temperature has no effect with --beam-width" in r.stderr

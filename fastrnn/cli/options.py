@@ -1,11 +1,11 @@
 """click options made from the declarations of fastrnn.options: the type, range, default and help of every training
-option come from its one declaration (TrainConfig's fields)."""
+and sampling option come from its one declaration (TrainConfig's fields, fastrnn.options.SAMPLING)."""
 
 import click
 
 from fastrnn.cli.types import Duration, EvalTokens, Finite, ReadAsIntRange
 from fastrnn.config import OPTIONS, RESUME_CHANGEABLE_WITH_ALLOW, parse_duration, parse_eval_tokens
-from fastrnn.options import flag, help_of, switches, words
+from fastrnn.options import SAMPLING, flag, help_of, switches, words
 
 PARSED = {parse_duration: Duration, parse_eval_tokens: EvalTokens}  # click types of the options read by a parser
 
@@ -51,6 +51,10 @@ def train_options(f):
     for name, opt in reversed(OPTIONS.items()):
         f = click_option(name, opt)(f)
     return f
+
+
+def sampling_option(name, **overrides):
+    return click_option(name, SAMPLING[name], **overrides)
 
 
 def allow_change_help():

@@ -8,11 +8,10 @@ import click
 
 from fastrnn.checkpoint import CHECKPOINT_NAME
 from fastrnn.cli import EXIT_SIGNAL, no_news  # (defined before fastrnn.cli imports its commands)
-from fastrnn.cli.options import allow_change_help, train_options
-from fastrnn.cli.types import SEED, Finite
+from fastrnn.cli.options import allow_change_help, sampling_option, train_options
 from fastrnn.config import BACKENDS, OPTIONS, TrainConfig
 from fastrnn.errors import ConfigError
-from fastrnn.options import check_optimizer_options
+from fastrnn.options import check_optimizer_options, check_sampling
 from fastrnn.progress import Printer
 
 
@@ -127,18 +126,13 @@ def _train_rank(comm, quiet, run_dir, run):
               "Backslash escapes are processed (\\n, \\t, \\\\, \\xHH, \\uHHHH).")
 @click.option("--prime-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Read the prime from this UTF-8 file (as it is: no escapes); instead of --prime.")
-@click.option("--length", type=click.IntRange(min=0), default=500, help="Characters to generate.")
-@click.option("--temperature", type=Finite(), default=1.0,
-              help="Divide logits by this before the softmax: < 1 is more conservative, > 1 more varied.")
-@click.option("--top-k", type=click.IntRange(min=0), default=0, help="Sample only among the k most probable "
-              "characters (0: all).")
-@click.option("--top-p", type=Finite(0, 1, min_open=True), default=1.0,
-              help="Sample only among the most probable characters whose probabilities add up to p.")
-@click.option("--greedy", is_flag=True, help="Always take the most probable character (argmax).")
-@click.option("--beam-width", type=click.IntRange(min=0), default=0,
-              help="Beam search with this many beams: the most probable continuation of --length (0: sample).")
-@click.option("--num-samples", type=click.IntRange(min=1), default=1,
-              help="Independent samples to print, drawn together (sample i is the one --seed SEED+i draws alone).")
+@sampling_option("length", default=500)
+@sampling_option("temperature")
+@sampling_option("top_k")
+@sampling_option("top_p")
+@sampling_option("greedy")
+@sampling_option("beam_width")
+@sampling_option("num_samples")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Stream each sample into its own file DIR/sample-I.txt (I from 1) as it is generated, instead "
                    "of printing it; DIR is made if missing, and existing sample files are never overwritten.")
@@ -147,7 +141,7 @@ def _train_rank(comm, quiet, run_dir, run):
 @click.option("--top-n-probs", type=click.IntRange(min=0), default=0,
               help="Print the N most probable next characters after the prime, with their probabilities (at "
                    "--temperature), instead of sampling.")
-@click.option("--seed", type=SEED, default=None, help="Random seed (default: a fresh one each time).")
+@sampling_option("seed")
 @click.option("--backend", type=click.Choice(BACKENDS), default="numba")
 def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, greedy, beam_width, num_samples,
            output_dir, stop_at, top_n_probs, seed, backend):
@@ -156,7 +150,8 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
     from fastrnn.model import get_backend
     from fastrnn import sample as gen
 
-    gen.check_options(temperature, top_k, top_p, length)
+    check_sampling(dict(length=length, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                        beam_width=beam_width, num_samples=num_samples, seed=seed))
     if prime_file is not None:
         if prime:
             raise ConfigError("give --prime or --prime-file, not both")
@@ -185,7 +180,6 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
             out.write(f"{p:.6f}  {symbol!r}\n")
         return
     if beam_width:
-        gen.beam_options_check(beam_width, temperature, top_k, top_p, greedy)
         if num_samples > 1:
             raise ConfigError("--num-samples with --beam-width would print the same beam several times; "
                               "beam search gives one result")
