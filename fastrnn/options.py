@@ -8,6 +8,7 @@ sampling options are SAMPLING below. From these declarations come:
     the checks of every entry point           check(): TrainConfig.validate for `train` and CharRNN.fit alike;
                                               check_sampling() for `sample`, CharRNN.generate and `serve`
     the resume sets                           fastrnn.config.RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW
+    README's options table                    python -m tools.options_table (tests/test_options.py: it is current)
 
 An option whose range is declared here refuses the same values wherever it is given: the command line says so as a
 usage error (exit 2) before anything runs, the others raise ConfigError with the same bounds.
@@ -87,6 +88,18 @@ def describe_range(opt, positive="positive"):
     if hi is not None:
         return f"{'<' if opt.high_open else '<='} {_number(hi)}"
     return ""
+
+
+def describe_values(opt):
+    """The values an option takes, in words: its declared `values`, its choices, or its type and range."""
+    if opt.values:
+        return opt.values
+    if opt.choices:
+        return ", ".join(opt.choices)
+    if opt.type is bool:
+        return "switch"
+    kind = {int: "integer", float: "number"}.get(opt.type, "")
+    return " ".join(part for part in (kind, describe_range(opt, positive="> 0")) if part)
 
 
 def help_of(opt):

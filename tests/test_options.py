@@ -1,5 +1,5 @@
-"""Each option declared once (fastrnn.options): the command line, TrainConfig.validate, the resume sets and serve
-all follow the one declaration, and agree with each other."""
+"""Each option declared once (fastrnn.options): the command line, TrainConfig.validate, the resume sets, serve and
+README's table all follow the one declaration, and agree with each other."""
 
 import dataclasses
 import json
@@ -197,3 +197,14 @@ def test_a_beam_with_sampling_options_is_refused_everywhere(trained):
         CharRNN.load(trained).generate("T", 5, temperature=0.5, beam_width=2)
     r = CliRunner().invoke(main, ["sample", trained, "--beam-width", "2", "--temperature", "0.5"])
     assert r.exit_code == 1 and "--temperature has no effect with --beam-width" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------------ README
+
+def test_the_readme_options_table_is_current():
+    from tools import options_table
+
+    with open(options_table.README, encoding="utf-8") as f:
+        text = f.read()
+    assert options_table.render(text) == text, "README.md's options table is stale: python -m tools.options_table"
+    assert all(f"`--{name.replace('_', '-')}" in text for name in OPTIONS)
