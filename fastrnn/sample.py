@@ -193,19 +193,3 @@ def decode_stream(vocab, ids):
     else:
         for token in ids:
             yield vocab.symbols[token]
-
-
-def stop_at(pieces, marker):
-    """Pass text pieces through until `marker` has been produced (it is included), then stop."""
-    if not marker:
-        yield from pieces
-        return
-    seen = ""
-    for piece in pieces:
-        seen += piece
-        i = seen.find(marker)
-        if i >= 0:
-            yield piece[: len(piece) - (len(seen) - (i + len(marker)))]
-            return
-        yield piece
-        seen = seen[-len(marker):]

@@ -95,11 +95,18 @@ def test_beam_search_is_at_least_as_probable_as_greedy(fitted):
 
 
 def test_stop_at():
-    pieces = iter(["ab", "c\n", "de", "\n\nf"])
-    assert "".join(gen.stop_at(pieces, "\n\n")) == "abc\nde\n\n"
-    assert "".join(gen.stop_at(iter("hello world"), "o w")) == "hello w"
-    assert "".join(gen.stop_at(iter("abc"), "")) == "abc"
-    assert "".join(gen.stop_at(iter("abc"), "zz")) == "abc"
+    """--stop-at (TextStream's marker): the text up to and with the marker, whichever blocks it spans."""
+    from fastrnn.corpus import Vocab
+
+    def stopped(blocks, marker):
+        vocab = Vocab(sorted({ord(c) for c in "".join(blocks) + marker}))
+        stream = gen.TextStream(vocab, marker)
+        return "".join(stream.feed(vocab.encode(block)) for block in blocks) + stream.finish()
+
+    assert stopped(["ab", "c\n", "de", "\n\nf"], "\n\n") == "abc\nde\n\n"
+    assert stopped(list("hello world"), "o w") == "hello w"
+    assert stopped(list("abc"), "") == "abc"
+    assert stopped(list("abc"), "zz") == "abc"
 
 
 def test_learned_something(fitted):
