@@ -152,6 +152,12 @@ def random_model(cell, layers, dtype, V=30, H=30):
     return model
 
 
+def sample_state(model, h):
+    """The carried states h: (B, S) as kernels.sample.sample_streams takes them: a new (B, L, K, H) array,
+    [b, l, 0] the h of layer l of stream b and, for an lstm (K = 2), [b, l, 1] its c (advance_streams's view)."""
+    return np.array(h).reshape(len(h), model.num_layers, -1, model.hidden_size)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("cell,layers", MODELS)
 def test_numba_generation_equals_the_numpy_path(cell, layers, dtype):
@@ -188,7 +194,7 @@ def test_sample_streams_state_and_logits_match_reference_steps(cell, layers, dty
     _, logits = ref.step(P, h, first)
     h = ref.step(P, h, first)[0]  # the states that give `logits`
     uniforms = rng.random((B, n))  # (B, n)
-    state, numba_logits = backend.sample_state(P, h), logits.copy()
+    state, numba_logits = sample_state(model, h), logits.copy()
     out = np.empty((B, n), dtype=np.int32)  # (B, n)
     temperature, top_k, top_p = np.array([0.8, 1.3, 0.6, 1.0, 0.8, 2.0]), np.array([0, 0, 5, 12, 0, 3]), \
         np.array([0.9, 1.0, 1.0, 0.8, 0.5, 1.0])  # each stream its own options
@@ -227,11 +233,11 @@ def test_a_stream_among_many_has_the_bits_it_has_alone(cell, layers, dtype):
     uniforms = rng.random((B, n))
     results = []
     for groups in (1, 2):
-        state, lg, out = backend.sample_state(P, h), logits.copy(), np.empty((B, n), np.int32)
+        state, lg, out = sample_state(model, h), logits.copy(), np.empty((B, n), np.int32)
         sample_streams(out, state, lg, uniforms, *backend.sample_params(P), *options(B), False, groups)
         results.append((state, lg, out))
     for b in range(B):
-        state, lg, out = backend.sample_state(P, h[b:b + 1]), logits[b:b + 1].copy(), np.empty((1, n), np.int32)
+        state, lg, out = sample_state(model, h[b:b + 1]), logits[b:b + 1].copy(), np.empty((1, n), np.int32)
         sample_streams(out, state, lg, uniforms[b:b + 1], *backend.sample_params(P), *options(1), False, 1)
         for together in results:
             assert (together[2][b] == out[0]).all()
