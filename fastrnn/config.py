@@ -18,8 +18,8 @@ from fastrnn.errors import ConfigError
 from fastrnn.options import check, check_optimizer_options, declared, option
 from fastrnn.params import CELLS, GATES
 
-OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
-DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3}
+OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")
+DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3, "adamw": 2e-3}
 BACKENDS = ("numba", "numpy")
 DTYPES = ("float32", "float64")
 PRECISIONS = ("float32", "bf16")  # of the recurrent products (--precision); parameters and state stay --dtype
@@ -123,11 +123,14 @@ class TrainConfig:
     rmsprop_decay: float = option(0.95, "RMSprop's decay of the squared gradient's running mean, char-rnn's "
                                   "-decay_rate.", low=0, high=1, high_open=True, optimizers=("rmsprop",))
     beta1: float = option(0.9, "Adam's decay of the gradient's running mean.", low=0, high=1, high_open=True,
-                          optimizers=("adam",))
+                          optimizers=("adam", "adamw"))
     beta2: float = option(0.999, "Adam's decay of the squared gradient's running mean.", low=0, high=1,
-                          high_open=True, optimizers=("adam",))
+                          high_open=True, optimizers=("adam", "adamw"))
     eps: float = option(1e-8, "The epsilon of the update's denominator.", low=0, low_open=True,
-                        optimizers=("adagrad", "rmsprop", "adam"))
+                        optimizers=("adagrad", "rmsprop", "adam", "adamw"))
+    weight_decay: float = option(0.01, "Decoupled weight decay (Loshchilov & Hutter 2019): every update first "
+                                 "multiplies the weight matrices (not the biases) by 1 - lr * this.",
+                                 low=0, resume="allow", optimizers=("adamw",))
     clip: float = option(5.0, "Clip each gradient element to [-clip, clip] (0: off).", low=0, resume="allow")
     max_grad_norm: float = option(0.0, "Rescale gradients whose global L2 norm exceeds this (0: off), before "
                                   "--clip.", low=0, resume="allow")

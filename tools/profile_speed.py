@@ -47,7 +47,7 @@ def profile(config, tokens, vocab_size, steps=20, warmup=3, check=None):
         np.random.default_rng(config.seed), config.init_scale, config.init)
     gflat = model.layout.zeros(model.dtype)  # (P,) gradients
     G = model.layout.views(gflat)
-    optimizer = Optimizer(config, model.layout.size, model.dtype, backend)
+    optimizer = Optimizer(config, model.layout, model.dtype, backend)
     stream = BatchStream(tokens, config.batch_size, config.seq_len, check=check)
     plan = backend.plan_for(model.P, config.batch_size, config.seq_len, config.dropout > 0, threads)
     rng = np.random.default_rng(config.seed)
