@@ -18,7 +18,12 @@ import dataclasses
 import math
 import numbers
 
+import numpy as np
+
 from fastrnn.errors import ConfigError
+
+RESUME_POLICIES = ("fixed", "free", "allow")
+
 
 @dataclasses.dataclass(frozen=True)
 class Option:
@@ -33,7 +38,7 @@ class Option:
     high_open: bool = False
     choices: tuple = None
     parse: object = None  # callable: another spelling of a value (90s, "all", ...) -> the value; ConfigError if none
-    values: str = None  # the values in words, where no range or choices says them (README, --help)
+    values: str = None  # the values in words, where no range or choices says them (README's table)
     resume: str = "fixed"  # fixed | free: may change on --resume | allow: may change with --allow-change
     optimizers: tuple = None  # the optimizers it applies to (None: all)
     flags: str = None  # a switch's pair of flags, "--on/--off" (default: --name/--no-name)
@@ -43,6 +48,8 @@ class Option:
 
 def option(default, help, **declaration):
     """A TrainConfig field declared as an option (see Option for the keywords)."""
+    if declaration.get("resume", "fixed") not in RESUME_POLICIES:
+        raise ValueError(f"resume policy {declaration['resume']!r}: one of {', '.join(RESUME_POLICIES)}")
     return dataclasses.field(default=default, metadata={"option": Option(help, **declaration)})
 
 
@@ -124,7 +131,7 @@ def check(opt, name, value, label=None):
     if opt.parse is not None:
         value = opt.parse(value)
     if opt.type is bool:
-        if not isinstance(value, bool) and type(value).__name__ != "bool_":  # (numpy's bool too)
+        if not isinstance(value, (bool, np.bool_)):
             raise ConfigError(f"{label} must be true or false, got {value!r}")
         return value
     if opt.type in (int, float):
