@@ -420,7 +420,7 @@ class Run:
         self.threads = _set_threads(config.threads or (comm.default_threads() if comm.size > 1 else 0))
         self.backend = get_backend(config.backend)
         self.model = Model(self.vocab.size, config.hidden_size, config.dtype, config.model, config.num_layers)
-        self.optimizer = Optimizer(config, self.model.layout.size, self.model.dtype, self.backend)
+        self.optimizer = Optimizer(config, self.model.layout, self.model.dtype, self.backend)
         # (P + 2,): the gradients (P,), same layout as the parameters, then two slots summed with them over the
         # ranks: this rank's share of the loss, and 1 if this rank failed to read its rows
         self.gbuf = np.zeros(self.model.layout.size + 2, dtype=self.model.dtype)

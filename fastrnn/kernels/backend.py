@@ -140,15 +140,6 @@ def step(P, h, token, plan=None):
 # generation
 
 
-def sample_state(P, h):
-    """The carried states h: (B, S) as kernels.sample.sample_streams takes them: a new (B, L, K, H) array,
-    [b, l, 0] the h of layer l of stream b and, for an lstm (K = 2), [b, l, 1] its c (the layout of
-    fastrnn.reference.split_state)."""
-    _, L, H = arch_of(P)
-    h = np.asarray(h)
-    return np.ascontiguousarray(h).reshape(h.shape[0], L, -1, H).copy()
-
-
 def sample_params(P):
     """The arguments Wx0, Wxp, Whp, bh (tuples over the layers), Whyp, by, cell (a code) of sample_streams: the
     matrices it multiplies packed into tile panels once (tiles.pack)."""
