@@ -10,7 +10,7 @@ import numbers
 from dataclasses import dataclass, field
 
 from fastrnn.errors import ConfigError
-from fastrnn.params import CELLS, GATES
+from fastrnn import cells
 
 OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
 DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3}
@@ -19,7 +19,7 @@ DTYPES = ("float32", "float64")
 PRECISIONS = ("float32", "bf16")  # of the recurrent products (--precision); parameters and state stay --dtype
 ON_DIVERGENCE = ("stop", "rollback")
 LR_SCHEDULES = ("step", "cosine")
-MODELS = CELLS
+MODELS = cells.names()  # the cells registered at import (the CLI's --model choices); validate asks the registry
 INITS = ("auto", "normal", "xavier", "orthogonal")  # see fastrnn.model.Model.init
 
 
@@ -127,8 +127,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if self.model not in cells.names():
+            raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(cells.names())}")
         if self.num_layers < 1:
             raise ConfigError(f"--num-layers must be >= 1, got {self.num_layers}")
         if not 0 <= self.dropout < 1:
@@ -190,7 +190,7 @@ class TrainConfig:
         over 10**20 layers) later: its parameters, gradients and optimizer buffers, without the vocabulary's."""
         import psutil
 
-        size = self.num_layers * GATES[self.model] * self.hidden_size * (2 * self.hidden_size + 1)
+        size = self.num_layers * cells.get(self.model).gates * self.hidden_size * (2 * self.hidden_size + 1)
         copies = 2 + (2 if self.optimizer == "adam" else 1)
         need = size * copies * (4 if self.dtype == "float32" else 8)
         have = psutil.virtual_memory().total + psutil.swap_memory().total
