@@ -14,9 +14,9 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+from fastrnn import cells
 from fastrnn.errors import ConfigError
 from fastrnn.options import check, check_optimizer_options, declared, option
-from fastrnn.params import CELLS, GATES
 
 OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")
 DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3, "adamw": 2e-3}
@@ -25,7 +25,7 @@ DTYPES = ("float32", "float64")
 PRECISIONS = ("float32", "bf16")  # of the recurrent products (--precision); parameters and state stay --dtype
 ON_DIVERGENCE = ("stop", "rollback")
 LR_SCHEDULES = ("step", "cosine")
-MODELS = CELLS
+MODELS = cells.names()  # the cells registered at import (the CLI's --model choices); validate asks the registry
 INITS = ("auto", "normal", "xavier", "orthogonal")  # see fastrnn.model.Model.init
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 EVAL_TOKENS_WORDS = ("auto", "all")
@@ -89,7 +89,7 @@ def _lr_by_optimizer():
 class TrainConfig:
     # model
     model: str = option("rnn", "Cell: vanilla tanh rnn, lstm (gates i, f, o, g) or gru (reset gate on the recurrent "
-                        "product).", choices=MODELS)
+                        "product).", choices=cells.names)
     num_layers: int = option(1, "Stacked layers L; layer l reads the output of layer l-1.", low=1)
     hidden_size: int = option(128, "Hidden units H per layer.", low=1)
     dropout: float = option(0.0, "Inverted dropout on every layer's output during training (0: off).", low=0, high=1,
@@ -223,7 +223,7 @@ class TrainConfig:
 
         from fastrnn.optim import STATE_NAMES
 
-        size = self.num_layers * GATES[self.model] * self.hidden_size * (2 * self.hidden_size + 1)
+        size = self.num_layers * cells.get(self.model).gates * self.hidden_size * (2 * self.hidden_size + 1)
         copies = 2 + len(STATE_NAMES[self.optimizer])
         need = size * copies * (4 if self.dtype == "float32" else 8)
         have = psutil.virtual_memory().total + psutil.swap_memory().total

@@ -36,7 +36,7 @@ class Option:
     high: float = None
     low_open: bool = False
     high_open: bool = False
-    choices: tuple = None
+    choices: object = None  # a tuple, or a callable giving one (the cells registered by then)
     parse: object = None  # callable: another spelling of a value (90s, "all", ...) -> the value; ConfigError if none
     values: str = None  # the values in words, where no range or choices says them (README's table)
     resume: str = "fixed"  # fixed | free: may change on --resume | allow: may change with --allow-change
@@ -61,6 +61,11 @@ def declared(cls):
             kind = {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, f.type)
             out[f.name] = dataclasses.replace(f.metadata["option"], type=kind, default=f.default)
     return out
+
+
+def choices_of(opt):
+    """The declared choices as a tuple (a callable is asked now), or None."""
+    return tuple(opt.choices()) if callable(opt.choices) else opt.choices
 
 
 def flag(name):
@@ -102,7 +107,7 @@ def describe_values(opt):
     if opt.values:
         return opt.values
     if opt.choices:
-        return ", ".join(opt.choices)
+        return ", ".join(choices_of(opt))
     if opt.type is bool:
         return "switch"
     kind = {int: "integer", float: "number"}.get(opt.type, "")
@@ -145,8 +150,8 @@ def check(opt, name, value, label=None):
             finite = True
         if not finite:
             raise ConfigError(f"{label} must be a finite number, got {value}")
-    if opt.choices is not None and value not in opt.choices:
-        raise ConfigError(f"{label} must be one of {', '.join(opt.choices)}, got {value!r}")
+    if opt.choices is not None and value not in choices_of(opt):
+        raise ConfigError(f"{label} must be one of {', '.join(choices_of(opt))}, got {value!r}")
     if (opt.low is not None or opt.high is not None) and not _in_range(opt, value):
         raise ConfigError(f"{label} must be {describe_range(opt)}, got {value}")
     return value

@@ -11,7 +11,6 @@ import numpy as np
 
 from fastrnn.errors import ConfigError, VocabError
 from fastrnn.options import check_sampling
-from fastrnn.params import arch_of, state_size
 from fastrnn.reference import draw, probabilities  # noqa: F401 (draw: part of this module's API)
 
 
@@ -73,8 +72,7 @@ def _start(backend, P, vocab, prime, dtype, warmup=None):
             ids = vocab.encode("\n")[:1]
         except VocabError:
             ids = np.zeros(1, dtype=np.int32)
-    cell, layers, H = arch_of(P)
-    h = np.zeros((1, state_size(cell, H, layers)), dtype=dtype)  # (1, S)
+    h = np.zeros((1, P.cell.state_size(P.hidden_size, P.layers)), dtype=dtype)  # (1, S)
     logits = None
     for token in ids:
         h, logits = backend.step(P, h, np.array([token], dtype=np.int32))

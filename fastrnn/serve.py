@@ -95,7 +95,7 @@ class Generator:
                     run=os.path.basename(os.path.dirname(path)), file=os.path.basename(path),
                     step=state.get("step"), val_loss=best if isinstance(best, (int, float)) and math.isfinite(best)
                     else None, corpus=os.path.basename(corpus) if corpus else None,
-                    states=["h", "c"] if self.model.model == "lstm" else ["h"])
+                    states=list(self.model.cell.state))
 
     def parse(self, body):
         """The request's options, checked (BadRequest otherwise)."""

@@ -16,7 +16,7 @@ from fastrnn.cli.train import train as train_command
 from fastrnn.config import (OPTIMIZER_OPTIONS, OPTIONS, RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW,
                             TrainConfig)
 from fastrnn.errors import ConfigError
-from fastrnn.options import SAMPLING, check_sampling
+from fastrnn.options import SAMPLING, check_sampling, choices_of
 
 
 def _params(command):
@@ -26,7 +26,7 @@ def _params(command):
 def _probes(opt):
     """Values on and around an option's bounds and choices (Python values: the API's; their str: the CLI's)."""
     if opt.choices:
-        return list(opt.choices) + ["bogus", opt.choices[0].upper()]
+        return list(choices_of(opt)) + ["bogus", choices_of(opt)[0].upper()]
     if opt.parse is not None and opt.type is not int:
         return ["90s", "10m", "1h30m", "5d", "-1", "0", "7", "all", "auto", "most", "nan", "inf"]
     step = 1 if opt.type is int else 1e-9

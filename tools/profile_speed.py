@@ -25,6 +25,7 @@ import click
 import numpy as np
 
 from benchmarks import common, options
+from fastrnn import cells
 from fastrnn.cli.types import Finite
 from fastrnn.config import DEFAULT_LR, TrainConfig
 from fastrnn.corpus import BatchStream, open_corpus
@@ -104,7 +105,7 @@ def parse_train_command(tokens):
 
 
 @options.command()
-@click.option("--model", type=click.Choice(["rnn", "gru", "lstm"]), default="rnn", help="Cell.")
+@click.option("--model", type=click.Choice(cells.names()), default="rnn", help="Cell.")
 @click.option("--num-layers", type=click.IntRange(min=1), default=1, help="Stacked layers L.")
 @click.option("--hidden-size", "--hidden", type=click.IntRange(min=1), default=512, help="Hidden size H.")
 @click.option("--batch-size", "--batch", type=click.IntRange(min=1), default=64, help="Sequences per minibatch N.")

@@ -5,7 +5,7 @@ import click
 
 from fastrnn.cli.types import Duration, EvalTokens, Finite, ReadAsIntRange
 from fastrnn.config import OPTIONS, RESUME_CHANGEABLE_WITH_ALLOW, parse_duration, parse_eval_tokens
-from fastrnn.options import SAMPLING, flag, help_of, switches, words
+from fastrnn.options import SAMPLING, choices_of, flag, help_of, switches, words
 
 PARSED = {parse_duration: Duration, parse_eval_tokens: EvalTokens}  # click types of the options read by a parser
 
@@ -15,7 +15,7 @@ def click_type(opt):
     if opt.parse in PARSED:
         return PARSED[opt.parse]()
     if opt.choices is not None:
-        return click.Choice(opt.choices)
+        return click.Choice(choices_of(opt))
     bounds = dict(min=opt.low, max=opt.high, min_open=opt.low_open, max_open=opt.high_open)
     if opt.type is int:
         return click.IntRange(**bounds) if opt.parse is None else ReadAsIntRange(opt.parse, **bounds)

@@ -14,7 +14,6 @@ import numpy as np
 
 from fastrnn.kernels import dispatch, lm, optim, stack, workspace as scratch
 from fastrnn.kernels.workspace import Grads
-from fastrnn.params import GATES, arch_of, layer_names
 
 RNN_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 
@@ -23,18 +22,16 @@ def plan_for(P, N, T, dropout=False, threads=None, precision="float32"):
     """The dispatch.Plan for calls on N sequences of T steps of the model P (with dropout masks if `dropout`), on
     `threads` threads (None: numba's current count), with bf16 recurrent products if precision is "bf16" and the
     CPU and shape allow it (dispatch.plan)."""
-    cell, L, H = arch_of(P)
     threads = numba.get_num_threads() if threads is None else threads
-    return dispatch.plan(cell, L, N, T, H, P["by"].shape[0], dropout, threads, P["Whh"].dtype, precision=precision)
+    return dispatch.plan(P.cell.name, P.layers, N, T, P.hidden_size, P["by"].shape[0], dropout, threads,
+                         P["Whh"].dtype, precision=precision)
 
 
 def _check(plan, P, N, T, masks):
-    """The plan made for the call's shape (cheap, without arch_of: this runs every step)."""
-    H, GH = P["Whh"].shape
-    shape = (N, T, H, P["by"].shape[0], masks is not None, P["Whh"].dtype.name)
-    layers = f"Whh{plan.layers}" not in P and (plan.layers == 1 or f"Whh{plan.layers - 1}" in P)
-    if (plan.N, plan.T, plan.H, plan.V, plan.dropout, plan.dtype) != shape or GH != GATES[plan.cell] * H \
-            or not layers:
+    """The plan made for the call's shape and model (cheap: this runs every step)."""
+    H = P.hidden_size
+    shape = (N, T, H, P["by"].shape[0], masks is not None, P["Whh"].dtype.name, P.cell.name, P.layers)
+    if (plan.N, plan.T, plan.H, plan.V, plan.dropout, plan.dtype, plan.cell, plan.layers) != shape:
         raise ValueError(f"the plan ({plan.cell} x {plan.layers}, N={plan.N} T={plan.T} H={plan.H}) was made for "
                          f"another shape than this call's (N={N} T={T} H={H})")
 
@@ -141,18 +138,26 @@ def step(P, h, token, plan=None):
 
 
 def sample_params(P):
-    """The arguments Wx0, Wxp, Whp, bh (tuples over the layers), Whyp, by, cell (a code) of sample_streams: the
-    matrices it multiplies packed into tile panels once (tiles.pack)."""
-    from fastrnn.kernels.sample import CELL_CODES
+    """The arguments Wx0, Wxp, Whp, bh (tuples over the layers), Whyp, by, cell (kernels.sample.Streams: the
+    cell's kernel and each layer's extras) of sample_streams: the matrices it multiplies packed into tile panels
+    once (tiles.pack)."""
+    from fastrnn.kernels.sample import Streams
     from fastrnn.kernels.tiles import no_pack, pack
 
-    cell, L, _ = arch_of(P)
-    names = [layer_names(l) for l in range(L)]
+    cell, L = P.cell, P.layers
+    if cell.numba.sample_streams is None:
+        from fastrnn.errors import ConfigError
+
+        raise ConfigError(f"the {cell.name} cell has no numba generation kernel: generate with --backend numpy")
+    names = [cell.layer_names(l) for l in range(L)]
     Wx0 = np.ascontiguousarray(P[names[0][0]])
     Wxp = tuple(no_pack(Wx0) if l == 0 else pack(np.ascontiguousarray(P[n[0]])) for l, n in enumerate(names))
     Whp = tuple(pack(np.ascontiguousarray(P[n[1]])) for n in names)
     bh = tuple(np.ascontiguousarray(P[n[2]]) for n in names)
-    return Wx0, Wxp, Whp, bh, pack(np.ascontiguousarray(P["Why"])), np.ascontiguousarray(P["by"]), CELL_CODES[cell]
+    extras = tuple(np.ascontiguousarray(cell.numba.sample_extras(tuple(P[k] for k in n)), dtype=Wx0.dtype)
+                   for n in names)
+    streams = Streams(cell.numba.sample_streams, extras)
+    return Wx0, Wxp, Whp, bh, pack(np.ascontiguousarray(P["Why"])), np.ascontiguousarray(P["by"]), streams
 
 
 def stream_weights(P):
@@ -177,8 +182,7 @@ def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy
         raise ValueError(f"advance_streams: {len(rngs)} generators for {B} streams")
     if not (h.flags.c_contiguous and logits.flags.c_contiguous):
         raise ValueError("advance_streams: h and logits must be C-contiguous (they are updated in place)")
-    _, L, H = arch_of(P)
-    state = h.reshape(B, L, -1, H)  # a view: sample_streams updates h
+    state = h.reshape(B, P.layers, -1, P.hidden_size)  # a view: sample_streams updates h
     groups = min(B, numba.get_num_threads() if threads is None else max(1, int(threads)))
     uniforms = np.zeros((B, n)) if greedy else np.stack([g.random(n) for g in rngs]).reshape(B, n)
     block = np.empty((B, n), dtype=np.int32)

@@ -21,6 +21,7 @@ from numba import prange
 from fastrnn.kernels import mathfn
 from fastrnn.kernels.blas import gemm, gemm_on
 from fastrnn.kernels.jit import kernel, parallel_kernel
+from fastrnn.kernels.sample import choose_tokens, layer_products, output_logits, scratch
 from fastrnn.kernels.softmax_xent import column_sums
 from fastrnn.kernels.tiles import TILE_ROWS, no_pack, tile_product
 
@@ -343,3 +344,83 @@ def rnn_layer_back_steps(dout, dz, rec, hs, Whh, WTp, mask, r0, r1, how):
                 for j in range(H):
                     v = d[j] + r[j]
                     g[j] = v - v * h[j] * h[j]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the rnn cell's numba side (fastrnn.cells.rnn): the layer as kernels/stack.py composes it, and its generation step
+
+
+@kernel
+def rnn_update(h, c, g, xa, a, b, ex):
+    """The rnn's generation step (kernels/sample.py): h = tanh(xa + b + a)."""
+    H = h.shape[0]
+    for j in range(H):
+        xa[j] = xa[j] + b[j]
+    for j in range(H):
+        h[j] = mathfn.tanh_call(xa[j] + a[j])
+
+
+@parallel_kernel
+def rnn_sample_streams(out, state, logits, uniforms, Wx0, Wxp, Whp, bh, ex, Whyp, by, temperature, top_k, top_p,
+                       greedy, groups):
+    """kernels.sample.sample_streams with the rnn's update: the streams in `groups` groups, one per thread, each
+    generating all its characters (the loop of kernels/sample.py's docstring)."""
+    B, n, L, K = out.shape[0], out.shape[1], state.shape[1], state.shape[2]
+    groups = max(1, min(groups, B))
+    for q in prange(groups):
+        r0, r1 = q * B // groups, (q + 1) * B // groups
+        o, st, lg = out[r0:r1], state[r0:r1], logits[r0:r1]
+        z, xa, a, g, hin = scratch(st, Wx0, lg)
+        for i in range(n):
+            choose_tokens(o, lg, uniforms[r0:r1], temperature[r0:r1], top_k[r0:r1], top_p[r0:r1], greedy, z, i)
+            for l in range(L):
+                layer_products(xa, a, hin, st, o, i, l, Wx0, Wxp[l], Whp[l])
+                for r in range(r1 - r0):
+                    rnn_update(st[r, l, 0], st[r, l, K - 1], g, xa[r], a[r], bh[l], ex[l])
+            output_logits(lg, hin, st, Whyp, by)
+
+
+class Layer:
+    """A cell's numba side (fastrnn.cells.base), here the rnn's; the other cells' derive from it.
+
+    Each layer's buffers b hold hs: (T+1, N, H) (and one such array per further name of the cell's state: cs for
+    an lstm's c), gates: (T, N, G*H), out: (T, N, H) with dropout, plus `buffers`; the shared scratch ws holds tmp
+    (N, G*H), rec and carry (N, H), da (T, N, G*H), dout (T, N, H), acc, plus `scratch` (kernels/stack.py).
+    """
+
+    sample_streams = staticmethod(rnn_sample_streams)  # the cell's generation kernel (kernels/sample.py)
+
+    def buffers(self, T, N, H, dtype):
+        """The cell's own arrays of one layer's buffers, beside those every cell has."""
+        return {}
+
+    def scratch(self, T, N, H, dtype):
+        """The cell's own scratch arrays, shared by the layers."""
+        return {}
+
+    def sample_extras(self, W):
+        """The layer's extras as its update reads them in generation (W: its parameters): none here."""
+        return np.empty(0, W[2].dtype)
+
+    def forward(self, b, ws, x, inp, W, Wp, mask, out, plan, groups):
+        """The layer forward from b["hs"][0]: W its parameters (Wxh, Whh, bh, ...), Wp Whh packed for the tiles
+        plan (groups > 0: its threads), mask and out as rnn_layer_forward takes them."""
+        Wxh, Whh, bh = W
+        if groups:
+            rnn_layer_forward_split(b["hs"], out, x, inp, Wxh, Whh, Wp, bh, mask, b["gates"],
+                                    plan.positions == "loops", groups)
+        else:
+            rnn_layer_forward(b["hs"], out, x, inp, Wxh, Whh, bh, mask, b["gates"], plan.loops,
+                              plan.positions == "loops")
+
+    def backward(self, b, ws, dW, x, inp, W, WTp, mask, plan, groups):
+        """The layer backward from ws["dout"] (left holding the gradient w.r.t. inp above layer 0); overwrites
+        the gradients dW (arrays like W). WTp: Whh.T packed for the tiles plan."""
+        args = (*dW, ws["dout"], ws["da"], ws["rec"], ws["acc"], x, inp, b["hs"], W[0], W[1])
+        if groups:
+            rnn_layer_backward_split(*args, WTp, mask, groups)
+        else:
+            rnn_layer_backward(*args, mask, plan.loops)
+
+
+LAYER = Layer()
