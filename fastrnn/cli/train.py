@@ -19,7 +19,7 @@ CONFIG_FIELDS = {f for f in TrainConfig.__dataclass_fields__}
 
 
 @click.command()
-@click.argument("corpus", type=click.Path(dir_okay=False))
+@click.argument("corpus", type=click.Path())
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run directory: checkpoint.h5 and log.jsonl go here.")
 @train_options
@@ -34,7 +34,8 @@ CONFIG_FIELDS = {f for f in TrainConfig.__dataclass_fields__}
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.pass_context
 def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, **options):
-    """Train a character-level RNN on CORPUS (made by `fastrnn prepare`).
+    """Train a character-level RNN on CORPUS: a corpus made by `fastrnn prepare`, or text (a file or a directory
+    of them), prepared on first use with prepare's defaults into fastrnn's cache and reused while it is unchanged.
 
     Progress goes to stderr and RUN_DIR/log.jsonl; checkpoints to RUN_DIR/checkpoint.h5. Ctrl-C or SIGTERM
     finishes the current step, writes a checkpoint and exits with status 130 (143 for SIGTERM); resume with
@@ -53,6 +54,7 @@ def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, *
     from fastrnn import distributed
 
     comm = distributed.world()  # SINGLE (mpi4py not imported) unless an MPI launcher started several processes
+    corpus = _corpus_of(corpus, init_from, say=None if quiet or not comm.is_root else _say)
     if comm.size > 1:
         _train_rank(comm, quiet, run_dir, lambda on_event: run_training(
             corpus, run_dir, overrides, resume=resume, allow_change=allow_change, force=force, on_event=on_event,
@@ -72,6 +74,20 @@ def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, *
         else:
             click.echo("\nfastrnn: interrupted before the first checkpoint; nothing to resume.", err=True)
         sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
+
+
+def _say(line):
+    click.echo(line, err=True)
+
+
+def _corpus_of(path, init_from, say):
+    """The corpus file to train on: `path` itself, or the corpus prepared from the text at `path`
+    (fastrnn.corpus.fromtext; with --init-from, tokenized with that checkpoint's vocabulary)."""
+    from fastrnn.corpus import fromtext
+
+    if not fromtext.is_text_input(path):
+        return path
+    return fromtext.cached_corpus([path], say=say, vocab_from=init_from)
 
 
 def _stopped_by_signal(summary, say=True):
