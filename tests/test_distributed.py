@@ -169,7 +169,8 @@ def start(small_corpus, run_dir):
 def ranks_of(proc):
     import psutil
 
-    return [p for p in psutil.Process(proc.pid).children(recursive=True) if "fastrnn" in " ".join(p.cmdline())]
+    # the ranks run `python -m fastrnn` (the launcher's proxy names the checkout's path, which may say fastrnn too)
+    return [p for p in psutil.Process(proc.pid).children(recursive=True) if p.cmdline()[1:3] == FASTRNN[1:]]
 
 
 def test_kill_9_of_one_rank_ends_the_job_and_the_checkpoint_resumes(small_corpus, tmp_path):
