@@ -42,7 +42,6 @@ import time
 import click
 
 from benchmarks import common, launch, options
-from fastrnn.config import MODELS
 
 POLL = 0.5  # seconds between looks at the training process
 OVERTIME = 600.0  # seconds the soak may run on past --minutes for the steps of the resume check
@@ -333,13 +332,7 @@ def print_goals(goals_):
               help="Seconds between two rows.")
 @click.option("--ranks", type=click.IntRange(min=1), default=2,
               help="MPI ranks (1: plain `fastrnn train`; more: under the mpiexec beside this Python).")
-@click.option("--model", type=click.Choice(MODELS), default="lstm", help="The cell.")
-@click.option("--layers", type=click.IntRange(min=1), default=2, help="Stacked layers (train's --num-layers).")
-@click.option("--hidden-size", type=click.IntRange(min=1), default=512, help="Hidden units per layer.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, show_default="train's",
-              help="Streams per minibatch.")
-@click.option("--seq-len", type=click.IntRange(min=1), default=None, show_default="train's",
-              help="Time steps per minibatch.")
+@options.train_shape()
 @click.option("--kill-at", type=click.FloatRange(min=0, min_open=True), default=None,
               show_default="a moment of the middle third, drawn from --seed",
               help="Seconds into the soak to kill -9 the training (later if it has no checkpoint yet).")

@@ -29,7 +29,6 @@ import click
 
 from benchmarks import common, launch, options
 from benchmarks.soak import commit, corpus_info, model_options
-from fastrnn.config import MODELS
 
 EVERY = 10  # steps between checkpoints
 GOAL = 10.0  # seconds from the launch to the end of the first step
@@ -110,13 +109,7 @@ def section(name, data):
                  "installed package). TRAIN_OPTIONS after `--` go to `fastrnn train` as they are.")
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False), required=True,
               help="A prepared corpus (.h5).")
-@click.option("--model", type=click.Choice(MODELS), default="lstm", help="The cell.")
-@click.option("--layers", type=click.IntRange(min=1), default=2, help="Stacked layers (train's --num-layers).")
-@click.option("--hidden-size", type=click.IntRange(min=1), default=512, help="Hidden units per layer.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, show_default="train's",
-              help="Streams per minibatch.")
-@click.option("--seq-len", type=click.IntRange(min=1), default=None, show_default="train's",
-              help="Time steps per minibatch.")
+@options.train_shape()
 @click.option("--ranks", type=click.IntRange(min=1), default=1,
               help="MPI ranks (1: plain `fastrnn train`; more: under the mpiexec beside this Python).")
 @options.repeats(3, help="Launches, one after the other.")

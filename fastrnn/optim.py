@@ -52,15 +52,11 @@ def adamw_update(p, g, m, v, bounds, decays, lr, beta1, beta2, eps, weight_decay
     """AdamW (Loshchilov & Hutter 2019), the NumPy reference: decoupled weight decay, p *= 1 - lr * weight_decay on
     the segments [bounds[k], bounds[k + 1]) with decays[k] (the weight matrices), then Adam's step (bias-corrected,
     t the 1-based step number) everywhere. As PyTorch's AdamW, the decay follows the learning rate's schedule."""
+    from fastrnn.reference import adam_update
+
     for k in np.flatnonzero(decays):
         p[bounds[k]:bounds[k + 1]] *= 1.0 - lr * weight_decay
-    m *= beta1
-    m += (1.0 - beta1) * g
-    v *= beta2
-    v += (1.0 - beta2) * g * g
-    mhat_scale = 1.0 / (1.0 - beta1**t)
-    vhat_scale = 1.0 / (1.0 - beta2**t)
-    p -= lr * (m * mhat_scale) / (np.sqrt(v * vhat_scale) + eps)
+    adam_update(p, g, m, v, lr, beta1, beta2, eps, t)
 
 
 def _adamw_kernel(p, g, m, v, bounds, decays, lr, beta1, beta2, eps, weight_decay, t):

@@ -95,23 +95,9 @@ def _rmsprop_chunk(p, g, ms, lo, hi, lr, decay, one_minus_decay, eps):
 
 
 @kernel
-def _adam_chunk(p, g, m, v, lo, hi, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
-    p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
-    lr, beta1, one_minus_beta1 = cast_like(lr, p), cast_like(beta1, p), cast_like(one_minus_beta1, p)
-    beta2, one_minus_beta2 = cast_like(beta2, p), cast_like(one_minus_beta2, p)
-    mscale, vscale, eps = cast_like(mscale, p), cast_like(vscale, p), cast_like(eps, p)
-    for i in range(p.shape[0]):
-        gi = g[i]
-        mi = m[i] * beta1 + one_minus_beta1 * gi
-        vi = v[i] * beta2 + one_minus_beta2 * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] -= lr * (mi * mscale) / (np.sqrt(vi * vscale) + eps)
-
-
-@kernel
 def _adamw_chunk(p, g, m, v, lo, hi, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps, shrink):
-    """_adam_chunk with decoupled weight decay: p first shrinks by `shrink` (1 - lr * weight_decay; 1: none)."""
+    """Adam's step on p[lo:hi] (bias-corrected: mscale, vscale) after decoupled weight decay: p first shrinks by
+    `shrink` (1 - lr * weight_decay; 1 for Adam itself, exact: the same bits as no shrink)."""
     p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
     lr, beta1, one_minus_beta1 = cast_like(lr, p), cast_like(beta1, p), cast_like(one_minus_beta1, p)
     beta2, one_minus_beta2 = cast_like(beta2, p), cast_like(one_minus_beta2, p)
@@ -164,7 +150,8 @@ def rmsprop_serial(p, g, ms, lr, decay, one_minus_decay, eps):
 
 @kernel
 def adam_serial(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
-    _adam_chunk(p, g, m, v, 0, p.shape[0], lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps)
+    _adamw_chunk(p, g, m, v, 0, p.shape[0], lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps,
+                 1.0)
 
 
 @kernel
