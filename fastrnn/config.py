@@ -88,8 +88,8 @@ def _lr_by_optimizer():
 @dataclass
 class TrainConfig:
     # model
-    model: str = option("rnn", "Cell: vanilla tanh rnn, lstm (gates i, f, o, g) or gru (reset gate on the recurrent "
-                        "product).", choices=cells.names)
+    model: str = option("rnn", "Cell: " + ", ".join(f"{name} ({cells.get(name).summary})" for name in cells.names())
+                        + ".", choices=cells.names)  # (the cells registered at import: fastrnn.cells)
     num_layers: int = option(1, "Stacked layers L; layer l reads the output of layer l-1.", low=1)
     hidden_size: int = option(128, "Hidden units H per layer.", low=1)
     dropout: float = option(0.0, "Inverted dropout on every layer's output during training (0: off).", low=0, high=1,

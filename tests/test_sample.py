@@ -133,7 +133,7 @@ def test_api_errors(fitted):
         CharRNN().generate("a", 3)
 
 
-MODELS = [(cell, layers) for cell in ("rnn", "lstm", "gru") for layers in (1, 2)]
+MODELS = [(cell, layers) for cell in ("rnn", "lstm", "gru", "lnlstm") for layers in (1, 2)]
 SAMPLING = (dict(), dict(temperature=0.6), dict(top_k=4), dict(top_p=0.7), dict(greedy=True))
 
 
@@ -245,7 +245,7 @@ def test_a_stream_among_many_has_the_bits_it_has_alone(cell, layers, dtype):
             assert together[1][b].tobytes() == lg[0].tobytes(), b
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "lnlstm"])
 def test_advance_streams_with_options_per_stream(cell):
     """advance_streams with one temperature, top-k and top-p per stream: each of 5 streams advanced together (in
     two calls) gives the tokens it gives alone with its own options, on both backends, and the numba tokens are

@@ -86,4 +86,4 @@ def kernels():
 
 
 GRU = register(Cell(name="gru", gates=3, forward=forward, backward=backward, kernels=kernels, torch=("GRU", (0, 1, 2)),
-                    summary="GRU, reset gate on the recurrent product"))
+                    summary="reset gate on the recurrent product"))

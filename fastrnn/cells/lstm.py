@@ -93,4 +93,4 @@ def kernels():
 
 
 LSTM = register(Cell(name="lstm", gates=4, state=("h", "c"), forward=forward, backward=backward, kernels=kernels,
-                     init=init, torch=("LSTM", (0, 1, 3, 2)), summary="LSTM, forget-gate biases 1"))
+                     init=init, torch=("LSTM", (0, 1, 3, 2)), summary="gates i, f, o, g"))

@@ -26,4 +26,4 @@ def kernels():
 
 
 RNN = register(Cell(name="rnn", gates=1, forward=forward, backward=backward, kernels=kernels, torch=("RNN", (0,)),
-                    fused=True, summary="vanilla tanh RNN"))
+                    fused=True, summary="vanilla tanh"))
