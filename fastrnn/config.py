@@ -114,8 +114,10 @@ class TrainConfig:
     lr_decay_every: int = option(0, "Steps between learning-rate decays (0: one epoch).", low=0, resume="allow")
     lr_decay_after: int = option(0, "Steps before the first learning-rate decay.", low=0, resume="allow")
     lr_schedule: str = option("step", "step: --lr-decay every --lr-decay-every steps; cosine: from --lr after the "
-                              "warmup down to 0 at the step limit (--max-steps or --max-epochs).", choices=LR_SCHEDULES,
-                              resume="allow")
+                              "warmup down to --lr-floor at the step limit (--max-steps or --max-epochs).",
+                              choices=LR_SCHEDULES, resume="allow")
+    lr_floor: float = option(0.0, "Where --lr-schedule cosine ends, as a fraction of --lr (0: down to 0).",
+                             low=0, high=1, resume="allow")
     warmup_steps: int = option(0, "Ramp the learning rate linearly up to --lr over this many first updates.", low=0,
                                resume="allow")
     momentum: float = option(0.0, "SGD's (heavy-ball) momentum.", low=0, high=1, high_open=True, resume="allow",
@@ -211,7 +213,7 @@ class TrainConfig:
             raise ConfigError("--precision bf16 needs --backend numba and --dtype float32 (float32 master weights "
                               "with bf16 products)")
         if self.lr_schedule == "cosine" and self.max_time and not (self.max_steps or self.max_epochs):
-            raise ConfigError("--lr-schedule cosine decays to 0 at the step limit: give --max-steps or "
+            raise ConfigError("--lr-schedule cosine decays to --lr-floor at the step limit: give --max-steps or "
                               "--max-epochs (a --max-time run has no known last step)")
         self._check_fits_in_memory()
         return self
