@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 
 from fastrnn import checkpoint as ckpt_io
-from fastrnn import rundir
+from fastrnn import choose, rundir
 from fastrnn.budget import TimeBudget
 from fastrnn.distributed import SINGLE, digest
 from fastrnn.config import DEFAULT_LR, RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW, TrainConfig
@@ -327,6 +327,9 @@ def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, 
     try:
         saved, parent, config = _session_inputs(run_dir, overrides, resume, allow_change, force, emit, init_from,
                                                 comm)
+        if comm.is_root:  # the model chosen for --max-time, a cosine schedule's last step (fastrnn.choose)
+            config = choose.settle(config, overrides or {}, corpus_path, saved.state if saved else None,
+                                   parent is not None, comm.size, started, emit)
     except FastrnnError as exc:
         failure = exc
     comm.first_error(failure)  # rank 0 read the run directory; every rank gets what it found
@@ -457,6 +460,7 @@ class Run:
         if config.max_epochs:
             self.max_steps = min(self.max_steps, math.ceil(config.max_epochs * self.spe))
         self.total_steps = None if self.max_steps == math.inf else self.max_steps  # where a cosine schedule ends
+        self.total_steps = self.total_steps or config.extra.get(choose.HORIZON_KEY)  # (or --max-time's predicted)
         emit("start", {"config": config.to_dict(), "model": self.model.describe(), "steps_per_epoch": self.spe,
                        "train_tokens": len(train_tokens),
                        "val_streams": self.val_stream.batch_size if self.val_stream else 0, "threads": self.threads,
