@@ -12,15 +12,15 @@ CELL:LAYERS:HIDDEN followed by any of `:b64` (batch), `:t100` (sequence length),
 0.1 at the end of the budget) or `:step` (constant unless `:decay0.8`), `:w100` (warmup steps), `:d0.2` (dropout);
 the rest are fastrnn's defaults (batch 32, seq_len 50, adam lr 2e-3, constant rate, no dropout). Every run of the
 grid gets the same budget, seed and validation tokens (the first --eval-tokens of the val split, every
---eval-every steps); `--threads` threads (default 1) under `taskset -c CORE`, one run per core of --cores side by
-side. Before its budgeted run, each fixed configuration trains 2 steps untimed (numba's cache and the kernel plan,
+--eval-every steps); `--threads` threads (default 1) under `taskset -c CORES`, a run on each --threads cores of
+--cores, side by side. Before its budgeted run, each fixed configuration trains 2 steps untimed (numba's cache and the kernel plan,
 as benchmarks.time_to_quality); `auto` does not: its measurement is part of what it is judged on (its speeds are
 cached per machine, so only its first run on a machine pays for them).
 
 The results file (JSON lines) gets one row per finished run, written when it finishes, with the run's key (corpus,
 budget, configuration, threads); a grid started again skips the keys it holds, so an interrupted grid (Ctrl-C,
 a reboot) continues where it stopped; a run stopped half-way is run again from its start. The prepared corpora
-and run directories live under --work (default: beside the results file), kept between pieces.
+and run directories live under --work (default: runs/ttq-grid, not committed), kept between pieces.
 
 `report` writes a Markdown page from the results: per corpus and budget one table, best val loss first, naming the
 CPU, the threads and the dates of the runs, and the automatic choice's place and its distance to the best.
@@ -43,6 +43,7 @@ from fastrnn import cells
 
 RESULTS = os.path.join(common.ROOT, "docs", "benchmarks", "ttq-grid.jsonl")
 PAGE = os.path.join(common.ROOT, "docs", "ttq-grid.md")
+WORK = os.path.join(common.ROOT, "runs", "ttq-grid")  # runs/ is not committed (.gitignore)
 # issue #28's grid: cells x sizes x schedules x batch sizes (and dropout, a higher rate), and the automatic choice
 GRIDS = {
     "issue28": ("auto", "rnn:1:128", "rnn:1:256", "rnn:1:256:cosine", "rnn:1:256:b64:cosine", "rnn:1:256:lr3e-3:cosine",
@@ -139,21 +140,31 @@ def train_args(corpus_h5, run_dir, config, budget, settings, limit=None):
 
 
 class Slot:
-    """A core running one job (or none): its process, the job and when it started."""
+    """The cores one run is pinned to ("0", or "0,1" for a run of 2 threads), its process, job and start."""
 
-    def __init__(self, core):
-        self.core, self.proc, self.job, self.started, self.phase = core, None, None, None, None
+    def __init__(self, cores):
+        self.core = ",".join(map(str, cores))
+        self.proc, self.job, self.started, self.phase = None, None, None, None
+
+
+def slots_of(cores, threads):
+    """One Slot per `threads` cores of `cores` (a run of 2 threads on cores 0,1 and 2,3: two slots)."""
+    groups = [cores[i:i + threads] for i in range(0, len(cores) - threads + 1, threads)]
+    if not groups:
+        raise click.BadParameter(f"{len(cores)} core(s) for runs of {threads} threads", param_hint="--cores")
+    return [Slot(group) for group in groups]
 
 
 def run_grid(jobs, results, work, cores, settings, say=print, pin=True):
-    """Run `jobs` [(corpus text, budget, config)] not yet in `results`, one per core of `cores` at a time; append a
-    row per finished run. Returns the rows written."""
+    """Run `jobs` [(corpus text, budget, config)] not yet in `results`, one per `threads` cores of `cores` at a
+    time (slots_of); append a row per finished run. Returns the rows written."""
     done = {row["key"] for row in read_results(results)}
     todo = [(c, b, cfg) for c, b, cfg in jobs if job_key(c, b, cfg["spec"], settings["threads"]) not in done]
-    say(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {results}; {len(todo)} to go on core(s) "
-        f"{','.join(map(str, cores))}")
+    slots = slots_of(cores, settings["threads"])
+    say(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {results}; {len(todo)} to go, pinned to "
+        f"{' and '.join(s.core for s in slots)}")
     corpora = {c: prepared(c, work, settings["val_frac"], settings["test_frac"]) for c in {c for c, _, _ in todo}}
-    slots, written, machine = [Slot(core) for core in cores], [], common.machine_info()
+    written, machine = [], common.machine_info()
     try:
         while todo or any(s.proc for s in slots):
             for slot in slots:
@@ -305,7 +316,7 @@ def main():
 @click.option("--budget", "budgets", multiple=True, type=click.FloatRange(min=1),
               help="Seconds of --max-time per run (repeat for several; default: 120 and 300).")
 @click.option("--cores", type=options.CommaList(int, minimum=0), default="0,1",
-              help="Cores to pin runs to (taskset -c), one run per core side by side.")
+              help="Cores to pin runs to (taskset -c): side by side, a run on each --threads of them.")
 @click.option("--no-pin", is_flag=True, help="Do not pin runs to cores (where taskset is missing).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, help="--threads of every run.")
 @click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True), default=0.1,
@@ -317,7 +328,8 @@ def main():
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="--seed of every run.")
 @click.option("--results", type=click.Path(dir_okay=False), default=RESULTS, help="The results file (JSON lines).")
 @click.option("--work", type=click.Path(file_okay=False), default=None,
-              help="Prepared corpora and run directories (default: RESULTS.work beside the results file).")
+              help=f"Prepared corpora and run directories, kept between pieces (default: {WORK} for the default "
+                   f"results file, else RESULTS.work beside it).")
 @options.catch_user_errors
 def run_command(grid, configs, corpora, budgets, cores, no_pin, threads, val_frac, test_frac, eval_every, eval_tokens,
                 seed, results, work):
@@ -326,11 +338,10 @@ def run_command(grid, configs, corpora, budgets, cores, no_pin, threads, val_fra
     parsed = [parse_config(s) for s in specs]
     corpora = list(corpora) or [common.SHAKESPEARE]
     budgets = list(budgets) or [120.0, 300.0]
-    if not cores:
-        raise click.BadParameter("give at least one core", param_hint="--cores")
+    slots_of(list(cores), threads)  # enough cores for a run of --threads (else a usage error, before any work)
     if not no_pin and subprocess.run(["which", "taskset"], capture_output=True).returncode != 0:
         raise click.ClickException("taskset is missing (util-linux): install it, or give --no-pin")
-    work = os.path.abspath(work or results + ".work")
+    work = os.path.abspath(work or (WORK if os.path.abspath(results) == RESULTS else results + ".work"))
     os.makedirs(work, exist_ok=True)
     settings = dict(threads=threads, val_frac=val_frac, test_frac=test_frac, eval_every=eval_every,
                     eval_tokens=eval_tokens, seed=seed, work=work, pin=not no_pin)

@@ -222,7 +222,10 @@ def test_profile_speed_any_model(small_corpus, tmp_path, capsys, backend):
     ["benchmarks.kernel_scratch", "64"],
     ["benchmarks.report", "--results", "{d}/missing"],
     ["benchmarks.report", "--results", "{d}", "--output", "{d}/out.md"],
-], ids=lambda a: " ".join(a[:2]))
+    ["benchmarks.ttq_grid", "run", "--configs", "rnn:x:8", "--results", "{d}/r.jsonl"],
+    ["benchmarks.ttq_grid", "run", "--configs", "auto", "--cores", "0", "--threads", "2", "--results", "{d}/r.jsonl"],
+    ["benchmarks.ttq_grid", "report", "--results", "{d}/broken.json", "--output", "{d}/out.md"],
+], ids=lambda a: " ".join(a[:3]))
 def test_bad_input_to_benchmarks_and_tools(tmp_path, args):
     """Each: a non-zero exit and an error line on stderr, no traceback, nothing written."""
     import subprocess
@@ -333,7 +336,7 @@ def test_the_grid_runs_in_resumable_pieces_and_reports(tmp_path):
     assert [r["config"] for r in rows] == [fixed, "auto"]
     assert rows[0]["batch"] == 4 and rows[0]["schedule"] == "cosine" and rows[1]["choice"].startswith("choice: ")
     for r in rows:
-        assert r["steps"] > 0 and r["chars_per_sec"] > 0 and r["val_loss"] > 0 and r["core"] in (0, 1)
+        assert r["steps"] > 0 and r["chars_per_sec"] > 0 and r["val_loss"] > 0 and r["core"] in ("0", "1")
         assert r["wall_seconds"] < 3 + 2, r
     page = tmp_path / "grid.md"
     r = subprocess.run([sys.executable, "-m", "benchmarks.ttq_grid", "report", "--results", str(results), "--output",
