@@ -38,7 +38,7 @@ def test_the_choice_is_deterministic_for_a_corpus_budget_and_speeds():
     assert model_of(a) == ("rnn", 1, 256)  # the data's limit: 99k params for 1.0M chars
     assert a.values == dict(model="rnn", num_layers=1, hidden_size=256, batch_size=32, seq_len=50, dropout=0.0,
                             lr=2e-3, lr_schedule="cosine", lr_floor=choose.LR_FLOOR, warmup_steps=100)
-    assert a.horizon == int(180e3 * 300 * choose.TRAIN_SHARE // (32 * 50))
+    assert a.horizon == int(180e3 * (300 * choose.TRAIN_SHARE - choose.STARTUP_SECONDS) // (32 * 50))
     assert a.fit.params == 99_137 and a.fit.params_per_char < choose.MAX_PARAMS_PER_CHAR
 
 
@@ -78,7 +78,7 @@ def test_explicit_options_override_their_part():
     c = choose.decide(TS, TS_V, 300, speeds(given), given)
     assert not set(given) & set(c.values) and c.values["model"] == "rnn"
     assert c.fit.shape.batch == 16 and c.fit.shape.seq_len == 100 and c.fit.shape.dropout
-    assert c.horizon == int(c.fit.speed * 300 * choose.TRAIN_SHARE // 1600)
+    assert c.horizon == choose.predicted_steps(c.fit.speed, 300, 16, 100) > 0
     assert c.given == ("batch_size", "seq_len", "dropout", "lr", "warmup_steps")
     assert "--batch-size, --seq-len, --dropout, --lr, --warmup-steps given" in c.line(
         dict(c.values, **given, optimizer="adam", lr_floor=0.1))
@@ -260,13 +260,14 @@ def test_the_api_chooses_as_the_command_line(small_corpus, tmp_path, fake_speeds
 
 def test_cosine_with_max_time_reaches_the_floor_at_the_predicted_step(small_corpus, tmp_path, fake_speeds,
                                                                       monkeypatch):
-    monkeypatch.setitem(SPEEDS, ("rnn", 1, 16), 400.0)  # 400 chars/s x 4 s x TRAIN_SHARE / 40: 34 steps predicted
+    monkeypatch.setitem(SPEEDS, ("rnn", 1, 16), 400.0)  # 400 chars/s x (4 s x 0.85 - 1 s) / 40: 24 steps predicted
     small = ["--hidden-size", "16", "--seq-len", "10", "--batch-size", "4", "--log-every", "1", "--eval-every", "0",
              "--checkpoint-every", "0"]
     r = run("train", small_corpus, "-o", tmp_path / "run", *small, "--max-time", "4", "--lr-schedule", "cosine",
             "--lr-floor", "0.1", "--lr", "0.01", "--warmup-steps", "5")
     assert r.exit_code == 0, r.stderr
-    horizon = int(400 * 4 * choose.TRAIN_SHARE // 40)
+    horizon = int(400 * (4 * choose.TRAIN_SHARE - choose.STARTUP_SECONDS) // 40)
+    assert horizon > 10
     assert f"down to 0.001 at step {horizon:,}, where --max-time is predicted to end" in r.stderr
     assert config_of(tmp_path / "run")["extra"]["lr_horizon"] == horizon
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
