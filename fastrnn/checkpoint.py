@@ -19,14 +19,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import tempfile
-import threading
 
 import h5py
 import numpy as np
 
 from fastrnn.errors import CheckpointError
+from fastrnn.guards import Deferred
 from fastrnn.h5safe import check_global_heaps, dataset_extent, int_attr, str_attr
 
 FORMAT_VERSION = 1
@@ -106,32 +105,8 @@ def save(path, ckpt):
     # checkpoint, never inside HDF5 (which would leave a half-closed file for the interpreter's shutdown)
     # (a mask would not do: the signal goes to whichever thread, a BLAS worker say, and Python runs its handler in
     # the main thread anyway; the handlers are swapped for ones that note the signal, replayed after the write)
-    with _DeferSignals():
+    with Deferred():
         _write(path, directory, attrs_json, arrays)
-
-
-class _DeferSignals:
-    """SIGINT and SIGTERM noted while the block runs (main thread only), then handed to the handlers they had."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self):
-        self.pending, self.old = [], {}
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self.old[s] = signal.signal(s, lambda signum, frame: self.pending.append(signum))
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.old.items():
-            signal.signal(s, handler)
-        for signum in self.pending[:2]:  # in order: a first stops the run at the step, a second at once
-            handler = self.old[signum]
-            if callable(handler):
-                handler(signum, None)
-            elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), signum)
-        return False
 
 
 def _write(path, directory, attrs_json, arrays):

@@ -18,9 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
-import sys
-import threading
 import time
 import uuid
 
@@ -34,8 +31,8 @@ from fastrnn.distributed import SINGLE, digest
 from fastrnn.config import DEFAULT_LR, RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW, TrainConfig
 from fastrnn.corpus import BatchStream, Vocab, open_corpus
 from fastrnn.dropout import make_masks
-from fastrnn.errors import (CheckpointError, ConfigError, DivergenceError, FastrnnError, FileError, Interrupted,
-                            os_reason)
+from fastrnn.errors import CheckpointError, ConfigError, DivergenceError, FastrnnError, FileError, os_reason
+from fastrnn.guards import StopFlag
 from fastrnn.model import Model, get_backend
 from fastrnn.params import Layout, model_shapes
 from fastrnn.optim import Optimizer, learning_rate
@@ -87,49 +84,6 @@ class RunState:
 
 
 RUNSTATE_FIELDS = {f.name for f in dataclasses.fields(RunState)}
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM: the loop finishes its step, checkpoints and stops. A second signal interrupts at once."""
-
-    def __init__(self):
-        self.signum = None
-        self.second = None  # the second signal, once it came
-        self._old = {}
-        self._hook = None
-
-    def _handler(self, signum, frame):
-        if self.signum is not None:
-            self.second = signum
-            raise Interrupted(signum)
-        self.signum = signum
-
-    def _unraisable(self, unraisable):
-        """A second signal that landed in a finalizer is swallowed there: `check` raises it at the next step."""
-        if not isinstance(unraisable.exc_value, Interrupted):
-            self._hook(unraisable)
-
-    def check(self):
-        if self.second is not None:
-            raise Interrupted(self.second)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handler)
-            self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        for s, old in self._old.items():
-            signal.signal(s, old)
-        if self._hook is not None:
-            sys.unraisablehook = self._hook
-        if self.second is not None and exc_type is None:
-            # a second signal swallowed by a finalizer after the last `check` (in the final checkpoint, say): it
-            # goes to the handler the caller had, as if it had come now (the CLI's says "interrupted")
-            os.kill(os.getpid(), self.second)
-        return False
 
 
 def resolve_config(overrides, saved=None, allow_change=False):

@@ -12,7 +12,6 @@ remove them (exit 130, 143, 129), and the next prepare in that directory removes
 
 import codecs
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -28,7 +27,8 @@ import numpy as np
 from fastrnn.corpus.dataset import CHECK_CHUNK, FORMAT_VERSION, SPLITS, info, meta_digest, n_chunks
 from fastrnn.corpus.inputs import CHUNK_SIZE, ERRORS, _code_chunks, _spool_stdin, expand_inputs
 from fastrnn.corpus.vocab import LEVELS, Vocab
-from fastrnn.errors import ConfigError, CorpusError, VocabError, in_chain
+from fastrnn.errors import ConfigError, CorpusError, VocabError
+from fastrnn.guards import Busy, FileLock, NoLocks, SignalGuard
 
 
 class PrepareInterrupted(CorpusError):
@@ -424,111 +424,45 @@ def _pid_alive(pid):
 
 
 class _OutputLock:
-    """An exclusive flock on .OUTPUT.lock beside `output`, held while prepare writes it, with the holder's PID
-    inside. A second prepare of the same output is refused with CorpusError naming that PID. The OS drops the
-    lock when the holder dies however it dies; the holder removes the file on its way out (a prepare that took
-    the lock on a file removed meanwhile notices and takes it again on the new one)."""
+    """The exclusive lock (guards.FileLock) on .OUTPUT.lock beside `output`, held while prepare writes it. A second
+    prepare of the same output is refused with CorpusError naming the holder's PID."""
 
     def __init__(self, output):
         self.output = output
         directory, base = _place(output)
         self.path = os.path.join(directory, f".{base}.lock")
-        self.fd = None
+        self.lock = FileLock(self.path)
 
     def __enter__(self):
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise CorpusError(f"cannot write {self.output}: cannot create its lock file {self.path} "
-                                  f"({exc.strerror or exc})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = self._holder(fd)
-                os.close(fd)
-                raise CorpusError(f"output {self.output} is being written by another prepare (PID {holder}); "
-                                  f"wait for it to finish or stop it") from None
-            except OSError as exc:
-                os.close(fd)
-                raise CorpusError(f"cannot lock {self.path} for {self.output}: {exc.strerror or exc}") from None
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except OSError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the holder removed the file as we locked it: lock the current one
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
+        try:
+            self.lock.acquire()
+        except Busy as exc:
+            raise CorpusError(f"output {self.output} is being written by another prepare (PID "
+                              f"{exc.holder or 'unknown'}); wait for it to finish or stop it") from None
+        except NoLocks as exc:
+            raise CorpusError(f"cannot lock {self.path} for {self.output}: {exc.reason}") from None
+        except OSError as exc:
+            raise CorpusError(f"cannot write {self.output}: cannot create its lock file {self.path} "
+                              f"({exc.strerror or exc})") from None
         return self
-
-    @staticmethod
-    def _holder(fd):
-        for _ in range(20):  # the holder writes its PID just after it locks
-            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            if text:
-                return text
-            time.sleep(0.01)
-        return "unknown"
 
     def __exit__(self, *exc):
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)  # while still locked, so that no one else locks the removed file and proceeds
-        os.close(self.fd)
+        self.lock.release()
 
 
-class _Signals:
-    """SIGINT stops prepare with KeyboardInterrupt (as Python's own handler would), SIGTERM and SIGHUP with
-    PrepareInterrupted (their default action would end the process at once, leaving its temporary files); raised
-    in the main thread, so that every `finally` on the way out removes its temporary files. Further signals are
-    ignored while it cleans up. After
-    `commit()` (the output is complete and about to be renamed into place) they are ignored. The previous handlers
-    come back on exit. Outside the main thread nothing is installed, nor for a signal this process ignores (nohup, or
-    SIGINT of a background job)."""
+def _Signals(output):
+    """prepare's signal guard: SIGINT stops prepare with KeyboardInterrupt (as Python's own handler would), SIGTERM
+    and SIGHUP with PrepareInterrupted (their default action would end the process at once, leaving its temporary
+    files); raised in the main thread, so that every `finally` on the way out removes its temporary files. Further
+    signals are ignored while it cleans up. After `commit()` (the output is complete and about to be renamed into
+    place) they are ignored. The previous handlers come back on exit. Outside the main thread nothing is
+    installed, nor for a signal this process ignores (nohup, or SIGINT of a background job)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    def exception(signum):
+        return KeyboardInterrupt() if signum == signal.SIGINT else PrepareInterrupted(signum, output)
 
-    def __init__(self, output):
-        self.output, self.saved, self.committed, self.pending, self._hook = output, None, False, None, None
-
-    def _handler(self, signum, frame):
-        for s in self.SIGNALS:
-            signal.signal(s, signal.SIG_IGN)
-        if not self.committed:
-            self.pending = KeyboardInterrupt() if signum == signal.SIGINT else PrepareInterrupted(signum, self.output)
-            raise self.pending
-
-    def _unraisable(self, unraisable):
-        """The exception raised in a finalizer (the signal landed there) is swallowed: `commit` raises it again."""
-        if unraisable.exc_value is not self.pending:
-            self._hook(unraisable)
-
-    def commit(self):
-        if self.pending is not None:  # a signal whose exception a finalizer swallowed: stop now, before the rename
-            raise self.pending
-        self.committed = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.saved = {s: signal.signal(s, self._handler) for s in self.SIGNALS
-                          if signal.getsignal(s) is not signal.SIG_IGN}
-            self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if self.saved:
-            for s, handler in self.saved.items():
-                signal.signal(s, handler)
-        if self._hook is not None:
-            sys.unraisablehook = self._hook
-        pending = self.pending
-        if exc is not None and pending is not None and exc is not pending and in_chain(exc, lambda e: e is pending):
-            # the signal's exception, raised in a callback of h5py's (a type conversion that logs), came out as
-            # another one (TypeError: "Operation not defined for data type class"): it was the signal
-            raise self.pending.with_traceback(None) from None
-
+    return SignalGuard((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), raise_from=1, exception=exception,
+                       then_ignore=True, keep_ignored=True)
 
 
 def write_attrs(f, vocab, config, sources, check_chunk, sizes):
