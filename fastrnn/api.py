@@ -168,7 +168,7 @@ class CharRNN:
     def _warmup(self):
         """The ids an unprimed sample is warmed on (the checkpoint's start of the val split), or None."""
         ckpt = getattr(self, "_ckpt", None)
-        return None if ckpt is None else ckpt.state.get("warmup")
+        return None if ckpt is None else ckpt.state.warmup
 
     def next_probs(self, prime="", k=None, temperature=1.0):
         """The probabilities of the character after `prime`: [(character, p), ...], most probable first (the `k`

@@ -55,7 +55,7 @@ class Generator:
             raise FastrnnError(f"{ckpt.path} holds non-finite parameters (a diverged run); nothing to serve")
         self.backend = get_backend(backend)
         self.path = ckpt.path
-        self.warmup = ckpt.state.get("warmup")  # an unprimed sample starts from a state warmed on real text
+        self.warmup = ckpt.state.warmup  # an unprimed sample starts from a state warmed on real text
         self.max_length, self.max_body, self.max_batch = int(max_length), int(max_body), int(max_batch)
         if self.max_batch < 1:
             raise FastrnnError(f"max_batch must be >= 1, got {max_batch}")
@@ -80,11 +80,11 @@ class Generator:
     def describe(self):
         """The model's description for GET /model: info(), the vocabulary, the run it came from and its val loss."""
         state, path = self.ckpt.state, os.path.abspath(self.path)
-        best = state.get("best_val")
-        corpus = state.get("corpus") or None
+        best = state.best_val
+        corpus = state.corpus or None
         return dict(self.info(), vocab=self.vocab.symbols, level=self.vocab.level, parameters=int(self.model.flat.size),
                     run=os.path.basename(os.path.dirname(path)), file=os.path.basename(path),
-                    step=state.get("step"), val_loss=best if isinstance(best, (int, float)) and math.isfinite(best)
+                    step=state.step, val_loss=best if isinstance(best, (int, float)) and math.isfinite(best)
                     else None, corpus=os.path.basename(corpus) if corpus else None,
                     states=["h", "c"] if self.model.model == "lstm" else ["h"])
 

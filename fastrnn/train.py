@@ -14,6 +14,7 @@
 """
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -25,6 +26,7 @@ import numpy as np
 import psutil
 
 from fastrnn import checkpoint as ckpt_io
+from fastrnn.checkpoint import RunState
 from fastrnn import rundir
 from fastrnn.budget import TimeBudget
 from fastrnn.distributed import SINGLE, digest
@@ -48,42 +50,6 @@ RECENT_RISE = 1.25  # and the loss of the last ~10 steps (RECENT_SMOOTHING) with
 RECENT_SMOOTHING = 0.9
 STUCK_RISE, STUCK_STEPS = 1.5, 100  # with --on-divergence rollback, a smoothed loss above STUCK_RISE x its lowest
 # for STUCK_STEPS steps in a row is a divergence too (well above the noise of the smoothed loss of tiny batches)
-
-
-@dataclasses.dataclass
-class RunState:
-    """Everything besides parameters and optimizer buffers that a resumed run needs to continue exactly."""
-
-    step: int = 0  # updates done
-    epoch: int = 0  # position of the next minibatch: (epoch, index within the epoch)
-    index: int = 0
-    smooth_loss: float = float("nan")
-    first_loss: float = float("nan")
-    best_val: float = float("inf")
-    best_step: int = -1
-    evals_since_best: int = 0
-    elapsed: float = 0.0  # seconds of training so far, over all sessions of the run
-    wall_seconds: float = 0.0  # the run's wall clock over its sessions, each from train()'s start to its last
-    # checkpoint: start-up, evaluations and checkpoints included (--max-time counts it)
-    rng: dict = dataclasses.field(default_factory=dict)  # numpy bit generator state
-    train_tokens: int = 0  # the corpus the run was trained on (checked on resume)
-    vocab_size: int = 0
-    lr_scale: float = 1.0  # halved by each divergence rollback
-    rollbacks: int = 0
-    run_id: str = ""  # made when the run starts; in every checkpoint and log row of the run ("" before fastrnn had it)
-    low_loss: float = float("nan")  # the lowest smoothed loss so far (a checkpoint's health is judged against it)
-    recent_loss: float = float("nan")  # a faster moving average of the loss (RECENT_SMOOTHING), for the health
-    stuck_steps: int = 0  # steps in a row with the smoothed loss above STUCK_RISE x low_loss
-    corpus: str = ""  # the corpus file the run was started on (absolute path)
-    init_from: str = ""  # the checkpoint a fine-tuning run (--init-from) took its parameters from, and its step
-    ranks: int = 1  # the MPI ranks of the session that wrote the checkpoint (data-parallel training)
-    eval_tokens: str = ""  # the --eval-tokens the run's evaluations were sized with, and their minibatches: a
-    eval_batches: int = 0  # resumed run scores the same val tokens (also with another --eval-every)
-    eval_pending: bool = False  # the evaluation of this step was stopped (a signal, --max-time): resuming runs it,
-    pending_row: dict = dataclasses.field(default_factory=dict)  # and completes this log row with its val loss
-
-
-RUNSTATE_FIELDS = {f.name for f in dataclasses.fields(RunState)}
 
 
 def resolve_config(overrides, saved=None, allow_change=False):
@@ -313,7 +279,7 @@ def _session_inputs(run_dir, overrides, resume, allow_change, force, emit, init_
                                   f"resume from it")
         if warning:
             emit("message", {"text": f"warning: {warning}"})
-        if not saved.state.get("healthy", True):
+        if not saved.state.healthy:
             emit("message", {"text": f"warning: {saved.path} was written while the loss was climbing (not "
                                      f"healthy); {ckpt_io.LAST_GOOD_NAME}, if present, is the last healthy checkpoint"})
     elif rundir.run_files(run_dir) and not force:
@@ -384,7 +350,7 @@ class Run:
                                   run_id=comm.bcast(uuid.uuid4().hex[:16]), corpus=os.path.abspath(corpus_path))
             if parent is not None:  # the same draws as a run from scratch were made: the rest of the run's
                 self.model.load_flat(parent.params.astype(self.model.dtype))  # random numbers do not depend on it
-                self.state.init_from = f"{os.path.abspath(parent.path)} at step {parent.state.get('step')}"
+                self.state.init_from = f"{os.path.abspath(parent.path)} at step {parent.state.step}"
             self.h = self.model.zero_state(self.rows[1] - self.rows[0])  # (N, S): this rank's streams
         else:
             self.restore(saved)
@@ -641,13 +607,11 @@ class Run:
             target, newer = self.comm.bcast(self.healthy_checkpoints() if self.comm.is_root else None)
         if target is None:
             raise DivergenceError(self.divergence_message(problem))
-        scale, rollbacks, elapsed = self.state.lr_scale / 2, self.state.rollbacks + 1, self.state.elapsed
-        wall = self.state.wall_seconds
-        run_id = self.state.run_id
+        before = self.state
         self.restore(target)
-        self.state.lr_scale, self.state.rollbacks, self.state.elapsed = scale, rollbacks, elapsed
-        self.state.wall_seconds = wall
-        self.state.run_id = run_id  # a legacy target has none
+        self.state.keep_on_rollback(before)  # its clocks, rate scale, rollback count and id (a legacy target has none)
+        self.state.lr_scale, self.state.rollbacks = before.lr_scale / 2, before.rollbacks + 1
+        scale, rollbacks = self.state.lr_scale, self.state.rollbacks
         for path in newer if self.comm.is_root else ():  # first, so that keep_history in save() prunes among
             try:  # this trajectory's only
                 os.unlink(path)
@@ -679,15 +643,15 @@ class Run:
                 _check_resumable(ckpt, self.config, self.vocab, self.train_tokens, self.corpus_path)
             except CheckpointError:
                 continue
-            if ckpt.state.get("run_id", self.state.run_id if self.legacy_id else "") != self.state.run_id:
+            if (ckpt.state.run_id or (self.state.run_id if self.legacy_id else "")) != self.state.run_id:
                 continue
             found.append(ckpt)
-        good = [c for c in found if ckpt_io.is_healthy(c) and c.state.get("step", -1) <= self.state.step]
-        target = max(good, key=lambda c: c.state["step"], default=None)
+        good = [c for c in found if ckpt_io.is_healthy(c) and c.state.step <= self.state.step]
+        target = max(good, key=lambda c: c.state.step, default=None)
         if target is None:
             return None, []
-        step = target.state["step"]
-        newer = {c.path for c in found if c.state.get("step", -1) > step and c.path != self.ckpt_path}
+        step = target.state.step
+        newer = {c.path for c in found if c.state.step > step and c.path != self.ckpt_path}
         newer.update(path for s, path in ckpt_io.history(self.run_dir) if s > step)  # also unreadable ones
         return target, sorted(newer)
 
@@ -695,7 +659,7 @@ class Run:
         """The DivergenceError text: the problem, where the last good checkpoint is, what to try (rank 0's: the
         other ranks stop without a word)."""
         target, _ = self.healthy_checkpoints() if self.comm.is_root else (None, [])
-        where = (f"the last good checkpoint is step {target.state['step']} in {target.path}" if target is not None
+        where = (f"the last good checkpoint is step {target.state.step} in {target.path}" if target is not None
                  else "no good checkpoint was written yet")
         if self.config.on_divergence == "rollback":
             hint = (f"gave up after {self.state.rollbacks} rollback(s) (--max-rollbacks)"
@@ -883,9 +847,8 @@ class Run:
         if hasattr(self, "wall_at_start"):
             self.state.wall_seconds = self.wall_at_start + (started - self.started)
         self.state.rng = self.rng.bit_generator.state
-        state = _jsonable(dataclasses.asdict(self.state))
-        state["healthy"] = healthy = self.is_healthy()
-        state["warmup"] = self.warmup
+        healthy = self.is_healthy()
+        state = dataclasses.replace(self.state, healthy=healthy, warmup=self.warmup)
         if path == self.ckpt_path and not healthy and self.ckpt_healthy and os.path.exists(path):
             ckpt_io.keep_last_good(self.run_dir)
         ckpt_io.save(path, ckpt_io.Checkpoint(
@@ -923,7 +886,7 @@ class Run:
         self.model.load_flat(ckpt.params)
         for name, buf in self.optimizer.state.items():
             buf[...] = ckpt.optimizer[name]
-        self.state = RunState(**{k: v for k, v in ckpt.state.items() if k in RUNSTATE_FIELDS})
+        self.state = copy.deepcopy(ckpt.state)
         self.optimizer.t = self.state.step
         self.rng.bit_generator.state = self.state.rng
         lo, hi = self.rows
@@ -944,15 +907,15 @@ def _check_resumable(saved, config, vocab, train_tokens, corpus_path):
         raise CheckpointError(f"the checkpoint's parameters ({saved.params.size} values) do not fit its "
                               f"configuration ({config.model}, {config.num_layers} layers, hidden "
                               f"{config.hidden_size}); it is damaged or from another program")
-    if saved.state.get("train_tokens") != len(train_tokens):
+    if saved.state.train_tokens != len(train_tokens):
         raise CheckpointError(f"the corpus {corpus_path} is not the one this run was trained on "
                               f"(train split {len(train_tokens)} tokens, the run had "
-                              f"{saved.state.get('train_tokens')})")
+                              f"{saved.state.train_tokens})")
 
 
 def saved_step(path):
     try:
-        return ckpt_io.load(path).state.get("step")
+        return ckpt_io.load(path).state.step
     except CheckpointError:
         return "?"
 
@@ -966,18 +929,3 @@ def _eta(steps_left, seconds_per_step, seconds_left):
     if seconds_left is not None:
         left.append(max(0.0, seconds_left))
     return min(left) if left else None
-
-
-def _jsonable(d):
-    """JSON-safe copy: numpy scalars to Python, infinities kept as strings JSON understands via float()."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out[k] = _jsonable(v)
-        elif isinstance(v, (np.integer,)):
-            out[k] = int(v)
-        elif isinstance(v, (np.floating,)):
-            out[k] = float(v)
-        else:
-            out[k] = v
-    return out

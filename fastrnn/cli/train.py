@@ -291,7 +291,7 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
     vocab.encode(prime)  # unknown prime characters: a clear error before any output
     be = get_backend(backend)
     out = sys.stdout
-    warmup = ckpt.state.get("warmup")  # an unprimed sample starts from a state warmed on real text
+    warmup = ckpt.state.warmup  # an unprimed sample starts from a state warmed on real text
     if top_n_probs:
         for symbol, p in gen.next_probs(be, model.P, vocab, prime, top_n_probs, temperature, model.dtype, warmup):
             out.write(f"{p:.6f}  {symbol!r}\n")
