@@ -113,6 +113,13 @@ class RunState:
             raise KeyError(name)
         setattr(self, name, value)
 
+    def __delitem__(self, name):
+        """The field back to its default: as a checkpoint without it (an older one) reads."""
+        if name not in STATE_FIELDS:
+            raise KeyError(name)
+        f = next(f for f in dataclasses.fields(self) if f.name == name)
+        setattr(self, name, f.default_factory() if f.default is dataclasses.MISSING else f.default)
+
     def get(self, name, default=None):
         return getattr(self, name) if name in STATE_FIELDS else default
 
@@ -338,6 +345,24 @@ def keep_history(run_dir, step, keep):
             os.unlink(path)
         except OSError:
             pass
+
+
+def save_in_run(run_dir, ckpt, was_healthy, keep):
+    """Write `ckpt` as RUN_DIR/checkpoint.h5 with the files kept around it: a healthy checkpoint.h5 that an unhealthy
+    one replaces is kept as last-good.h5 first (was_healthy: the one on disk is healthy), and removed once a healthy
+    one is written again; with keep > 1, the numbered history of the newest `keep` (keep_history)."""
+    path = os.path.join(run_dir, CHECKPOINT_NAME)
+    if not ckpt.state.healthy and was_healthy and os.path.exists(path):
+        keep_last_good(run_dir)
+    save(path, ckpt)
+    last_good = os.path.join(run_dir, LAST_GOOD_NAME)
+    if ckpt.state.healthy and os.path.exists(last_good):
+        try:
+            os.unlink(last_good)  # older than this healthy checkpoint
+        except OSError:
+            pass
+    if keep > 1:
+        keep_history(run_dir, ckpt.state.step, keep)
 
 
 def keep_last_good(run_dir):

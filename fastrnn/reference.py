@@ -322,6 +322,7 @@ class Plan:
 
     path = "reference"
     precision = "float32"
+    refused = ""  # why bf16 products asked for were not granted (the reference has none)
 
     def describe(self):
         return "NumPy reference"

@@ -1,7 +1,9 @@
 """The run directory of `fastrnn train`: one owner at a time, and one run's files.
 
-- `RunLock`: an exclusive lock (guards.FileLock: `fcntl.flock`) on RUN_DIR/.fastrnn.lock, held for the whole session of a run (the OS
-  releases it when the process dies, even by kill -9). A second writer is refused with the holder's PID.
+- `RunLock`: an exclusive lock (guards.FileLock: `fcntl.flock`) on RUN_DIR/.fastrnn.lock, held for the whole
+  session of a run (the OS releases it when the process dies, even by kill -9). A second writer is refused with
+  the holder's PID.
+- `prepare`: the directory made and checked before a session writes.
 - `run_files`: the files a run writes; a directory holding any of them holds a run.
 - `discard_run`: --force's removal of an old run. It first creates RUN_DIR/.fastrnn-discarded (one atomic
   mkdir: from then on the old run is gone), moves the old run's files into it and removes it. The new run writes
@@ -14,8 +16,8 @@ import os
 import re
 import shutil
 
-from fastrnn.checkpoint import fsync_dir
-from fastrnn.errors import ConfigError
+from fastrnn.checkpoint import fsync_dir, remove_stale_temps
+from fastrnn.errors import ConfigError, FileError, os_reason
 from fastrnn.guards import Busy, FileLock, NoLocks
 
 LOCK_NAME = ".fastrnn.lock"
@@ -23,6 +25,18 @@ DISCARD_NAME = ".fastrnn-discarded"
 _RUN_FILE = re.compile(r"^(checkpoint\.h5|best\.h5|last-good\.h5|log\.jsonl|checkpoint-\d+\.h5)$")
 _DERIVED_FILE = {"loss.png"}  # `fastrnn plot RUN_DIR`'s default output: goes with the run it plots
 _TEMP_FILE = re.compile(r"^(\.checkpoint-.*\.h5\.tmp|(log\.jsonl|last-good\.h5|checkpoint-\d+\.h5)\.tmp)$")
+
+
+def prepare(run_dir):
+    """Before a session writes: the run directory, made if missing, writable, and without the temporary files of a
+    checkpoint a kill interrupted."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as exc:  # read-only, under a regular file, in /proc, ...
+        raise FileError(f"cannot create run directory {run_dir}: {os_reason(exc)}") from exc
+    if not os.access(run_dir, os.W_OK):
+        raise ConfigError(f"run directory {run_dir} is not writable")
+    remove_stale_temps(run_dir)
 
 
 def run_files(run_dir):

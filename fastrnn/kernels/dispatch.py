@@ -89,6 +89,7 @@ class Plan:
     tiles: bool = False
     precision: str = "float32"  # "bf16": the tiles' recurrent products in bf16 with float32 sums (tiles.py)
     note: str = dataclasses.field(default="", compare=False)  # how the measured choice was had, for people
+    refused: str = dataclasses.field(default="", compare=False)  # why bf16 products asked for were not granted
 
     @property
     def how(self):
@@ -159,8 +160,10 @@ def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure, precision=
             choice = measured_choice(options)
             if choice is not None:
                 p = dataclasses.replace(options[choice[0]], measured=True, note=choice[1])
-    if precision == "bf16" and bf16_refusal(N, threads, dtype) is None:
-        p = dataclasses.replace(variant(p, tiles=True), precision="bf16", measured=False, note="")
+    if precision == "bf16":
+        why = bf16_refusal(N, threads, dtype)
+        p = dataclasses.replace(p, refused=why) if why else \
+            dataclasses.replace(variant(p, tiles=True), precision="bf16", measured=False, note="")
     return p
 
 
