@@ -108,11 +108,9 @@ class CharRNN:
                 if on_event:
                     on_event(kind, payload)
 
-            from fastrnn.kernels.threads import restored
-
-            with restored():  # the run sets numba's and BLAS's threads; the caller's process keeps its own
-                summary = train(corpus, run_dir, opts, resume=resume, force=not resume, on_event=record,
-                                init_from=init_from)
+            # (the run sets numba's and BLAS's threads for its session; the caller's process keeps its own)
+            summary = train(corpus, run_dir, opts, resume=resume, force=not resume, on_event=record,
+                            init_from=init_from)
             self.history = events
             self.model, self.vocab, ckpt = load_model(summary["checkpoint"])
             self._ckpt = ckpt

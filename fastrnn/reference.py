@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from fastrnn.backend import blas_threads as threads, no_thread_count as thread_count  # noqa: F401 (the protocol's)
 from fastrnn.params import arch_of, layer_names
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -65,12 +65,10 @@ class Generator:
         self.batches = 0  # batches started (from none running) so far, and the most requests one ran at once
         self.widest = 0
         self.weights = self.backend.stream_weights(self.model.P)
-        self.threads = None  # numba's thread count is per thread: the generating one takes the caller's
-        if backend == "numba":
-            import numba
-
-            self.threads = numba.get_num_threads()
-        threading.Thread(target=self._run, name="fastrnn-generate", daemon=True).start()
+        # the kernels' thread count is per thread: the generating one takes the caller's (None: the backend has none)
+        self.threads = self.backend.thread_count()
+        threads_there = self.backend.threads(self.threads, blas=False)
+        threading.Thread(target=self._run, args=(threads_there,), name="fastrnn-generate", daemon=True).start()
 
     def info(self):
         cell, layers, H = self.model.model, self.model.num_layers, self.model.hidden_size
@@ -159,14 +157,11 @@ class Generator:
         if tail:
             yield tail
 
-    def _run(self):
-        """The generating thread: the batch's streams advance up to 64 characters at a time, each with its own
-        sampling options. Between runs, finished and abandoned requests leave the batch and waiting ones join it,
-        first come first served, up to max_batch."""
-        if self.threads is not None:
-            import numba
-
-            numba.set_num_threads(self.threads)
+    def _run(self, threads):
+        """The generating thread, on the `threads` context of the backend's made for it: the batch's streams
+        advance up to 64 characters at a time, each with its own sampling options. Between runs, finished and
+        abandoned requests leave the batch and waiting ones join it, first come first served, up to max_batch."""
+        threads.__enter__()  # for the thread's life (a daemon: it never returns)
         active, h, logits, rngs = [], None, None, []
         while True:
             with self.ready:

@@ -7,7 +7,7 @@ import pytest
 from fastrnn import kernels as K
 from fastrnn import reference as ref
 from fastrnn.kernels import dispatch, mathfn
-from fastrnn.kernels.threads import set_threads
+from fastrnn.kernels.pools import set_threads
 from fastrnn.params import Layout, rnn_shapes
 
 NAMES = ("Wxh", "Whh", "bh", "Why", "by")

@@ -147,7 +147,7 @@ class _Found(Exception):
 
 def _first_outside(files, names, lut, fixed, opts):
     """The VocabError for the first symbol of the inputs outside the vocabulary (lut: code -> id, -1 outside)."""
-    from fastrnn.textscan import utf8_check_map
+    from fastrnn.kernels.textscan import utf8_check_map
 
     unit = "byte" if fixed.vocab.level == "byte" else "character"
     for path, name in zip(files, names):
@@ -199,7 +199,7 @@ def _write(inputs, output, out_dir, signals, *, level, val_frac, test_frac, lowe
     restore_malloc = _limit_malloc_retention()
     spool = None
     try:
-        from fastrnn.textscan import count_codes, map_codes, utf8_check_count, utf8_check_map
+        from fastrnn.kernels.textscan import count_codes, map_codes, utf8_check_count, utf8_check_map
 
         files = []
         for f in expand_inputs(inputs):

@@ -1,4 +1,5 @@
-"""The numba backend's Python API: the functions of fastrnn.reference, same signatures and semantics, plus the plan.
+"""The numba backend's Python API: the backend protocol (fastrnn.backend.Backend), with fastrnn.reference's
+signatures and semantics, plus the plan.
 
 Every call that runs a model takes a dispatch.Plan (`plan=`), made once per shape by `plan_for` (or
 dispatch.plan): the training loop makes its plans at the start and passes them. Without one, the call makes the
@@ -9,10 +10,10 @@ calls) and makes one njit call (lm.py); "layers" goes to stack.py, which compose
 
 import time
 
-import numba
 import numpy as np
 
 from fastrnn.kernels import dispatch, lm, optim, stack, workspace as scratch
+from fastrnn.kernels.pools import thread_count, threads  # noqa: F401 (the protocol's threads and thread_count)
 from fastrnn.kernels.workspace import Grads
 from fastrnn.params import GATES, arch_of, layer_names
 
@@ -24,7 +25,7 @@ def plan_for(P, N, T, dropout=False, threads=None, precision="float32"):
     `threads` threads (None: numba's current count), with bf16 recurrent products if precision is "bf16" and the
     CPU and shape allow it (dispatch.plan)."""
     cell, L, H = arch_of(P)
-    threads = numba.get_num_threads() if threads is None else threads
+    threads = thread_count() if threads is None else threads
     return dispatch.plan(cell, L, N, T, H, P["by"].shape[0], dropout, threads, P["Whh"].dtype, precision=precision)
 
 
@@ -176,8 +177,6 @@ def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy
     rngs[b] (one per character). temperature, top_k, top_p: one value for all the streams, or (B,) values, one
     per stream. `weights`: stream_weights(P), if the caller keeps it across calls. A stream's tokens depend only
     on its own state, options and generator, so streams may join and leave between calls."""
-    import numba
-
     from fastrnn.kernels.sample import sample_streams
 
     B = np.shape(h)[0]
@@ -188,7 +187,7 @@ def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy
         raise ValueError("advance_streams: h and logits must be C-contiguous (they are updated in place)")
     _, L, H = arch_of(P)
     state = h.reshape(B, L, -1, H)  # a view: sample_streams updates h
-    groups = min(B, numba.get_num_threads() if threads is None else max(1, int(threads)))
+    groups = min(B, thread_count() if threads is None else max(1, int(threads)))
     uniforms = np.zeros((B, n)) if greedy else np.stack([g.random(n) for g in rngs]).reshape(B, n)
     block = np.empty((B, n), dtype=np.int32)
     options = [per_stream(v, B, dtype, name) for v, dtype, name in

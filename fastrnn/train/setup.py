@@ -2,6 +2,7 @@
 the log) and the run's state in and out of its checkpoints (save, restore). `fastrnn.train.run.Run` is a Setup
 that runs the training loop."""
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -27,26 +28,26 @@ from fastrnn.validation import val_set
 WARMUP_CHARS = 100  # characters of real text an unprimed sample is warmed on
 
 
-def _set_threads(n):
-    from fastrnn.kernels.threads import set_threads
-
-    return set_threads(n or os.cpu_count() or 1)
-
-
 class Setup:
     """One session of a run, set up: the model, optimizer, data and counters, the plans, the log."""
 
     def __init__(self, config, corpus, corpus_path, run_dir, saved, emit, parent=None, comm=SINGLE, started=None):
         """saved: the checkpoint a resumed run continues from, parent: the one a fine-tuned run starts from (or
-        None). started: the session's start on time.perf_counter (--max-time counts from it); None: now."""
+        None). started: the session's start on time.perf_counter (--max-time counts from it); None: now. The
+        session runs on its threads (the backend's `threads`) and holds its log open until close()."""
         self.config, self.corpus, self.run_dir, self.emit, self.comm = config, corpus, run_dir, emit, comm
         self.started = time.perf_counter() if started is None else started
         self.ckpt_path = os.path.join(run_dir, ckpt_io.CHECKPOINT_NAME)
         self.vocab, self.corpus_path = corpus.vocab, corpus_path
         self.budget = self.wall_at_start = None  # set when the loop starts
-        self.open_data(saved, parent)
-        self.build(saved, parent)
-        self.announce(saved)
+        self.held = contextlib.ExitStack()  # the threads, then the log
+        try:
+            self.open_data(saved, parent)
+            self.build(saved, parent)
+            self.announce(saved)
+        except BaseException:
+            self.held.close()
+            raise
 
     def open_data(self, saved, parent):
         """This rank's block of the training streams, the validation set, the text unprimed samples are warmed on;
@@ -82,9 +83,9 @@ class Setup:
         config, comm = self.config, self.comm
         if comm.is_root:
             rundir.prepare(self.run_dir)
-        # several ranks on one machine share its cores (never oversubscribed unless --threads says so)
-        self.threads = _set_threads(config.threads or comm.default_threads())
         self.backend = get_backend(config.backend)
+        # several ranks on one machine share its cores (never oversubscribed unless --threads says so)
+        self.threads = self.held.enter_context(self.backend.threads(config.threads or comm.default_threads()))
         self.model = Model(self.vocab.size, config.hidden_size, config.dtype, config.model, config.num_layers)
         self.optimizer = Optimizer(config, self.model.layout.size, self.model.dtype, self.backend)
         self.gflat = self.dp.gradients(self.model.layout.size, self.model.dtype)  # (P,), the parameters' layout
@@ -137,6 +138,7 @@ class Setup:
             rundir.discard_run(self.run_dir)
         self.log = open_log(self.run_dir, state.run_id, None if saved is None else state.step, self.legacy_id,
                             self.comm.is_root)
+        self.held.callback(self.log.close)
         if self.log.foreign:
             self.emit("message", {"text": f"warning: dropped {self.log.foreign} row(s) of {LOG_NAME} that are not "
                                           f"this run's (another run id)"})
@@ -145,7 +147,8 @@ class Setup:
             self.emit("message", {"text": f"--precision bf16: {why}; training in float32"})
 
     def close(self):
-        self.log.close()
+        """The log closed, the threads as they were before the session."""
+        self.held.close()
 
     def save(self, path=None):
         """A checkpoint of everything a resumed run needs (RUN_DIR/checkpoint.h5 unless `path`), with whether
