@@ -1,21 +1,25 @@
 """The numba backend's Python API: the backend protocol (fastrnn.backend.Backend), with fastrnn.reference's
 signatures and semantics, plus the plan.
 
-Every call that runs a model takes a dispatch.Plan (`plan=`), made once per shape by `plan_for` (or
-dispatch.plan): the training loop makes its plans at the start and passes them. Without one, the call makes the
-plan for its shape on numba's current thread count. The plan's path decides: "fused" (the one-layer rnn without
-dropout masks) prepares arguments (contiguous int32 tokens, scalars in the parameters' dtype, scratch kept across
-calls) and makes one njit call (lm.py); "layers" goes to stack.py, which composes the per-layer kernels.
+Every call that runs a model takes a dispatch.Plan (`plan=`), made once per shape by `plan_for` (or `plan`, from
+the shape): the training loop makes its plans at the start and passes them. Without one, the call makes the
+plan for its shape on numba's current thread count. A plan is dispatch.plan's decision, handed the answer of the
+measurement of the shape's candidates (calibrate.measured, timing `training_step`s) unless measuring is off.
+
+The plan's path decides: "fused" (the one-layer rnn without dropout masks) prepares arguments (contiguous int32
+tokens, scalars in the parameters' dtype, scratch kept across calls) and makes one njit call (lm.py); "layers"
+goes to stack.py, which composes the per-layer kernels.
 """
 
 import time
 
 import numpy as np
 
-from fastrnn.kernels import dispatch, lm, optim, stack, workspace as scratch
+from fastrnn.dropout import make_masks
+from fastrnn.kernels import calibrate, dispatch, lm, optim, stack, workspace as scratch
 from fastrnn.kernels.pools import thread_count, threads  # noqa: F401 (the protocol's threads and thread_count)
 from fastrnn.kernels.workspace import Grads
-from fastrnn.params import GATES, arch_of, layer_names
+from fastrnn.params import GATES, Layout, arch_of, layer_names, model_shapes, state_size
 
 RNN_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 
@@ -23,10 +27,34 @@ RNN_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 def plan_for(P, N, T, dropout=False, threads=None, precision="float32"):
     """The dispatch.Plan for calls on N sequences of T steps of the model P (with dropout masks if `dropout`), on
     `threads` threads (None: numba's current count), with bf16 recurrent products if precision is "bf16" and the
-    CPU and shape allow it (dispatch.plan)."""
+    CPU and shape allow it (`plan`)."""
     cell, L, H = arch_of(P)
     threads = thread_count() if threads is None else threads
-    return dispatch.plan(cell, L, N, T, H, P["by"].shape[0], dropout, threads, P["Whh"].dtype, precision=precision)
+    return plan(cell, L, N, T, H, P["by"].shape[0], dropout, threads, P["Whh"].dtype, precision=precision)
+
+
+def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measure=None, precision="float32"):
+    """The dispatch.Plan of a shape on this machine: dispatch.plan handed the measured answer (calibrate.measured:
+    the shape's candidates timed once per machine, then cached) unless `measure` is False (None: unless
+    FASTRNN_CALIBRATE=0)."""
+    if measure is None:
+        measure = calibrate.enabled()
+    answer = calibrate.measured(cell, int(layers), int(N), int(T), int(H), int(V), bool(dropout),
+                                max(1, int(threads)), np.dtype(dtype).name, training_step) if measure else None
+    return dispatch.plan(cell, layers, N, T, H, V, dropout, threads, dtype, measured=answer, precision=precision)
+
+
+def training_step(p):
+    """A function running one training step (forward_backward) of a random model of plan p's shape, as p says:
+    what calibrate times."""
+    rng = np.random.default_rng(0)
+    layout = Layout(model_shapes(p.cell, p.V, p.H, p.layers))
+    P = layout.views(layout.init(rng, p.dtype, 1.0 / np.sqrt(p.H)))
+    G = layout.views(layout.zeros(p.dtype))
+    x, y = (rng.integers(0, p.V, size=(p.N, p.T)).astype(np.int32) for _ in range(2))
+    h0 = np.zeros((p.N, state_size(p.cell, p.H, p.layers)), p.dtype)
+    masks = make_masks(rng, 0.5 if p.dropout else 0.0, p.layers, p.T, p.N, p.H, p.dtype)
+    return lambda: forward_backward(P, G, x, y, h0, masks, plan=p)
 
 
 def _check(plan, P, N, T, masks):
