@@ -11,7 +11,6 @@ import os
 import time
 
 import numpy as np
-import psutil
 
 from fastrnn import checkpoint as ckpt_io
 from fastrnn.budget import TimeBudget
@@ -20,7 +19,7 @@ from fastrnn.errors import DivergenceError, FastrnnError
 from fastrnn.guards import StopFlag
 from fastrnn.optim import learning_rate
 from fastrnn.sample import generate
-from fastrnn.train import health
+from fastrnn.train import health, runlog
 from fastrnn.train.runlog import Window, eta
 from fastrnn.train.setup import Setup
 
@@ -221,14 +220,9 @@ class Run(Setup):
 
     def write_log_row(self, loss, norm, val_loss, now):
         config, state = self.config, self.state
-        seconds = now - self.window.start
-        steps = self.window.steps
-        cps = steps * config.batch_size * config.seq_len / seconds if steps and seconds > 0 else None
-        row = {"run_id": state.run_id, "step": state.step, "epoch": round(state.epoch + state.index / self.spe, 4),
-               "loss": state.smooth_loss, "batch_loss": loss,
-               "lr": state.lr_scale * learning_rate(config, state.step - 1, self.spe, self.total_steps),
-               "grad_norm": norm, "chars_per_sec": cps,
-               "rss_mb": psutil.Process().memory_info().rss / 2**20, "elapsed": state.elapsed}
+        seconds, steps, cps = self.window.rate(now, config.batch_size * config.seq_len)
+        lr = state.lr_scale * learning_rate(config, state.step - 1, self.spe, self.total_steps)
+        row = runlog.row(state, self.spe, loss, norm, lr, cps)
         if val_loss is not None:
             row.update(self.evals.fields(val_loss))
         row.update(self.dp.row_fields(steps))  # with several ranks: rank 0's time in the Allreduce, per step

@@ -10,6 +10,8 @@ import math
 import os
 import time
 
+import psutil
+
 from fastrnn import checkpoint as ckpt_io
 from fastrnn.errors import CheckpointError, FileError, os_reason
 
@@ -24,6 +26,15 @@ def open_log(run_dir, run_id, keep_until, legacy, is_root):
     return RunLog(os.path.join(run_dir, LOG_NAME), run_id, keep_until, legacy)
 
 
+def row(state, spe, loss, norm, lr, chars_per_sec):
+    """The fields every progress row has, in their order: the run, its position, its losses and rate, the memory
+    and time so far (state: checkpoint.RunState; spe: steps per epoch)."""
+    return {"run_id": state.run_id, "step": state.step, "epoch": round(state.epoch + state.index / spe, 4),
+            "loss": state.smooth_loss, "batch_loss": loss, "lr": lr, "grad_norm": norm,
+            "chars_per_sec": chars_per_sec, "rss_mb": psutil.Process().memory_info().rss / 2**20,
+            "elapsed": state.elapsed}
+
+
 class Window:
     """The steps since the last progress row and when they began (chars/s, and the seconds a step for the ETA)."""
 
@@ -32,6 +43,11 @@ class Window:
 
     def reset(self):
         self.start, self.steps = time.perf_counter(), 0
+
+    def rate(self, now, chars_per_step):
+        """(seconds since the window began, its steps, its chars/s or None)."""
+        seconds = now - self.start
+        return seconds, self.steps, self.steps * chars_per_step / seconds if self.steps and seconds > 0 else None
 
 
 class NoLog:
