@@ -18,6 +18,12 @@ import time
 
 from fastrnn.errors import Interrupted, in_chain
 
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # a command a signal stopped exits 128 + its number
+
+
+def no_news(unraisable):
+    """The unraisable hook once a command has said how it ended: a finalizer failing on the way out is no news."""
+
 
 class SignalGuard:
     """`signals` handled while the block runs, in the main thread (elsewhere nothing is installed, as Python runs

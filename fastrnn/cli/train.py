@@ -7,7 +7,7 @@ import sys
 import click
 
 from fastrnn.checkpoint import CHECKPOINT_NAME
-from fastrnn.cli import EXIT_SIGNAL, no_news  # (defined before fastrnn.cli imports its commands)
+from fastrnn.guards import EXIT_SIGNAL, no_news
 from fastrnn.cli.types import SEED, Duration, EvalTokens, Finite
 from fastrnn.errors import ConfigError
 from fastrnn.config import (BACKENDS, DTYPES, PRECISIONS, INITS, LR_SCHEDULES, MODELS, ON_DIVERGENCE,
