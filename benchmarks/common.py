@@ -75,8 +75,9 @@ def cpu_flags():
 
 def machine_info():
     """A JSON-friendly description of the machine and the numerical stack."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import numba
-    import scipy
 
     import llvmlite
     import llvmlite.binding as llvm
@@ -89,6 +90,10 @@ def machine_info():
         physical = None
     has_svml = getattr(llvm, "has_svml", None)
     has_svml = has_svml() if callable(has_svml) else has_svml  # a function in older llvmlite, a bool in newer
+    try:  # (fastrnn does not need SciPy; recorded where it is installed)
+        scipy = version("scipy")
+    except PackageNotFoundError:
+        scipy = "not installed"
     blas = {}
     try:
         from threadpoolctl import threadpool_info
@@ -100,7 +105,7 @@ def machine_info():
     return {
         "cpu": cpu_model(), "cpu_flags": cpu_flags(), "logical_cores": os.cpu_count(), "physical_cores": physical,
         "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
-        "scipy": scipy.__version__, "llvmlite": llvmlite.__version__, "llvmlite_has_svml": has_svml,
+        "scipy": scipy, "llvmlite": llvmlite.__version__, "llvmlite_has_svml": has_svml,
         "numba_svml": bool(getattr(numba.core.config, "USING_SVML", False)), "blas": blas,
         "env": {k: v for k, v in sorted(os.environ.items())
                 if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_"))},

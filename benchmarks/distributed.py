@@ -29,6 +29,8 @@ import tempfile
 import click
 
 from benchmarks import common, options
+from fastrnn import cells
+from fastrnn.params import model_layout
 
 fastrnn_cmd = common.fastrnn_cmd
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -91,14 +93,13 @@ def run_rate(corpus_h5, run_dir, ranks, threads, model, hidden, batch, steps, lo
 
 
 def parameters(model, hidden, vocab):
-    gates = {"rnn": 1, "lstm": 4, "gru": 3}[model]
-    return gates * hidden * (vocab + hidden + 1) + hidden * vocab + vocab
+    return model_layout(model, vocab, hidden).size
 
 
 @options.command()
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Text to train on [default: ../shared/data/gutenberg-novels.txt, else tiny Shakespeare].")
-@click.option("--models", type=options.CommaList(str, ("rnn", "lstm", "gru")), default="rnn,lstm",
+@click.option("--models", type=options.CommaList(str, cells.names()), default="rnn,lstm",
               help="Cells to measure.")
 @click.option("--hidden", type=click.IntRange(min=1), default=512, help="Hidden size H.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=64, help="Streams N (the global batch).")

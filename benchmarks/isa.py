@@ -37,6 +37,7 @@ import click
 import numpy as np
 
 from benchmarks import common, options
+from fastrnn import cells
 
 ROWS = [  # (name, cell, layers, N, H)
     ("rnn H512 B64", "rnn", 1, 64, 512),
@@ -49,11 +50,8 @@ ROWS = [  # (name, cell, layers, N, H)
 ]
 T, V = 50, 65
 SLOW = 0.95  # a chosen plan below this fraction of the fastest candidate is marked slow
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-
-
 def flops_per_char(cell, layers, H):
-    return 6 * GATES[cell] * H * H * (2 * layers - 1) + 6 * V * H
+    return 6 * cells.get(cell).gates * H * H * (2 * layers - 1) + 6 * V * H
 
 
 def time_candidates(options_, repeats):

@@ -19,7 +19,7 @@ from benchmarks import options
 from benchmarks.common import machine_info, write_json
 from fastrnn import kernels, reference
 from fastrnn.kernels.pools import set_threads
-from fastrnn.params import Layout, rnn_shapes
+from fastrnn.params import model_layout
 
 DEFAULT_SETTINGS = ["64:512", "1:128", "32:128"]
 
@@ -42,7 +42,7 @@ class Trainer:
     def __init__(self, backend, N, H, V=65, T=50, seed=0):
         rng = np.random.default_rng(seed)
         self.b, self.N, self.T = backend, N, T
-        self.layout = Layout(rnn_shapes(V, H))
+        self.layout = model_layout("rnn", V, H)
         self.flat = self.layout.init(rng, np.float32, 0.01)
         self.P = self.layout.views(self.flat)
         self.g = self.layout.zeros(np.float32)

@@ -6,6 +6,7 @@
     @options.threads(default=[1, 2])      # --threads 1,2 (a list) or --threads N (one count, `default=1`)
     @options.dtype(default=["float32"])   # --dtype float32,float64 (a list) or --dtype float32
     @options.numba_module()               # --numba-module MODULE
+    @options.train_shape()                # --model --layers --hidden-size --batch-size --seq-len of a launched train
     @options.json_output()                # --json FILE (the function's `json_path`)
     def main(quick, repeats, threads, dtype, numba_module, json_path): ...
 
@@ -99,6 +100,24 @@ def dtype(default, help=None):
 def int_list(name, default, help, minimum=1):
     """A comma-separated list of integers from `minimum` (positive by default), e.g. --hidden 64,128."""
     return click.option(name, type=CommaList(int, minimum=minimum), default=_text(default), help=help)
+
+
+def train_shape(model="lstm", layers=2, hidden_size=512):
+    """--model, --layers, --hidden-size, --batch-size, --seq-len: the shape of a `fastrnn train` a benchmark launches
+    (batch size and sequence length default to train's own)."""
+    from fastrnn.config import MODELS
+
+    shape = [
+        click.option("--model", type=click.Choice(MODELS), default=model, help="The cell."),
+        click.option("--layers", type=click.IntRange(min=1), default=layers,
+                     help="Stacked layers (train's --num-layers)."),
+        click.option("--hidden-size", type=click.IntRange(min=1), default=hidden_size, help="Hidden units per layer."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, show_default="train's",
+                     help="Streams per minibatch."),
+        click.option("--seq-len", type=click.IntRange(min=1), default=None, show_default="train's",
+                     help="Time steps per minibatch."),
+    ]
+    return lambda fn: functools.reduce(lambda f, option: option(f), reversed(shape), fn)
 
 
 def numba_module(help="Module for the numba contender (a variant under test, or fastrnn.reference to dry-run)."):

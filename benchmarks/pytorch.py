@@ -25,9 +25,15 @@ import numpy as np
 
 from benchmarks import common, options
 from benchmarks.throughput import ADAM, CLIP, V, BackendStep, flops_per_char
+from fastrnn import cells
 
 T = 50
 CONFIGS = "rnn:1:512:64,lstm:1:512:64,lstm:2:512:64,lstm:2:128:50,gru:1:512:64,rnn:1:128:1"
+
+
+def torch_cells():
+    """The cells PyTorch has a module for (fastrnn.cells: Cell.torch)."""
+    return [name for name in cells.names() if cells.get(name).torch]
 
 
 def parse_configs(text):
@@ -35,8 +41,8 @@ def parse_configs(text):
     out = []
     for item in text.split(","):
         parts = item.strip().split(":")
-        if len(parts) != 4 or parts[0] not in ("rnn", "lstm", "gru") or not all(p.isdigit() and int(p) > 0
-                                                                                  for p in parts[1:]):
+        if len(parts) != 4 or parts[0] not in torch_cells() or not all(p.isdigit() and int(p) > 0
+                                                                        for p in parts[1:]):
             raise click.BadParameter(f"{item!r} is not CELL:LAYERS:HIDDEN:BATCH (e.g. lstm:2:512:64)",
                                      param_hint="--configs")
         out.append((parts[0], int(parts[1]), int(parts[2]), int(parts[3])))
@@ -49,7 +55,7 @@ class TorchStep:
     def __init__(self, torch, cell, layers, H, N, bf16=False, seed=0):
         self.torch, self.bf16 = torch, bf16
         torch.manual_seed(seed)
-        rnn = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+        rnn = getattr(torch.nn, cells.get(cell).torch[0])  # nn.RNN, nn.LSTM, nn.GRU
         self.rnn = rnn(input_size=V, hidden_size=H, num_layers=layers, batch_first=True)
         self.out = torch.nn.Linear(H, V)
         self.params = list(self.rnn.parameters()) + list(self.out.parameters())
@@ -57,7 +63,7 @@ class TorchStep:
         self.eye = torch.eye(V)
         self.batches = common.Batches(N, T)
         self.h = None
-        self.lstm = cell == "lstm"
+        self.lstm = len(cells.get(cell).state) == 2  # the state is a tuple (h, c)
 
     def __call__(self):
         torch = self.torch

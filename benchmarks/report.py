@@ -12,11 +12,12 @@ every benchmark into docs/benchmarks/<today>/ and then this report.
 
 The results folder holds the JSON files the benchmarks write with `--json FILE`; a file's kind is the benchmark
 its name starts with (throughput*.json, time_to_quality*.json, sampling*.json, prepare*.json, train_memory*.json,
-profile_speed*.json, kernel_scratch*.json, pytorch*.json); other files are ignored. Every number on the page comes from those files: the machine
+profile_speed*.json, kernel_scratch*.json, pytorch*.json, startup*.json, soak*.json); other files are ignored. Every number on the page comes from those files: the machine
 (CPU model and flags, cores, the sgemm and dgemm rates the throughput run measured), one table per file, and a
 chart of the throughput rows (PNG next to the page; with matplotlib only, else the page says the charts were
 skipped). In README.md the lines between `<!-- benchmarks:begin -->` and `<!-- benchmarks:end -->` are replaced
-by one table of the throughput targets and a link to the page; without those lines README.md is left alone.
+by one table of the throughput targets and a link to the page; without those lines README.md is left alone. The
+newest soak result also gets a page of its own next to the output, soak.md with its chart (benchmarks.soak_page).
 """
 
 import glob
@@ -25,13 +26,13 @@ import re
 
 import click
 
-from benchmarks import common, options
+from benchmarks import common, options, soak_page, startup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_ROOT = os.path.join(ROOT, "docs", "benchmarks")
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 KINDS = ("throughput", "isa", "time_to_quality", "sampling", "prepare", "train_memory", "profile_speed",
-         "kernel_scratch", "pytorch", "bf16_quality", "distributed")
+         "kernel_scratch", "pytorch", "bf16_quality", "distributed", "startup", "soak")
 DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -408,6 +409,12 @@ SECTIONS = {
     "bf16_quality": ("bf16 against float32", "`python -m benchmarks.bf16_quality`: the same model trained the "
                      "same steps from the same seed with `--precision bf16` and in float32: the val loss reached "
                      "and the chars/s.", bf16_quality_section),
+    "startup": ("Start-up on a large corpus", "`python -m benchmarks.startup`: the seconds from launching `fastrnn "
+                "train` to its first step, read from its own lines, and the time of each checkpoint write.",
+                startup.section),
+    "soak": ("Soak", "`python -m benchmarks.soak`: a long run of `fastrnn train` sampled every minute, killed with "
+             "kill -9 at a random moment and resumed, and the resume checked against a run never killed.",
+             soak_page.section),
     "kernel_scratch": ("Kernel scratch", "`python -m benchmarks.kernel_scratch`: numba vs reference training "
                        "steps, side by side.",
                        lambda name, d: [f"### {name}", "", md_table(d["rows"], KERNEL_SCRATCH), ""]),
@@ -563,6 +570,9 @@ def main(folder, output, readme, charts):
     click.echo(f"wrote {os.path.relpath(output)} from {len(results)} result file{'s' if len(results) != 1 else ''} "
                f"in {os.path.relpath(folder)}"
                + (f"; charts: {', '.join(written)}" if written else f"; charts skipped: {skipped}"))
+    soak = soak_page.write(results, os.path.abspath(folder), out_dir, charts)
+    if soak:
+        click.echo(f"wrote {os.path.relpath(soak)}")
     if readme:
         if not os.path.exists(readme):
             click.echo(f"{readme} does not exist; no README block written")

@@ -46,10 +46,9 @@ import click
 import numpy as np
 
 from benchmarks import common, options
-from fastrnn import reference
+from fastrnn import cells, reference
 from fastrnn.corpus import Vocab
 from fastrnn.model import Model
-from fastrnn.params import CELLS, arch_of, layer_names
 from fastrnn.sample import generate
 
 V = 65
@@ -61,36 +60,46 @@ CHECK_LENGTH = 200
 
 
 def numpy_loop(P, vocab, length, rng, dtype):
-    """(length,) generated ids by the plain NumPy loop; starts from a newline, as generate() with no prime."""
-    cell, L, H = arch_of(P)
-    layers = [tuple(P[k] for k in layer_names(l)) for l in range(L)]  # (Wxh, Whh, bh) per layer
+    """(length,) generated ids by the plain NumPy loop; starts from a newline, as generate() with no prime. The
+    rnn, lstm and gru steps are the README's equations as a learner writes them; another cell steps by its NumPy
+    reference (fastrnn.cells), one character at a time."""
+    cell, L, H = P.cell, P.layers, P.hidden_size
+    layers = [tuple(P[k] for k in cell.layer_names(l)) for l in range(L)]  # (Wxh, Whh, bh, ...) per layer
     Why, by = P["Why"], P["by"]
-    hs = [np.zeros(H, dtype=dtype) for _ in range(L)]  # (H,) per layer
-    cs = [np.zeros(H, dtype=dtype) for _ in range(L)]  # (H,) per layer, lstm only
+    state = [[np.zeros(H, dtype=dtype) for _ in cell.state] for _ in range(L)]  # h (and c) per layer: (H,) each
     token = int(vocab.encode("\n")[0])
     out = np.empty(length, dtype=np.int32)  # (length,)
     for i in range(length):
-        for l, (Wxh, Whh, bh) in enumerate(layers):
-            x = Wxh[token] if l == 0 else hs[l - 1] @ Wxh  # (G*H,)
-            if cell == "rnn":
-                hs[l] = np.tanh(x + hs[l] @ Whh + bh)  # (H,)
-            elif cell == "lstm":
-                a = x + hs[l] @ Whh + bh  # (4H,) gates i, f, o, g
-                ifo = 1.0 / (1.0 + np.exp(-a[:3 * H]))
-                cs[l] = ifo[H:2 * H] * cs[l] + ifo[:H] * np.tanh(a[3 * H:])
-                hs[l] = ifo[2 * H:] * np.tanh(cs[l])
-            else:
-                x = x + bh  # (3H,) gates r, z, n
-                u = hs[l] @ Whh  # (3H,)
-                rz = 1.0 / (1.0 + np.exp(-(x[:2 * H] + u[:2 * H])))
-                n = np.tanh(x[2 * H:] + rz[:H] * u[2 * H:])
-                hs[l] = (1.0 - rz[H:]) * n + rz[H:] * hs[l]
-        h = hs[-1]
-        logits = (h @ Why + by).astype(np.float64)  # (V,)
+        for l, W in enumerate(layers):
+            state[l] = _learner_step(cell, W, token if l == 0 else state[l - 1][0], state[l], H)
+        logits = (state[-1][0] @ Why + by).astype(np.float64)  # (V,)
         p = np.exp(logits - logits.max())
         p /= p.sum()
         token = out[i] = rng.choice(len(p), p=p)
     return out
+
+
+def _learner_step(cell, W, inp, state, H):
+    """One layer's step from `inp` (the token for layer 0, else the layer below's h): the new [h (, c)]."""
+    Wxh, Whh, bh = W[:3]
+    x = Wxh[inp] if np.ndim(inp) == 0 else inp @ Wxh  # (G*H,)
+    h, c = state[0], state[-1]
+    if cell.name == "rnn":
+        return [np.tanh(x + h @ Whh + bh)]  # (H,)
+    if cell.name == "lstm":
+        a = x + h @ Whh + bh  # (4H,) gates i, f, o, g
+        ifo = 1.0 / (1.0 + np.exp(-a[:3 * H]))
+        c = ifo[H:2 * H] * c + ifo[:H] * np.tanh(a[3 * H:])
+        return [ifo[2 * H:] * np.tanh(c), c]
+    if cell.name == "gru":
+        x = x + bh  # (3H,) gates r, z, n
+        u = h @ Whh  # (3H,)
+        rz = 1.0 / (1.0 + np.exp(-(x[:2 * H] + u[:2 * H])))
+        n = np.tanh(x[2 * H:] + rz[:H] * u[2 * H:])
+        return [(1.0 - rz[H:]) * n + rz[H:] * h]
+    below = np.array([[inp]], dtype=np.int32) if np.ndim(inp) == 0 else inp[None, None]  # (1, 1) or (1, 1, H)
+    seqs, _ = cell.forward(below, W, tuple(v[None] for v in state))
+    return [seq[-1, 0] for seq in seqs]
 
 
 def contenders(numba_backend):
@@ -116,8 +125,7 @@ def _sum_all(a, b):
 
 def weights_per_char(P):
     """The matrices every generated character reads whole: each layer's Whh, the Wxh above layer 0, and Why."""
-    _, L, _ = arch_of(P)
-    names = [layer_names(l)[1] for l in range(L)] + [layer_names(l)[0] for l in range(1, L)]
+    names = [P.cell.layer_names(l)[1] for l in range(P.layers)] + [P.cell.layer_names(l)[0] for l in range(1, P.layers)]
     return [P[name] for name in names] + [P["Why"]]
 
 
@@ -370,7 +378,7 @@ def run(hidden=512, length=2000, threads=1, repeats=3, dtype="float32", numba_mo
 @options.command(help=__doc__.split("\n\n")[0] + "\n\nRuns from a checkout (benchmarks/ is not part of the "
                  "installed package). Every contender is checked against numpy-generate before it is timed.")
 @options.json_output("Write machine, rows and targets to this JSON file.")
-@click.option("--model", type=click.Choice(list(CELLS)), default="rnn", help="The cell of the random model.")
+@click.option("--model", type=click.Choice(cells.names()), default="rnn", help="The cell of the random model.")
 @click.option("--num-layers", type=click.IntRange(min=1), default=1, help="Layers of the random model.")
 @click.option("--hidden", type=click.IntRange(min=1), default=512, help="Hidden size H.")
 @click.option("--length", type=click.IntRange(min=1), default=2000, help="Characters generated per timed call.")

@@ -49,9 +49,10 @@ import numpy as np
 
 from benchmarks import common, options
 from benchmarks.seed_style import SeedRNN
-from fastrnn import reference
+from fastrnn import cells, reference
 from fastrnn.cli.types import Finite
 from fastrnn.model import Model
+from fastrnn.params import Params
 
 V = 65  # vocabulary (tiny Shakespeare)
 SEQ_LEN = 50  # T
@@ -76,11 +77,8 @@ API = ("forward_backward", "clip_gradients", "adam_update")  # what a training s
 CHECK_TOL = {"float32": 2e-3, "float64": 1e-9}  # max |a - b| / max |reference| per array
 
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-
-
 def flops_per_char(H, vocab=V, model="rnn", layers=1):
-    return 6 * GATES[model] * H * H * (2 * layers - 1) + 6 * vocab * H
+    return 6 * cells.get(model).gates * H * H * (2 * layers - 1) + 6 * vocab * H
 
 
 def parse_models(text):
@@ -88,8 +86,8 @@ def parse_models(text):
     out = []
     for item in text.split(","):
         name, _, layers = item.strip().partition(":")
-        if name not in GATES:
-            raise ValueError(f"unknown model {name!r}; choose from {', '.join(GATES)}")
+        if name not in cells.names():
+            raise ValueError(f"unknown model {name!r}; choose from {', '.join(cells.names())}")
         if layers and (not layers.isdigit() or int(layers) < 1):
             raise ValueError(f"layers must be a positive integer, got {item!r}")
         out.append((name, int(layers or 1)))
@@ -207,8 +205,8 @@ def check_seed(H, T, dtype):
     x, y = make_data(1, T)
     h0 = (rng.standard_normal((H, 1)) * 0.2).astype(dtype)  # (H, 1)
     loss, grads, h = rnn.loss_fun(x[0].tolist(), y[0].tolist(), h0)
-    P = {"Wxh": rnn.Wxh.T.copy(), "Whh": rnn.Whh.T.copy(), "bh": rnn.bh[:, 0].copy(), "Why": rnn.Why.T.copy(),
-         "by": rnn.by[:, 0].copy()}
+    P = Params({"Wxh": rnn.Wxh.T.copy(), "Whh": rnn.Whh.T.copy(), "bh": rnn.bh[:, 0].copy(), "Why": rnn.Why.T.copy(),
+                "by": rnn.by[:, 0].copy()}, "rnn", 1, H)
     G = {k: np.zeros_like(v) for k, v in P.items()}
     rloss, hT = reference.forward_backward(P, G, x, y, h0.T.copy())
     errs = [abs(loss - rloss * T) / abs(rloss * T), _rel_err(h[:, 0], hT[0])]

@@ -23,6 +23,7 @@ import time
 import click
 
 from benchmarks import common, options
+from fastrnn import cells
 
 MODELS = "rnn:1:512,lstm:1:512,gru:1:512,lstm:2:256,rnn:1:128"
 fastrnn_cmd = common.fastrnn_cmd
@@ -33,7 +34,7 @@ def parse_models(text):
     out = []
     for item in text.split(","):
         parts = item.strip().split(":")
-        if len(parts) != 3 or parts[0] not in ("rnn", "lstm", "gru"):
+        if len(parts) != 3 or parts[0] not in cells.names():
             raise click.BadParameter(f"{item!r} is not CELL:LAYERS:HIDDEN (e.g. lstm:2:256)", param_hint="--models")
         try:
             layers, hidden = int(parts[1]), int(parts[2])

@@ -7,8 +7,8 @@ Runs from a checkout (benchmarks/ is not part of the installed package); `--help
 Memory: `fastrnn train` runs as a subprocess on each prepared corpus (default: tiny Shakespeare, prepared here,
 plus /tmp/gut.h5 and /tmp/linux.h5 when present: prepare ../shared/data/gutenberg-novels.txt and the 1.2 GB
 Linux source corpus to those paths) with the same model and steps, its RSS (with its children's) sampled every
-0.1 s by common.sample_rss. Training maps the corpus, so the peak should not depend on the corpus size; the
-validation pass is capped (--eval-tokens) so that the runs do the same work.
+0.1 s by common.sample_rss. Training reads the corpus a minibatch at a time, so the peak should not depend on its
+size; the validation pass is capped (--eval-tokens) so that the runs do the same work.
 
 Start-up: the time from launching `fastrnn train` to the end of its first step (import, JIT compilation, first
 step), with an empty numba cache directory (cold) and again with the cache it filled (warm).

@@ -20,6 +20,7 @@ from fastrnn.config import TrainConfig
 from fastrnn.corpus import Vocab
 from fastrnn.errors import CheckpointError, ConfigError, CorpusError
 from fastrnn.model import Model, get_backend
+from fastrnn.options import check_sampling
 
 
 def load_model(path):
@@ -148,12 +149,13 @@ class CharRNN:
 
     def generate(self, prime="", length=200, temperature=1.0, seed=None, top_k=0, top_p=1.0, greedy=False,
                  beam_width=0):
-        """Generated text: `prime` followed by `length` characters."""
+        """Generated text: `prime` followed by `length` characters (the options: fastrnn.options.SAMPLING)."""
         from fastrnn import sample as gen
 
         self._require()
+        check_sampling(dict(length=length, temperature=temperature, seed=seed, top_k=top_k, top_p=top_p,
+                            greedy=greedy, beam_width=beam_width))
         be = self._backend()
-        gen.beam_options_check(beam_width, temperature, top_k, top_p, greedy)
         if beam_width:
             ids, _ = gen.beam_search(be, self.model.P, self.vocab, prime=prime, length=length,
                                      beam_width=beam_width, dtype=self.model.dtype, warmup=self._warmup())
@@ -174,6 +176,7 @@ class CharRNN:
         from fastrnn import sample as gen
 
         self._require()
+        check_sampling(dict(temperature=temperature))
         return gen.next_probs(self._backend(), self.model.P, self.vocab, prime, k, temperature, self.model.dtype,
                               self._warmup())
 

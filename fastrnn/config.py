@@ -1,7 +1,12 @@
-"""The training configuration: one flat, grouped, commented block of defaults.
+"""The training configuration: one flat, grouped block of options, each declared once.
+
+Each field is declared with `option(...)` (fastrnn.options): its default, help text, range or choices, what
+--resume may do with it (fixed: must match the checkpoint; free: may change; allow: may change with --allow-change)
+and the optimizers it applies to. `fastrnn train`'s options, `validate` (the same checks for the command line and
+the Python API), the resume sets below and README's options table are all made from these declarations.
 
 The resolved configuration is saved into every checkpoint; `--resume` reads it back and refuses changes to the
-fields that define the model or the data stream (see RESUME_CHANGEABLE).
+fields that define the model or the data stream (RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW).
 """
 
 import dataclasses
@@ -9,209 +14,19 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+from fastrnn import cells
 from fastrnn.errors import ConfigError
-from fastrnn.params import CELLS, GATES
+from fastrnn.options import check, check_optimizer_options, declared, option
 
-OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam")
-DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3}
+OPTIMIZERS = ("sgd", "adagrad", "rmsprop", "adam", "adamw")
+DEFAULT_LR = {"sgd": 0.1, "adagrad": 0.1, "rmsprop": 2e-3, "adam": 2e-3, "adamw": 2e-3}
 BACKENDS = ("numba", "numpy")
 DTYPES = ("float32", "float64")
 PRECISIONS = ("float32", "bf16")  # of the recurrent products (--precision); parameters and state stay --dtype
 ON_DIVERGENCE = ("stop", "rollback")
 LR_SCHEDULES = ("step", "cosine")
-MODELS = CELLS
+MODELS = cells.names()  # the cells registered at import (the CLI's --model choices); validate asks the registry
 INITS = ("auto", "normal", "xavier", "orthogonal")  # see fastrnn.model.Model.init
-
-
-@dataclass
-class TrainConfig:
-    # model
-    model: str = "rnn"  # rnn (vanilla tanh) | lstm | gru
-    num_layers: int = 1  # L stacked layers; layer l reads the output of layer l-1
-    hidden_size: int = 128  # H, per layer
-    dropout: float = 0.0  # inverted dropout on each layer's output during training (0: off)
-    init: str = "auto"  # normal | xavier | orthogonal | auto (xavier for every cell)
-    init_scale: float = 0.01  # with init normal: weights ~ N(0, init_scale^2), as min-char-rnn; biases 0
-    # data
-    seq_len: int = 50  # T: time steps per minibatch (truncated BPTT length)
-    batch_size: int = 32  # N: parallel streams over the training split
-    reset_hidden: bool = False  # reset the hidden state every minibatch (seed 000) instead of carrying it
-    shuffle: bool = False  # windows of seq_len + 1 in an order drawn per epoch (no carried state), not streams
-    # optimizer
-    optimizer: str = "adam"  # sgd | adagrad | rmsprop | adam
-    lr: float = 2e-3  # learning rate (the CLI's default depends on the optimizer: DEFAULT_LR)
-    lr_decay: float = 1.0  # multiply lr by this every lr_decay_every steps (1.0: constant)
-    lr_decay_every: int = 0  # steps between decays; 0 means one epoch
-    lr_decay_after: int = 0  # steps before the first decay
-    lr_schedule: str = "step"  # step (lr_decay every lr_decay_every steps) | cosine (to 0 at the step limit)
-    warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr over this many first updates
-    momentum: float = 0.0  # sgd momentum
-    rmsprop_decay: float = 0.95
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    clip: float = 5.0  # elementwise gradient clip to [-clip, clip] (0: off)
-    max_grad_norm: float = 0.0  # global-norm clip (0: off), applied before the elementwise clip
-    # run length
-    max_steps: int = 0  # 0: no limit
-    max_epochs: float = 0.0  # 0: no limit
-    max_time: float = 0.0  # seconds of wall clock for the whole run, evaluations included (0: no limit); "90s",
-    # "10m", "2h" are read as seconds (parse_duration)
-    # numerics and execution
-    seed: int = 0
-    dtype: str = "float32"
-    precision: str = "float32"  # bf16: the recurrent products in bf16 with float32 sums, where the CPU has it
-    backend: str = "numba"
-    threads: int = 0  # 0: all cores
-    # monitoring
-    log_every: int = 10  # steps between progress lines / log.jsonl rows
-    eval_every: int = 500  # steps between validation passes (0: only at the end)
-    eval_tokens: object = "auto"  # which val tokens an evaluation scores: "auto" (a fixed share of the val
-    # streams sized to eval_every: fastrnn.validation), "all" (the whole split) or N (its first N tokens)
-    sample_every: int = 0  # steps between printed samples (0: never)
-    sample_length: int = 200
-    checkpoint_every: int = 500  # steps between checkpoints (one is always written at the end)
-    keep_checkpoints: int = 1  # also keep the last K checkpoints as checkpoint-<step>.h5 (1: only checkpoint.h5)
-    early_stop_patience: int = 0  # stop after this many evaluations without a better val loss (0: off)
-    divergence_factor: float = 5.0  # stop if the smoothed loss exceeds this multiple of the starting loss (0: off)
-    on_divergence: str = "stop"  # stop | rollback: reload the last checkpoint and halve the learning rate
-    max_rollbacks: int = 5  # with rollback: give up (stop) after this many
-    extra: dict = field(default_factory=dict)  # reserved for forward-compatible fields
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def normalize(self):
-        """Options given in another form read as their canonical one: a --max-time with a unit as seconds, an
-        --eval-tokens of 0 (before "all" existed) as "all", a --keep-checkpoints of 0 (which the API once took) as
-        1, which it meant. Raises ConfigError for a value of neither form."""
-        self.max_time = parse_duration(self.max_time)
-        self.eval_tokens = parse_eval_tokens(self.eval_tokens)
-        if self.keep_checkpoints == 0 and not isinstance(self.keep_checkpoints, bool):
-            self.keep_checkpoints = 1
-        return self
-
-    def _check_types(self):
-        """Integer options hold integers (not 32.5, not True) and number options numbers, from any entry point."""
-        for f in dataclasses.fields(self):
-            value, flag = getattr(self, f.name), f"--{f.name.replace('_', '-')}"
-            if f.type in (int, "int") and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-                raise ConfigError(f"{flag} must be a whole number, got {value!r}")
-            if f.type in (float, "float") and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-                raise ConfigError(f"{flag} must be a number, got {value!r}")
-
-    def _check_optimizer_options(self):
-        """An option of another optimizer than the one chosen, set away from its default, would do nothing: it is
-        refused (the command line refuses it even at its default value)."""
-        for name, applies in OPTIMIZER_OPTIONS.items():
-            if self.optimizer not in applies and getattr(self, name) != getattr(TrainConfig, name):
-                raise ConfigError(f"--{name.replace('_', '-')} has no effect with --optimizer {self.optimizer} "
-                                  f"(it applies to {' and '.join(applies)})")
-
-    def validate(self):
-        """Raise ConfigError for options that cannot work."""
-        self.normalize()
-        self._check_types()
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, numbers.Real) and not math.isfinite(value):
-                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
-            raise ConfigError(f"--seed must be an integer >= 0, got {self.seed}")
-        positive = ["hidden_size", "seq_len", "batch_size"]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
-        if self.num_layers < 1:
-            raise ConfigError(f"--num-layers must be >= 1, got {self.num_layers}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.init not in INITS:
-            raise ConfigError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        self._check_optimizer_options()
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
-        if self.precision == "bf16" and (self.backend != "numba" or self.dtype != "float32"):
-            raise ConfigError("--precision bf16 needs --backend numba and --dtype float32 (float32 master weights "
-                              "with bf16 products)")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if not 0 < self.lr_decay <= 1:
-            raise ConfigError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
-        for name in ("beta1", "beta2", "rmsprop_decay"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.lr_schedule == "cosine" and self.max_time and not (self.max_steps or self.max_epochs):
-            raise ConfigError("--lr-schedule cosine decays to 0 at the step limit: give --max-steps or "
-                              "--max-epochs (a --max-time run has no known last step)")
-        if not self.eps > 0:
-            raise ConfigError(f"--eps must be positive, got {self.eps}")
-        if self.clip < 0 or self.max_grad_norm < 0:
-            raise ConfigError("--clip and --max-grad-norm must be >= 0")
-        if self.init_scale <= 0:
-            raise ConfigError(f"--init-scale must be positive, got {self.init_scale}")
-        for name in ("max_steps", "max_epochs", "max_time", "eval_every", "sample_every", "checkpoint_every",
-                     "early_stop_patience", "lr_decay_every", "lr_decay_after", "warmup_steps", "threads",
-                     "divergence_factor"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.keep_checkpoints < 1:
-            raise ConfigError(f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
-        if self.on_divergence not in ON_DIVERGENCE:
-            raise ConfigError(f"--on-divergence must be one of {', '.join(ON_DIVERGENCE)}, got {self.on_divergence!r}")
-        if self.max_rollbacks < 0:
-            raise ConfigError(f"--max-rollbacks must be >= 0, got {self.max_rollbacks}")
-        if self.log_every <= 0:
-            raise ConfigError(f"--log-every must be positive, got {self.log_every}")
-        if not 0 < self.sample_length <= 1_000_000:  # a sample is held in memory to be printed
-            raise ConfigError(f"--sample-length must be in [1, 1000000], got {self.sample_length}")
-        self._check_fits_in_memory()
-        return self
-
-    def _check_fits_in_memory(self):
-        """A model far too large for this machine is an error here, not a failed allocation (or an endless loop
-        over 10**20 layers) later: its parameters, gradients and optimizer buffers, without the vocabulary's."""
-        import psutil
-
-        size = self.num_layers * GATES[self.model] * self.hidden_size * (2 * self.hidden_size + 1)
-        copies = 2 + (2 if self.optimizer == "adam" else 1)
-        need = size * copies * (4 if self.dtype == "float32" else 8)
-        have = psutil.virtual_memory().total + psutil.swap_memory().total
-        if need > have:
-            raise ConfigError(f"a {self.model} of {self.num_layers} layer(s) of {self.hidden_size} units needs at "
-                              f"least {need / 2**30:,.0f} GB of memory for its parameters, gradients and optimizer "
-                              f"state; this machine has {have / 2**30:,.0f} GB")
-
-
-# The options of one optimizer each, and the optimizers they apply to.
-OPTIMIZER_OPTIONS = {"momentum": ("sgd",), "beta1": ("adam",), "beta2": ("adam",), "rmsprop_decay": ("rmsprop",),
-                     "eps": ("adagrad", "rmsprop", "adam")}
-
-# Fields a resumed run may change freely. Everything else defines the model, the data stream or the numerics and
-# must match the checkpoint; lr and its schedule may change only with --allow-change.
-RESUME_CHANGEABLE = {
-    "max_steps", "max_epochs", "max_time", "threads", "log_every", "eval_every", "sample_every", "sample_length",
-    "checkpoint_every", "keep_checkpoints", "early_stop_patience", "divergence_factor", "on_divergence",
-    "eval_tokens",
-    "max_rollbacks",
-}
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 EVAL_TOKENS_WORDS = ("auto", "all")
 
@@ -256,5 +71,172 @@ def parse_eval_tokens(value):
     return "all" if n == 0 else n
 
 
-RESUME_CHANGEABLE_WITH_ALLOW = {"lr", "lr_decay", "lr_decay_every", "lr_decay_after", "lr_schedule", "warmup_steps",
-                                "clip", "max_grad_norm", "momentum"}
+def checkpoints_kept(value):
+    """--keep-checkpoints: 0 (which the API once took) reads as 1, which it meant: only checkpoint.h5."""
+    return 1 if value == 0 and isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
+def _lr_by_optimizer():
+    """DEFAULT_LR in words: "0.1 for sgd and adagrad, 0.002 for rmsprop and adam"."""
+    groups = {}
+    for name, lr in DEFAULT_LR.items():
+        groups.setdefault(lr, []).append(name)
+    return ", ".join(f"{lr:g} for {', '.join(names[:-1]) + ' and ' if len(names) > 1 else ''}{names[-1]}"
+                     for lr, names in groups.items())
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = option("rnn", "Cell: " + ", ".join(f"{name} ({cells.get(name).summary})" for name in cells.names())
+                        + ".", choices=cells.names)  # (the cells registered at import: fastrnn.cells)
+    num_layers: int = option(1, "Stacked layers L; layer l reads the output of layer l-1.", low=1)
+    hidden_size: int = option(128, "Hidden units H per layer.", low=1)
+    dropout: float = option(0.0, "Inverted dropout on every layer's output during training (0: off).", low=0, high=1,
+                            high_open=True)
+    init: str = option("auto", "Weight initialisation: normal (N(0, init-scale^2)), xavier, orthogonal (recurrent "
+                       "weights), auto (xavier, which learned best at equal steps; normal is min-char-rnn's).",
+                       choices=INITS)
+    init_scale: float = option(0.01, "Standard deviation of the initial weights with --init normal.", low=0,
+                               low_open=True)
+    # data
+    seq_len: int = option(50, "Time steps per minibatch (truncated BPTT length) T.", low=1)
+    batch_size: int = option(32, "Parallel streams per minibatch N.", low=1)
+    reset_hidden: bool = option(False, "Reset the hidden state every minibatch, or carry it (truncated BPTT).",
+                                flags="--reset-hidden/--carry-hidden")
+    shuffle: bool = option(False, "Minibatches of windows of --seq-len + 1 characters in an order drawn each epoch "
+                           "(no state carried between minibatches), instead of contiguous streams.")
+    # optimizer
+    optimizer: str = option("adam", "The update rule; its own options apply to it alone.", choices=OPTIMIZERS)
+    lr: float = option(2e-3, "Learning rate.", low=0, low_open=True, resume="allow", default_text=_lr_by_optimizer())
+    lr_decay: float = option(1.0, "Multiply the learning rate by this every --lr-decay-every steps (1: constant).",
+                             low=0, high=1, low_open=True, resume="allow")
+    lr_decay_every: int = option(0, "Steps between learning-rate decays (0: one epoch).", low=0, resume="allow")
+    lr_decay_after: int = option(0, "Steps before the first learning-rate decay.", low=0, resume="allow")
+    lr_schedule: str = option("step", "step: --lr-decay every --lr-decay-every steps; cosine: from --lr after the "
+                              "warmup down to 0 at the step limit (--max-steps or --max-epochs).", choices=LR_SCHEDULES,
+                              resume="allow")
+    warmup_steps: int = option(0, "Ramp the learning rate linearly up to --lr over this many first updates.", low=0,
+                               resume="allow")
+    momentum: float = option(0.0, "SGD's (heavy-ball) momentum.", low=0, high=1, high_open=True, resume="allow",
+                             optimizers=("sgd",))
+    rmsprop_decay: float = option(0.95, "RMSprop's decay of the squared gradient's running mean, char-rnn's "
+                                  "-decay_rate.", low=0, high=1, high_open=True, optimizers=("rmsprop",))
+    beta1: float = option(0.9, "Adam's decay of the gradient's running mean.", low=0, high=1, high_open=True,
+                          optimizers=("adam", "adamw"))
+    beta2: float = option(0.999, "Adam's decay of the squared gradient's running mean.", low=0, high=1,
+                          high_open=True, optimizers=("adam", "adamw"))
+    eps: float = option(1e-8, "The epsilon of the update's denominator.", low=0, low_open=True,
+                        optimizers=("adagrad", "rmsprop", "adam", "adamw"))
+    weight_decay: float = option(0.01, "Decoupled weight decay (Loshchilov & Hutter 2019): every update first "
+                                 "multiplies the weight matrices (not the biases) by 1 - lr * this.",
+                                 low=0, resume="allow", optimizers=("adamw",))
+    clip: float = option(5.0, "Clip each gradient element to [-clip, clip] (0: off).", low=0, resume="allow")
+    max_grad_norm: float = option(0.0, "Rescale gradients whose global L2 norm exceeds this (0: off), before "
+                                  "--clip.", low=0, resume="allow")
+    # run length
+    max_steps: int = option(0, "Stop after this many updates (0: no limit). With no step, epoch or time limit a run "
+                            "stops after 10 epochs.", low=0, resume="free")
+    max_epochs: float = option(0.0, "Stop after this many passes over the training split (0: no limit).", low=0,
+                               resume="free")
+    max_time: float = option(0.0, "Stop within this wall-clock time for the whole run, evaluations, checkpoints and "
+                             "samples included (a resumed run has what earlier sessions left): seconds, or 90s, 10m, "
+                             "2h, 1h30m (0: no limit). An evaluation that no longer fits is skipped or stopped.",
+                             low=0, parse=parse_duration, values="seconds >= 0, or 90s, 10m, 2h, 1h30m",
+                             resume="free")
+    # numerics and execution
+    seed: int = option(0, "Random seed (initialisation, dropout masks, samples).", low=0)
+    dtype: str = option("float32", "Parameters, state and arithmetic in this precision.", choices=DTYPES)
+    precision: str = option("float32", "bf16: the per-step recurrent products in bfloat16 with float32 sums "
+                            "(weights, optimizer and checkpoints stay float32), where the CPU has AVX512_BF16; else "
+                            "float32, said once. Needs --backend numba and --dtype float32.", choices=PRECISIONS)
+    backend: str = option("numba", "numba kernels, or the pure-NumPy reference.", choices=BACKENDS)
+    threads: int = option(0, "Threads for kernels and BLAS (0: all cores).", low=0, resume="free")
+    # monitoring
+    log_every: int = option(10, "Steps between log.jsonl rows (the progress shown on stderr follows them).", low=1,
+                            resume="free")
+    eval_every: int = option(500, "Steps between evaluations on the val tokens of --eval-tokens (0: only at the "
+                             "end).", low=0, resume="free")
+    eval_tokens: object = option("auto", "The val tokens every evaluation (and the final one) scores, the same all "
+                                 "run long: auto: a fixed set of windows spread over the val split, 8% as many "
+                                 "tokens as training reads between evaluations (about 4% of the run's time; for "
+                                 "--eval-every 0, as for 500); all: the whole split; N: its first N tokens. "
+                                 "log.jsonl's val_tokens says how many; `fastrnn eval` scores a whole split.",
+                                 parse=parse_eval_tokens, values="auto, all, or N >= 1", resume="free")
+    sample_every: int = option(0, "Steps between printed samples (0: never).", low=0, resume="free")
+    sample_length: int = option(200, "Characters per sample printed during training.", low=1, high=1_000_000,
+                                resume="free")  # (a sample is held in memory to be printed)
+    checkpoint_every: int = option(500, "Steps between checkpoints (one is always written at the end).", low=0,
+                                   resume="free")
+    keep_checkpoints: int = option(1, "Also keep the last K checkpoints as checkpoint-<step>.h5 (1: only "
+                                   "checkpoint.h5).", low=1, parse=checkpoints_kept,
+                                   values="integer >= 1 (0 reads as 1)", resume="free")
+    early_stop_patience: int = option(0, "Stop after this many evaluations without a better validation loss (0: "
+                                      "off).", low=0, resume="free")
+    divergence_factor: float = option(5.0, "Stop if the smoothed loss exceeds this multiple of the starting loss "
+                                      "(0: off).", low=0, resume="free")
+    on_divergence: str = option("stop", "On a NaN/inf or exploding loss: stop, or reload the last healthy "
+                                "checkpoint and halve the learning rate.", choices=ON_DIVERGENCE, resume="free")
+    max_rollbacks: int = option(5, "With --on-divergence rollback: stop after this many rollbacks.", low=0,
+                                resume="free")
+    extra: dict = field(default_factory=dict)  # reserved for forward-compatible fields (not an option)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def normalize(self):
+        """Options given in another form read as their canonical one (each option's declared `parse`): a
+        --max-time with a unit as seconds, an --eval-tokens of 0 (before "all" existed) as "all", a
+        --keep-checkpoints of 0 (which the API once took) as 1, which it meant. ConfigError for a value of
+        neither form."""
+        for name, opt in OPTIONS.items():
+            if opt.parse is not None:
+                setattr(self, name, opt.parse(getattr(self, name)))
+        return self
+
+    def validate(self):
+        """Raise ConfigError for options that cannot work: each option against its declaration (type, range,
+        choices), an option of another optimizer set away from its default, and the combinations below."""
+        self.normalize()
+        for name, opt in OPTIONS.items():
+            setattr(self, name, check(opt, name, getattr(self, name)))
+        check_optimizer_options(self.optimizer, [name for name in OPTIMIZER_OPTIONS
+                                                 if getattr(self, name) != OPTIONS[name].default], OPTIONS)
+        if self.precision == "bf16" and (self.backend != "numba" or self.dtype != "float32"):
+            raise ConfigError("--precision bf16 needs --backend numba and --dtype float32 (float32 master weights "
+                              "with bf16 products)")
+        if self.lr_schedule == "cosine" and self.max_time and not (self.max_steps or self.max_epochs):
+            raise ConfigError("--lr-schedule cosine decays to 0 at the step limit: give --max-steps or "
+                              "--max-epochs (a --max-time run has no known last step)")
+        self._check_fits_in_memory()
+        return self
+
+    def _check_fits_in_memory(self):
+        """A model far too large for this machine is an error here, not a failed allocation (or an endless loop
+        over 10**20 layers) later: its parameters, gradients and optimizer buffers, without the vocabulary's."""
+        import psutil
+
+        from fastrnn.optim import STATE_NAMES
+
+        size = self.num_layers * cells.get(self.model).gates * self.hidden_size * (2 * self.hidden_size + 1)
+        copies = 2 + len(STATE_NAMES[self.optimizer])
+        need = size * copies * (4 if self.dtype == "float32" else 8)
+        have = psutil.virtual_memory().total + psutil.swap_memory().total
+        if need > have:
+            raise ConfigError(f"a {self.model} of {self.num_layers} layer(s) of {self.hidden_size} units needs at "
+                              f"least {need / 2**30:,.0f} GB of memory for its parameters, gradients and optimizer "
+                              f"state; this machine has {have / 2**30:,.0f} GB")
+
+
+OPTIONS = declared(TrainConfig)  # field name -> Option: every field but `extra`
+# The options of one optimizer each, and the optimizers they apply to.
+OPTIMIZER_OPTIONS = {name: opt.optimizers for name, opt in OPTIONS.items() if opt.optimizers}
+# Fields a resumed run may change freely. Everything else defines the model, the data stream or the numerics and
+# must match the checkpoint; lr and its schedule may change only with --allow-change.
+RESUME_CHANGEABLE = {name for name, opt in OPTIONS.items() if opt.resume == "free"}
+RESUME_CHANGEABLE_WITH_ALLOW = {name for name, opt in OPTIONS.items() if opt.resume == "allow"}

@@ -79,10 +79,7 @@ def file_blocks(vocab, paths, encoding="utf-8", unknown="error"):
 def score(backend, P, blocks, dtype, window=WINDOW):
     """Mean loss over a stream of (ids, skipped) blocks. Returns {'loss': nats/char, 'bpc': bits/char,
     'perplexity', 'chars': characters predicted, 'skipped': characters left out}."""
-    from fastrnn.params import arch_of, state_size
-
-    cell, layers, H = arch_of(P)
-    h = np.zeros((1, state_size(cell, H, layers)), dtype=dtype)  # (1, S)
+    h = np.zeros((1, P.cell.state_size(P.hidden_size, P.layers)), dtype=dtype)  # (1, S)
     plans = {}
     total, count, skipped = 0.0, 0, 0
     prev = None  # the last token of the stream so far: the input that predicts the next block's first

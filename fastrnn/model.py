@@ -6,9 +6,10 @@ clip_gradients and the optimizer updates): `fastrnn.reference` (pure NumPy) or `
 
 import numpy as np
 
+from fastrnn import cells
 from fastrnn.errors import ConfigError
 from fastrnn.config import INITS
-from fastrnn.params import CELLS, GATES, Layout, layer_names, model_shapes, state_size
+from fastrnn.params import model_layout
 
 
 def get_backend(name):
@@ -27,26 +28,28 @@ def get_backend(name):
 class Model:
     """Shape and parameters of a character-level language model: L layers of one cell under a softmax.
 
-    flat: (P,) the parameter buffer; P: dict of named views into it (see fastrnn.params).
+    model: the cell's name (fastrnn.cells); cell: the Cell. flat: (P,) the parameter buffer; P: the named views
+    into it, which carry the cell (fastrnn.params.Params).
     """
 
     def __init__(self, vocab_size, hidden_size, dtype="float32", model="rnn", num_layers=1):
-        if model not in CELLS:
-            raise ConfigError(f"unknown model {model!r}; choose from {', '.join(CELLS)}")
+        if model not in cells.names():
+            raise ConfigError(f"unknown model {model!r}; choose from {', '.join(cells.names())}")
         if int(num_layers) < 1:
             raise ConfigError(f"--num-layers must be >= 1, got {num_layers}")
         self.model = model
+        self.cell = cells.get(model)
         self.num_layers = int(num_layers)
         self.vocab_size = int(vocab_size)
         self.hidden_size = int(hidden_size)
         self.dtype = np.dtype(dtype)
-        self.layout = Layout(model_shapes(model, self.vocab_size, self.hidden_size, self.num_layers))
+        self.layout = model_layout(self.cell, self.vocab_size, self.hidden_size, self.num_layers)
         self.flat = self.layout.zeros(self.dtype)
         self.P = self.layout.views(self.flat)
 
     @property
     def state_size(self):
-        return state_size(self.model, self.hidden_size, self.num_layers)
+        return self.cell.state_size(self.hidden_size, self.num_layers)
 
     def init(self, rng, init_scale, init="auto"):
         """Initialise the parameters.
@@ -59,7 +62,8 @@ class Model:
         auto:       xavier for every cell: measured best at equal steps for rnn by benchmarks/init_choice.py
                     (val 2.25 against 2.89 for normal after 300 steps, H128, tiny Shakespeare); normal stays
                     min-char-rnn's exact behaviour.
-        An lstm's forget-gate biases start at 1 (Jozefowicz et al. 2015), whatever the init.
+        Then the cell's own rule (Cell.init), whatever the init: an lstm's forget-gate biases start at 1
+        (Jozefowicz et al. 2015).
         """
         if init not in INITS:
             raise ConfigError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
@@ -69,9 +73,9 @@ class Model:
             self.flat[...] = self.layout.init(rng, self.dtype, init_scale)
         else:
             self.flat[...] = 0
-            H, G = self.hidden_size, GATES[self.model]
+            H, G = self.hidden_size, self.cell.gates
             for l in range(self.num_layers):
-                wx, wh, _ = layer_names(l)
+                wx, wh = self.cell.layer_names(l)[:2]
                 for name in (wx, wh):
                     W = self.P[name]
                     for k in range(G):
@@ -83,9 +87,10 @@ class Model:
                             W[:, k * H:(k + 1) * H] = rng.uniform(-a, a, (W.shape[0], H))
             a = np.sqrt(6.0 / (H + self.vocab_size))
             self.P["Why"][...] = rng.uniform(-a, a, self.P["Why"].shape)
-        if self.model == "lstm":
+        if self.cell.init is not None:
             for l in range(self.num_layers):
-                self.P[layer_names(l)[2]][self.hidden_size:2 * self.hidden_size] = 1.0  # gates i, f, o, g
+                short = self.cell.layer_names(0)
+                self.cell.init({k: self.P[name] for k, name in zip(short, self.cell.layer_names(l))}, self.hidden_size)
         return self
 
     def load_flat(self, flat):

@@ -57,15 +57,13 @@ def feature_values(text, feature):
 
 
 def hidden_states(P, text_ids, layer=-1, state="h"):
-    """(T, H) float64: layer `layer`'s h (or, for an lstm, c) after each token of text_ids, from a zero state."""
-    from fastrnn.params import arch_of, state_size
-
-    P64 = {k: np.asarray(v, dtype=np.float64) for k, v in P.items()}
-    cell, L, H = arch_of(P64)
+    """(T, H) float64: layer `layer`'s h (or another vector of its cell's state: an lstm's c) after each token of
+    text_ids, from a zero state."""
+    P64 = P.astype(np.float64)
     _, (caches, _), _ = ref.model_forward(P64, np.asarray(text_ids, dtype=np.int32)[None],
-                                          np.zeros((1, state_size(cell, H, L))))
-    cache = caches[layer][1]  # (hs,) | (hs, cs, gates) for an lstm | (hs, gates, hn) for a gru
-    return (cache[1] if state == "c" else cache[0])[:, 0, :]
+                                          np.zeros((1, P64.cell.state_size(P64.hidden_size, P64.layers))))
+    seqs = caches[layer][1]  # hs, and the cell's other state vectors (Cell.state), at every step
+    return seqs[P64.cell.state.index(state)][:, 0, :]
 
 
 def correlations(acts, values):
@@ -98,6 +96,7 @@ class Inspector:
         self.model, self.vocab, self.ckpt = model, vocab, ckpt
         self.max_text, self.max_values = int(max_text), int(max_values)
         self.cell, self.layers, self.hidden = model.model, model.num_layers, model.hidden_size
+        self.states = model.cell.state  # the vectors a layer carries: ("h",), or ("h", "c") for an lstm
         self.corpus = ckpt.state.corpus or None
 
     def _common(self, req, fields):
@@ -113,9 +112,9 @@ class Inspector:
         if isinstance(layer, bool) or not isinstance(layer, int) or not -self.layers <= layer < self.layers:
             raise BadRequest(400, f"layer must be an integer in [{-self.layers}, {self.layers - 1}], got {layer!r}")
         state = req.get("state", "h")
-        if state not in ("h", "c") or state == "c" and self.cell != "lstm":
-            raise BadRequest(400, "state must be \"h\"" + (" or \"c\" (the lstm's cell)" if self.cell == "lstm" else
-                                                             f" (a {self.cell} has no cell state)"))
+        if state not in self.states:
+            raise BadRequest(400, "state must be \"h\"" + (f" or \"c\" (the {self.cell}'s cell)" if "c" in self.states
+                                                             else f" (a {self.cell} has no cell state)"))
         if len(text) > self.max_text:
             raise BadRequest(400, f"text is longer than {self.max_text} characters")
         try:

@@ -1,25 +1,34 @@
 """Optimizer state over the flat parameter buffer, and the learning-rate schedule.
 
 The math lives in the backend (`fastrnn.reference` or `fastrnn.kernels`): each update is one fused loop over the
-flat buffers. This module only owns the state buffers and picks the call.
+flat buffers. This module only owns the state buffers and picks the call; AdamW (a trial) keeps its NumPy reference
+here and calls its numba kernel (kernels/optim.py) itself.
 """
 
 import math
 
 import numpy as np
 
-STATE_NAMES = {"sgd": ("vel",), "adagrad": ("mem",), "rmsprop": ("ms",), "adam": ("m", "v")}
+STATE_NAMES = {"sgd": ("vel",), "adagrad": ("mem",), "rmsprop": ("ms",), "adam": ("m", "v"), "adamw": ("m", "v")}
 
 
 class Optimizer:
-    """State of one optimizer: flat buffers shaped like the parameters, and the step count t."""
+    """State of one optimizer: flat buffers shaped like the parameters, and the step count t.
 
-    def __init__(self, config, size, dtype, backend):
+    layout: the parameters' fastrnn.params.Layout (an int: only their number, every value then a weight). AdamW
+    decays the weight matrices only, not the biases (segments: its [start, stop) bounds and which decay)."""
+
+    def __init__(self, config, layout, dtype, backend):
         self.config = config
         self.backend = backend
         self.name = config.optimizer
+        size = getattr(layout, "size", layout)
         self.state = {name: np.zeros(size, dtype=dtype) for name in STATE_NAMES[self.name]}
         self.t = 0  # updates done
+        spans = [(a, b, len(shape) >= 2) for a, b, shape in getattr(layout, "offsets", {}).values()] or \
+            [(0, size, True)]
+        self.bounds = np.array([a for a, _, _ in spans] + [spans[-1][1]], dtype=np.int64)  # (K + 1,)
+        self.decays = np.array([d for _, _, d in spans], dtype=np.bool_)  # (K,)
 
     def update(self, p, g, lr):
         """Apply one update to the flat parameters p with flat gradients g at learning rate lr."""
@@ -31,8 +40,31 @@ class Optimizer:
             b.adagrad_update(p, g, s["mem"], lr, c.eps)
         elif self.name == "rmsprop":
             b.rmsprop_update(p, g, s["ms"], lr, c.rmsprop_decay, c.eps)
-        else:
+        elif self.name == "adam":
             b.adam_update(p, g, s["m"], s["v"], lr, c.beta1, c.beta2, c.eps, self.t)
+        else:
+            update = adamw_update if c.backend == "numpy" else _adamw_kernel
+            update(p, g, s["m"], s["v"], self.bounds, self.decays, lr, c.beta1, c.beta2, c.eps, c.weight_decay,
+                   self.t)
+
+
+def adamw_update(p, g, m, v, bounds, decays, lr, beta1, beta2, eps, weight_decay, t):
+    """AdamW (Loshchilov & Hutter 2019), the NumPy reference: decoupled weight decay, p *= 1 - lr * weight_decay on
+    the segments [bounds[k], bounds[k + 1]) with decays[k] (the weight matrices), then Adam's step (bias-corrected,
+    t the 1-based step number) everywhere. As PyTorch's AdamW, the decay follows the learning rate's schedule."""
+    from fastrnn.reference import adam_update
+
+    for k in np.flatnonzero(decays):
+        p[bounds[k]:bounds[k + 1]] *= 1.0 - lr * weight_decay
+    adam_update(p, g, m, v, lr, beta1, beta2, eps, t)
+
+
+def _adamw_kernel(p, g, m, v, bounds, decays, lr, beta1, beta2, eps, weight_decay, t):
+    """adamw_update in one fused numba loop per segment (kernels/optim.py)."""
+    from fastrnn.kernels import optim
+
+    optim.adamw_serial(p, g, m, v, bounds, decays, float(lr), float(beta1), 1.0 - beta1, float(beta2), 1.0 - beta2,
+                       1.0 / (1.0 - beta1 ** t), 1.0 / (1.0 - beta2 ** t), float(eps), 1.0 - lr * weight_decay)
 
 
 def learning_rate(config, step, steps_per_epoch, total_steps=None):

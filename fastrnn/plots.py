@@ -80,21 +80,19 @@ def plot_losses(runs, out):
 
 
 def _float64(P):
-    return {k: np.asarray(v, dtype=np.float64) for k, v in P.items()}
+    return P.astype(np.float64)
 
 
 def hidden_activations(P, vocab, text, layer=-1):
     """Hidden states h of one layer (default: the top one) while reading `text`: (len(text), H), row t after
     reading character t."""
-    from fastrnn.params import arch_of, state_size
-
     ids = vocab.encode(text).astype(np.int32)
     P64 = _float64(P)
-    cell, L, H = arch_of(P64)
+    L = P64.layers
     if not -L <= layer < L:
         raise ConfigError(f"--layer {layer} does not exist: the model has {L} layer(s) (0 to {L - 1})")
-    _, (caches, _), _ = ref.model_forward(P64, ids[None], np.zeros((1, state_size(cell, H, L))))
-    return caches[layer][1][0][:, 0, :]  # each cell's cache starts with hs: (T, N, H)
+    _, (caches, _), _ = ref.model_forward(P64, ids[None], np.zeros((1, P64.cell.state_size(P64.hidden_size, L))))
+    return caches[layer][1][0][:, 0, :]  # the layer's seqs start with hs: (T, N, H)
 
 
 FEATURES = {
@@ -150,9 +148,7 @@ def plot_hidden(P, vocab, text, out, feature="quote", units=64, top=5, layer=-1)
     """Heatmap of hidden activations per character (the first `units` units), and the `top` units most
     correlated with `feature` drawn over the text as in Karpathy's neuron-firing pictures."""
     plt = _pyplot()
-    from fastrnn.params import arch_of
-
-    cell, L, _ = arch_of(P)
+    cell, L = P.cell.name, P.layers
     acts = hidden_activations(P, vocab, text, layer)  # (len(text), H)
     where = f"{cell}, layer {layer % L} of {L}" if L > 1 else cell
     values = feature_values(text, feature)
@@ -190,17 +186,15 @@ def gradient_through_time(P, vocab, text):
     Computed exactly with the reference: for each t, the model is run from its state at t over the rest of the
     text and backpropagated to that state (O(T^2) steps, fine for a sentence).
     """
-    from fastrnn.params import arch_of, state_size
-
     ids = vocab.encode(text).astype(np.int32)
     if ids.size < 3:
         raise ConfigError("the text for the gradient plot needs at least 3 characters")
     x, y = ids[None, :-1], ids[None, 1:]
     T = x.shape[1]
     P64 = _float64(P)
-    cell, L, H = arch_of(P64)
+    cell, L, H = P64.cell, P64.layers, P64.hidden_size
     states = []  # (1, S) state after reading x[:, :t+1]
-    state = np.zeros((1, state_size(cell, H, L)))
+    state = np.zeros((1, cell.state_size(H, L)))
     for t in range(T):
         state, _ = ref.step(P64, state, x[:, t])
         states.append(state)
@@ -219,7 +213,7 @@ def gradient_through_time(P, vocab, text):
             dlogits = np.zeros_like(logits)
             dlogits[-1] = dlast[0]
             dstate = ref.model_backward(dlogits, P64, G, rest, states[t], fwd)
-        dh = [h for h, _ in ref.split_state(dstate, cell, L, H)]
+        dh = [s[0] for s in ref.split_state(dstate, cell, L, H)]
         norms[t] = np.sqrt(sum(float((d * d).sum()) for d in dh))
     return norms
 

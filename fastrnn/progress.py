@@ -9,6 +9,7 @@ log.jsonl keeps every --log-every row either way. A long evaluation shows its pr
 ('evaluating' events), in place of the training's.
 """
 
+import math
 import os
 import shutil
 import sys
@@ -116,7 +117,7 @@ def status(row, val):
     """The progress of a 'log' row in one line: step, epoch, loss, the last val loss and its age, speed, memory,
     ETA."""
     total = f"/{row['max_steps']:,}" if row.get("max_steps") else ""
-    fields = [f"step {row['step']:,}{total}", f"epoch {row['epoch']:.2f}", f"loss {row['loss']:.4f}"]
+    fields = [f"step {row['step']:,}{total}", f"epoch {epochs(row['epoch'])}", f"loss {row['loss']:.4f}"]
     if val is not None and val[0] <= row["step"]:  # not an evaluation after the step a rollback went back to
         fields.append(f"val {val[1]:.4f} ({_age(row['step'] - val[0])})")
     fields.append(f"{count(row['chars_per_sec'])} chars/s" if row["chars_per_sec"] else "- chars/s")
@@ -175,12 +176,20 @@ def summary_lines(data):
     if data.get("eval_seconds") and data.get("session_seconds"):
         took = (f" after {duration(data['session_seconds'])}, {data['eval_seconds']:.1f} s of it in evaluations "
                 f"({100 * data['eval_seconds'] / data['session_seconds']:.1f}%)")
-    lines = [f"done: step {data['step']:,}, epoch {data['epoch']:.2f}, train loss {data['loss']:.4f}{val} "
+    lines = [f"done: step {data['step']:,}, epoch {epochs(data['epoch'])}, train loss {data['loss']:.4f}{val} "
              f"({data['stop_reason']}{took}); checkpoint {data['checkpoint']}"]
     if data.get("best_val") is not None:
         lines.append(f"best: val loss {data['best_val']:.4f} at step {data['best_step']:,}; "
                      f"{data['best_checkpoint']}")
     return lines
+
+
+def epochs(e):
+    """2.50, 0.52, 0.0045, 0.0000015: two decimals, or two significant digits below 0.01 (one step of a corpus of
+    a billion characters is a millionth of an epoch)."""
+    if not 0 < e < 0.01:
+        return f"{e:.2f}"
+    return f"{e:.{1 - math.floor(math.log10(e))}f}"
 
 
 def duration(seconds):

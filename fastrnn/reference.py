@@ -17,10 +17,9 @@ import time
 import numpy as np
 
 from fastrnn.backend import blas_threads as threads, no_thread_count as thread_count  # noqa: F401 (the protocol's)
-from fastrnn.params import arch_of, layer_names
 
 # ---------------------------------------------------------------------------------------------------------------
-# layers
+# layers (the rnn's, and the parts every cell shares: the cells are fastrnn.cells, each file with its own pair)
 
 
 def rnn_forward(x, h0, Wxh, Whh, bh):
@@ -116,116 +115,6 @@ def sigmoid(a):
     return 0.5 + 0.5 * np.tanh(0.5 * a)
 
 
-def lstm_forward(xa, h0, c0, Whh):
-    """LSTM over a minibatch, from the input side already computed.
-
-    xa: (T, N, 4H) input-side pre-activations of every position (x_t @ Wxh + bh), gates in the order
-    i (input), f (forget), o (output), g (candidate); h0, c0: (N, H); Whh: (H, 4H).
-        a = xa[t] + h_{t-1} @ Whh;  i, f, o = sigmoid(a_i, a_f, a_o);  g = tanh(a_g)
-        c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
-    Returns hs: (T, N, H), cs: (T, N, H), gates: (T, N, 4H) (i, f, o, g after their nonlinearities).
-    """
-    T, N, H4 = xa.shape
-    H = H4 // 4
-    gates = np.empty_like(xa)  # (T, N, 4H)
-    hs = np.empty((T, N, H), dtype=xa.dtype)  # (T, N, H)
-    cs = np.empty((T, N, H), dtype=xa.dtype)  # (T, N, H)
-    h, c = h0, c0
-    for t in range(T):
-        a = xa[t] + h @ Whh  # (N, 4H)
-        gt = gates[t]
-        gt[:, :3 * H] = sigmoid(a[:, :3 * H])
-        gt[:, 3 * H:] = np.tanh(a[:, 3 * H:])
-        c = gt[:, H:2 * H] * c + gt[:, :H] * gt[:, 3 * H:]
-        cs[t] = c
-        h = hs[t]
-        np.tanh(c, out=h)
-        h *= gt[:, 2 * H:3 * H]
-    return hs, cs, gates
-
-
-def lstm_backward(dhs, h0, c0, hs, cs, gates, Whh, dWhh):
-    """Backpropagation through time for `lstm_forward`.
-
-    dhs: (T, N, H) gradient w.r.t. each h_t from above. Adds into dWhh: (H, 4H).
-    Returns dxa: (T, N, 4H) (the gradient w.r.t. the pre-activations, = w.r.t. the input side), dh0, dc0: (N, H).
-    """
-    T, N, H = hs.shape
-    dxa = np.empty_like(gates)  # (T, N, 4H)
-    dh_next = np.zeros((N, H), dtype=hs.dtype)
-    dc_next = np.zeros((N, H), dtype=hs.dtype)
-    for t in range(T - 1, -1, -1):
-        i, f, o, g = (gates[t][:, k * H:(k + 1) * H] for k in range(4))
-        c_prev = cs[t - 1] if t > 0 else c0
-        tc = np.tanh(cs[t])
-        dh = dhs[t] + dh_next
-        dc = dc_next + dh * o * (1.0 - tc * tc)
-        da = dxa[t]
-        da[:, :H] = dc * g * i * (1.0 - i)
-        da[:, H:2 * H] = dc * c_prev * f * (1.0 - f)
-        da[:, 2 * H:3 * H] = dh * tc * o * (1.0 - o)
-        da[:, 3 * H:] = dc * i * (1.0 - g * g)
-        dc_next = dc * f
-        dh_next = da @ Whh.T
-    hprev = np.concatenate([h0[None], hs[:-1]], axis=0)  # (T, N, H)
-    dWhh += hprev.reshape(T * N, H).T @ dxa.reshape(T * N, 4 * H)
-    return dxa, dh_next, dc_next
-
-
-def gru_forward(xa, h0, Whh):
-    """GRU (Cho et al. 2014) over a minibatch, from the input side already computed.
-
-    xa: (T, N, 3H) input-side pre-activations (x_t @ Wxh + bh), gates in the order r (reset), z (update),
-    n (candidate); h0: (N, H); Whh: (H, 3H). The reset gate multiplies the recurrent product (the variant of
-    cuDNN and PyTorch, which keeps one (N, H) x (H, 3H) product per step):
-        ha = h_{t-1} @ Whh;  r = sigmoid(xa_r + ha_r);  z = sigmoid(xa_z + ha_z);  n = tanh(xa_n + r * ha_n)
-        h_t = (1 - z) * n + z * h_{t-1}
-    Returns hs: (T, N, H), gates: (T, N, 3H) (r, z, n after their nonlinearities), hn: (T, N, H) (ha_n).
-    """
-    T, N, H3 = xa.shape
-    H = H3 // 3
-    gates = np.empty_like(xa)  # (T, N, 3H)
-    hn = np.empty((T, N, H), dtype=xa.dtype)  # (T, N, H)
-    hs = np.empty((T, N, H), dtype=xa.dtype)  # (T, N, H)
-    h = h0
-    for t in range(T):
-        ha = h @ Whh  # (N, 3H)
-        gt = gates[t]
-        gt[:, :2 * H] = sigmoid(xa[t][:, :2 * H] + ha[:, :2 * H])
-        hn[t] = ha[:, 2 * H:]
-        gt[:, 2 * H:] = np.tanh(xa[t][:, 2 * H:] + gt[:, :H] * hn[t])
-        z, n = gt[:, H:2 * H], gt[:, 2 * H:]
-        hs[t] = n + z * (h - n)
-        h = hs[t]
-    return hs, gates, hn
-
-
-def gru_backward(dhs, h0, hs, gates, hn, Whh, dWhh):
-    """Backpropagation through time for `gru_forward`.
-
-    dhs: (T, N, H) gradient w.r.t. each h_t from above. Adds into dWhh: (H, 3H).
-    Returns dxa: (T, N, 3H) (the gradient w.r.t. the input side), dh0: (N, H).
-    """
-    T, N, H = hs.shape
-    dxa = np.empty_like(gates)  # (T, N, 3H)
-    dha = np.empty_like(gates)  # (T, N, 3H) gradient w.r.t. the recurrent product h_{t-1} @ Whh
-    dh_next = np.zeros((N, H), dtype=hs.dtype)
-    for t in range(T - 1, -1, -1):
-        r, z, n = (gates[t][:, k * H:(k + 1) * H] for k in range(3))
-        h_prev = hs[t - 1] if t > 0 else h0
-        dh = dhs[t] + dh_next
-        dn = dh * (1.0 - z) * (1.0 - n * n)  # w.r.t. n's pre-activation
-        dz = dh * (h_prev - n) * z * (1.0 - z)
-        dr = dn * hn[t] * r * (1.0 - r)
-        dx, dr_h = dxa[t], dha[t]
-        dx[:, :H], dx[:, H:2 * H], dx[:, 2 * H:] = dr, dz, dn
-        dr_h[:, :H], dr_h[:, H:2 * H], dr_h[:, 2 * H:] = dr, dz, dn * r
-        dh_next = dh * z + dr_h @ Whh.T
-    hprev = np.concatenate([h0[None], hs[:-1]], axis=0)  # (T, N, H)
-    dWhh += hprev.reshape(T * N, H).T @ dha.reshape(T * N, 3 * H)
-    return dxa, dh_next
-
-
 def input_forward(inp, Wxh, bh):
     """The input side of a layer for all positions at once: xa: (T, N, G*H).
 
@@ -253,42 +142,34 @@ def input_backward(dxa, inp, Wxh, dWxh, dbh):
 # ---------------------------------------------------------------------------------------------------------------
 # the model: loss and gradients for one minibatch
 #
-# A model is L layers of one cell (rnn, gru or lstm, see fastrnn.params) under a softmax output layer. Layer 0
-# reads the tokens, layer l the output of layer l-1; with dropout, layer l's output is multiplied by masks[l]
-# (inverted dropout: 0 or 1/(1-p), made by fastrnn.dropout) before it feeds layer l+1 or the output layer.
-# The carried state is one (N, S) array: for each layer, h (H columns) and, for an lstm, then c (H columns).
+# A model is L layers of one cell (fastrnn.cells, carried by P: fastrnn.params.Params) under a softmax output
+# layer. Layer 0 reads the tokens, layer l the output of layer l-1; with dropout, layer l's output is multiplied by
+# masks[l] (inverted dropout: 0 or 1/(1-p), made by fastrnn.dropout) before it feeds layer l+1 or the output
+# layer. The carried state is one (N, S) array: for each layer, one block of H columns per vector of the cell's
+# state (h, then c for an lstm).
 
 
 def split_state(state, cell, L, H):
-    """Views of the carried state (N, S): a list over layers of (h, c) (c is None unless lstm)."""
-    K = 2 if cell == "lstm" else 1
-    return [(state[:, l * K * H:l * K * H + H], state[:, l * K * H + H:(l + 1) * K * H] if K == 2 else None)
-            for l in range(L)]
+    """Views of the carried state (N, S) of L layers of `cell` (a fastrnn.cells.Cell): a list over layers of a
+    tuple of (N, H) views, one per name of cell.state (h first)."""
+    K = len(cell.state)
+    return [tuple(state[:, (l * K + k) * H:(l * K + k + 1) * H] for k in range(K)) for l in range(L)]
 
 
 def model_forward(P, x, state, masks=None):
-    """Forward pass of the whole model. Returns (logits: (T, N, V), caches, new state (N, S))."""
-    cell, L, H = arch_of(P)
+    """Forward pass of the whole model. Returns (logits: (T, N, V), (caches, top), new state (N, S)); caches[l]
+    is (the layer's input, its seqs: hs and the cell's other state vectors at every step, the cell's cache)."""
+    cell, L, H = P.cell, P.layers, P.hidden_size
     inp = x
     caches = []
     new_state = np.empty_like(state)
-    for l, ((h0, c0), (hT, cT)) in enumerate(zip(split_state(state, cell, L, H),
-                                                  split_state(new_state, cell, L, H))):
-        wx, wh, b = layer_names(l)
-        xa = input_forward(inp, P[wx], P[b])
-        if cell == "rnn":
-            hs = rnn_cell_forward(xa, h0, P[wh])
-            cache = (hs,)
-        elif cell == "lstm":
-            hs, cs, gates = lstm_forward(xa, h0, c0, P[wh])
-            cache = (hs, cs, gates)
-            cT[...] = cs[-1]
-        else:
-            hs, gates, hn = gru_forward(xa, h0, P[wh])
-            cache = (hs, gates, hn)
-        hT[...] = hs[-1]
+    for l, (s0, sT) in enumerate(zip(split_state(state, cell, L, H), split_state(new_state, cell, L, H))):
+        seqs, cache = cell.forward(inp, tuple(P[k] for k in cell.layer_names(l)), s0)
+        for end, seq in zip(sT, seqs):
+            end[...] = seq[-1]
+        hs = seqs[0]
         out = hs if masks is None else hs * masks[l]
-        caches.append((inp, cache))
+        caches.append((inp, seqs, cache))
         inp = out
     logits = affine_forward(inp, P["Why"], P["by"])
     return logits, (caches, inp), new_state
@@ -296,25 +177,21 @@ def model_forward(P, x, state, masks=None):
 
 def model_backward(dlogits, P, G, x, state, fwd, masks=None):
     """Backward pass of the whole model: adds into G. Returns the gradient w.r.t. the carried state (N, S)."""
-    cell, L, H = arch_of(P)
+    cell, L, H = P.cell, P.layers, P.hidden_size
     caches, top = fwd
     dout = affine_backward(dlogits, top, P["Why"], G["Why"], G["by"])  # (T, N, H)
     dstate = np.zeros_like(state)
     starts = split_state(state, cell, L, H)
     dstarts = split_state(dstate, cell, L, H)
     for l in range(L - 1, -1, -1):
-        wx, wh, b = layer_names(l)
-        inp, cache = caches[l]
-        (h0, c0), (dh0, dc0) = starts[l], dstarts[l]
+        names = cell.layer_names(l)
+        inp, seqs, cache = caches[l]
         if masks is not None:
             dout = dout * masks[l]
-        if cell == "rnn":
-            dxa, dh0[...] = rnn_cell_backward(dout, h0, *cache, P[wh], G[wh])
-        elif cell == "lstm":
-            dxa, dh0[...], dc0[...] = lstm_backward(dout, h0, c0, *cache, P[wh], G[wh])
-        else:
-            dxa, dh0[...] = gru_backward(dout, h0, *cache, P[wh], G[wh])
-        dout = input_backward(dxa, inp, P[wx], G[wx], G[b])
+        dout, dstart = cell.backward(dout, inp, tuple(P[k] for k in names), tuple(G[k] for k in names), starts[l],
+                                     seqs, cache)
+        for d, got in zip(dstarts[l], dstart):
+            d[...] = got
     return dstate
 
 

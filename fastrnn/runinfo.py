@@ -53,7 +53,7 @@ def describe(path):
                   "hidden_size": config.get("hidden_size"), "vocab_size": vocab.size,
                   "level": vocab.level, "parameters": int(ckpt.params.size), "dtype": config.get("dtype"),
                   "dropout": config.get("dropout")},
-        "training": {"step": state.step, "epoch": state.epoch,
+        "training": {"step": state.step, "epoch": state.epoch, "epochs": epochs_trained(config, state),
                      "train_tokens": state.train_tokens, "seconds": state.elapsed,
                      "loss": state.smooth_loss, "best_val": best,
                      "best_step": state.best_step if best is not None else None,
@@ -77,6 +77,20 @@ def describe(path):
     return out
 
 
+def epochs_trained(config, state):
+    """Epochs trained, the current one's fraction included (None where the checkpoint does not say; state:
+    checkpoint.RunState)."""
+    from fastrnn.corpus import BatchStream
+    from fastrnn.errors import FastrnnError
+
+    try:  # the minibatches of an epoch, as training counted them (only the split's length matters)
+        stream = BatchStream(range(state.train_tokens), config["batch_size"], config["seq_len"],
+                             shuffle=config.get("shuffle", False))
+        return state.epoch + state.index / stream.steps_per_epoch
+    except (KeyError, TypeError, ValueError, FastrnnError):
+        return None
+
+
 def show(d, echo):
     """Print describe()'s dict for a person."""
     m, t = d["model"], d["training"]
@@ -84,9 +98,10 @@ def show(d, echo):
     echo(f"model           {m['cell']} x {m['num_layers']}, hidden {m['hidden_size']}, vocabulary {m['vocab_size']} "
          f"({m['level']}), {m['parameters']:,} parameters, {m['dtype']}"
          + (f", dropout {m['dropout']}" if m.get("dropout") else ""))
-    from fastrnn.progress import duration
+    from fastrnn.progress import duration, epochs
 
-    echo(f"trained         step {t['step']:,} (epochs completed: {t['epoch']:,}), {duration(t['seconds'] or 0)}; "
+    done = f"epoch {epochs(t['epochs'])}" if t.get("epochs") is not None else f"epochs completed: {t['epoch']:,}"
+    echo(f"trained         step {t['step']:,} ({done}), {duration(t['seconds'] or 0)}; "
          f"{t['optimizer']} lr {t['lr']}, batch {t['batch_size']} x {t['seq_len']}, seed {t['seed']}")
     if t.get("loss") is not None:
         echo(f"train loss      {t['loss']:.4f} (smoothed)")

@@ -10,7 +10,7 @@ import codecs
 import numpy as np
 
 from fastrnn.errors import ConfigError, VocabError
-from fastrnn.params import arch_of, state_size
+from fastrnn.options import check_sampling
 from fastrnn.reference import draw, probabilities  # noqa: F401 (draw: part of this module's API)
 
 
@@ -58,17 +58,6 @@ def next_probs(backend, P, vocab, prime="", k=None, temperature=1.0, dtype=np.fl
     return [(vocab.symbols[i], float(p[i])) for i in order]
 
 
-def check_options(temperature=1.0, top_k=0, top_p=1.0, length=0):
-    if not (np.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"--temperature must be a positive number, got {temperature}")
-    if top_k < 0:
-        raise ConfigError(f"--top-k must be >= 0, got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
-    if length < 0:
-        raise ConfigError(f"--length must be >= 0, got {length}")
-
-
 def _start(backend, P, vocab, prime, dtype, warmup=None):
     """Hidden state and logits after warming on the prime. With an empty prime: on `warmup` (token ids of real
     text, e.g. a checkpoint's state['warmup'], not printed) if given, else on a newline."""
@@ -83,8 +72,7 @@ def _start(backend, P, vocab, prime, dtype, warmup=None):
             ids = vocab.encode("\n")[:1]
         except VocabError:
             ids = np.zeros(1, dtype=np.int32)
-    cell, layers, H = arch_of(P)
-    h = np.zeros((1, state_size(cell, H, layers)), dtype=dtype)  # (1, S)
+    h = np.zeros((1, P.cell.state_size(P.hidden_size, P.layers)), dtype=dtype)  # (1, S)
     logits = None
     for token in ids:
         h, logits = backend.step(P, h, np.array([token], dtype=np.int32))
@@ -100,7 +88,7 @@ def generate(backend, P, vocab, *, prime="", length=200, temperature=1.0, top_k=
     state is warmed on `warmup` (ids of real text; a checkpoint keeps the start of its val split as
     state['warmup']) if given, else on a newline (or the first symbol); neither is part of the output.
     """
-    check_options(temperature, top_k, top_p, length)
+    check_sampling(dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, length=length))
     top_k = min(top_k, vocab.size)  # k beyond the vocabulary keeps every symbol (and fits the kernels' integers)
     rng = rng if rng is not None else np.random.default_rng()
     h, logits = _start(backend, P, vocab, prime, dtype, warmup)
@@ -121,9 +109,8 @@ def generate_many(backend, P, vocab, *, count, prime="", length=200, temperature
     weight is read once per character for all the samples a thread runs. Sample i draws from
     np.random.default_rng(stream_seeds(seed, count)[i]) and equals generate(..., rng=np.random.default_rng(seed + i))
     token for token."""
-    if count < 1:
-        raise ConfigError(f"--num-samples must be >= 1, got {count}")
-    check_options(temperature, top_k, top_p, length)
+    check_sampling(dict(num_samples=count, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                        length=length, seed=seed))
     top_k = min(top_k, vocab.size)  # k beyond the vocabulary keeps every symbol (and fits the kernels' integers)
     rngs = [np.random.default_rng(s) for s in stream_seeds(seed, count)]
     h, logits = _start(backend, P, vocab, prime, dtype, warmup)
@@ -162,16 +149,6 @@ class TextStream:
         return self.feed(np.zeros(0, dtype=np.int32), final=True)
 
 
-def beam_options_check(beam_width, temperature=1.0, top_k=0, top_p=1.0, greedy=False):
-    """ConfigError if a sampling option is set beside a beam search, which would ignore it (CLI and API alike)."""
-    ignored = [name for name, value, default in (("--top-k", top_k, 0), ("--top-p", top_p, 1.0),
-                                                  ("--greedy", greedy, False), ("--temperature", temperature, 1.0))
-               if value != default]
-    if beam_width and ignored:
-        raise ConfigError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with "
-                          f"--beam-width (beam search keeps the most probable continuations)")
-
-
 def beam_search(backend, P, vocab, *, prime="", length=200, beam_width=5, dtype=np.float32, warmup=None):
     """The most probable continuation of `length` symbols found by beam search.
 
@@ -180,7 +157,7 @@ def beam_search(backend, P, vocab, *, prime="", length=200, beam_width=5, dtype=
     """
     if beam_width < 1:
         raise ConfigError(f"--beam-width must be >= 1, got {beam_width}")
-    check_options(length=length)
+    check_sampling(dict(length=length))
     h, logits = _start(backend, P, vocab, prime, dtype, warmup)
     V = logits.shape[1]
     scores = np.zeros(1)  # (B,) total log-probabilities
@@ -214,19 +191,3 @@ def decode_stream(vocab, ids):
     else:
         for token in ids:
             yield vocab.symbols[token]
-
-
-def stop_at(pieces, marker):
-    """Pass text pieces through until `marker` has been produced (it is included), then stop."""
-    if not marker:
-        yield from pieces
-        return
-    seen = ""
-    for piece in pieces:
-        seen += piece
-        i = seen.find(marker)
-        if i >= 0:
-            yield piece[: len(piece) - (len(seen) - (i + len(marker)))]
-            return
-        yield piece
-        seen = seen[-len(marker):]

@@ -32,13 +32,22 @@ import os
 
 import numpy as np
 
-from fastrnn.errors import FastrnnError
+from fastrnn.errors import ConfigError, FastrnnError
 from fastrnn.httpd import BadRequest, JSONHandler, Server  # noqa: F401 (BadRequest: part of this module's API)
+from fastrnn.options import SAMPLING, check_sampling
 
 CHUNK = 64  # characters per run of the batch: what a streamed response gets at a time, and when requests join
 
-FIELDS = {"prime": str, "length": int, "temperature": (int, float), "top_k": int, "top_p": (int, float),
-          "seed": (int, type(None)), "stream": bool}
+SAMPLED = ("length", "temperature", "top_k", "top_p", "seed")  # the sampling options a request may set
+
+
+def _json_types(opt):
+    """The JSON values an option takes: an integer, a number (integer or not), true/false; null if it may be None."""
+    kinds = {int: (int,), float: (int, float), bool: (bool,)}[opt.type]
+    return kinds + ((type(None),) if opt.nullable else ())
+
+
+FIELDS = {"prime": (str,), **{name: _json_types(SAMPLING[name]) for name in SAMPLED}, "stream": (bool,)}
 
 
 class Generator:
@@ -84,7 +93,7 @@ class Generator:
                     run=os.path.basename(os.path.dirname(path)), file=os.path.basename(path),
                     step=state.step, val_loss=best if isinstance(best, (int, float)) and math.isfinite(best)
                     else None, corpus=os.path.basename(corpus) if corpus else None,
-                    states=["h", "c"] if self.model.model == "lstm" else ["h"])
+                    states=list(self.model.cell.state))
 
     def parse(self, body):
         """The request's options, checked (BadRequest otherwise)."""
@@ -95,26 +104,21 @@ class Generator:
         if unknown:
             raise BadRequest(400, f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}")
         for name, value in req.items():
-            if not isinstance(value, FIELDS[name]) or (isinstance(value, bool) and name != "stream"):
+            if not isinstance(value, FIELDS[name]) or (isinstance(value, bool) and bool not in FIELDS[name]):
                 raise BadRequest(400, f"{name} has the wrong type ({type(value).__name__})")
-        opts = dict(prime="", length=200, temperature=1.0, top_k=0, top_p=1.0, seed=None, stream=False)
+        opts = dict(prime="", **{name: SAMPLING[name].default for name in SAMPLED}, stream=False)
         opts.update(req)
-        for name in ("temperature", "top_p"):  # (a JSON integer of any size: no float beyond 1.8e308)
-            try:
-                opts[name] = float(opts[name])
-            except OverflowError:
-                raise BadRequest(400, f"{name} is out of range") from None
-        if not 0 <= opts["length"] <= self.max_length:
+        try:  # the checks of `fastrnn sample` and CharRNN.generate, the fields named as in the request
+            opts.update(check_sampling({name: opts[name] for name in SAMPLED}, label=str))
+        except ConfigError as exc:
+            raise BadRequest(400, str(exc)) from None
+        opts["temperature"], opts["top_p"] = float(opts["temperature"]), float(opts["top_p"])
+        # the server's own limits
+        if opts["length"] > self.max_length:
             raise BadRequest(400, f"length must be in [0, {self.max_length}], got {opts['length']}")
         if len(opts["prime"]) > self.max_length:
             raise BadRequest(400, f"prime is longer than {self.max_length} characters")
-        if not (np.isfinite(opts["temperature"]) and opts["temperature"] > 0):
-            raise BadRequest(400, f"temperature must be a positive number, got {opts['temperature']}")
-        if opts["top_k"] < 0:
-            raise BadRequest(400, f"top_k must be >= 0, got {opts['top_k']}")
-        if not (np.isfinite(opts["top_p"]) and 0 < opts["top_p"] <= 1):
-            raise BadRequest(400, f"top_p must be in (0, 1], got {opts['top_p']}")
-        if opts["seed"] is not None and not 0 <= opts["seed"] < 2**63:
+        if opts["seed"] is not None and opts["seed"] >= 2**63:
             raise BadRequest(400, f"seed must be in [0, 2^63), got {opts['seed']}")
         if opts["seed"] is None:
             opts["seed"] = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))

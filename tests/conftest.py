@@ -1,4 +1,5 @@
 import os
+import signal
 import tempfile
 
 import numpy as np
@@ -11,6 +12,12 @@ os.environ["FASTRNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastrnn-test-cache-")
 # and the rule decides every plan (the same in every process of the session, whatever the machine's load):
 # tests/test_dispatch.py measures for real where it checks the measurement, and each way is tested by name
 os.environ.setdefault("FASTRNN_CALIBRATE", "0")
+
+# A suite started in the background of a non-interactive shell (`make test &`, nohup in a script) inherits SIGINT
+# ignored, and so would every process it starts: the tests of Ctrl-C would see no signal. The processes a user
+# starts from a terminal have it, so the suite gives it back to them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 BUNDLED = os.path.join(os.path.dirname(__file__), "..", "fastrnn", "data", "tinyshakespeare.txt")
 

@@ -32,6 +32,7 @@ def workdir(tmp_path_factory, small_corpus):
     (d / "tiny.txt").write_text("a tiny corpus\n" * 3)
     prepare([d / "tiny.txt"], d / "tiny.h5", val_frac=0, test_frac=0)
     (d / "text.txt").write_text("just some text\n")
+    (d / "binary.bin").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4)
     with h5py.File(d / "foreign.h5", "w") as f:
         f["x"] = np.arange(3)
     r = CliRunner().invoke(main, ["train", str(d / "corpus.h5"), "-o", str(d / "run"), *SMALL, "--max-steps", "3"])
@@ -59,7 +60,7 @@ def snapshot(directory):
 CASES = [
     # train: corpus files
     ("train missing corpus", ["train", "{d}/missing.h5", "-o", "{d}/new"], 1, "does not exist"),
-    ("train text as corpus", ["train", "{d}/text.txt", "-o", "{d}/new"], 1, "not a corpus file"),
+    ("train binary as corpus", ["train", "{d}/binary.bin", "-o", "{d}/new"], 1, "binary"),
     ("train checkpoint as corpus", ["train", "{d}/run/checkpoint.h5", "-o", "{d}/new"], 1, "checkpoint, not a corpus"),
     ("train foreign hdf5", ["train", "{d}/foreign.h5", "-o", "{d}/new"], 1, "not a fastrnn corpus"),
     ("train truncated corpus", ["train", "{d}/truncated_corpus.h5", "-o", "{d}/new"], 1, "truncated"),
@@ -88,8 +89,8 @@ CASES = [
     ("sample text as checkpoint", ["sample", "{d}/text.txt"], 1, "not a fastrnn checkpoint"),
     ("sample truncated checkpoint", ["sample", "{d}/truncated_ckpt.h5"], 1, "truncated"),
     ("sample corrupt checkpoint", ["sample", "{d}/corrupt_ckpt.h5"], 1, "checksum"),
-    ("sample temperature 0", ["sample", "{d}/run", "--temperature", "0"], 1, "--temperature"),
-    ("sample temperature negative", ["sample", "{d}/run", "--temperature", "-2"], 1, "--temperature"),
+    ("sample temperature 0", ["sample", "{d}/run", "--temperature", "0"], 2, "--temperature"),
+    ("sample temperature negative", ["sample", "{d}/run", "--temperature", "-2"], 2, "--temperature"),
     ("sample unknown prime char", ["sample", "{d}/run", "--prime", "Zebra"], 1, "'Z'"),
     ("sample negative length", ["sample", "{d}/run", "--length", "-5"], 2, "--length"),
     ("sample top-p zero", ["sample", "{d}/run", "--top-p", "0"], 2, "--top-p"),

@@ -241,6 +241,7 @@ def test_bad_input_to_benchmarks_and_tools(tmp_path, args):
 COMMANDS = ["benchmarks.throughput", "benchmarks.sampling", "benchmarks.prepare", "benchmarks.plot",
             "benchmarks.time_to_quality", "benchmarks.pytorch", "benchmarks.distributed", "benchmarks.mkl_bf16",
             "benchmarks.kernel_scratch", "benchmarks.train_memory", "benchmarks.report", "benchmarks.bf16_quality",
+            "benchmarks.soak", "benchmarks.startup",
             "tools.profile_speed",
             "tools.profile_memory", "tools.compare_models"]
 

@@ -60,7 +60,7 @@ def test_rounding_to_bf16():
 
 @needs_bf16
 @pytest.mark.parametrize("cell,L,dropout", [("rnn", 1, 0.0), ("rnn", 2, 0.4), ("lstm", 1, 0.0), ("lstm", 2, 0.4),
-                                            ("gru", 1, 0.0), ("gru", 2, 0.4)])
+                                            ("gru", 1, 0.0), ("gru", 2, 0.4), ("lnlstm", 2, 0.4)])
 def test_every_cell_on_the_bf16_plan_matches_the_reference(cell, L, dropout):
     rng = np.random.default_rng(3)
     N, T, V, H = 9, 6, 11, 21

@@ -134,7 +134,9 @@ def test_bad_inputs(small_corpus, trained, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("hello")
     one_line_error(run("sample", text), "not a fastrnn checkpoint")
-    one_line_error(run("train", text, "-o", tmp_path / "x", "--max-steps", "1"))
+    r = run("train", text, "-o", tmp_path / "x", "--max-steps", "1")  # text is prepared, then found too short
+    assert r.exit_code == 1 and r.stderr.startswith("corpus: prepared"), r.output
+    assert r.stderr.strip().splitlines()[-1].startswith("fastrnn: error: the train split has"), r.output
     one_line_error(run("train", tmp_path / "missing.h5", "-o", tmp_path / "x", "--max-steps", "1"))
     one_line_error(run("train", small_corpus, "-o", tmp_path / "x", "--batch-size", "100000", "--max-steps", "1"),
                    "batch")

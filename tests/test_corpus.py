@@ -168,9 +168,8 @@ def test_file_layout_and_metadata(tmp_path):
         for s in ("train", "val", "test"):
             assert f[s].chunks is None and f[s].compression is None
     with open_corpus(tmp_path / "c.h5") as c:
-        m = c.split("train")
-        assert isinstance(m, np.memmap) and not m.flags.writeable
-        with pytest.raises(ValueError):
+        m = c.split("train")  # read-only (read with pread: tests/test_corpus.py's last test)
+        with pytest.raises(TypeError):
             m[0] = 1
 
 
@@ -335,8 +334,8 @@ def test_batch_stream_on_memmap(tmp_path):
 
 @pytest.mark.parametrize("alphabet", [256 + 40, 60])  # uint16 and uint8 ids
 def test_checked_reads_equal_the_map(tmp_path, monkeypatch, alphabet):
-    """Corpus.checker(split).read (pread with per-row read-ahead buffers) gives exactly the tokens of the memory
-    map: in order, at random minibatches (a resume), shuffled, for a block of rows, over a prefix of a split, and
+    """Corpus.checker(split).read (pread with per-row read-ahead buffers) gives exactly the tokens of the split
+    read whole (once the memory map's): in order, at random minibatches (a resume), shuffled, for a block of rows, over a prefix of a split, and
     at the end of a split; a row reading on refills its buffer in one pread of READ_AHEAD bytes."""
     from fastrnn.corpus.dataset import ChunkCheck
 
@@ -353,7 +352,7 @@ def test_checked_reads_equal_the_map(tmp_path, monkeypatch, alphabet):
         for split, kwargs in [("train", {}), ("train", {"shuffle": True, "seed": 4}), ("train", {"rows": (1, 4)}),
                               ("val", {})]:
             tokens = c.split(split)[:-7] if split == "val" else c.split(split)
-            want = BatchStream(tokens, 5, 16, **kwargs)
+            want = BatchStream(np.asarray(tokens), 5, 16, **kwargs)
             got = BatchStream(tokens, 5, 16, check=c.checker(split), **kwargs)
             steps = got.steps_per_epoch
             order = list(range(steps)) * 2 + rng.integers(0, steps, 20).tolist() + [steps - 1, 0, 1, 2]
@@ -409,3 +408,30 @@ def test_split_too_small_for_one_sequence():
         BatchStream(np.zeros(50, np.uint8), 32, 10, name="val")
     with pytest.raises(ConfigError):
         BatchStream(np.zeros(50, np.uint8), 0, 10)
+
+
+def test_a_split_is_read_with_pread_and_nothing_is_mapped(tmp_path):
+    """Corpus.split is a Split: its tokens read with pread when asked for (whole, sliced, by position), the file
+    never memory-mapped (a map read past the end of a file cut short dies of SIGBUS)."""
+    from fastrnn.corpus import Split
+
+    text = "".join(chr(97 + (i * 7) % 26) for i in range(5000))
+    (tmp_path / "t.txt").write_text(text)
+    prepare([tmp_path / "t.txt"], tmp_path / "c.h5", val_frac=0.1, test_frac=0.1)
+    with open_corpus(tmp_path / "c.h5") as c:
+        train = c.split("train")
+        assert isinstance(train, Split) and len(train) == train.size == train.shape[0] == 4000
+        ids = np.asarray(train)
+        assert c.vocab.decode(ids) == text[:4000] and ids.dtype == train.dtype
+        head = train[:100]
+        assert isinstance(head, Split) and len(head) == 100 and head.size == 100
+        assert [int(t) for t in head] == ids[:100].tolist() and head[-1] == ids[99] and train[7] == ids[7]
+        assert (np.asarray(train[10:20], dtype=np.int32) == ids[10:20]).all()
+        positions = np.array([[3, 4, 5], [900, 901, 902], [17, 3, 3999]])
+        assert (train[positions] == ids[positions]).all() and (train[::7] == ids[::7]).all()
+        with pytest.raises(IndexError):
+            train[4000]
+        assert len(c.split("val")) == 500 and np.asarray(c.split("val")).size == 500
+        if os.path.exists("/proc/self/maps"):
+            with open("/proc/self/maps") as f:
+                assert str(tmp_path / "c.h5") not in f.read()

@@ -1,5 +1,5 @@
 """The fast paths of corpus preparation (fused numba UTF-8 validation, reused buffers, the background split
-writer) against Python's codec and the straightforward results, and release_pages on memory-mapped splits."""
+writer) against Python's codec and the straightforward results."""
 
 import codecs
 import random
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fastrnn.kernels import textscan
-from fastrnn.corpus import Vocab, open_corpus, prepare, release_pages
+from fastrnn.corpus import Vocab, open_corpus, prepare
 from fastrnn.errors import CorpusError
 
 # bytes that exercise every branch of the validator: ASCII, continuation bytes, overlong leads (C0 C1 E0 F0),
@@ -121,63 +121,6 @@ def test_prepare_split_layout_is_contiguous(tmp_path):
     with open_corpus(tmp_path / "c.h5") as c:
         assert c.vocab.decode(np.concatenate([c.split(s) for s in ("train", "val", "test")])) == \
             "hello world, " * 1000
-
-
-def _rss():
-    psutil = pytest.importorskip("psutil")
-    return psutil.Process().memory_info().rss
-
-
-@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED"), reason="no madvise on this platform")
-def test_release_pages_drops_rss_and_keeps_data(tmp_path):
-    rng = np.random.default_rng(0)
-    alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz \n", dtype=np.uint8)
-    raw = alphabet[rng.integers(0, len(alphabet), 24 << 20)]  # 24 MB of text -> ~21.6 MB train split (uint8)
-    src = tmp_path / "big.txt"
-    raw.tofile(src)
-    prepare([src], tmp_path / "c.h5")
-    lut = np.zeros(256, dtype=np.uint8)
-    lut[np.sort(alphabet)] = np.arange(len(alphabet))
-    with open_corpus(tmp_path / "c.h5") as c:
-        train = c.split("train")
-        nbytes = train.nbytes
-        assert nbytes > 20e6
-        first = int(train[::4096].astype(np.int64).sum())  # touch every page
-        total = int(train.astype(np.int64).sum())
-        touched = _rss()
-        released = c.release_pages()
-        assert released >= nbytes
-        after = _rss()
-        assert touched - after > 0.8 * nbytes, (touched, after, nbytes)
-        # still mapped, same data
-        assert int(train[::4096].astype(np.int64).sum()) == first
-        assert int(train.astype(np.int64).sum()) == total
-        np.testing.assert_array_equal(train[:1000], lut[raw[:1000]])
-        # the function on a slice of a split releases the whole mapping too
-        view = train[1000:2000]
-        train.astype(np.int64).sum()
-        touched = _rss()
-        assert release_pages(view) >= nbytes
-        assert touched - _rss() > 0.8 * nbytes
-        np.testing.assert_array_equal(view, lut[raw[1000:2000]])
-
-
-def test_release_pages_is_a_no_op_elsewhere(tmp_path):
-    assert release_pages(np.arange(10)) == 0
-    assert release_pages([1, 2, 3]) == 0
-    path = tmp_path / "x.bin"
-    np.arange(5000, dtype=np.uint8).tofile(path)
-    cow = np.memmap(path, dtype=np.uint8, mode="c")
-    cow[0] = 7
-    assert release_pages(cow) == 0 and cow[0] == 7  # copy-on-write changes would be lost: left alone
-    src = tmp_path / "in.txt"
-    src.write_text("ab" * 50)
-    prepare([src], tmp_path / "c.h5", val_frac=0, test_frac=0)
-    with open_corpus(tmp_path / "c.h5") as c:
-        assert c.release_pages() == 0  # nothing mapped yet
-        assert len(c.split("val")) == 0 and release_pages(c.split("val")) == 0
-        c.split("train")
-        assert c.release_pages() > 0
 
 
 def _glibc_malloc():

@@ -154,3 +154,17 @@ def test_an_encoding_that_cannot_read_the_file_is_one_line(trained, tmp_path, en
     text = tmp_path / "t.txt"
     text.write_text("the cat sat\n")
     one_line_error(run("eval", trained, text, "--encoding", encoding), fragment)
+
+
+def test_an_lnlstm_scores_as_the_reference(small_corpus, tmp_path):
+    d = tmp_path / "run"
+    opts = [a if a != "lstm" else "lnlstm" for a in SMALL]
+    assert run("train", small_corpus, "-o", d, *opts, "--max-steps", "5", "--eval-every", "0").exit_code == 0
+    text = make_text(1500, seed=6)
+    path = tmp_path / "held-out.txt"
+    path.write_text(text)
+    _, vocab, _ = load_model(d)
+    expect = reference_loss(d, vocab.encode(text))
+    for backend in ("numpy", "numba"):
+        got = scored(run("eval", d, path, "--json", "--backend", backend))
+        assert abs(got["loss"] - expect) < 1e-9 and got["chars"] == len(text) - 1, backend

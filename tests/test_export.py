@@ -169,3 +169,36 @@ def test_export_force_never_replaces_a_checkpoint_or_a_corpus(trained, tmp_path)
     shutil.copy(ckpt, other)
     one_line_error(run("export", ckpt, "-o", other, "--force"), "HDF5 file")
     assert other.read_bytes() == before
+
+
+def test_a_cell_pytorch_lacks_exports_as_npz_only(small_corpus, tmp_path):
+    """An lnlstm: its npz holds every parameter (the gains and biases too) and, put back into a model, gives the
+    checkpoint's logits; --format torch is a one-line error that writes nothing."""
+    from fastrnn.api import load_model
+    from fastrnn.params import model_layout
+
+    d = tmp_path / "run"
+    r = run("train", small_corpus, "-o", d, "--hidden-size", "8", "--seq-len", "10", "--batch-size", "4",
+            "--model", "lnlstm", "--num-layers", "2", "--max-steps", "3", "--dtype", "float64")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "m.npz"
+    assert run("export", d, "--format", "npz", "-o", out).exit_code == 0
+    model, vocab, _ = load_model(d)
+    with np.load(out) as f:
+        meta = json.loads(str(f["model"]))
+        assert (meta["cell"], meta["num_layers"], meta["torch_class"]) == ("lnlstm", 2, None)
+        assert {f"layer{l}.{k}" for l in (0, 1) for k in ("gx", "gh", "gc", "bc")} <= set(f.files)
+        layout = model_layout(meta["cell"], meta["vocab_size"], meta["hidden_size"], meta["num_layers"])
+        flat = layout.zeros(np.float64)
+        P = layout.views(flat)
+        for l in range(2):
+            for short, name in zip(P.cell.layer_names(0), P.cell.layer_names(l)):
+                P[name][...] = f[f"layer{l}.{short}"]
+        P["Why"][...], P["by"][...] = f["Why"], f["by"]
+    np.testing.assert_array_equal(flat, model.flat)
+    expect, _, _ = ref.model_forward(model.P, np.array([TOKENS[:5]], dtype=np.int32), model.zero_state(1))
+    got, _, _ = ref.model_forward(P, np.array([TOKENS[:5]], dtype=np.int32), model.zero_state(1))
+    np.testing.assert_array_equal(got, expect)
+    one_line_error(run("export", d, "--format", "torch", "-o", tmp_path / "m.pt"), "PyTorch has no module",
+                   "lnlstm", "--format npz")
+    assert not (tmp_path / "m.pt").exists()

@@ -8,14 +8,14 @@ from fastrnn import kernels as K
 from fastrnn import reference as ref
 from fastrnn.kernels import dispatch, mathfn
 from fastrnn.kernels.pools import set_threads
-from fastrnn.params import Layout, rnn_shapes
+from fastrnn.params import model_layout
 
 NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 
 
 def make_problem(N, T, V, H, dtype, seed=0):
     rng = np.random.default_rng(seed)
-    layout = Layout(rnn_shapes(V, H))
+    layout = model_layout("rnn", V, H)
     flat = layout.init(rng, dtype, 1.0 / np.sqrt(H))
     P = layout.views(flat)
     P["bh"][...] = rng.standard_normal(H) * 0.1

@@ -1,4 +1,4 @@
-"""The numba backend for every model (rnn, gru, lstm cells; 1 and 2 layers; dropout masks) against the NumPy
+"""The numba backend for every model (rnn, gru, lstm, lnlstm cells; 1 and 2 layers; dropout masks) against the NumPy
 reference: loss, every gradient, the new carried state, evaluation and generation steps."""
 
 import numpy as np
@@ -11,7 +11,7 @@ from fastrnn.kernels import dispatch
 from fastrnn.model import Model
 from fastrnn.params import arch_of, state_size
 
-CELLS = ("rnn", "gru", "lstm")
+CELLS = ("rnn", "gru", "lstm", "lnlstm")
 
 
 def make_problem(cell, L, N, T, V, H, dtype, seed=0, dropout=0.0):

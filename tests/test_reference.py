@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from fastrnn import reference as ref
-from fastrnn.params import Layout, rnn_shapes
+from fastrnn.params import model_layout
 
 
 def make_problem(N, T, V, H, seed=0, scale=0.5):
     rng = np.random.default_rng(seed)
-    layout = Layout(rnn_shapes(V, H))
+    layout = model_layout("rnn", V, H)
     flat = layout.init(rng, np.float64, scale)
     P = layout.views(flat)
     P["bh"][...] = rng.standard_normal(H) * 0.1

@@ -95,11 +95,18 @@ def test_beam_search_is_at_least_as_probable_as_greedy(fitted):
 
 
 def test_stop_at():
-    pieces = iter(["ab", "c\n", "de", "\n\nf"])
-    assert "".join(gen.stop_at(pieces, "\n\n")) == "abc\nde\n\n"
-    assert "".join(gen.stop_at(iter("hello world"), "o w")) == "hello w"
-    assert "".join(gen.stop_at(iter("abc"), "")) == "abc"
-    assert "".join(gen.stop_at(iter("abc"), "zz")) == "abc"
+    """--stop-at (TextStream's marker): the text up to and with the marker, whichever blocks it spans."""
+    from fastrnn.corpus import Vocab
+
+    def stopped(blocks, marker):
+        vocab = Vocab(sorted({ord(c) for c in "".join(blocks) + marker}))
+        stream = gen.TextStream(vocab, marker)
+        return "".join(stream.feed(vocab.encode(block)) for block in blocks) + stream.finish()
+
+    assert stopped(["ab", "c\n", "de", "\n\nf"], "\n\n") == "abc\nde\n\n"
+    assert stopped(list("hello world"), "o w") == "hello w"
+    assert stopped(list("abc"), "") == "abc"
+    assert stopped(list("abc"), "zz") == "abc"
 
 
 def test_learned_something(fitted):
@@ -126,7 +133,7 @@ def test_api_errors(fitted):
         CharRNN().generate("a", 3)
 
 
-MODELS = [(cell, layers) for cell in ("rnn", "lstm", "gru") for layers in (1, 2)]
+MODELS = [(cell, layers) for cell in ("rnn", "lstm", "gru", "lnlstm") for layers in (1, 2)]
 SAMPLING = (dict(), dict(temperature=0.6), dict(top_k=4), dict(top_p=0.7), dict(greedy=True))
 
 
@@ -143,6 +150,12 @@ def random_model(cell, layers, dtype, V=30, H=30):
         b[...] += rng.standard_normal(b.shape) * 0.5
     model.P["by"][...] = rng.standard_normal(V)
     return model
+
+
+def sample_state(model, h):
+    """The carried states h: (B, S) as kernels.sample.sample_streams takes them: a new (B, L, K, H) array,
+    [b, l, 0] the h of layer l of stream b and, for an lstm (K = 2), [b, l, 1] its c (advance_streams's view)."""
+    return np.array(h).reshape(len(h), model.num_layers, -1, model.hidden_size)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -181,7 +194,7 @@ def test_sample_streams_state_and_logits_match_reference_steps(cell, layers, dty
     _, logits = ref.step(P, h, first)
     h = ref.step(P, h, first)[0]  # the states that give `logits`
     uniforms = rng.random((B, n))  # (B, n)
-    state, numba_logits = backend.sample_state(P, h), logits.copy()
+    state, numba_logits = sample_state(model, h), logits.copy()
     out = np.empty((B, n), dtype=np.int32)  # (B, n)
     temperature, top_k, top_p = np.array([0.8, 1.3, 0.6, 1.0, 0.8, 2.0]), np.array([0, 0, 5, 12, 0, 3]), \
         np.array([0.9, 1.0, 1.0, 0.8, 0.5, 1.0])  # each stream its own options
@@ -220,11 +233,11 @@ def test_a_stream_among_many_has_the_bits_it_has_alone(cell, layers, dtype):
     uniforms = rng.random((B, n))
     results = []
     for groups in (1, 2):
-        state, lg, out = backend.sample_state(P, h), logits.copy(), np.empty((B, n), np.int32)
+        state, lg, out = sample_state(model, h), logits.copy(), np.empty((B, n), np.int32)
         sample_streams(out, state, lg, uniforms, *backend.sample_params(P), *options(B), False, groups)
         results.append((state, lg, out))
     for b in range(B):
-        state, lg, out = backend.sample_state(P, h[b:b + 1]), logits[b:b + 1].copy(), np.empty((1, n), np.int32)
+        state, lg, out = sample_state(model, h[b:b + 1]), logits[b:b + 1].copy(), np.empty((1, n), np.int32)
         sample_streams(out, state, lg, uniforms[b:b + 1], *backend.sample_params(P), *options(1), False, 1)
         for together in results:
             assert (together[2][b] == out[0]).all()
@@ -232,7 +245,7 @@ def test_a_stream_among_many_has_the_bits_it_has_alone(cell, layers, dtype):
             assert together[1][b].tobytes() == lg[0].tobytes(), b
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "lnlstm"])
 def test_advance_streams_with_options_per_stream(cell):
     """advance_streams with one temperature, top-k and top-p per stream: each of 5 streams advanced together (in
     two calls) gives the tokens it gives alone with its own options, on both backends, and the numba tokens are

@@ -4,6 +4,7 @@ import numpy as np
 
 from benchmarks.seed_style import SeedRNN
 from fastrnn import reference as ref
+from fastrnn.params import Params
 
 
 def test_seed_style_matches_reference():
@@ -17,8 +18,8 @@ def test_seed_style_matches_reference():
     h0 = rng.standard_normal((H, 1)) * 0.2
     loss, grads, h = rnn.loss_fun(list(x), list(y), h0)
 
-    P = {"Wxh": rnn.Wxh.T.copy(), "Whh": rnn.Whh.T.copy(), "bh": rnn.bh[:, 0].copy(), "Why": rnn.Why.T.copy(),
-         "by": rnn.by[:, 0].copy()}
+    P = Params({"Wxh": rnn.Wxh.T.copy(), "Whh": rnn.Whh.T.copy(), "bh": rnn.bh[:, 0].copy(), "Why": rnn.Why.T.copy(),
+                "by": rnn.by[:, 0].copy()}, "rnn", 1, H)
     G = {k: np.zeros_like(v) for k, v in P.items()}
     rloss, hT = ref.forward_backward(P, G, x[None].astype(np.int32), y[None].astype(np.int32), h0.T.copy())
     assert loss == np.float64(rloss * T) or abs(loss - rloss * T) < 1e-12

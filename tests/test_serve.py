@@ -249,3 +249,22 @@ def test_serve_refuses_a_port_in_use_in_one_line(trained, server):
     srv, _ = server
     r = run("serve", trained, "--port", srv.server_address[1])
     assert r.exit_code == 1 and r.stderr.strip().startswith("fastrnn: error: cannot listen")
+
+
+def test_an_lnlstm_is_served_each_request_as_drawn_alone(small_corpus, tmp_path):
+    """A stacked lnlstm (h and c per layer): requests generated together in one batch are each `fastrnn sample`'s
+    text with the same seed, and its description offers both states."""
+    d = tmp_path / "run"
+    r = run("train", small_corpus, "-o", d, "--hidden-size", "16", "--seq-len", "10", "--batch-size", "4",
+            "--model", "lnlstm", "--num-layers", "2", "--max-steps", "20")
+    assert r.exit_code == 0, r.output
+    generator = Generator(str(d), max_length=500, max_batch=4)
+    assert generator.describe()["states"] == ["h", "c"] and generator.info()["cell"] == "lnlstm"
+    opts = [dict(prime=prime, length=60, temperature=1.0, top_k=0, top_p=1.0, seed=seed)
+            for prime, seed in (("The ", 1), ("", 2), ("A", 3))]
+    with generator.ready:  # the generating thread waits: all of them are queued before a batch starts
+        requests = [generator.submit(o) for o in opts]
+    texts = ["".join(generator.text(r)) for r in requests]
+    assert generator.widest == 3
+    for o, text in zip(opts, texts):
+        assert o["prime"] + text == alone(d, o["prime"], 60, o["seed"])

@@ -1,4 +1,4 @@
-"""Training every model (rnn, gru, lstm; 1 and 2 layers; dropout) end to end: backends agree, resume is exact
+"""Training every model (rnn, gru, lstm, lnlstm; 1 and 2 layers; dropout) end to end: backends agree, resume is exact
 with dropout, checkpoints record the model, resuming with another model is refused, sample works for all."""
 
 import json
@@ -15,7 +15,7 @@ from fastrnn.errors import CheckpointError, ConfigError
 from fastrnn.train import train
 
 SMALL = dict(hidden_size=12, seq_len=8, batch_size=4, log_every=1, eval_every=0, checkpoint_every=0)
-MODELS = [("rnn", 2), ("gru", 1), ("gru", 2), ("lstm", 1), ("lstm", 2)]
+MODELS = [("rnn", 2), ("gru", 1), ("gru", 2), ("lstm", 1), ("lstm", 2), ("lnlstm", 1), ("lnlstm", 2)]
 
 
 def losses_of(run_dir):
@@ -36,7 +36,7 @@ def test_backends_give_the_same_losses(small_corpus, tmp_path, model, layers):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-@pytest.mark.parametrize("model", ["gru", "lstm"])
+@pytest.mark.parametrize("model", ["gru", "lstm", "lnlstm"])
 def test_resume_with_dropout_is_exact(small_corpus, tmp_path, model, backend):
     opts = dict(SMALL, model=model, num_layers=2, dropout=0.3, backend=backend, optimizer="rmsprop")
     train(small_corpus, tmp_path / "full", dict(opts, max_steps=10))
@@ -78,7 +78,7 @@ def test_checkpoint_whose_parameters_do_not_fit_is_refused(small_corpus, tmp_pat
         train(small_corpus, run, dict(SMALL, model="lstm", max_steps=4), resume=True)
 
 
-@pytest.mark.parametrize("model", ["gru", "lstm"])
+@pytest.mark.parametrize("model", ["gru", "lstm", "lnlstm"])
 def test_train_then_sample_through_the_cli(small_corpus, tmp_path, model):
     run = str(tmp_path / "run")
     runner = CliRunner()

@@ -23,6 +23,7 @@ import click
 import numpy as np
 
 from benchmarks import options
+from fastrnn import cells
 from fastrnn.api import load_model
 from fastrnn.cli.types import SEED, Finite
 from fastrnn.corpus import open_corpus, prepare
@@ -59,7 +60,7 @@ def gradient_text(corpus):
 @click.argument("corpus", required=False, default=BUNDLED, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default="docs/models",
               help="Folder for runs/<model>/, losses.png, gradients.png and summary.json.")
-@click.option("--models", type=options.CommaList(str, ("rnn", "gru", "lstm")), default="rnn,gru,lstm",
+@click.option("--models", type=options.CommaList(str, cells.names()), default="rnn,gru,lstm",
               help="Cells to train, comma-separated.")
 @click.option("--steps", type=click.IntRange(min=1), default=3000, help="Training steps of every model.")
 @click.option("--hidden-size", type=click.IntRange(min=1), default=256, help="Hidden size H of every model.")

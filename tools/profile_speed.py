@@ -25,6 +25,7 @@ import click
 import numpy as np
 
 from benchmarks import common, options
+from fastrnn import cells
 from fastrnn.cli.types import Finite
 from fastrnn.config import DEFAULT_LR, TrainConfig
 from fastrnn.corpus import BatchStream, open_corpus
@@ -34,10 +35,11 @@ from fastrnn.model import Model, get_backend
 from fastrnn.optim import Optimizer, learning_rate
 
 
-def profile(config, tokens, vocab_size, steps=20, warmup=3):
+def profile(config, tokens, vocab_size, steps=20, warmup=3, check=None):
     """Per-phase times of `steps` training steps after `warmup` untimed ones.
 
-    config: TrainConfig; tokens: (M,) training split of a vocabulary of vocab_size symbols.
+    config: TrainConfig; tokens: (M,) training split of a vocabulary of vocab_size symbols; check: its corpus's
+    checker, which reads the minibatches as training does (BatchStream).
     Returns {"phases": {name: [seconds per step]}, "plan": its description, "threads", "chars_per_step"}.
     """
     threads = common.set_threads(config.threads or os.cpu_count() or 1)
@@ -46,8 +48,8 @@ def profile(config, tokens, vocab_size, steps=20, warmup=3):
         np.random.default_rng(config.seed), config.init_scale, config.init)
     gflat = model.layout.zeros(model.dtype)  # (P,) gradients
     G = model.layout.views(gflat)
-    optimizer = Optimizer(config, model.layout.size, model.dtype, backend)
-    stream = BatchStream(tokens, config.batch_size, config.seq_len)
+    optimizer = Optimizer(config, model.layout, model.dtype, backend)
+    stream = BatchStream(tokens, config.batch_size, config.seq_len, check=check)
     plan = backend.plan_for(model.P, config.batch_size, config.seq_len, config.dropout > 0, threads)
     rng = np.random.default_rng(config.seed)
     h = model.zero_state(config.batch_size)  # (N, S)
@@ -103,7 +105,7 @@ def parse_train_command(tokens):
 
 
 @options.command()
-@click.option("--model", type=click.Choice(["rnn", "gru", "lstm"]), default="rnn", help="Cell.")
+@click.option("--model", type=click.Choice(cells.names()), default="rnn", help="Cell.")
 @click.option("--num-layers", type=click.IntRange(min=1), default=1, help="Stacked layers L.")
 @click.option("--hidden-size", "--hidden", type=click.IntRange(min=1), default=512, help="Hidden size H.")
 @click.option("--batch-size", "--batch", type=click.IntRange(min=1), default=64, help="Sequences per minibatch N.")
@@ -139,7 +141,7 @@ def main(model, num_layers, hidden_size, batch_size, seq_len, dropout, dtype, th
         config = TrainConfig(**fields).validate()
         if corpus:
             with open_corpus(corpus) as c:
-                result = profile(config, c.split("train"), c.vocab.size, steps, warmup)
+                result = profile(config, c.split("train"), c.vocab.size, steps, warmup, c.checker("train"))
         else:
             result = profile(config, common.text_tokens(), common.VOCAB, steps, warmup)
     except (FastrnnError, ValueError, OSError) as exc:

@@ -33,7 +33,7 @@ from benchmarks.lab.sync import COUNT, join, store_release, wait_until
 from fastrnn.kernels.blas import gemm_serial
 from fastrnn.kernels.jit import kernel, parallel_kernel
 from fastrnn.kernels.lm import check_tokens
-from fastrnn.kernels.rnn import backward_step, forward_step, scatter_rows
+from fastrnn.kernels.rnn import backward_step, forward_step
 from fastrnn.kernels.softmax_xent import column_sums, softmax_rows
 
 FWD, OUT, BWD = COUNT, COUNT + 16, COUNT + 32  # progress counters in sync (128 bytes apart): forward steps done
@@ -102,6 +102,20 @@ def _chain_backward(sync, mode, dz, tmp, hs, Whh):
 
 
 @kernel
+def _scatter_rows(dWxh, acc, dz, x, t0, t1):
+    """For t = t0..t1-1 and each sequence n: dWxh[x[n, t]] += dz[t, n] and acc += dz[t, n] (float64 acc), in
+    position order (a chunk of the positions: the side thread follows the backward pass)."""
+    N, H = dz.shape[1], dz.shape[2]
+    for t in range(t0, t1):
+        for n in range(N):
+            row = dz[t, n]
+            dw = dWxh[x[n, t]]
+            for j in range(H):
+                acc[j] += row[j]
+                dw[j] += row[j]
+
+
+@kernel
 def _side_backward(sync, mode, dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, acc, x):
     """dWhy, dby (the output side is done); then dWhh, dbh and dWxh chunk by chunk as the backward pass
     publishes them (last chunk first, so the sums run in that fixed order)."""
@@ -120,7 +134,7 @@ def _side_backward(sync, mode, dWxh, dWhh, dbh, dWhy, dby, hs, logits, dz, acc, 
         rows = (t1 - t0) * N
         gemm_serial(dWhh, hs[t0:t1].reshape(rows, H), True, dz[t0:t1].reshape(rows, H), False, 1.0,
                     0.0 if t0 == last else 1.0)
-        scatter_rows(dWxh, acc, dz, x, t0, t1)
+        _scatter_rows(dWxh, acc, dz, x, t0, t1)
     for j in range(H):
         dbh[j] = acc[j]
 

@@ -8,142 +8,34 @@ import click
 
 from fastrnn.checkpoint import CHECKPOINT_NAME
 from fastrnn.guards import EXIT_SIGNAL, no_news
-from fastrnn.cli.types import SEED, Duration, EvalTokens, Finite
+from fastrnn.cli.options import allow_change_help, sampling_option, train_options
+from fastrnn.config import BACKENDS, OPTIONS, TrainConfig
 from fastrnn.errors import ConfigError
-from fastrnn.config import (BACKENDS, DTYPES, PRECISIONS, INITS, LR_SCHEDULES, MODELS, ON_DIVERGENCE,
-                            OPTIMIZER_OPTIONS, OPTIMIZERS, TrainConfig)
+from fastrnn.options import check_optimizer_options, check_sampling
 from fastrnn.progress import Printer
-
-
-D = TrainConfig()
-
-
-def _train_options(f):
-    """The training options, each mapping to the TrainConfig field of the same name."""
-    options = [
-        click.option("--model", type=click.Choice(MODELS), default=D.model,
-                     help="Cell: vanilla tanh rnn, lstm (gates i, f, o, g) or gru (reset gate on the recurrent "
-                          "product)."),
-        click.option("--num-layers", type=click.IntRange(min=1), default=D.num_layers,
-                     help="Stacked layers L; layer l reads the output of layer l-1."),
-        click.option("--hidden-size", type=click.IntRange(min=1), default=D.hidden_size,
-                     help="Hidden units H per layer."),
-        click.option("--dropout", type=Finite(0, 1, max_open=True), default=D.dropout,
-                     help="Inverted dropout on every layer's output during training (0: off)."),
-        click.option("--init", type=click.Choice(INITS), default=D.init,
-                     help="Weight initialisation: normal (N(0, init-scale^2)), xavier, orthogonal (recurrent "
-                          "weights), auto (xavier, which learned best at equal steps; normal is min-char-rnn's)."),
-        click.option("--seq-len", type=click.IntRange(min=1), default=D.seq_len,
-                     help="Time steps per minibatch (truncated BPTT length) T."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=D.batch_size,
-                     help="Parallel streams per minibatch N."),
-        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=D.optimizer),
-        click.option("--lr", type=Finite(min=0, min_open=True), default=None,
-                     help="Learning rate [default: 0.1 for sgd and adagrad, 0.002 for rmsprop and adam]."),
-        click.option("--lr-decay", type=Finite(0, 1, min_open=True), default=D.lr_decay,
-                     help="Multiply the learning rate by this every --lr-decay-every steps (1: constant)."),
-        click.option("--lr-decay-every", type=click.IntRange(min=0), default=D.lr_decay_every,
-                     help="Steps between learning-rate decays (0: one epoch)."),
-        click.option("--lr-decay-after", type=click.IntRange(min=0), default=D.lr_decay_after,
-                     help="Steps before the first learning-rate decay."),
-        click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=D.lr_schedule,
-                     help="step: --lr-decay every --lr-decay-every steps; cosine: from --lr after the warmup down "
-                          "to 0 at the step limit (--max-steps or --max-epochs)."),
-        click.option("--warmup-steps", type=click.IntRange(min=0), default=D.warmup_steps,
-                     help="Ramp the learning rate linearly up to --lr over this many first updates."),
-        click.option("--momentum", type=Finite(0, 1, max_open=True), default=D.momentum,
-                     help="SGD momentum (sgd only)."),
-        click.option("--beta1", type=Finite(0, 1, max_open=True), default=D.beta1,
-                     help="Adam's decay of the gradient's running mean (adam only)."),
-        click.option("--beta2", type=Finite(0, 1, max_open=True), default=D.beta2,
-                     help="Adam's decay of the squared gradient's running mean (adam only)."),
-        click.option("--rmsprop-decay", type=Finite(0, 1, max_open=True), default=D.rmsprop_decay,
-                     help="RMSprop's decay of the squared gradient's running mean (char-rnn's -decay_rate; "
-                          "rmsprop only)."),
-        click.option("--eps", type=Finite(min=0, min_open=True), default=D.eps,
-                     help="The epsilon of adagrad, rmsprop and adam's denominators."),
-        click.option("--clip", type=Finite(min=0), default=D.clip,
-                     help="Clip each gradient element to [-clip, clip] (0: off)."),
-        click.option("--max-grad-norm", type=Finite(min=0), default=D.max_grad_norm,
-                     help="Rescale gradients whose global L2 norm exceeds this (0: off)."),
-        click.option("--init-scale", type=Finite(min=0, min_open=True), default=D.init_scale,
-                     help="Standard deviation of the initial weights with --init normal."),
-        click.option("--reset-hidden/--carry-hidden", default=D.reset_hidden,
-                     help="Reset the hidden state every minibatch, or carry it (truncated BPTT)."),
-        click.option("--shuffle/--no-shuffle", default=D.shuffle,
-                     help="Minibatches of windows of --seq-len + 1 characters in an order drawn each epoch (no "
-                          "state carried between minibatches), instead of contiguous streams."),
-        click.option("--max-steps", type=click.IntRange(min=0), default=D.max_steps, help="Stop after this many "
-                     "updates (0: no limit). With no step, epoch or time limit a run stops after 10 epochs."),
-        click.option("--max-epochs", type=Finite(min=0), default=D.max_epochs,
-                     help="Stop after this many passes over the training split (0: no limit)."),
-        click.option("--max-time", type=Duration(), default=D.max_time,
-                     help="Stop within this wall-clock time for the whole run, evaluations, checkpoints and "
-                          "samples included (a resumed run has what earlier sessions left): seconds, or 90s, 10m, "
-                          "2h, 1h30m (0: no limit). An evaluation that no longer fits is skipped or stopped."),
-        click.option("--seed", type=SEED, default=D.seed, help="Random seed (initialisation, samples)."),
-        click.option("--dtype", type=click.Choice(DTYPES), default=D.dtype),
-        click.option("--precision", type=click.Choice(PRECISIONS), default=D.precision,
-                     help="bf16: the per-step recurrent products in bfloat16 with float32 sums (weights, optimizer "
-                          "and checkpoints stay float32), where the CPU has AVX512_BF16; else float32, said once."),
-        click.option("--backend", type=click.Choice(BACKENDS), default=D.backend,
-                     help="numba kernels, or the pure-NumPy reference."),
-        click.option("--threads", type=click.IntRange(min=0), default=D.threads,
-                     help="Threads for kernels and BLAS (0: all cores)."),
-        click.option("--log-every", type=click.IntRange(min=1), default=D.log_every,
-                     help="Steps between log.jsonl rows (the progress shown on stderr follows them)."),
-        click.option("--eval-every", type=click.IntRange(min=0), default=D.eval_every,
-                     help="Steps between evaluations on the val tokens of --eval-tokens (0: only at the end)."),
-        click.option("--eval-tokens", type=EvalTokens(), default=D.eval_tokens,
-                     help="The val tokens every evaluation (and the final one) scores, the same all run long: auto: "
-                          "a fixed set of windows spread over the val split, 8% as many tokens as training reads "
-                          "between evaluations (about 4% of the run's time; for --eval-every 0, as for 500); all: "
-                          "the whole split; N: its first N tokens. log.jsonl's val_tokens says how many; `fastrnn "
-                          "eval` scores a whole split."),
-        click.option("--sample-every", type=click.IntRange(min=0), default=D.sample_every,
-                     help="Steps between printed samples (0: never)."),
-        click.option("--sample-length", type=click.IntRange(1, 1_000_000), default=D.sample_length,
-                     help="Characters per sample printed during training."),
-        click.option("--checkpoint-every", type=click.IntRange(min=0), default=D.checkpoint_every,
-                     help="Steps between checkpoints (one is always written at the end)."),
-        click.option("--keep-checkpoints", type=click.IntRange(min=1), default=D.keep_checkpoints,
-                     help="Also keep the last K checkpoints as checkpoint-<step>.h5 (1: only checkpoint.h5)."),
-        click.option("--early-stop-patience", type=click.IntRange(min=0), default=D.early_stop_patience,
-                     help="Stop after this many evaluations without a better validation loss (0: off)."),
-        click.option("--on-divergence", type=click.Choice(ON_DIVERGENCE), default=D.on_divergence,
-                     help="On a NaN/inf or exploding loss: stop, or reload the last healthy checkpoint and "
-                          "halve the learning rate."),
-        click.option("--max-rollbacks", type=click.IntRange(min=0), default=D.max_rollbacks,
-                     help="With --on-divergence rollback: stop after this many rollbacks."),
-        click.option("--divergence-factor", type=Finite(min=0), default=D.divergence_factor,
-                     help="Stop if the smoothed loss exceeds this multiple of the starting loss (0: off)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
 
 
 CONFIG_FIELDS = {f for f in TrainConfig.__dataclass_fields__}
 
 
 @click.command()
-@click.argument("corpus", type=click.Path(dir_okay=False))
+@click.argument("corpus", type=click.Path())
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run directory: checkpoint.h5 and log.jsonl go here.")
-@_train_options
+@train_options
 @click.option("--resume", is_flag=True, help="Continue the run in --output exactly where it stopped.")
 @click.option("--init-from", type=click.Path(), default=None,
               help="Start a new run from the parameters of this checkpoint (a run directory: its checkpoint.h5; "
                    "name RUN/best.h5 for the best): its architecture and precision, a fresh optimizer and step "
                    "count. CORPUS must have its vocabulary (prepare --vocab-from).")
-@click.option("--allow-change", is_flag=True,
-              help="With --resume: allow changing --lr, its schedule, --clip, --max-grad-norm and --momentum.")
+@click.option("--allow-change", is_flag=True, help=allow_change_help())
 @click.option("--force", is_flag=True, help="Start a new run even if --output holds one (its files are removed "
               "first).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @click.pass_context
 def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, **options):
-    """Train a character-level RNN on CORPUS (made by `fastrnn prepare`).
+    """Train a character-level RNN on CORPUS: a corpus made by `fastrnn prepare`, or text (a file or a directory
+    of them), prepared on first use with prepare's defaults into fastrnn's cache and reused while it is unchanged.
 
     Progress goes to stderr and RUN_DIR/log.jsonl; checkpoints to RUN_DIR/checkpoint.h5. Ctrl-C or SIGTERM
     finishes the current step, writes a checkpoint and exits with status 130 (143 for SIGTERM); resume with
@@ -156,16 +48,13 @@ def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, *
                  if name in CONFIG_FIELDS and value is not None
                  and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if not resume:  # options that would do nothing with this optimizer are refused, not silently ignored
-        optimizer = overrides.get("optimizer", TrainConfig.optimizer)
-        for name, applies in OPTIMIZER_OPTIONS.items():
-            if name in overrides and optimizer not in applies:
-                raise ConfigError(f"--{name.replace('_', '-')} has no effect with --optimizer {optimizer} "
-                                  f"(it applies to {' and '.join(applies)})")
+        check_optimizer_options(overrides.get("optimizer", TrainConfig.optimizer), overrides, OPTIONS)
         if overrides.get("shuffle") and overrides.get("reset_hidden") is False:
             raise ConfigError("--shuffle draws windows that carry no state; it cannot be used with --carry-hidden")
     from fastrnn import distributed
 
     comm = distributed.world()  # SINGLE (mpi4py not imported) unless an MPI launcher started several processes
+    corpus = _corpus_of(corpus, init_from, say=None if quiet or not comm.is_root else _say)
     if comm.size > 1:
         _train_rank(comm, quiet, run_dir, lambda on_event: run_training(
             corpus, run_dir, overrides, resume=resume, allow_change=allow_change, force=force, on_event=on_event,
@@ -185,6 +74,20 @@ def train(ctx, corpus, run_dir, resume, init_from, allow_change, force, quiet, *
         else:
             click.echo("\nfastrnn: interrupted before the first checkpoint; nothing to resume.", err=True)
         sys.exit(EXIT_SIGNAL.get(getattr(exc, "signum", signal.SIGINT), 130))
+
+
+def _say(line):
+    click.echo(line, err=True)
+
+
+def _corpus_of(path, init_from, say):
+    """The corpus file to train on: `path` itself, or the corpus prepared from the text at `path`
+    (fastrnn.corpus.fromtext; with --init-from, tokenized with that checkpoint's vocabulary)."""
+    from fastrnn.corpus import fromtext
+
+    if not fromtext.is_text_input(path):
+        return path
+    return fromtext.cached_corpus([path], say=say, vocab_from=init_from)
 
 
 def _stopped_by_signal(summary, say=True):
@@ -239,18 +142,13 @@ def _train_rank(comm, quiet, run_dir, run):
               "Backslash escapes are processed (\\n, \\t, \\\\, \\xHH, \\uHHHH).")
 @click.option("--prime-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Read the prime from this UTF-8 file (as it is: no escapes); instead of --prime.")
-@click.option("--length", type=click.IntRange(min=0), default=500, help="Characters to generate.")
-@click.option("--temperature", type=Finite(), default=1.0,
-              help="Divide logits by this before the softmax: < 1 is more conservative, > 1 more varied.")
-@click.option("--top-k", type=click.IntRange(min=0), default=0, help="Sample only among the k most probable "
-              "characters (0: all).")
-@click.option("--top-p", type=Finite(0, 1, min_open=True), default=1.0,
-              help="Sample only among the most probable characters whose probabilities add up to p.")
-@click.option("--greedy", is_flag=True, help="Always take the most probable character (argmax).")
-@click.option("--beam-width", type=click.IntRange(min=0), default=0,
-              help="Beam search with this many beams: the most probable continuation of --length (0: sample).")
-@click.option("--num-samples", type=click.IntRange(min=1), default=1,
-              help="Independent samples to print, drawn together (sample i is the one --seed SEED+i draws alone).")
+@sampling_option("length", default=500)
+@sampling_option("temperature")
+@sampling_option("top_k")
+@sampling_option("top_p")
+@sampling_option("greedy")
+@sampling_option("beam_width")
+@sampling_option("num_samples")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Stream each sample into its own file DIR/sample-I.txt (I from 1) as it is generated, instead "
                    "of printing it; DIR is made if missing, and existing sample files are never overwritten.")
@@ -259,7 +157,7 @@ def _train_rank(comm, quiet, run_dir, run):
 @click.option("--top-n-probs", type=click.IntRange(min=0), default=0,
               help="Print the N most probable next characters after the prime, with their probabilities (at "
                    "--temperature), instead of sampling.")
-@click.option("--seed", type=SEED, default=None, help="Random seed (default: a fresh one each time).")
+@sampling_option("seed")
 @click.option("--backend", type=click.Choice(BACKENDS), default="numba")
 def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, greedy, beam_width, num_samples,
            output_dir, stop_at, top_n_probs, seed, backend):
@@ -268,7 +166,8 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
     from fastrnn.model import get_backend
     from fastrnn import sample as gen
 
-    gen.check_options(temperature, top_k, top_p, length)
+    check_sampling(dict(length=length, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                        beam_width=beam_width, num_samples=num_samples, seed=seed))
     if prime_file is not None:
         if prime:
             raise ConfigError("give --prime or --prime-file, not both")
@@ -297,7 +196,6 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
             out.write(f"{p:.6f}  {symbol!r}\n")
         return
     if beam_width:
-        gen.beam_options_check(beam_width, temperature, top_k, top_p, greedy)
         if num_samples > 1:
             raise ConfigError("--num-samples with --beam-width would print the same beam several times; "
                               "beam search gives one result")

@@ -66,4 +66,16 @@ class EvalTokens(click.ParamType):
             self.fail(f"{value!r} is not auto, all or a number of tokens.", param, ctx)
 
 
+class ReadAsIntRange(click.IntRange):
+    """An integer option with another spelling of some values (`parse`: --keep-checkpoints 0 reads as 1), then
+    checked against its range as click.IntRange."""
+
+    def __init__(self, parse, **bounds):
+        super().__init__(**bounds)
+        self.parse = parse
+
+    def convert(self, value, param, ctx):
+        return super().convert(self.parse(click.INT.convert(value, param, ctx)), param, ctx)
+
+
 SEED = click.IntRange(min=0)  # numpy's generators take seeds >= 0

@@ -1,9 +1,9 @@
-"""Corpora: streaming text -> HDF5 tokenization, the vocabulary, memory-mapped splits and TBPTT batch streams.
+"""Corpora: streaming text -> HDF5 tokenization, the vocabulary, splits read with pread and TBPTT batch streams.
 
     vocab.py     Vocab, token_dtype, LEVELS
     inputs.py    reading inputs in bounded chunks: expand_inputs, decoding, normalising (CHUNK_SIZE, ERRORS)
     build.py     prepare: text -> CORPUS.h5 in two streaming passes
-    dataset.py   the CORPUS.h5 format; Corpus, open_corpus, info, release_pages (FORMAT_VERSION, SPLITS)
+    dataset.py   the CORPUS.h5 format; Corpus, Split, open_corpus, info (FORMAT_VERSION, SPLITS)
     batches.py   BatchStream
 
 Imports run one way: inputs and dataset import vocab; build imports vocab, inputs and dataset; batches imports
@@ -12,9 +12,9 @@ none of them. The names below are the public API.
 
 from fastrnn.corpus.batches import BatchStream
 from fastrnn.corpus.build import UNKNOWN, prepare
-from fastrnn.corpus.dataset import FORMAT_VERSION, SPLITS, Corpus, info, open_corpus, release_pages
+from fastrnn.corpus.dataset import FORMAT_VERSION, SPLITS, Corpus, Split, info, open_corpus
 from fastrnn.corpus.inputs import CHUNK_SIZE, ERRORS, expand_inputs
 from fastrnn.corpus.vocab import LEVELS, Vocab, token_dtype
 
-__all__ = ["BatchStream", "CHUNK_SIZE", "Corpus", "ERRORS", "FORMAT_VERSION", "LEVELS", "SPLITS", "UNKNOWN", "Vocab",
-           "expand_inputs", "info", "open_corpus", "prepare", "release_pages", "token_dtype"]
+__all__ = ["BatchStream", "CHUNK_SIZE", "Corpus", "ERRORS", "FORMAT_VERSION", "LEVELS", "SPLITS", "Split", "UNKNOWN",
+           "Vocab", "expand_inputs", "info", "open_corpus", "prepare", "token_dtype"]

@@ -29,7 +29,7 @@ class BatchStream:
     """
 
     def __init__(self, tokens, batch_size, seq_len, *, shuffle=False, seed=0, name="train", check=None, rows=None):
-        self.tokens = tokens  # (M,) memory map or array
+        self.tokens = tokens  # (M,) array, or a corpus's Split
         self.check = check
         self.rows = None if rows is None else slice(int(rows[0]), int(rows[1]))
         self.batch_size, self.seq_len, self.shuffle, self.seed, self.name = int(batch_size), int(seq_len), \
@@ -79,5 +79,5 @@ class BatchStream:
             if self.check is not None:
                 self.check(starts, self.seq_len + 1)
             pos = starts[:, None] + self._offsets  # (N, T+1)
-            rows = np.asarray(self.tokens[pos], dtype=np.int32)  # (N, T+1) reads only these tokens from the map
+            rows = np.asarray(self.tokens[pos], dtype=np.int32)  # (N, T+1) reads only these tokens
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])

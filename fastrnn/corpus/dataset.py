@@ -1,9 +1,9 @@
-"""Opening a corpus: CORPUS.h5 as written by `prepare`, its splits as read-only memory maps.
+"""Opening a corpus: CORPUS.h5 as written by `prepare`, its splits read with pread.
 
-A corpus is tokenized once by `prepare` into CORPUS.h5 and read at training time as read-only memory maps, so RAM
-does not grow with the corpus:
+A corpus is tokenized once by `prepare` into CORPUS.h5 and read at training time a minibatch at a time, so RAM does
+not grow with the corpus:
 
-    /train, /val, /test     (M,) uint8|uint16|uint32 token ids, contiguous and uncompressed (numpy.memmap-able)
+    /train, /val, /test     (M,) uint8|uint16|uint32 token ids, contiguous and uncompressed
     /checksums/<split>      (K,) uint32 CRC-32 of each run of `checksum_chunk` tokens of the split (format 2)
     attrs                   fastrnn_corpus=1, format_version, vocab (JSON), config (JSON), sources (JSON),
                             created, checksum_chunk and meta_checksum (format 2: sha256 of the attributes and of
@@ -12,12 +12,12 @@ does not grow with the corpus:
 Opening a corpus checks everything cheap at once: the datasets' types, shapes and extents and the global heaps
 before anything is read (fastrnn.h5safe: some damage crashes or hangs the HDF5 library), the attributes against
 meta_checksum, the chunk checksum arrays' lengths, and that every split lies inside the file (a truncated file is
-refused before it is mapped). Mapping a split checks that every id is inside the vocabulary (one pass, by pread).
+refused before it is read). Opening a split checks that every id is inside the vocabulary (one pass, by pread).
 Training reads its minibatches through `Corpus.checker(split).read` (BatchStream does): it checks each chunk's
-CRC-32 the first time it is reached and reads the tokens with pread on the corpus's file descriptor, not through
-the map, so a file cut short while it is read is an error, never SIGBUS (a memory map read past the end of its
-file kills the process, and a size check before the read leaves a window for the truncation); `Corpus.read`
-reads any range so (scoring, the warm-up text of samples).
+CRC-32 the first time it is reached and reads the tokens with pread on the corpus's file descriptor, so a file cut
+short while it is read is an error, never SIGBUS (as a memory map read past the end of its file would be: nothing
+is mapped); `Corpus.read` reads any range so (scoring, the warm-up text of samples), and a `Split` when its tokens
+are asked for.
 `Corpus.verify` checks every chunk. A corpus of format 1 (no checksums) still opens, with the id check only.
 
 Splits are taken from the end of the corpus: train is the first 1 - val_frac - test_frac of the tokens, then val,
@@ -27,6 +27,7 @@ symbols that occur, sorted by code point, and ids index into it.
 
 import hashlib
 import json
+import numbers
 import os
 import zlib
 
@@ -67,12 +68,12 @@ def _attr_text(f, key):
 
 
 class Corpus:
-    """An open CORPUS.h5: `vocab`, `split(name)` as read-only memory maps, `read(name, start, length)` by pread,
-    `info()`. Use `open_corpus`."""
+    """An open CORPUS.h5: `vocab`, `split(name)` (a Split), `read(name, start, length)` by pread, `info()`. Use
+    `open_corpus`."""
 
     def __init__(self, path):
         self.path = path
-        self._maps, self._checkers, self._fd = {}, {}, None
+        self._splits, self._checkers, self._fd = {}, {}, None
         try:
             if not os.path.exists(path):
                 raise CorpusError(f"corpus {path} does not exist")
@@ -155,8 +156,7 @@ class Corpus:
         return (offset or 0), n, d.dtype
 
     def _check_size(self):
-        """Every split lies inside the file as it is now (reading a memory map past the end of its file dies of
-        SIGBUS). One fstat: cheap enough for every minibatch."""
+        """Every split lies inside the file as it is now. One fstat: cheap enough for every minibatch."""
         try:
             size = os.fstat(self._fd).st_size
         except OSError as exc:
@@ -167,28 +167,26 @@ class Corpus:
                                   f"{offset + n * dtype.itemsize:,} > {size:,} bytes)")
 
     def split(self, name):
-        """(M,) read-only memory-mapped token ids of split `name` ('train', 'val' or 'test'). The first call checks
-        that every id is inside the vocabulary (one vectorised pass, `check_ids`); the checksums are checked by
-        `checker(name)`, which readers call before they use a range (BatchStream does)."""
+        """The (M,) token ids of split `name` ('train', 'val' or 'test'), a Split: read with pread as they are
+        asked for. The first call checks that every id is inside the vocabulary (one vectorised pass,
+        `_check_ids`); the checksums are checked by `checker(name)`, which readers call before they use a range
+        (BatchStream does)."""
         if name not in SPLITS:
             raise ConfigError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
-        if name not in self._maps:
-            offset, n, dtype = self._layout[name]
-            if n == 0:
-                arr = np.zeros(0, dtype=dtype)
-            else:
+        if name not in self._splits:
+            n = self._layout[name][1]
+            if n:
                 self._check_size()
                 self._check_ids(name)
-                arr = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=(n,))
-            self._maps[name] = arr
-        return self._maps[name]
+            self._splits[name] = Split(self, name, 0, n)
+        return self._splits[name]
 
     ID_PASS = 1 << 20  # tokens per piece of the id pass
 
     def _check_ids(self, name):
         """CorpusError naming the file and byte offset of the first id of split `name` outside the vocabulary.
-        Reads the whole split with pread, a piece at a time (never through the map: a file cut short meanwhile is
-        an error, not SIGBUS), ~0.2 s per GB from the page cache."""
+        Reads the whole split with pread, a piece at a time (a file cut short meanwhile is an error, not SIGBUS),
+        ~0.2 s per GB from the page cache."""
         offset, n, dtype = self._layout[name]
         size = self.vocab.size
         if size >= 1 << (8 * dtype.itemsize):  # every value of the dtype is an id
@@ -204,8 +202,8 @@ class Corpus:
                                   f"the vocabulary of {size} symbols; prepare it again")
 
     def read(self, name, start=0, length=None):
-        """(k,) token ids of split `name` from token `start` (to its end, or `length` of them), read with pread and
-        not through the map: a file cut short is a CorpusError, never SIGBUS. Split `name` must be open (`split`)."""
+        """(k,) token ids of split `name` from token `start` (to its end, or `length` of them), read with pread: a
+        file cut short is a CorpusError, never SIGBUS."""
         n = self.split(name).shape[0]
         start = min(max(int(start), 0), n)
         k = n - start if length is None else min(int(length), n - start)
@@ -232,11 +230,6 @@ class Corpus:
             counts[name] = check.n_chunks
         return counts
 
-    def release_pages(self):
-        """Drop the pages of the split memory maps opened so far from this process's resident set (see
-        `release_pages`); the maps stay valid. Returns the number of mapped bytes advised (0 where unsupported)."""
-        return sum(release_pages(arr) for arr in self._maps.values())
-
     def fingerprint(self):
         """(file size, metadata checksum): equal for every process that opened this very corpus (the ranks of a
         data-parallel run check it)."""
@@ -257,7 +250,7 @@ class Corpus:
                 "checksums": self._checksums is not None}
 
     def close(self):
-        self._maps.clear()
+        self._splits.clear()
         self._checkers.clear()
         if getattr(self, "_file", None) is not None:
             self._file.close()
@@ -277,7 +270,7 @@ class ChunkCheck:
     the file still holds every split (its size, every call) and, the first time a reader reaches a chunk of the
     split (CHECK_CHUNK tokens), every id in it is inside the vocabulary and, format 2, its CRC-32. Raises
     CorpusError naming the file and byte offset. `read` checks and reads the ranges with pread (a chunk is checked
-    on a pread copy too), so a file truncated meanwhile is a CorpusError where a memory map would die of SIGBUS."""
+    on a pread copy too), so a file truncated meanwhile is a CorpusError (where a memory map would die of SIGBUS)."""
 
     def __init__(self, corpus, name):
         self.corpus, self.name = corpus, name
@@ -309,7 +302,7 @@ class ChunkCheck:
 
     def read(self, starts, length):
         """(R, length) token ids of the split (its dtype) at the (R,) start positions, after `self(starts,
-        length)`; read with pread, never through the memory map. Every range must lie inside the split.
+        length)`; read with pread. Every range must lie inside the split.
         CorpusError if the file has been cut short (or cannot be read) meanwhile.
 
         Each row has a buffer: a row that reads on from where its last range began (the char-rnn layout, where
@@ -392,29 +385,63 @@ def _pread_into(fd, view, offset):
     return len(data)
 
 
-def release_pages(array):
-    """Drop the pages of the read-only numpy.memmap `array` (a Corpus.split map or a slice of one) from
-    this process's resident set, without unmapping: madvise(MADV_DONTNEED) on the whole mapping. The data stay
-    in the OS page cache, so reading them again costs a minor page fault, not disk I/O; the array stays valid.
+class Split:
+    """The (M,) token ids of a split of an open corpus (Corpus.split), read with pread when they are asked for,
+    never mapped: a file cut short meanwhile is a CorpusError, not SIGBUS. It has len, size, shape and dtype;
+    split[a:b] is the Split of those tokens (nothing is read), split[i] one token, split[positions] (an integer
+    array) those tokens, np.asarray(split) all of them."""
 
-    File-backed pages a process has touched count in its RSS, so a long pass over a memory-mapped split makes RSS
-    grow towards the split's size; calling this now and then keeps it flat. Cheap (one system call; the cost is
-    the pages it unmaps). Returns the number of mapped bytes advised: 0, doing nothing, for arrays that are not
-    backed by a read-only memory map, closed maps, and platforms without madvise.
-    """
-    import mmap
+    ndim = 1
 
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    m = getattr(array, "_mmap", None)  # numpy.memmap and its views
-    if m is None or advice is None or not hasattr(m, "madvise"):
-        return 0
-    if getattr(array, "mode", None) != "r":  # a copy-on-write map would lose its changes
-        return 0
-    try:
-        m.madvise(advice)
-        return len(m)
-    except (ValueError, OSError):  # closed, or the system refused: nothing to release
-        return 0
+    def __init__(self, corpus, name, start, stop):
+        self.corpus, self.name, self.start, self.stop = corpus, name, int(start), int(stop)
+        self.dtype = corpus._layout[name][2]
+
+    def __len__(self):
+        return self.stop - self.start
+
+    @property
+    def size(self):
+        return len(self)
+
+    @property
+    def shape(self):
+        return (len(self),)
+
+    def _read(self, start, length):
+        return self.corpus.read(self.name, self.start + start, length)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self._read(0, len(self))
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __iter__(self):
+        return iter(np.asarray(self))
+
+    def __getitem__(self, key):
+        n = len(self)
+        if isinstance(key, slice):
+            a, b, step = key.indices(n)
+            if step == 1:
+                return Split(self.corpus, self.name, self.start + a, self.start + max(a, b))
+            return np.asarray(self)[key]
+        if isinstance(key, numbers.Integral):
+            i = int(key) + (n if key < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"token {key} outside a split of {n} tokens")
+            return self._read(i, 1)[0]
+        positions = np.asarray(key)
+        if positions.dtype.kind not in "iu":
+            raise TypeError(f"a split is indexed by a slice, an integer or integer positions, not {key!r}")
+        if positions.size and (positions.min() < 0 or positions.max() >= n):
+            raise IndexError(f"positions outside a split of {n} tokens")
+        rows = positions.reshape(-1, positions.shape[-1] if positions.ndim else 1)
+        out = np.empty(rows.shape, dtype=self.dtype)
+        for r, row in enumerate(rows):  # each row one read of its span (a minibatch row: T + 1 tokens in a run)
+            if row.size:
+                lo = int(row.min())
+                out[r] = self._read(lo, int(row.max()) + 1 - lo)[row - lo]
+        return out.reshape(positions.shape)
 
 
 def open_corpus(path):

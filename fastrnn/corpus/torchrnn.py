@@ -79,6 +79,9 @@ def _vocabulary(json_path):
         raise CorpusError(f"{json_path}: idx_to_token has a key that is not an integer") from None
     if min(tokens) < 1 or not all(isinstance(v, str) for v in tokens.values()):
         raise CorpusError(f"{json_path}: idx_to_token must map ids from 1 to tokens")
+    if max(tokens) >= 2 ** 63:
+        raise CorpusError(f"{json_path}: idx_to_token has the id {max(tokens)}, over 2^63 - 1, the largest fastrnn "
+                          f"reads (torch-rnn numbers its tokens from 1 up)")
     byte_level = any(_BYTE_TOKEN.match(t) for t in tokens.values())
     codes = {}
     for idx, token in tokens.items():

@@ -19,7 +19,7 @@ from fastrnn.dropout import make_masks
 from fastrnn.kernels import calibrate, dispatch, lm, optim, stack, workspace as scratch
 from fastrnn.kernels.pools import thread_count, threads  # noqa: F401 (the protocol's threads and thread_count)
 from fastrnn.kernels.workspace import Grads
-from fastrnn.params import GATES, Layout, arch_of, layer_names, model_shapes, state_size
+from fastrnn.params import model_layout, state_size
 
 RNN_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 
@@ -28,9 +28,9 @@ def plan_for(P, N, T, dropout=False, threads=None, precision="float32"):
     """The dispatch.Plan for calls on N sequences of T steps of the model P (with dropout masks if `dropout`), on
     `threads` threads (None: numba's current count), with bf16 recurrent products if precision is "bf16" and the
     CPU and shape allow it (`plan`)."""
-    cell, L, H = arch_of(P)
     threads = thread_count() if threads is None else threads
-    return plan(cell, L, N, T, H, P["by"].shape[0], dropout, threads, P["Whh"].dtype, precision=precision)
+    return plan(P.cell.name, P.layers, N, T, P.hidden_size, P["by"].shape[0], dropout, threads, P["Whh"].dtype,
+                precision=precision)
 
 
 def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measure=None, precision="float32"):
@@ -48,7 +48,7 @@ def training_step(p):
     """A function running one training step (forward_backward) of a random model of plan p's shape, as p says:
     what calibrate times."""
     rng = np.random.default_rng(0)
-    layout = Layout(model_shapes(p.cell, p.V, p.H, p.layers))
+    layout = model_layout(p.cell, p.V, p.H, p.layers)
     P = layout.views(layout.init(rng, p.dtype, 1.0 / np.sqrt(p.H)))
     G = layout.views(layout.zeros(p.dtype))
     x, y = (rng.integers(0, p.V, size=(p.N, p.T)).astype(np.int32) for _ in range(2))
@@ -58,12 +58,10 @@ def training_step(p):
 
 
 def _check(plan, P, N, T, masks):
-    """The plan made for the call's shape (cheap, without arch_of: this runs every step)."""
-    H, GH = P["Whh"].shape
-    shape = (N, T, H, P["by"].shape[0], masks is not None, P["Whh"].dtype.name)
-    layers = f"Whh{plan.layers}" not in P and (plan.layers == 1 or f"Whh{plan.layers - 1}" in P)
-    if (plan.N, plan.T, plan.H, plan.V, plan.dropout, plan.dtype) != shape or GH != GATES[plan.cell] * H \
-            or not layers:
+    """The plan made for the call's shape and model (cheap: this runs every step)."""
+    H = P.hidden_size
+    shape = (N, T, H, P["by"].shape[0], masks is not None, P["Whh"].dtype.name, P.cell.name, P.layers)
+    if (plan.N, plan.T, plan.H, plan.V, plan.dropout, plan.dtype, plan.cell, plan.layers) != shape:
         raise ValueError(f"the plan ({plan.cell} x {plan.layers}, N={plan.N} T={plan.T} H={plan.H}) was made for "
                          f"another shape than this call's (N={N} T={T} H={H})")
 
@@ -169,28 +167,27 @@ def step(P, h, token, plan=None):
 # generation
 
 
-def sample_state(P, h):
-    """The carried states h: (B, S) as kernels.sample.sample_streams takes them: a new (B, L, K, H) array,
-    [b, l, 0] the h of layer l of stream b and, for an lstm (K = 2), [b, l, 1] its c (the layout of
-    fastrnn.reference.split_state)."""
-    _, L, H = arch_of(P)
-    h = np.asarray(h)
-    return np.ascontiguousarray(h).reshape(h.shape[0], L, -1, H).copy()
-
-
 def sample_params(P):
-    """The arguments Wx0, Wxp, Whp, bh (tuples over the layers), Whyp, by, cell (a code) of sample_streams: the
-    matrices it multiplies packed into tile panels once (tiles.pack)."""
-    from fastrnn.kernels.sample import CELL_CODES
+    """The arguments Wx0, Wxp, Whp, bh (tuples over the layers), Whyp, by, cell (kernels.sample.Streams: the
+    cell's kernel and each layer's extras) of sample_streams: the matrices it multiplies packed into tile panels
+    once (tiles.pack)."""
+    from fastrnn.kernels.sample import Streams
     from fastrnn.kernels.tiles import no_pack, pack
 
-    cell, L, _ = arch_of(P)
-    names = [layer_names(l) for l in range(L)]
+    cell, L = P.cell, P.layers
+    if cell.numba.sample_streams is None:
+        from fastrnn.errors import ConfigError
+
+        raise ConfigError(f"the {cell.name} cell has no numba generation kernel: generate with --backend numpy")
+    names = [cell.layer_names(l) for l in range(L)]
     Wx0 = np.ascontiguousarray(P[names[0][0]])
     Wxp = tuple(no_pack(Wx0) if l == 0 else pack(np.ascontiguousarray(P[n[0]])) for l, n in enumerate(names))
     Whp = tuple(pack(np.ascontiguousarray(P[n[1]])) for n in names)
     bh = tuple(np.ascontiguousarray(P[n[2]]) for n in names)
-    return Wx0, Wxp, Whp, bh, pack(np.ascontiguousarray(P["Why"])), np.ascontiguousarray(P["by"]), CELL_CODES[cell]
+    extras = tuple(np.ascontiguousarray(cell.numba.sample_extras(tuple(P[k] for k in n)), dtype=Wx0.dtype)
+                   for n in names)
+    streams = Streams(cell.numba.sample_streams, extras)
+    return Wx0, Wxp, Whp, bh, pack(np.ascontiguousarray(P["Why"])), np.ascontiguousarray(P["by"]), streams
 
 
 def stream_weights(P):
@@ -213,8 +210,7 @@ def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy
         raise ValueError(f"advance_streams: {len(rngs)} generators for {B} streams")
     if not (h.flags.c_contiguous and logits.flags.c_contiguous):
         raise ValueError("advance_streams: h and logits must be C-contiguous (they are updated in place)")
-    _, L, H = arch_of(P)
-    state = h.reshape(B, L, -1, H)  # a view: sample_streams updates h
+    state = h.reshape(B, P.layers, -1, P.hidden_size)  # a view: sample_streams updates h
     groups = min(B, thread_count() if threads is None else max(1, int(threads)))
     uniforms = np.zeros((B, n)) if greedy else np.stack([g.random(n) for g in rngs]).reshape(B, n)
     block = np.empty((B, n), dtype=np.int32)

@@ -196,18 +196,22 @@ def one_thread():
 
 @parallel_kernel
 def gemm_split(C, A, trans_a, B, trans_b, alpha, beta, groups):
-    """gemm as `groups` blocks of C's columns (multiples of 16 wide), one per numba thread, each one OpenBLAS
-    call from that thread; each element is computed as in a single call on one thread."""
-    N = C.shape[1]
-    groups = max(1, min(groups, (N + 15) // 16))
+    """gemm as `groups` blocks of C's rows (multiples of 16), one per numba thread, each one OpenBLAS call from that
+    thread. Rows, not columns: the output layer's products have V columns (65 for tiny Shakespeare), and
+    OpenBLAS runs two blocks of 1,600 x 65 faster than two of 3,200 x 32/33. Measured on a Xeon (2 threads, T*N =
+    3,200, H = 512, ms, rows against columns): AVX-512 (OpenBLAS SkylakeX kernels) logits 0.95 / 1.34, dWhy
+    1.04 / 1.32, dtop 0.82 / 1.11; haswell target (AVX2, OpenBLAS Haswell kernels) 1.25 / 1.57, 1.41 / 1.63,
+    1.16 / 1.53; an lstm H512's 3,200 x 2,048 products alike within 2%."""
+    M = C.shape[0]
+    groups = max(1, min(groups, (M + 15) // 16))
     for q in prange(groups):
-        c0 = 16 * ((q * N) // (16 * groups)) if q > 0 else 0
-        c1 = 16 * (((q + 1) * N) // (16 * groups)) if q < groups - 1 else N
-        if c1 > c0:
-            if trans_b:
-                gemm(C[:, c0:c1], A, trans_a, B[c0:c1], True, alpha, beta)
+        m0 = 16 * ((q * M) // (16 * groups)) if q > 0 else 0
+        m1 = 16 * (((q + 1) * M) // (16 * groups)) if q < groups - 1 else M
+        if m1 > m0:
+            if trans_a:
+                gemm(C[m0:m1], A[:, m0:m1], True, B, trans_b, alpha, beta)
             else:
-                gemm(C[:, c0:c1], A, trans_a, B[:, c0:c1], False, alpha, beta)
+                gemm(C[m0:m1], A[m0:m1], False, B, trans_b, alpha, beta)
 
 
 @kernel

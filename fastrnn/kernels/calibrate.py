@@ -178,12 +178,11 @@ def others_busy_seconds():
 
 
 def cache_path():
-    """The measured choices of this machine: $FASTRNN_CACHE_DIR, else $XDG_CACHE_HOME/fastrnn or ~/.cache/fastrnn,
-    /dispatch-<machine>.json, where <machine> hashes the CPU model and flags and the NumPy, numba and OpenBLAS
-    versions (another CPU or library measures anew)."""
-    root = os.environ.get("FASTRNN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastrnn")
-    return os.path.join(root, f"dispatch-{machine_id()}.json")
+    """The measured choices of this machine: dispatch-<machine>.json in fastrnn.cachedir, where <machine> hashes the
+    CPU model and flags and the NumPy, numba and OpenBLAS versions (another CPU or library measures anew)."""
+    from fastrnn import cachedir
+
+    return os.path.join(cachedir.root(), f"dispatch-{machine_id()}.json")
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,8 +7,9 @@ to it (`measured`: calibrate.measured, which backend.plan asks); it reads no clo
 is a small frozen value that the backend passes to the kernels; nothing else chooses a path, and no process-wide
 state is read by a kernel. Its fields:
 
-    path       "fused": the one-layer rnn without dropout, the whole step one njit call (lm.py);
-               "layers": any other model (gru, lstm, stacked layers, dropout), layer by layer (stack.py).
+    path       "fused": the one-layer model of a cell with a whole-step kernel (Cell.fused: the vanilla rnn)
+               without dropout, the whole step one njit call (lm.py); "layers": any other model (other cells,
+               stacked layers, dropout), layer by layer (stack.py).
     loops      the per-step recurrent products (N, H) x (H, G*H) and their gradients as hand loops (True) or
                OpenBLAS calls (False). Hand loops read Whh once a step; OpenBLAS packs all of Whh at every call,
                which costs more than it saves for a few rows.
@@ -47,8 +48,8 @@ import functools
 
 import numpy as np
 
+from fastrnn import cells
 from fastrnn.kernels.rnn import BLAS, LOOPS, TILES
-from fastrnn.params import GATES
 
 SMALL_ROWS = 2  # a call of at most this many positions (T*N: a generation step of one or two streams): the rule
 # takes hand loops for its position products on the layers path (1.07x at a 2-layer lstm H128, 1.13x at H512 on a
@@ -93,7 +94,7 @@ class Plan:
     def __post_init__(self):
         if self.path not in PATHS or self.positions not in POSITIONS:
             raise ValueError(f"plan: unknown path {self.path!r} or positions {self.positions!r}")
-        fused = self.cell == "rnn" and self.layers == 1 and not self.dropout and not self.tiles
+        fused = _fused(self.cell, self.layers, self.dropout, self.tiles)
         if (self.path != "layers") != fused:
             raise ValueError(f"plan: path {self.path!r} cannot run {self.cell} x {self.layers} "
                              f"{'with' if self.dropout else 'without'} dropout")
@@ -114,6 +115,12 @@ class Plan:
             " (chosen by measurement)" if self.measured else ""
         return (f"{path}; recurrent products: {rec}; position products: {pos}; {self.threads} "
                 f"thread{'s' if self.threads != 1 else ''}{how}")
+
+
+def _fused(cell, layers, dropout, tiles):
+    """Whether a call runs on the fused path: one layer of a cell that has a whole-step kernel, no dropout, no
+    tiles."""
+    return cells.get(cell).fused and layers == 1 and not dropout and not tiles
 
 
 def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measured=None, precision="float32"):
@@ -162,8 +169,8 @@ def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measured, precision
 def rule(cell, layers, N, T, H, V, dropout, threads, dtype):
     """The plan without measurement (module docstring): hand loops for the recurrent products at or below
     SMALL_WORK (and for one or two sequences), BLAS above; no tiles."""
-    loops = N <= SMALL_ROWS or N * H * GATES[cell] * H <= SMALL_WORK
-    fused = cell == "rnn" and layers == 1 and not dropout
+    loops = N <= SMALL_ROWS or N * H * cells.get(cell).gates * H <= SMALL_WORK
+    fused = _fused(cell, layers, dropout, False)
     positions = "loops" if not fused and T * N <= SMALL_ROWS else "blas"
     return Plan(cell, layers, N, T, H, V, dropout, threads, dtype, "fused" if fused else "layers", loops,
                 positions)
@@ -193,7 +200,7 @@ def variant(p, *, loops=None, positions=None, tiles=None, precision=None):
         tiles = p.tiles if loops is None else False
     loops = p.loops if loops is None else bool(loops)
     tiles = bool(tiles)
-    fused = p.cell == "rnn" and p.layers == 1 and not p.dropout and not tiles
+    fused = _fused(p.cell, p.layers, p.dropout, tiles)
     path = "fused" if fused else "layers"
     positions = p.positions if positions is None else positions
     if path != "layers" and positions == "loops":

@@ -10,13 +10,15 @@ gradient) and dha w.r.t. the recurrent product (for dWhh and the recurrence), eq
 rnn.py).
 """
 
+import numpy as np
 from numba import prange
 
 from fastrnn.kernels import mathfn
 from fastrnn.kernels.mathfn import cast_like
 from fastrnn.kernels.jit import kernel, parallel_kernel
-from fastrnn.kernels.rnn import TILES, apply_mask, input_side, recurrent_gradient, recurrent_product, \
+from fastrnn.kernels.rnn import TILES, Layer, apply_mask, input_side, recurrent_gradient, recurrent_product, \
     row_block, weight_gradients
+from fastrnn.kernels.sample import choose_tokens, layer_products, output_logits, scratch
 from fastrnn.kernels.tiles import no_pack
 
 
@@ -132,3 +134,74 @@ def gru_back_steps(dout, dxa, dha, rec, carry, hs, gates, hn, Whh, WTp, mask, r0
                 dr_h[2 * H + j] = dx[2 * H + j] * g[j]
             for j in range(H):  # the direct path to h_{t-1}
                 cr[j] = dh[j] * g[H + j]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the gru cell's numba side (fastrnn.cells.gru)
+
+
+@kernel
+def gru_update(h, c, g, xa, a, b, ex):
+    """The gru's generation step (kernels/sample.py): the reset gate multiplies the recurrent product a_n."""
+    H = h.shape[0]
+    for j in range(3 * H):
+        xa[j] = xa[j] + b[j]
+    for j in range(2 * H):
+        g[j] = mathfn.sigmoid(xa[j] + a[j])
+    for j in range(H):
+        g[2 * H + j] = mathfn.tanh_call(xa[2 * H + j] + g[j] * a[2 * H + j])
+    for j in range(H):
+        h[j] = g[2 * H + j] + g[H + j] * (h[j] - g[2 * H + j])
+
+
+@parallel_kernel
+def gru_sample_streams(out, state, logits, uniforms, Wx0, Wxp, Whp, bh, ex, Whyp, by, temperature, top_k, top_p,
+                       greedy, groups):
+    """kernels.sample.sample_streams with the gru's update: the streams in `groups` groups, one per thread, each
+    generating all its characters (the loop of kernels/sample.py's docstring)."""
+    B, n, L, K = out.shape[0], out.shape[1], state.shape[1], state.shape[2]
+    groups = max(1, min(groups, B))
+    for q in prange(groups):
+        r0, r1 = q * B // groups, (q + 1) * B // groups
+        o, st, lg = out[r0:r1], state[r0:r1], logits[r0:r1]
+        z, xa, a, g, hin = scratch(st, Wx0, lg)
+        for i in range(n):
+            choose_tokens(o, lg, uniforms[r0:r1], temperature[r0:r1], top_k[r0:r1], top_p[r0:r1], greedy, z, i)
+            for l in range(L):
+                layer_products(xa, a, hin, st, o, i, l, Wx0, Wxp[l], Whp[l])
+                for r in range(r1 - r0):
+                    gru_update(st[r, l, 0], st[r, l, K - 1], g, xa[r], a[r], bh[l], ex[l])
+            output_logits(lg, hin, st, Whyp, by)
+
+
+class GruLayer(Layer):
+    """The gru as kernels/stack.py composes it (rnn.Layer): its buffers add hn (T, N, H), the n block of the
+    recurrent product; the scratch dha (T, N, 3H), the gradient w.r.t. the recurrent product."""
+
+    sample_streams = staticmethod(gru_sample_streams)
+
+    def buffers(self, T, N, H, dtype):
+        return dict(hn=np.empty((T, N, H), dtype))
+
+    def scratch(self, T, N, H, dtype):
+        return dict(dha=np.empty((T, N, 3 * H), dtype))
+
+    def forward(self, b, ws, x, inp, W, Wp, mask, out, plan, groups):
+        Wxh, Whh, bh = W
+        if groups:
+            gru_forward_split(b["hs"], b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, Wp, bh, mask,
+                              plan.positions == "loops", groups)
+        else:
+            gru_forward(b["hs"], b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, plan.loops,
+                        plan.positions == "loops")
+
+    def backward(self, b, ws, dW, x, inp, W, WTp, mask, plan, groups):
+        args = (*dW, ws["dout"], ws["da"], ws["dha"], ws["rec"], ws["carry"], ws["acc"], x, inp, b["hs"], b["gates"],
+                b["hn"], W[0], W[1])
+        if groups:
+            gru_backward_split(*args, WTp, mask, groups)
+        else:
+            gru_backward(*args, mask, plan.loops)
+
+
+LAYER = GruLayer()

@@ -17,8 +17,9 @@ from numba import prange
 from fastrnn.kernels import mathfn
 from fastrnn.kernels.mathfn import cast_like
 from fastrnn.kernels.jit import kernel, parallel_kernel
-from fastrnn.kernels.rnn import TILES, apply_mask, input_side, recurrent_gradient, recurrent_product, \
+from fastrnn.kernels.rnn import TILES, Layer, apply_mask, input_side, recurrent_gradient, recurrent_product, \
     row_block, weight_gradients
+from fastrnn.kernels.sample import choose_tokens, layer_products, output_logits, scratch
 from fastrnn.kernels.tiles import no_pack
 
 
@@ -144,3 +145,65 @@ def lstm_back_steps(dout, da, rec, dc, gates, cs, Whh, WTp, mask, r0, r1, how):
                 dan[3 * H + j] = dcn[j] * g[j] * (one - gg * gg)
             for j in range(H):  # dc_next = dc * f
                 dcn[j] = dcn[j] * g[H + j]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the lstm cell's numba side (fastrnn.cells.lstm)
+
+
+@kernel
+def lstm_update(h, c, g, xa, a, b, ex):
+    """The lstm's generation step (kernels/sample.py): the pre-activations xa + b + a (into a), then lstm_cell with
+    c updated in place (each c[j] is read before it is written)."""
+    H4 = a.shape[0]
+    for j in range(H4):
+        xa[j] = xa[j] + b[j]
+    for j in range(H4):
+        a[j] = xa[j] + a[j]
+    lstm_cell(a, g, c, c, h)
+
+
+@parallel_kernel
+def lstm_sample_streams(out, state, logits, uniforms, Wx0, Wxp, Whp, bh, ex, Whyp, by, temperature, top_k, top_p,
+                        greedy, groups):
+    """kernels.sample.sample_streams with the lstm's update: the streams in `groups` groups, one per thread, each
+    generating all its characters (the loop of kernels/sample.py's docstring)."""
+    B, n, L, K = out.shape[0], out.shape[1], state.shape[1], state.shape[2]
+    groups = max(1, min(groups, B))
+    for q in prange(groups):
+        r0, r1 = q * B // groups, (q + 1) * B // groups
+        o, st, lg = out[r0:r1], state[r0:r1], logits[r0:r1]
+        z, xa, a, g, hin = scratch(st, Wx0, lg)
+        for i in range(n):
+            choose_tokens(o, lg, uniforms[r0:r1], temperature[r0:r1], top_k[r0:r1], top_p[r0:r1], greedy, z, i)
+            for l in range(L):
+                layer_products(xa, a, hin, st, o, i, l, Wx0, Wxp[l], Whp[l])
+                for r in range(r1 - r0):
+                    lstm_update(st[r, l, 0], st[r, l, K - 1], g, xa[r], a[r], bh[l], ex[l])
+            output_logits(lg, hin, st, Whyp, by)
+
+
+class LstmLayer(Layer):
+    """The lstm as kernels/stack.py composes it (rnn.Layer): its buffers add cs (the cell states, as hs)."""
+
+    sample_streams = staticmethod(lstm_sample_streams)
+
+    def forward(self, b, ws, x, inp, W, Wp, mask, out, plan, groups):
+        Wxh, Whh, bh = W
+        if groups:
+            lstm_forward_split(b["hs"], b["cs"], b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, Wp, bh, mask,
+                               plan.positions == "loops", groups)
+        else:
+            lstm_forward(b["hs"], b["cs"], b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, plan.loops,
+                         plan.positions == "loops")
+
+    def backward(self, b, ws, dW, x, inp, W, WTp, mask, plan, groups):
+        args = (*dW, ws["dout"], ws["da"], ws["rec"], ws["carry"], ws["acc"], x, inp, b["hs"], b["cs"], b["gates"],
+                W[0], W[1])
+        if groups:
+            lstm_backward_split(*args, WTp, mask, groups)
+        else:
+            lstm_backward(*args, mask, plan.loops)
+
+
+LAYER = LstmLayer()

@@ -95,18 +95,20 @@ def _rmsprop_chunk(p, g, ms, lo, hi, lr, decay, one_minus_decay, eps):
 
 
 @kernel
-def _adam_chunk(p, g, m, v, lo, hi, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
+def _adamw_chunk(p, g, m, v, lo, hi, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps, shrink):
+    """Adam's step on p[lo:hi] (bias-corrected: mscale, vscale) after decoupled weight decay: p first shrinks by
+    `shrink` (1 - lr * weight_decay; 1 for Adam itself, exact: the same bits as no shrink)."""
     p, g, m, v = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi]
     lr, beta1, one_minus_beta1 = cast_like(lr, p), cast_like(beta1, p), cast_like(one_minus_beta1, p)
     beta2, one_minus_beta2 = cast_like(beta2, p), cast_like(one_minus_beta2, p)
-    mscale, vscale, eps = cast_like(mscale, p), cast_like(vscale, p), cast_like(eps, p)
+    mscale, vscale, eps, shrink = cast_like(mscale, p), cast_like(vscale, p), cast_like(eps, p), cast_like(shrink, p)
     for i in range(p.shape[0]):
         gi = g[i]
         mi = m[i] * beta1 + one_minus_beta1 * gi
         vi = v[i] * beta2 + one_minus_beta2 * gi * gi
         m[i] = mi
         v[i] = vi
-        p[i] -= lr * (mi * mscale) / (np.sqrt(vi * vscale) + eps)
+        p[i] = p[i] * shrink - lr * (mi * mscale) / (np.sqrt(vi * vscale) + eps)
 
 
 @kernel
@@ -148,4 +150,16 @@ def rmsprop_serial(p, g, ms, lr, decay, one_minus_decay, eps):
 
 @kernel
 def adam_serial(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps):
-    _adam_chunk(p, g, m, v, 0, p.shape[0], lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps)
+    _adamw_chunk(p, g, m, v, 0, p.shape[0], lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps,
+                 1.0)
+
+
+@kernel
+def adamw_serial(p, g, m, v, bounds, decays, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, mscale, vscale, eps,
+                 shrink):
+    """AdamW (Loshchilov & Hutter 2019) over the segments [bounds[k], bounds[k + 1]) of the flat buffers: those with
+    decays[k] (the weight matrices) shrink by `shrink` = 1 - lr * weight_decay before Adam's step, the others
+    (biases) take Adam's step alone."""
+    for k in range(decays.shape[0]):
+        _adamw_chunk(p, g, m, v, bounds[k], bounds[k + 1], lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                     mscale, vscale, eps, shrink if decays[k] else 1.0)

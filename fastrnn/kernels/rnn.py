@@ -21,6 +21,7 @@ from numba import prange
 from fastrnn.kernels import mathfn
 from fastrnn.kernels.blas import gemm, gemm_on
 from fastrnn.kernels.jit import kernel, parallel_kernel
+from fastrnn.kernels.sample import choose_tokens, layer_products, output_logits, scratch
 from fastrnn.kernels.softmax_xent import column_sums
 from fastrnn.kernels.tiles import TILE_ROWS, no_pack, tile_product
 
@@ -137,27 +138,31 @@ def rnn_backward(dWxh, dWhh, dbh, dz, tmp, acc, x, hs, Whh, loops):
     for t in range(T - 1, -1, -1):
         backward_step(dz, tmp, hs, Whh, loops, t)
     gemm(dWhh, hs[:T].reshape(T * N, H), True, dz.reshape(T * N, H), False, 1.0, 0.0)
-    # dbh: column sums (float64 accumulator); dWxh: scatter-add of rows by token, serial and in position order
-    for j in range(H):
-        acc[j] = 0.0
-    dWxh[:, :] = 0
-    scatter_rows(dWxh, acc, dz, x, 0, T)
-    for j in range(H):
-        dbh[j] = acc[j]
+    # dbh: column sums (float64 accumulator); dWxh: scatter-add of rows by token, in position order
+    scatter_columns(dWxh, dbh, acc, dz, x, 0, H)
 
 
 @kernel
-def scatter_rows(dWxh, acc, dz, x, t0, t1):
-    """For t = t0..t1-1 and each sequence n: dWxh[x[n, t]] += dz[t, n] and acc += dz[t, n] (float64 acc), in
-    position order: the input-side gradients of layer 0, whose input is a row lookup."""
-    N, H = dz.shape[1], dz.shape[2]
-    for t in range(t0, t1):
+def scatter_columns(dWxh, dbh, acc, dz, x, j0, j1):
+    """Layer 0's input-side gradients for the columns j0:j1, overwritten: the rows of dWxh scatter-added by token
+    and dbh = the column sums of dz: (T, N, GH) (float64 acc), in position order. (Slices, and two loops each
+    writing one array: LLVM vectorizes those; a loop over range(j0, j1) writing both stays scalar, 4x slower.
+    One thread: at T*N = 3,200, H = 512 it reads dz at memory speed, 0.4 ms, and two threads split by columns
+    took 0.7.)"""
+    T, N = dz.shape[0], dz.shape[1]
+    a = acc[j0:j1]
+    a[:] = 0.0
+    dWxh[:, j0:j1] = 0
+    for t in range(T):
         for n in range(N):
-            row = dz[t, n]
-            dw = dWxh[x[n, t]]
-            for j in range(H):
-                acc[j] += row[j]
+            row = dz[t, n, j0:j1]
+            dw = dWxh[x[n, t], j0:j1]
+            for j in range(row.shape[0]):
+                a[j] += row[j]
+            for j in range(row.shape[0]):
                 dw[j] += row[j]
+    for j in range(j0, j1):
+        dbh[j] = acc[j]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,12 +250,7 @@ def weight_gradients(dWxh, dWhh, dbh, dinp, dxa, dha, acc, x, inp, hs, Wxh, grou
     d2 = dxa.reshape(T * N, GH)
     gemm_on(dWhh, hs[:T].reshape(T * N, H), True, dha.reshape(T * N, GH), False, 1.0, 0.0, groups)
     if inp.shape[0] == 0:  # dbh and the scatter-add of dWxh in one pass over the positions
-        for j in range(GH):
-            acc[j] = 0.0
-        dWxh[:, :] = 0
-        scatter_rows(dWxh, acc, dxa, x, 0, T)
-        for j in range(GH):
-            dbh[j] = acc[j]
+        scatter_columns(dWxh, dbh, acc, dxa, x, 0, GH)
     else:
         column_sums(dbh, d2, acc)
         i2 = inp.reshape(T * N, H)
@@ -344,3 +344,83 @@ def rnn_layer_back_steps(dout, dz, rec, hs, Whh, WTp, mask, r0, r1, how):
                 for j in range(H):
                     v = d[j] + r[j]
                     g[j] = v - v * h[j] * h[j]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the rnn cell's numba side (fastrnn.cells.rnn): the layer as kernels/stack.py composes it, and its generation step
+
+
+@kernel
+def rnn_update(h, c, g, xa, a, b, ex):
+    """The rnn's generation step (kernels/sample.py): h = tanh(xa + b + a)."""
+    H = h.shape[0]
+    for j in range(H):
+        xa[j] = xa[j] + b[j]
+    for j in range(H):
+        h[j] = mathfn.tanh_call(xa[j] + a[j])
+
+
+@parallel_kernel
+def rnn_sample_streams(out, state, logits, uniforms, Wx0, Wxp, Whp, bh, ex, Whyp, by, temperature, top_k, top_p,
+                       greedy, groups):
+    """kernels.sample.sample_streams with the rnn's update: the streams in `groups` groups, one per thread, each
+    generating all its characters (the loop of kernels/sample.py's docstring)."""
+    B, n, L, K = out.shape[0], out.shape[1], state.shape[1], state.shape[2]
+    groups = max(1, min(groups, B))
+    for q in prange(groups):
+        r0, r1 = q * B // groups, (q + 1) * B // groups
+        o, st, lg = out[r0:r1], state[r0:r1], logits[r0:r1]
+        z, xa, a, g, hin = scratch(st, Wx0, lg)
+        for i in range(n):
+            choose_tokens(o, lg, uniforms[r0:r1], temperature[r0:r1], top_k[r0:r1], top_p[r0:r1], greedy, z, i)
+            for l in range(L):
+                layer_products(xa, a, hin, st, o, i, l, Wx0, Wxp[l], Whp[l])
+                for r in range(r1 - r0):
+                    rnn_update(st[r, l, 0], st[r, l, K - 1], g, xa[r], a[r], bh[l], ex[l])
+            output_logits(lg, hin, st, Whyp, by)
+
+
+class Layer:
+    """A cell's numba side (fastrnn.cells.base), here the rnn's; the other cells' derive from it.
+
+    Each layer's buffers b hold hs: (T+1, N, H) (and one such array per further name of the cell's state: cs for
+    an lstm's c), gates: (T, N, G*H), out: (T, N, H) with dropout, plus `buffers`; the shared scratch ws holds tmp
+    (N, G*H), rec and carry (N, H), da (T, N, G*H), dout (T, N, H), acc, plus `scratch` (kernels/stack.py).
+    """
+
+    sample_streams = staticmethod(rnn_sample_streams)  # the cell's generation kernel (kernels/sample.py)
+
+    def buffers(self, T, N, H, dtype):
+        """The cell's own arrays of one layer's buffers, beside those every cell has."""
+        return {}
+
+    def scratch(self, T, N, H, dtype):
+        """The cell's own scratch arrays, shared by the layers."""
+        return {}
+
+    def sample_extras(self, W):
+        """The layer's extras as its update reads them in generation (W: its parameters): none here."""
+        return np.empty(0, W[2].dtype)
+
+    def forward(self, b, ws, x, inp, W, Wp, mask, out, plan, groups):
+        """The layer forward from b["hs"][0]: W its parameters (Wxh, Whh, bh, ...), Wp Whh packed for the tiles
+        plan (groups > 0: its threads), mask and out as rnn_layer_forward takes them."""
+        Wxh, Whh, bh = W
+        if groups:
+            rnn_layer_forward_split(b["hs"], out, x, inp, Wxh, Whh, Wp, bh, mask, b["gates"],
+                                    plan.positions == "loops", groups)
+        else:
+            rnn_layer_forward(b["hs"], out, x, inp, Wxh, Whh, bh, mask, b["gates"], plan.loops,
+                              plan.positions == "loops")
+
+    def backward(self, b, ws, dW, x, inp, W, WTp, mask, plan, groups):
+        """The layer backward from ws["dout"] (left holding the gradient w.r.t. inp above layer 0); overwrites
+        the gradients dW (arrays like W). WTp: Whh.T packed for the tiles plan."""
+        args = (*dW, ws["dout"], ws["da"], ws["rec"], ws["acc"], x, inp, b["hs"], W[0], W[1])
+        if groups:
+            rnn_layer_backward_split(*args, WTp, mask, groups)
+        else:
+            rnn_layer_backward(*args, mask, plan.loops)
+
+
+LAYER = Layer()

@@ -8,7 +8,9 @@ import numpy as np
 
 from fastrnn.kernels import mathfn
 from fastrnn.kernels.blas import gemm, gemm_on
-from fastrnn.kernels.jit import kernel
+from numba import prange
+
+from fastrnn.kernels.jit import kernel, parallel_kernel
 
 
 @kernel
@@ -53,6 +55,31 @@ def softmax_xent(logits, rowloss, by, y, scale, grad):
     """
     R = logits.shape[0]
     softmax_rows(logits, rowloss, by, y, scale, grad, 0, R)
+    return mean_loss(rowloss)
+
+
+@parallel_kernel
+def softmax_xent_split(logits, rowloss, by, y, scale, grad, groups):
+    """softmax_xent as `groups` blocks of rows, one per numba thread: each row is computed as in softmax_xent and
+    the mean is the same fixed-order sum, so the result does not depend on `groups`."""
+    R = logits.shape[0]
+    for q in prange(groups):
+        softmax_rows(logits, rowloss, by, y, scale, grad, (q * R) // groups, ((q + 1) * R) // groups)
+    return mean_loss(rowloss)
+
+
+@kernel
+def softmax_xent_on(logits, rowloss, by, y, scale, grad, groups):
+    """softmax_xent (groups <= 1) or softmax_xent_split over `groups` numba threads."""
+    if groups > 1:
+        return softmax_xent_split(logits, rowloss, by, y, scale, grad, groups)
+    return softmax_xent(logits, rowloss, by, y, scale, grad)
+
+
+@kernel
+def mean_loss(rowloss):
+    """The mean of rowloss: (R,) float64, summed in row order."""
+    R = rowloss.shape[0]
     total = 0.0
     for r in range(R):
         total += rowloss[r]

@@ -1,14 +1,16 @@
-"""Any model of fastrnn.params (rnn, gru or lstm cells, L stacked layers, dropout masks) on the numba kernels.
+"""Any model of fastrnn.params (L stacked layers of any cell of fastrnn.cells, dropout masks) on the numba kernels.
 
-Python composes the per-layer kernels (rnn.py, gru.py, lstm.py) and the output layer, a few njit calls per
-minibatch (2L + 2 for forward_backward): each call does O(T) BLAS products and fused elementwise passes, so the
-dispatch cost is negligible beside the work, and each kernel compiles once per dtype whatever L is.
+Python composes the per-layer kernels (each cell's numba side: rnn.py, gru.py, lstm.py, ..., reached through the
+cell the parameters carry) and the output layer, a few njit calls per minibatch (2L + 2 for forward_backward):
+each call does O(T) BLAS products and fused elementwise passes, so the dispatch cost is negligible beside the
+work, and each kernel compiles once per dtype whatever L is.
 
-Per layer l the workspace holds hs: (T+1, N, H) (hs[0] the carried h), for an lstm cs: (T+1, N, H), gates:
-(T, N, G*H) (the input side, then the gates after their nonlinearities), for a gru hn: (T, N, H), and with
-dropout out: (T, N, H) (hs[1:] * masks[l], what the layer above and the output layer read). Scratch shared by
-the layers: tmp (N, G*H), rec and carry (N, H), da and (gru) dha (T, N, G*H), dout (T, N, H) (the gradient
-flowing down), logits (T*N, V), acc, rowloss. Buffers are kept across calls of the same shape.
+Per layer l the workspace holds hs: (T+1, N, H) (hs[0] the carried h) and one such array per further vector of
+the cell's state (cs for an lstm's c), gates: (T, N, G*H) (the input side, then the gates after their
+nonlinearities), with dropout out: (T, N, H) (hs[1:] * masks[l], what the layer above and the output layer
+read), and the cell's own arrays (a gru's hn: (T, N, H)). Scratch shared by the layers: tmp (N, G*H), rec and
+carry (N, H), da (T, N, G*H), dout (T, N, H) (the gradient flowing down), logits (T*N, V), acc, rowloss, and the
+cell's own (a gru's dha). Buffers are kept across calls of the same shape.
 """
 
 import contextlib
@@ -18,15 +20,11 @@ import numpy as np
 
 from fastrnn.kernels import lm, workspace as scratch
 from fastrnn.kernels.blas import gemm_on, one_thread
-from fastrnn.kernels.gru import gru_backward, gru_backward_split, gru_forward, gru_forward_split
 from fastrnn.kernels.jit import kernel
-from fastrnn.kernels.lstm import lstm_backward, lstm_backward_split, lstm_forward, lstm_forward_split
-from fastrnn.kernels.rnn import matmul_small, rnn_layer_backward, rnn_layer_backward_split, rnn_layer_forward, \
-    rnn_layer_forward_split
-from fastrnn.kernels.softmax_xent import affine_backward, softmax_xent
+from fastrnn.kernels.rnn import matmul_small
+from fastrnn.kernels.softmax_xent import affine_backward, softmax_xent_on
 from fastrnn.kernels.tiles import pack, pack_bf16
 from fastrnn.kernels.workspace import Grads
-from fastrnn.params import GATES, arch_of, layer_names
 
 
 @kernel
@@ -37,7 +35,7 @@ def output_layer(dWhy, dby, dtop, logits, rowloss, acc, top, y, Why, by, scale, 
     T, N, H = top.shape
     top2 = top.reshape(T * N, H)
     gemm_on(logits, top2, False, Why, False, 1.0, 0.0, groups)
-    loss = softmax_xent(logits, rowloss, by, y, scale, grad)
+    loss = softmax_xent_on(logits, rowloss, by, y, scale, grad, groups)
     if grad:
         affine_backward(dWhy, dby, dtop.reshape(T * N, H), logits, top2, Why, acc, groups)
     return loss
@@ -54,29 +52,32 @@ def output_step(logits, h, Why, by):
 
 
 def workspace(cell, L, T, N, H, V, dtype):
-    """The scratch arrays of the module docstring for this shape (kept across calls)."""
+    """The scratch arrays of the module docstring for this shape (kept across calls); `cell` a fastrnn.cells.Cell,
+    whose numba side adds its own (rnn.Layer.buffers and scratch)."""
     def build():
-        GH = GATES[cell] * H
+        GH = cell.gates * H
+        side = cell.numba
         layers = []
         for _ in range(L):
-            b = dict(hs=np.empty((T + 1, N, H), dtype), gates=np.empty((T, N, GH), dtype), out=None)
-            if cell == "lstm":
-                b["cs"] = np.empty((T + 1, N, H), dtype)
-            if cell == "gru":
-                b["hn"] = np.empty((T, N, H), dtype)
+            b = dict(gates=np.empty((T, N, GH), dtype), out=None)
+            b.update({name + "s": np.empty((T + 1, N, H), dtype) for name in cell.state})  # hs, and cs for an lstm
+            b.update(side.buffers(T, N, H, dtype))
             layers.append(b)
-        return dict(layers=layers, tmp=np.empty((N, GH), dtype), rec=np.empty((N, H), dtype),
-                    carry=np.empty((N, H), dtype), da=np.empty((T, N, GH), dtype),
-                    dha=np.empty((T, N, GH), dtype) if cell == "gru" else None, dout=np.empty((T, N, H), dtype),
-                    logits=np.empty((T * N, V), dtype), acc=np.empty(max(GH, V), np.float64),
-                    rowloss=np.empty(T * N, np.float64), none=np.empty((0, N, H), dtype))
+        ws = dict(layers=layers, tmp=np.empty((N, GH), dtype), rec=np.empty((N, H), dtype),
+                  carry=np.empty((N, H), dtype), da=np.empty((T, N, GH), dtype), dout=np.empty((T, N, H), dtype),
+                  logits=np.empty((T * N, V), dtype), acc=np.empty(max(GH, V), np.float64),
+                  rowloss=np.empty(T * N, np.float64), none=np.empty((0, N, H), dtype))
+        ws.update(side.scratch(T, N, H, dtype))
+        return ws
 
-    return scratch.cached(("layers", cell, L, T, N, H, V, np.dtype(dtype).str), build)
+    return scratch.cached(("layers", cell.name, id(cell), L, T, N, H, V, np.dtype(dtype).str), build)
 
 
-def _params(P, L):
+def _params(P):
+    """The parameters as the kernels take them: (dtype, a tuple per layer in the cell's order, Why, by)."""
     dtype = P["Whh"].dtype
-    layers = [tuple(np.ascontiguousarray(P[k], dtype=dtype) for k in layer_names(l)) for l in range(L)]
+    layers = [tuple(np.ascontiguousarray(P[k], dtype=dtype) for k in P.cell.layer_names(l))
+              for l in range(P.layers)]
     return dtype, layers, np.ascontiguousarray(P["Why"], dtype=dtype), np.ascontiguousarray(P["by"], dtype=dtype)
 
 
@@ -112,54 +113,36 @@ def _forward(cell, layers, ws, x, state, masks, plan):
     the new state (N, S))."""
     N, T = x.shape
     H = layers[0][1].shape[0]
-    K = 2 if cell == "lstm" else 1
-    loops, pos_loops = plan.loops, plan.positions == "loops"
+    K = len(cell.state)
+    side = cell.numba
     groups = _groups(plan, N)
     new_state = np.empty((N, len(layers) * K * H), ws["tmp"].dtype)
     inp = ws["none"]
-    for l, (Wxh, Whh, bh) in enumerate(layers):
+    for l, W in enumerate(layers):
         b = ws["layers"][l]
-        hs = b["hs"]
-        hs[0] = state[:, l * K * H:l * K * H + H]
+        seqs = [b[name + "s"] for name in cell.state]  # hs (and cs): (T+1, N, H), [0] the carried state
+        for k, seq in enumerate(seqs):
+            seq[0] = state[:, (l * K + k) * H:(l * K + k + 1) * H]
         if masks is None:
             mask, out = ws["none"], ws["none"]
         else:
             mask = masks[l]
             if b["out"] is None:
-                b["out"] = np.empty((T, N, H), hs.dtype)
+                b["out"] = np.empty((T, N, H), seqs[0].dtype)
             out = b["out"]
-        if cell == "lstm":
-            cs = b["cs"]
-            cs[0] = state[:, l * K * H + H:(l + 1) * K * H]
-            if groups:
-                lstm_forward_split(hs, cs, b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, _packed(Whh, plan), bh,
-                                   mask, pos_loops, groups)
-            else:
-                lstm_forward(hs, cs, b["gates"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, loops, pos_loops)
-            new_state[:, l * K * H + H:(l + 1) * K * H] = cs[T]
-        elif cell == "gru":
-            if groups:
-                gru_forward_split(hs, b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, _packed(Whh, plan),
-                                  bh, mask, pos_loops, groups)
-            else:
-                gru_forward(hs, b["gates"], b["hn"], out, ws["tmp"], x, inp, Wxh, Whh, bh, mask, loops, pos_loops)
-        elif groups:
-            rnn_layer_forward_split(hs, out, x, inp, Wxh, Whh, _packed(Whh, plan), bh, mask, b["gates"], pos_loops,
-                                    groups)
-        else:
-            rnn_layer_forward(hs, out, x, inp, Wxh, Whh, bh, mask, b["gates"], loops, pos_loops)
-        new_state[:, l * K * H:l * K * H + H] = hs[T]
-        inp = hs[1:] if masks is None else out
+        side.forward(b, ws, x, inp, W, _packed(W[1], plan) if groups else None, mask, out, plan, groups)
+        for k, seq in enumerate(seqs):
+            new_state[:, (l * K + k) * H:(l * K + k + 1) * H] = seq[T]
+        inp = b["hs"][1:] if masks is None else out
     return inp, new_state
 
 
 def _backward(cell, layers, grads, ws, x, masks, plan):
     """All layers backward from ws["dout"] (the gradient w.r.t. the top layer's output); writes grads."""
-    loops = plan.loops
+    side = cell.numba
     groups = _groups(plan, x.shape[0])
     for l in range(len(layers) - 1, -1, -1):
-        Wxh, Whh, bh = layers[l]
-        dWxh, dWhh, dbh = grads[l]
+        W = layers[l]
         b = ws["layers"][l]
         mask = ws["none"] if masks is None else masks[l]
         if l == 0:
@@ -167,25 +150,15 @@ def _backward(cell, layers, grads, ws, x, masks, plan):
         else:
             below = ws["layers"][l - 1]
             inp = below["hs"][1:] if masks is None else below["out"]
-        WTp = _packed(Whh.T, plan) if groups else None
-        if cell == "lstm":
-            args = (dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["carry"], ws["acc"], x, inp, b["hs"],
-                    b["cs"], b["gates"], Wxh, Whh)
-            lstm_backward_split(*args, WTp, mask, groups) if groups else lstm_backward(*args, mask, loops)
-        elif cell == "gru":
-            args = (dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["dha"], ws["rec"], ws["carry"], ws["acc"], x, inp,
-                    b["hs"], b["gates"], b["hn"], Wxh, Whh)
-            gru_backward_split(*args, WTp, mask, groups) if groups else gru_backward(*args, mask, loops)
-        else:
-            args = (dWxh, dWhh, dbh, ws["dout"], ws["da"], ws["rec"], ws["acc"], x, inp, b["hs"], Wxh, Whh)
-            rnn_layer_backward_split(*args, WTp, mask, groups) if groups else rnn_layer_backward(*args, mask, loops)
+        WTp = _packed(W[1].T, plan) if groups else None
+        side.backward(b, ws, grads[l], x, inp, W, WTp, mask, plan, groups)
 
 
 def _prepare(P, x, y, masks):
     """What forward_backward and forward_loss need: the architecture, contiguous parameters and tokens (checked
     in range), the masks in the parameters' dtype and the workspace."""
-    cell, L, H = arch_of(P)
-    dtype, layers, Why, by = _params(P, L)
+    cell, L, H = P.cell, P.layers, P.hidden_size
+    dtype, layers, Why, by = _params(P)
     x, y = lm_tokens(x), lm_tokens(y)
     N, T = x.shape
     V = by.shape[0]
@@ -205,7 +178,8 @@ def forward_backward(P, G, x, y, state, masks, plan, clock=None):
     """
     cell, L, dtype, layers, Why, by, x, y, masks, ws = _prepare(P, x, y, masks)
     T, N = x.shape[1], x.shape[0]
-    grads = Grads(G, [k for l in range(L) for k in layer_names(l)] + ["Why", "by"], dtype)
+    names = [cell.layer_names(l) for l in range(L)]
+    grads = Grads(G, [k for layer in names for k in layer] + ["Why", "by"], dtype)
     direct = grads.direct
     with _blas_threads(plan):
         t0 = time.perf_counter()
@@ -214,7 +188,8 @@ def forward_backward(P, G, x, y, state, masks, plan, clock=None):
         loss = output_layer(direct[-2], direct[-1], ws["dout"], ws["logits"], ws["rowloss"], ws["acc"], top, y,
                             Why, by, dtype.type(1.0 / (T * N)), True, _groups(plan, N))
         t2 = time.perf_counter()
-        _backward(cell, layers, [direct[3 * l:3 * l + 3] for l in range(L)], ws, x, masks, plan)
+        n = len(names[0])
+        _backward(cell, layers, [direct[n * l:n * l + n] for l in range(L)], ws, x, masks, plan)
     grads.copy_back()
     if clock is not None:
         clock.update(forward=t1 - t0, output=t2 - t1, backward=time.perf_counter() - t2)
@@ -235,8 +210,8 @@ def forward_loss(P, x, y, state, masks, plan):
 def step(P, state, token, plan):
     """One generation step of any model: state (N, S), token (N,) int32. Returns (new state (N, S), logits
     (N, V))."""
-    cell, L, H = arch_of(P)
-    dtype, layers, Why, by = _params(P, L)
+    cell, L, H = P.cell, P.layers, P.hidden_size
+    dtype, layers, Why, by = _params(P)
     N = state.shape[0]
     V = by.shape[0]
     x = token.reshape(N, 1)

@@ -16,7 +16,9 @@ fastrnn.rundir).
     start       the resolved configuration, model and data sizes
     compiling   the first step is about to start (it compiles the kernels)
     compiled    seconds taken by the first step (includes JIT compilation), excluded from chars/s
-    log         a progress row (also appended to RUN_DIR/log.jsonl): step, epoch, loss, chars_per_sec, rss_mb, ...
+    log         a progress row (also appended to RUN_DIR/log.jsonl): step, epoch, loss, chars_per_sec, rss_mb, ...,
+                and what the checkpoints and samples written since the previous row took (checkpoint_seconds: a
+                list, one per checkpoint; sample_seconds: their sum), where there were any
     evaluating  how far a running evaluation is (at most every validation.PROGRESS_INTERVAL seconds), with its ETA
     eval        a validation loss, and how many val tokens it was computed on
     sample      a short generated text

@@ -93,6 +93,7 @@ class Run(Setup):
         self.budget = TimeBudget(self.config.max_time, self.wall_at_start, self.started,
                                  self.model.flat.nbytes * (1 + len(self.optimizer.state)))
         self.window, self.first_step = Window(), True  # the steps since the last progress row
+        self.phases = {}  # the seconds of the checkpoints and samples since the last progress row (its fields)
         self.announced = False  # the "compiling" event was emitted: once, also if the first step is rolled back
         self.logged_step, self.last_row = self.state.step, None  # the last step with a progress row, that row
         if self.state.step == 0 and self.config.on_divergence == "rollback":
@@ -211,7 +212,9 @@ class Run(Setup):
             ids = list(generate(self.backend, self.model.P, self.vocab, length=self.config.sample_length, rng=srng,
                                 dtype=self.model.dtype, warmup=self.warmup))
             self.emit("sample", {"step": self.state.step, "text": self.vocab.decode(np.array(ids, dtype=np.int32))})
-            self.budget.measured("sample", time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.budget.measured("sample", seconds)
+            self.phases["sample_seconds"] = round(self.phases.get("sample_seconds", 0.0) + seconds, 4)
 
     def maybe_log(self, loss, norm, val_loss, now):
         """A progress row (log.jsonl and the 'log' event) every --log-every steps and at every evaluation."""
@@ -226,6 +229,8 @@ class Run(Setup):
         if val_loss is not None:
             row.update(self.evals.fields(val_loss))
         row.update(self.dp.row_fields(steps))  # with several ranks: rank 0's time in the Allreduce, per step
+        row.update(self.phases)
+        self.phases = {}
         row["eta"] = eta(self.max_steps - state.step, seconds / steps if steps else None,
                          self.budget.left() if self.budget.limited else None)
         self.log.write(row)

@@ -2,7 +2,8 @@
 
 A row (the 'log' event sends it too): run_id, step, epoch, loss (smoothed), batch_loss, lr, grad_norm,
 chars_per_sec, rss_mb, elapsed; with a val loss: val_loss, val_tokens, eval_seconds; with several ranks: ranks,
-allreduce_ms; last, eta.
+allreduce_ms; what the checkpoints and samples written since the previous row took, where there were any
+(checkpoint_seconds: a list, one per checkpoint; sample_seconds: their sum); last, eta.
 """
 
 import json
@@ -29,7 +30,8 @@ def open_log(run_dir, run_id, keep_until, legacy, is_root):
 def row(state, spe, loss, norm, lr, chars_per_sec):
     """The fields every progress row has, in their order: the run, its position, its losses and rate, the memory
     and time so far (state: checkpoint.RunState; spe: steps per epoch)."""
-    return {"run_id": state.run_id, "step": state.step, "epoch": round(state.epoch + state.index / spe, 4),
+    epoch = state.epoch + state.index / spe  # 6 digits: one step of a billion-token corpus shows
+    return {"run_id": state.run_id, "step": state.step, "epoch": float(f"{epoch:.6g}"),
             "loss": state.smooth_loss, "batch_loss": loss, "lr": lr, "grad_norm": norm,
             "chars_per_sec": chars_per_sec, "rss_mb": psutil.Process().memory_info().rss / 2**20,
             "elapsed": state.elapsed}

@@ -93,6 +93,7 @@ def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, 
             run = Run(config, corpus, corpus_path, run_dir, saved, emit, parent, comm, started)
         except FastrnnError as exc:
             failure = exc
+        saved = parent = None  # the run holds copies of their arrays: not twice the model's state while it trains
         comm.first_error(failure)  # a rank that cannot start stops them all, with its reason
         try:
             return run.loop()

@@ -87,7 +87,7 @@ class Setup:
         # several ranks on one machine share its cores (never oversubscribed unless --threads says so)
         self.threads = self.held.enter_context(self.backend.threads(config.threads or comm.default_threads()))
         self.model = Model(self.vocab.size, config.hidden_size, config.dtype, config.model, config.num_layers)
-        self.optimizer = Optimizer(config, self.model.layout.size, self.model.dtype, self.backend)
+        self.optimizer = Optimizer(config, self.model.layout, self.model.dtype, self.backend)
         self.gflat = self.dp.gradients(self.model.layout.size, self.model.dtype)  # (P,), the parameters' layout
         self.G = self.model.layout.views(self.gflat)
         self.rng = np.random.default_rng(config.seed)
@@ -180,7 +180,9 @@ class Setup:
         else:
             ckpt_io.save(path, ckpt)
         if self.budget is not None:
-            self.budget.measured("checkpoint", time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.budget.measured("checkpoint", seconds)
+            self.phases.setdefault("checkpoint_seconds", []).append(round(seconds, 4))
         self.emit("checkpoint", {"step": self.state.step, "path": path})
 
     def restore(self, ckpt):
