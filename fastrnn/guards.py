@@ -5,7 +5,8 @@
                   interrupts), checkpoint writes' Deferred (signals wait until the file is written) and prepare's
                   (the first signal interrupts, so that its temporary files are removed on the way out)
     FileLock      an exclusive flock on a file with the holder's PID inside: rundir.RunLock (a run directory, for
-                  train) and prepare's lock on its output are this lock
+                  train) and prepare's lock on its output are this lock, refusing a second holder; the corpus cache's
+                  (fastrnn.corpus.fromtext: train prepares a text once) is this lock, waiting for the holder
 """
 
 import contextlib
@@ -150,20 +151,20 @@ class FileLock:
     locks a removed file and proceeds (one that took the lock on a file removed meanwhile takes it again on the
     new one).
 
-    acquire() raises Busy if another process holds it, NoLocks if the file system cannot lock, OSError if the file
-    cannot be created or written."""
+    acquire() raises Busy if another process holds it (with wait=True it waits until the holder releases it
+    instead), NoLocks if the file system cannot lock, OSError if the file cannot be created or written."""
 
     HOLDER_WAIT = 0.2  # seconds a holder is given to write its PID (it writes it just after taking the lock)
 
-    def __init__(self, path):
-        self.path = os.fspath(path)
+    def __init__(self, path, wait=False):
+        self.path, self.wait = os.fspath(path), wait
         self.fd = None
 
     def acquire(self):
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = self._holder(fd)
                 os.close(fd)
