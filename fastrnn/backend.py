@@ -7,8 +7,9 @@ or sets thread counts: training, evaluation, sampling and serving go through `Ba
 Arrays: P and G are dicts of parameter and gradient arrays (fastrnn.params layout), x and y (N, T) int token ids,
 h0 and h (N, S) carried states (S: per layer h, then c for an lstm), masks (L, T, N, H) dropout masks or None,
 g and p flat (P,) buffers. A plan comes from plan_for once per shape and goes with every call of that shape; it
-has `path`, `precision`, `refused` (why bf16 products asked for were not granted, or "") and `describe()` (a
-line for people). The numba backend's plans are fastrnn.kernels.dispatch.Plan.
+has `path`, `precision`, `refused` (why bf16 products asked for were not granted, or ""), `way` (its name among
+the ways the shape can run: a run records it, and plan_for(way=...) makes the same plan again) and `describe()`
+(a line for people). The numba backend's plans are fastrnn.kernels.dispatch.Plan.
 """
 
 import contextlib
@@ -19,9 +20,10 @@ from typing import Protocol
 class Backend(Protocol):
     """What a backend module offers (the methods are its module-level functions; `self` is not theirs)."""
 
-    def plan_for(self, P, N, T, dropout=False, threads=None, precision="float32"):
+    def plan_for(self, P, N, T, dropout=False, threads=None, precision="float32", way=None):
         """The plan for calls on N sequences of T steps of the model P, with or without dropout masks, on
-        `threads` threads (None: the backend's count now), with bf16 recurrent products if asked and possible."""
+        `threads` threads (None: the backend's count now), with bf16 recurrent products if asked and possible;
+        way: the `way` of a plan made before for this shape (a resumed run's), made again without choosing."""
 
     def forward_backward(self, P, G, x, y, h0, masks=None, plan=None, clock=None):
         """Loss and gradients of one minibatch: G overwritten; returns (mean loss, new state (N, S)). clock: a

@@ -79,6 +79,9 @@ class RunState:
     corpus: str = ""  # the corpus file the run was started on (absolute path)
     init_from: str = ""  # the checkpoint a fine-tuning run (--init-from) took its parameters from, and its step
     ranks: int = 1  # the MPI ranks of the session that wrote the checkpoint (data-parallel training)
+    plans: list = dataclasses.field(default_factory=list)  # the kernel plans of the session that wrote the
+    # checkpoint, one {"train": way, "eval": way or "", "threads": n} a rank (Plan.way): a resumed session on as many
+    # ranks and the same threads takes them instead of choosing again
     eval_tokens: str = ""  # the --eval-tokens the run's evaluations were sized with, and their minibatches: a
     eval_batches: int = 0  # resumed run scores the same val tokens (also with another --eval-every)
     eval_pending: bool = False  # the evaluation of this step was stopped (a signal, --max-time): resuming runs it,

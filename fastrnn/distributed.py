@@ -107,6 +107,10 @@ class Single:
         """Rank 0's `obj`, on every rank."""
         return obj
 
+    def allgather(self, obj):
+        """Every rank's `obj`, a list by rank, on every rank."""
+        return [obj]
+
     def gather_rows(self, local, n):
         """The (n, ...) array of every rank's rows (its block of `rows(n)`), on rank 0 (None elsewhere)."""
         return local
@@ -168,6 +172,9 @@ class MPIWorld(Single):
 
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)
+
+    def allgather(self, obj):
+        return self.comm.allgather(obj)
 
     def gather_rows(self, local, n):
         local = np.ascontiguousarray(local)

@@ -198,7 +198,7 @@ def model_backward(dlogits, P, G, x, state, fwd, masks=None):
 class Plan:
     """The reference's plan: there is one path (the backends' common interface: plan_for, plan=)."""
 
-    path = "reference"
+    path = way = "reference"
     precision = "float32"
     refused = ""  # why bf16 products asked for were not granted (the reference has none)
 
@@ -209,8 +209,9 @@ class Plan:
 PLAN = Plan()
 
 
-def plan_for(P, N, T, dropout=False, threads=None, precision="float32"):
-    """The plan for calls of this shape: the reference has one path (float32 or float64, never bf16)."""
+def plan_for(P, N, T, dropout=False, threads=None, precision="float32", way=None):
+    """The plan for calls of this shape: the reference has one path (float32 or float64, never bf16), whatever
+    `way` a run recorded."""
     return PLAN
 
 

@@ -268,3 +268,71 @@ def test_the_plan_is_decided_from_its_arguments_and_the_answer_handed_to_it(monk
     assert p == dataclasses.replace(dispatch.candidates(dispatch.rule(*shape))["tiles"], measured=True)
     with pytest.raises(ValueError, match="not a way"):
         dispatch.plan(*shape, measured=("pair", ""))
+
+
+@pytest.mark.parametrize("shape", [("lstm", 1, 8, 50, 64, 65, False, 2, "float32"),
+                                   ("rnn", 1, 8, 50, 64, 65, False, 2, "float64"),
+                                   ("gru", 2, 1, 1, 32, 65, False, 1, "float32")], ids=["lstm", "rnn", "step"])
+def test_a_plan_is_made_again_from_its_way(shape, monkeypatch):
+    """Plan.way names the candidate a plan is, and plan(way=...) makes that plan again without measuring."""
+    monkeypatch.setattr(calibrate, "measured", lambda *a: pytest.fail("measured"))
+    options = dispatch.candidates(dispatch.rule(*shape))
+    for name, q in options.items():
+        assert q.way == name
+        again = dispatch.plan(*shape, way=name)
+        assert again == q and again.recorded and again.describe().endswith("(the run's, recorded in its checkpoint)")
+        assert backend.plan(*shape, way=name) == q
+        measured = dispatch.plan(*shape, measured=(name, "x"))
+        assert measured.way == name
+    assert dispatch.rule(*shape).way in options
+    with pytest.raises(ValueError, match="not a way"):
+        dispatch.plan(*shape, way="pair")
+
+def test_a_resumed_run_keeps_the_plan_its_checkpoint_records(small_corpus, tmp_path, monkeypatch):
+    """A run records its kernel plans (RunState.plans); resumed on the same threads it takes them, even where the
+    dispatcher would now choose another (here: forced to prefer BLAS), so it goes on bit for bit as a run that never
+    stopped. On other threads it chooses anew and says so; a checkpoint from before the record resumes as it did."""
+    from fastrnn import checkpoint as ckpt_io
+    from fastrnn.train import train
+
+    opts = dict(hidden_size=16, batch_size=4, seq_len=10, log_every=1, eval_every=5, checkpoint_every=0, threads=1)
+
+    def run(run_dir, overrides, resume=False):
+        events = []
+        train(small_corpus, tmp_path / run_dir, overrides, resume=resume, on_event=lambda k, d: events.append((k, d)))
+        (start,) = [d for k, d in events if k == "start"]
+        return start["plan"], [d["text"] for k, d in events if k == "message"]
+
+    monkeypatch.setenv(calibrate.CALIBRATE_ENV, "0")  # the rule decides: hand loops at this size
+    plan, _ = run("straight", dict(opts, max_steps=20))
+    assert "recurrent products: hand loops" in plan
+    run("split", dict(opts, max_steps=8))
+    assert ckpt_io.load(tmp_path / "split").state.plans == [{"train": "loops", "eval": "loops", "threads": 1}]
+
+    monkeypatch.setenv(calibrate.CALIBRATE_ENV, "1")
+    monkeypatch.setattr(calibrate, "measured", lambda *shape: ("blas", "forced by the test"))
+    plan, messages = run("split", {"max_steps": 20}, resume=True)
+    assert plan.endswith("hand loops; position products: BLAS; 1 thread (the run's, recorded in its checkpoint)")
+    assert messages == []
+    straight, split = ckpt_io.load(tmp_path / "straight"), ckpt_io.load(tmp_path / "split")
+    np.testing.assert_array_equal(split.params, straight.params)
+    assert [r["batch_loss"] for r in rows(tmp_path / "split")] == [r["batch_loss"] for r in rows(tmp_path / "straight")]
+    evaluated = {r["step"]: r["val_loss"] for r in rows(tmp_path / "straight") if "val_loss" in r}
+    assert len(evaluated) == 4 and all(r["val_loss"] == evaluated[r["step"]] for r in rows(tmp_path / "split")
+                                       if r["step"] in evaluated)
+
+    plan, messages = run("split", {"max_steps": 25, "threads": 2}, resume=True)  # other threads: chosen anew
+    assert "recurrent products: BLAS" in plan and plan.endswith("(chosen by measurement: forced by the test)")
+    assert messages == ["kernel plan chosen anew for 2 threads: the checkpoint's (loops) was made for 1 thread"]
+    assert ckpt_io.load(tmp_path / "split").state.plans == [{"train": "blas", "eval": "blas", "threads": 2}]
+
+    old = ckpt_io.load(tmp_path / "split")  # a checkpoint written before runs recorded their plans
+    del old.state["plans"]
+    ckpt_io.save(old.path, old)
+    plan, messages = run("split", {"max_steps": 30}, resume=True)
+    assert "recurrent products: BLAS" in plan and messages == []
+
+
+def rows(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]

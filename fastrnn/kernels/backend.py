@@ -24,24 +24,26 @@ from fastrnn.params import model_layout, state_size
 RNN_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 
 
-def plan_for(P, N, T, dropout=False, threads=None, precision="float32"):
+def plan_for(P, N, T, dropout=False, threads=None, precision="float32", way=None):
     """The dispatch.Plan for calls on N sequences of T steps of the model P (with dropout masks if `dropout`), on
     `threads` threads (None: numba's current count), with bf16 recurrent products if precision is "bf16" and the
-    CPU and shape allow it (`plan`)."""
+    CPU and shape allow it (`plan`); `way`: the candidate a run recorded (Plan.way), taken without choosing."""
     threads = thread_count() if threads is None else threads
     return plan(P.cell.name, P.layers, N, T, P.hidden_size, P["by"].shape[0], dropout, threads, P["Whh"].dtype,
-                precision=precision)
+                precision=precision, way=way)
 
 
-def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measure=None, precision="float32"):
+def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measure=None, precision="float32", way=None):
     """The dispatch.Plan of a shape on this machine: dispatch.plan handed the measured answer (calibrate.measured:
     the shape's candidates timed once per machine, then cached) unless `measure` is False (None: unless
-    FASTRNN_CALIBRATE=0)."""
+    FASTRNN_CALIBRATE=0) or `way` names the candidate to take (nothing is measured then)."""
     if measure is None:
         measure = calibrate.enabled()
     answer = calibrate.measured(cell, int(layers), int(N), int(T), int(H), int(V), bool(dropout),
-                                max(1, int(threads)), np.dtype(dtype).name, training_step) if measure else None
-    return dispatch.plan(cell, layers, N, T, H, V, dropout, threads, dtype, measured=answer, precision=precision)
+                                max(1, int(threads)), np.dtype(dtype).name, training_step) \
+        if measure and way is None else None
+    return dispatch.plan(cell, layers, N, T, H, V, dropout, threads, dtype, measured=answer, precision=precision,
+                         way=way)
 
 
 def training_step(p):

@@ -1,11 +1,12 @@
 """Which kernel path a training, evaluation or generation call takes: decided here, once per shape, by `plan`.
 
-    plan(cell, layers, N, T, H, V, dropout, threads, dtype, measured=None) -> Plan
+    plan(cell, layers, N, T, H, V, dropout, threads, dtype, measured=None, way=None) -> Plan
 
 A pure decision: from its arguments and, where the candidates were timed, the answer of that measurement handed
-to it (`measured`: calibrate.measured, which backend.plan asks); it reads no clock, file or environment. A Plan
-is a small frozen value that the backend passes to the kernels; nothing else chooses a path, and no process-wide
-state is read by a kernel. Its fields:
+to it (`measured`: calibrate.measured, which backend.plan asks); it reads no clock, file or environment. `way`
+names the candidate to take instead of deciding (a resumed run's plan, recorded in its checkpoint: Plan.way). A
+Plan is a small frozen value that the backend passes to the kernels; nothing else chooses a path, and no
+process-wide state is read by a kernel. Its fields:
 
     path       "fused": the one-layer model of a cell with a whole-step kernel (Cell.fused: the vanilla rnn)
                without dropout, the whole step one njit call (lm.py); "layers": any other model (other cells,
@@ -85,6 +86,14 @@ class Plan:
     precision: str = "float32"  # "bf16": the tiles' recurrent products in bf16 with float32 sums (tiles.py)
     note: str = dataclasses.field(default="", compare=False)  # how the measured choice was had, for people
     refused: str = dataclasses.field(default="", compare=False)  # why bf16 products asked for were not granted
+    recorded: bool = dataclasses.field(default=False, compare=False)  # taken by name (`way`), not decided here
+
+    @property
+    def way(self):
+        """This plan's name among its shape's `candidates` ("loops", "blas", "tiles", ...): what a run records in
+        its checkpoint, and plan(way=...) makes again."""
+        base = rule(self.cell, self.layers, self.N, self.T, self.H, self.V, self.dropout, self.threads, self.dtype)
+        return next(name for name, q in candidates(base).items() if _key(q) == _key(self))
 
     @property
     def how(self):
@@ -112,9 +121,16 @@ class Plan:
                "hand loops" if self.loops else "BLAS")
         pos = {"blas": "BLAS", "loops": "hand loops"}[self.positions]
         how = f" (chosen by measurement: {self.note})" if self.measured and self.note else \
-            " (chosen by measurement)" if self.measured else ""
+            " (chosen by measurement)" if self.measured else " (the run's, recorded in its checkpoint)" \
+            if self.recorded else ""
         return (f"{path}; recurrent products: {rec}; position products: {pos}; {self.threads} "
                 f"thread{'s' if self.threads != 1 else ''}{how}")
+
+
+def _key(p):
+    """What tells the candidates of a shape apart: tiles (which keep the rule's `loops`), else hand loops or BLAS,
+    and the position products (a bf16 plan is its float32 candidate's way with bf16 products)."""
+    return p.tiles, p.tiles or p.loops, p.positions
 
 
 def _fused(cell, layers, dropout, tiles):
@@ -123,18 +139,19 @@ def _fused(cell, layers, dropout, tiles):
     return cells.get(cell).fused and layers == 1 and not dropout and not tiles
 
 
-def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measured=None, precision="float32"):
+def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measured=None, precision="float32", way=None):
     """The Plan for a call on N sequences of T steps of a model (cell, layers, H, V), with or without dropout
     masks, on `threads` threads, in `dtype`. measured: None (the `rule` decides), or (the name of the fastest of
     the shape's `candidates`, how that was had), as calibrate.measured answers. precision "bf16": bf16 recurrent
     products (the tiles plan whenever there are BF16_ROWS sequences a thread) where the CPU has AVX512_BF16 and
     the dtype is float32; the plan's `precision` says what was granted ("float32" otherwise, and `refused` why).
-    The same arguments give the same Plan object."""
+    way: the name of the candidate to take (Plan.way of a plan made before; ValueError if the shape has no such
+    candidate), neither `measured` nor the rule. The same arguments give the same Plan object."""
     if precision not in PRECISIONS:
         raise ValueError(f"plan: unknown precision {precision!r}")
     measured = None if measured is None else (str(measured[0]), str(measured[1]))
     return _plan(cell, int(layers), int(N), int(T), int(H), int(V), bool(dropout), max(1, int(threads)),
-                 np.dtype(dtype).name, measured, precision)
+                 np.dtype(dtype).name, measured, precision, None if way is None else str(way))
 
 
 def bf16_refusal(N, threads, dtype):
@@ -152,13 +169,15 @@ def bf16_refusal(N, threads, dtype):
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measured, precision="float32"):
+def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measured, precision="float32", way=None):
     p = rule(cell, layers, N, T, H, V, dropout, threads, dtype)
-    if measured is not None:
+    name = way if way is not None else None if measured is None else measured[0]
+    if name is not None:
         options = candidates(p)
-        if measured[0] not in options:
-            raise ValueError(f"plan: {measured[0]!r} is not a way this shape can run ({', '.join(options)})")
-        p = dataclasses.replace(options[measured[0]], measured=True, note=measured[1])
+        if name not in options:
+            raise ValueError(f"plan: {name!r} is not a way this shape can run ({', '.join(options)})")
+        p = dataclasses.replace(options[name], recorded=True) if way is not None else \
+            dataclasses.replace(options[name], measured=True, note=measured[1])
     if precision == "bf16":
         why = bf16_refusal(N, threads, dtype)
         p = dataclasses.replace(p, refused=why) if why else \

@@ -28,6 +28,12 @@ from fastrnn.validation import val_set
 WARMUP_CHARS = 100  # characters of real text an unprimed sample is warmed on
 
 
+def _on(threads, ranks):
+    """'2 threads', or '1 thread on 2 ranks': what a session's kernel plans were made for."""
+    where = f" on {ranks} ranks" if ranks != 1 else ""
+    return f"{threads} thread{'s' if threads != 1 else ''}{where}"
+
+
 class Setup:
     """One session of a run, set up: the model, optimizer, data and counters, the plans, the log."""
 
@@ -110,12 +116,37 @@ class Setup:
         self.state.ranks = comm.size
         # whether checkpoint.h5 on disk is healthy (then it is kept as last-good.h5 before an unhealthy one)
         self.ckpt_healthy = saved is not None and saved.path == self.ckpt_path and ckpt_io.is_healthy(saved)
-        # the kernel paths of the training step and of evaluation, decided once for the run (kernels.dispatch)
-        self.plan = self.backend.plan_for(self.model.P, self.rows[1] - self.rows[0], config.seq_len,
-                                          config.dropout > 0, self.threads, precision=config.precision)
+        self.make_plans(self.state.plans if saved is not None else [])  # (state.plans: the saved session's)
+
+    def make_plans(self, recorded):
+        """The kernel paths of the training step and of evaluation, decided once for the session
+        (kernels.dispatch); `self.ways` names them for its checkpoints (RunState.plans, gathered from the ranks by
+        save). `recorded`: the plans of the session a resumed run continues. On as many ranks and the same
+        threads, each rank takes its own by name: choosing again could choose another (a measured plan where the
+        rule decided on a busy machine, say), and the numbers would no longer be those of a run that never
+        stopped. Otherwise they are chosen anew, and a message says so (the reference backend has one way:
+        nothing to say)."""
+        config, comm, P, T = self.config, self.comm, self.model.P, self.config.seq_len
+        mine = recorded[comm.rank] if len(recorded) == comm.size and isinstance(recorded[comm.rank], dict) else {}
+        same = bool(mine) and mine.get("threads") == self.threads
+
+        def plan(rows, dropout, way):
+            try:
+                return self.backend.plan_for(P, rows, T, dropout, self.threads, config.precision, way or None)
+            except ValueError:  # not a way this shape can run (a damaged record): chosen anew
+                return self.backend.plan_for(P, rows, T, dropout, self.threads, config.precision)
+
         val_rows = None if self.val_stream is None else comm.rows(self.val_stream.batch_size)
-        self.evals.plan = None if val_rows is None or val_rows[1] == val_rows[0] else self.backend.plan_for(
-            self.model.P, val_rows[1] - val_rows[0], config.seq_len, False, self.threads, precision=config.precision)
+        self.plan = plan(self.rows[1] - self.rows[0], config.dropout > 0, mine.get("train") if same else None)
+        self.evals.plan = None if val_rows is None or val_rows[1] == val_rows[0] else \
+            plan(val_rows[1] - val_rows[0], False, mine.get("eval") if same else None)
+        self.ways = ways = {"train": self.plan.way, "eval": self.evals.plan.way if self.evals.plan else "",
+                            "threads": self.threads}
+        if recorded and self.plan.way != "reference" and (not same or {k: mine.get(k) for k in ways} != ways):
+            was = recorded[0] if isinstance(recorded[0], dict) else {}
+            self.emit("message", {"text": f"kernel plan chosen anew for {_on(self.threads, comm.size)}: the "
+                                          f"checkpoint's ({was.get('train')}) " + ("does not fit this shape" if same
+                                          else f"was made for {_on(was.get('threads'), len(recorded))}")})
 
     def announce(self, saved):
         """The step limit, the 'start' event, then the run log (last, so that nothing in here can fail with the
@@ -164,6 +195,7 @@ class Setup:
             raise health.NonFinite(f"the {', '.join(bad)} became non-finite by step {self.state.step}; that "
                                    f"checkpoint was not written")
         hidden = self.dp.gather_state(self.model.flat, self.h)  # the checkpoint holds all N streams
+        self.state.plans = self.comm.allgather(self.ways)  # and every rank's kernel plans
         if not self.comm.is_root:
             return
         started = time.perf_counter()
