@@ -76,10 +76,10 @@ def _train(corpus_h5, run_dir, cell, layers, hidden, backend, limit, settings, b
     if budget is None:
         return None
     state = final_state(run_dir)
-    loss = state.get("best_val", float("nan"))
-    step = int(state["step"])
+    loss = state.best_val
+    step = int(state.step)
     chars = step * settings["batch_size"] * settings["seq_len"]
-    train_seconds = float(state["elapsed"])
+    train_seconds = float(state.elapsed)
     return dict(model=cell, layers=layers, hidden=hidden, backend=backend, budget_s=budget, val_loss=loss,
                 val_bpc=loss / math.log(2), steps=step, chars=chars, chars_per_sec=chars / train_seconds,
                 train_seconds=train_seconds, wall_seconds=wall)
