@@ -29,6 +29,17 @@ class Evaluations:
                 f"of --max-time" if left > 0 else "--max-time is used up")})
         return fits
 
+    def load_kernels(self, model):
+        """Compile (or load from numba's cache) the evaluation's kernels with one minibatch of this rank's rows, its
+        loss unused: called in the first step's start-up, so an evaluation's seconds are scoring alone."""
+        if self.valset is None or self.valset.batches == 0:
+            return
+        stream = self.valset.stream
+        lo, hi = self.dp.comm.rows(stream.batch_size)
+        if hi > lo:
+            x, y = stream.batch(0, 0)
+            self.backend.forward_loss(model.P, x, y, model.zero_state(hi - lo), plan=self.plan)
+
     def score(self, model, state, budget, stop, final=False):
         """The validation loss of `model` at state.step, or None if stop() (called before each minibatch)
         stopped the evaluation: then a message says so, and a periodic one is pending (state.eval_pending: a
