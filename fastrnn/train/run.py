@@ -186,16 +186,15 @@ class Run(Setup):
         state.index += 1
         if state.index == self.spe:
             state.epoch, state.index = state.epoch + 1, 0
+        if self.first_step:  # it compiles, or loads, the kernels: the evaluation's too (evaluations time scoring)
+            self.evals.load_kernels(self.model)
         now = time.perf_counter()
         state.elapsed = self.elapsed_at_start + (now - self.session_start)
-        if not self.first_step:  # (the first one compiles, or loads, the kernels)
+        if not self.first_step:
             self.budget.measured("step", now - started)
         self.window.steps += 1
-        if self.first_step:  # with the evaluation's kernels: an evaluation's seconds are scoring alone
+        if self.first_step:
             self.first_step = False
-            self.evals.load_kernels(self.model)
-            now = time.perf_counter()
-            state.elapsed = self.elapsed_at_start + (now - self.session_start)
             self.emit("compiled", {"seconds": now - started})
             self.window.reset()  # the first step (JIT compile) is not timed
             self.dp.new_window()
