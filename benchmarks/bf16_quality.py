@@ -38,10 +38,10 @@ def train(corpus_h5, run_dir, cell, layers, hidden, precision, steps, settings):
         raise click.ClickException(f"{precision}: fastrnn train failed "
                                    f"({proc.stderr.strip().splitlines()[-1:] or proc.returncode})")
     state = final_state(run_dir)
-    chars = int(state["step"]) * settings["batch_size"] * settings["seq_len"]
+    chars = int(state.step) * settings["batch_size"] * settings["seq_len"]
     granted = precision == "float32" or "training in float32" not in proc.stderr
-    return dict(precision=precision, granted=granted, steps=int(state["step"]), val_loss=state["best_val"],
-                chars_per_sec=chars / float(state["elapsed"]), wall_seconds=time.perf_counter() - t0,
+    return dict(precision=precision, granted=granted, steps=int(state.step), val_loss=state.best_val,
+                chars_per_sec=chars / float(state.elapsed), wall_seconds=time.perf_counter() - t0,
                 kernels=next((line.split("kernels: ", 1)[1] for line in proc.stderr.splitlines()
                               if line.startswith("kernels: ")), None))
 

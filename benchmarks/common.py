@@ -123,11 +123,11 @@ _limits = None  # the threadpoolctl limiter in force, kept alive
 def set_threads(n):
     """Use n threads for numba kernels and BLAS. Returns n.
 
-    fastrnn.kernels.threads.set_threads when the kernels provide it, else threadpoolctl + numba.set_num_threads.
+    fastrnn.kernels.pools.set_threads when the kernels provide it, else threadpoolctl + numba.set_num_threads.
     """
     global _limits
     try:
-        from fastrnn.kernels.threads import set_threads as kernels_set_threads
+        from fastrnn.kernels.pools import set_threads as kernels_set_threads
     except ImportError:
         kernels_set_threads = None
     if kernels_set_threads is not None:

@@ -58,9 +58,10 @@ def time_candidates(options_, repeats):
     """{name: median seconds per step}: the candidates' whole training steps in turn, `repeats` rounds, each
     timing about 0.3 s (at least one step) after a pause and a step of its own (calibrate.settled: another
     plan's BLAS threads may still spin)."""
+    from fastrnn.kernels.backend import training_step
     from fastrnn.kernels.calibrate import Stepper, settled
 
-    steppers = {name: Stepper(p) for name, p in options_.items()}
+    steppers = {name: Stepper(p, training_step(p)) for name, p in options_.items()}
     reps = {}
     for name, s in steppers.items():
         s.warm_up()
@@ -114,7 +115,7 @@ def tile_gflops(repeats, R=32, K=512, M=2048):
 
 def worker(threads, repeats, rows, what):
     """The measurements of one target, in this process (its environment names the target): a JSON object."""
-    from fastrnn.kernels import dispatch, tiles
+    from fastrnn.kernels import backend, dispatch, tiles
 
     if what == "tiles":
         return tile_gflops(repeats)
@@ -126,7 +127,7 @@ def worker(threads, repeats, rows, what):
         if name not in rows:
             continue
         t0 = time.perf_counter()
-        p = dispatch.plan(cell, layers, N, T, H, V, False, threads, "float32", measure=True)
+        p = backend.plan(cell, layers, N, T, H, V, False, threads, "float32", measure=True)
         choose_seconds = time.perf_counter() - t0
         seconds = time_candidates(dispatch.candidates(dispatch.rule(cell, layers, N, T, H, V, False, threads,
                                                                     "float32")), repeats)

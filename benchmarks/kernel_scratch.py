@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks import options
 from benchmarks.common import machine_info, write_json
 from fastrnn import kernels, reference
-from fastrnn.kernels.threads import set_threads
+from fastrnn.kernels.pools import set_threads
 from fastrnn.params import model_layout
 
 DEFAULT_SETTINGS = ["64:512", "1:128", "32:128"]

@@ -5,7 +5,7 @@
 
 Runs from a checkout (benchmarks/ is not part of the installed package); `--help` lists every option.
 
-A training step, as in fastrnn/train.py, is forward_backward + clip_gradients(clip 5) + adam_update on one (N, T)
+A training step, as in fastrnn/train/run.py, is forward_backward + clip_gradients(clip 5) + adam_update on one (N, T)
 minibatch: N*T characters. Contenders:
 
     numba  fastrnn.kernels (or --numba-module), minibatched

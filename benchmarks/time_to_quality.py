@@ -83,11 +83,11 @@ def result_row(state, batch_size, seq_len, fields, wall):
     """A row from a finished run's checkpoint state: `fields`, then the best val loss in nats and bits per char
     (NaN where no evaluation ran), the steps and chars trained, chars/s (None where the budget left no time to
     train a step: nothing to divide), the training and wall seconds."""
-    loss = state.get("best_val")
+    loss = state.best_val
     loss = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else float("nan")
-    step = int(state.get("step") or 0)
+    step = int(state.step or 0)
     chars = step * batch_size * seq_len
-    train_seconds = float(state.get("elapsed") or 0.0)
+    train_seconds = float(state.elapsed or 0.0)
     return dict(fields, val_loss=loss, val_bpc=loss / math.log(2), steps=step, chars=chars,
                 chars_per_sec=chars / train_seconds if step and train_seconds > 0 else None,
                 train_seconds=train_seconds, wall_seconds=wall)

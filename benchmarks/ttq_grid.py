@@ -241,7 +241,7 @@ def run_row(corpus, budget, config, settings, machine, wall, core):
     if choice:
         fields["choice"] = choice.get("line")
     row = result_row(ckpt.state, c["batch_size"], c["seq_len"], fields, wall)
-    row["epochs"] = row["chars"] / ckpt.state["train_tokens"] if ckpt.state.get("train_tokens") else None
+    row["epochs"] = row["chars"] / ckpt.state.train_tokens if ckpt.state.train_tokens else None
     row["wall_over_budget"] = wall / budget
     return row
 

@@ -113,11 +113,9 @@ class CharRNN:
                 if on_event:
                     on_event(kind, payload)
 
-            from fastrnn.kernels.threads import restored
-
-            with restored():  # the run sets numba's and BLAS's threads; the caller's process keeps its own
-                summary = train(corpus, run_dir, opts, resume=resume, force=not resume, on_event=record,
-                                init_from=init_from)
+            # (the run sets numba's and BLAS's threads for its session; the caller's process keeps its own)
+            summary = train(corpus, run_dir, opts, resume=resume, force=not resume, on_event=record,
+                            init_from=init_from)
             self.history = events
             self.model, self.vocab, ckpt = load_model(summary["checkpoint"])
             self._ckpt = ckpt
@@ -174,7 +172,7 @@ class CharRNN:
     def _warmup(self):
         """The ids an unprimed sample is warmed on (the checkpoint's start of the val split), or None."""
         ckpt = getattr(self, "_ckpt", None)
-        return None if ckpt is None else ckpt.state.get("warmup")
+        return None if ckpt is None else ckpt.state.warmup
 
     def next_probs(self, prime="", k=None, temperature=1.0):
         """The probabilities of the character after `prime`: [(character, p), ...], most probable first (the `k`

@@ -2,9 +2,9 @@
 
 Layout of checkpoint.h5:
 
-    attrs  fastrnn_checkpoint = 1, format_version, config (JSON), vocab (JSON), state (JSON: step, epoch, index,
-           rng state, smoothed loss, best val loss, run_id, healthy, ...), checksum (sha256 of all of the above
-           and every dataset)
+    attrs  fastrnn_checkpoint = 1, format_version, config (JSON), vocab (JSON), state (JSON: the fields of
+           RunState: step, epoch, index, rng state, smoothed loss, best val loss, run_id, healthy, ...), checksum
+           (sha256 of all of the above and every dataset)
     params              (P,)    the flat parameter buffer (fastrnn.params layout)
     optimizer/<name>    (P,)    optimizer state buffers, same layout
     hidden              (N, H)  the carried hidden state
@@ -14,19 +14,19 @@ so a crash at any instant leaves either the old or the new checkpoint, never a m
 file damaged afterwards.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import shutil
-import signal
 import tempfile
-import threading
 
 import h5py
 import numpy as np
 
 from fastrnn.errors import CheckpointError
+from fastrnn.guards import Deferred
 from fastrnn.h5safe import check_global_heaps, dataset_extent, int_attr, str_attr
 
 FORMAT_VERSION = 1
@@ -39,17 +39,128 @@ _DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeErro
            MemoryError)
 
 
+def _kept(default):
+    """A field a divergence rollback keeps from the run that rolls back (the others come back from the checkpoint
+    it rolls back to)."""
+    return dataclasses.field(default=default, metadata={"rollback": "kept"})
+
+
+@dataclasses.dataclass
+class RunState:
+    """The state of a checkpoint: everything besides parameters, optimizer buffers and carried state that a resumed
+    run needs to continue exactly, with how it stood when the checkpoint was written (`healthy`, `warmup`).
+
+    This is the checkpoint's schema: it is written as the `state` attribute (JSON, every field), and read back with
+    the defaults below for what an older checkpoint lacks (fields it does not know are dropped). A divergence
+    rollback restores every field from the checkpoint it rolls back to, except those declared kept (`_kept`: the
+    run's clocks, its learning-rate scale, its rollback count and its id: see `keep_on_rollback`)."""
+
+    step: int = 0  # updates done
+    epoch: int = 0  # position of the next minibatch: (epoch, index within the epoch)
+    index: int = 0
+    smooth_loss: float = float("nan")
+    first_loss: float = float("nan")
+    best_val: float = float("inf")
+    best_step: int = -1
+    evals_since_best: int = 0
+    elapsed: float = _kept(0.0)  # seconds of training so far, over all sessions of the run
+    wall_seconds: float = _kept(0.0)  # the run's wall clock over its sessions, each from train()'s start to its
+    # last checkpoint: start-up, evaluations and checkpoints included (--max-time counts it)
+    rng: dict = dataclasses.field(default_factory=dict)  # numpy bit generator state
+    train_tokens: int = 0  # the corpus the run was trained on (checked on resume)
+    vocab_size: int = 0
+    lr_scale: float = _kept(1.0)  # halved by each divergence rollback
+    rollbacks: int = _kept(0)
+    run_id: str = _kept("")  # made when the run starts; in every checkpoint and log row of the run ("" before
+    # fastrnn had it)
+    low_loss: float = float("nan")  # the lowest smoothed loss so far (a checkpoint's health is judged against it)
+    recent_loss: float = float("nan")  # a faster moving average of the loss, for the health
+    stuck_steps: int = 0  # steps in a row with the smoothed loss far above low_loss
+    corpus: str = ""  # the corpus file the run was started on (absolute path)
+    init_from: str = ""  # the checkpoint a fine-tuning run (--init-from) took its parameters from, and its step
+    ranks: int = 1  # the MPI ranks of the session that wrote the checkpoint (data-parallel training)
+    plans: list = dataclasses.field(default_factory=list)  # the kernel plans of the session that wrote the
+    # checkpoint, one {"train": way, "eval": way or "", "threads": n} a rank (Plan.way): a resumed session on as many
+    # ranks and the same threads takes them instead of choosing again
+    eval_tokens: str = ""  # the --eval-tokens the run's evaluations were sized with, and their minibatches: a
+    eval_batches: int = 0  # resumed run scores the same val tokens (also with another --eval-every)
+    eval_pending: bool = False  # the evaluation of this step was stopped (a signal, --max-time): resuming runs it,
+    pending_row: dict = dataclasses.field(default_factory=dict)  # and completes this log row with its val loss
+    healthy: bool = True  # written while the run was healthy (absent in older checkpoints): a rollback target
+    warmup: list = None  # the token ids an unprimed sample is warmed on (the start of the val split)
+
+    @classmethod
+    def from_dict(cls, values):
+        return cls(**{k: v for k, v in values.items() if k in STATE_FIELDS})
+
+    def to_dict(self):
+        """JSON-safe: numpy scalars as Python numbers (infinities and NaN as JSON's Infinity and NaN)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    def keep_on_rollback(self, run):
+        """After a rollback restored this state from a checkpoint: take back from `run` (the state before) the
+        fields a rollback keeps."""
+        for f in dataclasses.fields(self):
+            if f.metadata.get("rollback") == "kept":
+                setattr(self, f.name, getattr(run, f.name))
+
+    def __getitem__(self, name):
+        """state["step"]: access by field name, for scripts written when the state was a dict (the package uses
+        the attributes)."""
+        if name not in STATE_FIELDS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __setitem__(self, name, value):
+        if name not in STATE_FIELDS:
+            raise KeyError(name)
+        setattr(self, name, value)
+
+    def __delitem__(self, name):
+        """The field back to its default: as a checkpoint without it (an older one) reads."""
+        if name not in STATE_FIELDS:
+            raise KeyError(name)
+        f = next(f for f in dataclasses.fields(self) if f.name == name)
+        setattr(self, name, f.default_factory() if f.default is dataclasses.MISSING else f.default)
+
+    def get(self, name, default=None):
+        return getattr(self, name) if name in STATE_FIELDS else default
+
+
+STATE_FIELDS = frozenset(f.name for f in dataclasses.fields(RunState))
+KEPT_ON_ROLLBACK = tuple(f.name for f in dataclasses.fields(RunState) if f.metadata.get("rollback") == "kept")
+
+
+def _jsonable(d):
+    """JSON-safe copy: numpy scalars to Python, infinities kept as strings JSON understands via float()."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out[k] = _jsonable(v)
+        elif isinstance(v, (np.integer,)):
+            out[k] = int(v)
+        elif isinstance(v, (np.floating,)):
+            out[k] = float(v)
+        else:
+            out[k] = v
+    return out
+
+
+@dataclasses.dataclass(eq=False)
 class Checkpoint:
     """The contents of a checkpoint file."""
 
-    def __init__(self, config, vocab, params, optimizer, hidden, state, path=None):
-        self.config = config  # dict
-        self.vocab = vocab  # dict (fastrnn.corpus.Vocab.to_dict())
-        self.params = params  # (P,)
-        self.optimizer = optimizer  # dict name -> (P,)
-        self.hidden = hidden  # (N, H)
-        self.state = state  # dict
-        self.path = path
+    config: dict  # fastrnn.config.TrainConfig.to_dict()
+    vocab: dict  # fastrnn.corpus.Vocab.to_dict()
+    params: np.ndarray  # (P,)
+    optimizer: dict  # name -> (P,)
+    hidden: np.ndarray  # (N, S)
+    state: RunState  # (a dict is read as RunState.from_dict)
+    path: str = None
+
+    def __post_init__(self):
+        if not isinstance(self.state, RunState):
+            self.state = RunState.from_dict(self.state)
 
 
 def resolve(path):
@@ -98,7 +209,7 @@ def save(path, ckpt):
     attrs_json = {
         "config": json.dumps(ckpt.config, sort_keys=True),
         "vocab": json.dumps(ckpt.vocab, sort_keys=True),
-        "state": json.dumps(ckpt.state, sort_keys=True),
+        "state": json.dumps(ckpt.state.to_dict(), sort_keys=True),
     }
     arrays = {"params": ckpt.params, "hidden": ckpt.hidden}
     arrays.update({f"optimizer/{k}": v for k, v in ckpt.optimizer.items()})
@@ -106,32 +217,8 @@ def save(path, ckpt):
     # checkpoint, never inside HDF5 (which would leave a half-closed file for the interpreter's shutdown)
     # (a mask would not do: the signal goes to whichever thread, a BLAS worker say, and Python runs its handler in
     # the main thread anyway; the handlers are swapped for ones that note the signal, replayed after the write)
-    with _DeferSignals():
+    with Deferred():
         _write(path, directory, attrs_json, arrays)
-
-
-class _DeferSignals:
-    """SIGINT and SIGTERM noted while the block runs (main thread only), then handed to the handlers they had."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self):
-        self.pending, self.old = [], {}
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self.old[s] = signal.signal(s, lambda signum, frame: self.pending.append(signum))
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.old.items():
-            signal.signal(s, handler)
-        for signum in self.pending[:2]:  # in order: a first stops the run at the step, a second at once
-            handler = self.old[signum]
-            if callable(handler):
-                handler(signum, None)
-            elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), signum)
-        return False
 
 
 def _write(path, directory, attrs_json, arrays):
@@ -213,7 +300,7 @@ def load(path):
             params=arrays["params"],
             optimizer=optimizer,
             hidden=arrays["hidden"],
-            state=json.loads(attrs_json["state"]),
+            state=RunState.from_dict(json.loads(attrs_json["state"])),
             path=path,
         )
     except CheckpointError:
@@ -238,7 +325,7 @@ def is_finite(ckpt):
 def is_healthy(ckpt):
     """Written while its run was healthy (state "healthy", absent in older checkpoints) and finite: a point
     a divergence rollback may return to."""
-    return bool(ckpt.state.get("healthy", True)) and is_finite(ckpt)
+    return bool(ckpt.state.healthy) and is_finite(ckpt)
 
 
 def history(run_dir):
@@ -261,6 +348,24 @@ def keep_history(run_dir, step, keep):
             os.unlink(path)
         except OSError:
             pass
+
+
+def save_in_run(run_dir, ckpt, was_healthy, keep):
+    """Write `ckpt` as RUN_DIR/checkpoint.h5 with the files kept around it: a healthy checkpoint.h5 that an unhealthy
+    one replaces is kept as last-good.h5 first (was_healthy: the one on disk is healthy), and removed once a healthy
+    one is written again; with keep > 1, the numbered history of the newest `keep` (keep_history)."""
+    path = os.path.join(run_dir, CHECKPOINT_NAME)
+    if not ckpt.state.healthy and was_healthy and os.path.exists(path):
+        keep_last_good(run_dir)
+    save(path, ckpt)
+    last_good = os.path.join(run_dir, LAST_GOOD_NAME)
+    if ckpt.state.healthy and os.path.exists(last_good):
+        try:
+            os.unlink(last_good)  # older than this healthy checkpoint
+        except OSError:
+            pass
+    if keep > 1:
+        keep_history(run_dir, ckpt.state.step, keep)
 
 
 def keep_last_good(run_dir):
@@ -297,5 +402,5 @@ def load_for_resume(run_dir):
                 ckpt = load(candidate)
             except CheckpointError:
                 continue
-            return ckpt, f"{exc}; resuming from {candidate} (step {ckpt.state.get('step')}) instead"
+            return ckpt, f"{exc}; resuming from {candidate} (step {ckpt.state.step}) instead"
         raise

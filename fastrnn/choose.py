@@ -18,26 +18,21 @@ The rule: the largest candidate (most parameters) with p <= MAX_PARAMS_PER_CHAR 
 if none, the smallest. A larger budget or a faster machine only raises D / P, a larger corpus only lowers p, so
 either chooses a model at least as large. Explicit options override their part (settle passes them as `given`).
 
-The speeds are whole training steps (the backend's forward_backward) of a freshly initialised model of each shape on
-random tokens, on the run's threads and dtype, with the kernel plan dispatch's rule gives the shape (its own
-measurement takes seconds a shape); smallest shape first, and only shapes that can fit (a shape over the data's
-limit, or predicted too slow even at PRUNE_SLACK times the speed of the one before, is not timed). The first
-shape is always timed (a run needs its kernels anyway); the others only while MEASURE_SHARE of --max-time lasts,
-counted from the start of `train`, whose time budget (fastrnn.budget) has the deadline from that start on, so
-the measurement is charged to the run. Each speed is kept in a cache file per machine (choose-<machine>.json in
-fastrnn.cachedir, keyed by the CPU's model and flags, NumPy's and numba's versions, and in each key the shape,
-vocabulary, dtype, backend and threads), so later runs on the machine choose the same without timing again; a
-timing taken while other processes kept the cores busy is used once, not kept.
+The speeds (fastrnn.speeds: training steps of each shape, timed and cached per machine) are measured smallest shape
+first, and only for shapes that can fit (a shape over the data's limit, or predicted too slow even at PRUNE_SLACK
+times the speed of the one before, is not timed). The first shape is always timed (a run needs its kernels anyway);
+the others only while MEASURE_SHARE of --max-time lasts, counted from the start of `train`, whose time budget
+(fastrnn.budget) has the deadline from that start on, so the measurement is charged to the run.
 """
 
 import dataclasses
-import hashlib
-import json
 import os
-import statistics
 import time
 
+from fastrnn.cells.lstm import LSTM
+from fastrnn.cells.rnn import RNN
 from fastrnn.errors import ConfigError
+from fastrnn.speeds import measure
 
 # ---------------------------------------------------------------------------------------------------------------
 # the rules: data, each number with the measurement that set it. Every measurement so far: adam at lr 2e-3
@@ -95,11 +90,11 @@ class Candidate:
 # Smallest first; the rule takes the largest that fits. Dropout 0 in every one: it did not pay for rnn 1x256 on tiny
 # Shakespeare in 120 s [MAKE], and no run measured it elsewhere (where it starts to pay is for the grid to say).
 CANDIDATES = (
-    Candidate("rnn", 1, 128, 32, 50, 2e-3, 0.0, "the defaults; 1.712 on tiny Shakespeare in 300 s [I28]"),
-    Candidate("rnn", 1, 256, 32, 50, 2e-3, 0.0, "make run's model; 1.652 on tiny Shakespeare in 300 s [I28, MAKE]"),
-    Candidate("rnn", 1, 512, 64, 50, 2e-3, 0.0, "best on the novels in 120 and 240 s [TTQ1, TTQ2]"),
-    Candidate("lstm", 2, 256, 64, 50, 2e-3, 0.0, "second on the novels in 240 s, short of chars per param [TTQ2]"),
-    Candidate("lstm", 2, 512, 64, 50, 2e-3, 0.0, "not measured: the next size, for large corpora and long budgets"),
+    Candidate(RNN.name, 1, 128, 32, 50, 2e-3, 0.0, "the defaults; 1.712 on tiny Shakespeare in 300 s [I28]"),
+    Candidate(RNN.name, 1, 256, 32, 50, 2e-3, 0.0, "make run's model; 1.652 on tiny Shakespeare in 300 s [I28, MAKE]"),
+    Candidate(RNN.name, 1, 512, 64, 50, 2e-3, 0.0, "best on the novels in 120 and 240 s [TTQ1, TTQ2]"),
+    Candidate(LSTM.name, 2, 256, 64, 50, 2e-3, 0.0, "second on the novels in 240 s, short of chars per param [TTQ2]"),
+    Candidate(LSTM.name, 2, 512, 64, 50, 2e-3, 0.0, "not measured: the next size, for large corpora and long budgets"),
 )
 MODEL_OPTIONS = ("model", "num_layers", "hidden_size")  # any of them given: no choice (the user chose the model)
 STEP_OPTIONS = ("lr_decay", "lr_decay_every", "lr_decay_after")  # given: the user wants the step schedule
@@ -112,11 +107,7 @@ CHOICE_KEY = "choice"  # config.extra: what was chosen and why
 # measuring
 
 MEASURE_SHARE = 0.05  # of --max-time at most for measuring and choosing (the first shape is always timed)
-MEASURE_SECONDS = 0.15  # timed steps of a shape: about this long, and at least MEASURE_STEPS
-MEASURE_STEPS = 2
-LOAD_GUESS = 0.5  # seconds to load a kernel family's compiled code from numba's cache, before one was seen
 PRUNE_SLACK = 2.0  # a larger shape is predicted at most this much faster per parameter than the last one timed
-BUSY_CORES = 0.5  # a timing during which other processes used more cores than this is not kept in the cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,149 +256,6 @@ def horizon(speed, budget, batch, seq_len, step=0):
     return step + predicted_steps(speed, budget, batch, seq_len)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# measuring (the machine's speed per shape)
-
-
-@dataclasses.dataclass
-class Measured:
-    speeds: dict  # Shape -> chars/s
-    seconds: float  # spent timing (0 if every speed came from the cache)
-    cached: int  # speeds read from the cache
-
-
-def machine_id():
-    """A hash of what a speed depends on besides the shape: the CPU's model and flags, NumPy and numba."""
-    import platform
-
-    import numba
-    import numpy as np
-
-    parts = [platform.machine(), np.__version__, numba.__version__]
-    try:
-        with open("/proc/cpuinfo") as f:
-            parts += [line for line in f if line.startswith(("model name", "flags"))][:2]
-    except OSError:
-        parts.append(platform.processor())
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def cache_path():
-    from fastrnn import cachedir
-
-    return os.path.join(cachedir.root(), f"choose-{machine_id()}.json")
-
-
-def cache_key(shape, vocab_size, dtype, backend, threads):
-    return f"{backend}:{shape.cell}:{shape.layers}x{shape.hidden}:B{shape.batch}:T{shape.seq_len}:" \
-           f"V{vocab_size}:{dtype}:{threads}t:{'dropout' if shape.dropout else 'plain'}"
-
-
-def _load_cache():
-    try:
-        with open(cache_path()) as f:
-            data = json.load(f)
-        return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))} if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_cache(updates):
-    """Add `updates` to the cache file (atomically; a location that cannot be written is skipped)."""
-    path = cache_path()
-    cache = _load_cache()
-    cache.update(updates)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(cache, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-
-
-def _others_busy():
-    """CPU seconds used so far by every other process on the machine."""
-    import psutil
-
-    total, mine = psutil.cpu_times(), psutil.Process().cpu_times()
-    return sum(total) - total.idle - getattr(total, "iowait", 0.0) - (mine.user + mine.system)
-
-
-def _plan(backend, model, N, T, dropout, threads):
-    """The kernel plan a timing steps with: the numba backend's rule (kernels.dispatch.plan without its own
-    measurement), the reference's one plan."""
-    if getattr(backend, "__name__", "") == "fastrnn.kernels":
-        from fastrnn.kernels import dispatch
-
-        return dispatch.plan(model.model, model.num_layers, N, T, model.hidden_size, model.vocab_size, dropout,
-                             threads, model.dtype, measure=False)
-    return backend.plan_for(model.P, N, T, dropout, threads)
-
-
-def time_shape(shape, vocab_size, dtype, backend_name, threads, seconds=MEASURE_SECONDS):
-    """Chars/s of training steps (forward_backward) of a fresh model of `shape` on random tokens: one untimed step
-    (it compiles or loads the kernels), then steps for about `seconds` (MEASURE_STEPS at least); the median."""
-    import numpy as np
-
-    from fastrnn.dropout import make_masks
-    from fastrnn.model import Model, get_backend
-
-    backend = get_backend(backend_name)
-    rng = np.random.default_rng(0)
-    model = Model(vocab_size, shape.hidden, dtype, shape.cell, shape.layers).init(rng, 0.01, "xavier")
-    N, T = shape.batch, shape.seq_len
-    G = model.layout.views(model.layout.zeros(model.dtype))
-    x, y = (rng.integers(0, vocab_size, size=(N, T)).astype(np.int32) for _ in range(2))  # (N, T)
-    h = model.zero_state(N)  # (N, S)
-    masks = make_masks(rng, 0.5 if shape.dropout else 0.0, shape.layers, T, N, shape.hidden, model.dtype)
-    plan = _plan(backend, model, N, T, shape.dropout, threads)
-    backend.forward_backward(model.P, G, x, y, h, masks, plan=plan)
-    times, start = [], time.perf_counter()
-    while len(times) < MEASURE_STEPS or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        backend.forward_backward(model.P, G, x, y, h, masks, plan=plan)
-        times.append(time.perf_counter() - t0)
-    return N * T / max(statistics.median(times), 1e-9)
-
-
-def measure(shapes, vocab_size, dtype, backend, threads, deadline, *, worth=None, clock=time.perf_counter,
-            timer=None):
-    """Measured speeds of `shapes` (smallest first): from the cache, else timed (`timer`, default time_shape)
-    while `clock` is before `deadline` (the first shape always). worth(shape, speeds so far): False skips a shape
-    not worth timing (it cannot fit); None stops there (no larger one can)."""
-    timer = timer or time_shape
-    cache = _load_cache()
-    speeds, spent, cached, kept = {}, 0.0, 0, {}
-    loads = {}  # kernel family -> seconds its first step took (compiling, or loading numba's cache)
-    for i, shape in enumerate(shapes):
-        key = cache_key(shape, vocab_size, dtype, backend, threads)
-        if worth is not None and i > 0:
-            verdict = worth(shape, speeds)
-            if verdict is None:
-                break
-            if not verdict:
-                continue
-        if key in cache:
-            speeds[shape], cached = cache[key], cached + 1
-            continue
-        family = (shape.cell, shape.layers > 1 or shape.dropout)
-        guess = loads.get(family, max(loads.values(), default=LOAD_GUESS)) + 2 * MEASURE_SECONDS
-        if speeds and clock() + guess > deadline:
-            break
-        busy, t0 = _others_busy(), time.perf_counter()
-        speeds[shape] = timer(shape, vocab_size, dtype, backend, threads)
-        took = time.perf_counter() - t0
-        spent += took
-        loads[family] = max(0.0, took - MEASURE_SECONDS)
-        if (_others_busy() - busy) / max(took, 1e-9) <= BUSY_CORES:
-            kept[key] = speeds[shape]
-    if kept:
-        _save_cache(kept)
-    return Measured(speeds, spent, cached)
-
-
 def worth_timing(train_chars, vocab_size, budget, given):
     """measure's `worth` for the choice: a candidate over the data's limit is not timed (False); one that even at
     PRUNE_SLACK times the per-parameter speed of the last shape timed would train too few chars per parameter
@@ -462,12 +310,18 @@ def settle(config, given, corpus_path, saved_state=None, fine_tuning=False, rank
             raise ConfigError("--lr-schedule cosine with --max-time over several MPI ranks needs --max-steps or "
                               "--max-epochs (its last step is predicted by one process)")
         return config
+    from fastrnn.backend import cores
     from fastrnn.corpus import open_corpus
-    from fastrnn.kernels.threads import set_threads
+    from fastrnn.model import get_backend
 
     with open_corpus(corpus_path) as corpus:
         train_chars, vocab_size = len(corpus.split("train")), corpus.vocab.size
-    threads = set_threads(config.threads or os.cpu_count() or 1)  # as the run sets them (it sets them again)
+    with get_backend(config.backend).threads(config.threads or cores()) as threads:  # as the run will have them
+        return _settled(config, given, saved_state, extra, choose, train_chars, vocab_size, threads, started, emit)
+
+
+def _settled(config, given, saved_state, extra, choose, train_chars, vocab_size, threads, started, emit):
+    """settle's measurement and choice, on the run's threads."""
     deadline = started + MEASURE_SHARE * config.max_time
     if choose:
         shapes = [shape_of(c, given) for c in CANDIDATES]
@@ -495,8 +349,8 @@ def settle(config, given, corpus_path, saved_state=None, fine_tuning=False, rank
         shape = Shape(config.model, config.num_layers, config.hidden_size, config.batch_size, config.seq_len,
                       config.dropout > 0)
         measured = measure([shape], vocab_size, config.dtype, config.backend, threads, deadline)
-        step = int((saved_state or {}).get("step", 0))
-        spent = float((saved_state or {}).get("wall_seconds") or (saved_state or {}).get("elapsed") or 0.0)
+        step = saved_state.step if saved_state is not None else 0
+        spent = float(saved_state.wall_seconds or saved_state.elapsed) if saved_state is not None else 0.0
         left = max(0.0, config.max_time - spent)
         extra[HORIZON_KEY] = horizon(measured.speeds[shape], left, config.batch_size, config.seq_len, step)
         emit("message", {"text": f"cosine schedule: lr {config.lr:g} down to {config.lr * config.lr_floor:g} at step "

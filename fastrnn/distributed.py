@@ -15,12 +15,13 @@ never K independent runs writing one directory.
 """
 
 import os
+import time
 import warnings
 import zlib
 
 import numpy as np
 
-from fastrnn.errors import FastrnnError
+from fastrnn.errors import ConfigError, FastrnnError
 
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
@@ -106,6 +107,10 @@ class Single:
         """Rank 0's `obj`, on every rank."""
         return obj
 
+    def allgather(self, obj):
+        """Every rank's `obj`, a list by rank, on every rank."""
+        return [obj]
+
     def gather_rows(self, local, n):
         """The (n, ...) array of every rank's rows (its block of `rows(n)`), on rank 0 (None elsewhere)."""
         return local
@@ -118,6 +123,13 @@ class Single:
 
     def check_same(self, what, value):
         """Stop with one line unless every rank holds the same `value` (a str or int)."""
+
+    def check_data(self, corpus, batch_size):
+        """Every rank opened the same corpus and has streams of the batch to train on (ConfigError otherwise)."""
+
+    def default_threads(self):
+        """Threads when --threads is not given: every core."""
+        return os.cpu_count() or 1
 
     def abort(self, code=1):
         raise SystemExit(code)
@@ -161,6 +173,9 @@ class MPIWorld(Single):
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)
 
+    def allgather(self, obj):
+        return self.comm.allgather(obj)
+
     def gather_rows(self, local, n):
         local = np.ascontiguousarray(local)
         counts = [(hi - lo) * int(np.prod(local.shape[1:], dtype=np.int64)) for lo, hi in
@@ -178,6 +193,12 @@ class MPIWorld(Single):
         suffix = "" if rank == 0 else f" (MPI rank {rank})"
         raise DistributedError(message + suffix, silent=not self.is_root, exit_code=code) from exc
 
+    def check_data(self, corpus, batch_size):
+        self.check_same("the corpus they opened (its size and metadata checksum)", corpus.fingerprint())
+        if batch_size < self.size:
+            raise ConfigError(f"--batch-size {batch_size} is smaller than the {self.size} ranks; each rank needs at "
+                              f"least one stream")
+
     def check_same(self, what, value):
         values = self.comm.allgather(value)
         if any(v != values[0] for v in values):
@@ -187,3 +208,110 @@ class MPIWorld(Single):
 
     def abort(self, code=1):
         self.comm.Abort(code)
+
+
+class DataParallel:
+    """The data-parallel part of a training run on `comm` (SINGLE or an MPIWorld): this rank's block of the N
+    streams, the flat gradient buffer, the step's Allreduce, and the decisions every rank takes at the same step (a
+    signal, --max-time, a non-finite state, whether an evaluation fits). With one process every collective is
+    skipped and the step is forward_backward alone; the training loop reads the same either way."""
+
+    def __init__(self, comm, batch_size):
+        self.comm, self.batch_size = comm, int(batch_size)
+        self.several = comm.size > 1
+        self.rows = comm.rows(batch_size)  # (lo, hi): this rank's block of the N streams
+        self.stream_rows = self.rows if self.several else None  # what a BatchStream reads (None: every row)
+        self.allreduce_seconds = 0.0  # in the gradient Allreduce since new_window()
+        self.signum = None  # the signal the ranks agreed to stop at
+        self.late = False  # the ranks agreed that --max-time leaves no time for another step
+
+    def gradients(self, size, dtype):
+        """The (size,) gradient buffer, a view of (size + 2,) whose two more slots are summed with it over the
+        ranks: this rank's share of the loss, and 1 if this rank failed to read its rows."""
+        self.buf = np.zeros(size + 2, dtype=dtype)
+        self.grads = self.buf[:-2]
+        self.share = self.buf.dtype.type((self.rows[1] - self.rows[0]) / self.batch_size)
+        return self.grads
+
+    def read_failed(self, exc):
+        """A minibatch this rank could not read: raised here with one process; with several kept, and raised by
+        every rank after the step's Allreduce (step)."""
+        if not self.several:
+            raise exc
+        return exc
+
+    def step(self, forward_backward, masks, failure=None):
+        """(the loss of the whole batch, this rank's new carried state). forward_backward(masks) computes the loss
+        and gradients of this rank's rows (into `gradients`); with several ranks they are scaled by the rank's
+        share of the batch and summed over the ranks with the loss (one Allreduce), so every rank clips and
+        updates alike, and a rank's failure to read its rows stops every rank. masks: (L, T, N, H) of the whole
+        batch (the same numbers whatever the number of ranks), or None."""
+        if not self.several:
+            return forward_backward(masks)
+        lo, hi = self.rows
+        h_next = None
+        if failure is None:
+            if masks is not None:
+                masks = np.ascontiguousarray(masks[:, :, lo:hi])
+            loss, h_next = forward_backward(masks)
+            self.grads *= self.share
+            self.buf[-2:] = loss * self.share, 0
+        else:
+            self.buf[:] = 0
+            self.buf[-1] = 1
+        t0 = time.perf_counter()
+        self.comm.allreduce(self.buf)
+        self.allreduce_seconds += time.perf_counter() - t0
+        if self.buf[-1]:
+            self.comm.first_error(failure)
+        return float(self.buf[-2]), h_next
+
+    def any(self, flag):
+        """Whether `flag` holds on any rank."""
+        return bool(self.comm.agree([bool(flag)])[0]) if self.several else bool(flag)
+
+    def at_boundary(self, signum, elapsed, time_up):
+        """At a step boundary: (the signal that stops the run, or None; the seconds of training so far). One
+        process: its own. Several ranks: the signal any rank received and the slowest clock; they agree too on
+        whether --max-time leaves time for another step (any rank's time_up()), kept for `out_of_time`, so that
+        it ends them all at the same step."""
+        if not self.several:
+            return signum, elapsed
+        signum, elapsed, late = self.comm.agree([signum or 0, elapsed, time_up()])
+        self.late, self.signum = bool(late), int(signum) or None
+        return self.signum, float(elapsed)
+
+    def out_of_time(self, time_up):
+        """--max-time leaves no time for another step: time_up() now (one process), or what the ranks agreed at
+        the last step boundary."""
+        return self.late if self.several else time_up()
+
+    def agree_stop(self, signum, late):
+        """(a signal, past the deadline) as every rank sees them (an evaluation stops between minibatches)."""
+        if not self.several:
+            return signum, late
+        signum, late = self.comm.agree([signum or 0, late])
+        self.signum = int(signum) or None
+        return self.signum, late
+
+    def final_signal(self, signum):
+        """The signal that stopped the run: this process's `signum`, or the one the ranks agreed on."""
+        return self.signum if self.several else signum
+
+    def gather_state(self, params, h):
+        """The carried state of all N streams for a checkpoint, after checking that every rank holds the same
+        parameters: on rank 0 (None elsewhere)."""
+        if not self.several:
+            return h
+        self.comm.check_same("the parameters (a checksum)", digest([params]))
+        return self.comm.gather_rows(h, self.batch_size)
+
+    def row_fields(self, steps):
+        """The fields of a progress row about the ranks: their number and rank 0's time in the gradient Allreduce,
+        per step of the `steps` since new_window() (none with one process)."""
+        if not self.several:
+            return {}
+        return {"ranks": self.comm.size, "allreduce_ms": 1e3 * self.allreduce_seconds / max(steps, 1)}
+
+    def new_window(self):
+        self.allreduce_seconds = 0.0

@@ -97,7 +97,7 @@ class Inspector:
         self.max_text, self.max_values = int(max_text), int(max_values)
         self.cell, self.layers, self.hidden = model.model, model.num_layers, model.hidden_size
         self.states = model.cell.state  # the vectors a layer carries: ("h",), or ("h", "c") for an lstm
-        self.corpus = ckpt.state.get("corpus") or None
+        self.corpus = ckpt.state.corpus or None
 
     def _common(self, req, fields):
         if not isinstance(req, dict):

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from fastrnn.backend import blas_threads as threads, no_thread_count as thread_count  # noqa: F401 (the protocol's)
+
 # ---------------------------------------------------------------------------------------------------------------
 # layers (the rnn's, and the parts every cell shares: the cells are fastrnn.cells, each file with its own pair)
 
@@ -196,8 +198,9 @@ def model_backward(dlogits, P, G, x, state, fwd, masks=None):
 class Plan:
     """The reference's plan: there is one path (the backends' common interface: plan_for, plan=)."""
 
-    path = "reference"
+    path = way = "reference"
     precision = "float32"
+    refused = ""  # why bf16 products asked for were not granted (the reference has none)
 
     def describe(self):
         return "NumPy reference"
@@ -206,8 +209,9 @@ class Plan:
 PLAN = Plan()
 
 
-def plan_for(P, N, T, dropout=False, threads=None, precision="float32"):
-    """The plan for calls of this shape: the reference has one path (float32 or float64, never bf16)."""
+def plan_for(P, N, T, dropout=False, threads=None, precision="float32", way=None):
+    """The plan for calls of this shape: the reference has one path (float32 or float64, never bf16), whatever
+    `way` a run recorded."""
     return PLAN
 
 

@@ -1,7 +1,9 @@
 """The run directory of `fastrnn train`: one owner at a time, and one run's files.
 
-- `RunLock`: an exclusive `fcntl.flock` on RUN_DIR/.fastrnn.lock, held for the whole session of a run (the OS
-  releases it when the process dies, even by kill -9). A second writer is refused with the holder's PID.
+- `RunLock`: an exclusive lock (guards.FileLock: `fcntl.flock`) on RUN_DIR/.fastrnn.lock, held for the whole
+  session of a run (the OS releases it when the process dies, even by kill -9). A second writer is refused with
+  the holder's PID.
+- `prepare`: the directory made and checked before a session writes.
 - `run_files`: the files a run writes; a directory holding any of them holds a run.
 - `discard_run`: --force's removal of an old run. It first creates RUN_DIR/.fastrnn-discarded (one atomic
   mkdir: from then on the old run is gone), moves the old run's files into it and removes it. The new run writes
@@ -10,20 +12,31 @@
 """
 
 import errno
-import fcntl
 import os
 import re
 import shutil
-import time
 
-from fastrnn.checkpoint import fsync_dir
-from fastrnn.errors import ConfigError
+from fastrnn.checkpoint import fsync_dir, remove_stale_temps
+from fastrnn.errors import ConfigError, FileError, os_reason
+from fastrnn.guards import Busy, FileLock, NoLocks
 
 LOCK_NAME = ".fastrnn.lock"
 DISCARD_NAME = ".fastrnn-discarded"
 _RUN_FILE = re.compile(r"^(checkpoint\.h5|best\.h5|last-good\.h5|log\.jsonl|checkpoint-\d+\.h5)$")
 _DERIVED_FILE = {"loss.png"}  # `fastrnn plot RUN_DIR`'s default output: goes with the run it plots
 _TEMP_FILE = re.compile(r"^(\.checkpoint-.*\.h5\.tmp|(log\.jsonl|last-good\.h5|checkpoint-\d+\.h5)\.tmp)$")
+
+
+def prepare(run_dir):
+    """Before a session writes: the run directory, made if missing, writable, and without the temporary files of a
+    checkpoint a kill interrupted."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as exc:  # read-only, under a regular file, in /proc, ...
+        raise FileError(f"cannot create run directory {run_dir}: {os_reason(exc)}") from exc
+    if not os.access(run_dir, os.W_OK):
+        raise ConfigError(f"run directory {run_dir} is not writable")
+    remove_stale_temps(run_dir)
 
 
 def run_files(run_dir):
@@ -60,7 +73,8 @@ def finish_discard(run_dir):
 
 
 class RunLock:
-    """An exclusive lock on a run directory for one process (creates the directory if needed).
+    """An exclusive lock on a run directory for one process (creates the directory if needed): a guards.FileLock on
+    RUN_DIR/.fastrnn.lock.
 
     release() removes the lock file, and the directories this lock created if they are empty."""
 
@@ -68,7 +82,7 @@ class RunLock:
         self.run_dir = os.fspath(run_dir)
         self.path = os.path.join(self.run_dir, LOCK_NAME)
         self.created = []  # the directories made for the run, innermost first
-        self.fd = None
+        self.lock = FileLock(self.path)
         path = os.path.abspath(self.run_dir)
         while not os.path.isdir(path) and os.path.dirname(path) != path:
             self.created.append(path)
@@ -77,61 +91,25 @@ class RunLock:
         try:
             os.makedirs(self.run_dir, exist_ok=True)  # exist_ok: another process may be creating it too
             what = "use"
-            self._acquire()
-        except (OSError, ConfigError) as exc:
+            self.lock.acquire()
+        except Busy as exc:
             self._rmdir()
-            if isinstance(exc, ConfigError):
-                raise
+            who = f"PID {exc.holder}" if exc.holder else "another process"
+            raise ConfigError(f"{self.run_dir} is in use by another fastrnn train ({who}); wait for it to "
+                              f"finish or stop it first") from None
+        except NoLocks as exc:  # a filesystem without locks: refuse rather than risk two writers
+            self._rmdir()
+            raise ConfigError(f"cannot lock run directory {self.run_dir}: {exc.reason}") from exc
+        except OSError as exc:
+            self._rmdir()
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise ConfigError(f"run directory {self.run_dir} is not writable") from exc
             raise ConfigError(f"cannot {what} run directory {self.run_dir}: {exc.strerror or exc}") from exc
 
-    def _acquire(self):
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_pid(fd)
-                for _ in range(10):  # the holder writes its PID just after taking the lock
-                    if holder:
-                        break
-                    time.sleep(0.02)
-                    holder = _read_pid(fd)
-                os.close(fd)
-                who = f"PID {holder}" if holder else "another process"
-                raise ConfigError(f"{self.run_dir} is in use by another fastrnn train ({who}); wait for it to "
-                                  f"finish or stop it first") from None
-            except OSError as exc:  # a filesystem without locks: refuse rather than risk two writers
-                os.close(fd)
-                raise ConfigError(f"cannot lock run directory {self.run_dir}: {exc.strerror or exc}") from exc
-            except BaseException:
-                os.close(fd)
-                raise
-            try:  # the holder we waited for may have removed the file: then lock the new one
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except BaseException:
-            os.close(fd)  # never a lock left held by a failed start
-            raise
-        self.fd = fd
-
     def release(self):
-        if self.fd is None:
+        if self.lock.fd is None:
             return
-        try:
-            os.unlink(self.path)  # while still holding it (see _acquire)
-        except OSError:
-            pass
-        os.close(self.fd)
-        self.fd = None
+        self.lock.release()
         self._rmdir()
 
     def _rmdir(self):
@@ -147,12 +125,3 @@ class RunLock:
     def __exit__(self, *exc):
         self.release()
         return False
-
-
-def _read_pid(fd):
-    try:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    except OSError:
-        return None
-    return text if text.isdigit() else None
-

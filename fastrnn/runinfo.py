@@ -45,7 +45,7 @@ def describe(path):
 
     config, state, vocab = ckpt.config, ckpt.state, Vocab.from_dict(ckpt.vocab)
     run_dir = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    best = state.get("best_val")
+    best = state.best_val
     best = best if isinstance(best, (int, float)) and math.isfinite(best) else None
     out = {
         "checkpoint": os.path.abspath(ckpt.path),
@@ -53,18 +53,18 @@ def describe(path):
                   "hidden_size": config.get("hidden_size"), "vocab_size": vocab.size,
                   "level": vocab.level, "parameters": int(ckpt.params.size), "dtype": config.get("dtype"),
                   "dropout": config.get("dropout")},
-        "training": {"step": state.get("step"), "epoch": state.get("epoch"), "epochs": epochs_trained(config, state),
-                     "train_tokens": state.get("train_tokens"), "seconds": state.get("elapsed"),
-                     "loss": state.get("smooth_loss"), "best_val": best,
-                     "best_step": state.get("best_step") if best is not None else None,
+        "training": {"step": state.step, "epoch": state.epoch, "epochs": epochs_trained(config, state),
+                     "train_tokens": state.train_tokens, "seconds": state.elapsed,
+                     "loss": state.smooth_loss, "best_val": best,
+                     "best_step": state.best_step if best is not None else None,
                      "optimizer": config.get("optimizer"), "lr": config.get("lr"),
                      "batch_size": config.get("batch_size"), "seq_len": config.get("seq_len"),
-                     "seed": config.get("seed"), "rollbacks": state.get("rollbacks")},
+                     "seed": config.get("seed"), "rollbacks": state.rollbacks},
         "files": [],
     }
-    for key in ("corpus", "init_from", "run_id"):
-        if state.get(key):
-            out["training"][key] = state[key]
+    for key, value in (("corpus", state.corpus), ("init_from", state.init_from), ("run_id", state.run_id)):
+        if value:
+            out["training"][key] = value
     extra = config.get("extra") if isinstance(config.get("extra"), dict) else {}
     if isinstance(extra.get("choice"), dict):  # the model chosen for --max-time (fastrnn.choose)
         out["choice"] = extra["choice"]
@@ -83,14 +83,15 @@ def describe(path):
 
 
 def epochs_trained(config, state):
-    """Epochs trained, the current one's fraction included (None where the checkpoint does not say)."""
+    """Epochs trained, the current one's fraction included (None where the checkpoint does not say; state:
+    checkpoint.RunState)."""
     from fastrnn.corpus import BatchStream
     from fastrnn.errors import FastrnnError
 
     try:  # the minibatches of an epoch, as training counted them (only the split's length matters)
-        stream = BatchStream(range(state["train_tokens"]), config["batch_size"], config["seq_len"],
+        stream = BatchStream(range(state.train_tokens), config["batch_size"], config["seq_len"],
                              shuffle=config.get("shuffle", False))
-        return state["epoch"] + state["index"] / stream.steps_per_epoch
+        return state.epoch + state.index / stream.steps_per_epoch
     except (KeyError, TypeError, ValueError, FastrnnError):
         return None
 

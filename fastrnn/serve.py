@@ -64,7 +64,7 @@ class Generator:
             raise FastrnnError(f"{ckpt.path} holds non-finite parameters (a diverged run); nothing to serve")
         self.backend = get_backend(backend)
         self.path = ckpt.path
-        self.warmup = ckpt.state.get("warmup")  # an unprimed sample starts from a state warmed on real text
+        self.warmup = ckpt.state.warmup  # an unprimed sample starts from a state warmed on real text
         self.max_length, self.max_body, self.max_batch = int(max_length), int(max_body), int(max_batch)
         if self.max_batch < 1:
             raise FastrnnError(f"max_batch must be >= 1, got {max_batch}")
@@ -74,12 +74,10 @@ class Generator:
         self.batches = 0  # batches started (from none running) so far, and the most requests one ran at once
         self.widest = 0
         self.weights = self.backend.stream_weights(self.model.P)
-        self.threads = None  # numba's thread count is per thread: the generating one takes the caller's
-        if backend == "numba":
-            import numba
-
-            self.threads = numba.get_num_threads()
-        threading.Thread(target=self._run, name="fastrnn-generate", daemon=True).start()
+        # the kernels' thread count is per thread: the generating one takes the caller's (None: the backend has none)
+        self.threads = self.backend.thread_count()
+        threads_there = self.backend.threads(self.threads, blas=False)
+        threading.Thread(target=self._run, args=(threads_there,), name="fastrnn-generate", daemon=True).start()
 
     def info(self):
         cell, layers, H = self.model.model, self.model.num_layers, self.model.hidden_size
@@ -89,11 +87,11 @@ class Generator:
     def describe(self):
         """The model's description for GET /model: info(), the vocabulary, the run it came from and its val loss."""
         state, path = self.ckpt.state, os.path.abspath(self.path)
-        best = state.get("best_val")
-        corpus = state.get("corpus") or None
+        best = state.best_val
+        corpus = state.corpus or None
         return dict(self.info(), vocab=self.vocab.symbols, level=self.vocab.level, parameters=int(self.model.flat.size),
                     run=os.path.basename(os.path.dirname(path)), file=os.path.basename(path),
-                    step=state.get("step"), val_loss=best if isinstance(best, (int, float)) and math.isfinite(best)
+                    step=state.step, val_loss=best if isinstance(best, (int, float)) and math.isfinite(best)
                     else None, corpus=os.path.basename(corpus) if corpus else None,
                     states=list(self.model.cell.state))
 
@@ -163,14 +161,11 @@ class Generator:
         if tail:
             yield tail
 
-    def _run(self):
-        """The generating thread: the batch's streams advance up to 64 characters at a time, each with its own
-        sampling options. Between runs, finished and abandoned requests leave the batch and waiting ones join it,
-        first come first served, up to max_batch."""
-        if self.threads is not None:
-            import numba
-
-            numba.set_num_threads(self.threads)
+    def _run(self, threads):
+        """The generating thread, on the `threads` context of the backend's made for it: the batch's streams
+        advance up to 64 characters at a time, each with its own sampling options. Between runs, finished and
+        abandoned requests leave the batch and waiting ones join it, first come first served, up to max_batch."""
+        threads.__enter__()  # for the thread's life (a daemon: it never returns)
         active, h, logits, rngs = [], None, None, []
         while True:
             with self.ready:
@@ -255,9 +250,93 @@ def parse_json(body):
         raise BadRequest(400, "the body's JSON is nested too deep") from None
 
 
+class Handler(JSONHandler):
+    """The requests `fastrnn serve` answers: the page at /, /health and /model, POST /generate (`generator`), POST
+    /activations and /ranking (`inspector`, at most `busy`'s count at once). handler_class makes one with them."""
+
+    generator = inspector = busy = page = None  # (set by handler_class)
+
+    def routes(self):
+        return {("GET", "/"): self._page, ("GET", "/health"): self._health, ("GET", "/model"): self._model,
+                ("POST", "/generate"): self._post_generate, ("POST", "/activations"): self._activations,
+                ("POST", "/ranking"): self._ranking}
+
+    def index(self):
+        return "GET / (the page), GET /health, GET /model, POST /generate, /activations or /ranking"
+
+    def _page(self):
+        self.send_bytes(200, self.page, "text/html; charset=utf-8",
+                        [("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
+                         ("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                                     "script-src 'self' 'unsafe-inline'; img-src 'self' data:")])
+
+    def _health(self):
+        generator, inspector = self.generator, self.inspector
+        self.send_json(200, {"status": "ok", "model": generator.info(),
+                             "limits": {"max_length": generator.max_length, "max_body": generator.max_body,
+                                        "max_batch": generator.max_batch, "max_text": inspector.max_text,
+                                        "max_values": inspector.max_values,
+                                        "max_connections": self.server.max_connections,
+                                        "timeout": self.server.timeout_s},
+                             "batches": {"started": generator.batches, "widest": generator.widest}})
+
+    def _model(self):
+        self.send_json(200, dict(self.generator.describe(), max_length=self.generator.max_length,
+                                 max_text=self.inspector.max_text, max_values=self.inspector.max_values))
+
+    def _inspect(self, what):
+        req = parse_json(self.read_body())
+        if not self.busy.acquire(blocking=False):
+            raise BadRequest(503, "too many requests at once; try again")
+        try:
+            answer = what(req)
+        finally:
+            self.busy.release()
+        self.send_json(200, answer)
+
+    def _activations(self):
+        self._inspect(self.inspector.activations)
+
+    def _ranking(self):
+        self._inspect(self.inspector.ranking)
+
+    def _post_generate(self):
+        generator = self.generator
+        opts = generator.parse(self.read_body())
+        if not generator.slots.acquire(blocking=False):
+            raise BadRequest(503, "too many requests at once; try again")
+        try:
+            self._generate(opts)
+        except FastrnnError as exc:  # the generating thread failed (the stream, if started, just ends)
+            if self.headers_sent:
+                self.close_connection = True
+            else:
+                self.send_error(500, str(exc))
+        finally:
+            generator.slots.release()
+
+    def _generate(self, opts):
+        if not opts["stream"]:
+            text = "".join(self.generator.pieces(opts))
+            self.send_json(200, {"text": opts["prime"] + text, "seed": opts["seed"], "length": opts["length"]})
+            return
+        self.start_chunks("text/plain; charset=utf-8", [("X-Seed", str(opts["seed"])),
+                                                         ("Cache-Control", "no-cache")])
+        try:
+            if opts["prime"]:
+                self.chunk(opts["prime"])
+            with contextlib.closing(self.generator.pieces(opts)) as pieces:
+                for piece in pieces:
+                    self.chunk(piece)
+            self.end_chunks()
+        except OSError:  # the client went away or stopped reading: stop generating for it
+            self.close_connection = True
+
+
 def handler_class(generator, inspector=None, page=None):
-    """The request handler: generator answers /generate and /health; inspector (a fastrnn.neurons.Inspector)
-    /activations and /ranking, at most `inspector.slots` at once; page: the bytes of the page at /."""
+    """The request handler (a Handler): generator answers /generate and /health; inspector (a
+    fastrnn.neurons.Inspector) /activations and /ranking, at most `inspector.slots` at once; page: the bytes of the
+    page at /."""
     from fastrnn.neurons import Inspector
 
     inspector = inspector or Inspector(generator.model, generator.vocab, generator.ckpt)
@@ -266,83 +345,7 @@ def handler_class(generator, inspector=None, page=None):
         from importlib import resources
 
         page = resources.files("fastrnn").joinpath("web/index.html").read_bytes()
-
-    class Handler(JSONHandler):
-        def routes(self):
-            return {("GET", "/"): self._page, ("GET", "/health"): self._health, ("GET", "/model"): self._model,
-                    ("POST", "/generate"): self._post_generate, ("POST", "/activations"): self._activations,
-                    ("POST", "/ranking"): self._ranking}
-
-        def index(self):
-            return "GET / (the page), GET /health, GET /model, POST /generate, /activations or /ranking"
-
-        def _page(self):
-            self.send_bytes(200, page, "text/html; charset=utf-8",
-                            [("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
-                             ("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                                         "script-src 'self' 'unsafe-inline'; img-src 'self' data:")])
-
-        def _health(self):
-            self.send_json(200, {"status": "ok", "model": generator.info(),
-                                 "limits": {"max_length": generator.max_length, "max_body": generator.max_body,
-                                            "max_batch": generator.max_batch, "max_text": inspector.max_text,
-                                            "max_values": inspector.max_values,
-                                            "max_connections": self.server.max_connections,
-                                            "timeout": self.server.timeout_s},
-                                 "batches": {"started": generator.batches, "widest": generator.widest}})
-
-        def _model(self):
-            self.send_json(200, dict(generator.describe(), max_length=generator.max_length,
-                                     max_text=inspector.max_text, max_values=inspector.max_values))
-
-        def _inspect(self, what):
-            req = parse_json(self.read_body())
-            if not busy.acquire(blocking=False):
-                raise BadRequest(503, "too many requests at once; try again")
-            try:
-                answer = what(req)
-            finally:
-                busy.release()
-            self.send_json(200, answer)
-
-        def _activations(self):
-            self._inspect(inspector.activations)
-
-        def _ranking(self):
-            self._inspect(inspector.ranking)
-
-        def _post_generate(self):
-            opts = generator.parse(self.read_body())
-            if not generator.slots.acquire(blocking=False):
-                raise BadRequest(503, "too many requests at once; try again")
-            try:
-                self._generate(opts)
-            except FastrnnError as exc:  # the generating thread failed (the stream, if started, just ends)
-                if self.headers_sent:
-                    self.close_connection = True
-                else:
-                    self.send_error(500, str(exc))
-            finally:
-                generator.slots.release()
-
-        def _generate(self, opts):
-            if not opts["stream"]:
-                text = "".join(generator.pieces(opts))
-                self.send_json(200, {"text": opts["prime"] + text, "seed": opts["seed"], "length": opts["length"]})
-                return
-            self.start_chunks("text/plain; charset=utf-8", [("X-Seed", str(opts["seed"])),
-                                                             ("Cache-Control", "no-cache")])
-            try:
-                if opts["prime"]:
-                    self.chunk(opts["prime"])
-                with contextlib.closing(generator.pieces(opts)) as pieces:
-                    for piece in pieces:
-                        self.chunk(piece)
-                self.end_chunks()
-            except OSError:  # the client went away or stopped reading: stop generating for it
-                self.close_connection = True
-
-    return Handler
+    return type("Handler", (Handler,), {"generator": generator, "inspector": inspector, "busy": busy, "page": page})
 
 
 def make_server(generator, host="127.0.0.1", port=8000, timeout=30.0, max_connections=64, inspector=None):

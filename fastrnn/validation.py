@@ -115,7 +115,7 @@ class Scoring:
             now = self.clock()
             if index == 0:
                 first_done = now
-            if now - shown >= PROGRESS_INTERVAL and self.done < K:
+            if now - shown >= PROGRESS_INTERVAL and 1 < self.done < K:  # (an ETA needs a minibatch after the first)
                 shown = now
                 self.progress(now - start, now - first_done)
         end = self.clock()

@@ -86,7 +86,7 @@ def test_every_cell_on_the_bf16_plan_matches_the_reference(cell, L, dropout):
 
 def test_the_plan_falls_back_to_float32_where_bf16_cannot_run(monkeypatch):
     dispatch._plan.cache_clear()
-    few = dispatch.plan("lstm", 1, 2, 10, 32, 20, False, 2, "float32", measure=False, precision="bf16")
+    few = dispatch.plan("lstm", 1, 2, 10, 32, 20, False, 2, "float32", precision="bf16")
     assert few.precision == "float32"  # one sequence a thread, or no AVX512_BF16
     # the other reasons, as a CPU with AVX512_BF16 gives them (the refusal names the first reason that applies,
     # and on a CPU without the instruction that is the CPU: checked below)
@@ -96,7 +96,7 @@ def test_the_plan_falls_back_to_float32_where_bf16_cannot_run(monkeypatch):
     assert dispatch.bf16_refusal(64, 2, "float32") is None
     monkeypatch.setattr(tiles, "has_bf16", lambda: False)
     dispatch._plan.cache_clear()
-    p = dispatch.plan("lstm", 1, 64, 10, 32, 20, False, 2, "float32", measure=False, precision="bf16")
+    p = dispatch.plan("lstm", 1, 64, 10, 32, 20, False, 2, "float32", precision="bf16")
     assert p.precision == "float32" and "in bf16" not in p.describe()
     assert dispatch.bf16_refusal(64, 2, "float32") == "this CPU has no AVX512_BF16"
     dispatch._plan.cache_clear()

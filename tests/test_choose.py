@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from fastrnn import checkpoint as ckpt_io
 from fastrnn import choose
+from fastrnn import speeds as timing
 from fastrnn.cli import main
 from fastrnn.errors import ConfigError
 
@@ -112,7 +113,7 @@ def test_a_candidate_without_a_speed_is_not_chosen_and_nothing_measured_is_the_s
 def cache(tmp_path, monkeypatch):
     """A cache directory of the test's own, and a quiet machine (timings are kept)."""
     monkeypatch.setenv("FASTRNN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(choose, "_others_busy", lambda: 0.0)
+    monkeypatch.setattr(timing, "_others_busy", lambda: 0.0)
     return tmp_path / "cache"
 
 
@@ -124,21 +125,21 @@ def test_speeds_are_timed_once_then_read_from_the_cache(cache):
         timed.append(shape)
         return SPEEDS[(shape.cell, shape.layers, shape.hidden)]
 
-    first = choose.measure(shapes, 65, "float32", "numba", 1, math.inf, timer=timer)
+    first = timing.measure(shapes, 65, "float32", "numba", 1, math.inf, timer=timer)
     assert timed == shapes and first.cached == 0
-    again = choose.measure(shapes, 65, "float32", "numba", 1, math.inf, timer=timer)
+    again = timing.measure(shapes, 65, "float32", "numba", 1, math.inf, timer=timer)
     assert timed == shapes and again.cached == 3 and again.speeds == first.speeds and again.seconds == 0
     # another thread count, vocabulary or dtype is another key
-    choose.measure(shapes[:1], 65, "float32", "numba", 2, math.inf, timer=timer)
-    choose.measure(shapes[:1], 66, "float64", "numba", 1, math.inf, timer=timer)
+    timing.measure(shapes[:1], 65, "float32", "numba", 2, math.inf, timer=timer)
+    timing.measure(shapes[:1], 66, "float64", "numba", 1, math.inf, timer=timer)
     assert len(timed) == 5
     assert len(json.loads(next(cache.glob("choose-*.json")).read_text())) == 5
 
 
 def test_a_busy_machine_uses_its_timings_but_does_not_keep_them(cache, monkeypatch):
     busy = iter(range(0, 1000, 100))
-    monkeypatch.setattr(choose, "_others_busy", lambda: next(busy))
-    out = choose.measure([choose.shape_of(choose.CANDIDATES[0])], 65, "float32", "numba", 1, math.inf,
+    monkeypatch.setattr(timing, "_others_busy", lambda: next(busy))
+    out = timing.measure([choose.shape_of(choose.CANDIDATES[0])], 65, "float32", "numba", 1, math.inf,
                          timer=lambda *a: 1e5)
     assert list(out.speeds.values()) == [1e5] and not list(cache.glob("choose-*.json"))
 
@@ -146,7 +147,7 @@ def test_a_busy_machine_uses_its_timings_but_does_not_keep_them(cache, monkeypat
 def test_the_measurement_stops_at_its_deadline_but_times_the_first_shape(cache):
     shapes = [choose.shape_of(c) for c in choose.CANDIDATES]
     clock = iter([100.0] * 10)
-    out = choose.measure(shapes, 65, "float32", "numba", 1, 50.0, timer=lambda *a: 1e5, clock=lambda: next(clock))
+    out = timing.measure(shapes, 65, "float32", "numba", 1, 50.0, timer=lambda *a: 1e5, clock=lambda: next(clock))
     assert list(out.speeds) == shapes[:1]
 
 
@@ -162,8 +163,8 @@ def test_shapes_that_cannot_fit_are_not_timed():
 
 def test_a_real_timing_of_a_small_shape():
     shape = choose.Shape("rnn", 1, 16, 4, 8, False)
-    assert 1e3 < choose.time_shape(shape, 20, "float32", "numba", 1, seconds=0.01) < 1e9
-    assert 1e2 < choose.time_shape(choose.Shape("lstm", 2, 8, 4, 8, True), 20, "float64", "numpy", 1,
+    assert 1e3 < timing.time_shape(shape, 20, "float32", "numba", 1, seconds=0.01) < 1e9
+    assert 1e2 < timing.time_shape(choose.Shape("lstm", 2, 8, 4, 8, True), 20, "float64", "numpy", 1,
                                    seconds=0.01) < 1e9
 
 
@@ -179,7 +180,7 @@ def fake_speeds(cache, monkeypatch):
         calls.append(shape)
         return SPEEDS.get((shape.cell, shape.layers, shape.hidden), 1e5)
 
-    monkeypatch.setattr(choose, "time_shape", timer)
+    monkeypatch.setattr(timing, "time_shape", timer)
     return calls
 
 
@@ -231,7 +232,7 @@ def test_a_resumed_run_keeps_its_model_and_horizon(small_corpus, tmp_path, fake_
     r = run("train", small_corpus, "-o", tmp_path / "run", "--max-time", "2", "--eval-every", "0")
     assert r.exit_code == 0, r.stderr
     before = config_of(tmp_path / "run")
-    monkeypatch.setattr(choose, "time_shape", lambda *a, **k: pytest.fail("a resumed run measured again"))
+    monkeypatch.setattr(timing, "time_shape", lambda *a, **k: pytest.fail("a resumed run measured again"))
     r = run("train", small_corpus, "-o", tmp_path / "run", "--max-time", "4", "--resume", "--eval-every", "0")
     assert r.exit_code == 0, r.stderr
     assert "choice:" not in r.stderr and "cosine schedule:" not in r.stderr
@@ -276,7 +277,7 @@ def test_cosine_with_max_time_reaches_the_floor_at_the_predicted_step(small_corp
     assert lr[5] == 0.01 and all(lr[s] > lr[s + 1] for s in range(6, horizon + 1))
     assert all(abs(lr[s] - 0.001) < 1e-15 for s in range(horizon + 1, len(lr) + 1))
     # resumed with more time: the same horizon, not measured again
-    monkeypatch.setattr(choose, "time_shape", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(timing, "time_shape", lambda *a, **k: pytest.fail("measured again"))
     r = run("train", small_corpus, "-o", tmp_path / "run", *small, "--max-time", "5", "--lr-schedule", "cosine",
             "--lr-floor", "0.1", "--lr", "0.01", "--warmup-steps", "5", "--resume")
     assert r.exit_code == 0, r.stderr

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fastrnn import textscan
+from fastrnn.kernels import textscan
 from fastrnn.corpus import Vocab, open_corpus, prepare
 from fastrnn.errors import CorpusError
 

@@ -367,14 +367,14 @@ def _signal_turned_into_type_error(signum):
 
 @pytest.mark.parametrize("sig, expected", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, CorpusError)])
 def test_prepare_knows_its_signal_behind_the_exception_a_library_raised_for_it(tmp_path, sig, expected):
-    from fastrnn.corpus.build import _Signals
+    from fastrnn.corpus.output import prepare_guard
 
     with pytest.raises(expected) as caught:
-        with _Signals(str(tmp_path / "c.h5")):
+        with prepare_guard(str(tmp_path / "c.h5")):
             _signal_turned_into_type_error(sig)
     assert not isinstance(caught.value, TypeError)
     with pytest.raises(TypeError):  # with no signal, the error is what it is
-        with _Signals(str(tmp_path / "c.h5")):
+        with prepare_guard(str(tmp_path / "c.h5")):
             raise TypeError("a bug")
 
 

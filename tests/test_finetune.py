@@ -277,3 +277,7 @@ def test_torch_rnn_ids_are_shown_as_they_are_and_a_sparse_table_costs_no_memory(
         f["val"][3] = 2 ** 64 - 2
     one_line_error(run("prepare", "--from-torch-rnn", f"{stem}.h5", f"{stem}.json", "-o", tmp_path / "d.h5"),
                    f"id {2 ** 64 - 2} at position 3 of its val split")
+    with open(f"{stem}.json", "w") as f:  # the vocabulary itself names an id over int64's range
+        json.dump({"idx_to_token": {"1": "a", "2000000000": "b", str(2 ** 64 - 1): "c"}}, f)
+    one_line_error(run("prepare", "--from-torch-rnn", f"{stem}.h5", f"{stem}.json", "-o", tmp_path / "e.h5"),
+                   f"the id {2 ** 64 - 1}, over 2^63 - 1")

@@ -7,7 +7,7 @@ import pytest
 from fastrnn import kernels as K
 from fastrnn import reference as ref
 from fastrnn.kernels import dispatch, mathfn
-from fastrnn.kernels.threads import set_threads
+from fastrnn.kernels.pools import set_threads
 from fastrnn.params import model_layout
 
 NAMES = ("Wxh", "Whh", "bh", "Why", "by")
@@ -69,7 +69,7 @@ def test_both_recurrence_paths(loops, dtype):
 
 def test_plan_rules_without_measurement():
     def way(N, H):
-        p = dispatch.plan("rnn", 1, N, 50, H, 65, False, 1, np.float32, measure=False)
+        p = dispatch.plan("rnn", 1, N, 50, H, 65, False, 1, np.float32)
         assert p.positions == "blas"
         return "loops" if p.loops else "blas"
 

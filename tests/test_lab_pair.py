@@ -9,7 +9,7 @@ from fastrnn import kernels as K
 from fastrnn import reference as ref
 from benchmarks.lab import chooser, pair, sync
 from benchmarks.lab.pair import PairStep
-from fastrnn.kernels.threads import set_threads
+from fastrnn.kernels.pools import set_threads
 from test_kernels import NAMES, make_problem, tol
 
 # (N, T, V, H): T not a multiple of the side's chunk (8 rows), a chunk of 3 steps (N=3), N=4 = PAIR_ROWS, T=1, H

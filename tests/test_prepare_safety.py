@@ -126,7 +126,7 @@ def test_library_prepare_interrupted_in_its_second_pass(tmp_path, sig):
     """In a program: SIGINT is a KeyboardInterrupt as usual and SIGTERM a PrepareInterrupted (exit status 143 at the
     command line); either way the temporary files are gone and the previous handlers are back."""
     from fastrnn.corpus import prepare
-    from fastrnn.corpus.build import PrepareInterrupted
+    from fastrnn.corpus.output import PrepareInterrupted
 
     (tmp_path / "t.txt").write_text(make_text(20_000))
     out = tmp_path / "out"

@@ -37,7 +37,7 @@ def main(argv=None):
         sys.exit(f"page_screenshot: {exc}")
     inspector = Inspector(generator.model, generator.vocab, generator.ckpt)
     query = {"prime": args.prime, "seed": args.seed, "length": args.length, "temperature": args.temperature}
-    rank = "corpus" if generator.ckpt.state.get("corpus") else "text"
+    rank = "corpus" if generator.ckpt.state.corpus else "text"
     if args.unit is None:
         try:
             features = inspector.ranking({})["features"]

@@ -11,16 +11,11 @@ import sys
 import threading
 
 from fastrnn.errors import Interrupted, in_chain  # light, and first: the signals below need it
-
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number
+from fastrnn.guards import EXIT_SIGNAL, no_news  # noqa: F401 (light too; the commands import them from there)
 
 
 def _terminate(signum, frame):
     raise Interrupted(signum)
-
-
-def no_news(unraisable):
-    """The unraisable hook once a command has said how it ended: a finalizer failing on the way out is no news."""
 
 
 def _redeliver(unraisable, hook):

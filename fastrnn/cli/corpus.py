@@ -10,7 +10,7 @@ import click
 
 from fastrnn import corpus as corpus_lib
 from fastrnn.cli.types import Finite
-from fastrnn.corpus.build import PrepareInterrupted
+from fastrnn.corpus.output import PrepareInterrupted
 from fastrnn.corpus.inputs import text_codec
 from fastrnn.errors import ConfigError, CorpusError, os_reason
 

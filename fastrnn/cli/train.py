@@ -7,7 +7,7 @@ import sys
 import click
 
 from fastrnn.checkpoint import CHECKPOINT_NAME
-from fastrnn.cli import EXIT_SIGNAL, no_news  # (defined before fastrnn.cli imports its commands)
+from fastrnn.guards import EXIT_SIGNAL, no_news
 from fastrnn.cli.options import allow_change_help, sampling_option, train_options
 from fastrnn.config import BACKENDS, OPTIONS, TrainConfig
 from fastrnn.errors import ConfigError
@@ -190,7 +190,7 @@ def sample(checkpoint, prime, prime_file, length, temperature, top_k, top_p, gre
     vocab.encode(prime)  # unknown prime characters: a clear error before any output
     be = get_backend(backend)
     out = sys.stdout
-    warmup = ckpt.state.get("warmup")  # an unprimed sample starts from a state warmed on real text
+    warmup = ckpt.state.warmup  # an unprimed sample starts from a state warmed on real text
     if top_n_probs:
         for symbol, p in gen.next_probs(be, model.P, vocab, prime, top_n_probs, temperature, model.dtype, warmup):
             out.write(f"{p:.6f}  {symbol!r}\n")

@@ -3,11 +3,16 @@
     vocab.py     Vocab, token_dtype, LEVELS
     inputs.py    reading inputs in bounded chunks: expand_inputs, decoding, normalising (CHUNK_SIZE, ERRORS)
     build.py     prepare: text -> CORPUS.h5 in two streaming passes
+    splitfile.py writing a CORPUS.h5: its splits allocated up front, the ids written by a background thread
+    output.py    prepare's output kept safe: its lock, temporary files and signal guard (PrepareInterrupted)
+    torchrnn.py  prepare --from-torch-rnn: torch-rnn's NAME.h5 and NAME.json -> CORPUS.h5
+    fromtext.py  train TEXT: the corpus prepared once into fastrnn's cache
     dataset.py   the CORPUS.h5 format; Corpus, Split, open_corpus, info (FORMAT_VERSION, SPLITS)
     batches.py   BatchStream
 
-Imports run one way: inputs and dataset import vocab; build imports vocab, inputs and dataset; batches imports
-none of them. The names below are the public API.
+Imports run one way: inputs and dataset import vocab; splitfile imports dataset; build and torchrnn import
+splitfile, output and the modules below them; fromtext imports build; batches imports none of them. The names
+below are the public API.
 """
 
 from fastrnn.corpus.batches import BatchStream

@@ -3,41 +3,23 @@
 `prepare` reads its inputs twice in bounded chunks (pass 1 finds the vocabulary and the length, pass 2 writes the
 ids); standard input is first spooled to a temporary file. Peak memory is a few chunks, whatever the corpus size.
 
-One writer per output: prepare holds an exclusive lock (flock) on `.OUTPUT.lock` beside the output while it runs
-(the OS releases it if the process dies); a second prepare to the same output is refused, naming the holder's PID.
-Its temporary files are `.OUTPUT.<pid>.prepare.tmp` and `.OUTPUT.<pid>.stdin.tmp`; SIGINT, SIGTERM and SIGHUP
-remove them (exit 130, 143, 129), and the next prepare in that directory removes those of a process that is gone
-(kill -9) whose output no live prepare holds.
+One writer per output, and no partial file whatever stops prepare: its lock, temporary files and signal guard are
+output.py's; the file is written by splitfile.py.
 """
 
 import codecs
 import contextlib
-import fcntl
-import json
 import os
-import re
-import signal
 import sys
-import threading
-import time
-import zlib
 
-import h5py
 import numpy as np
 
-from fastrnn.corpus.dataset import CHECK_CHUNK, FORMAT_VERSION, SPLITS, info, meta_digest, n_chunks
+from fastrnn.corpus.dataset import CHECK_CHUNK, info
 from fastrnn.corpus.inputs import CHUNK_SIZE, ERRORS, _code_chunks, _spool_stdin, expand_inputs
+from fastrnn.corpus.output import OutputLock, prepare_guard, remove_stale_temps, temp_name
+from fastrnn.corpus.splitfile import SplitWriter, new_file
 from fastrnn.corpus.vocab import LEVELS, Vocab
-from fastrnn.errors import ConfigError, CorpusError, VocabError, in_chain
-
-
-class PrepareInterrupted(CorpusError):
-    """prepare stopped by SIGINT, SIGTERM or SIGHUP (exit status 128 + the signal's number, as a shell reports it)."""
-
-    def __init__(self, signum, output):
-        super().__init__(f"prepare interrupted by {signal.Signals(signum).name}: {output} was not written, and its "
-                         f"temporary files were removed")
-        self.exit_code = 128 + signum
+from fastrnn.errors import ConfigError, CorpusError, VocabError
 
 
 UNKNOWN = ("error", "skip", "replace")
@@ -87,10 +69,10 @@ def prepare(inputs, output, *, level="char", val_frac=0.05, test_frac=0.05, lowe
     out_dir = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(out_dir):
         raise CorpusError(f"output directory {out_dir} does not exist")
-    with _Signals(output) as signals, _OutputLock(output):
+    with prepare_guard(output) as signals, OutputLock(output):
         if os.path.exists(output) and not force:
             raise CorpusError(f"output {output} exists; add --force to overwrite it")
-        _remove_stale_temps(output)
+        remove_stale_temps(output)
         _write(inputs, output, out_dir, signals, level=level, val_frac=val_frac, test_frac=test_frac,
                lowercase=lowercase, letters_only=letters_only, encoding=encoding, errors=errors,
                chunk_size=chunk_size, progress=progress, check_chunk=check_chunk, fixed=fixed)
@@ -147,7 +129,7 @@ class _Found(Exception):
 
 def _first_outside(files, names, lut, fixed, opts):
     """The VocabError for the first symbol of the inputs outside the vocabulary (lut: code -> id, -1 outside)."""
-    from fastrnn.textscan import utf8_check_map
+    from fastrnn.kernels.textscan import utf8_check_map
 
     unit = "byte" if fixed.vocab.level == "byte" else "character"
     for path, name in zip(files, names):
@@ -193,19 +175,26 @@ def _code_at(data, index):
     return ord(bytes(data).decode("utf-8", errors="ignore")[index])
 
 
+class _Pass1:
+    """What the first pass found: the vocabulary, the ids' dtype, the map code -> id (`lut`), the codes left out
+    (`skip`, with a given vocabulary and --unknown skip; else None), the tokens and the symbols outside a given
+    vocabulary (`outside`)."""
+
+    def __init__(self, vocab, dtype, lut, skip, total, outside):
+        self.vocab, self.dtype, self.lut, self.skip, self.total, self.outside = vocab, dtype, lut, skip, total, outside
+
+
 def _write(inputs, output, out_dir, signals, *, level, val_frac, test_frac, lowercase, letters_only, encoding,
            errors, chunk_size, progress, check_chunk, fixed):
     """prepare's two passes, under its lock; every temporary file is removed on every way out."""
     restore_malloc = _limit_malloc_retention()
     spool = None
     try:
-        from fastrnn.textscan import count_codes, map_codes, utf8_check_count, utf8_check_map
-
         files = []
         for f in expand_inputs(inputs):
             if f == "-":
                 if spool is None:
-                    spool = _temp_name(output, "stdin")
+                    spool = temp_name(output, "stdin")
                     _spool_stdin(spool)
                 files.append(spool)
             else:
@@ -216,103 +205,26 @@ def _write(inputs, output, out_dir, signals, *, level, val_frac, test_frac, lowe
                     chunk_size=chunk_size, progress=progress)
 
         # pass 1: vocabulary and length
-        counts = np.zeros(256 if level == "byte" else sys.maxunicode + 1, dtype=np.int64)  # (codes,)
-        total = 0
-
-        def scan_utf8(data):
-            nonlocal total
-            n, consumed, status = utf8_check_count(data, counts)
-            total += n
-            return consumed, status
-
-        for codes in _code_chunks(files, phase="scan", utf8_op=scan_utf8, **opts):
-            count_codes(codes, counts)
-            total += len(codes)
-        if total == 0:
-            raise CorpusError(f"the corpus is empty ({', '.join(_names(inputs))})")
-        skip = None  # with a given vocabulary and --unknown skip: the codes left out, when there are any
-        if fixed is None:
-            vocab = Vocab(np.flatnonzero(counts), level)
-            dtype = vocab.dtype
-            lut = np.zeros(len(counts), dtype=dtype)  # code -> id
-            lut[vocab.codes] = np.arange(vocab.size, dtype=dtype)
-            outside = 0
-        else:
-            vocab, dtype = fixed.vocab, fixed.vocab.dtype
-            codes_out = fixed.outside(counts)
-            outside = int(counts[codes_out].sum())
-            if outside and fixed.unknown == "error":
-                names = ["stdin" if p == spool else p for p in files]
-                raise _first_outside(files, names, fixed.lut(len(counts), np.int32, codes_out), fixed, opts)
-            if outside and fixed.unknown == "skip":
-                skip = codes_out
-                total -= outside
-                lut = fixed.lut(len(counts), np.int32, codes_out)  # -1: left out
-            else:
-                lut = fixed.lut(len(counts), np.int64, codes_out).astype(dtype)
-            if total == 0:
-                raise CorpusError(f"every symbol of the inputs is outside the vocabulary of {fixed.source}")
-        if total < 2:
-            raise CorpusError("the corpus has a single symbol; it needs at least two to learn from")
-        n_val, n_test = int(total * val_frac), int(total * test_frac)
-        sizes = {"train": total - n_val - n_test, "val": n_val, "test": n_test}
+        found = _scan(files, ["stdin" if p == spool else p for p in files], _names(inputs), level, fixed, opts)
+        n_val, n_test = int(found.total * val_frac), int(found.total * test_frac)
+        sizes = {"train": found.total - n_val - n_test, "val": n_val, "test": n_test}
 
         # pass 2: ids into the splits
-        tmp = _temp_name(output, "prepare")
+        tmp = temp_name(output, "prepare")
         try:
             # The splits are contiguous datasets allocated up front (no fill) whose ids are written straight into
             # the file at their offsets by a background thread while this one reads and maps the next chunk.
-            with h5py.File(tmp, "x") as f:
-                offsets = [_create_split(f, name, sizes[name], dtype) for name in SPLITS]
-                sums = f.create_group("checksums")
-                sum_offsets = [_create_split(sums, name, n_chunks(sizes[name], check_chunk), np.uint32)
-                               for name in SPLITS]
-                config = {"level": level, "val_frac": val_frac, "test_frac": test_frac, "lowercase": lowercase,
-                          "letters_only": letters_only, "encoding": encoding, "errors": errors}
-                if fixed is not None:
-                    config.update(vocab_from=fixed.source, unknown=fixed.unknown)
-                    if outside:
-                        config["skipped" if fixed.unknown == "skip" else "replaced"] = outside
-                sources = [{"path": "<stdin>" if p == spool else os.path.abspath(p), "bytes": os.path.getsize(p)}
-                           for p in files]
-                write_attrs(f, vocab, config, sources, check_chunk, sizes)
-            bounds = np.cumsum([0] + [sizes[name] for name in SPLITS])
-            with _SplitWriter(tmp, offsets, bounds, dtype, chunk_size + 4, check_chunk, sum_offsets) as writer:
-                pos = 0
-                ids = writer.buffer()
-
-                wide = np.empty(chunk_size + 4, dtype=np.int32) if skip is not None else None
-
-                def put(n):
-                    """Queue the n ids in `ids` (with --unknown skip: in `wide`, -1 for those left out)."""
-                    nonlocal pos, ids
-                    if skip is not None:
-                        kept = wide[:n][wide[:n] >= 0]
-                        n = len(kept)
-                        if len(ids) < n:
-                            ids = np.empty(n, dtype=dtype)
-                        ids[:n] = kept
-                    if n:
-                        writer.write(pos, ids, n)
-                        pos += n
-                        ids = writer.buffer()
-
-                def write_utf8(data):
-                    n, consumed, status = utf8_check_map(data, lut, ids if skip is None else wide)
-                    put(n)
-                    return consumed, status
-
-                for codes in _code_chunks(files, phase="write", utf8_op=write_utf8, **opts):
-                    if skip is None:
-                        if len(codes) > len(ids):  # lowercasing can lengthen text
-                            ids = np.empty(len(codes), dtype=dtype)
-                        map_codes(codes, lut, ids)
-                    elif len(codes) > len(wide):
-                        wide = np.empty(len(codes), dtype=np.int32)
-                    if skip is not None:
-                        map_codes(codes, lut, wide)
-                    put(len(codes))
-                if pos != total:
+            config = {"level": level, "val_frac": val_frac, "test_frac": test_frac, "lowercase": lowercase,
+                      "letters_only": letters_only, "encoding": encoding, "errors": errors}
+            if fixed is not None:
+                config.update(vocab_from=fixed.source, unknown=fixed.unknown)
+                if found.outside:
+                    config["skipped" if fixed.unknown == "skip" else "replaced"] = found.outside
+            sources = [{"path": "<stdin>" if p == spool else os.path.abspath(p), "bytes": os.path.getsize(p)}
+                       for p in files]
+            offsets, sum_offsets, bounds = new_file(tmp, found.vocab, config, sources, check_chunk, sizes)
+            with SplitWriter(tmp, offsets, bounds, found.dtype, chunk_size + 4, check_chunk, sum_offsets) as writer:
+                if _write_ids(writer, files, found, chunk_size, opts) != found.total:
                     raise CorpusError("an input changed while it was being read; run prepare again")
                 writer.finish()  # all written, with the chunks' checksums, and on disk (fsync)
             signals.commit()  # from here a signal no longer stops prepare: the output is complete
@@ -331,6 +243,93 @@ def _write(inputs, output, out_dir, signals, *, level, val_frac, test_frac, lowe
             with contextlib.suppress(OSError):
                 os.unlink(spool)
 
+
+def _scan(files, names, given, level, fixed, opts):
+    """Pass 1 over `files` (`names`: as the user named them; `given`: the inputs as given): every code counted, the
+    vocabulary (the codes that occur, or `fixed`'s) and the tokens. Returns _Pass1."""
+    from fastrnn.kernels.textscan import count_codes, utf8_check_count
+
+    counts = np.zeros(256 if level == "byte" else sys.maxunicode + 1, dtype=np.int64)  # (codes,)
+    total = 0
+
+    def scan_utf8(data):
+        nonlocal total
+        n, consumed, status = utf8_check_count(data, counts)
+        total += n
+        return consumed, status
+
+    for codes in _code_chunks(files, phase="scan", utf8_op=scan_utf8, **opts):
+        count_codes(codes, counts)
+        total += len(codes)
+    if total == 0:
+        raise CorpusError(f"the corpus is empty ({', '.join(given)})")
+    skip = None  # with a given vocabulary and --unknown skip: the codes left out, when there are any
+    if fixed is None:
+        vocab = Vocab(np.flatnonzero(counts), level)
+        dtype = vocab.dtype
+        lut = np.zeros(len(counts), dtype=dtype)  # code -> id
+        lut[vocab.codes] = np.arange(vocab.size, dtype=dtype)
+        outside = 0
+    else:
+        vocab, dtype = fixed.vocab, fixed.vocab.dtype
+        codes_out = fixed.outside(counts)
+        outside = int(counts[codes_out].sum())
+        if outside and fixed.unknown == "error":
+            raise _first_outside(files, names, fixed.lut(len(counts), np.int32, codes_out), fixed, opts)
+        if outside and fixed.unknown == "skip":
+            skip = codes_out
+            total -= outside
+            lut = fixed.lut(len(counts), np.int32, codes_out)  # -1: left out
+        else:
+            lut = fixed.lut(len(counts), np.int64, codes_out).astype(dtype)
+        if total == 0:
+            raise CorpusError(f"every symbol of the inputs is outside the vocabulary of {fixed.source}")
+    if total < 2:
+        raise CorpusError("the corpus has a single symbol; it needs at least two to learn from")
+    return _Pass1(vocab, dtype, lut, skip, total, outside)
+
+
+def _write_ids(writer, files, found, chunk_size, opts):
+    """Pass 2 over `files`: their ids, mapped with found.lut (_Pass1), queued to `writer` (splitfile.SplitWriter)
+    in order. Returns how many."""
+    from fastrnn.kernels.textscan import map_codes, utf8_check_map
+
+    lut, skip, dtype = found.lut, found.skip, found.dtype
+    pos = 0
+    ids = writer.buffer()
+
+    wide = np.empty(chunk_size + 4, dtype=np.int32) if skip is not None else None
+
+    def put(n):
+        """Queue the n ids in `ids` (with --unknown skip: in `wide`, -1 for those left out)."""
+        nonlocal pos, ids
+        if skip is not None:
+            kept = wide[:n][wide[:n] >= 0]
+            n = len(kept)
+            if len(ids) < n:
+                ids = np.empty(n, dtype=dtype)
+            ids[:n] = kept
+        if n:
+            writer.write(pos, ids, n)
+            pos += n
+            ids = writer.buffer()
+
+    def write_utf8(data):
+        n, consumed, status = utf8_check_map(data, lut, ids if skip is None else wide)
+        put(n)
+        return consumed, status
+
+    for codes in _code_chunks(files, phase="write", utf8_op=write_utf8, **opts):
+        if skip is None:
+            if len(codes) > len(ids):  # lowercasing can lengthen text
+                ids = np.empty(len(codes), dtype=dtype)
+            map_codes(codes, lut, ids)
+        elif len(codes) > len(wide):
+            wide = np.empty(len(codes), dtype=np.int32)
+        if skip is not None:
+            map_codes(codes, lut, wide)
+        put(len(codes))
+    return pos
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
 PREPARE_MMAP_THRESHOLD = 1 << 20  # 1 MB, fixed while prepare runs
@@ -378,321 +377,7 @@ def _startup_mmap_threshold(environ=os.environ):
     return DEFAULT_MMAP_THRESHOLD
 
 
-def _temp_name(output, kind):
-    """The temporary file of this process for `output`: .OUTPUT.<pid>.<kind>.tmp beside it (kind prepare|stdin)."""
-    directory, base = _place(output)
-    return os.path.join(directory, f".{base}.{os.getpid()}.{kind}.tmp")
-
-
-def _place(output):
-    """(directory, name) of `output`, the directory with symbolic links resolved, so that every spelling of the
-    same output shares one lock and one set of temporary names."""
-    directory, base = os.path.split(os.path.abspath(output))
-    return os.path.realpath(directory), base
-
-
-def _remove_stale_temps(output):
-    """Remove the temporary files that earlier prepares in the output's directory left when they died (SIGKILL, a
-    crash): those named by a PID that no longer runs, or by this process's own (reused; it has made none yet).
-    Called under the output's lock, so no live prepare of this output on this machine is writing its own; those of
-    another output are removed only if its lock is free as well."""
-    directory, base = _place(output)
-    pattern = re.compile(r"^\.(.+)\.(\d+)\.(prepare|stdin)\.tmp$")
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        m = pattern.match(name)
-        if not m or (int(m.group(2)) != os.getpid() and _pid_alive(int(m.group(2)))):
-            continue
-        try:
-            with contextlib.nullcontext() if m.group(1) == base else _OutputLock(os.path.join(directory, m.group(1))):
-                os.unlink(os.path.join(directory, name))
-        except (CorpusError, OSError):  # another prepare holds that output, or the file went already
-            pass
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):  # someone else's process (or not a PID): keep its files
-        return True
-    return True
-
-
-class _OutputLock:
-    """An exclusive flock on .OUTPUT.lock beside `output`, held while prepare writes it, with the holder's PID
-    inside. A second prepare of the same output is refused with CorpusError naming that PID. The OS drops the
-    lock when the holder dies however it dies; the holder removes the file on its way out (a prepare that took
-    the lock on a file removed meanwhile notices and takes it again on the new one)."""
-
-    def __init__(self, output):
-        self.output = output
-        directory, base = _place(output)
-        self.path = os.path.join(directory, f".{base}.lock")
-        self.fd = None
-
-    def __enter__(self):
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise CorpusError(f"cannot write {self.output}: cannot create its lock file {self.path} "
-                                  f"({exc.strerror or exc})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = self._holder(fd)
-                os.close(fd)
-                raise CorpusError(f"output {self.output} is being written by another prepare (PID {holder}); "
-                                  f"wait for it to finish or stop it") from None
-            except OSError as exc:
-                os.close(fd)
-                raise CorpusError(f"cannot lock {self.path} for {self.output}: {exc.strerror or exc}") from None
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except OSError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the holder removed the file as we locked it: lock the current one
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    @staticmethod
-    def _holder(fd):
-        for _ in range(20):  # the holder writes its PID just after it locks
-            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            if text:
-                return text
-            time.sleep(0.01)
-        return "unknown"
-
-    def __exit__(self, *exc):
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)  # while still locked, so that no one else locks the removed file and proceeds
-        os.close(self.fd)
-
-
-class _Signals:
-    """SIGINT stops prepare with KeyboardInterrupt (as Python's own handler would), SIGTERM and SIGHUP with
-    PrepareInterrupted (their default action would end the process at once, leaving its temporary files); raised
-    in the main thread, so that every `finally` on the way out removes its temporary files. Further signals are
-    ignored while it cleans up. After
-    `commit()` (the output is complete and about to be renamed into place) they are ignored. The previous handlers
-    come back on exit. Outside the main thread nothing is installed, nor for a signal this process ignores (nohup, or
-    SIGINT of a background job)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self, output):
-        self.output, self.saved, self.committed, self.pending, self._hook = output, None, False, None, None
-
-    def _handler(self, signum, frame):
-        for s in self.SIGNALS:
-            signal.signal(s, signal.SIG_IGN)
-        if not self.committed:
-            self.pending = KeyboardInterrupt() if signum == signal.SIGINT else PrepareInterrupted(signum, self.output)
-            raise self.pending
-
-    def _unraisable(self, unraisable):
-        """The exception raised in a finalizer (the signal landed there) is swallowed: `commit` raises it again."""
-        if unraisable.exc_value is not self.pending:
-            self._hook(unraisable)
-
-    def commit(self):
-        if self.pending is not None:  # a signal whose exception a finalizer swallowed: stop now, before the rename
-            raise self.pending
-        self.committed = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.saved = {s: signal.signal(s, self._handler) for s in self.SIGNALS
-                          if signal.getsignal(s) is not signal.SIG_IGN}
-            self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if self.saved:
-            for s, handler in self.saved.items():
-                signal.signal(s, handler)
-        if self._hook is not None:
-            sys.unraisablehook = self._hook
-        pending = self.pending
-        if exc is not None and pending is not None and exc is not pending and in_chain(exc, lambda e: e is pending):
-            # the signal's exception, raised in a callback of h5py's (a type conversion that logs), came out as
-            # another one (TypeError: "Operation not defined for data type class"): it was the signal
-            raise self.pending.with_traceback(None) from None
-
-
-
-def write_attrs(f, vocab, config, sources, check_chunk, sizes):
-    """The attributes of a corpus file (see fastrnn.corpus.dataset), with the checksum of them and of the splits'
-    names, dtypes and lengths (`sizes`: split -> tokens)."""
-    f.attrs["fastrnn_corpus"] = 1
-    f.attrs["format_version"] = FORMAT_VERSION
-    f.attrs["vocab"] = json.dumps(vocab.to_dict())
-    f.attrs["config"] = json.dumps(config)
-    f.attrs["sources"] = json.dumps(sources)
-    f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    f.attrs["checksum_chunk"] = check_chunk
-    meta = {key: str(f.attrs[key]) for key in ("vocab", "config", "sources", "created")}
-    meta.update(format_version=str(FORMAT_VERSION), checksum_chunk=str(check_chunk))
-    f.attrs["meta_checksum"] = meta_digest(meta, {name: (np.dtype(vocab.dtype).name, sizes[name]) for name in SPLITS})
-
-
 def _names(inputs):
     return ["stdin" if os.fspath(i) == "-" else os.fspath(i) for i in inputs]
 
 
-def _create_split(f, name, n, dtype):
-    """Create split `name` of n ids in HDF5 file f as a contiguous dataset whose storage is allocated now and
-    never filled; returns its byte offset in the file (None when n == 0)."""
-    from h5py import h5d, h5p, h5s, h5t
-
-    dcpl = h5p.create(h5p.DATASET_CREATE)
-    dcpl.set_layout(h5d.CONTIGUOUS)
-    dcpl.set_alloc_time(h5d.ALLOC_TIME_EARLY)
-    dcpl.set_fill_time(h5d.FILL_TIME_NEVER)
-    d = h5d.create(f.id, name.encode(), h5t.py_create(np.dtype(dtype)), h5s.create_simple((n,)), dcpl=dcpl)
-    offset = d.get_offset()
-    if n and offset is None:
-        raise CorpusError(f"HDF5 did not allocate the {name} split")
-    return offset
-
-
-class _SplitWriter:
-    """Writes ids at global token positions into the splits' storage (byte offsets `offsets`, global bounds
-    `bounds`) of a closed HDF5 file, from a background thread, starting the disk writeback as it goes so that
-    the final fsync has little left to do. Id buffers circulate through a small pool: `buffer()` hands out a
-    free one, `write(pos, buf, n)` queues buf[:n] and takes the buffer back when written."""
-
-    POOL = 3
-    SYNC_EVERY = 32 << 20  # start writeback after this many bytes
-
-    def __init__(self, path, offsets, bounds, dtype, size, check_chunk, sum_offsets):
-        import queue
-
-        self.offsets, self.bounds, self.itemsize = offsets, bounds, np.dtype(dtype).itemsize
-        # the CRC-32 of each run of check_chunk tokens of each split, accumulated as the ids are written (in order),
-        # written at sum_offsets by finish()
-        self.check_chunk, self.sum_offsets = check_chunk, sum_offsets
-        self.sums = [np.zeros(n_chunks(b - a, check_chunk), dtype=np.uint32) for a, b in zip(bounds, bounds[1:])]
-        self.fd = os.open(path, os.O_WRONLY)
-        self.free, self.todo = queue.Queue(), queue.Queue()
-        for _ in range(self.POOL):
-            self.free.put(np.empty(size, dtype=dtype))
-        self.error = None
-        self.unsynced = []  # (offset, length) written since the last writeback start
-        self.unsynced_bytes = 0
-        self.thread = threading.Thread(target=self._run, name="fastrnn-prepare-writer", daemon=True)
-        self.thread.start()
-
-    def buffer(self):
-        self._check()
-        return self.free.get()
-
-    def write(self, pos, buf, n):
-        self._check()
-        self.todo.put((pos, buf, n))
-
-    def finish(self):
-        """Wait for every queued write, write the chunks' checksums, then fsync the file."""
-        self._stop()
-        self._check()
-        for offset, sums in zip(self.sum_offsets, self.sums):
-            if len(sums):
-                data = memoryview(sums.astype("<u4")).cast("B")
-                while len(data):
-                    done = os.pwrite(self.fd, data, offset)
-                    data, offset = data[done:], offset + done
-        os.fsync(self.fd)
-
-    def _check(self):
-        if self.error is not None:
-            raise self.error
-
-    def _stop(self):
-        if self.thread is not None:
-            self.todo.put(None)
-            self.thread.join()
-            self.thread = None
-
-    def _run(self):
-        while True:
-            item = self.todo.get()
-            if item is None:
-                return
-            pos, buf, n = item
-            try:
-                if self.error is None:
-                    self._write(pos, buf[:n])
-            except BaseException as exc:  # reported to the main thread at its next call
-                self.error = exc
-            finally:
-                self.free.put(buf)
-
-    def _write(self, pos, ids):
-        end = pos + len(ids)
-        for k, offset in enumerate(self.offsets):
-            a, b = max(pos, self.bounds[k]), min(end, self.bounds[k + 1])
-            if a < b:
-                where = offset + int(a - self.bounds[k]) * self.itemsize
-                self._checksum(k, int(a - self.bounds[k]), ids[a - pos: b - pos])
-                data = memoryview(ids[a - pos: b - pos]).cast("B")
-                while len(data):
-                    done = os.pwrite(self.fd, data, where)
-                    data, where = data[done:], where + done
-                self.unsynced.append((offset + int(a - self.bounds[k]) * self.itemsize,
-                                      int(b - a) * self.itemsize))
-                self.unsynced_bytes += int(b - a) * self.itemsize
-        if self.unsynced_bytes >= self.SYNC_EVERY:
-            for offset, length in self.unsynced:
-                _start_writeback(self.fd, offset, length)
-            self.unsynced, self.unsynced_bytes = [], 0
-
-    def _checksum(self, k, start, ids):
-        """Fold ids, the tokens of split k from position `start` on, into the CRC-32s of their chunks."""
-        c, sums = self.check_chunk, self.sums[k]
-        done = 0
-        while done < len(ids):
-            chunk = (start + done) // c
-            end = min(len(ids), (chunk + 1) * c - start)
-            sums[chunk] = zlib.crc32(ids[done:end], int(sums[chunk]))
-            done = end
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            self._stop()
-        finally:
-            os.close(self.fd)
-
-
-_SYNC_FILE_RANGE = []  # [libc function] or [None] once looked up
-
-
-def _start_writeback(fd, offset, length):
-    """Start writing the dirty pages of a file range to disk without waiting (Linux sync_file_range with
-    SYNC_FILE_RANGE_WRITE); a no-op elsewhere. Durability still comes from the fsync at the end."""
-    if not _SYNC_FILE_RANGE:
-        fn = None
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-            except (OSError, AttributeError):
-                fn = None
-        _SYNC_FILE_RANGE.append(fn)
-    fn = _SYNC_FILE_RANGE[0]
-    if fn is not None:
-        fn(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; errors are left to the final fsync

@@ -11,7 +11,6 @@ reuse what it wrote.
 """
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -24,6 +23,8 @@ from fastrnn.corpus.build import prepare
 from fastrnn.corpus.dataset import FORMAT_VERSION
 from fastrnn.corpus.inputs import expand_inputs
 from fastrnn.errors import CorpusError
+from fastrnn.guards import FileLock, NoLocks
+
 
 def is_text_input(path):
     """True if `path` is a directory or a file that is not HDF5 (so not a corpus, nor a checkpoint): text that
@@ -93,19 +94,18 @@ def cached_corpus(inputs, say=None, vocab_from=None):
 
 @contextlib.contextmanager
 def _held(path):
-    """An exclusive flock on `path` for the block, waiting while another process holds it (it is preparing the
-    same corpus). The file stays (removing it would let a waiter lock a file no one else sees)."""
+    """An exclusive lock (guards.FileLock) on `path` for the block, waiting while another process holds it (it is
+    preparing the same corpus)."""
+    lock = FileLock(path, wait=True)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock.acquire()
+    except NoLocks as exc:
+        raise CorpusError(f"cannot lock {path} in the corpus cache ({exc.reason}); prepare the text with "
+                          f"`fastrnn prepare` instead") from None
     except OSError as exc:
         raise CorpusError(f"cannot create {path} in the corpus cache ({exc.strerror or exc}); prepare the text "
                           f"with `fastrnn prepare` instead") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            raise CorpusError(f"cannot lock {path} in the corpus cache ({exc.strerror or exc}); prepare the text "
-                              f"with `fastrnn prepare` instead") from None
         yield
     finally:
-        os.close(fd)
+        lock.release()

@@ -175,7 +175,7 @@ def _invalid(path, encoding, reason, offset):
 def _utf8_chunks(path, chunk_size, utf8_op):
     """Strict UTF-8 without normalization (the common case): one reused buffer, read into, handed to utf8_op,
     which validates (numba) and counts or maps. Yields (bytes read, None) per chunk."""
-    from fastrnn.textscan import OK
+    from fastrnn.kernels.textscan import OK
 
     buf = np.empty(chunk_size + 4, dtype=np.uint8)  # the bytes of a character cut by the boundary, then a chunk
     view = memoryview(buf)
@@ -210,7 +210,7 @@ def _utf8_error(path, buf, pending, end, offset, pos, status):
     """The CorpusError for a NUL byte or invalid UTF-8 found at buf[pos] (buf[:pending] carried over, the chunk
     at buf[pending:end] read from file offset `offset`): the first NUL byte of the chunk, else the codec's own
     reason and offset."""
-    from fastrnn.textscan import NUL
+    from fastrnn.kernels.textscan import NUL
 
     base = offset - pending  # file offset of buf[0]
     if status == NUL:

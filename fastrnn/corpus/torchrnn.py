@@ -14,9 +14,9 @@ import re
 import h5py
 import numpy as np
 
-from fastrnn.corpus.build import (_create_split, _OutputLock, _remove_stale_temps, _Signals, _SplitWriter,
-                                  _temp_name, write_attrs)
-from fastrnn.corpus.dataset import CHECK_CHUNK, SPLITS, info, n_chunks
+from fastrnn.corpus.dataset import CHECK_CHUNK, SPLITS, info
+from fastrnn.corpus.output import OutputLock, prepare_guard, remove_stale_temps, temp_name
+from fastrnn.corpus.splitfile import SplitWriter, new_file
 from fastrnn.corpus.vocab import Vocab
 from fastrnn.errors import CorpusError
 
@@ -43,13 +43,13 @@ def import_torch_rnn(h5_path, json_path, output, *, force=False, progress=None, 
         total = sum(sizes.values())
         if total < 2:
             raise CorpusError(f"{h5_path} holds {total} token(s); a corpus needs at least two")
-        with _Signals(output) as signals, _OutputLock(output):
+        with prepare_guard(output) as signals, OutputLock(output):
             if os.path.exists(output) and not force:
                 raise CorpusError(f"output {output} exists; add --force to overwrite it")
             if os.path.exists(output) and os.path.samefile(output, h5_path):
                 raise CorpusError(f"output {output} is also the input")
-            _remove_stale_temps(output)
-            tmp = _temp_name(output, "prepare")
+            remove_stale_temps(output)
+            tmp = temp_name(output, "prepare")
             try:
                 _write(tmp, splits, sizes, vocab, torch_to_ours, h5_path, json_path, chunk, check_chunk, progress)
                 signals.commit()
@@ -79,6 +79,9 @@ def _vocabulary(json_path):
         raise CorpusError(f"{json_path}: idx_to_token has a key that is not an integer") from None
     if min(tokens) < 1 or not all(isinstance(v, str) for v in tokens.values()):
         raise CorpusError(f"{json_path}: idx_to_token must map ids from 1 to tokens")
+    if max(tokens) >= 2 ** 63:
+        raise CorpusError(f"{json_path}: idx_to_token has the id {max(tokens)}, over 2^63 - 1, the largest fastrnn "
+                          f"reads (torch-rnn numbers its tokens from 1 up)")
     byte_level = any(_BYTE_TOKEN.match(t) for t in tokens.values())
     codes = {}
     for idx, token in tokens.items():
@@ -144,18 +147,12 @@ def _split(f, name, path):
 def _write(tmp, splits, sizes, vocab, lut, h5_path, json_path, chunk, check_chunk, progress):
     """The corpus file at `tmp`: the attributes as prepare writes them, then every split mapped chunk by chunk."""
     total = sum(sizes.values())
-    dtype = vocab.dtype
-    with h5py.File(tmp, "x") as f:
-        offsets = [_create_split(f, name, sizes[name], dtype) for name in SPLITS]
-        sums = f.create_group("checksums")
-        sum_offsets = [_create_split(sums, name, n_chunks(sizes[name], check_chunk), np.uint32) for name in SPLITS]
-        config = {"level": vocab.level, "val_frac": sizes["val"] / total, "test_frac": sizes["test"] / total,
-                  "lowercase": False, "letters_only": False, "encoding": "utf-8", "errors": "strict",
-                  "from_torch_rnn": os.path.abspath(h5_path)}
-        sources = [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in (h5_path, json_path)]
-        write_attrs(f, vocab, config, sources, check_chunk, sizes)
-    bounds = np.cumsum([0] + [sizes[name] for name in SPLITS])
-    with _SplitWriter(tmp, offsets, bounds, dtype, chunk, check_chunk, sum_offsets) as writer:
+    config = {"level": vocab.level, "val_frac": sizes["val"] / total, "test_frac": sizes["test"] / total,
+              "lowercase": False, "letters_only": False, "encoding": "utf-8", "errors": "strict",
+              "from_torch_rnn": os.path.abspath(h5_path)}
+    sources = [{"path": os.path.abspath(p), "bytes": os.path.getsize(p)} for p in (h5_path, json_path)]
+    offsets, sum_offsets, bounds = new_file(tmp, vocab, config, sources, check_chunk, sizes)
+    with SplitWriter(tmp, offsets, bounds, vocab.dtype, chunk, check_chunk, sum_offsets) as writer:
         pos = 0
         for k, name in enumerate(SPLITS):
             d = splits[name]

@@ -1,30 +1,62 @@
-"""The numba backend's Python API: the functions of fastrnn.reference, same signatures and semantics, plus the plan.
+"""The numba backend's Python API: the backend protocol (fastrnn.backend.Backend), with fastrnn.reference's
+signatures and semantics, plus the plan.
 
-Every call that runs a model takes a dispatch.Plan (`plan=`), made once per shape by `plan_for` (or
-dispatch.plan): the training loop makes its plans at the start and passes them. Without one, the call makes the
-plan for its shape on numba's current thread count. The plan's path decides: "fused" (the one-layer rnn without
-dropout masks) prepares arguments (contiguous int32 tokens, scalars in the parameters' dtype, scratch kept across
-calls) and makes one njit call (lm.py); "layers" goes to stack.py, which composes the per-layer kernels.
+Every call that runs a model takes a dispatch.Plan (`plan=`), made once per shape by `plan_for` (or `plan`, from
+the shape): the training loop makes its plans at the start and passes them. Without one, the call makes the
+plan for its shape on numba's current thread count. A plan is dispatch.plan's decision, handed the answer of the
+measurement of the shape's candidates (calibrate.measured, timing `training_step`s) unless measuring is off.
+
+The plan's path decides: "fused" (the one-layer rnn without dropout masks) prepares arguments (contiguous int32
+tokens, scalars in the parameters' dtype, scratch kept across calls) and makes one njit call (lm.py); "layers"
+goes to stack.py, which composes the per-layer kernels.
 """
 
 import time
 
-import numba
 import numpy as np
 
-from fastrnn.kernels import dispatch, lm, optim, stack, workspace as scratch
+from fastrnn.dropout import make_masks
+from fastrnn.kernels import calibrate, dispatch, lm, optim, stack, workspace as scratch
+from fastrnn.kernels.pools import thread_count, threads  # noqa: F401 (the protocol's threads and thread_count)
 from fastrnn.kernels.workspace import Grads
+from fastrnn.params import model_layout, state_size
 
 RNN_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 
 
-def plan_for(P, N, T, dropout=False, threads=None, precision="float32"):
+def plan_for(P, N, T, dropout=False, threads=None, precision="float32", way=None):
     """The dispatch.Plan for calls on N sequences of T steps of the model P (with dropout masks if `dropout`), on
     `threads` threads (None: numba's current count), with bf16 recurrent products if precision is "bf16" and the
-    CPU and shape allow it (dispatch.plan)."""
-    threads = numba.get_num_threads() if threads is None else threads
-    return dispatch.plan(P.cell.name, P.layers, N, T, P.hidden_size, P["by"].shape[0], dropout, threads,
-                         P["Whh"].dtype, precision=precision)
+    CPU and shape allow it (`plan`); `way`: the candidate a run recorded (Plan.way), taken without choosing."""
+    threads = thread_count() if threads is None else threads
+    return plan(P.cell.name, P.layers, N, T, P.hidden_size, P["by"].shape[0], dropout, threads, P["Whh"].dtype,
+                precision=precision, way=way)
+
+
+def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measure=None, precision="float32", way=None):
+    """The dispatch.Plan of a shape on this machine: dispatch.plan handed the measured answer (calibrate.measured:
+    the shape's candidates timed once per machine, then cached) unless `measure` is False (None: unless
+    FASTRNN_CALIBRATE=0) or `way` names the candidate to take (nothing is measured then)."""
+    if measure is None:
+        measure = calibrate.enabled()
+    answer = calibrate.measured(cell, int(layers), int(N), int(T), int(H), int(V), bool(dropout),
+                                max(1, int(threads)), np.dtype(dtype).name, training_step) \
+        if measure and way is None else None
+    return dispatch.plan(cell, layers, N, T, H, V, dropout, threads, dtype, measured=answer, precision=precision,
+                         way=way)
+
+
+def training_step(p):
+    """A function running one training step (forward_backward) of a random model of plan p's shape, as p says:
+    what calibrate times."""
+    rng = np.random.default_rng(0)
+    layout = model_layout(p.cell, p.V, p.H, p.layers)
+    P = layout.views(layout.init(rng, p.dtype, 1.0 / np.sqrt(p.H)))
+    G = layout.views(layout.zeros(p.dtype))
+    x, y = (rng.integers(0, p.V, size=(p.N, p.T)).astype(np.int32) for _ in range(2))
+    h0 = np.zeros((p.N, state_size(p.cell, p.H, p.layers)), p.dtype)
+    masks = make_masks(rng, 0.5 if p.dropout else 0.0, p.layers, p.T, p.N, p.H, p.dtype)
+    return lambda: forward_backward(P, G, x, y, h0, masks, plan=p)
 
 
 def _check(plan, P, N, T, masks):
@@ -172,8 +204,6 @@ def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy
     rngs[b] (one per character). temperature, top_k, top_p: one value for all the streams, or (B,) values, one
     per stream. `weights`: stream_weights(P), if the caller keeps it across calls. A stream's tokens depend only
     on its own state, options and generator, so streams may join and leave between calls."""
-    import numba
-
     from fastrnn.kernels.sample import sample_streams
 
     B = np.shape(h)[0]
@@ -183,7 +213,7 @@ def advance_streams(P, h, logits, n, temperature=1.0, top_k=0, top_p=1.0, greedy
     if not (h.flags.c_contiguous and logits.flags.c_contiguous):
         raise ValueError("advance_streams: h and logits must be C-contiguous (they are updated in place)")
     state = h.reshape(B, P.layers, -1, P.hidden_size)  # a view: sample_streams updates h
-    groups = min(B, numba.get_num_threads() if threads is None else max(1, int(threads)))
+    groups = min(B, thread_count() if threads is None else max(1, int(threads)))
     uniforms = np.zeros((B, n)) if greedy else np.stack([g.random(n) for g in rngs]).reshape(B, n)
     block = np.empty((B, n), dtype=np.int32)
     options = [per_stream(v, B, dtype, name) for v, dtype, name in

@@ -1,13 +1,22 @@
-"""Timing the candidate plans of a shape on this machine: what dispatch.plan's measured choice rests on.
+"""Measuring which candidate plan of a shape is fastest on this machine: the answer dispatch.plan is handed.
 
-    fastest(candidates, budget) -> (name of the fastest plan, {name: seconds per step}, seconds timed)
+    measured(cell, layers, N, T, H, V, dropout, threads, dtype, steps) -> (name, note) or None
+    fastest(candidates, budget, steps) -> (name of the fastest plan, {name: seconds per step}, seconds timed)
 
-Each candidate (a dispatch.Plan) runs whole training steps (forward_backward) of a random model of its shape on
-its threads: one step each first (after an untimed call, which also compiles), so that a candidate more than
-ELIMINATE times slower than the best is dropped at once and the repeats are sized to about TIMING_SECONDS each;
-then the survivors in turn, round after round (the same machine noise for all), REPEATS rounds or as many as fit
-in `budget` seconds (two at least); the medians decide. Whole steps, not the products alone: at few rows a thread
-the products favour tiles, whose per-call costs (packing Whh, starting the threads for each layer) they leave out.
+`steps(p)` gives a function that runs one training step of plan p's shape as p says (the backend's: the
+timing here knows nothing of models or kernels). `measured` times the shape's dispatch.candidates once per
+machine, bounded to about CALIBRATION_SECONDS per shape, and keeps the name of the fastest in memory and in a
+small cache file per machine (`cache_path`), so that every later run on the machine makes the same choice (the
+same numbers from the same seed and thread count) without measuring again. A measurement taken while other
+processes kept the cores busy is thrown away (BUSY_CORES): None, and the rule decides for that process; so does
+FASTRNN_CALIBRATE=0 (`enabled`).
+
+`fastest` runs whole training steps on each candidate's threads: one step each first (after an untimed call,
+which also compiles), so that a candidate more than ELIMINATE times slower than the best is dropped at once and
+the repeats are sized to about TIMING_SECONDS each; then the survivors in turn, round after round (the same
+machine noise for all), REPEATS rounds or as many as fit in `budget` seconds (two at least); the medians decide.
+Whole steps, not the products alone: at few rows a thread the products favour tiles, whose per-call costs
+(packing Whh, starting the threads for each layer) they leave out.
 
 Each timing follows a pause of SETTLE_SECONDS and one untimed step of the same candidate, as a run of that plan
 alone would be: OpenBLAS keeps its idle threads spinning for about 0.1 s after a call, and timed right after a
@@ -16,31 +25,40 @@ against 107.8k in a process of its own (lstm 2x128 B50: 80.8k against 117.3k), a
 where alone it wins; with the pause, 100.9k and 121.2k (2-core Xeon, AVX-512).
 """
 
+import functools
+import hashlib
+import json
+import os
 import statistics
 import time
 
 import numpy as np
 
+from fastrnn.kernels import dispatch
+from fastrnn.kernels.pools import threads
+
 REPEATS = 5  # rounds of timings at most; the medians decide
 ELIMINATE = 2.0  # a candidate this many times slower than the best in its first step is not timed further
 TIMING_SECONDS = 0.02  # about this long per timing (several steps of a small shape, one of a large one)
 SETTLE_SECONDS = 0.2  # the pause before each timing (module docstring)
+CALIBRATION_SECONDS = 3.0  # the timed rounds of one shape's candidates, after one step of each
+CALIBRATE_ENV = "FASTRNN_CALIBRATE"
+BUSY_CORES = 0.5  # a measurement during which other processes used more than this many cores is thrown away:
+# under load two-thread BLAS slows down far more than hand loops on one thread do (measured here with a
+# test suite running beside: loops "won" at N32 H128, 50 us against BLAS's 22 us on idle cores)
+LOOK_SECONDS = 0.2  # before measuring, the machine is watched this long: busy already, nothing is measured
+
+
+def enabled():
+    """Whether plans are measured: unless FASTRNN_CALIBRATE=0."""
+    return os.environ.get(CALIBRATE_ENV, "1") != "0"
 
 
 class Stepper:
-    """Training steps of a random model of plan p's shape, run as p says on p.threads threads."""
+    """Timed runs of step(), one training step of plan p's shape, on p.threads threads."""
 
-    def __init__(self, p):
-        from fastrnn.dropout import make_masks
-        from fastrnn.model import Model
-
-        rng = np.random.default_rng(0)
-        self.plan = p
-        self.model = Model(p.V, p.H, p.dtype, p.cell, p.layers).init(rng, 0.5, "xavier")
-        self.x, self.y = (rng.integers(0, p.V, size=(p.N, p.T)).astype(np.int32) for _ in range(2))
-        self.h0 = np.zeros((p.N, self.model.state_size), p.dtype)
-        self.masks = make_masks(rng, 0.5 if p.dropout else 0.0, p.layers, p.T, p.N, p.H, p.dtype)
-        self.G = self.model.layout.views(self.model.layout.zeros(p.dtype))
+    def __init__(self, p, step):
+        self.plan, self.step = p, step
         self.warm = False
 
     def warm_up(self):
@@ -49,40 +67,29 @@ class Stepper:
 
     def seconds(self, reps):
         """Seconds for `reps` steps (one untimed step first, the first time: warm_up)."""
-        import numba
-        from threadpoolctl import threadpool_limits
-
-        from fastrnn import kernels as K
-
-        p = self.plan
-        before = numba.get_num_threads()
-        with threadpool_limits(limits=p.threads, user_api="blas"):
-            numba.set_num_threads(min(p.threads, numba.config.NUMBA_NUM_THREADS))
-            try:
-                if not self.warm:
-                    K.forward_backward(self.model.P, self.G, self.x, self.y, self.h0, self.masks, plan=p)
-                    self.warm = True
-                if reps == 0:
-                    return 0.0
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    K.forward_backward(self.model.P, self.G, self.x, self.y, self.h0, self.masks, plan=p)
-                return time.perf_counter() - t0
-            finally:
-                numba.set_num_threads(before)
+        with threads(self.plan.threads):
+            if not self.warm:
+                self.step()
+                self.warm = True
+            if reps == 0:
+                return 0.0
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                self.step()
+            return time.perf_counter() - t0
 
 
-def time_step(p, reps):
+def time_step(p, reps, steps):
     """Seconds for `reps` training steps of plan p's shape run as p says (after one untimed step)."""
-    return Stepper(p).seconds(reps)
+    return Stepper(p, steps(p)).seconds(reps)
 
 
-def fastest(candidates, budget):
+def fastest(candidates, budget, steps):
     """(the name of the fastest of `candidates` {name: Plan}, {name: median seconds per step of those timed
     to the end}, seconds the timing took); see the module docstring. `budget`: seconds for the rounds after the
     first. Every candidate steps once untimed first (compiling where numba's cache does not hold its kernels),
     outside the seconds returned."""
-    steppers = {name: Stepper(p) for name, p in candidates.items()}
+    steppers = {name: Stepper(p, steps(p)) for name, p in candidates.items()}
     for s in steppers.values():
         s.warm_up()
     t0 = time.perf_counter()
@@ -106,3 +113,125 @@ def settled(stepper, reps):
     time.sleep(SETTLE_SECONDS)
     stepper.seconds(1)
     return stepper.seconds(reps)
+
+
+@functools.lru_cache(maxsize=256)
+def measured(cell, layers, N, T, H, V, dropout, threads, dtype, steps):
+    """(the name of the fastest of the shape's dispatch.candidates on this machine, a note for the plan's
+    description), for dispatch.plan: measured once (`fastest`, with `steps`), then read from the cache; None if
+    the shape has one way only, or if other processes kept the cores busy meanwhile (this process does not
+    measure that shape again). Arguments as dispatch.plan takes them, normalised (dtype a name)."""
+    options = dispatch.candidates(dispatch.rule(cell, layers, N, T, H, V, dropout, threads, dtype))
+    if len(options) < 2:
+        return None
+    return choice(options, steps)
+
+
+def choice(options, steps):
+    """(the name of the fastest of options {name: Plan} on this machine, a note): from the cache, else measured
+    (None if the machine was busy)."""
+    p = next(iter(options.values()))
+    key = f"plan:{p.cell}:{p.layers}:{p.N}x{p.T}x{p.H}x{p.V}:{int(p.dropout)}:{p.dtype}:{p.threads}"
+    cache = _load_cache()
+    if cache.get(key) in options:
+        return cache[key], "measured earlier on this machine"
+
+    def measure():
+        best, medians, seconds = fastest(options, CALIBRATION_SECONDS, steps)
+        return best, seconds
+
+    answer = _measured(key, measure)
+    if answer is None:
+        return None
+    best, seconds = answer
+    return best, f"measured in {seconds:.1f} s"
+
+
+def _measured(key, measure):
+    """measure()'s answer (the chosen name, and anything else), its name cached under `key`, if the machine was
+    quiet meanwhile (others_busy below BUSY_CORES); else None, and nothing cached. A machine already busy in the
+    LOOK_SECONDS before is not measured at all (a run there would spend seconds on a measurement thrown away)."""
+    busy_before = others_busy_seconds()
+    time.sleep(LOOK_SECONDS)
+    if (others_busy_seconds() - busy_before) / LOOK_SECONDS > BUSY_CORES:
+        return None
+    busy_before = others_busy_seconds()
+    t0 = time.perf_counter()
+    answer = measure()
+    others = (others_busy_seconds() - busy_before) / max(time.perf_counter() - t0, 1e-9)
+    if others > BUSY_CORES:
+        return None
+    cache = _load_cache()
+    cache[key] = answer[0]
+    _save_cache(cache)
+    return answer
+
+
+def others_busy_seconds():
+    """CPU seconds used so far by every other process on the machine (all cores, busy time less this process's)."""
+    import psutil
+
+    total = psutil.cpu_times()
+    busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
+    mine = psutil.Process().cpu_times()
+    return busy - (mine.user + mine.system)
+
+
+def cache_path():
+    """The measured choices of this machine: dispatch-<machine>.json in fastrnn.cachedir, where <machine> hashes the
+    CPU model and flags and the NumPy, numba and OpenBLAS versions (another CPU or library measures anew)."""
+    from fastrnn import cachedir
+
+    return os.path.join(cachedir.root(), f"dispatch-{machine_id()}.json")
+
+
+@functools.lru_cache(maxsize=1)
+def machine_id():
+    """A hash of what the measured choices depend on: the CPU (model and flags), NumPy, numba, the BLAS library the
+    kernels call and the OpenBLAS core type forced through the environment, if any, the CPU and features the
+    kernels are compiled for and the tile shape."""
+    import platform
+
+    import numba
+
+    from fastrnn.kernels import blas, tiles
+
+    t = tiles.TARGET
+    parts = [platform.machine(), np.__version__, numba.__version__, os.path.basename(blas.LIBRARY or "fallback"),
+             os.environ.get("OPENBLAS_CORETYPE", ""), t.cpu, ",".join(sorted(t.features)),
+             f"{tiles.TILE_ROWS}x{tiles.TILE_VECTORS}"]
+    try:
+        with open("/proc/cpuinfo") as f:
+            parts += [line for line in f if line.startswith(("model name", "flags"))][:2]
+    except OSError:
+        parts.append(platform.processor())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+_memory = {}  # path -> the cache's contents (measured choices), this process's copy
+
+
+def _load_cache():
+    path = cache_path()
+    if path not in _memory:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            _memory[path] = {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            _memory[path] = {}
+    return _memory[path]
+
+
+def _save_cache(cache):
+    """Write the cache atomically (a temporary file renamed); a location that cannot be written is skipped
+    (the choices then last for this process)."""
+    path = cache_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(cache, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -1,8 +1,11 @@
 """Which kernel path a training, evaluation or generation call takes: decided here, once per shape, by `plan`.
 
-    plan(cell, layers, N, T, H, V, dropout, threads, dtype) -> Plan
+    plan(cell, layers, N, T, H, V, dropout, threads, dtype, measured=None, way=None) -> Plan
 
-A Plan is a small frozen value that the backend passes to the kernels; nothing else chooses a path, and no
+A pure decision: from its arguments and, where the candidates were timed, the answer of that measurement handed
+to it (`measured`: calibrate.measured, which backend.plan asks); it reads no clock, file or environment. `way`
+names the candidate to take instead of deciding (a resumed run's plan, recorded in its checkpoint: Plan.way). A
+Plan is a small frozen value that the backend passes to the kernels; nothing else chooses a path, and no
 process-wide state is read by a kernel. Its fields:
 
     path       "fused": the one-layer model of a cell with a whole-step kernel (Cell.fused: the vanilla rnn)
@@ -25,13 +28,11 @@ process-wide state is read by a kernel. Its fields:
 Which of the ways is fastest moves from CPU to CPU: on a 2-core Zen 4 (AVX-512) the tiles plan won every H512 row
 by 1.05-1.56x; on a 2-core Zen 3 (AVX2, with 4 x 4 tiles of 64-byte vectors that spilled) it lost every one by
 1.6-2.4x to BLAS; on a 2-core Xeon (AVX-512) it loses the rnn H512 N64 row and wins the lstm's. So it is measured
-on the machine: every candidate plan of the shape (hand loops, BLAS and tiles, where each can run) times whole
-training steps (calibrate.fastest), once per machine, bounded to about CALIBRATION_SECONDS per shape; the answer
-is kept in memory and in a small cache file per machine (`cache_path`), so that every later run on the machine
-makes the same choice (the same numbers from the same seed and thread count) without measuring again. A
-measurement taken while other processes kept the cores busy is thrown away (BUSY_CORES); then, and with
-FASTRNN_CALIBRATE=0, the rule below decides for that run: hand loops for a few rows' work, BLAS above, never the
-tiles (the one way that lost by 2x on a machine measured). The plan's `describe()` says which it was.
+on the machine (calibrate.py): every candidate plan of the shape (`candidates`: hand loops, BLAS and tiles, where
+each can run) times whole training steps, once per machine, and the name of the fastest is handed to `plan`.
+Without an answer (the measurement is off with FASTRNN_CALIBRATE=0, or was thrown away on a busy machine) the rule
+below decides: hand loops for a few rows' work, BLAS above, never the tiles (the one way that lost by 2x on a
+machine measured). The plan's `describe()` says which it was.
 
 Loops, BLAS and tiles round differently, so two plans give results that agree to rounding, not bit for bit; the
 plan is fixed for a run. (Tiles give the same bits at any thread count and any tile shape: each element is one
@@ -45,10 +46,6 @@ last, so it moved to benchmarks/lab/ with its tests (`python -m benchmarks.lab.p
 
 import dataclasses
 import functools
-import hashlib
-import json
-import os
-import time
 
 import numpy as np
 
@@ -62,9 +59,7 @@ SMALL_WORK = 1 << 16  # N*H*G*H at or below which the rule (no measurement) take
 # products, BLAS above: OpenBLAS packs the whole weight matrix at every call, which costs more than it saves for a
 # few rows (H512 4H columns, one row: 83 us against 382 us on a Zen 3; H64 N4 and H128 N1 loops faster, H128 N32
 # BLAS faster on a Zen 3 and a Xeon)
-CALIBRATION_SECONDS = 3.0  # the timed rounds of one shape's candidates, after one step of each (calibrate.py)
 BF16_ROWS = 4  # sequences a thread from which bf16 products run (tiles.matmul_bf16's tiles are 4 rows high)
-CALIBRATE_ENV = "FASTRNN_CALIBRATE"
 PATHS = ("fused", "layers")
 PRECISIONS = ("float32", "bf16")
 POSITIONS = ("blas", "loops")
@@ -90,6 +85,15 @@ class Plan:
     tiles: bool = False
     precision: str = "float32"  # "bf16": the tiles' recurrent products in bf16 with float32 sums (tiles.py)
     note: str = dataclasses.field(default="", compare=False)  # how the measured choice was had, for people
+    refused: str = dataclasses.field(default="", compare=False)  # why bf16 products asked for were not granted
+    recorded: bool = dataclasses.field(default=False, compare=False)  # taken by name (`way`), not decided here
+
+    @property
+    def way(self):
+        """This plan's name among its shape's `candidates` ("loops", "blas", "tiles", ...): what a run records in
+        its checkpoint, and plan(way=...) makes again."""
+        base = rule(self.cell, self.layers, self.N, self.T, self.H, self.V, self.dropout, self.threads, self.dtype)
+        return next(name for name, q in candidates(base).items() if _key(q) == _key(self))
 
     @property
     def how(self):
@@ -117,9 +121,16 @@ class Plan:
                "hand loops" if self.loops else "BLAS")
         pos = {"blas": "BLAS", "loops": "hand loops"}[self.positions]
         how = f" (chosen by measurement: {self.note})" if self.measured and self.note else \
-            " (chosen by measurement)" if self.measured else ""
+            " (chosen by measurement)" if self.measured else " (the run's, recorded in its checkpoint)" \
+            if self.recorded else ""
         return (f"{path}; recurrent products: {rec}; position products: {pos}; {self.threads} "
                 f"thread{'s' if self.threads != 1 else ''}{how}")
+
+
+def _key(p):
+    """What tells the candidates of a shape apart: tiles (which keep the rule's `loops`), else hand loops or BLAS,
+    and the position products (a bf16 plan is its float32 candidate's way with bf16 products)."""
+    return p.tiles, p.tiles or p.loops, p.positions
 
 
 def _fused(cell, layers, dropout, tiles):
@@ -128,19 +139,19 @@ def _fused(cell, layers, dropout, tiles):
     return cells.get(cell).fused and layers == 1 and not dropout and not tiles
 
 
-def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measure=None, precision="float32"):
+def plan(cell, layers, N, T, H, V, dropout, threads, dtype, *, measured=None, precision="float32", way=None):
     """The Plan for a call on N sequences of T steps of a model (cell, layers, H, V), with or without dropout
-    masks, on `threads` threads, in `dtype`. measure: choose among the candidate plans by timing them on this
-    machine (None: unless FASTRNN_CALIBRATE=0); else `rule`. precision "bf16": bf16 recurrent products (the tiles
-    plan whenever there are BF16_ROWS sequences a thread) where the CPU has AVX512_BF16 and the dtype is float32;
-    the plan's `precision` says what was granted ("float32" otherwise: bf16_refusal says why). The same arguments give the
-    same Plan object."""
-    if measure is None:
-        measure = os.environ.get(CALIBRATE_ENV, "1") != "0"
+    masks, on `threads` threads, in `dtype`. measured: None (the `rule` decides), or (the name of the fastest of
+    the shape's `candidates`, how that was had), as calibrate.measured answers. precision "bf16": bf16 recurrent
+    products (the tiles plan whenever there are BF16_ROWS sequences a thread) where the CPU has AVX512_BF16 and
+    the dtype is float32; the plan's `precision` says what was granted ("float32" otherwise, and `refused` why).
+    way: the name of the candidate to take (Plan.way of a plan made before; ValueError if the shape has no such
+    candidate), neither `measured` nor the rule. The same arguments give the same Plan object."""
     if precision not in PRECISIONS:
         raise ValueError(f"plan: unknown precision {precision!r}")
+    measured = None if measured is None else (str(measured[0]), str(measured[1]))
     return _plan(cell, int(layers), int(N), int(T), int(H), int(V), bool(dropout), max(1, int(threads)),
-                 np.dtype(dtype).name, bool(measure), precision)
+                 np.dtype(dtype).name, measured, precision, None if way is None else str(way))
 
 
 def bf16_refusal(N, threads, dtype):
@@ -158,16 +169,19 @@ def bf16_refusal(N, threads, dtype):
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measure, precision="float32"):
+def _plan(cell, layers, N, T, H, V, dropout, threads, dtype, measured, precision="float32", way=None):
     p = rule(cell, layers, N, T, H, V, dropout, threads, dtype)
-    if measure:
+    name = way if way is not None else None if measured is None else measured[0]
+    if name is not None:
         options = candidates(p)
-        if len(options) > 1:
-            choice = measured_choice(options)
-            if choice is not None:
-                p = dataclasses.replace(options[choice[0]], measured=True, note=choice[1])
-    if precision == "bf16" and bf16_refusal(N, threads, dtype) is None:
-        p = dataclasses.replace(variant(p, tiles=True), precision="bf16", measured=False, note="")
+        if name not in options:
+            raise ValueError(f"plan: {name!r} is not a way this shape can run ({', '.join(options)})")
+        p = dataclasses.replace(options[name], recorded=True) if way is not None else \
+            dataclasses.replace(options[name], measured=True, note=measured[1])
+    if precision == "bf16":
+        why = bf16_refusal(N, threads, dtype)
+        p = dataclasses.replace(p, refused=why) if why else \
+            dataclasses.replace(variant(p, tiles=True), precision="bf16", measured=False, note="")
     return p
 
 
@@ -194,129 +208,6 @@ def candidates(p):
                 other = "blas" if q.positions == "loops" else "loops"
                 out[f"{name}, {other} positions"] = variant(q, positions=other)
     return out
-
-
-def measured_choice(options):
-    """(the name of the fastest of options {name: Plan} on this machine, a note for the plan's description):
-    measured once (calibrate.fastest), then read from the cache; None if other processes kept the cores busy
-    meanwhile."""
-    p = next(iter(options.values()))
-    key = f"plan:{p.cell}:{p.layers}:{p.N}x{p.T}x{p.H}x{p.V}:{int(p.dropout)}:{p.dtype}:{p.threads}"
-    cache = _load_cache()
-    if cache.get(key) in options:
-        return cache[key], "measured earlier on this machine"
-
-    def measure():
-        from fastrnn.kernels import calibrate
-
-        best, medians, seconds = calibrate.fastest(options, CALIBRATION_SECONDS)
-        return best, seconds
-
-    answer = _measured(key, measure)
-    if answer is None:
-        return None
-    best, seconds = answer
-    return best, f"measured in {seconds:.1f} s"
-
-
-BUSY_CORES = 0.5  # a measurement during which other processes used more than this many cores is thrown away:
-# under load two-thread BLAS slows down far more than hand loops on one thread do (measured here with a
-# test suite running beside: loops "won" at N32 H128, 50 us against BLAS's 22 us on idle cores)
-
-
-LOOK_SECONDS = 0.2  # before measuring, the machine is watched this long: busy already, nothing is measured
-
-
-def _measured(key, measure):
-    """measure()'s answer (the chosen name, and anything else), its name cached under `key`, if the machine was
-    quiet meanwhile (others_busy below BUSY_CORES); else None, and nothing cached. A machine already busy in the
-    LOOK_SECONDS before is not measured at all (a run there would spend seconds on a measurement thrown away)."""
-    busy_before = others_busy_seconds()
-    time.sleep(LOOK_SECONDS)
-    if (others_busy_seconds() - busy_before) / LOOK_SECONDS > BUSY_CORES:
-        return None
-    busy_before = others_busy_seconds()
-    t0 = time.perf_counter()
-    answer = measure()
-    others = (others_busy_seconds() - busy_before) / max(time.perf_counter() - t0, 1e-9)
-    if others > BUSY_CORES:
-        return None
-    cache = _load_cache()
-    cache[key] = answer[0]
-    _save_cache(cache)
-    return answer
-
-
-def others_busy_seconds():
-    """CPU seconds used so far by every other process on the machine (all cores, busy time less this process's)."""
-    import psutil
-
-    total = psutil.cpu_times()
-    busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
-    mine = psutil.Process().cpu_times()
-    return busy - (mine.user + mine.system)
-
-
-def cache_path():
-    """The measured choices of this machine: dispatch-<machine>.json in fastrnn.cachedir, where <machine> hashes the
-    CPU model and flags and the NumPy, numba and OpenBLAS versions (another CPU or library measures anew)."""
-    from fastrnn import cachedir
-
-    return os.path.join(cachedir.root(), f"dispatch-{machine_id()}.json")
-
-
-@functools.lru_cache(maxsize=1)
-def machine_id():
-    """A hash of what the measured choices depend on: the CPU (model and flags), NumPy, numba, the BLAS library the
-    kernels call and the OpenBLAS core type forced through the environment, if any, the CPU and features the
-    kernels are compiled for and the tile shape."""
-    import platform
-
-    import numba
-
-    from fastrnn.kernels import blas
-
-    from fastrnn.kernels import tiles
-
-    t = tiles.TARGET
-    parts = [platform.machine(), np.__version__, numba.__version__, os.path.basename(blas.LIBRARY or "fallback"),
-             os.environ.get("OPENBLAS_CORETYPE", ""), t.cpu, ",".join(sorted(t.features)),
-             f"{tiles.TILE_ROWS}x{tiles.TILE_VECTORS}"]
-    try:
-        with open("/proc/cpuinfo") as f:
-            parts += [line for line in f if line.startswith(("model name", "flags"))][:2]
-    except OSError:
-        parts.append(platform.processor())
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-_memory = {}  # path -> the cache's contents (measured choices), this process's copy
-
-
-def _load_cache():
-    path = cache_path()
-    if path not in _memory:
-        try:
-            with open(path) as f:
-                data = json.load(f)
-            _memory[path] = {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            _memory[path] = {}
-    return _memory[path]
-
-
-def _save_cache(cache):
-    """Write the cache atomically (a temporary file renamed); a location that cannot be written is skipped
-    (the choices then last for this process)."""
-    path = cache_path()
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(cache, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def variant(p, *, loops=None, positions=None, tiles=None, precision=None):
