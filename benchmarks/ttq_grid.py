@@ -55,6 +55,7 @@ FIELDS = (("b", "batch_size", int), ("t", "seq_len", int), ("lr", "lr", float), 
           ("d", "dropout", float), ("decay", "lr_decay", float))
 LR_FLOOR = 0.1  # of a fixed configuration's cosine schedule (the automatic choice's own: fastrnn.choose)
 POLL_SECONDS = 0.5
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad")  # a configuration's `:adamw`: --optimizer adamw
 
 
 def parse_config(spec):
@@ -65,13 +66,16 @@ def parse_config(spec):
         return {"spec": spec}
     parts = spec.split(":")
     bad = click.BadParameter(f"{spec!r} is not auto or CELL:LAYERS:HIDDEN[:b64][:t100][:lr3e-3][:cosine|:step]"
-                             f"[:decay0.8][:w100][:d0.2]", param_hint="--configs")
+                             f"[:decay0.8][:w100][:d0.2][:adamw]", param_hint="--configs")
     if len(parts) < 3 or parts[0] not in cells.names() or not parts[1].isdigit() or not parts[2].isdigit():
         raise bad
     out = {"spec": spec, "model": parts[0], "num_layers": int(parts[1]), "hidden_size": int(parts[2])}
     for part in parts[3:]:
         if part in ("cosine", "step"):
             out["lr_schedule"] = part
+            continue
+        if part in OPTIMIZERS:
+            out["optimizer"] = part
             continue
         for prefix, name, kind in sorted(FIELDS, key=lambda f: -len(f[0])):  # "decay" before "d"
             if part.startswith(prefix):
@@ -233,7 +237,7 @@ def run_row(corpus, budget, config, settings, machine, wall, core):
     c = ckpt.config
     fields = dict(key=job_key(corpus, budget, config["spec"], settings["threads"]), corpus=os.path.basename(corpus),
                   budget_s=budget, config=config["spec"], model=c["model"], layers=c["num_layers"],
-                  hidden=c["hidden_size"], batch=c["batch_size"], seq_len=c["seq_len"], lr=c["lr"],
+                  hidden=c["hidden_size"], batch=c["batch_size"], seq_len=c["seq_len"], lr=c["lr"], optimizer=c["optimizer"],
                   schedule=c["lr_schedule"], dropout=c["dropout"], params=int(ckpt.params.size),
                   threads=settings["threads"], core=core, cpu=machine.get("cpu"),
                   cpu_flags=machine.get("cpu_flags"), date=datetime.date.today().isoformat())
@@ -242,15 +246,45 @@ def run_row(corpus, budget, config, settings, machine, wall, core):
         fields["choice"] = choice.get("line")
     row = result_row(ckpt.state, c["batch_size"], c["seq_len"], fields, wall)
     row["epochs"] = row["chars"] / ckpt.state.train_tokens if ckpt.state.train_tokens else None
+    row["val_curve"] = val_curve(run_dir)
     row["wall_over_budget"] = wall / budget
     return row
+
+
+def val_curve(run_dir):
+    """[[step, val loss], ...] of the run's evaluations (log.jsonl), for the comparison at equal steps."""
+    curve = []
+    try:
+        with open(os.path.join(run_dir, "log.jsonl")) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(r, dict) and isinstance(r.get("val_loss"), (int, float)) and "step" in r:
+                    curve.append([int(r["step"]), float(r["val_loss"])])
+    except OSError:
+        pass
+    return curve
+
+
+def at_step(row, step):
+    """The row's val loss at evaluation step `step` (None if it has none there)."""
+    return next((v for s, v in row.get("val_curve") or () if s == step), None)
+
+
+def common_step(rows):
+    """The last evaluation step every row reached (None if they share none): where they compare per step."""
+    steps = [{s for s, _ in r.get("val_curve") or ()} for r in rows]
+    shared = set.intersection(*steps) if steps else set()
+    return max(shared) if shared else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the report
 
 COLUMNS = [("configuration", "config", "s"), ("model", lambda r: f"{r['model']} {r['layers']}x{r['hidden']}", "s"),
-           ("batch", "batch", "d"), ("lr", "lr", "g"), ("schedule", "schedule", "s"), ("dropout", "dropout", "g"),
+           ("batch", "batch", "d"), ("optimizer", "optimizer", "s"), ("lr", "lr", "g"), ("schedule", "schedule", "s"), ("dropout", "dropout", "g"),
            ("params", "params", ",d"), ("steps", "steps", ",d"), ("epochs", "epochs", ".2f"),
            ("chars/s", "chars_per_sec", ",.0f"), ("best val nats/char", "val_loss", ".4f"),
            ("wall / budget", "wall_over_budget", ".3f")]
@@ -283,11 +317,17 @@ def render(rows):
                 f"{cpu}, {when}; {len(group)} runs.", ""]
         ranked = sorted(group, key=lambda r: r["val_loss"] if math.isfinite(r.get("val_loss") or math.nan)
                         else math.inf)
-        out.append("| " + " | ".join(h for h, _, _ in COLUMNS) + " |")
-        out.append("| " + " | ".join("---" if s == "s" else "---:" for _, _, s in COLUMNS) + " |")
+        step = common_step(ranked)
+        columns = COLUMNS + ([(f"val at step {step:,}", lambda r, step=step: at_step(r, step), ".4f")] if step else [])
+        out.append("| " + " | ".join(h for h, _, _ in columns) + " |")
+        out.append("| " + " | ".join("---" if s == "s" else "---:" for _, _, s in columns) + " |")
         for r in ranked:
-            out.append("| " + " | ".join(str(_cell(r, k, s)) for _, k, s in COLUMNS) + " |")
+            out.append("| " + " | ".join(str(_cell(r, k, s)) for _, k, s in columns) + " |")
         out.append("")
+        if step:
+            out += [f"Per step: `val at step {step:,}` is each run's evaluation at the last step all of them reached "
+                    f"(the same val tokens), the comparison at equal updates; `best val` is per second (the budget).",
+                    ""]
         auto = next((r for r in ranked if r["config"] == "auto"), None)
         best = ranked[0]
         if auto is not None and math.isfinite(auto.get("val_loss") or math.nan) and \

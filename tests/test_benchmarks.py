@@ -324,18 +324,20 @@ def test_the_grid_runs_in_resumable_pieces_and_reports(tmp_path):
 
     def grid(configs):
         r = subprocess.run([sys.executable, "-m", "benchmarks.ttq_grid", "run", "--configs", configs, "--corpus",
-                            str(corpus), "--budget", "3", "--cores", "0,1", "--eval-tokens", "2000", "--results",
-                            str(results)], cwd=root, capture_output=True, text=True, timeout=300)
+                            str(corpus), "--budget", "3", "--cores", "0,1", "--eval-tokens", "2000", "--eval-every", "20",
+                            "--results", str(results)], cwd=root, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    fixed = "rnn:1:16:b4:t10:cosine"
+    fixed = "rnn:1:16:b4:t10:cosine:adamw"
     assert "0 of 1 runs already" in grid(fixed)
     out = grid(f"{fixed},auto")
     assert "1 of 2 runs already" in out and "1 row(s) appended" in out
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["config"] for r in rows] == [fixed, "auto"]
     assert rows[0]["batch"] == 4 and rows[0]["schedule"] == "cosine" and rows[1]["choice"].startswith("choice: ")
+    assert rows[0]["optimizer"] == "adamw" and rows[1]["optimizer"] == "adam"
+    assert all(r["val_curve"][0][0] == 20 for r in rows)  # evaluations every 20 steps: the comparison per step
     for r in rows:
         assert r["steps"] > 0 and r["chars_per_sec"] > 0 and r["val_loss"] > 0 and r["core"] in ("0", "1")
         assert r["wall_seconds"] < 3 + 2, r
@@ -345,6 +347,8 @@ def test_the_grid_runs_in_resumable_pieces_and_reports(tmp_path):
     assert r.returncode == 0, r.stderr
     text = page.read_text()
     assert "## tiny.txt, 3 s, 1 thread a run" in text and "| auto |" in text and "auto: place " in text
+    step = max({s for s, _ in rows[0]["val_curve"]} & {s for s, _ in rows[1]["val_curve"]})
+    assert f"| val at step {step:,} |" in text
 
 
 def test_bf16_quality_trains_both_precisions_the_same_steps(tmp_path):
