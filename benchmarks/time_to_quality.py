@@ -75,13 +75,21 @@ def _train(corpus_h5, run_dir, cell, layers, hidden, backend, limit, settings, b
                                    f"({proc.stderr.strip().splitlines()[-1:] or proc.returncode})")
     if budget is None:
         return None
-    state = final_state(run_dir)
+    return result_row(final_state(run_dir), settings["batch_size"], settings["seq_len"],
+                      dict(model=cell, layers=layers, hidden=hidden, backend=backend, budget_s=budget), wall)
+
+
+def result_row(state, batch_size, seq_len, fields, wall):
+    """A row from a finished run's checkpoint state: `fields`, then the best val loss in nats and bits per char
+    (NaN where no evaluation ran), the steps and chars trained, chars/s (None where the budget left no time to
+    train a step: nothing to divide), the training and wall seconds."""
     loss = state.best_val
-    step = int(state.step)
-    chars = step * settings["batch_size"] * settings["seq_len"]
-    train_seconds = float(state.elapsed)
-    return dict(model=cell, layers=layers, hidden=hidden, backend=backend, budget_s=budget, val_loss=loss,
-                val_bpc=loss / math.log(2), steps=step, chars=chars, chars_per_sec=chars / train_seconds,
+    loss = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else float("nan")
+    step = int(state.step or 0)
+    chars = step * batch_size * seq_len
+    train_seconds = float(state.elapsed or 0.0)
+    return dict(fields, val_loss=loss, val_bpc=loss / math.log(2), steps=step, chars=chars,
+                chars_per_sec=chars / train_seconds if step and train_seconds > 0 else None,
                 train_seconds=train_seconds, wall_seconds=wall)
 
 

@@ -83,7 +83,11 @@ class CharRNN:
         temporary directory if None). Returns self.
 
         init_from: fine-tune, starting from this checkpoint or run directory (as `fastrnn train --init-from`);
-        text is then tokenized with its vocabulary, symbols outside it an error or, unknown='skip', left out."""
+        text is then tokenized with its vocabulary, symbols outside it an error or, unknown='skip', left out.
+
+        max_time= (seconds, or "5m") with none of model, num_layers and hidden_size given (here or to the
+        constructor) chooses the model and its schedule for the budget, as `fastrnn train --max-time` does
+        (fastrnn.choose): the options given override their part; on_event receives the line that says it."""
         import functools
 
         from fastrnn.corpus import prepare

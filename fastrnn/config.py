@@ -114,8 +114,11 @@ class TrainConfig:
     lr_decay_every: int = option(0, "Steps between learning-rate decays (0: one epoch).", low=0, resume="allow")
     lr_decay_after: int = option(0, "Steps before the first learning-rate decay.", low=0, resume="allow")
     lr_schedule: str = option("step", "step: --lr-decay every --lr-decay-every steps; cosine: from --lr after the "
-                              "warmup down to 0 at the step limit (--max-steps or --max-epochs).", choices=LR_SCHEDULES,
-                              resume="allow")
+                              "warmup down to --lr-floor at the step limit (--max-steps or --max-epochs), else at the "
+                              "step --max-time is predicted to end at (from the speed measured when the run starts, "
+                              "kept for the whole run).", choices=LR_SCHEDULES, resume="allow")
+    lr_floor: float = option(0.0, "Where --lr-schedule cosine ends, as a fraction of --lr (0: down to 0).",
+                             low=0, high=1, resume="allow")
     warmup_steps: int = option(0, "Ramp the learning rate linearly up to --lr over this many first updates.", low=0,
                                resume="allow")
     momentum: float = option(0.0, "SGD's (heavy-ball) momentum.", low=0, high=1, high_open=True, resume="allow",
@@ -141,7 +144,10 @@ class TrainConfig:
                                resume="free")
     max_time: float = option(0.0, "Stop within this wall-clock time for the whole run, evaluations, checkpoints and "
                              "samples included (a resumed run has what earlier sessions left): seconds, or 90s, 10m, "
-                             "2h, 1h30m (0: no limit). An evaluation that no longer fits is skipped or stopped.",
+                             "2h, 1h30m (0: no limit). An evaluation that no longer fits is skipped or stopped. "
+                             "Without --model, --num-layers and --hidden-size, a new run's model, batch, learning "
+                             "rate and schedule are chosen for it (from the corpus size and this machine's measured "
+                             "speed; one line says what and why, options given override their part).",
                              low=0, parse=parse_duration, values="seconds >= 0, or 90s, 10m, 2h, 1h30m",
                              resume="free")
     # numerics and execution
@@ -210,9 +216,6 @@ class TrainConfig:
         if self.precision == "bf16" and (self.backend != "numba" or self.dtype != "float32"):
             raise ConfigError("--precision bf16 needs --backend numba and --dtype float32 (float32 master weights "
                               "with bf16 products)")
-        if self.lr_schedule == "cosine" and self.max_time and not (self.max_steps or self.max_epochs):
-            raise ConfigError("--lr-schedule cosine decays to 0 at the step limit: give --max-steps or "
-                              "--max-epochs (a --max-time run has no known last step)")
         self._check_fits_in_memory()
         return self
 

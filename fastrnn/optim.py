@@ -72,14 +72,16 @@ def learning_rate(config, step, steps_per_epoch, total_steps=None):
 
     The first warmup_steps updates ramp it linearly up to lr (update i at lr * (i + 1) / warmup_steps). Then, with
     lr_schedule 'step': decay by lr_decay every lr_decay_every steps (default: one epoch) after lr_decay_after
-    steps, as char-rnn's learning_rate_decay; with 'cosine': lr * (1 + cos(pi * t)) / 2, t going from 0 after the
-    warmup to 1 at update `total_steps` (the run's step limit)."""
+    steps, as char-rnn's learning_rate_decay; with 'cosine': floor + (lr - floor) * (1 + cos(pi * t)) / 2, floor =
+    lr * lr_floor, t going from 0 after the warmup to 1 at update `total_steps` (the run's step limit, or the step
+    --max-time is predicted to end at: fastrnn.choose.horizon), then staying there."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     if config.lr_schedule == "cosine":
         span = max(1, (total_steps or 0) - config.warmup_steps)
         t = min(1.0, (step - config.warmup_steps) / span)
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+        floor = config.lr * config.lr_floor
+        return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
     if config.lr_decay == 1.0 or step < config.lr_decay_after:
         return config.lr
     every = config.lr_decay_every or steps_per_epoch

@@ -65,6 +65,11 @@ def describe(path):
     for key, value in (("corpus", state.corpus), ("init_from", state.init_from), ("run_id", state.run_id)):
         if value:
             out["training"][key] = value
+    extra = config.get("extra") if isinstance(config.get("extra"), dict) else {}
+    if isinstance(extra.get("choice"), dict):  # the model chosen for --max-time (fastrnn.choose)
+        out["choice"] = extra["choice"]
+    if extra.get("lr_horizon"):  # the step a cosine schedule tied to --max-time ends at
+        out["training"]["lr_horizon"] = extra["lr_horizon"]
     if os.path.isdir(run_dir):
         for name in sorted(os.listdir(run_dir)):
             full = os.path.join(run_dir, name)
@@ -113,6 +118,10 @@ def show(d, echo):
             echo(f"{label:15s} {t[key]}")
     if t.get("rollbacks"):
         echo(f"rollbacks       {t['rollbacks']}")
+    if d.get("choice", {}).get("line"):
+        echo(f"chosen          {d['choice']['line'].removeprefix('choice: ')}")
+    elif t.get("lr_horizon"):
+        echo(f"cosine ends at  step {t['lr_horizon']:,} (predicted for --max-time)")
     for f in d["files"]:
         echo(f"file            {f['name']} ({f['bytes']:,} bytes)")
     if "log_rows" in d:

@@ -222,7 +222,10 @@ def test_profile_speed_any_model(small_corpus, tmp_path, capsys, backend):
     ["benchmarks.kernel_scratch", "64"],
     ["benchmarks.report", "--results", "{d}/missing"],
     ["benchmarks.report", "--results", "{d}", "--output", "{d}/out.md"],
-], ids=lambda a: " ".join(a[:2]))
+    ["benchmarks.ttq_grid", "run", "--configs", "rnn:x:8", "--results", "{d}/r.jsonl"],
+    ["benchmarks.ttq_grid", "run", "--configs", "auto", "--cores", "0", "--threads", "2", "--results", "{d}/r.jsonl"],
+    ["benchmarks.ttq_grid", "report", "--results", "{d}/broken.json", "--output", "{d}/out.md"],
+], ids=lambda a: " ".join(a[:3]))
 def test_bad_input_to_benchmarks_and_tools(tmp_path, args):
     """Each: a non-zero exit and an error line on stderr, no traceback, nothing written."""
     import subprocess
@@ -291,6 +294,61 @@ def test_time_to_quality_trains_each_model_for_its_budget(tmp_path):
         assert math.isfinite(row["val_bpc"]) and row["steps"] > 10 and 0 < row["train_seconds"] <= 3
         assert abs(row["val_bpc"] - row["val_loss"] / math.log(2)) < 1e-9
     assert data["best"]["val_bpc"] == min(row["val_bpc"] for row in data["rows"])
+
+
+def test_a_run_that_trained_no_step_has_no_chars_per_second():
+    """A budget too short for one step: the row says so (no division by zero)."""
+    import math
+
+    from benchmarks.time_to_quality import result_row
+    from fastrnn.checkpoint import RunState
+
+    row = result_row(RunState(step=0, elapsed=0.0), 32, 50, {"model": "rnn"}, 1.0)
+    assert row["chars_per_sec"] is None and row["steps"] == 0 and math.isnan(row["val_loss"])
+
+
+def test_the_grid_runs_in_resumable_pieces_and_reports(tmp_path):
+    """benchmarks.ttq_grid: a fixed configuration, then the same grid with `auto` added: the second piece runs only
+    auto; both rows are in the results file (one JSON line each), pinned to a core, and the report has their table
+    with auto's place and the line of its choice."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import make_text
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(make_text(30_000))
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
+    results = tmp_path / "grid.jsonl"
+
+    def grid(configs):
+        r = subprocess.run([sys.executable, "-m", "benchmarks.ttq_grid", "run", "--configs", configs, "--corpus",
+                            str(corpus), "--budget", "3", "--cores", "0,1", "--eval-tokens", "2000", "--eval-every", "20",
+                            "--results", str(results)], cwd=root, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    fixed = "rnn:1:16:b4:t10:cosine:adamw"
+    assert "0 of 1 runs already" in grid(fixed)
+    out = grid(f"{fixed},auto")
+    assert "1 of 2 runs already" in out and "1 row(s) appended" in out
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["config"] for r in rows] == [fixed, "auto"]
+    assert rows[0]["batch"] == 4 and rows[0]["schedule"] == "cosine" and rows[1]["choice"].startswith("choice: ")
+    assert rows[0]["optimizer"] == "adamw" and rows[1]["optimizer"] == "adam"
+    assert all(r["val_curve"][0][0] == 20 for r in rows)  # evaluations every 20 steps: the comparison per step
+    for r in rows:
+        assert r["steps"] > 0 and r["chars_per_sec"] > 0 and r["val_loss"] > 0 and r["core"] in ("0", "1")
+        assert r["wall_seconds"] < 3 + 2, r
+    page = tmp_path / "grid.md"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.ttq_grid", "report", "--results", str(results), "--output",
+                        str(page)], cwd=root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = page.read_text()
+    assert "## tiny.txt, 3 s, 1 thread a run" in text and "| auto |" in text and "auto: place " in text
+    step = max({s for s, _ in rows[0]["val_curve"]} & {s for s, _ in rows[1]["val_curve"]})
+    assert f"| val at step {step:,} |" in text
 
 
 def test_bf16_quality_trains_both_precisions_the_same_steps(tmp_path):

@@ -255,8 +255,8 @@ def test_an_unprimed_sample_starts_from_a_state_warmed_on_real_text(trained, sma
 
 
 def test_warmup_and_cosine_schedule(small_corpus, tmp_path):
-    """--warmup-steps ramps the rate up linearly; --lr-schedule cosine takes it to 0 at the last step; the log shows
-    the rate each update used; a cosine schedule without a known last step is refused."""
+    """--warmup-steps ramps the rate up linearly; --lr-schedule cosine takes it to 0 (or --lr-floor x --lr) at the
+    last step; the log shows the rate each update used. (With --max-time and no step limit: tests/test_choose.py.)"""
     import json
     import math
 
@@ -267,6 +267,10 @@ def test_warmup_and_cosine_schedule(small_corpus, tmp_path):
     assert [learning_rate(c, s, 10, 20) for s in range(4)] == [0.0025, 0.005, 0.0075, 0.01]
     assert learning_rate(c, 4, 10, 20) == 0.01 and abs(learning_rate(c, 12, 10, 20) - 0.005) < 1e-12
     assert learning_rate(c, 20, 10, 20) < 1e-18
+    floored = TrainConfig(lr=0.01, warmup_steps=4, lr_schedule="cosine", lr_floor=0.1)
+    assert abs(learning_rate(floored, 4, 10, 20) - 0.01) < 1e-15
+    assert abs(learning_rate(floored, 12, 10, 20) - 0.0055) < 1e-15
+    assert learning_rate(floored, 20, 10, 20) == learning_rate(floored, 99, 10, 20) == 0.001
     step = TrainConfig(lr=0.01, warmup_steps=2, lr_decay=0.5, lr_decay_every=3)
     assert [learning_rate(step, s, 10) for s in range(8)] == [0.005, 0.01, 0.01, 0.005, 0.005, 0.005, 0.0025, 0.0025]
     r = run("train", small_corpus, "-o", tmp_path / "run", *SMALL[:-2], "--log-every", "1", "--max-steps", "10",
@@ -276,5 +280,3 @@ def test_warmup_and_cosine_schedule(small_corpus, tmp_path):
     lrs = [row["lr"] for row in rows if "lr" in row][:10]
     expect = [0.005, 0.01] + [0.01 * 0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)]
     assert all(abs(a - b) < 1e-12 for a, b in zip(lrs, expect)), lrs
-    one_line_error(run("train", small_corpus, "-o", tmp_path / "t", "--lr-schedule", "cosine", "--max-time", "5"),
-                   "--lr-schedule cosine")

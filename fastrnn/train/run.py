@@ -168,7 +168,7 @@ class Run(Setup):
         if not (math.isfinite(loss) and math.isfinite(norm)):
             return loss, norm, h_next, f"loss became {loss:.4g} (gradient norm {norm:.4g}) at step " \
                                        f"{state.step + 1}", started
-        lr = state.lr_scale * learning_rate(config, state.step, self.spe, self.total_steps)
+        lr = state.lr_scale * learning_rate(config, state.step, self.spe, self.lr_steps)
         self.optimizer.update(model.flat, self.gflat, lr)
         total = float(model.flat.sum())  # fast; a float32 overflow of the sum is told apart below
         if not math.isfinite(total) and not np.all(np.isfinite(model.flat)):  # e.g. --lr inf: NaN weights
@@ -226,7 +226,7 @@ class Run(Setup):
     def write_log_row(self, loss, norm, val_loss, now):
         config, state = self.config, self.state
         seconds, steps, cps = self.window.rate(now, config.batch_size * config.seq_len)
-        lr = state.lr_scale * learning_rate(config, state.step - 1, self.spe, self.total_steps)
+        lr = state.lr_scale * learning_rate(config, state.step - 1, self.spe, self.lr_steps)
         row = runlog.row(state, self.spe, loss, norm, lr, cps)
         if val_loss is not None:
             row.update(self.evals.fields(val_loss))

@@ -7,7 +7,7 @@ import os
 import time
 
 from fastrnn import checkpoint as ckpt_io
-from fastrnn import rundir
+from fastrnn import choose, rundir
 from fastrnn.config import DEFAULT_LR, RESUME_CHANGEABLE, RESUME_CHANGEABLE_WITH_ALLOW, TrainConfig
 from fastrnn.corpus import open_corpus
 from fastrnn.distributed import SINGLE
@@ -83,6 +83,9 @@ def _train_locked(corpus_path, run_dir, overrides, resume, allow_change, force, 
     try:
         saved, parent, config = _session_inputs(run_dir, overrides, resume, allow_change, force, emit, init_from,
                                                 comm)
+        if comm.is_root:  # the model chosen for --max-time, a cosine schedule's last step (fastrnn.choose)
+            config = choose.settle(config, overrides or {}, corpus_path, saved.state if saved else None,
+                                   parent is not None, comm.size, started, emit)
     except FastrnnError as exc:
         failure = exc
     comm.first_error(failure)  # rank 0 read the run directory; every rank gets what it found

@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 
 from fastrnn import checkpoint as ckpt_io
-from fastrnn import rundir
+from fastrnn import choose, rundir
 from fastrnn.checkpoint import RunState
 from fastrnn.corpus import BatchStream, Vocab
 from fastrnn.distributed import SINGLE, DataParallel
@@ -156,7 +156,8 @@ class Setup:
         self.max_steps = config.max_steps or math.inf
         if config.max_epochs:
             self.max_steps = min(self.max_steps, math.ceil(config.max_epochs * self.spe))
-        self.total_steps = None if self.max_steps == math.inf else self.max_steps  # where a cosine schedule ends
+        self.total_steps = None if self.max_steps == math.inf else self.max_steps
+        self.lr_steps = self.total_steps or config.extra.get(choose.HORIZON_KEY)  # where a cosine schedule ends
         self.emit("start", {"config": config.to_dict(), "model": self.model.describe(), "steps_per_epoch": self.spe,
                             "train_tokens": len(self.train_tokens),
                             "val_streams": self.val_stream.batch_size if self.val_stream else 0,

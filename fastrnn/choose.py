@@ -1,0 +1,364 @@
+"""The model for the time you have: `fastrnn train CORPUS --max-time T` with none of --model, --num-layers and
+--hidden-size chooses the cell, its size, the batch, the learning rate, warmup, schedule and dropout from the
+training characters, the budget and this machine's measured speed; a cosine schedule tied to --max-time gets the
+step it ends at (its horizon), predicted once from the measured speed.
+
+    decide(train_chars, vocab_size, budget, speeds, given) -> Choice    pure: the rules below; no clock, no I/O
+    measure(shapes, ...) -> Measured                                    training steps timed, cached per machine
+    settle(config, given, corpus_path, ...) -> config                   train's hook: both, said and recorded
+
+The quantities, for a candidate of P parameters trained at S chars/s in a budget of B seconds on C training chars:
+
+    chars trained     D = S * (B * TRAIN_SHARE - STARTUP_SECONDS)   (what the budget leaves for training steps)
+    epochs            E = D / C
+    params per char   p = P / C                     (parameters per training character: the data's limit)
+    chars per param   D / P = E / p                 (training characters seen per parameter: the budget's limit)
+
+The rule: the largest candidate (most parameters) with p <= MAX_PARAMS_PER_CHAR and D / P >= MIN_CHARS_PER_PARAM;
+if none, the smallest. A larger budget or a faster machine only raises D / P, a larger corpus only lowers p, so
+either chooses a model at least as large. Explicit options override their part (settle passes them as `given`).
+
+The speeds (fastrnn.speeds: training steps of each shape, timed and cached per machine) are measured smallest shape
+first, and only for shapes that can fit (a shape over the data's limit, or predicted too slow even at PRUNE_SLACK
+times the speed of the one before, is not timed). The first shape is always timed (a run needs its kernels anyway);
+the others only while MEASURE_SHARE of --max-time lasts, counted from the start of `train`, whose time budget
+(fastrnn.budget) has the deadline from that start on, so the measurement is charged to the run.
+"""
+
+import dataclasses
+import os
+import time
+
+from fastrnn.cells.lstm import LSTM
+from fastrnn.cells.rnn import RNN
+from fastrnn.errors import ConfigError
+from fastrnn.speeds import measure
+
+# ---------------------------------------------------------------------------------------------------------------
+# the rules: data, each number with the measurement that set it. Every measurement so far: adam at lr 2e-3
+# (constant unless said), seq_len 50, xavier init, float32. Sources:
+#   [TTQ1] docs/benchmarks/2026-12-02/time_to_quality.json: the novels (gutenberg-novels.txt: 11.0M chars, 154
+#          symbols, 9.9M for training), 120 s, 2 threads, batch 64: rnn 1x512 (420k params) 1.665 nats/char (7.29M
+#          chars trained), lstm 2x256 (986k) 1.887 (2.65M), lstm 1x512 (1.45M) 1.960 (2.14M).
+#   [TTQ2] docs/benchmarks/2026-12-03/time_to_quality.json: the same at 240 s: rnn 1x512 1.550 (15.9M chars),
+#          rnn 1x128 (56k params) 1.581 (89.3M), lstm 2x256 1.597 (6.71M), lstm 1x512 1.651 (5.11M), gru 1x512
+#          1.851 (6.87M; 1.676 on the NumPy backend: issue #28 suspects its defaults, so no gru is a candidate).
+#   [MAKE] the Makefile's `run` comment: rnn 1x256 batch 32 on tiny Shakespeare (1.0M training chars), 120 s:
+#          step decay beat a constant rate, dropout and a faster decay.
+#   [I28]  issue #28: tiny Shakespeare (val 10%), 300 s, one core: rnn 1x128 batch 32, constant rate, 1.712;
+#          rnn 1x256 with make run's step decay, 1.652.
+
+MAX_PARAMS_PER_CHAR = 0.10  # p at most: rnn 1x256 on tiny Shakespeare, p = 99k / 1.0M = 0.099, beat rnn 1x128
+# (p = 0.033) with tens of epochs [I28, MAKE]; nothing larger was measured there, so the limit stops at the winner
+# (the novels' winner had p = 0.042 [TTQ2])
+MIN_CHARS_PER_PARAM = 10.0  # D / P at least: the models that won had 17 (rnn 1x512, 120 s [TTQ1]) and 38 (240 s
+# [TTQ2]); those that lost to them 6.8 and 3.5 (lstm 2x256 and 1x512, 240 s), 2.7 and 1.5 (120 s): 10 lies between
+# the nearest loser and winner (6.8, 17), near their geometric mean (10.8). With TRAIN_SHARE and the speeds measured
+# there, the rule predicts 14.6 for the winner at 120 s and 5.8 for the lstm 2x256 at 240 s: the same verdicts.
+# (rnn 1x128 lost too, at 1,600: past the limit, the larger model wins [TTQ2].)
+TRAIN_SHARE = 0.85  # of --max-time, for training steps: the rest is this measurement (MEASURE_SHARE), the auto
+# evaluations (about 4%: fastrnn.validation), the kernels' start-up and checkpoints. Counting short, a cosine
+# schedule reaches its floor a little before the end rather than not at all.
+STARTUP_SECONDS = 1.0  # and this, whatever the budget: a 10 s run of rnn 1x128 on one core here spent 1.5 s outside
+# its training steps (opening the corpus, the choice, the kernels' first step, the final evaluation and checkpoint),
+# and trained 2,721 steps at the speed measured where 0.85 x 10 s predicted 2,848
+LR_FLOOR = 0.1  # the cosine schedule ends at lr x this (--lr-floor): [MAKE] and [I28] say a decaying rate beats a
+# constant one on tiny Shakespeare; the floor itself is not measured here (the grid of issue #28 is to set it)
+WARMUP_STEPS, WARMUP_SHARE = 100, 0.02  # warmup: 100 steps, at most 2% of the predicted steps (not measured here:
+# adam at 2e-3 trained without one in every run above; a short one costs little)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A model the rule may choose, with the training settings it was measured with."""
+
+    cell: str
+    layers: int
+    hidden: int
+    batch: int
+    seq_len: int
+    lr: float
+    dropout: float
+    source: str  # the measurement it comes from
+
+    def params(self, vocab_size):
+        from fastrnn.params import Layout, model_shapes
+
+        return Layout(model_shapes(self.cell, vocab_size, self.hidden, self.layers)).size
+
+
+# Smallest first; the rule takes the largest that fits. Dropout 0 in every one: it did not pay for rnn 1x256 on tiny
+# Shakespeare in 120 s [MAKE], and no run measured it elsewhere (where it starts to pay is for the grid to say).
+CANDIDATES = (
+    Candidate(RNN.name, 1, 128, 32, 50, 2e-3, 0.0, "the defaults; 1.712 on tiny Shakespeare in 300 s [I28]"),
+    Candidate(RNN.name, 1, 256, 32, 50, 2e-3, 0.0, "make run's model; 1.652 on tiny Shakespeare in 300 s [I28, MAKE]"),
+    Candidate(RNN.name, 1, 512, 64, 50, 2e-3, 0.0, "best on the novels in 120 and 240 s [TTQ1, TTQ2]"),
+    Candidate(LSTM.name, 2, 256, 64, 50, 2e-3, 0.0, "second on the novels in 240 s, short of chars per param [TTQ2]"),
+    Candidate(LSTM.name, 2, 512, 64, 50, 2e-3, 0.0, "not measured: the next size, for large corpora and long budgets"),
+)
+MODEL_OPTIONS = ("model", "num_layers", "hidden_size")  # any of them given: no choice (the user chose the model)
+STEP_OPTIONS = ("lr_decay", "lr_decay_every", "lr_decay_after")  # given: the user wants the step schedule
+CHOICE_FIELDS = ("batch_size", "seq_len", "dropout", "optimizer", "lr", "warmup_steps", "lr_schedule",
+                 "lr_floor") + STEP_OPTIONS  # besides the model: what a choice sets, or an explicit option decides
+HORIZON_KEY = "lr_horizon"  # config.extra: the step a cosine schedule tied to --max-time ends at
+CHOICE_KEY = "choice"  # config.extra: what was chosen and why
+
+# ---------------------------------------------------------------------------------------------------------------
+# measuring
+
+MEASURE_SHARE = 0.05  # of --max-time at most for measuring and choosing (the first shape is always timed)
+PRUNE_SLACK = 2.0  # a larger shape is predicted at most this much faster per parameter than the last one timed
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """What a speed is measured for (with the vocabulary, dtype, backend and threads of the run)."""
+
+    cell: str
+    layers: int
+    hidden: int
+    batch: int
+    seq_len: int
+    dropout: bool
+
+    def __str__(self):
+        return f"{self.cell} {self.layers}x{self.hidden} B{self.batch} T{self.seq_len}" + (" dropout" * self.dropout)
+
+
+def shape_of(candidate, given=None):
+    """The Shape a candidate trains at, with the batch, sequence length and dropout `given` explicitly."""
+    given = given or {}
+    return Shape(candidate.cell, candidate.layers, candidate.hidden, int(given.get("batch_size", candidate.batch)),
+                 int(given.get("seq_len", candidate.seq_len)), float(given.get("dropout", candidate.dropout)) > 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the decision (pure)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """The rule's quantities for one candidate."""
+
+    candidate: Candidate
+    shape: Shape
+    params: int
+    speed: float  # chars/s measured
+    chars: float  # D: chars the budget trains
+    epochs: float  # E
+    params_per_char: float  # p
+    chars_per_param: float  # D / P
+
+    @property
+    def fits(self):
+        return self.params_per_char <= MAX_PARAMS_PER_CHAR and self.chars_per_param >= MIN_CHARS_PER_PARAM
+
+
+def train_seconds(budget):
+    """The seconds of training steps a run of `budget` seconds (--max-time) is predicted to hold."""
+    return max(0.0, budget * TRAIN_SHARE - STARTUP_SECONDS)
+
+
+def fit(candidate, shape, train_chars, vocab_size, budget, speed):
+    """The rule's quantities of `candidate` trained at `speed` chars/s for `budget` seconds on `train_chars`."""
+    params = candidate.params(vocab_size)
+    chars = speed * train_seconds(budget)
+    return Fit(candidate, shape, params, speed, chars, chars / max(train_chars, 1), params / max(train_chars, 1),
+               chars / params)
+
+
+def predicted_steps(speed, budget, batch, seq_len):
+    """The training steps `budget` seconds of a run are predicted to hold at `speed` chars/s (train_seconds)."""
+    return max(1, int(speed * train_seconds(budget) // (batch * seq_len)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The decision: the options it sets (`values`, explicit ones left out) and why (`fit`, `reason`)."""
+
+    values: dict  # TrainConfig field -> value: what the choice sets (never an option given explicitly)
+    fit: Fit  # the chosen candidate's quantities (speed 0: nothing was measured)
+    reason: str
+    horizon: int  # the step a cosine schedule ends at (0: none, the schedule is not cosine or has a step limit)
+    budget: float
+    given: tuple  # the options given explicitly that are part of a choice
+
+    def line(self, settings):
+        """The one line said at the start: `settings` are the run's final options (given ones included)."""
+        s, f = settings, self.fit
+        lr = f"lr {s['lr']:g}"
+        if s["lr_schedule"] == "cosine":
+            end = f"at step {self.horizon:,}" if self.horizon else "at the step limit"
+            lr += f" cosine to {s['lr'] * s['lr_floor']:g} {end}"
+        elif s.get("lr_decay", 1.0) != 1.0:
+            lr += " with step decay"
+        else:
+            lr += " constant"
+        head = (f"choice: {s['model']} {s['num_layers']}x{s['hidden_size']} B{s['batch_size']} T{s['seq_len']}, "
+                f"{s['optimizer']} {lr}, warmup {s['warmup_steps']}, dropout {s['dropout']:g}")
+        if not f.speed:
+            why = "; nothing was measured: the smallest candidate"
+        else:
+            why = (f"; {f.params:,} params, ~{_num(f.epochs)} epochs in {self.budget:g} s at {f.speed:,.0f} "
+                   f"chars/s measured ({f.params_per_char:.3g} params/char, {_num(f.chars_per_param)} chars/param): "
+                   f"{self.reason}")
+        given = f" ({', '.join('--' + n.replace('_', '-') for n in self.given)} given)" if self.given else ""
+        return head + why + given
+
+
+def _num(x):
+    """Three significant digits, never an exponent: 0.0123, 4.56, 78.9, 1,234."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def decide(train_chars, vocab_size, budget, speeds, given=None, candidates=CANDIDATES):
+    """The Choice for a corpus of `train_chars` training characters and `vocab_size` symbols, `budget` seconds
+    (--max-time) and `speeds` {Shape: chars/s measured} (a candidate without one is not eligible), the options
+    `given` explicitly {field: value} overriding their part. Deterministic: the same arguments, the same Choice."""
+    given = dict(given or {})
+    fits = [fit(c, shape_of(c, given), train_chars, vocab_size, budget, speeds[shape_of(c, given)])
+            for c in candidates if speeds.get(shape_of(c, given), 0) > 0]
+    good = [f for f in fits if f.fits]
+    if good:
+        chosen = max(good, key=lambda f: f.params)  # (candidates differ in size)
+        reason = (f"the largest candidate within {MAX_PARAMS_PER_CHAR:g} params/char and "
+                  f"{MIN_CHARS_PER_PARAM:g} chars/param")
+    elif fits:
+        chosen = fits[0]
+        reason = (f"no candidate is within {MAX_PARAMS_PER_CHAR:g} params/char and {MIN_CHARS_PER_PARAM:g} "
+                  f"chars/param: the smallest")
+    else:
+        c = candidates[0]
+        chosen = Fit(c, shape_of(c, given), c.params(vocab_size), 0.0, 0.0, 0.0, 0.0, 0.0)
+        reason = "nothing was measured: the smallest"
+    c, shape = chosen.candidate, chosen.shape
+    values = {"model": c.cell, "num_layers": c.layers, "hidden_size": c.hidden, "batch_size": shape.batch,
+              "seq_len": shape.seq_len, "dropout": c.dropout}
+    if given.get("optimizer", "adam") in ("adam", "adamw"):  # the candidates' rates are adam's
+        values["lr"] = c.lr
+    steps = predicted_steps(chosen.speed, budget, shape.batch, shape.seq_len) if chosen.speed else 0
+    # cosine to the end of the budget (its steps predicted), unless the step schedule's options were given
+    schedule = given.get("lr_schedule") or \
+        ("step" if any(name in given for name in STEP_OPTIONS) or not steps else "cosine")
+    values["lr_schedule"] = schedule
+    if schedule == "cosine":
+        values["lr_floor"] = LR_FLOOR
+    values["warmup_steps"] = min(WARMUP_STEPS, int(steps * WARMUP_SHARE))
+    values = {k: v for k, v in values.items() if k not in given}
+    limited = given.get("max_steps") or given.get("max_epochs")
+    horizon = steps if schedule == "cosine" and not limited else 0
+    return Choice(values, chosen, reason, horizon, budget, tuple(n for n in CHOICE_FIELDS if n in given))
+
+
+def horizon(speed, budget, batch, seq_len, step=0):
+    """The step a cosine schedule tied to --max-time ends at: `step` (done already) plus the steps predicted for
+    `budget` more seconds at `speed` chars/s."""
+    return step + predicted_steps(speed, budget, batch, seq_len)
+
+
+def worth_timing(train_chars, vocab_size, budget, given):
+    """measure's `worth` for the choice: a candidate over the data's limit is not timed (False); one that even at
+    PRUNE_SLACK times the per-parameter speed of the last shape timed would train too few chars per parameter
+    ends the timings (None)."""
+    by_shape = {shape_of(c, given): c for c in CANDIDATES}
+
+    def worth(shape, speeds):
+        c = by_shape[shape]
+        params = c.params(vocab_size)
+        if params / max(train_chars, 1) > MAX_PARAMS_PER_CHAR:
+            return False
+        if speeds:
+            last = list(speeds)[-1]
+            best = speeds[last] * by_shape[last].params(vocab_size) / params * PRUNE_SLACK
+            if fit(c, shape, train_chars, vocab_size, budget, best).chars_per_param < MIN_CHARS_PER_PARAM:
+                return None
+        return True
+
+    return worth
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train's hook
+
+
+def wanted(config, given, resumed, fine_tuning):
+    """A new run of one process given --max-time and none of MODEL_OPTIONS gets a model chosen for its budget."""
+    return bool(config.max_time) and not resumed and not fine_tuning and not any(n in given for n in MODEL_OPTIONS)
+
+
+def needs_horizon(config):
+    """A cosine schedule with --max-time and no step or epoch limit ends at a predicted step."""
+    return config.lr_schedule == "cosine" and bool(config.max_time) and not (config.max_steps or config.max_epochs)
+
+
+def settle(config, given, corpus_path, saved_state=None, fine_tuning=False, ranks=1, started=None, emit=None):
+    """The run's configuration with the choice for its budget (a new run: `wanted`) and the horizon of a cosine
+    schedule tied to --max-time (`needs_horizon`), each said in one line (emit "message") and recorded in
+    config.extra (CHOICE_KEY, HORIZON_KEY). A resumed run (saved_state: its checkpoint's state) keeps what it
+    recorded: it never chooses again, and its horizon stays. `given`: the options given explicitly."""
+    emit = emit or (lambda kind, data: None)
+    started = time.perf_counter() if started is None else started
+    extra = dict(config.extra)
+    choose = wanted(config, given, saved_state is not None, fine_tuning)
+    if not choose and not (needs_horizon(config) and HORIZON_KEY not in extra):
+        return config
+    if ranks > 1:
+        if choose:
+            emit("message", {"text": f"no model is chosen for --max-time with {ranks} MPI ranks: the options given "
+                                     f"(and the defaults) stand"})
+        if needs_horizon(config) and HORIZON_KEY not in extra:
+            raise ConfigError("--lr-schedule cosine with --max-time over several MPI ranks needs --max-steps or "
+                              "--max-epochs (its last step is predicted by one process)")
+        return config
+    from fastrnn.backend import cores
+    from fastrnn.corpus import open_corpus
+    from fastrnn.model import get_backend
+
+    with open_corpus(corpus_path) as corpus:
+        train_chars, vocab_size = len(corpus.split("train")), corpus.vocab.size
+    with get_backend(config.backend).threads(config.threads or cores()) as threads:  # as the run will have them
+        return _settled(config, given, saved_state, extra, choose, train_chars, vocab_size, threads, started, emit)
+
+
+def _settled(config, given, saved_state, extra, choose, train_chars, vocab_size, threads, started, emit):
+    """settle's measurement and choice, on the run's threads."""
+    deadline = started + MEASURE_SHARE * config.max_time
+    if choose:
+        shapes = [shape_of(c, given) for c in CANDIDATES]
+        measured = measure(shapes, vocab_size, config.dtype, config.backend, threads, deadline,
+                           worth=worth_timing(train_chars, vocab_size, config.max_time, given))
+        choice = decide(train_chars, vocab_size, config.max_time, measured.speeds, given)
+        config = dataclasses.replace(config, **choice.values)
+        if choice.horizon and needs_horizon(config):
+            extra[HORIZON_KEY] = choice.horizon
+        line = choice.line(config.to_dict())
+        took = time.perf_counter() - started
+        line += f"; measured in {measured.seconds:.1f} s" if measured.seconds else "; speeds measured earlier"
+        extra[CHOICE_KEY] = {
+            "line": line, "model": config.model, "num_layers": config.num_layers, "hidden_size": config.hidden_size,
+            "batch_size": config.batch_size, "seq_len": config.seq_len, "lr": config.lr,
+            "lr_schedule": config.lr_schedule, "lr_floor": config.lr_floor, "warmup_steps": config.warmup_steps,
+            "dropout": config.dropout, "params": choice.fit.params, "chars_per_sec": choice.fit.speed,
+            "epochs": choice.fit.epochs, "params_per_char": choice.fit.params_per_char,
+            "chars_per_param": choice.fit.chars_per_param, "budget": config.max_time, "train_chars": train_chars,
+            "horizon": extra.get(HORIZON_KEY, 0), "given": list(choice.given), "reason": choice.reason,
+            "speeds": {str(s): v for s, v in measured.speeds.items()}, "measure_seconds": measured.seconds,
+            "seconds": took}
+        emit("message", {"text": line})
+    elif needs_horizon(config):  # cosine by hand (or switched to it on resume): the run's own shape's speed
+        shape = Shape(config.model, config.num_layers, config.hidden_size, config.batch_size, config.seq_len,
+                      config.dropout > 0)
+        measured = measure([shape], vocab_size, config.dtype, config.backend, threads, deadline)
+        step = saved_state.step if saved_state is not None else 0
+        spent = float(saved_state.wall_seconds or saved_state.elapsed) if saved_state is not None else 0.0
+        left = max(0.0, config.max_time - spent)
+        extra[HORIZON_KEY] = horizon(measured.speeds[shape], left, config.batch_size, config.seq_len, step)
+        emit("message", {"text": f"cosine schedule: lr {config.lr:g} down to {config.lr * config.lr_floor:g} at step "
+                                 f"{extra[HORIZON_KEY]:,}, where --max-time is predicted to end ("
+                                 f"{measured.speeds[shape]:,.0f} chars/s measured{'' if measured.seconds else ' earlier'}"
+                                 f"; kept for the whole run)"})
+    if needs_horizon(config) and HORIZON_KEY not in extra:  # (nothing could be timed)
+        raise ConfigError("--lr-schedule cosine with --max-time: no speed could be measured to predict its last "
+                          "step; give --max-steps or --max-epochs")
+    config = dataclasses.replace(config, extra=extra)
+    return config.validate()
