@@ -3,6 +3,7 @@ kill marked; benchmarks.report writes it next to docs/benchmarks.md (whose soak 
 newest soak*.json of docs/benchmarks/<date>/. Every number comes from that file."""
 
 import os
+import re
 
 PAGE = "soak.md"
 CHART = "soak.png"
@@ -119,7 +120,9 @@ def resume_lines(data):
               f"{before.get('mismatched_fields', 0)} fields differ; exact: "
               f"{'yes' if check.get('exact') else 'no'}.", ""]
     kernels = check.get("kernels") or {}
-    if len(set(kernels.values())) > 1:
+    # how a plan was had ("(chosen by measurement)", "(the run's, recorded in its checkpoint)") is not the plan
+    if len({re.sub(r" \((chosen by measurement|the run's, recorded in its checkpoint)\)$", "", v)
+            for v in kernels.values()}) > 1:
         lines += ["The kernel plans of the runs differ (they round differently): " + "; ".join(
             f"{k}: {v}" for k, v in kernels.items()) + ".", ""]
     for m in res.get("mismatches", []) + before.get("mismatches", []):
