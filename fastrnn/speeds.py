@@ -9,10 +9,11 @@ A shape is anything with cell, layers, hidden, batch, seq_len and dropout (fastr
 """
 
 import dataclasses
-import json
 import os
 import statistics
 import time
+
+from fastrnn import cachedir
 
 MEASURE_SECONDS = 0.15  # timed steps of a shape: about this long, and at least MEASURE_STEPS
 MEASURE_STEPS = 2
@@ -28,7 +29,6 @@ class Measured:
 
 
 def cache_path():
-    from fastrnn import cachedir
     from fastrnn.kernels.calibrate import machine_id  # (the kernel plans' cache has the same machines)
 
     return os.path.join(cachedir.root(), f"choose-{machine_id()}.json")
@@ -40,27 +40,14 @@ def cache_key(shape, vocab_size, dtype, backend, threads):
 
 
 def _load_cache():
-    try:
-        with open(cache_path()) as f:
-            data = json.load(f)
-        return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))} if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return {k: float(v) for k, v in cachedir.read_json(cache_path()).items() if isinstance(v, (int, float))}
 
 
 def _save_cache(updates):
     """Add `updates` to the cache file (atomically; a location that cannot be written is skipped)."""
-    path = cache_path()
     cache = _load_cache()
     cache.update(updates)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(cache, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    cachedir.write_json(cache_path(), cache)
 
 
 def _others_busy():

@@ -27,13 +27,13 @@ where alone it wins; with the pause, 100.9k and 121.2k (2-core Xeon, AVX-512).
 
 import functools
 import hashlib
-import json
 import os
 import statistics
 import time
 
 import numpy as np
 
+from fastrnn import cachedir
 from fastrnn.kernels import dispatch
 from fastrnn.kernels.pools import threads
 
@@ -180,8 +180,6 @@ def others_busy_seconds():
 def cache_path():
     """The measured choices of this machine: dispatch-<machine>.json in fastrnn.cachedir, where <machine> hashes the
     CPU model and flags and the NumPy, numba and OpenBLAS versions (another CPU or library measures anew)."""
-    from fastrnn import cachedir
-
     return os.path.join(cachedir.root(), f"dispatch-{machine_id()}.json")
 
 
@@ -214,24 +212,11 @@ _memory = {}  # path -> the cache's contents (measured choices), this process's 
 def _load_cache():
     path = cache_path()
     if path not in _memory:
-        try:
-            with open(path) as f:
-                data = json.load(f)
-            _memory[path] = {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            _memory[path] = {}
+        _memory[path] = {k: v for k, v in cachedir.read_json(path).items() if isinstance(v, str)}
     return _memory[path]
 
 
 def _save_cache(cache):
     """Write the cache atomically (a temporary file renamed); a location that cannot be written is skipped
     (the choices then last for this process)."""
-    path = cache_path()
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(cache, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    cachedir.write_json(cache_path(), cache)
