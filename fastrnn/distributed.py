@@ -24,6 +24,7 @@ import numpy as np
 from fastrnn.errors import ConfigError, FastrnnError
 
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+TURN_POLL = 0.005  # seconds between looks of a rank waiting for its turn (in_turns)
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 
 
@@ -115,6 +116,11 @@ class Single:
         """The (n, ...) array of every rank's rows (its block of `rows(n)`), on rank 0 (None elsewhere)."""
         return local
 
+    def in_turns(self, work):
+        """work() on every rank, one rank of each machine at a time (for a measurement that another rank's
+        work would disturb); its value."""
+        return work()
+
     def first_error(self, exc):
         """The first rank's FastrnnError (or None) after a phase every rank ran: raised on every rank, printed by
         one."""
@@ -147,9 +153,8 @@ class MPIWorld(Single):
         self.MPI, self.comm = MPI, comm
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
         self.is_root = self.rank == 0
-        node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks that share this machine's cores
-        self.local_size = node.Get_size()
-        node.Free()
+        self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks that share this machine's cores
+        self.local_size, self.local_rank = self.node.Get_size(), self.node.Get_rank()
 
     def rows(self, n):
         return block(n, self.size, self.rank)
@@ -183,6 +188,25 @@ class MPIWorld(Single):
         out = np.empty((n,) + local.shape[1:], dtype=local.dtype) if self.is_root else None
         self.comm.Gatherv(local, (out, counts) if self.is_root else None, root=0)
         return out
+
+    def in_turns(self, work):
+        """work() on every rank, the ranks of a machine one after another, the others waiting asleep: a barrier of
+        MPI spins (mpich polls), and a rank measuring kernel plans while another spins, or measures too, sees a
+        busy machine and throws its measurement away (kernels.calibrate), every launch. An error is raised once
+        every turn has passed, so no rank is left waiting."""
+        value = error = None
+        for turn in range(self.local_size):
+            if turn == self.local_rank:
+                try:
+                    value = work()
+                except BaseException as exc:  # (re-raised below: the other ranks must not wait for ever)
+                    error = exc
+            request = self.node.Ibarrier()
+            while not request.Test():
+                time.sleep(TURN_POLL)
+        if error is not None:
+            raise error
+        return value
 
     def first_error(self, exc):
         messages = self.comm.allgather(None if exc is None else (str(exc), getattr(exc, "exit_code", 1)))

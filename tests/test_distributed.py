@@ -153,6 +153,52 @@ def test_one_process_never_imports_mpi4py(small_corpus, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+TURNS = """
+import json, sys, time
+import psutil
+from fastrnn.distributed import world
+
+comm = world()
+me = psutil.Process()
+
+def work():
+    start = time.monotonic()
+    time.sleep(0.4)
+    if comm.rank == 0 and sys.argv[1] == "fail":
+        raise RuntimeError("rank 0 failed")
+    return start, time.monotonic()
+
+cpu = sum(me.cpu_times()[:2])
+try:
+    span = comm.in_turns(work)
+except RuntimeError as exc:
+    span = str(exc)
+print(json.dumps({"rank": comm.rank, "span": span, "cpu": sum(me.cpu_times()[:2]) - cpu}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["work", "fail"])
+def test_ranks_measure_in_turns_and_wait_asleep(tmp_path, how):
+    """The ranks of a machine run in_turns' work one after another (a kernel plan's measurement sees the machine
+    quiet), the waiting rank sleeps instead of spinning in a barrier, and an error on one rank is raised there
+    after every turn has passed (the other rank is not left waiting)."""
+    import json
+
+    script = tmp_path / "turns.py"
+    script.write_text(TURNS)
+    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), how], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    out = sorted((json.loads(line) for line in r.stdout.splitlines()), key=lambda o: o["rank"])
+    assert [o["rank"] for o in out] == [0, 1]
+    if how == "fail":
+        assert out[0]["span"] == "rank 0 failed" and len(out[1]["span"]) == 2
+        return
+    (s0, e0), (s1, e1) = out[0]["span"], out[1]["span"]
+    assert e0 <= s1 or e1 <= s0, "the ranks' work overlapped"
+    assert out[1]["cpu"] < 0.2, f"rank 1 used {out[1]['cpu']:.2f} CPU seconds waiting 0.4 s for its turn"
+
+
 def start(small_corpus, run_dir):
     """A long 2-rank run that checkpoints every 20 steps, once its first checkpoint is written."""
     proc = subprocess.Popen([MPIEXEC, "-n", "2", *FASTRNN, "train", small_corpus, "-o", str(run_dir),

@@ -137,9 +137,12 @@ class Setup:
                 return self.backend.plan_for(P, rows, T, dropout, self.threads, config.precision)
 
         val_rows = None if self.val_stream is None else comm.rows(self.val_stream.batch_size)
-        self.plan = plan(self.rows[1] - self.rows[0], config.dropout > 0, mine.get("train") if same else None)
-        self.evals.plan = None if val_rows is None or val_rows[1] == val_rows[0] else \
-            plan(val_rows[1] - val_rows[0], False, mine.get("eval") if same else None)
+
+        def both():  # (measured, where the machine has not measured these shapes yet, one rank at a time)
+            return (plan(self.rows[1] - self.rows[0], config.dropout > 0, mine.get("train") if same else None),
+                    None if val_rows is None or val_rows[1] == val_rows[0] else
+                    plan(val_rows[1] - val_rows[0], False, mine.get("eval") if same else None))
+        self.plan, self.evals.plan = comm.in_turns(both)
         self.ways = ways = {"train": self.plan.way, "eval": self.evals.plan.way if self.evals.plan else "",
                             "threads": self.threads}
         if recorded and self.plan.way != "reference" and (not same or {k: mine.get(k) for k in ways} != ways):
