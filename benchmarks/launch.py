@@ -8,6 +8,7 @@ minibatch read checks the CRC of the chunks the streams start in; `first step to
 alone, JIT compilation or numba's cache included). Every time is measured from the launch.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -95,6 +96,31 @@ class Training:
         rss = common.tree_rss(procs[0]) if procs else 0  # (0 also for a process that has exited)
         return rss / 2**20 if rss else None
 
+    @contextlib.contextmanager
+    def paused(self, timeout=5.0):
+        """Every process of the launch stopped (SIGSTOP) inside the block, continued (SIGCONT) after it: the
+        machine quiet for a measurement of its own speed. Waits until each has stopped (a rank left running would
+        spin in its collective)."""
+        import psutil
+
+        procs = tree(self.proc.pid)
+        try:
+            for p in procs:
+                try:
+                    p.send_signal(signal.SIGSTOP)
+                except psutil.Error:
+                    pass
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not all(_stopped(p) for p in procs):
+                time.sleep(0.005)
+            yield
+        finally:
+            for p in procs:
+                try:
+                    p.send_signal(signal.SIGCONT)
+                except psutil.Error:
+                    pass
+
     def kill(self):
         """SIGKILL to every process of the launch (its process group, and any descendant outside it)."""
         import psutil
@@ -142,6 +168,16 @@ class Training:
                 "cpu_seconds_to_first_step_done": self.cpu_at_first_step,
                 "kernels": kernels[1][len(KERNELS):] if kernels else None,
                 "resumed_from": int(resumed.group(1)) if resumed else None}
+
+
+def _stopped(p):
+    """Whether process p is stopped (or gone)."""
+    import psutil
+
+    try:
+        return p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return True
 
 
 class LogTail:

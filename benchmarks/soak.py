@@ -3,7 +3,8 @@ SIGKILL at a random moment and resumed, and the resume checked to be exact.
 
     python -m benchmarks.soak --corpus linux.h5 [--minutes 60] [--interval 60] [--ranks 2] [--model lstm]
                               [--layers 2] [--hidden-size 512] [--batch-size N] [--seq-len T] [--kill-at S]
-                              [--seed 0] [--settle 300] [--check-steps 100] [--out DIR] [--json FILE]
+                              [--seed 0] [--settle 300] [--check-steps 100] [--no-yardstick] [--out DIR]
+                              [--json FILE]
                               [-- TRAIN OPTIONS...]
 
 Runs from a checkout (benchmarks/ is not part of the installed package); `--help` lists every option.
@@ -23,8 +24,14 @@ The resume is checked: the run directory as the kill left it is copied, and a ru
 and the rows the killed session wrote past its checkpoint before the kill (the run as it went unkilled), must
 equal the reference's bit for bit: smoothed loss, batch loss, gradient norm, learning rate.
 
+With every row the machine's own speed is measured, every training process stopped (SIGSTOP) meanwhile and
+continued after (a fraction of a second): the median GFLOP/s of a 1024x1024 sgemm on the cores the run uses, and the
+GB/s of copying a 64 MB array (--no-yardstick: not measured). A host whose speed drifts (another guest on the same
+cores, a clock that changes) moves both; fastrnn slowing down by itself moves chars/s alone.
+
 Goals, over the rows taken --settle seconds or more after their session's launch: chars/s flat within 5% (the
-largest over the smallest interval median), RSS flat within 50 MB (the largest max - min of a session's RSS),
+largest over the smallest interval median; and the same for chars/s per sgemm GFLOP/s of the row, the run's speed
+against the machine's, reported beside it), RSS flat within 50 MB (the largest max - min of a session's RSS),
 evaluations + checkpoints <= 5% of the soak's wall time, the resume exact. `python -m benchmarks.report` renders a
 soak*.json of docs/benchmarks/<date>/ as docs/soak.md.
 """
@@ -46,6 +53,8 @@ from benchmarks import common, launch, options
 POLL = 0.5  # seconds between looks at the training process
 OVERTIME = 600.0  # seconds the soak may run on past --minutes for the steps of the resume check
 FLAT_CHARS, FLAT_RSS_MB, SHARE = 0.05, 50.0, 0.05  # the goals
+YARD_N, YARD_REPEATS = 1024, 7  # the yardstick's sgemm: (n, n) @ (n, n), the median of this many
+COPY_BYTES, COPY_REPEATS = 64 * 2**20, 5  # and its copy
 COMPARED = ("loss", "batch_loss", "grad_norm", "lr")  # the fields of a progress row an exact resume reproduces
 
 
@@ -67,6 +76,38 @@ def interval_row(t, wall, session, rows, rss_mb):
         row[f"{phase}_seconds"] = round(seconds, 4)
         row[f"{phase}_share"] = seconds / wall if wall > 0 else None
     return row
+
+
+def machine_speed(cores):
+    """The machine's speed now: {"sgemm_gflops": median GFLOP/s of a YARD_N sgemm on `cores` BLAS threads,
+    "copy_gbs": median GB/s (read + written) of copying COPY_BYTES on one}."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((YARD_N, YARD_N)).astype(np.float32) for _ in range(2))
+    c = np.empty_like(a)
+    src = np.ones(COPY_BYTES // 4, np.float32)
+    dst = np.empty_like(src)
+    with threadpool_limits(cores, user_api="blas"):
+        np.matmul(a, b, out=c)  # (BLAS threads started, pages touched)
+        np.copyto(dst, src)
+        gemm = [_seconds(lambda: np.matmul(a, b, out=c)) for _ in range(YARD_REPEATS)]
+    copy = [_seconds(lambda: np.copyto(dst, src)) for _ in range(COPY_REPEATS)]
+    return {"sgemm_gflops": round(2.0 * YARD_N**3 / statistics.median(gemm) / 1e9, 2),
+            "copy_gbs": round(2.0 * COPY_BYTES / statistics.median(copy) / 1e9, 2)}
+
+
+def _seconds(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def spread(values):
+    """The largest over the smallest, minus 1 (None for fewer than two values)."""
+    values = [v for v in values if v]
+    return max(values) / min(values) - 1 if len(values) >= 2 else None
 
 
 def compare(reference, rows):
@@ -102,16 +143,21 @@ def goal(value, threshold, passed, what):
 def goals(samples, launches, settle, wall, check):
     """The goals of the soak (values None, passed None: too few rows in the span to say)."""
     span = [s for s in samples if s["t"] - launches[s["session"] - 1] >= settle]
-    cps = [s["chars_per_sec"] for s in span if s["chars_per_sec"]]
-    spread = max(cps) / min(cps) - 1 if len(cps) >= 2 else None
+    cps = spread(s["chars_per_sec"] for s in span)
+    relative = spread(s["chars_per_sec"] / s["sgemm_gflops"] for s in span
+                      if s["chars_per_sec"] and s.get("sgemm_gflops"))
     sessions = [[s["rss_mb"] for s in span if s["session"] == n and s["rss_mb"] and s["rows"]]
                 for n in range(1, len(launches) + 1)]
     rss = [max(v) - min(v) for v in sessions if len(v) >= 2]
     spent = sum(s["eval_seconds"] + s["checkpoint_seconds"] for s in samples)
     return {
-        "chars_per_sec_flat": goal(spread, FLAT_CHARS, None if spread is None else spread <= FLAT_CHARS,
+        "chars_per_sec_flat": goal(cps, FLAT_CHARS, None if cps is None else cps <= FLAT_CHARS,
                                    f"chars/s: the largest interval median over the smallest, minus 1, from "
                                    f"{settle:g} s after each launch"),
+        "chars_per_sec_flat_vs_machine": goal(relative, FLAT_CHARS, None if relative is None else
+                                              relative <= FLAT_CHARS,
+                                              "the same for chars/s per sgemm GFLOP/s of the machine, measured with "
+                                              "the row (the training's speed against the machine's)"),
         "rss_flat_mb": goal(max(rss) if rss else None, FLAT_RSS_MB, max(rss) <= FLAT_RSS_MB if rss else None,
                             f"RSS of every training process: max - min within a session, from {settle:g} s after "
                             f"its launch (the largest of the sessions)"),
@@ -126,8 +172,11 @@ def goals(samples, launches, settle, wall, check):
 class Soak:
     """One soak: the launches of `fastrnn train`, the interval rows, the kill and the resume check."""
 
-    def __init__(self, corpus, out, ranks, train_options, minutes, interval, kill_at, settle, check_steps):
+    def __init__(self, corpus, out, ranks, train_options, minutes, interval, kill_at, settle, check_steps,
+                 yardstick=True):
         self.corpus, self.out, self.ranks, self.options = corpus, out, ranks, list(train_options)
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.yardstick = yardstick
         self.end, self.interval, self.kill_at, self.settle = minutes * 60, interval, kill_at, settle
         self.check_steps = check_steps
         self.run_dir, self.snapshot = os.path.join(out, "run"), os.path.join(out, "killed")
@@ -175,6 +224,11 @@ class Soak:
         row = interval_row(now, now - self.last, len(self.sessions), rows, rss_mb)
         if event:
             row["event"] = event
+        if self.yardstick:
+            t0 = time.monotonic()
+            with self.training.paused():
+                row.update(machine_speed(self.cores))
+            row["paused_seconds"] = round(time.monotonic() - t0, 3)
         self.samples.append(row)
         self.last = now
         click.echo(line(row))
@@ -261,9 +315,12 @@ class Soak:
 
     def result(self, check):
         launches = [s["launched_at"] for s in self.sessions]
+        span = [s for s in self.samples if s["t"] - launches[s["session"] - 1] >= self.settle]
         return {"rows": self.samples, "sessions": self.sessions, "kill": self.kill, "resume_check": check,
                 "wall_seconds": round(self.wall, 2),
-                "goals": goals(self.samples, launches, self.settle, self.wall, check)}
+                "goals": goals(self.samples, launches, self.settle, self.wall, check),
+                "machine_speed": {"cores": self.cores, "sgemm_spread": spread(s.get("sgemm_gflops") for s in span),
+                                  "copy_spread": spread(s.get("copy_gbs") for s in span)} if self.yardstick else None}
 
 
 def line(row):
@@ -271,9 +328,11 @@ def line(row):
     cps = "-" if row["chars_per_sec"] is None else f"{row['chars_per_sec']:,.0f}"
     rss = "-" if row["rss_mb"] is None else f"{row['rss_mb']:,.0f} MB"
     step = "-" if row["step"] is None else f"{row['step']:,}"
+    speed = (f"  machine {row['sgemm_gflops']:,.0f} GFLOP/s, {row['copy_gbs']:.1f} GB/s"
+             if row.get("sgemm_gflops") else "")
     shares = ", ".join(f"{p} {100 * row[f'{p}_share']:.1f}%" for p in ("eval", "checkpoint", "sample")
                        if row[f"{p}_share"])
-    return (f"{row['t']:7.0f} s  session {row['session']}  step {step}  {cps} chars/s  RSS {rss}"
+    return (f"{row['t']:7.0f} s  session {row['session']}  step {step}  {cps} chars/s  RSS {rss}{speed}"
             + (f"  ({shares})" if shares else "") + (f"  [{row['event']}]" if row.get("event") else ""))
 
 
@@ -345,10 +404,13 @@ def print_goals(goals_):
               help="Directory for the run (run/), its copy at the kill (killed/) and the resume check (check/).")
 @options.json_output("Write machine, settings, interval rows, sessions, the kill, the resume check and the goals "
                      "to this JSON file (benchmarks.report renders soak*.json as docs/soak.md).")
+@click.option("--yardstick/--no-yardstick", default=True, show_default=True,
+              help="Measure the machine's own speed with every row (sgemm GFLOP/s, copy GB/s), the training stopped "
+                   "meanwhile.")
 @click.argument("train_options", nargs=-1, type=click.UNPROCESSED)
 @options.catch_user_errors
 def main(corpus, minutes, interval, ranks, model, layers, hidden_size, batch_size, seq_len, kill_at, seed, settle,
-         check_steps, out, json_path, train_options):
+         check_steps, out, yardstick, json_path, train_options):
     kill_at = kill_moment(minutes, seed) if kill_at is None else kill_at
     if kill_at >= minutes * 60:
         raise click.BadParameter(f"{kill_at:g} s is not inside the soak of {minutes * 60:g} s", param_hint="--kill-at")
@@ -361,13 +423,14 @@ def main(corpus, minutes, interval, ranks, model, layers, hidden_size, batch_siz
         os.makedirs(workdir, exist_ok=True)
         corpus = corpus_file(corpus, workdir)
         train_opts = model_options(model, layers, hidden_size, batch_size, seq_len, train_options)
-        soak = Soak(corpus, workdir, ranks, train_opts, minutes, interval, kill_at, settle, check_steps)
+        soak = Soak(corpus, workdir, ranks, train_opts, minutes, interval, kill_at, settle, check_steps, yardstick)
         data = soak.result(soak.run())
         data.update(machine=machine, fastrnn=__import__("fastrnn").__version__, commit=commit(),
                     argv="python -m benchmarks.soak " + shlex.join(sys.argv[1:]),
                     corpus=corpus_info(corpus), command=data["sessions"][0]["command"],
                     settings=dict(minutes=minutes, interval=interval, ranks=ranks, settle=settle, seed=seed,
-                                  kill_at=round(kill_at, 2), check_steps=check_steps, train_options=train_opts))
+                                  kill_at=round(kill_at, 2), check_steps=check_steps, train_options=train_opts,
+                                  yardstick=yardstick))
     finally:
         if out is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -7,7 +7,7 @@ import re
 
 PAGE = "soak.md"
 CHART = "soak.png"
-GOAL_NAMES = {"chars_per_sec_flat": "chars/s flat", "rss_flat_mb": "RSS flat",
+GOAL_NAMES = {"chars_per_sec_flat": "chars/s flat", "chars_per_sec_flat_vs_machine": "chars/s per machine GFLOP/s flat", "rss_flat_mb": "RSS flat",
               "eval_checkpoint_share": "evaluations + checkpoints", "resume_exact": "resume exact"}
 
 
@@ -64,23 +64,26 @@ def chart(data, path):
     import matplotlib.pyplot as plt
 
     rows = data["rows"]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.5), dpi=100, sharex=True)
-    for ax, key in ((top, "chars_per_sec"), (bottom, "rss_mb")):
+    panels = [("chars_per_sec", "chars/s (median of an interval)"), ("rss_mb", "RSS of all processes, MB")]
+    if any(r.get("sgemm_gflops") for r in rows):
+        panels.insert(1, ("sgemm_gflops", "machine: sgemm GFLOP/s"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.75 * len(panels)), dpi=100, sharex=True)
+    top, bottom = axes[0], axes[-1]
+    for ax, (key, label) in zip(axes, panels):
+        ax.set_ylabel(label)
         for session in sorted({r["session"] for r in rows}):
-            mine = [r for r in rows if r["session"] == session and r[key] and r["rows"]]
+            mine = [r for r in rows if r["session"] == session and r.get(key) and r["rows"]]
             ax.plot([r["t"] / 60 for r in mine], [r[key] for r in mine], marker=".",
                     label="first run" if session == 1 else "resumed")
-        ax.set_ylim(0, 1.1 * max((r[key] for r in rows if r[key] and r["rows"]), default=1))
+        ax.set_ylim(0, 1.1 * max((r[key] for r in rows if r.get(key) and r["rows"]), default=1))
     kill, settle = data.get("kill"), data["settings"]["settle"]
-    for ax in (top, bottom):
+    for ax in axes:
         if kill:
             ax.axvline(kill["at"] / 60, color="red", lw=1, ls="--", label="kill -9")
         for i, session in enumerate(data.get("sessions") or []):  # where the goals' rows begin
             ax.axvline((session["launched_at"] + settle) / 60, color="grey", lw=0.8, ls=":",
                        label="settled" if i == 0 else None)
         ax.grid(alpha=0.3)
-    top.set_ylabel("chars/s (median of an interval)")
-    bottom.set_ylabel("RSS of all processes, MB")
     bottom.set_xlabel("minutes into the soak")
     top.legend(fontsize=8)
     machine = data.get("machine") or {}
@@ -92,6 +95,8 @@ def chart(data, path):
 
 ROWS = [("min", lambda r: r["t"] / 60, ".1f"), ("session", "session", "d"), ("step", "step", ",d"),
         ("chars/s", "chars_per_sec", ",.0f"), ("RSS MB", "rss_mb", ",.0f"),
+        ("machine GFLOP/s", lambda r: r.get("sgemm_gflops"), ",.0f"), ("machine GB/s", lambda r: r.get("copy_gbs"),
+                                                                          ".1f"),
         ("eval %", lambda r: 100 * r["eval_share"] if r.get("eval_share") is not None else None, ".1f"),
         ("checkpoint %", lambda r: 100 * r["checkpoint_share"] if r.get("checkpoint_share") is not None else None,
          ".1f"),
@@ -130,6 +135,19 @@ def resume_lines(data):
     return lines
 
 
+def machine_lines(data):
+    """What the yardstick measured: how much the machine's own speed moved over the rows the goals judge."""
+    m = data.get("machine_speed")
+    if not m:
+        return []
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    return [f"With every row the training was stopped for a moment and the machine's own speed measured: a "
+            f"{m.get('cores', '-')}-thread 1024x1024 sgemm and a 64 MB copy. Over the rows the goals judge, the "
+            f"largest over the smallest was {pct(m.get('sgemm_spread'))} for the sgemm's GFLOP/s and "
+            f"{pct(m.get('copy_spread'))} for the copy's GB/s (chars/s: "
+            f"{pct(((data.get('goals') or {}).get('chars_per_sec_flat') or {}).get('value'))}).", ""]
+
+
 def render(data, source, chart_name, skipped):
     """The markdown of the page. source: the result file, relative to the page."""
     from benchmarks.report import cpu_label, md_table
@@ -150,7 +168,7 @@ def render(data, source, chart_name, skipped):
              "## Goals", "", md_table(goal_rows(data), [("goal", "goal", "s"), ("measured", "value", "s"),
                                                        ("target", "target", "s"), ("result", "result", "s"),
                                                        ("how", "what", "s")]), ""]
-    lines += ["## Chars/s and RSS", ""]
+    lines += ["## Chars/s and RSS", ""] + machine_lines(data)
     lines += [f"![{chart_name}]({chart_name})" if chart_name else f"Chart skipped: {skipped}.", ""]
     lines += ["## The kill and the resume", ""] + resume_lines(data)
     sessions = [dict(st.get("startup") or {}, session=i + 1, launched_at=st.get("launched_at"))

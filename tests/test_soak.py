@@ -6,6 +6,7 @@ import json
 import math
 import os
 import subprocess
+import time
 import sys
 
 import pytest
@@ -167,6 +168,33 @@ def test_goals_judge_the_rows_after_each_launch_has_settled():
     assert g["eval_checkpoint_share"]["value"] == pytest.approx(9 / 60) and not g["eval_checkpoint_share"]["passed"]
     assert soak.goals(samples, [0.0, 10.0], settle=100, wall=60.0, check={"exact": None})["rss_flat_mb"]["passed"] \
         is None
+    assert g["chars_per_sec_flat_vs_machine"]["passed"] is None  # (no yardstick in these rows)
+    for r, gflops in zip(samples, (50.0, 100.0, 100.0, 50.0, 100.0, 110.0)):  # the machine 10% faster at the end
+        r["sgemm_gflops"] = gflops
+    g = soak.goals(samples, launches=[0.0, 10.0], settle=4, wall=60.0, check={"exact": True})
+    relative = g["chars_per_sec_flat_vs_machine"]
+    assert relative["value"] == pytest.approx(1.04 / (103 / 110) - 1) and not relative["passed"]
+
+
+def test_the_yardstick_stops_the_training_while_it_measures_the_machine():
+    """Launch.paused stops every process of the launch (a busy loop here: its CPU time stands still) and continues
+    them after; machine_speed gives positive GFLOP/s and GB/s."""
+    import psutil
+
+    busy = launch.Training([sys.executable, "-c", "while True: pass"])
+    try:
+        proc = psutil.Process(busy.proc.pid)
+        time.sleep(0.3)
+        with busy.paused():
+            assert proc.status() == psutil.STATUS_STOPPED
+            cpu = sum(proc.cpu_times()[:2])
+            speed = soak.machine_speed(1)
+            assert sum(proc.cpu_times()[:2]) - cpu < 0.02
+        time.sleep(0.3)
+        assert proc.status() != psutil.STATUS_STOPPED and sum(proc.cpu_times()[:2]) - cpu > 0.05
+    finally:
+        busy.kill()
+    assert speed["sgemm_gflops"] > 0 and speed["copy_gbs"] > 0
 
 
 # ------------------------------------------------------------------------------------------- for real
@@ -202,6 +230,8 @@ def test_a_soak_samples_kills_resumes_and_checks_the_resume(soaked):
     assert data["sessions"][1]["startup"]["resumed_from"] == kill["checkpoint_step"]
     assert all(0 < st["startup"]["to_first_step"] <= st["startup"]["to_first_step_done"] for st in data["sessions"])
     assert data["machine"]["cpu"] and data["settings"]["kill_at"] == 10
+    assert all(s["sgemm_gflops"] > 0 and s["copy_gbs"] > 0 and s["paused_seconds"] < 5 for s in rows)
+    assert data["machine_speed"]["sgemm_spread"] is not None
     assert sorted(os.listdir(results.parents[2] / "out")) == ["check", "killed", "run"]
 
 
@@ -223,6 +253,7 @@ def test_report_renders_the_soak_page_with_its_chart(soaked, tmp_path):
     assert text.startswith(f"# Soak: lstm 1x64, 1 rank, 0.4 minutes, measured {data['machine']['time'][:10]}\n")
     assert data["machine"]["cpu"] in text and data["machine"]["time"] in text
     assert "| resume exact | yes | yes | pass |" in text and "![soak.png](soak.png)" in text
+    assert "the machine's own speed measured" in text and "| chars/s per machine GFLOP/s flat |" in text
     assert f"the newest checkpoint step {data['kill']['checkpoint_step']:,}," in text
     assert text.count("\n| ") >= len(data["rows"]) + 2 + 2  # a row each, the goals, the start-up
     assert (tmp_path / "a" / "soak.png").stat().st_size > 1000
