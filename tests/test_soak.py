@@ -171,9 +171,12 @@ def test_goals_judge_the_rows_after_each_launch_has_settled():
     assert g["chars_per_sec_flat_vs_machine"]["passed"] is None  # (no yardstick in these rows)
     for r, gflops in zip(samples, (50.0, 100.0, 100.0, 50.0, 100.0, 110.0)):  # the machine 10% faster at the end
         r["sgemm_gflops"] = gflops
-    g = soak.goals(samples, launches=[0.0, 10.0], settle=4, wall=60.0, check={"exact": True})
+    g = soak.goals(samples, launches=[0.0, 10.0], settle=4, wall=60.0, check={"exact": True}, block=1)
     relative = g["chars_per_sec_flat_vs_machine"]
     assert relative["value"] == pytest.approx(1.04 / (103 / 110) - 1) and not relative["passed"]
+    # blocks of two rows: each session one block, medians 102/100 and 102/105
+    assert soak.against_machine([r for r in samples if r["t"] not in (1, 11)], block=2) == \
+        pytest.approx([1.02, 102 / 105])
 
 
 def test_the_yardstick_stops_the_training_while_it_measures_the_machine():
