@@ -150,24 +150,35 @@ def goal(value, threshold, passed, what):
     return {"value": value, "threshold": threshold, "passed": passed, "what": what}
 
 
-def against_machine(span, block=BLOCK):
-    """chars/s per machine GFLOP/s of each block of `block` consecutive rows of a session (the median of each over
-    the block; a last block of fewer than half as many rows is left out)."""
+def block_medians(span, value, block=BLOCK):
+    """value(row) over each block of `block` consecutive rows of a session: the medians of its parts (a tuple
+    per row) over the block; a last block of fewer than half as many rows is left out."""
     out = []
     for session in sorted({s["session"] for s in span}):
-        rows = [s for s in span if s["session"] == session and s["chars_per_sec"] and s.get("sgemm_gflops")]
+        rows = [s for s in span if s["session"] == session and value(s) is not None]
         for i in range(0, len(rows), block):
-            part = rows[i:i + block]
+            part = [value(s) for s in rows[i:i + block]]
             if 2 * len(part) >= block:
-                out.append(statistics.median(s["chars_per_sec"] for s in part)
-                           / statistics.median(s["sgemm_gflops"] for s in part))
+                out.append(tuple(statistics.median(column) for column in zip(*part)))
     return out
+
+
+def against_machine(span, block=BLOCK):
+    """chars/s per machine GFLOP/s of each block of `block` rows of a session (block_medians of both)."""
+    pair = lambda s: (s["chars_per_sec"], s["sgemm_gflops"]) if s["chars_per_sec"] and s.get("sgemm_gflops") \
+        else None  # noqa: E731
+    return [cps / gflops for cps, gflops in block_medians(span, pair, block)]
 
 
 def goals(samples, launches, settle, wall, check, block=BLOCK):
     """The goals of the soak (values None, passed None: too few rows in the span to say)."""
     span = [s for s in samples if s["t"] - launches[s["session"] - 1] >= settle]
+    # chars/s of an interval cut short (the last, at the stop) is the median of a row or two: not judged
+    typical = statistics.median([s["rows"] for s in span if s["rows"]] or [0])
+    span = [s for s in span if s["rows"] >= typical / 2 or not s["chars_per_sec"]]
     cps = spread(s["chars_per_sec"] for s in span)
+    blocks = spread(m for m, in block_medians(span, lambda s: (s["chars_per_sec"],) if s["chars_per_sec"] else None,
+                                              block))
     relative = spread(against_machine(span, block))
     sessions = [[s["rss_mb"] for s in span if s["session"] == n and s["rss_mb"] and s["rows"]]
                 for n in range(1, len(launches) + 1)]
@@ -177,6 +188,9 @@ def goals(samples, launches, settle, wall, check, block=BLOCK):
         "chars_per_sec_flat": goal(cps, FLAT_CHARS, None if cps is None else cps <= FLAT_CHARS,
                                    f"chars/s: the largest interval median over the smallest, minus 1, from "
                                    f"{settle:g} s after each launch"),
+        "chars_per_sec_flat_blocks": goal(blocks, FLAT_CHARS, None if blocks is None else blocks <= FLAT_CHARS,
+                                          f"the same over medians of blocks of {block} rows of a session (the "
+                                          f"trend, without the minute-to-minute noise)"),
         "chars_per_sec_flat_vs_machine": goal(relative, FLAT_CHARS, None if relative is None else
                                               relative <= FLAT_CHARS,
                                               f"the training's speed against the machine's: chars/s per sgemm "
@@ -191,6 +205,13 @@ def goals(samples, launches, settle, wall, check, block=BLOCK):
                              "the resumed run's next steps equal a run resumed from the same checkpoint and "
                              "never killed, and the killed run's own rows past that checkpoint"),
     }
+
+
+def judge(data):
+    """The goals of a soak result (its JSON) by the definitions here: a result written before a goal existed is
+    judged by it too (benchmarks.report renders these)."""
+    launches = [s["launched_at"] for s in data["sessions"]]
+    return goals(data["rows"], launches, data["settings"]["settle"], data["wall_seconds"], data["resume_check"])
 
 
 class Soak:

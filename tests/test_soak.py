@@ -174,6 +174,9 @@ def test_goals_judge_the_rows_after_each_launch_has_settled():
     g = soak.goals(samples, launches=[0.0, 10.0], settle=4, wall=60.0, check={"exact": True}, block=1)
     relative = g["chars_per_sec_flat_vs_machine"]
     assert relative["value"] == pytest.approx(1.04 / (103 / 110) - 1) and not relative["passed"]
+    assert g["chars_per_sec_flat_blocks"]["value"] == pytest.approx(0.04)  # (blocks of one row: as the rows)
+    two = soak.goals(samples, launches=[0.0, 10.0], settle=4, wall=60.0, check={"exact": True}, block=2)
+    assert two["chars_per_sec_flat_blocks"]["value"] == 0.0 and two["chars_per_sec_flat_blocks"]["passed"]
     # blocks of two rows: each session one block, medians 102/100 and 102/105
     assert soak.against_machine([r for r in samples if r["t"] not in (1, 11)], block=2) == \
         pytest.approx([1.02, 102 / 105])
@@ -257,6 +260,7 @@ def test_report_renders_the_soak_page_with_its_chart(soaked, tmp_path):
     assert data["machine"]["cpu"] in text and data["machine"]["time"] in text
     assert "| resume exact | yes | yes | pass |" in text and "![soak.png](soak.png)" in text
     assert "the machine's own speed measured" in text and "| chars/s per machine GFLOP/s flat |" in text
+    assert "| chars/s flat, 5-row medians |" in text
     assert f"the newest checkpoint step {data['kill']['checkpoint_step']:,}," in text
     assert text.count("\n| ") >= len(data["rows"]) + 2 + 2  # a row each, the goals, the start-up
     assert (tmp_path / "a" / "soak.png").stat().st_size > 1000
