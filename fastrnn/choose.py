@@ -101,6 +101,7 @@ STEP_OPTIONS = ("lr_decay", "lr_decay_every", "lr_decay_after")  # given: the us
 CHOICE_FIELDS = ("batch_size", "seq_len", "dropout", "optimizer", "lr", "warmup_steps", "lr_schedule",
                  "lr_floor") + STEP_OPTIONS  # besides the model: what a choice sets, or an explicit option decides
 HORIZON_KEY = "lr_horizon"  # config.extra: the step a cosine schedule tied to --max-time ends at
+CHECKED_KEY = "lr_horizon_checked"  # config.extra: the run predicted it again from its own steps (HorizonCheck)
 CHOICE_KEY = "choice"  # config.extra: what was chosen and why
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -256,6 +257,51 @@ def horizon(speed, budget, batch, seq_len, step=0):
     return step + predicted_steps(speed, budget, batch, seq_len)
 
 
+CHECK_SHARE, CHECK_STEPS = 0.02, 20  # the horizon is predicted again once the run has timed this share of
+# --max-time of its own steps, and this many steps
+CHECK_TOLERANCE = 0.10  # and replaced if the two predictions differ by more than this share
+
+
+class HorizonCheck:
+    """The horizon of a cosine schedule tied to --max-time comes from a speed measured before the run started, or
+    cached from an earlier measurement: one taken while other work kept the cores busy can be far off (rnn H16
+    measured at 33k chars/s on a busy machine trained at 3.68M: the rate reached its floor after 3% of the run).
+    Once the run has trained CHECK_SHARE of --max-time (CHECK_STEPS steps at least), the horizon is predicted
+    again from its own pace, and replaces the first if they differ by more than CHECK_TOLERANCE; once a run
+    (config.extra[CHECKED_KEY], kept by its checkpoints, so a resumed run does not check again)."""
+
+    def __init__(self, config, first):
+        self.need, self.chars = CHECK_SHARE * config.max_time, config.batch_size * config.seq_len
+        self.batch, self.seq_len, self.first = config.batch_size, config.seq_len, first
+        self.start = None  # (step, clock) of the first step observed
+
+    @staticmethod
+    def wanted(config, total_steps, ranks):
+        """A horizon predicted for --max-time (not a step limit) and not yet checked, in a run of one process (the
+        ranks of several would time their steps differently and could disagree)."""
+        return (config.lr_schedule == "cosine" and bool(config.max_time) and not total_steps and ranks == 1
+                and bool(config.extra.get(HORIZON_KEY)) and not config.extra.get(CHECKED_KEY))
+
+    def observe(self, step, now, left):
+        """After a training step (not the first, which compiles): `step` steps done, `now` the clock, `left`
+        seconds of --max-time left. None until enough was timed; then (the horizon to keep, the line saying it
+        changed, or None if it held). The pace is the session's own, from step to step on the wall clock (what a
+        step costs beyond its kernels included: reading the batch, logging, evaluations)."""
+        if self.start is None:
+            self.start = (step, now)
+            return None
+        steps, seconds = step - self.start[0], now - self.start[1]
+        if steps < CHECK_STEPS or seconds < self.need:
+            return None
+        speed = steps * self.chars / seconds
+        new = horizon(speed, left, self.batch, self.seq_len, step)
+        if abs(new / self.first - 1) <= CHECK_TOLERANCE:
+            return self.first, None
+        return new, (f"cosine schedule: this run's own steps ({speed:,.0f} chars/s) predict --max-time to end at step "
+                     f"{new:,}, not {self.first:,} as predicted before it started: the rate now reaches its floor "
+                     f"there")
+
+
 def worth_timing(train_chars, vocab_size, budget, given):
     """measure's `worth` for the choice: a candidate over the data's limit is not timed (False); one that even at
     PRUNE_SLACK times the per-parameter speed of the last shape timed would train too few chars per parameter
@@ -326,7 +372,11 @@ def _settled(config, given, saved_state, extra, choose, train_chars, vocab_size,
     if choose:
         shapes = [shape_of(c, given) for c in CANDIDATES]
         measured = measure(shapes, vocab_size, config.dtype, config.backend, threads, deadline,
-                           worth=worth_timing(train_chars, vocab_size, config.max_time, given))
+                           worth=worth_timing(train_chars, vocab_size, config.max_time, given),
+                           on_timing=lambda: emit("message", {"text": (
+                               f"choosing the model for --max-time {config.max_time:g}: timing a few training "
+                               f"steps of each candidate this machine has not timed yet (at most "
+                               f"{deadline - time.perf_counter():.0f} s, part of the budget)...")}))
         choice = decide(train_chars, vocab_size, config.max_time, measured.speeds, given)
         config = dataclasses.replace(config, **choice.values)
         if choice.horizon and needs_horizon(config):
@@ -356,7 +406,7 @@ def _settled(config, given, saved_state, extra, choose, train_chars, vocab_size,
         emit("message", {"text": f"cosine schedule: lr {config.lr:g} down to {config.lr * config.lr_floor:g} at step "
                                  f"{extra[HORIZON_KEY]:,}, where --max-time is predicted to end ("
                                  f"{measured.speeds[shape]:,.0f} chars/s measured{'' if measured.seconds else ' earlier'}"
-                                 f"; kept for the whole run)"})
+                                 f"; checked once against the run's own steps)"})
     if needs_horizon(config) and HORIZON_KEY not in extra:  # (nothing could be timed)
         raise ConfigError("--lr-schedule cosine with --max-time: no speed could be measured to predict its last "
                           "step; give --max-steps or --max-epochs")

@@ -176,7 +176,8 @@ def summary_lines(data):
     if data.get("eval_seconds") and data.get("session_seconds"):
         took = (f" after {duration(data['session_seconds'])}, {data['eval_seconds']:.1f} s of it in evaluations "
                 f"({100 * data['eval_seconds'] / data['session_seconds']:.1f}%)")
-    lines = [f"done: step {data['step']:,}, epoch {epochs(data['epoch'])}, train loss {data['loss']:.4f}{val} "
+    loss = f"train loss {data['loss']:.4f}" if math.isfinite(data["loss"]) else "no step trained"
+    lines = [f"done: step {data['step']:,}, epoch {epochs(data['epoch'])}, {loss}{val} "
              f"({data['stop_reason']}{took}); checkpoint {data['checkpoint']}"]
     if data.get("best_val") is not None:
         lines.append(f"best: val loss {data['best_val']:.4f} at step {data['best_step']:,}; "

@@ -94,10 +94,11 @@ def time_shape(shape, vocab_size, dtype, backend_name, threads, seconds=MEASURE_
 
 
 def measure(shapes, vocab_size, dtype, backend, threads, deadline, *, worth=None, clock=time.perf_counter,
-            timer=None):
+            timer=None, on_timing=None):
     """Measured speeds of `shapes` (smallest first): from the cache, else timed (`timer`, default time_shape)
     while `clock` is before `deadline` (the first shape always). worth(shape, speeds so far): False skips a shape
-    not worth timing (it cannot fit); None stops there (no larger one can)."""
+    not worth timing (it cannot fit); None stops there (no larger one can). on_timing(): called once, before
+    the first timing (seconds of silence otherwise)."""
     timer = timer or time_shape
     cache = _load_cache()
     speeds, spent, cached, kept = {}, 0.0, 0, {}
@@ -117,6 +118,9 @@ def measure(shapes, vocab_size, dtype, backend, threads, deadline, *, worth=None
         guess = loads.get(family, max(loads.values(), default=LOAD_GUESS)) + 2 * MEASURE_SECONDS
         if speeds and clock() + guess > deadline:
             break
+        if on_timing is not None:
+            on_timing()
+            on_timing = None
         busy, t0 = _others_busy(), time.perf_counter()
         speeds[shape] = timer(shape, vocab_size, dtype, backend, threads)
         took = time.perf_counter() - t0

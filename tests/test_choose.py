@@ -2,6 +2,7 @@
 cache, and `fastrnn train --max-time` / CharRNN().fit(max_time=...) choosing, saying and recording it; a cosine
 schedule tied to --max-time ends at the predicted step, kept on resume."""
 
+import dataclasses
 import json
 import math
 
@@ -181,6 +182,8 @@ def fake_speeds(cache, monkeypatch):
         return SPEEDS.get((shape.cell, shape.layers, shape.hidden), 1e5)
 
     monkeypatch.setattr(timing, "time_shape", timer)
+    # these speeds are not the machine's: the run's own check of a cosine horizon would replace its prediction
+    monkeypatch.setattr(choose, "CHECK_TOLERANCE", math.inf)
     return calls
 
 
@@ -282,6 +285,53 @@ def test_cosine_with_max_time_reaches_the_floor_at_the_predicted_step(small_corp
             "--lr-floor", "0.1", "--lr", "0.01", "--warmup-steps", "5", "--resume")
     assert r.exit_code == 0, r.stderr
     assert config_of(tmp_path / "run")["extra"]["lr_horizon"] == horizon
+
+
+def test_the_horizon_is_checked_against_the_runs_own_steps():
+    from fastrnn.config import TrainConfig
+
+    config = TrainConfig(max_time=100, lr_schedule="cosine", batch_size=4, seq_len=10,
+                         extra={choose.HORIZON_KEY: 1000}).validate()
+    assert choose.HorizonCheck.wanted(config, None, 1)
+    assert not choose.HorizonCheck.wanted(config, 5000, 1) and not choose.HorizonCheck.wanted(config, None, 2)
+    assert not choose.HorizonCheck.wanted(dataclasses.replace(config, extra={choose.HORIZON_KEY: 1000,
+                                                                             choose.CHECKED_KEY: True}), None, 1)
+    # 100 s x 2% = 2 s and 20 steps after the first observed: at 40 chars a step, a step each 0.1 s, 400 chars/s
+    check = choose.HorizonCheck(config, 1000)
+    assert [check.observe(s, 0.1 * s, 98.0) for s in range(1, 21)] == [None] * 20
+    new, line = check.observe(21, 2.1, 98.0)
+    assert abs(new - (21 + int(400 * (98.0 * choose.TRAIN_SHARE - choose.STARTUP_SECONDS) // 40))) <= 1 and new < 900
+    assert line.startswith(f"cosine schedule: this run's own steps (400 chars/s) predict --max-time to end at step "
+                           f"{new:,}, not 1,000")
+    near = choose.HorizonCheck(config, new + 5)  # within CHECK_TOLERANCE: the first prediction holds
+    for s in range(1, 21):
+        near.observe(s, 0.1 * s, 98.0)
+    assert near.observe(21, 2.1, 98.0) == (new + 5, None)
+
+
+def test_a_horizon_predicted_from_a_wrong_speed_is_corrected_by_the_run(small_corpus, tmp_path, fake_speeds,
+                                                                        monkeypatch):
+    """A speed measured on a busy machine (here: 100 chars/s for a model that trains far faster) predicts a cosine
+    horizon of a few steps; the run's own steps predict it again, say so, and record it: the rate does not sit at
+    its floor for the rest of the run."""
+    monkeypatch.setitem(SPEEDS, ("rnn", 1, 16), 100.0)  # 100 x (4 x 0.85 - 1) / 40: 6 steps predicted
+    monkeypatch.setattr(choose, "CHECK_TOLERANCE", 0.10)
+    small = ["--hidden-size", "16", "--seq-len", "10", "--batch-size", "4", "--log-every", "1", "--eval-every", "0",
+             "--checkpoint-every", "0", "--threads", "1"]
+    r = run("train", small_corpus, "-o", tmp_path / "run", *small, "--max-time", "4", "--lr-schedule", "cosine",
+            "--lr-floor", "0.1", "--lr", "0.01")
+    assert r.exit_code == 0, r.stderr
+    first = int(100 * (4 * choose.TRAIN_SHARE - choose.STARTUP_SECONDS) // 40)
+    lines = [line for line in r.stderr.splitlines() if "this run's own steps" in line]
+    assert len(lines) == 1 and f"not {first:,} as predicted before it started" in lines[0], r.stderr
+    extra = config_of(tmp_path / "run")["extra"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    trained = rows[-1]["step"]
+    assert extra[choose.CHECKED_KEY] is True and 5 * first < extra[choose.HORIZON_KEY] <= 1.1 * trained
+    assert f"at step {extra[choose.HORIZON_KEY]:,}" in lines[0]
+    lr = {row["step"]: row["lr"] for row in rows}
+    half = extra[choose.HORIZON_KEY] // 2
+    assert lr[half] > 0.004, "the rate sat at its floor"  # (cosine halfway: 0.0055)
 
 
 def test_errors_are_one_clear_line(small_corpus, tmp_path, fake_speeds):

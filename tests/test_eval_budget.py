@@ -132,6 +132,19 @@ def test_the_cli_says_what_is_wrong_with_a_max_time_in_one_line(small_corpus, tm
     assert not (tmp_path / "r").exists()
 
 
+def test_a_budget_that_ends_before_the_first_step_says_no_step_was_trained(small_corpus, tmp_path):
+    from click.testing import CliRunner
+
+    from fastrnn.cli import main
+
+    r = CliRunner().invoke(main, ["train", small_corpus, "-o", str(tmp_path / "r"), "--max-time", "0.001",
+                                  "--hidden-size", "8", "--eval-every", "0"])
+    assert r.exit_code == 0, r.stderr
+    done = [line for line in r.stderr.splitlines() if line.startswith("done: ")]
+    assert len(done) == 1 and done[0].startswith("done: step 0, epoch 0.00, no step trained (max_time"), r.stderr
+    assert "nan" not in r.stderr
+
+
 NO_CALIBRATION = {"FASTRNN_CALIBRATE": "0"}  # the kernels' measured choices cost seconds of the run's time each
 # run on a busy machine (nothing is cached then): the timed runs below take the rule's choice
 

@@ -161,6 +161,8 @@ class Setup:
             self.max_steps = min(self.max_steps, math.ceil(config.max_epochs * self.spe))
         self.total_steps = None if self.max_steps == math.inf else self.max_steps
         self.lr_steps = self.total_steps or config.extra.get(choose.HORIZON_KEY)  # where a cosine schedule ends
+        self.horizon_check = choose.HorizonCheck(config, self.lr_steps) \
+            if choose.HorizonCheck.wanted(config, self.total_steps, self.comm.size) else None
         self.emit("start", {"config": config.to_dict(), "model": self.model.describe(), "steps_per_epoch": self.spe,
                             "train_tokens": len(self.train_tokens),
                             "val_streams": self.val_stream.batch_size if self.val_stream else 0,
@@ -180,6 +182,18 @@ class Setup:
         if config.precision == "bf16" and self.plan.precision != "bf16":
             why = self.plan.refused or "the plan has no bf16 path"
             self.emit("message", {"text": f"--precision bf16: {why}; training in float32"})
+
+    def step_timed(self, seconds):
+        """A training step took `seconds` (not the first, which compiles): the budget's cost of a step, and the
+        check of a cosine schedule's horizon (choose.HorizonCheck), recorded in the config the checkpoints keep."""
+        self.budget.measured("step", seconds)
+        checked = self.horizon_check and self.horizon_check.observe(self.state.step, time.perf_counter(),
+                                                                    self.budget.left())
+        if checked:
+            self.horizon_check, (self.lr_steps, line) = None, checked
+            self.config.extra = dict(self.config.extra, **{choose.HORIZON_KEY: self.lr_steps, choose.CHECKED_KEY: True})
+            if line:
+                self.emit("message", {"text": line})
 
     def close(self):
         """The log closed, the threads as they were before the session."""
