@@ -116,7 +116,7 @@ class TrainConfig:
     lr_schedule: str = option("step", "step: --lr-decay every --lr-decay-every steps; cosine: from --lr after the "
                               "warmup down to --lr-floor at the step limit (--max-steps or --max-epochs), else at the "
                               "step --max-time is predicted to end at (from the speed measured when the run starts, "
-                              "kept for the whole run).", choices=LR_SCHEDULES, resume="allow")
+                              "checked once against the run's own pace).", choices=LR_SCHEDULES, resume="allow")
     lr_floor: float = option(0.0, "Where --lr-schedule cosine ends, as a fraction of --lr (0: down to 0).",
                              low=0, high=1, resume="allow")
     warmup_steps: int = option(0, "Ramp the learning rate linearly up to --lr over this many first updates.", low=0,
