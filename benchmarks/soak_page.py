@@ -136,8 +136,8 @@ def resume_lines(data):
               f"{before.get('mismatched_fields', 0)} fields differ; exact: "
               f"{'yes' if check.get('exact') else 'no'}.", ""]
     kernels = check.get("kernels") or {}
-    # how a plan was had ("(chosen by measurement)", "(the run's, recorded in its checkpoint)") is not the plan
-    if len({re.sub(r" \((chosen by measurement|the run's, recorded in its checkpoint)\)$", "", v)
+    # how a plan was had ("(chosen by measurement: ...)", "(the run's, recorded in its checkpoint)") is not the plan
+    if len({re.sub(r" \((chosen by measurement[^)]*|the run's, recorded in its checkpoint)\)$", "", v)
             for v in kernels.values()}) > 1:
         lines += ["The kernel plans of the runs differ (they round differently): " + "; ".join(
             f"{k}: {v}" for k, v in kernels.items()) + ".", ""]
