@@ -30,9 +30,9 @@ GB/s of copying a 64 MB array (--no-yardstick: not measured). A host whose speed
 cores, a clock that changes) moves both; fastrnn slowing down by itself moves chars/s alone.
 
 Goals, over the rows taken --settle seconds or more after their session's launch: chars/s flat within 5% (the
-largest over the smallest interval median; and beside it the run's speed against the machine's: chars/s per sgemm
-GFLOP/s, the medians of both over blocks of BLOCK rows, the largest over the smallest), RSS flat within 50 MB (the largest max - min of a session's RSS),
-evaluations + checkpoints <= 5% of the soak's wall time, the resume exact. `python -m benchmarks.report` renders a
+largest over the smallest interval median; the same over medians of blocks of BLOCK rows; and the run's speed
+against the machine's, chars/s per sgemm GFLOP/s over such blocks), RSS flat within 50 MB (the largest max - min
+of a session's RSS), evaluations + checkpoints <= 5% of the soak's wall time, the resume exact. `python -m benchmarks.report` renders a
 soak*.json of docs/benchmarks/<date>/ as docs/soak.md.
 """
 
@@ -91,10 +91,9 @@ def machine_speed(cores):
     with threadpool_limits(cores, user_api="blas"):
         np.matmul(a, b, out=c)  # (BLAS threads started, pages touched)
         np.copyto(dst, src)
-        gemm = [_seconds(lambda: np.matmul(a, b, out=c)) for _ in range(YARD_REPEATS)]
-    copy = [_seconds(lambda: np.copyto(dst, src)) for _ in range(COPY_REPEATS)]
-    return {"sgemm_gflops": round(2.0 * YARD_N**3 / statistics.median(gemm) / 1e9, 2),
-            "copy_gbs": round(2.0 * COPY_BYTES / statistics.median(copy) / 1e9, 2)}
+        gemm = common.time_calls(lambda: np.matmul(a, b, out=c), YARD_REPEATS, min_seconds=0.0)[0]
+    copy = common.time_calls(lambda: np.copyto(dst, src), COPY_REPEATS, min_seconds=0.0)[0]
+    return {"sgemm_gflops": round(2.0 * YARD_N**3 / gemm / 1e9, 2), "copy_gbs": round(2.0 * COPY_BYTES / copy / 1e9, 2)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,12 +105,6 @@ def _yardstick_arrays():
     a, b = (rng.standard_normal((YARD_N, YARD_N)).astype(np.float32) for _ in range(2))
     src = np.ones(COPY_BYTES // 4, np.float32)
     return a, b, np.empty_like(a), src, np.empty_like(src)
-
-
-def _seconds(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def spread(values):

@@ -24,8 +24,8 @@ import numpy as np
 from fastrnn.errors import ConfigError, FastrnnError
 
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
-TURN_POLL = 0.005  # seconds between looks of a rank waiting for its turn (in_turns)
 _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
+TURN_POLL = 0.005  # seconds between looks of a rank waiting for its turn (in_turns)
 
 
 class DistributedError(FastrnnError):

@@ -191,7 +191,7 @@ class Run(Setup):
         now = time.perf_counter()
         state.elapsed = self.elapsed_at_start + (now - self.session_start)
         if not self.first_step:
-            self.step_timed(now - started)  # (Setup: the budget's cost of a step, the cosine horizon's check)
+            self.step_timed(now - started, now)  # (Setup: the budget's cost of a step, the horizon's check)
         self.window.steps += 1
         if self.first_step:
             self.first_step = False

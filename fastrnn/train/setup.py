@@ -183,12 +183,12 @@ class Setup:
             why = self.plan.refused or "the plan has no bf16 path"
             self.emit("message", {"text": f"--precision bf16: {why}; training in float32"})
 
-    def step_timed(self, seconds):
-        """A training step took `seconds` (not the first, which compiles): the budget's cost of a step, and the
-        check of a cosine schedule's horizon (choose.HorizonCheck), recorded in the config the checkpoints keep."""
+    def step_timed(self, seconds, now):
+        """A training step took `seconds` and ended at `now` (not the first, which compiles): the budget's cost of
+        a step, and the check of a cosine schedule's horizon (choose.HorizonCheck), recorded in the config the
+        checkpoints keep."""
         self.budget.measured("step", seconds)
-        checked = self.horizon_check and self.horizon_check.observe(self.state.step, time.perf_counter(),
-                                                                    self.budget.left())
+        checked = self.horizon_check and self.horizon_check.observe(self.state.step, now, self.budget.left())
         if checked:
             self.horizon_check, (self.lr_steps, line) = None, checked
             self.config.extra = dict(self.config.extra, **{choose.HORIZON_KEY: self.lr_steps, choose.CHECKED_KEY: True})
