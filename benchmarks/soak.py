@@ -32,8 +32,8 @@ cores, a clock that changes) moves both; fastrnn slowing down by itself moves ch
 Goals, over the rows taken --settle seconds or more after their session's launch: chars/s flat within 5% (the
 largest over the smallest interval median; the same over medians of blocks of BLOCK rows; and the run's speed
 against the machine's, chars/s per sgemm GFLOP/s over such blocks), RSS flat within 50 MB (the largest max - min
-of a session's RSS), evaluations + checkpoints <= 5% of the soak's wall time, the resume exact. `python -m benchmarks.report` renders a
-soak*.json of docs/benchmarks/<date>/ as docs/soak.md.
+of a session's RSS), evaluations + checkpoints <= 5% of the soak's wall time, the resume exact.
+`python -m benchmarks.report` renders a soak*.json of docs/benchmarks/<date>/ as docs/soak.md.
 """
 
 import functools
