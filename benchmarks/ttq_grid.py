@@ -334,7 +334,78 @@ def render(rows):
                 math.isfinite(best.get("val_loss") or math.nan):
             out += [f"auto: place {ranked.index(auto) + 1} of {len(ranked)}, {auto['val_loss'] - best['val_loss']:+.4f} "
                     f"nats/char from the best ({best['config']}); {auto.get('choice') or ''}", ""]
+    out += lessons(rows)
     return "\n".join(out).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what the grid taught: tables of the runs' own numbers
+
+SETTINGS = (("model", "cell"), ("layers", "layers"), ("hidden", "hidden size"), ("batch", "batch"),
+            ("seq_len", "sequence length"), ("lr", "rate"), ("optimizer", "optimizer"), ("schedule", "schedule"),
+            ("dropout", "dropout"))  # a fixed configuration's settings, as its row records them
+
+
+def _finite(row):
+    return math.isfinite(row.get("val_loss") or math.nan)
+
+
+def one_change(rows):
+    """{setting: [(a, b), ...]}: pairs of fixed configurations of the same corpus, budget and threads whose
+    settings differ in that one alone (a the one with the smaller value, or the first in the order of the rows)."""
+    fixed = [r for r in rows if r["config"] != "auto" and _finite(r)]
+    out = {}
+    for i, a in enumerate(fixed):
+        for b in fixed[i + 1:]:
+            if (a["corpus"], a["budget_s"], a.get("threads")) != (b["corpus"], b["budget_s"], b.get("threads")):
+                continue
+            differ = [name for name, _ in SETTINGS if a.get(name) != b.get(name)]
+            if len(differ) == 1:
+                name = differ[0]
+                if isinstance(a[name], (int, float)) and b[name] < a[name]:
+                    a, b = b, a
+                out.setdefault(name, []).append((a, b))
+    return out
+
+
+def _model(row):
+    return f"{row['model']} {row['layers']}x{row['hidden']}"
+
+
+def _params_per_char(row):
+    return row["params"] * row["epochs"] / row["chars"] if row.get("chars") and row.get("epochs") else math.nan
+
+
+def lessons(rows):
+    """The lines of the page's section on what the grid taught: the best of each corpus and budget, then each
+    setting changed alone, side by side."""
+    out = ["## What the grid taught", "",
+           "Generated from the same rows. *chars/param*: characters trained per parameter (what the budget allowed); "
+           "*params/char*: parameters per training character (the data's limit); both are what fastrnn.choose's rule "
+           "weighs.", "", "### The best of each budget", "",
+           "| corpus | budget s | threads | best | params | epochs | chars/param | params/char | best val |",
+           "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    best = {}
+    for r in rows:
+        key = (r["corpus"], r["budget_s"], r.get("threads"))
+        if _finite(r) and (key not in best or r["val_loss"] < best[key]["val_loss"]):
+            best[key] = r
+    for (corpus, budget, threads), r in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        out.append(f"| {corpus} | {budget:g} | {threads} | {r['config']} ({_model(r)}, dropout {r['dropout']:g}) | "
+                   f"{r['params']:,} | {r['epochs']:.2f} | {r['chars'] / r['params']:.1f} | "
+                   f"{_params_per_char(r):.3f} | {r['val_loss']:.4f} |")
+    for name, title in SETTINGS:
+        pairs = one_change(rows).get(name)
+        if not pairs:
+            continue
+        out += ["", f"### The {title} changed alone", "",
+                f"| corpus | budget s | configuration | {title} | other | best val | other's | change | epochs | "
+                f"other's epochs |", "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for a, b in sorted(pairs, key=lambda p: (p[0]["corpus"], p[0]["config"], p[0]["budget_s"])):
+            out.append(f"| {a['corpus']} | {a['budget_s']:g} | {a['config']} | {a[name]} | {b[name]} | "
+                       f"{a['val_loss']:.4f} | {b['val_loss']:.4f} | {b['val_loss'] - a['val_loss']:+.4f} | "
+                       f"{a['epochs']:.2f} | {b['epochs']:.2f} |")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,15 +14,20 @@ The quantities, for a candidate of P parameters trained at S chars/s in a budget
     params per char   p = P / C                     (parameters per training character: the data's limit)
     chars per param   D / P = E / p                 (training characters seen per parameter: the budget's limit)
 
-The rule: the largest candidate (most parameters) with p <= MAX_PARAMS_PER_CHAR and D / P >= MIN_CHARS_PER_PARAM;
-if none, the smallest. A larger budget or a faster machine only raises D / P, a larger corpus only lowers p, so
-either chooses a model at least as large. Explicit options override their part (settle passes them as `given`).
+The rule, in two steps:
+1. the largest candidate without dropout (most parameters) within the limits of its cell (LIMITS: p at most, D / P
+   at least); if none, the smallest;
+2. if that one would train DROPOUT_EPOCHS epochs or more, it trains with dropout (its twin among the candidates).
+A larger budget or a faster machine only raises D / P, a larger corpus only lowers p, so either chooses a model at
+least as large (with dropout or without). Explicit options override their part (settle passes them as `given`);
+with --dropout given, step 1 alone.
 
 The speeds (fastrnn.speeds: training steps of each shape, timed and cached per machine) are measured smallest shape
 first, and only for shapes that can fit (a shape over the data's limit, or predicted too slow even at PRUNE_SLACK
-times the speed of the one before, is not timed). The first shape is always timed (a run needs its kernels anyway);
-the others only while MEASURE_SHARE of --max-time lasts, counted from the start of `train`, whose time budget
-(fastrnn.budget) has the deadline from that start on, so the measurement is charged to the run.
+times the speed of the one before, is not timed; one with dropout only if step 2 would choose it). The first shape
+is always timed (a run needs its kernels anyway); the others only while MEASURE_SHARE of --max-time lasts, counted
+from the start of `train`, whose time budget (fastrnn.budget) has the deadline from that start on, so the
+measurement is charged to the run.
 """
 
 import dataclasses
@@ -53,16 +58,30 @@ from fastrnn.speeds import measure
 #          learns fastest per step and per second, the plain LSTM slowest (its 1,500-step val matches PyTorch's
 #          nn.LSTM trained alike, 1.827 against 1.894: its defaults are not the cause; at lr 8e-3 it reached 1.639,
 #          still behind the lnlstm's 1.563 at 2e-3, and an lnlstm at 5e-3 gained 0.01: no candidate changes rate).
+#   [G300] the same grid at 300 s: lnlstm 1x512 (1.22M params, p = 1.22, 2.25 chars/param) 1.426, with dropout
+#          0.2 1.430 (with it at batch 64, 1.447); lnlstm 2x256 1.438; lnlstm 1x256 with dropout 0.2 1.458,
+#          without 1.475 (11.7 epochs; 1.461 at 120 s in 4.85); rnn 1x512 at batch 64 1.632, behind rnn 1x256's
+#          1.594 (as at 120 s at batch 32: 1.748 against 1.602), so rnn 1x512 is no candidate
 
-MAX_PARAMS_PER_CHAR = 0.40  # p at most: the best of the grid at 120 s on tiny Shakespeare had p = 0.35 (lnlstm
-# 1x256 [G120]); with the rnn alone, rnn 1x256 (p = 0.099) beat rnn 1x128 (p = 0.033) [I28, MAKE]. Nothing larger
-# than p = 0.35 was measured, so the limit stops just above it (the novels' winner had p = 0.042 [TTQ2])
-MIN_CHARS_PER_PARAM = 10.0  # D / P at least: the models that won had 17 (rnn 1x512, 120 s [TTQ1]) and 38 (240 s
-# [TTQ2]); those that lost to them 6.8 and 3.5 (lstm 2x256 and 1x512, 240 s), 2.7 and 1.5 (120 s): 10 lies between
-# the nearest loser and winner (6.8, 17), near their geometric mean (10.8). With TRAIN_SHARE and the speeds measured
-# there, the rule predicts 14.6 for the winner at 120 s and 5.8 for the lstm 2x256 at 240 s: the same verdicts.
-# (rnn 1x128 lost too, at 1,600: past the limit, the larger model wins [TTQ2].) The lnlstm that won at 120 s on tiny
-# Shakespeare had 13.9 [G120]: above the limit, as the winners.
+LIMITS = {  # cell -> (p at most, D / P at least), as the rule predicts them (TRAIN_SHARE, STARTUP_SECONDS)
+    RNN.name: (0.40, 10.0),
+    # p: with the rnn alone, rnn 1x256 (p = 0.099) beat rnn 1x128 (p = 0.033) on tiny Shakespeare [I28, MAKE]; on
+    # the novels rnn 1x512 (p = 0.042) won [TTQ2]. D / P: the models that won on the novels had 17 (rnn 1x512,
+    # 120 s [TTQ1]) and 38 (240 s [TTQ2]); those that lost to them 6.8 and 3.5 (lstm 2x256 and 1x512, 240 s), 2.7
+    # and 1.5 (120 s): 10 lies between the nearest loser and winner (6.8, 17), near their geometric mean (10.8).
+    # With the speeds measured there the rule predicts 14.6 for the winner at 120 s and 5.8 for the lstm 2x256 at
+    # 240 s: the same verdicts. (The plain lstm is no candidate, and the lnlstm learns at fewer chars per param.)
+    LNLSTM.name: (1.25, 1.8),
+    # On tiny Shakespeare at one core [G120, G300], predicted D / P: at 120 s lnlstm 1x256 (11.5) beat 2x256 (1.57)
+    # and 1x512 (0.82); at 300 s lnlstm 1x512 (2.06, p = 1.22) beat 2x256 (4.3) and 1x256 (28.8, which trained 11.7
+    # epochs, and did worse than at 120 s). 1.8 lies between 1.57 (lost) and 2.06 (won), near their geometric mean;
+    # p = 1.22 is the largest that was measured to win (lnlstm 2x512, p = 3.3 at 0.4 chars/param, lost [G300]).
+}
+DROPOUT = 0.2  # step 2's dropout: the only rate measured
+DROPOUT_EPOCHS = 7.5  # step 2 from this many epochs of step 1's choice: on tiny Shakespeare dropout 0.2 cost lnlstm
+# 1x256 0.039 nats/char at 120 s (4.85 epochs without it) and gained 0.017 at 300 s (11.7 epochs); it cost lnlstm
+# 2x256 0.014 (3.75 epochs) and lnlstm 1x512 0.004 (2.74) at 300 s [G120, G300]. 7.5 lies near the geometric mean
+# of 4.85 and 11.7 (the rnn has no dropout twin: no rnn run with dropout was measured to gain)
 TRAIN_SHARE = 0.85  # of --max-time, for training steps: the rest is this measurement (MEASURE_SHARE), the auto
 # evaluations (about 4%: fastrnn.validation), the kernels' start-up and checkpoints. Counting short, a cosine
 # schedule reaches its floor a little before the end rather than not at all.
@@ -94,18 +113,20 @@ class Candidate:
         return Layout(model_shapes(self.cell, vocab_size, self.hidden, self.layers)).size
 
 
-# Smallest first; the rule takes the largest that fits. Dropout 0 in every one: it did not pay for rnn 1x256 on tiny
-# Shakespeare in 120 s [MAKE], and no run measured it elsewhere (where it starts to pay is for the grid to say). The
-# plain LSTM is no candidate: the layer-normalised one of the same size beat it by 0.47 nats/char in 120 s [G120].
-CANDIDATES = (
+# Smallest first: the rule takes the largest that fits. The plain LSTM is no candidate: the layer-normalised one of
+# the same size beat it by 0.47 nats/char in 120 s [G120]; nor rnn 1x512 (it lost to rnn 1x256 at 120 and 300 s on
+# tiny Shakespeare [G300], and to the lnlstm 1x256, larger by 6%, everywhere). Batch 32: lnlstm 1x512 with dropout
+# lost 0.017 at batch 64 [G300]. The candidates with dropout are the twins of those without (step 2).
+_FIXED = (
     Candidate(RNN.name, 1, 128, 32, 50, 2e-3, 0.0, "the defaults; 1.712 on tiny Shakespeare in 300 s [I28]"),
     Candidate(RNN.name, 1, 256, 32, 50, 2e-3, 0.0, "make run's model; 1.652 on tiny Shakespeare in 300 s [I28, MAKE]"),
-    Candidate(RNN.name, 1, 512, 64, 50, 2e-3, 0.0, "best on the novels in 120 and 240 s [TTQ1, TTQ2]"),
     Candidate(LNLSTM.name, 1, 256, 32, 50, 2e-3, 0.0, "best on tiny Shakespeare in 120 s [G120]"),
-    Candidate(LNLSTM.name, 2, 256, 64, 50, 2e-3, 0.0, "not measured: the next size, for larger corpora and budgets"),
-    Candidate(LNLSTM.name, 1, 512, 64, 50, 2e-3, 0.0, "not measured: the next size"),
-    Candidate(LNLSTM.name, 2, 512, 64, 50, 2e-3, 0.0, "not measured: for large corpora and long budgets"),
+    Candidate(LNLSTM.name, 2, 256, 32, 50, 2e-3, 0.0, "second on tiny Shakespeare in 300 s [G300]"),
+    Candidate(LNLSTM.name, 1, 512, 32, 50, 2e-3, 0.0, "best on tiny Shakespeare in 300 s [G300]"),
+    Candidate(LNLSTM.name, 2, 512, 32, 50, 2e-3, 0.0, "for larger corpora and budgets [G300]"),
 )
+CANDIDATES = _FIXED + tuple(dataclasses.replace(c, dropout=DROPOUT, source="its twin with dropout, for step 2")
+                            for c in _FIXED if c.cell != RNN.name)
 MODEL_OPTIONS = ("model", "num_layers", "hidden_size")  # any of them given: no choice (the user chose the model)
 STEP_OPTIONS = ("lr_decay", "lr_decay_every", "lr_decay_after")  # given: the user wants the step schedule
 CHOICE_FIELDS = ("batch_size", "seq_len", "dropout", "optimizer", "lr", "warmup_steps", "lr_schedule",
@@ -162,7 +183,20 @@ class Fit:
 
     @property
     def fits(self):
-        return self.params_per_char <= MAX_PARAMS_PER_CHAR and self.chars_per_param >= MIN_CHARS_PER_PARAM
+        most_params, least_chars = LIMITS[self.candidate.cell]
+        return self.params_per_char <= most_params and self.chars_per_param >= least_chars
+
+
+def candidates_for(given, candidates=CANDIDATES):
+    """The candidates of a choice: with --dropout given, only those without (trained at the dropout given)."""
+    return tuple(c for c in candidates if not (c.dropout and "dropout" in given))
+
+
+def twin(candidate, candidates=CANDIDATES):
+    """The candidate with dropout of the same model and batch as `candidate` (None if it has none)."""
+    return next((c for c in candidates if c.dropout and
+                 (c.cell, c.layers, c.hidden, c.batch) == (candidate.cell, candidate.layers, candidate.hidden,
+                                                           candidate.batch)), None)
 
 
 def train_seconds(budget):
@@ -227,21 +261,27 @@ def decide(train_chars, vocab_size, budget, speeds, given=None, candidates=CANDI
     (--max-time) and `speeds` {Shape: chars/s measured} (a candidate without one is not eligible), the options
     `given` explicitly {field: value} overriding their part. Deterministic: the same arguments, the same Choice."""
     given = dict(given or {})
-    fits = [fit(c, shape_of(c, given), train_chars, vocab_size, budget, speeds[shape_of(c, given)])
-            for c in candidates if speeds.get(shape_of(c, given), 0) > 0]
-    good = [f for f in fits if f.fits]
+    fits = {c: fit(c, shape_of(c, given), train_chars, vocab_size, budget, speeds[shape_of(c, given)])
+            for c in candidates_for(given, candidates) if speeds.get(shape_of(c, given), 0) > 0}
+    plain = [f for c, f in fits.items() if not c.dropout]
+    good = [f for f in plain if f.fits]
     if good:
         chosen = max(good, key=lambda f: f.params)  # (candidates differ in size)
-        reason = (f"the largest candidate within {MAX_PARAMS_PER_CHAR:g} params/char and "
-                  f"{MIN_CHARS_PER_PARAM:g} chars/param")
-    elif fits:
-        chosen = fits[0]
-        reason = (f"no candidate is within {MAX_PARAMS_PER_CHAR:g} params/char and {MIN_CHARS_PER_PARAM:g} "
-                  f"chars/param: the smallest")
+        most_params, least_chars = LIMITS[chosen.candidate.cell]
+        reason = (f"the largest candidate within its cell's limits ({most_params:g} params/char, {least_chars:g} "
+                  f"chars/param)")
+    elif plain:
+        chosen = plain[0]
+        reason = "no candidate is within the limits of its cell: the smallest"
     else:
         c = candidates[0]
         chosen = Fit(c, shape_of(c, given), c.params(vocab_size), 0.0, 0.0, 0.0, 0.0, 0.0)
         reason = "nothing was measured: the smallest"
+    other = twin(chosen.candidate, candidates)
+    if chosen.speed and chosen.epochs >= DROPOUT_EPOCHS and other in fits:
+        reason += (f"; it would train {_num(chosen.epochs)} epochs without dropout (>= {DROPOUT_EPOCHS:g}): "
+                   f"with dropout {other.dropout:g}")
+        chosen = fits[other]
     c, shape = chosen.candidate, chosen.shape
     values = {"model": c.cell, "num_layers": c.layers, "hidden_size": c.hidden, "batch_size": shape.batch,
               "seq_len": shape.seq_len, "dropout": c.dropout}
@@ -313,21 +353,26 @@ class HorizonCheck:
 
 
 def worth_timing(train_chars, vocab_size, budget, given):
-    """measure's `worth` for the choice: a candidate over the data's limit is not timed (False); one that even at
-    PRUNE_SLACK times the per-parameter speed of the last shape timed would train too few chars per parameter
-    ends the timings (None)."""
-    by_shape = {shape_of(c, given): c for c in CANDIDATES}
+    """measure's `worth` for the choice (its shapes: those of candidates_for(given), in order): a candidate over its
+    cell's limit of params per char is not timed (False), nor one that even at PRUNE_SLACK times the per-parameter
+    speed of the last shape timed would train too few chars per parameter. A candidate with dropout (they come last)
+    is timed only if the speeds timed so far make its twin step 1's choice, and step 2 applies."""
+    cands = candidates_for(given)
+    by_shape = {shape_of(c, given): c for c in cands}
 
     def worth(shape, speeds):
         c = by_shape[shape]
         params = c.params(vocab_size)
-        if params / max(train_chars, 1) > MAX_PARAMS_PER_CHAR:
+        most_params, least_chars = LIMITS[c.cell]
+        if params / max(train_chars, 1) > most_params:
             return False
+        if c.dropout:
+            first = decide(train_chars, vocab_size, budget, speeds, given, candidates=cands).fit
+            return twin(first.candidate, cands) == c and first.epochs >= DROPOUT_EPOCHS
         if speeds:
             last = list(speeds)[-1]
             best = speeds[last] * by_shape[last].params(vocab_size) / params * PRUNE_SLACK
-            if fit(c, shape, train_chars, vocab_size, budget, best).chars_per_param < MIN_CHARS_PER_PARAM:
-                return None
+            return fit(c, shape, train_chars, vocab_size, budget, best).chars_per_param >= least_chars
         return True
 
     return worth
@@ -380,7 +425,7 @@ def _settled(config, given, saved_state, extra, choose, train_chars, vocab_size,
     """settle's measurement and choice, on the run's threads."""
     deadline = started + MEASURE_SHARE * config.max_time
     if choose:
-        shapes = [shape_of(c, given) for c in CANDIDATES]
+        shapes = [shape_of(c, given) for c in candidates_for(given)]
         measured = measure(shapes, vocab_size, config.dtype, config.backend, threads, deadline,
                            worth=worth_timing(train_chars, vocab_size, config.max_time, given),
                            on_timing=lambda: emit("message", {"text": (
@@ -412,10 +457,11 @@ def _settled(config, given, saved_state, extra, choose, train_chars, vocab_size,
         step = saved_state.step if saved_state is not None else 0
         spent = float(saved_state.wall_seconds or saved_state.elapsed) if saved_state is not None else 0.0
         left = max(0.0, config.max_time - spent)
-        extra[HORIZON_KEY] = horizon(measured.speeds[shape], left, config.batch_size, config.seq_len, step)
+        speed, when = measured.speeds[shape], "" if measured.seconds else " earlier"
+        extra[HORIZON_KEY] = horizon(speed, left, config.batch_size, config.seq_len, step)
         emit("message", {"text": f"cosine schedule: lr {config.lr:g} down to {config.lr * config.lr_floor:g} at step "
                                  f"{extra[HORIZON_KEY]:,}, where --max-time is predicted to end ("
-                                 f"{measured.speeds[shape]:,.0f} chars/s measured{'' if measured.seconds else ' earlier'}"
+                                 f"{speed:,.0f} chars/s measured{when}"
                                  f"; checked once against the run's own steps)"})
     if needs_horizon(config) and HORIZON_KEY not in extra:  # (nothing could be timed)
         raise ConfigError("--lr-schedule cosine with --max-time: no speed could be measured to predict its last "

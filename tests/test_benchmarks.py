@@ -351,6 +351,31 @@ def test_the_grid_runs_in_resumable_pieces_and_reports(tmp_path):
     assert f"| val at step {step:,} |" in text
 
 
+def test_the_grid_page_says_what_each_setting_changed_alone():
+    """benchmarks.ttq_grid.lessons: the best of each budget, and the pairs of fixed configurations whose settings
+    differ in one alone (not auto, not across budgets), with the change of best val from one to the other."""
+    from benchmarks.ttq_grid import lessons, one_change
+
+    def row(config, budget, val, **settings):
+        base = dict(model="lnlstm", layers=1, hidden=256, batch=32, seq_len=50, lr=2e-3, optimizer="adam",
+                    schedule="cosine", dropout=0.0)
+        return dict(base, **settings, config=config, corpus="ts.txt", budget_s=budget, threads=1, val_loss=val,
+                    params=1000, epochs=4.0, chars=8000)
+
+    rows = [row("lnlstm:1:256:cosine", 120, 1.46), row("lnlstm:1:256:cosine:d0.2", 120, 1.50, dropout=0.2),
+            row("lnlstm:1:256:cosine", 300, 1.47), row("lnlstm:1:256:cosine:d0.2", 300, 1.45, dropout=0.2),
+            row("lnlstm:1:512:cosine:d0.2", 300, 1.43, hidden=512, dropout=0.2),
+            row("auto", 300, 1.40, hidden=512), row("rnn:1:256:cosine", 300, 1.60, model="rnn")]
+    pairs = one_change(rows)
+    assert sorted(pairs) == ["dropout", "hidden", "model"]
+    assert [(a["budget_s"], a["dropout"], b["dropout"]) for a, b in pairs["dropout"]] == [(120, 0, 0.2), (300, 0, 0.2)]
+    text = "\n".join(lessons(rows))
+    assert "| ts.txt | 300 | 1 | auto (lnlstm 1x512, dropout 0) | 1,000 | 4.00 | 8.0 | 0.500 | 1.4000 |" in text
+    assert "| ts.txt | 120 | lnlstm:1:256:cosine | 0.0 | 0.2 | 1.4600 | 1.5000 | +0.0400 | 4.00 | 4.00 |" in text
+    assert "| ts.txt | 300 | lnlstm:1:256:cosine:d0.2 | 256 | 512 | 1.4500 | 1.4300 | -0.0200 |" in text
+    assert "### The batch changed alone" not in text
+
+
 def test_bf16_quality_trains_both_precisions_the_same_steps(tmp_path):
     """A tiny lstm, 3 steps in float32 and in bf16: two rows of the same steps with finite val losses, and the
     target computed from them (bf16 granted where the CPU has it, said otherwise)."""
