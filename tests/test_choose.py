@@ -15,13 +15,12 @@ from fastrnn import speeds as timing
 from fastrnn.cli import main
 from fastrnn.errors import ConfigError
 
-SPEEDS = {("rnn", 1, 128): 635e3, ("rnn", 1, 256): 234e3, ("lnlstm", 1, 256): 44.7e3, ("lnlstm", 2, 256): 13.1e3,
-          ("lnlstm", 1, 512): 9.7e3, ("lnlstm", 2, 512): 3.87e3}
-DROPOUT_SPEEDS = {("lnlstm", 1, 256): 30.4e3, ("lnlstm", 2, 256): 12.9e3, ("lnlstm", 1, 512): 9.44e3,
-                  ("lnlstm", 2, 512): 3.8e3}
-# chars/s of the candidates on one core (2-core Xeon with AVX-512, 2026-12-07, rounded): rnn and lnlstm 1x256 timed
-# by speeds.time_shape, the others as the grid's runs at 300 s trained, two side by side (docs/benchmarks/
-# ttq-grid.jsonl; lnlstm 2x512 with dropout: without, times the ratio of the two timed by time_shape)
+SPEEDS = {("rnn", 1, 128): 580e3, ("rnn", 1, 256): 211e3, ("lnlstm", 1, 256): 40.0e3, ("lnlstm", 2, 256): 16.0e3,
+          ("lnlstm", 1, 512): 13.3e3, ("lnlstm", 2, 512): 4.9e3}
+DROPOUT_SPEEDS = {("lnlstm", 1, 256): 38.0e3, ("lnlstm", 2, 256): 15.2e3, ("lnlstm", 1, 512): 12.9e3,
+                  ("lnlstm", 2, 512): 4.8e3}
+# chars/s of the candidates on one core, timed by speeds.time_shape as the rule times them (2-core Xeon with AVX-512,
+# 2026-12-07, the other core idle; medians of three, rounded)
 TS, TS_V = 1_003_854, 65  # tiny Shakespeare's training chars (90%) and symbols
 NOVELS, NOVELS_V = 9_901_000, 154  # the novels' (gutenberg-novels.txt)
 
@@ -56,10 +55,10 @@ def test_the_choice_is_deterministic_for_a_corpus_budget_and_speeds():
     a = choose.decide(TS, TS_V, 120, speeds())
     assert model_of(a) == ("lnlstm", 1, 256)
     assert a.values == dict(model="lnlstm", num_layers=1, hidden_size=256, batch_size=32, seq_len=50, dropout=0.0,
-                            lr=2e-3, lr_schedule="cosine", lr_floor=choose.LR_FLOOR, warmup_steps=56)
-    assert a.horizon == int(44.7e3 * (120 * choose.TRAIN_SHARE - choose.STARTUP_SECONDS) // (32 * 50))
+                            lr=2e-3, lr_schedule="cosine", lr_floor=choose.LR_FLOOR, warmup_steps=50)
+    assert a.horizon == int(40.0e3 * (120 * choose.TRAIN_SHARE - choose.STARTUP_SECONDS) // (32 * 50))
     assert a.fit.params == 348_993 and a.reason == ("the largest candidate within its cell's limits (1.25 "
-                                                    "params/char, 1.8 chars/param)")
+                                                    "params/char, 2.2 chars/param)")
 
 
 def test_the_rule_gives_the_measured_winners_their_own_measurements():
@@ -74,8 +73,11 @@ def test_the_rule_gives_the_measured_winners_their_own_measurements():
     grid = {**SPEEDS, ("rnn", 1, 256): 206e3, ("lnlstm", 1, 256): 41.5e3, ("lnlstm", 2, 256): 13.6e3,
             ("lnlstm", 1, 512): 9.9e3}
     assert model_of(choose.decide(TS, TS_V, 120, speeds(table=grid))) == ("lnlstm", 1, 256)
-    grid = {**SPEEDS, ("rnn", 1, 256): 219e3, ("lnlstm", 1, 256): 39.4e3}
-    assert model_of(choose.decide(TS, TS_V, 300, speeds(table=grid))) == ("lnlstm", 1, 512)
+    # the speeds the grid's auto runs measured: lnlstm 2x256 at 15.9k chars/s (its choice at 120 s under a limit of
+    # 1.8 chars/param, 1.497), lnlstm 1x512 at 12.3k (its choice at 300 s, 1.420)
+    measured = {**SPEEDS, ("lnlstm", 2, 256): 15.9e3, ("lnlstm", 1, 512): 12.3e3}
+    assert model_of(choose.decide(TS, TS_V, 120, speeds(table=measured))) == ("lnlstm", 1, 256)
+    assert model_of(choose.decide(TS, TS_V, 300, speeds(table=measured))) == ("lnlstm", 1, 512)
     assert model_of(choose.decide(TS, TS_V, 10, speeds())) == ("rnn", 1, 256)  # too few chars per param for more
 
 
@@ -85,10 +87,10 @@ def test_dropout_where_the_choice_would_train_many_epochs():
     c = choose.decide(TS, TS_V, 1200, speeds())
     assert model_of(c) == ("lnlstm", 1, 512, "dropout") and c.values["dropout"] == choose.DROPOUT == 0.2
     assert c.fit.speed == DROPOUT_SPEEDS[("lnlstm", 1, 512)]
-    assert "it would train 9.85 epochs without dropout (>= 7.5): with dropout 0.2" in c.reason
+    assert "it would train 13.5 epochs without dropout (>= 7.5): with dropout 0.2" in c.reason
     assert model_of(choose.decide(TS, TS_V, 1200, speeds(), dict(dropout=0.0))) == ("lnlstm", 1, 512)
     assert "dropout" not in choose.decide(TS, TS_V, 1200, speeds(), dict(dropout=0.0)).values
-    need = choose.DROPOUT_EPOCHS * TS / 9.7e3  # seconds of training steps lnlstm 1x512 takes for it
+    need = choose.DROPOUT_EPOCHS * TS / SPEEDS[("lnlstm", 1, 512)]  # seconds of training steps lnlstm 1x512 takes for it
     budget = (need + choose.STARTUP_SECONDS) / choose.TRAIN_SHARE
     assert not choose.decide(TS, TS_V, budget * 0.99, speeds()).fit.candidate.dropout
     assert choose.decide(TS, TS_V, budget * 1.01, speeds()).fit.candidate.dropout
@@ -220,8 +222,8 @@ def test_only_the_twin_of_the_choice_is_timed_with_dropout_and_only_for_step_2(c
                        worth=choose.worth_timing(chars, TS_V, budget, {}))
         return [(s.cell, s.layers, s.hidden) for s in timed if s.dropout]
 
-    assert measured(300) == []  # lnlstm 1x512 would train 2.5 epochs
-    assert measured(1200) == [("lnlstm", 1, 512)]  # 9.85
+    assert measured(300) == []  # lnlstm 1x512 would train 3.4 epochs
+    assert measured(1200) == [("lnlstm", 1, 512)]  # 13.5
     assert measured(1200, chars=NOVELS) == []
 
 
@@ -303,7 +305,10 @@ def test_a_resumed_run_keeps_its_model_and_horizon(small_corpus, tmp_path, fake_
     assert r.exit_code == 0, r.stderr
     assert "choice:" not in r.stderr and "cosine schedule:" not in r.stderr
     after = config_of(tmp_path / "run")
-    assert after["extra"] == before["extra"] and after["max_time"] == 4
+    def kept(extra):  # (the horizon's check may end in either session, on a slow or busy machine)
+        return {k: v for k, v in extra.items() if k != choose.CHECKED_KEY}
+
+    assert kept(after["extra"]) == kept(before["extra"]) and after["max_time"] == 4
     assert {k: after[k] for k in choose.CHOICE_FIELDS} == {k: before[k] for k in choose.CHOICE_FIELDS}
     assert ckpt_io.load(tmp_path / "run").state["step"] > 0
 
