@@ -90,7 +90,7 @@ def test_dropout_where_the_choice_would_train_many_epochs():
     assert "it would train 13.5 epochs without dropout (>= 7.5): with dropout 0.2" in c.reason
     assert model_of(choose.decide(TS, TS_V, 1200, speeds(), dict(dropout=0.0))) == ("lnlstm", 1, 512)
     assert "dropout" not in choose.decide(TS, TS_V, 1200, speeds(), dict(dropout=0.0)).values
-    need = choose.DROPOUT_EPOCHS * TS / SPEEDS[("lnlstm", 1, 512)]  # seconds of training steps lnlstm 1x512 takes for it
+    need = choose.DROPOUT_EPOCHS * TS / SPEEDS[("lnlstm", 1, 512)]  # seconds of lnlstm 1x512 steps for it
     budget = (need + choose.STARTUP_SECONDS) / choose.TRAIN_SHARE
     assert not choose.decide(TS, TS_V, budget * 0.99, speeds()).fit.candidate.dropout
     assert choose.decide(TS, TS_V, budget * 1.01, speeds()).fit.candidate.dropout
