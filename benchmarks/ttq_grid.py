@@ -328,8 +328,7 @@ def render(rows):
         when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
         out += [f"## {corpus}, {budget:g} s, {threads} thread{'s' if threads != 1 else ''} a run", "",
                 f"{cpu}, {when}; {len(group)} runs.", ""]
-        ranked = sorted(group, key=lambda r: r["val_loss"] if math.isfinite(r.get("val_loss") or math.nan)
-                        else math.inf)
+        ranked = sorted(group, key=lambda r: r["val_loss"] if _finite(r) else math.inf)
         step = common_step(ranked)
         columns = COLUMNS + ([(f"val at step {step:,}", lambda r, step=step: at_step(r, step), ".4f")] if step else [])
         out.append("| " + " | ".join(h for h, _, _ in columns) + " |")
@@ -343,8 +342,7 @@ def render(rows):
                     ""]
         auto = next((r for r in ranked if r["config"] == "auto"), None)
         best = ranked[0]
-        if auto is not None and math.isfinite(auto.get("val_loss") or math.nan) and \
-                math.isfinite(best.get("val_loss") or math.nan):
+        if auto is not None and _finite(auto) and _finite(best):
             out += [f"auto: place {ranked.index(auto) + 1} of {len(ranked)}, {auto['val_loss'] - best['val_loss']:+.4f} "
                     f"nats/char from the best ({best['config']}); {auto.get('choice') or ''}", ""]
     out += lessons(rows)
@@ -407,8 +405,9 @@ def lessons(rows):
         out.append(f"| {corpus} | {budget:g} | {threads} | {r['config']} ({_model(r)}, dropout {r['dropout']:g}) | "
                    f"{r['params']:,} | {r['epochs']:.2f} | {r['chars'] / r['params']:.1f} | "
                    f"{_params_per_char(r):.3f} | {r['val_loss']:.4f} |")
+    changed = one_change(rows)
     for name, title in SETTINGS:
-        pairs = one_change(rows).get(name)
+        pairs = changed.get(name)
         if not pairs:
             continue
         out += ["", f"### The {title} changed alone", "",

@@ -201,6 +201,11 @@ def twin(candidate, candidates=CANDIDATES):
                                                            candidate.batch)), None)
 
 
+def wants_dropout(first):
+    """Step 2 of the rule: step 1's choice (a Fit) would train DROPOUT_EPOCHS epochs or more."""
+    return bool(first.speed) and first.epochs >= DROPOUT_EPOCHS
+
+
 def train_seconds(budget):
     """The seconds of training steps a run of `budget` seconds (--max-time) is predicted to hold."""
     return max(0.0, budget * TRAIN_SHARE - STARTUP_SECONDS)
@@ -280,7 +285,7 @@ def decide(train_chars, vocab_size, budget, speeds, given=None, candidates=CANDI
         chosen = Fit(c, shape_of(c, given), c.params(vocab_size), 0.0, 0.0, 0.0, 0.0, 0.0)
         reason = "nothing was measured: the smallest"
     other = twin(chosen.candidate, candidates)
-    if chosen.speed and chosen.epochs >= DROPOUT_EPOCHS and other in fits:
+    if wants_dropout(chosen) and other in fits:
         reason += (f"; it would train {_num(chosen.epochs)} epochs without dropout (>= {DROPOUT_EPOCHS:g}): "
                    f"with dropout {other.dropout:g}")
         chosen = fits[other]
@@ -370,7 +375,7 @@ def worth_timing(train_chars, vocab_size, budget, given):
             return False
         if c.dropout:
             first = decide(train_chars, vocab_size, budget, speeds, given, candidates=cands).fit
-            return twin(first.candidate, cands) == c and first.epochs >= DROPOUT_EPOCHS
+            return twin(first.candidate, cands) == c and wants_dropout(first)
         if speeds:
             last = list(speeds)[-1]
             best = speeds[last] * by_shape[last].params(vocab_size) / params * PRUNE_SLACK
