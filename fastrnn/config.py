@@ -146,8 +146,8 @@ class TrainConfig:
                              "samples included (a resumed run has what earlier sessions left): seconds, or 90s, 10m, "
                              "2h, 1h30m (0: no limit). An evaluation that no longer fits is skipped or stopped. "
                              "Without --model, --num-layers and --hidden-size, a new run's model, batch, learning "
-                             "rate and schedule are chosen for it (from the corpus size and this machine's measured "
-                             "speed; one line says what and why, options given override their part).",
+                             "rate, schedule and dropout are chosen for it (from the corpus size and this machine's "
+                             "measured speed; one line says what and why, options given override their part).",
                              low=0, parse=parse_duration, values="seconds >= 0, or 90s, 10m, 2h, 1h30m",
                              resume="free")
     # numerics and execution
