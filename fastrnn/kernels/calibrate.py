@@ -127,11 +127,23 @@ def measured(cell, layers, N, T, H, V, dropout, threads, dtype, steps):
     return choice(options, steps)
 
 
+def known(cell, layers, N, T, H, V, dropout, threads, dtype):
+    """Whether `measured` answers this shape without timing anything: measuring is off, the shape has one way only,
+    or its choice is in this machine's cache (arguments as `measured` takes them)."""
+    if not enabled():
+        return True
+    options = dispatch.candidates(dispatch.rule(cell, layers, N, T, H, V, dropout, threads, dtype))
+    return len(options) < 2 or _load_cache().get(_key(next(iter(options.values())))) in options
+
+
+def _key(p):
+    return f"plan:{p.cell}:{p.layers}:{p.N}x{p.T}x{p.H}x{p.V}:{int(p.dropout)}:{p.dtype}:{p.threads}"
+
+
 def choice(options, steps):
     """(the name of the fastest of options {name: Plan} on this machine, a note): from the cache, else measured
     (None if the machine was busy)."""
-    p = next(iter(options.values()))
-    key = f"plan:{p.cell}:{p.layers}:{p.N}x{p.T}x{p.H}x{p.V}:{int(p.dropout)}:{p.dtype}:{p.threads}"
+    key = _key(next(iter(options.values())))
     cache = _load_cache()
     if cache.get(key) in options:
         return cache[key], "measured earlier on this machine"

@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 
 from fastrnn import checkpoint as ckpt_io
-from fastrnn import choose, rundir
+from fastrnn import choose, horizon, rundir
 from fastrnn.checkpoint import RunState
 from fastrnn.corpus import BatchStream, Vocab
 from fastrnn.distributed import SINGLE, DataParallel
@@ -161,8 +161,8 @@ class Setup:
             self.max_steps = min(self.max_steps, math.ceil(config.max_epochs * self.spe))
         self.total_steps = None if self.max_steps == math.inf else self.max_steps
         self.lr_steps = self.total_steps or config.extra.get(choose.HORIZON_KEY)  # where a cosine schedule ends
-        self.horizon_check = choose.HorizonCheck(config, self.lr_steps) \
-            if choose.HorizonCheck.wanted(config, self.total_steps, self.comm.size) else None
+        self.horizon_check = horizon.HorizonCheck(config, self.lr_steps) \
+            if horizon.HorizonCheck.wanted(config, self.total_steps, self.comm.size) else None
         self.emit("start", {"config": config.to_dict(), "model": self.model.describe(), "steps_per_epoch": self.spe,
                             "train_tokens": len(self.train_tokens),
                             "val_streams": self.val_stream.batch_size if self.val_stream else 0,
@@ -185,7 +185,7 @@ class Setup:
 
     def step_timed(self, seconds, now):
         """A training step took `seconds` and ended at `now` (not the first, which compiles): the budget's cost of
-        a step, and the check of a cosine schedule's horizon (choose.HorizonCheck), recorded in the config the
+        a step, and the check of a cosine schedule's horizon (horizon.HorizonCheck), recorded in the config the
         checkpoints keep."""
         self.budget.measured("step", seconds)
         checked = self.horizon_check and self.horizon_check.observe(self.state.step, now, self.budget.left())
