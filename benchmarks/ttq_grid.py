@@ -47,7 +47,9 @@ WORK = os.path.join(common.ROOT, "runs", "ttq-grid")  # runs/ is not committed (
 # the grids of docs/ttq-grid.md (issue #28): cells x sizes x schedules x batch sizes x dropout, and the automatic
 # choice. ts-120 and ts-300: tiny Shakespeare, one core a run, two side by side (`--budget 120`, `--budget 300`);
 # novels-600: the novels, the six best models of ts-300 (without dropout: the novels train under an epoch in 10
-# minutes), on two cores (`--corpus gutenberg-novels.txt --threads 2 --budget 600`)
+# minutes), on two cores (`--corpus gutenberg-novels.txt --threads 2 --budget 600`); linux-300: the 1.2 GB of Linux
+# source (../shared/data/get-large-corpus.sh, then `fastrnn prepare`), where no budget here reaches an epoch: the
+# compute-bound end, one core a run as ts-300 (`--corpus linux.h5 --budget 300`)
 GRIDS = {
     "ts-120": ("auto", "rnn:1:128", "rnn:1:256:cosine", "rnn:1:256:cosine:adamw", "rnn:1:512:cosine",
                "lstm:1:256:cosine", "lstm:1:256:cosine:adamw", "gru:1:256:cosine", "lnlstm:1:256:cosine",
@@ -59,6 +61,8 @@ GRIDS = {
                "lnlstm:2:512:cosine"),
     "novels-600": ("auto", "lnlstm:1:512:cosine", "lnlstm:2:256:cosine", "lnlstm:2:512:cosine", "lnlstm:1:256:cosine",
                    "gru:1:256:cosine", "lstm:1:256:cosine"),
+    "linux-300": ("auto", "rnn:1:256:cosine", "rnn:1:512:b64:cosine", "gru:1:256:cosine", "lnlstm:1:256:cosine",
+                  "lnlstm:2:256:cosine", "lnlstm:1:512:cosine", "lnlstm:2:512:cosine"),
 }
 FIELDS = (("b", "batch_size", int), ("t", "seq_len", int), ("lr", "lr", float), ("w", "warmup_steps", int),
           ("d", "dropout", float), ("decay", "lr_decay", float))
@@ -129,9 +133,13 @@ def append_row(path, row):
 
 
 def prepared(corpus, work, val_frac, test_frac):
-    """The corpus prepared once under `work` (kept between pieces of the grid)."""
+    """The corpus prepared once under `work` (kept between pieces of the grid); a corpus `fastrnn prepare` made
+    (an HDF5 file) as it is, with its own splits (the Linux source: one prepare of 1.2 GB serves every piece)."""
     from fastrnn.corpus import prepare
+    from fastrnn.corpus.fromtext import is_text_input
 
+    if not is_text_input(corpus):
+        return os.path.abspath(corpus)
     name = re.sub(r"[^\w.-]", "_", os.path.basename(corpus))
     out = os.path.join(work, f"{name}-val{val_frac:g}-test{test_frac:g}.h5")
     if not os.path.exists(out):
@@ -317,8 +325,10 @@ def render(rows):
            "--max-time` alone: the model fastrnn.choose picked for the budget; its line follows its table.", "",
            "The runs (each piece resumable): `python -m benchmarks.ttq_grid run --grid ts-120 --budget 120`, "
            "`--grid ts-300 --budget 300`, `--grid novels-600 --corpus ../shared/data/gutenberg-novels.txt --threads 2 "
-           "--budget 600`, and the automatic choice alone at longer budgets, `--configs auto --budget 1200` (with "
-           "the novels: `--threads 2 --budget 1800`).", ""]
+           "--budget 600`, `--grid linux-300 --corpus linux.h5 --budget 300` (the Linux source of "
+           "../shared/data/get-large-corpus.sh, prepared by `fastrnn prepare` with its default 5% val, 5% test), "
+           "and the automatic choice alone at longer budgets, `--configs auto --budget 1200` (with the novels: "
+           "`--threads 2 --budget 1800`).", ""]
     groups = {}
     for row in rows:
         groups.setdefault((row["corpus"], row["budget_s"], row.get("threads"), cpu_label(
@@ -357,6 +367,11 @@ SETTINGS = (("model", "cell"), ("layers", "layers"), ("hidden", "hidden size"), 
             ("dropout", "dropout"))  # a fixed configuration's settings, as its row records them
 
 
+def is_auto(row):
+    """A row of the automatic choice: `auto`, or `auto@COMMIT` (an earlier rule's, kept on the page)."""
+    return row["config"] == "auto" or row["config"].startswith("auto@")
+
+
 def _finite(row):
     return math.isfinite(row.get("val_loss") or math.nan)
 
@@ -364,7 +379,7 @@ def _finite(row):
 def one_change(rows):
     """{setting: [(a, b), ...]}: pairs of fixed configurations of the same corpus, budget and threads whose
     settings differ in that one alone (a the one with the smaller value, or the first in the order of the rows)."""
-    fixed = [r for r in rows if r["config"] != "auto" and _finite(r)]
+    fixed = [r for r in rows if not is_auto(r) and _finite(r)]
     out = {}
     for i, a in enumerate(fixed):
         for b in fixed[i + 1:]:

@@ -307,6 +307,29 @@ def test_a_run_that_trained_no_step_has_no_chars_per_second():
     assert row["chars_per_sec"] is None and row["steps"] == 0 and math.isnan(row["val_loss"])
 
 
+def test_the_grid_prepares_text_once_and_takes_a_prepared_corpus_as_it_is(tmp_path, small_corpus):
+    """benchmarks.ttq_grid.prepared: a text file is prepared under the work directory once (with the grid's split),
+    a corpus fastrnn prepare made is used where it is, with its own splits, and nothing is written for it."""
+    import os
+
+    from benchmarks.ttq_grid import prepared
+    from conftest import make_text
+    from fastrnn.corpus import open_corpus
+
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(20_000))
+    work = tmp_path / "work"
+    work.mkdir()
+    out = prepared(str(text), str(work), 0.1, 0.0)
+    assert os.path.dirname(out) == str(work) and os.path.basename(out) == "t.txt-val0.1-test0.h5"
+    with open_corpus(out) as c:
+        assert len(c.split("test")) == 0 and len(c.split("val")) > 0
+    stamp = os.stat(out).st_mtime_ns
+    assert prepared(str(text), str(work), 0.1, 0.0) == out and os.stat(out).st_mtime_ns == stamp
+    assert prepared(small_corpus, str(work), 0.1, 0.0) == os.path.abspath(small_corpus)
+    assert os.listdir(work) == ["t.txt-val0.1-test0.h5"]
+
+
 def test_the_grid_runs_in_resumable_pieces_and_reports(tmp_path):
     """benchmarks.ttq_grid: a fixed configuration, then the same grid with `auto` added: the second piece runs only
     auto; both rows are in the results file (one JSON line each), pinned to a core, and the report has their table
@@ -353,7 +376,7 @@ def test_the_grid_runs_in_resumable_pieces_and_reports(tmp_path):
 
 def test_the_grid_page_says_what_each_setting_changed_alone():
     """benchmarks.ttq_grid.lessons: the best of each budget, and the pairs of fixed configurations whose settings
-    differ in one alone (not auto, not across budgets), with the change of best val from one to the other."""
+    differ in one alone (not auto nor an earlier rule's auto@COMMIT, not across budgets), with the change of best val from one to the other."""
     from benchmarks.ttq_grid import lessons, one_change
 
     def row(config, budget, val, **settings):
@@ -365,7 +388,8 @@ def test_the_grid_page_says_what_each_setting_changed_alone():
     rows = [row("lnlstm:1:256:cosine", 120, 1.46), row("lnlstm:1:256:cosine:d0.2", 120, 1.50, dropout=0.2),
             row("lnlstm:1:256:cosine", 300, 1.47), row("lnlstm:1:256:cosine:d0.2", 300, 1.45, dropout=0.2),
             row("lnlstm:1:512:cosine:d0.2", 300, 1.43, hidden=512, dropout=0.2),
-            row("auto", 300, 1.40, hidden=512), row("rnn:1:256:cosine", 300, 1.60, model="rnn")]
+            row("auto", 300, 1.40, hidden=512), row("auto@1234567", 120, 1.48, layers=2),
+            row("rnn:1:256:cosine", 300, 1.60, model="rnn")]
     pairs = one_change(rows)
     assert sorted(pairs) == ["dropout", "hidden", "model"]
     assert [(a["budget_s"], a["dropout"], b["dropout"]) for a, b in pairs["dropout"]] == [(120, 0, 0.2), (300, 0, 0.2)]
