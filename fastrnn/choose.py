@@ -28,9 +28,9 @@ that can fit (a shape over the data's limit, smaller than one that fits, or pred
 times the speed of the one before of its cell, is not timed; one with dropout only if step 2 would choose it). The
 first shape worth timing always is (a run needs its kernels anyway); the others only while MEASURE_SHARE of --max-time
 lasts, counted from the start of `train`, whose time budget (fastrnn.budget) has the deadline from that start on, so
-the measurement is charged to the run, with one grace: the first step of the first cell timed (compiling its kernels
-on a fresh install, loading them from numba's cache after) moves the deadline on by as long as it took, being the
-start-up a run of that cell pays in its first step anyway.
+the measurement is charged to the run, with one grace: the first shape's start-up (its kernels compiled on a fresh
+install or loaded from numba's cache after, its kernel plan measured once per machine) moves the deadline on by as
+long as it took, being what a run of that shape pays in its first step anyway.
 """
 
 import dataclasses
@@ -213,6 +213,11 @@ def twin(candidate, candidates=CANDIDATES):
                                                            candidate.batch)), None)
 
 
+def smallest(given, vocab_size, candidates=CANDIDATES):
+    """The smallest candidate of a choice without dropout: the rule's choice where none fits."""
+    return min((c for c in candidates_for(given, candidates) if not c.dropout), key=lambda c: c.params(vocab_size))
+
+
 def wants_dropout(first):
     """Step 2 of the rule: step 1's choice (a Fit) would train DROPOUT_EPOCHS epochs or more."""
     return bool(first.speed) and first.epochs >= DROPOUT_EPOCHS
@@ -290,10 +295,10 @@ def decide(train_chars, vocab_size, budget, speeds, given=None, candidates=CANDI
         reason = (f"the largest candidate within its cell's limits ({most_params:g} params/char, {least_chars:g} "
                   f"chars/param)")
     elif plain:
-        chosen = plain[0]
+        chosen = min(plain, key=lambda f: f.params)
         reason = "no candidate is within the limits of its cell: the smallest"
     else:
-        c = candidates[0]
+        c = smallest(given, vocab_size, candidates)
         chosen = Fit(c, shape_of(c, given), c.params(vocab_size), 0.0, 0.0, 0.0, 0.0, 0.0)
         reason = "nothing was measured: the smallest"
     other = twin(chosen.candidate, candidates)
@@ -425,8 +430,8 @@ def _settled(config, given, saved_state, extra, choose, train_chars, vocab_size,
                                f"steps of each candidate this machine has not timed yet (at most "
                                f"{deadline - time.perf_counter():.0f} s, part of the budget)...")}))
         if not measured.speeds:  # none within the data's limits: the choice is the smallest, timed for its horizon
-            smallest = min(candidates_for(given), key=lambda c: (c.dropout, c.params(vocab_size)))
-            measured = measure([shape_of(smallest, given)], vocab_size, config.dtype, config.backend, threads, deadline)
+            shape = shape_of(smallest(given, vocab_size), given)
+            measured = measure([shape], vocab_size, config.dtype, config.backend, threads, deadline)
         choice = decide(train_chars, vocab_size, config.max_time, measured.speeds, given)
         config = dataclasses.replace(config, **choice.values)
         if choice.horizon and needs_horizon(config):
